@@ -1,0 +1,414 @@
+//! Semantic validation: every problem, each with its field path.
+
+use crate::error::{ConfigError, Errors};
+use crate::model::*;
+use std::collections::{BTreeSet, HashSet};
+
+/// Regexes in configs are compiled with this size cap so a pasted monster cannot eat memory.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+impl Snapshot {
+    /// Checks everything that can be checked without touching the filesystem or network and
+    /// returns all problems found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Errors::default();
+        if self.version.len() > 128 {
+            errs.push("version", "longer than 128 characters");
+        }
+        validate_listeners(&self.listeners, &mut errs);
+        for (name, backend) in &self.backends {
+            validate_backend(name, backend, &mut errs);
+        }
+        let mut route_names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let p = format!("routes[{i}]");
+            if !route_names.insert(route.name.as_str()) {
+                errs.push(
+                    format!("{p}.name"),
+                    format!("duplicate route name {:?}", route.name),
+                );
+            }
+            validate_route(&p, route, self, &mut errs);
+        }
+        for (name, sink) in &self.sinks {
+            let p = format!("sinks[{name:?}]");
+            if sink.endpoint.trim().is_empty() {
+                errs.push(format!("{p}.endpoint"), "must not be empty");
+            }
+            if sink.batch_size == Some(0) {
+                errs.push(format!("{p}.batchSize"), "must be at least 1");
+            }
+        }
+        errs.into_result()
+    }
+}
+
+fn validate_listeners(listeners: &[Listener], errs: &mut Errors) {
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let p = format!("listeners[{i}]");
+        if l.name.is_empty() {
+            errs.push(format!("{p}.name"), "must not be empty");
+        } else if !names.insert(l.name.as_str()) {
+            errs.push(
+                format!("{p}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
+        }
+        match l.address.parse::<std::net::SocketAddr>() {
+            Ok(a) => {
+                if !addrs.insert(a) {
+                    errs.push(
+                        format!("{p}.address"),
+                        format!("{a} is used by another listener"),
+                    );
+                }
+            }
+            Err(_) => errs.push(
+                format!("{p}.address"),
+                format!("{:?} is not an ip:port socket address", l.address),
+            ),
+        }
+        match (&l.protocol, &l.tls) {
+            (ListenerProtocol::Http, Some(_)) => {
+                errs.push(format!("{p}.tls"), "only valid with protocol https")
+            }
+            (ListenerProtocol::Https, Some(tls)) => {
+                for (j, c) in tls.certificates.iter().enumerate() {
+                    let cp = format!("{p}.tls.certificates[{j}]");
+                    if c.cert_file.is_empty() {
+                        errs.push(format!("{cp}.certFile"), "must not be empty");
+                    }
+                    if c.key_file.is_empty() {
+                        errs.push(format!("{cp}.keyFile"), "must not be empty");
+                    }
+                    for (k, h) in c.hostnames.iter().enumerate() {
+                        if !is_valid_hostname_pattern(h) {
+                            errs.push(
+                                format!("{cp}.hostnames[{k}]"),
+                                format!("{h:?} is not a hostname or *.wildcard"),
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn validate_backend(name: &str, b: &Backend, errs: &mut Errors) {
+    let p = format!("backends[{name:?}]");
+    if !is_valid_name(name) {
+        errs.push(
+            p.clone(),
+            "backend names use letters, digits, '-', '_', '.' and '/' only",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (i, ep) in b.endpoints.iter().enumerate() {
+        let ep_path = format!("{p}.endpoints[{i}]");
+        if let Err(msg) = parse_host_port(&ep.address) {
+            errs.push(
+                ep_path.clone(),
+                format!("{:?} is not a host:port ({msg})", ep.address),
+            );
+        } else if !seen.insert(ep.address.as_str()) {
+            errs.push(
+                ep_path.clone(),
+                format!("duplicate endpoint {:?}", ep.address),
+            );
+        }
+        if ep.weight == 0 {
+            errs.push(
+                format!("{ep_path}.weight"),
+                "must be at least 1 (remove the endpoint instead)",
+            );
+        }
+    }
+    if b.timeouts.connect.get().is_zero() {
+        errs.push(format!("{p}.timeouts.connect"), "must be greater than 0");
+    }
+    if b.timeouts.request.get().is_zero() {
+        errs.push(format!("{p}.timeouts.request"), "must be greater than 0");
+    }
+}
+
+fn validate_route(p: &str, route: &Route, snap: &Snapshot, errs: &mut Errors) {
+    if route.name.is_empty() {
+        errs.push(format!("{p}.name"), "must not be empty");
+    }
+    let mut hosts = BTreeSet::new();
+    for (i, h) in route.hostnames.iter().enumerate() {
+        if !is_valid_hostname_pattern(h) {
+            errs.push(
+                format!("{p}.hostnames[{i}]"),
+                format!("{h:?} is not a hostname (api.example.com) or wildcard (*.example.com)"),
+            );
+        } else if !hosts.insert(h.to_ascii_lowercase()) {
+            errs.push(
+                format!("{p}.hostnames[{i}]"),
+                format!("duplicate hostname {h:?}"),
+            );
+        }
+    }
+    if route.rules.is_empty() {
+        errs.push(format!("{p}.rules"), "a route needs at least one rule");
+    }
+    for (r, rule) in route.rules.iter().enumerate() {
+        let rp = format!("{p}.rules[{r}]");
+        for (m, mat) in rule.matches.iter().enumerate() {
+            validate_match(&format!("{rp}.matches[{m}]"), mat, errs);
+        }
+        validate_filters(&format!("{rp}.filters"), &rule.filters, errs);
+        if rule.backend_refs.is_empty() {
+            errs.push(
+                format!("{rp}.backendRefs"),
+                "a rule needs at least one backendRef",
+            );
+        }
+        let mut total: u64 = 0;
+        for (b, br) in rule.backend_refs.iter().enumerate() {
+            total += u64::from(br.weight);
+            if !snap.backends.contains_key(&br.name) {
+                errs.push(
+                    format!("{rp}.backendRefs[{b}].name"),
+                    format!("backend {:?} is not defined in backends", br.name),
+                );
+            }
+        }
+        if !rule.backend_refs.is_empty() && total == 0 {
+            errs.push(
+                format!("{rp}.backendRefs"),
+                "weights add up to 0; at least one must be positive",
+            );
+        }
+        if let Some(t) = rule.timeout {
+            if t.get().is_zero() {
+                errs.push(format!("{rp}.timeout"), "must be greater than 0");
+            }
+        }
+    }
+}
+
+fn validate_match(p: &str, m: &Match, errs: &mut Errors) {
+    if let Some(path) = &m.path {
+        let pp = format!("{p}.path");
+        let v = &path.value;
+        match path.kind {
+            PathMatchType::Exact | PathMatchType::PathPrefix => {
+                if !v.starts_with('/') {
+                    errs.push(pp, format!("{v:?} must start with '/'"));
+                } else if v.contains(['?', '#']) {
+                    errs.push(pp, format!("{v:?} must not contain '?' or '#'"));
+                }
+            }
+            PathMatchType::Wildcard => {
+                if let Err(msg) = check_wildcard(v) {
+                    errs.push(pp, format!("wildcard {v:?}: {msg}"));
+                }
+            }
+            PathMatchType::RegularExpression => {
+                if let Err(e) = compile_full_match(v) {
+                    errs.push(pp, format!("regex does not compile: {e}"));
+                }
+            }
+        }
+    }
+    if let Some(method) = &m.method {
+        if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+            errs.push(
+                format!("{p}.method"),
+                format!("{method:?} is not an HTTP method"),
+            );
+        }
+    }
+    for (i, h) in m.headers.iter().enumerate() {
+        let hp = format!("{p}.headers[{i}]");
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            errs.push(
+                format!("{hp}.name"),
+                format!("{:?} is not a valid header name", h.name),
+            );
+        }
+        check_value_match(&hp, h, errs);
+    }
+    for (i, q) in m.query_params.iter().enumerate() {
+        let qp = format!("{p}.queryParams[{i}]");
+        if q.name.is_empty() {
+            errs.push(format!("{qp}.name"), "must not be empty");
+        }
+        check_value_match(&qp, q, errs);
+    }
+}
+
+fn check_value_match(p: &str, m: &ValueMatch, errs: &mut Errors) {
+    if m.kind == StringMatchType::RegularExpression {
+        if let Err(e) = compile_full_match(&m.value) {
+            errs.push(format!("{p}.value"), format!("regex does not compile: {e}"));
+        }
+    }
+}
+
+fn validate_filters(p: &str, f: &Filters, errs: &mut Errors) {
+    for (which, hf) in [
+        ("requestHeaders", &f.request_headers),
+        ("responseHeaders", &f.response_headers),
+    ] {
+        for (op, list) in [("add", &hf.add), ("set", &hf.set)] {
+            for (i, h) in list.iter().enumerate() {
+                let hp = format!("{p}.{which}.{op}[{i}]");
+                if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                    errs.push(
+                        format!("{hp}.name"),
+                        format!("{:?} is not a valid header name", h.name),
+                    );
+                } else if is_hop_by_hop(&h.name) {
+                    errs.push(
+                        format!("{hp}.name"),
+                        format!("{:?} is a hop-by-hop header and cannot be set", h.name),
+                    );
+                }
+                if http::HeaderValue::from_str(&h.value).is_err() {
+                    errs.push(
+                        format!("{hp}.value"),
+                        "not a valid header value (control characters?)",
+                    );
+                }
+            }
+        }
+        for (i, name) in hf.remove.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errs.push(
+                    format!("{p}.{which}.remove[{i}]"),
+                    format!("{name:?} is not a valid header name"),
+                );
+            }
+        }
+    }
+    if let Some(rw) = &f.path {
+        let rp = format!("{p}.path");
+        if rw.strip_prefix.is_none() && rw.replace_prefix.is_none() && rw.add_prefix.is_none() {
+            errs.push(
+                rp.clone(),
+                "set at least one of stripPrefix, replacePrefix, addPrefix",
+            );
+        }
+        let check = |field: String, v: &str, errs: &mut Errors| {
+            if !v.starts_with('/') {
+                errs.push(field, format!("{v:?} must start with '/'"));
+            } else if v.contains(['?', '#']) {
+                errs.push(field, format!("{v:?} must not contain '?' or '#'"));
+            }
+        };
+        if let Some(v) = &rw.strip_prefix {
+            check(format!("{rp}.stripPrefix"), v, errs);
+        }
+        if let Some(r) = &rw.replace_prefix {
+            check(format!("{rp}.replacePrefix.from"), &r.from, errs);
+            check(format!("{rp}.replacePrefix.to"), &r.to, errs);
+        }
+        if let Some(v) = &rw.add_prefix {
+            check(format!("{rp}.addPrefix"), v, errs);
+        }
+    }
+}
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Compiles `pattern` so that it must match a whole string.
+pub fn compile_full_match(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
+
+fn check_wildcard(v: &str) -> Result<(), String> {
+    if !v.starts_with('/') {
+        return Err("must start with '/'".into());
+    }
+    if v.contains(['?', '#']) {
+        return Err("must not contain '?' or '#'".into());
+    }
+    let segs: Vec<&str> = v[1..].split('/').collect();
+    if !segs.iter().any(|s| *s == "*" || *s == "**") {
+        return Err("has no '*' or '**' segment; use type Exact or PathPrefix".into());
+    }
+    for (i, s) in segs.iter().enumerate() {
+        if s.contains('*') && *s != "*" && *s != "**" {
+            return Err(format!("segment {s:?}: '*' must be a whole segment"));
+        }
+        if *s == "**" && i + 1 != segs.len() {
+            return Err("'**' is only allowed as the last segment".into());
+        }
+    }
+    Ok(())
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+}
+
+/// `api.example.com` or `*.example.com` (letters, digits, '-', labels of 1..=63 characters).
+pub fn is_valid_hostname_pattern(h: &str) -> bool {
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    is_dns_name(rest)
+}
+
+fn is_dns_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6) and checks both parts.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or("IPv6 addresses are written [addr]:port")?;
+        h.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| "bad IPv6 address")?;
+        (h, p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or("missing :port")?;
+        if h.parse::<std::net::Ipv4Addr>().is_err() && !is_dns_name(h) {
+            return Err("host is neither an IPv4 address nor a DNS name".into());
+        }
+        (h, p)
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port {port:?} is not a number 1-65535"))?;
+    if port == 0 {
+        return Err("port 0 is not allowed".into());
+    }
+    Ok((host.to_string(), port))
+}

@@ -1,0 +1,16 @@
+//! Weir dataplane: a reverse proxy serving a [`weir_config::Snapshot`].
+//!
+//! Parts: [`runtime`] compiles a snapshot into tables ([`router`], [`filters`], [`upstream`]);
+//! [`proxy`] is the one request pipeline every listener uses; [`server`] owns listeners,
+//! hot swaps and graceful shutdown; [`admin`] is the control API; [`echo`] is the demo backend.
+
+pub mod admin;
+pub mod body;
+pub mod echo;
+pub mod filters;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,199 @@
+//! `weir-dataplane`: run the proxy, or `weir-dataplane check FILE` to validate a config.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use weir_dataplane::{admin, server::Dataplane};
+
+#[derive(Parser)]
+#[command(
+    name = "weir-dataplane",
+    version,
+    about = "Weir dataplane: HTTP/1.1 + HTTP/2 reverse proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file; prints every problem with its field path, exits 1 if any.
+    Check { file: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Snapshot file (YAML or JSON) to serve; SIGHUP re-reads it. Without it the dataplane waits
+    /// for `PUT /config`.
+    #[arg(long, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Admin API address.
+    #[arg(long, env = "WEIR_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
+    admin_address: SocketAddr,
+    /// File holding the admin bearer token (`WEIR_ADMIN_TOKEN` may hold the token itself).
+    #[arg(long, env = "WEIR_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
+    #[arg(long, env = "WEIR_DRAIN_TIMEOUT", default_value = "30s")]
+    drain_timeout: weir_config::Duration,
+    /// Log format.
+    #[arg(long, env = "WEIR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check { file }) = cli.command {
+        return check(&file);
+    }
+    init_logging(&cli.run.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(cli.run))
+}
+
+fn check(file: &PathBuf) -> ExitCode {
+    let result = std::fs::read(file)
+        .map_err(|e| weir_config::ConfigError::single("", format!("cannot read file: {e}")))
+        .and_then(|bytes| weir_config::load(&bytes))
+        .and_then(|snap| weir_dataplane::runtime::compile(snap, None));
+    match result {
+        Ok(rt) => {
+            println!(
+                "{}: OK (version {}, {} listeners, {} routes, {} backends)",
+                file.display(),
+                rt.version,
+                rt.listeners.len(),
+                rt.snapshot.routes.len(),
+                rt.backends.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {} error(s)", file.display(), e.errors.len());
+            for err in &e.errors {
+                eprintln!("  {err}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn admin_token() -> Result<Option<String>, String> {
+    if let Ok(path) = std::env::var("WEIR_ADMIN_TOKEN_FILE") {
+        return read_token(&PathBuf::from(path)).map(Some);
+    }
+    match std::env::var("WEIR_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+        _ => Ok(None),
+    }
+}
+
+fn read_token(path: &PathBuf) -> Result<String, String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read admin token file {}: {e}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        return Err(format!("admin token file {} is empty", path.display()));
+    }
+    Ok(t)
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let token = match &args.admin_token_file {
+        Some(p) => read_token(p).map(Some),
+        None => admin_token(),
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if token.is_none() && !args.admin_address.ip().is_loopback() {
+        tracing::error!(
+            address = %args.admin_address,
+            "refusing to serve the admin API on a non-loopback address without a token; set --admin-token-file or WEIR_ADMIN_TOKEN"
+        );
+        return ExitCode::from(2);
+    }
+
+    let dp = Dataplane::new(args.config.clone());
+    if args.config.is_some() {
+        if let Err(e) = dp.reload_from_file().await {
+            tracing::error!("config rejected, {} error(s):\n{e}", e.errors.len());
+            return ExitCode::FAILURE;
+        }
+    } else {
+        tracing::info!("no --config given: waiting for PUT /config on the admin API");
+    }
+
+    let admin_listener = match tokio::net::TcpListener::bind(args.admin_address).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(address = %args.admin_address, error = %e, "cannot bind the admin listener");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(address = %args.admin_address, auth = token.is_some(), "admin API listening");
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        Arc::new(admin::Admin {
+            dataplane: dp.clone(),
+            token,
+        }),
+    ));
+
+    let signals = wait_for_signals(&dp).await;
+    if let Err(e) = signals {
+        tracing::error!(error = %e, "cannot install signal handlers");
+        return ExitCode::FAILURE;
+    }
+    dp.shutdown(args.drain_timeout.get()).await;
+    admin_task.abort();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives.
+async fn wait_for_signals(dp: &Arc<Dataplane>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match dp.reload_from_file().await {
+                Ok(v) => tracing::info!(version = %v, "reloaded on SIGHUP"),
+                Err(e) => tracing::error!("SIGHUP reload rejected, keeping the running config; {} error(s):\n{e}", e.errors.len()),
+            },
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
+        }
+    }
+}

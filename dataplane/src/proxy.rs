@@ -1,0 +1,341 @@
+//! The request pipeline shared by every front door: route, pick, transform, forward, respond.
+
+use crate::body::{boxed, full, BoxError, ProxyBody};
+use crate::filters::rewrite_path;
+use crate::router::RequestView;
+use crate::runtime::Runtime;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use weir_config::UpstreamProtocol;
+
+/// What the proxy knows about the client connection a request came in on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub listener: Arc<str>,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A JSON error reply made by the proxy itself.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "status": status.as_u16(), "error": code, "message": message });
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The request's host, lowercase and without a port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    let host = if let Some(v6) = raw.strip_prefix('[') {
+        &raw[..v6.find(']').map_or(raw.len(), |i| i + 2)]
+    } else {
+        raw.split(':').next().unwrap_or(raw)
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// Removes hop-by-hop headers, including the ones a `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(n);
+    }
+}
+
+fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host_header: Option<&HeaderValue>) {
+    let ip = conn.remote.ip();
+    let mut xff: Vec<String> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    xff.push(ip.to_string());
+    if let Ok(v) = HeaderValue::from_str(&xff.join(", ")) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(conn.scheme),
+    );
+    if let Some(h) = host_header {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    }
+    let for_ = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={for_};proto={}", conn.scheme);
+    if let Some(h) = host_header.and_then(|h| h.to_str().ok()) {
+        if h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        {
+            element.push_str(&format!(";host=\"{h}\""));
+        }
+    }
+    let mut fwd: Vec<String> = headers
+        .get_all(&FORWARDED)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    fwd.push(element);
+    if let Ok(v) = HeaderValue::from_str(&fwd.join(", ")) {
+        headers.insert(FORWARDED.clone(), v);
+    }
+}
+
+/// Serves one request against the current runtime.
+pub async fn handle<B>(
+    runtime: Option<Arc<Runtime>>,
+    conn: &ConnInfo,
+    req: Request<B>,
+) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string());
+    let span_path = path_and_query.as_deref().unwrap_or("/").to_string();
+    let (resp, route, backend, upstream) = forward(runtime, conn, req).await;
+    tracing::info!(
+        target: "weir::access",
+        listener = %conn.listener,
+        client = %conn.remote,
+        method = %method,
+        path = %span_path,
+        status = resp.status().as_u16(),
+        route = route.as_deref().unwrap_or("-"),
+        backend = backend.as_deref().unwrap_or("-"),
+        upstream = upstream.as_deref().unwrap_or("-"),
+        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    resp
+}
+
+type Outcome = (
+    Response<ProxyBody>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+async fn forward<B>(runtime: Option<Arc<Runtime>>, conn: &ConnInfo, req: Request<B>) -> Outcome
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Some(rt) = runtime else {
+        let r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_config",
+            "no configuration loaded yet",
+        );
+        return (r, None, None, None);
+    };
+    let Some(host) = request_host(&req) else {
+        let r = error_response(StatusCode::BAD_REQUEST, "no_host", "request has no Host");
+        return (r, None, None, None);
+    };
+    let rule = rt.router.find(&RequestView {
+        host: &host,
+        method: req.method(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    });
+    let Some(rule) = rule else {
+        let msg = format!("no route for host {host:?} and path {:?}", req.uri().path());
+        return (
+            error_response(StatusCode::NOT_FOUND, "no_route", &msg),
+            None,
+            None,
+            None,
+        );
+    };
+    let route = Some(rule.route.to_string());
+    let Some(backend) = rule.pick_backend() else {
+        let r = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_backend",
+            "route has no backend with weight",
+        );
+        return (r, route, None, None);
+    };
+    let backend_name = Some(backend.name.clone());
+    let Some(endpoint) = backend.pick_endpoint() else {
+        let msg = format!("backend {:?} has no endpoints", backend.name);
+        let r = error_response(StatusCode::SERVICE_UNAVAILABLE, "no_endpoint", &msg);
+        return (r, route, backend_name, None);
+    };
+    let upstream = Some(endpoint.to_string());
+
+    let (mut parts, body) = req.into_parts();
+    let path = match &rule.path {
+        Some(rw) => rewrite_path(rw, parts.uri.path()),
+        None => parts.uri.path().to_string(),
+    };
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(endpoint.clone())
+        .path_and_query(pq)
+        .build()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            let r = error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string());
+            return (r, route, backend_name, upstream);
+        }
+    };
+    // The Host the client asked for goes upstream unchanged (HTTP/2 clients send :authority).
+    let host_value = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let wants_trailers = parts
+        .headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding(&mut parts.headers, conn, host_value.as_ref());
+    if let Some(h) = host_value {
+        parts.headers.insert(header::HOST, h);
+    }
+    let h2 = backend.config.protocol == UpstreamProtocol::H2c;
+    if h2 && wants_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    rule.request_headers.apply(&mut parts.headers);
+    parts.uri = uri;
+    parts.version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let upstream_req = Request::from_parts(parts, boxed(body));
+
+    let timeout = rule
+        .timeout
+        .unwrap_or(backend.config.timeouts.request.get());
+    let result = tokio::time::timeout(timeout, backend.client.request(upstream_req)).await;
+    let resp = match result {
+        Err(_) => {
+            let msg = format!("upstream {endpoint} did not answer within {timeout:?}");
+            error_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg)
+        }
+        Ok(Err(e)) => {
+            let (code, what) = if e.is_connect() {
+                ("upstream_connect_error", "cannot connect to")
+            } else {
+                ("upstream_error", "request failed at")
+            };
+            let source = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            tracing::warn!(backend = %backend.name, upstream = %endpoint, error = %e, source = %source, "upstream error");
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                code,
+                &format!("{what} upstream {endpoint}"),
+            )
+        }
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            rule.response_headers.apply(&mut parts.headers);
+            Response::from_parts(parts, boxed(body))
+        }
+    };
+    (resp, route, backend_name, upstream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_forms() {
+        let r = |h: &str| Request::builder().header("host", h).body(()).unwrap();
+        assert_eq!(
+            request_host(&r("Example.COM:8080")).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(request_host(&r("[::1]:8080")).as_deref(), Some("[::1]"));
+        assert_eq!(
+            request_host(&r("api.example.com")).as_deref(),
+            Some("api.example.com")
+        );
+        let abs = Request::builder()
+            .uri("https://h2.example.com:8443/x")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&abs).as_deref(), Some("h2.example.com"));
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

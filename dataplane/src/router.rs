@@ -1,0 +1,402 @@
+//! Request routing, compiled per host from the snapshot's routes.
+//!
+//! # Precedence (deterministic)
+//!
+//! A request's candidates are the rules of every route whose hostnames match its host (routes
+//! without hostnames match every host). Each `match` of a rule is one entry; entries are tried in
+//! this order and the first whose conditions all hold wins:
+//!
+//! 1. hostname: exact beats wildcard, a longer wildcard suffix beats a shorter one, routes
+//!    without hostnames come last;
+//! 2. path: `Exact`, then `Wildcard` (more literal characters first), then `PathPrefix` (longer
+//!    prefix first), then `RegularExpression`, then entries with no path condition;
+//! 3. entries with a method condition before those without;
+//! 4. more header conditions first, then more query conditions first;
+//! 5. declaration order: route index, rule index, match index.
+
+use crate::filters::RuleRt;
+use http::{HeaderMap, Method};
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use weir_config::{
+    compile_full_match, ConfigError, Errors, Match, PathMatchType, Route, StringMatchType,
+    ValueMatch,
+};
+
+#[derive(Debug)]
+enum PathCond {
+    Any,
+    Exact(String),
+    Prefix(String),
+    /// Segments: `None` is `*`; `tail` is a trailing `**`.
+    Wildcard {
+        segs: Vec<Option<String>>,
+        tail: bool,
+    },
+    Regex(Regex),
+}
+
+impl PathCond {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathCond::Any => true,
+            PathCond::Exact(v) => path == v,
+            PathCond::Prefix(p) => prefix_matches(p, path),
+            PathCond::Wildcard { segs, tail } => {
+                let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+                for seg in segs {
+                    match (parts.next(), seg) {
+                        (Some(part), None) if !part.is_empty() => {}
+                        (Some(part), Some(lit)) if part == lit => {}
+                        _ => return false,
+                    }
+                }
+                *tail || parts.next().is_none()
+            }
+            PathCond::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+/// Segment-aware prefix match: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    let p = prefix.trim_end_matches('/');
+    match path.strip_prefix(p) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+#[derive(Debug)]
+enum ValueCond {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueCond {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueCond::Exact(e) => e == v,
+            ValueCond::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    cond: Arc<MatchCond>,
+    rule: Arc<RuleRt>,
+}
+
+/// What the router looks at in a request.
+pub struct RequestView<'a> {
+    pub host: &'a str,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+impl MatchCond {
+    fn matches(&self, req: &RequestView<'_>, query: &mut Option<Vec<(String, String)>>) -> bool {
+        if let Some(m) = &self.method {
+            if m != req.method {
+                return false;
+            }
+        }
+        if !self.path.matches(req.path) {
+            return false;
+        }
+        for (name, cond) in &self.headers {
+            let any = req
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().map(|s| cond.matches(s)).unwrap_or(false));
+            if !any {
+                return false;
+            }
+        }
+        if !self.query.is_empty() {
+            let parsed = query.get_or_insert_with(|| {
+                req.query
+                    .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                    .unwrap_or_default()
+            });
+            for (name, cond) in &self.query {
+                if !parsed.iter().any(|(k, v)| k == name && cond.matches(v)) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostPattern<'a> {
+    Exact(&'a str),
+    /// Suffix including the leading dot: `.example.com`.
+    Wildcard(&'a str),
+    Any,
+}
+
+impl HostPattern<'_> {
+    fn covers_host(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => *h == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+            HostPattern::Any => true,
+        }
+    }
+    /// Smaller sorts first.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Exact(_) => (0, 0),
+            HostPattern::Wildcard(s) => (1, usize::MAX - s.len()),
+            HostPattern::Any => (2, 0),
+        }
+    }
+}
+
+type Group = Arc<Vec<Entry>>;
+
+/// Routing tables: a precomputed, ordered candidate list per distinct host pattern.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<String, Group>,
+    /// (suffix with leading dot, group), longest suffix first.
+    wildcard: Vec<(String, Group)>,
+    any: Option<Group>,
+}
+
+impl Router {
+    /// Compiles routes; `rules[route][rule]` are the already-compiled rule actions.
+    pub fn build(routes: &[Route], rules: &[Vec<Arc<RuleRt>>]) -> Result<Router, ConfigError> {
+        let mut errs = Errors::default();
+        // Every match compiled once: conds[route][rule] = [(match index, cond)].
+        let mut conds: Vec<Vec<Vec<(usize, Arc<MatchCond>)>>> = Vec::new();
+        for (ri, route) in routes.iter().enumerate() {
+            let mut per_rule = Vec::new();
+            for (ui, rule) in route.rules.iter().enumerate() {
+                let mut per_match = Vec::new();
+                if rule.matches.is_empty() {
+                    per_match.push((0, Arc::new(MatchCond::any())));
+                }
+                for (mi, m) in rule.matches.iter().enumerate() {
+                    let p = format!("routes[{ri}].rules[{ui}].matches[{mi}]");
+                    if let Some(c) = MatchCond::new(&p, m, &mut errs) {
+                        per_match.push((mi, Arc::new(c)));
+                    }
+                }
+                per_rule.push(per_match);
+            }
+            conds.push(per_rule);
+        }
+        errs.into_result()?;
+
+        let lowered: Vec<Vec<String>> = routes
+            .iter()
+            .map(|r| r.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect())
+            .collect();
+        let mut patterns: Vec<(usize, HostPattern)> = Vec::new();
+        for (ri, hosts) in lowered.iter().enumerate() {
+            if hosts.is_empty() {
+                patterns.push((ri, HostPattern::Any));
+            }
+            for h in hosts {
+                match h.strip_prefix('*') {
+                    Some(suffix) => patterns.push((ri, HostPattern::Wildcard(suffix))),
+                    None => patterns.push((ri, HostPattern::Exact(h))),
+                }
+            }
+        }
+
+        // A group holds every entry that can serve the hosts of one pattern, in precedence order.
+        let build_group = |covers: &dyn Fn(&HostPattern) -> bool| -> Group {
+            let mut cands = Vec::new();
+            for (ri, pat) in &patterns {
+                if !covers(pat) {
+                    continue;
+                }
+                for (ui, per_match) in conds[*ri].iter().enumerate() {
+                    for (mi, cond) in per_match {
+                        let (a, b, c, d, e) = cond.key();
+                        cands.push((
+                            (pat.rank(), a, b, c, d, e, (*ri, ui, *mi)),
+                            cond,
+                            &rules[*ri][ui],
+                        ));
+                    }
+                }
+            }
+            cands.sort_by_key(|c| c.0);
+            // A route with two patterns covering the same host shows up twice; keep the first.
+            let mut seen = std::collections::HashSet::new();
+            let entries = cands
+                .into_iter()
+                .filter(|c| seen.insert(c.0 .6))
+                .map(|(_, cond, rule)| Entry {
+                    cond: cond.clone(),
+                    rule: rule.clone(),
+                })
+                .collect();
+            Arc::new(entries)
+        };
+
+        let mut router = Router::default();
+        for (_, pat) in &patterns {
+            match *pat {
+                HostPattern::Exact(h) if !router.exact.contains_key(h) => {
+                    let g = build_group(&|p: &HostPattern| p.covers_host(h));
+                    router.exact.insert(h.to_string(), g);
+                }
+                HostPattern::Wildcard(s) if !router.wildcard.iter().any(|(x, _)| x == s) => {
+                    // Hosts under `*.a.b` are also under every wildcard whose suffix ends `s`.
+                    let g = build_group(&|p: &HostPattern| match p {
+                        HostPattern::Wildcard(o) => s.ends_with(o),
+                        HostPattern::Any => true,
+                        HostPattern::Exact(_) => false,
+                    });
+                    router.wildcard.push((s.to_string(), g));
+                }
+                HostPattern::Any if router.any.is_none() => {
+                    router.any = Some(build_group(&|p: &HostPattern| *p == HostPattern::Any));
+                }
+                _ => {}
+            }
+        }
+        router
+            .wildcard
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        Ok(router)
+    }
+
+    /// The rule for a request, or `None` (404). `host` must be lowercase without a port.
+    pub fn find(&self, req: &RequestView<'_>) -> Option<Arc<RuleRt>> {
+        let group = self.exact.get(req.host).or_else(|| {
+            self.wildcard
+                .iter()
+                .find(|(suffix, _)| HostPattern::Wildcard(suffix).covers_host(req.host))
+                .map(|(_, g)| g)
+                .or(self.any.as_ref())
+        })?;
+        let mut query = None;
+        group
+            .iter()
+            .find(|e| e.cond.matches(req, &mut query))
+            .map(|e| e.rule.clone())
+    }
+}
+
+/// One compiled `match`: its conditions plus what precedence needs to know about them.
+#[derive(Debug)]
+struct MatchCond {
+    /// 0 Exact, 1 Wildcard, 2 PathPrefix, 3 RegularExpression, 4 none.
+    path_kind: u8,
+    /// Literal characters in the path condition (longer sorts first).
+    path_len: usize,
+    path: PathCond,
+    method: Option<Method>,
+    headers: Vec<(http::HeaderName, ValueCond)>,
+    query: Vec<(String, ValueCond)>,
+}
+
+impl MatchCond {
+    fn any() -> Self {
+        MatchCond {
+            path_kind: 4,
+            path_len: 0,
+            path: PathCond::Any,
+            method: None,
+            headers: vec![],
+            query: vec![],
+        }
+    }
+
+    fn new(p: &str, m: &Match, errs: &mut Errors) -> Option<Self> {
+        let before = errs.0.len();
+        let (path_kind, path_len, path) = match &m.path {
+            None => (4, 0, PathCond::Any),
+            Some(pm) => match pm.kind {
+                PathMatchType::Exact => (0, pm.value.len(), PathCond::Exact(pm.value.clone())),
+                PathMatchType::Wildcard => {
+                    let body = pm.value.strip_prefix('/').unwrap_or(&pm.value);
+                    let mut segs: Vec<&str> = body.split('/').collect();
+                    let tail = segs.last() == Some(&"**");
+                    if tail {
+                        segs.pop();
+                    }
+                    let literal = segs.iter().filter(|s| **s != "*").map(|s| s.len()).sum();
+                    let segs = segs
+                        .into_iter()
+                        .map(|s| (s != "*").then(|| s.to_string()))
+                        .collect();
+                    (1, literal, PathCond::Wildcard { segs, tail })
+                }
+                PathMatchType::PathPrefix => (
+                    2,
+                    pm.value.trim_end_matches('/').len(),
+                    PathCond::Prefix(pm.value.clone()),
+                ),
+                PathMatchType::RegularExpression => match compile_full_match(&pm.value) {
+                    Ok(r) => (3, 0, PathCond::Regex(r)),
+                    Err(e) => {
+                        errs.push(format!("{p}.path"), format!("regex does not compile: {e}"));
+                        (3, 0, PathCond::Any)
+                    }
+                },
+            },
+        };
+        let method = m
+            .method
+            .as_ref()
+            .and_then(|s| Method::from_bytes(s.as_bytes()).ok());
+        let mut value = |field: String, v: &ValueMatch| match v.kind {
+            StringMatchType::Exact => Some(ValueCond::Exact(v.value.clone())),
+            StringMatchType::RegularExpression => match compile_full_match(&v.value) {
+                Ok(r) => Some(ValueCond::Regex(r)),
+                Err(e) => {
+                    errs.push(field, format!("regex does not compile: {e}"));
+                    None
+                }
+            },
+        };
+        let mut headers = Vec::new();
+        for (i, h) in m.headers.iter().enumerate() {
+            let cond = value(format!("{p}.headers[{i}].value"), h);
+            if let (Ok(name), Some(cond)) = (http::HeaderName::from_bytes(h.name.as_bytes()), cond)
+            {
+                headers.push((name, cond));
+            }
+        }
+        let mut query = Vec::new();
+        for (i, q) in m.query_params.iter().enumerate() {
+            if let Some(cond) = value(format!("{p}.queryParams[{i}].value"), q) {
+                query.push((q.name.clone(), cond));
+            }
+        }
+        (errs.0.len() == before).then_some(MatchCond {
+            path_kind,
+            path_len,
+            path,
+            method,
+            headers,
+            query,
+        })
+    }
+
+    fn key(&self) -> (u8, usize, u8, usize, usize) {
+        (
+            self.path_kind,
+            usize::MAX - self.path_len,
+            u8::from(self.method.is_none()),
+            usize::MAX - self.headers.len(),
+            usize::MAX - self.query.len(),
+        )
+    }
+}

@@ -1,0 +1,150 @@
+//! TLS for the TCP listener: certificates from PEM files, SNI selection, and a self-signed
+//! fallback when a listener names no certificate.
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use weir_config::{Errors, TlsConfig};
+
+/// ALPN protocols offered on the TLS TCP listener, most preferred first.
+pub const TCP_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Picks a certificate by SNI; the first certificate answers when SNI is absent or unknown
+/// (clients connecting to an IP address send no SNI).
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<CertifiedKey>,
+    named: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(sni) = hello.server_name() {
+            let sni = sni.to_ascii_lowercase();
+            let hit = self.named.iter().find(|(n, _)| n == &sni).or_else(|| {
+                self.named.iter().find(|(n, _)| {
+                    n.strip_prefix('*')
+                        .is_some_and(|suffix| sni.len() > suffix.len() && sni.ends_with(suffix))
+                })
+            });
+            if let Some((_, k)) = hit {
+                return Some(k.clone());
+            }
+        }
+        Some(self.default.clone())
+    }
+}
+
+/// A generated certificate for `localhost`, `127.0.0.1` and `::1`, written once per process.
+pub struct SelfSigned {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+static SELF_SIGNED: OnceLock<Result<SelfSigned, String>> = OnceLock::new();
+
+pub fn self_signed() -> Result<&'static SelfSigned, String> {
+    SELF_SIGNED
+        .get_or_init(|| {
+            let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+            let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+            let dir = std::env::temp_dir().join(format!("weir-selfsigned-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let cert_file = dir.join("cert.pem");
+            let key_file = dir.join("key.pem");
+            std::fs::write(&cert_file, ck.cert.pem()).map_err(|e| e.to_string())?;
+            std::fs::write(&key_file, ck.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+            tracing::warn!(
+                cert = %cert_file.display(),
+                key = %key_file.display(),
+                "no certificate configured for a TLS listener: serving a generated self-signed certificate"
+            );
+            Ok(SelfSigned { cert_file, key_file })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn load_key(
+    provider: &CryptoProvider,
+    cert_file: &str,
+    key_file: &str,
+) -> Result<CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("cannot read certificate file {cert_file:?}: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in {cert_file:?}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {cert_file:?}"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("cannot read a private key from {key_file:?}: {e}"))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unsupported private key in {key_file:?}: {e}"))?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match()
+        .map_err(|e| format!("{key_file:?} does not belong to {cert_file:?}: {e}"))?;
+    Ok(ck)
+}
+
+/// Builds the rustls server config for a listener at `path` (`listeners[1]`), pushing any
+/// problem to `errs` with its field path.
+pub fn server_config(
+    tls: Option<&TlsConfig>,
+    path: &str,
+    alpn: &[&[u8]],
+    errs: &mut Errors,
+) -> Option<Arc<rustls::ServerConfig>> {
+    let provider = provider();
+    let mut keys = Vec::new();
+    let certs = tls.map(|t| t.certificates.as_slice()).unwrap_or_default();
+    if certs.is_empty() {
+        match self_signed() {
+            Ok(ss) => match load_key(
+                &provider,
+                &ss.cert_file.to_string_lossy(),
+                &ss.key_file.to_string_lossy(),
+            ) {
+                Ok(k) => keys.push((Vec::new(), Arc::new(k))),
+                Err(e) => errs.push(format!("{path}.tls"), e),
+            },
+            Err(e) => errs.push(
+                format!("{path}.tls"),
+                format!("cannot generate a self-signed certificate: {e}"),
+            ),
+        }
+    }
+    for (i, c) in certs.iter().enumerate() {
+        match load_key(&provider, &c.cert_file, &c.key_file) {
+            Ok(k) => keys.push((c.hostnames.clone(), Arc::new(k))),
+            Err(e) => errs.push(format!("{path}.tls.certificates[{i}]"), e),
+        }
+    }
+    let (_, default) = keys.first()?.clone();
+    let named = keys
+        .iter()
+        .flat_map(|(names, k)| names.iter().map(|n| (n.to_ascii_lowercase(), k.clone())))
+        .collect();
+    let resolver = Arc::new(SniResolver { default, named });
+    let mut cfg = match rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+    {
+        Ok(b) => b.with_no_client_auth().with_cert_resolver(resolver),
+        Err(e) => {
+            errs.push(format!("{path}.tls"), e.to_string());
+            return None;
+        }
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Some(Arc::new(cfg))
+}
