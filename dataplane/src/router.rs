@@ -400,3 +400,130 @@ impl MatchCond {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::runtime::compile;
+    use http::{HeaderMap, HeaderValue, Method};
+
+    const ROUTES: &str = r#"
+backends:
+  b: { endpoints: ["127.0.0.1:1"] }
+routes:
+  - name: any
+    rules:
+      - backendRefs: [{ name: b }]                                           # any#0
+      - matches: [{ path: { type: PathPrefix, value: /api } }]
+        backendRefs: [{ name: b }]                                           # any#1
+      - matches: [{ path: { type: PathPrefix, value: /api/v1 } }]
+        backendRefs: [{ name: b }]                                           # any#2
+      - matches: [{ path: { type: Exact, value: /api/v1/users } }]
+        backendRefs: [{ name: b }]                                           # any#3
+      - matches: [{ path: { type: Wildcard, value: "/api/*/items" } }]
+        backendRefs: [{ name: b }]                                           # any#4
+      - matches: [{ path: { type: RegularExpression, value: "/api/[0-9]+" } }]
+        backendRefs: [{ name: b }]                                           # any#5
+      - matches: [{ path: { type: PathPrefix, value: /api }, method: POST }]
+        backendRefs: [{ name: b }]                                           # any#6
+      - matches:
+          - path: { type: PathPrefix, value: /api }
+            headers: [{ name: x-canary, value: "yes" }]
+        backendRefs: [{ name: b }]                                           # any#7
+      - matches:
+          - path: { type: PathPrefix, value: /api }
+            queryParams: [{ name: debug, value: "1|true", type: RegularExpression }]
+        backendRefs: [{ name: b }]                                           # any#8
+      - matches: [{ path: { type: Wildcard, value: "/files/**" } }]
+        backendRefs: [{ name: b }]                                           # any#9
+  - name: exact
+    hostnames: [shop.example.com]
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /cart } }]
+        backendRefs: [{ name: b }]                                           # exact#0
+  - name: wild
+    hostnames: ["*.example.com"]
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /cart } }]
+        backendRefs: [{ name: b }]                                           # wild#0
+      - matches: [{ path: { type: PathPrefix, value: /wild } }]
+        backendRefs: [{ name: b }]                                           # wild#1
+  - name: deeper
+    hostnames: ["*.eu.example.com"]
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /cart } }]
+        backendRefs: [{ name: b }]                                           # deeper#0
+  - name: later
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /api } }]
+        backendRefs: [{ name: b }]                                           # never: same key as any#1, declared later
+"#;
+
+    fn find(rt: &crate::runtime::Runtime, host: &str, method: &str, uri: &str, hdrs: &[(&str, &str)]) -> String {
+        let uri: http::Uri = uri.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for (k, v) in hdrs {
+            headers.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let view = super::RequestView {
+            host,
+            method: &method,
+            path: uri.path(),
+            query: uri.query(),
+            headers: &headers,
+        };
+        match rt.router.find(&view) {
+            Some(r) => format!("{}#{}", r.route, r.rule_index),
+            None => "404".into(),
+        }
+    }
+
+    #[test]
+    fn precedence_table() {
+        let snap = weir_config::load(ROUTES.as_bytes()).unwrap();
+        let rt = compile(snap, None).unwrap();
+        let table: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+            ("x.test", "GET", "/", &[], "any#0"),
+            ("x.test", "GET", "/apix", &[], "any#0"),
+            ("x.test", "GET", "/api", &[], "any#1"),
+            ("x.test", "GET", "/api/", &[], "any#1"),
+            ("x.test", "GET", "/api/v1", &[], "any#2"),
+            ("x.test", "GET", "/api/v1/users", &[], "any#3"),
+            ("x.test", "GET", "/api/v1/users/7", &[], "any#2"),
+            ("x.test", "GET", "/api/v2/items", &[], "any#4"),
+            ("x.test", "GET", "/api/v1/items", &[], "any#4"),
+            ("x.test", "GET", "/api/v2/items/3", &[], "any#1"),
+            ("x.test", "GET", "/api/42", &[], "any#1"), // prefix outranks regex
+            ("x.test", "POST", "/api/x", &[], "any#6"),
+            ("x.test", "GET", "/api/x", &[("x-canary", "yes")], "any#7"),
+            ("x.test", "POST", "/api/x", &[("x-canary", "yes")], "any#6"), // method before headers
+            ("x.test", "GET", "/api/x", &[("x-canary", "no")], "any#1"),
+            ("x.test", "GET", "/api/x?debug=true", &[], "any#8"),
+            ("x.test", "GET", "/api/x?debug=2", &[], "any#1"),
+            ("x.test", "GET", "/files", &[], "any#9"),
+            ("x.test", "GET", "/files/a/b/c", &[], "any#9"),
+            ("shop.example.com", "GET", "/cart/1", &[], "exact#0"),
+            ("shop.example.com", "GET", "/wild", &[], "wild#1"),
+            ("shop.example.com", "GET", "/api", &[], "any#1"),
+            ("a.example.com", "GET", "/cart", &[], "wild#0"),
+            ("a.b.example.com", "GET", "/cart", &[], "wild#0"),
+            ("x.eu.example.com", "GET", "/cart", &[], "deeper#0"),
+            ("x.eu.example.com", "GET", "/wild", &[], "wild#1"),
+            ("example.com", "GET", "/cart", &[], "any#0"),
+        ];
+        for (host, method, uri, hdrs, want) in table {
+            assert_eq!(&find(&rt, host, method, uri, hdrs), want, "{method} {host}{uri} {hdrs:?}");
+        }
+    }
+
+    #[test]
+    fn no_catch_all_gives_404() {
+        let snap = weir_config::load(
+            b"backends: { b: { endpoints: [\"127.0.0.1:1\"] } }\nroutes:\n  - name: r\n    hostnames: [a.test]\n    rules: [{ backendRefs: [{ name: b }] }]\n",
+        )
+        .unwrap();
+        let rt = compile(snap, None).unwrap();
+        assert_eq!(find(&rt, "a.test", "GET", "/x", &[]), "r#0");
+        assert_eq!(find(&rt, "b.test", "GET", "/x", &[]), "404");
+    }
+}

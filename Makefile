@@ -1,0 +1,39 @@
+# Weir — see README.md. Cargo's target dir lives outside the clone so fresh clones reuse builds.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
+CARGO ?= cargo
+
+.PHONY: run test deps build release lint fmt check-example crds e2e bench clean
+
+## run: release build, two demo backends, the dataplane on examples/standalone.yaml
+run: deps release
+	scripts/run-demo.sh
+
+## test: formatting, clippy -D warnings, every unit and integration test
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	$(CARGO) run -q -p weir-dataplane --bin weir-dataplane -- check examples/standalone.yaml
+
+## deps: install what the build and tests need (Debian packages, rustup components)
+deps:
+	scripts/ensure-deps.sh
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release -p weir-dataplane --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+check-example:
+	$(CARGO) run -q -p weir-dataplane --bin weir-dataplane -- check examples/standalone.yaml
+
+clean:
+	$(CARGO) clean
