@@ -41,6 +41,99 @@ pub struct Listener {
     /// TLS settings, only for `https`. Without certificates a self-signed one is generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// HTTP/3 on the same port number over UDP, only for `https`; on by default there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http3: Option<Http3Config>,
+}
+
+impl Listener {
+    /// The HTTP/3 settings in force: `None` when HTTP/3 is off for this listener.
+    pub fn http3_settings(&self) -> Option<Http3Config> {
+        match (self.protocol, &self.http3) {
+            (ListenerProtocol::Https, None) => Some(Http3Config::default()),
+            (ListenerProtocol::Https, Some(h)) if h.enabled => Some(h.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// QUIC + HTTP/3 settings of an `https` listener.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http3Config {
+    /// Serve HTTP/3 on UDP at the listener's address (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `ma` of the `Alt-Svc: h3=":port"` header added on the TCP side (default 24h).
+    #[serde(default = "default_alt_svc_max_age")]
+    pub alt_svc_max_age: Duration,
+    /// Concurrent QUIC connections accepted; more are refused (default 10000).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Concurrent request streams per connection (default 256).
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// A connection with no traffic for this long is closed (default 30s).
+    #[serde(default = "default_quic_idle")]
+    pub idle_timeout: Duration,
+    /// Flow-control window per stream, bytes (default 1 MiB).
+    #[serde(default = "default_stream_window")]
+    pub stream_receive_window: u32,
+    /// Flow-control window per connection, bytes (default 8 MiB).
+    #[serde(default = "default_conn_window")]
+    pub receive_window: u32,
+    /// Bytes in flight per connection before sending waits (default 8 MiB).
+    #[serde(default = "default_conn_window")]
+    pub send_window: u32,
+    /// Requested UDP socket receive buffer, bytes (default 4 MiB; the kernel may cap it,
+    /// see net.core.rmem_max — a warning is logged then).
+    #[serde(default = "default_udp_buffer")]
+    pub udp_receive_buffer: u32,
+    /// Requested UDP socket send buffer, bytes (default 4 MiB; see net.core.wmem_max).
+    #[serde(default = "default_udp_buffer")]
+    pub udp_send_buffer: u32,
+}
+
+impl Default for Http3Config {
+    fn default() -> Self {
+        Http3Config {
+            enabled: true,
+            alt_svc_max_age: default_alt_svc_max_age(),
+            max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_streams(),
+            idle_timeout: default_quic_idle(),
+            stream_receive_window: default_stream_window(),
+            receive_window: default_conn_window(),
+            send_window: default_conn_window(),
+            udp_receive_buffer: default_udp_buffer(),
+            udp_send_buffer: default_udp_buffer(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_alt_svc_max_age() -> Duration {
+    Duration::from_secs(86400)
+}
+fn default_max_connections() -> u32 {
+    10_000
+}
+fn default_max_streams() -> u32 {
+    256
+}
+fn default_quic_idle() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stream_window() -> u32 {
+    1 << 20
+}
+fn default_conn_window() -> u32 {
+    8 << 20
+}
+fn default_udp_buffer() -> u32 {
+    4 << 20
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

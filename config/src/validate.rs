@@ -70,6 +70,29 @@ fn validate_listeners(listeners: &[Listener], errs: &mut Errors) {
                 format!("{:?} is not an ip:port socket address", l.address),
             ),
         }
+        if let (ListenerProtocol::Http, Some(_)) = (&l.protocol, &l.http3) {
+            errs.push(
+                format!("{p}.http3"),
+                "only valid with protocol https (HTTP/3 needs TLS)",
+            );
+        }
+        if let Some(h) = &l.http3 {
+            let hp = format!("{p}.http3");
+            for (field, v) in [
+                ("maxConnections", h.max_connections),
+                ("maxConcurrentStreams", h.max_concurrent_streams),
+                ("streamReceiveWindow", h.stream_receive_window),
+                ("receiveWindow", h.receive_window),
+                ("sendWindow", h.send_window),
+            ] {
+                if v == 0 {
+                    errs.push(format!("{hp}.{field}"), "must be at least 1");
+                }
+            }
+            if h.idle_timeout.get().is_zero() {
+                errs.push(format!("{hp}.idleTimeout"), "must be greater than 0");
+            }
+        }
         match (&l.protocol, &l.tls) {
             (ListenerProtocol::Http, Some(_)) => {
                 errs.push(format!("{p}.tls"), "only valid with protocol https")

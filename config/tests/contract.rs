@@ -66,7 +66,11 @@ fn unknown_field_is_an_error_with_its_path() {
     let err = load(text.as_bytes()).expect_err("unknown field");
     assert_eq!(err.errors.len(), 1);
     assert_eq!(err.errors[0].path, "routes[0].rules[0].retries");
-    assert!(err.errors[0].message.contains("unknown field `retries`"), "{}", err);
+    assert!(
+        err.errors[0].message.contains("unknown field `retries`"),
+        "{}",
+        err
+    );
     let text = GOOD.replace("protocol: h2c", "protocol: h2c\n    bogus: 1");
     let err = load(text.as_bytes()).expect_err("unknown field");
     assert_eq!(err.errors[0].path, "backends[\"api\"].bogus");
@@ -78,9 +82,14 @@ fn type_errors_name_the_field() {
     let err = load(text.as_bytes()).expect_err("bad duration");
     assert_eq!(err.errors[0].path, "backends[\"api\"].timeouts.connect");
     assert!(err.errors[0].message.contains("invalid duration"), "{err}");
-    let err = parse_json(br#"{"routes":[{"name":"a","rules":[{"backendRefs":[{"name":"x","weight":-1}]}]}]}"#)
-        .expect_err("negative weight");
-    assert_eq!(err.errors[0].path, "routes[0].rules[0].backendRefs[0].weight");
+    let err = parse_json(
+        br#"{"routes":[{"name":"a","rules":[{"backendRefs":[{"name":"x","weight":-1}]}]}]}"#,
+    )
+    .expect_err("negative weight");
+    assert_eq!(
+        err.errors[0].path,
+        "routes[0].rules[0].backendRefs[0].weight"
+    );
 }
 
 #[test]
@@ -135,18 +144,35 @@ routes:
         "routes[1].rules",
     ];
     for w in want {
-        assert!(got.iter().any(|g| g == w), "missing error for {w}; got:\n{err}");
+        assert!(
+            got.iter().any(|g| g == w),
+            "missing error for {w}; got:\n{err}"
+        );
     }
     assert_eq!(got.len(), want.len(), "unexpected extra errors:\n{err}");
-    let regex_err = &err.errors.iter().find(|e| e.path == "routes[0].rules[0].matches[0].path").unwrap().message;
-    assert!(regex_err.starts_with("regex does not compile"), "{regex_err}");
-    let ep = &err.errors.iter().find(|e| e.path == "backends[\"api\"].endpoints[0]").unwrap().message;
+    let regex_err = &err
+        .errors
+        .iter()
+        .find(|e| e.path == "routes[0].rules[0].matches[0].path")
+        .unwrap()
+        .message;
+    assert!(
+        regex_err.starts_with("regex does not compile"),
+        "{regex_err}"
+    );
+    let ep = &err
+        .errors
+        .iter()
+        .find(|e| e.path == "backends[\"api\"].endpoints[0]")
+        .unwrap()
+        .message;
     assert!(ep.contains("not a host:port"), "{ep}");
 }
 
 #[test]
 fn display_is_one_error_per_line() {
-    let err = load(b"routes:\n  - name: a\n    rules: []\n  - name: a\n    rules: []\n").expect_err("invalid");
+    let err = load(b"routes:\n  - name: a\n    rules: []\n  - name: a\n    rules: []\n")
+        .expect_err("invalid");
     let text = err.to_string();
     assert_eq!(text.lines().count(), err.errors.len());
     assert!(text.lines().all(|l| l.starts_with("routes[")), "{text}");

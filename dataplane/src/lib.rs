@@ -8,6 +8,7 @@ pub mod admin;
 pub mod body;
 pub mod echo;
 pub mod filters;
+pub mod h3;
 pub mod proxy;
 pub mod router;
 pub mod runtime;

@@ -41,6 +41,9 @@ struct RunArgs {
     /// How long in-flight requests may take to finish on SIGTERM/SIGINT.
     #[arg(long, env = "WEIR_DRAIN_TIMEOUT", default_value = "30s")]
     drain_timeout: weir_config::Duration,
+    /// How often certificate files are checked for changes (they reload without a restart).
+    #[arg(long, env = "WEIR_CERT_CHECK_INTERVAL", default_value = "2s")]
+    cert_check_interval: weir_config::Duration,
     /// Log format.
     #[arg(long, env = "WEIR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -169,7 +172,9 @@ async fn run(args: RunArgs) -> ExitCode {
         }),
     ));
 
+    let cert_watcher = dp.spawn_cert_watcher(args.cert_check_interval.get());
     let signals = wait_for_signals(&dp).await;
+    cert_watcher.abort();
     if let Err(e) = signals {
         tracing::error!(error = %e, "cannot install signal handlers");
         return ExitCode::FAILURE;

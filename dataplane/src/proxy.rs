@@ -19,6 +19,8 @@ pub struct ConnInfo {
     pub listener: Arc<str>,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// `Alt-Svc` advertising HTTP/3, set on TLS TCP listeners whose port also serves QUIC.
+    pub alt_svc: Option<HeaderValue>,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -135,12 +137,19 @@ where
 {
     let start = Instant::now();
     let method = req.method().clone();
+    let version = req.version();
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string());
     let span_path = path_and_query.as_deref().unwrap_or("/").to_string();
-    let (resp, route, backend, upstream) = forward(runtime, conn, req).await;
+    let (mut resp, route, backend, upstream) = forward(runtime, conn, req).await;
+    // An upstream's Alt-Svc describes the upstream, not us; ours replaces it.
+    resp.headers_mut().remove(header::ALT_SVC);
+    if let Some(v) = &conn.alt_svc {
+        resp.headers_mut().insert(header::ALT_SVC, v.clone());
+    }
     tracing::info!(
         target: "weir::access",
         listener = %conn.listener,
+        protocol = ?version,
         client = %conn.remote,
         method = %method,
         path = %span_path,

@@ -458,11 +458,20 @@ routes:
         backendRefs: [{ name: b }]                                           # never: same key as any#1, declared later
 "#;
 
-    fn find(rt: &crate::runtime::Runtime, host: &str, method: &str, uri: &str, hdrs: &[(&str, &str)]) -> String {
+    fn find(
+        rt: &crate::runtime::Runtime,
+        host: &str,
+        method: &str,
+        uri: &str,
+        hdrs: &[(&str, &str)],
+    ) -> String {
         let uri: http::Uri = uri.parse().unwrap();
         let mut headers = HeaderMap::new();
         for (k, v) in hdrs {
-            headers.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let view = super::RequestView {
@@ -512,7 +521,11 @@ routes:
             ("example.com", "GET", "/cart", &[], "any#0"),
         ];
         for (host, method, uri, hdrs, want) in table {
-            assert_eq!(&find(&rt, host, method, uri, hdrs), want, "{method} {host}{uri} {hdrs:?}");
+            assert_eq!(
+                &find(&rt, host, method, uri, hdrs),
+                want,
+                "{method} {host}{uri} {hdrs:?}"
+            );
         }
     }
 

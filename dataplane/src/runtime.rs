@@ -6,7 +6,7 @@ use crate::upstream::BackendRt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use weir_config::{ConfigError, Errors, ListenerProtocol, Snapshot};
+use weir_config::{ConfigError, Errors, Http3Config, ListenerProtocol, Snapshot};
 
 /// One listener's compiled settings.
 #[derive(Debug, Clone)]
@@ -15,6 +15,17 @@ pub struct ListenerRt {
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// QUIC endpoint settings when HTTP/3 is on.
+    pub quic: Option<QuicRt>,
+    /// `Alt-Svc` value advertised on the TCP side when HTTP/3 is on.
+    pub alt_svc: Option<http::HeaderValue>,
+}
+
+/// HTTP/3 settings of a listener, ready for quinn.
+#[derive(Debug, Clone)]
+pub struct QuicRt {
+    pub server_config: quinn::ServerConfig,
+    pub settings: Http3Config,
 }
 
 /// Everything one config version needs to serve; swapped whole on reload.
@@ -39,17 +50,40 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         let Ok(address) = l.address.parse() else {
             continue; // validate() reported it
         };
+        let h3 = l.http3_settings();
         let tls = match l.protocol {
             ListenerProtocol::Http => None,
             ListenerProtocol::Https => {
-                crate::tls::server_config(l.tls.as_ref(), &path, crate::tls::TCP_ALPN, &mut errs)
+                crate::tls::listener_tls(l.tls.as_ref(), &path, h3.is_some(), &mut errs)
             }
         };
+        let mut quic = None;
+        let mut alt_svc = None;
+        if let (Some(settings), Some(rustls_cfg)) = (h3, tls.as_ref().and_then(|t| t.quic.clone()))
+        {
+            match crate::h3::server_config(rustls_cfg, &settings) {
+                Ok(server_config) => {
+                    let v = format!(
+                        "h3=\":{}\"; ma={}",
+                        address_port(&l.address),
+                        settings.alt_svc_max_age.get().as_secs()
+                    );
+                    alt_svc = http::HeaderValue::from_str(&v).ok();
+                    quic = Some(QuicRt {
+                        server_config,
+                        settings,
+                    });
+                }
+                Err(e) => errs.push(format!("{path}.http3"), e),
+            }
+        }
         listeners.push(ListenerRt {
             name: l.name.clone(),
             address,
             protocol: l.protocol,
-            tls,
+            tls: tls.map(|t| t.tcp),
+            quic,
+            alt_svc,
         });
     }
 
@@ -109,4 +143,10 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         backends,
         listeners,
     })
+}
+
+fn address_port(addr: &str) -> u16 {
+    addr.parse::<SocketAddr>()
+        .map(|a| a.port())
+        .unwrap_or_default()
 }

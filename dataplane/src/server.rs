@@ -26,6 +26,21 @@ struct RunningListener {
     settings: Arc<ArcSwap<ListenerRt>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    quic: Option<RunningQuic>,
+}
+
+struct RunningQuic {
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningQuic {
+    /// Stops accepting; established connections carry on.
+    fn stop(&self) {
+        self.endpoint.set_server_config(None);
+        let _ = self.stop.send(true);
+    }
 }
 
 /// One dataplane process's serving state.
@@ -34,6 +49,9 @@ pub struct Dataplane {
     /// Held while a config is applied, so applies never interleave.
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, RunningListener>>,
     graceful: Mutex<Option<GracefulShutdown>>,
+    /// Drain signal for QUIC connections and their requests (the TCP side uses `graceful`);
+    /// every connection and request holds a receiver, so `closed()` means "all done".
+    quic_drain: watch::Sender<bool>,
     shutting_down: AtomicBool,
     http: auto::Builder<TokioExecutor>,
     /// The file SIGHUP re-reads, when started with one.
@@ -52,6 +70,7 @@ impl Dataplane {
             runtime: ArcSwapOption::empty(),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             graceful: Mutex::new(Some(GracefulShutdown::new())),
+            quic_drain: watch::channel(false).0,
             shutting_down: AtomicBool::new(false),
             http,
             config_path,
@@ -71,24 +90,102 @@ impl Dataplane {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
+    /// A drain receiver for a new QUIC connection, `None` once shutdown has begun.
+    pub fn drain_watcher(&self) -> Option<watch::Receiver<bool>> {
+        (!self.is_shutting_down()).then(|| self.quic_drain.subscribe())
+    }
+
     /// Validates, compiles and swaps in `snapshot`; on any error nothing changes and every
     /// problem is returned. New listener sockets are bound before the swap, removed ones stop
     /// accepting after it; open connections are never dropped.
     pub async fn apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<String, ConfigError> {
         let mut listeners = self.listeners.lock().await;
+        self.apply_locked(&mut listeners, snapshot)
+    }
+
+    /// Re-applies the running snapshot so certificate files are read again, unless another
+    /// config was applied since `expected` was loaded.
+    pub async fn reload_certificates(
+        self: &Arc<Self>,
+        expected: &Arc<Runtime>,
+    ) -> Result<bool, ConfigError> {
+        let mut listeners = self.listeners.lock().await;
+        match self.runtime.load_full() {
+            Some(current) if Arc::ptr_eq(&current, expected) => {
+                self.apply_locked(&mut listeners, (*current.snapshot).clone())?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Watches the certificate files of the running config (size and mtime, every `every`) and
+    /// reloads them when they change; TCP and QUIC alike, established connections untouched.
+    pub fn spawn_cert_watcher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let dp = self.clone();
+        tokio::spawn(async move {
+            let mut seen: Option<(String, Vec<CertStamp>)> = None;
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(rt) = dp.runtime() else { continue };
+                let stamps = cert_stamps(&rt.snapshot);
+                match &seen {
+                    Some((v, old)) if *v == rt.version && *old != stamps => {
+                        match dp.reload_certificates(&rt).await {
+                            Ok(true) => {
+                                tracing::info!(version = %rt.version, "certificate files changed; reloaded")
+                            }
+                            Ok(false) => {}
+                            Err(e) => {
+                                // Probably half-written; retried when the files change again.
+                                tracing::error!("certificate files changed but cannot be loaded, keeping the old ones:\n{e}");
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                seen = Some((rt.version.clone(), stamps));
+            }
+        })
+    }
+
+    fn apply_locked(
+        self: &Arc<Self>,
+        listeners: &mut HashMap<SocketAddr, RunningListener>,
+        snapshot: Snapshot,
+    ) -> Result<String, ConfigError> {
         let prev = self.runtime.load_full();
         let rt = compile(snapshot, prev.as_deref())?;
 
+        // Bind every new socket first: if one fails, nothing has changed.
         let mut errs = Errors::default();
-        let mut fresh = Vec::new();
+        let mut fresh_tcp = HashMap::new();
+        let mut fresh_quic = HashMap::new();
         for (i, l) in rt.listeners.iter().enumerate() {
-            if !listeners.contains_key(&l.address) {
+            let running = listeners.get(&l.address);
+            if running.is_none() {
                 match bind(l.address) {
-                    Ok(sock) => fresh.push((l.clone(), sock)),
+                    Ok(sock) => {
+                        fresh_tcp.insert(l.address, sock);
+                    }
                     Err(e) => errs.push(
                         format!("listeners[{i}].address"),
-                        format!("cannot listen on {}: {e}", l.address),
+                        format!("cannot listen on tcp {}: {e}", l.address),
                     ),
+                }
+            }
+            if let Some(q) = &l.quic {
+                if running.is_none_or(|r| r.quic.is_none()) {
+                    match crate::h3::bind_endpoint(l.address, &q.settings, q.server_config.clone())
+                    {
+                        Ok(ep) => {
+                            fresh_quic.insert(l.address, ep);
+                        }
+                        Err(e) => errs.push(
+                            format!("listeners[{i}].address"),
+                            format!("cannot listen on udp {}: {e}", l.address),
+                        ),
+                    }
                 }
             }
         }
@@ -97,20 +194,43 @@ impl Dataplane {
         let rt = Arc::new(rt);
         self.runtime.store(Some(rt.clone()));
         for l in &rt.listeners {
-            if let Some(running) = listeners.get(&l.address) {
-                running.settings.store(Arc::new(l.clone()));
+            let running = match listeners.get_mut(&l.address) {
+                Some(r) => r,
+                None => {
+                    let Some(sock) = fresh_tcp.remove(&l.address) else {
+                        continue;
+                    };
+                    tracing::info!(listener = %l.name, address = %l.address, protocol = ?l.protocol, "listening on tcp");
+                    let running = self.spawn_listener(l.clone(), sock);
+                    listeners.entry(l.address).or_insert(running)
+                }
+            };
+            running.settings.store(Arc::new(l.clone()));
+            match (&l.quic, &running.quic) {
+                // New certificates and transport settings apply to new connections only.
+                (Some(q), Some(rq)) => rq.endpoint.set_server_config(Some(q.server_config.clone())),
+                (Some(_), None) => {
+                    if let Some(ep) = fresh_quic.remove(&l.address) {
+                        tracing::info!(listener = %l.name, address = %l.address, "listening on udp (HTTP/3)");
+                        running.quic = Some(self.spawn_quic(ep, running.settings.clone()));
+                    }
+                }
+                (None, Some(rq)) => {
+                    tracing::info!(address = %l.address, "HTTP/3 turned off; no longer accepting QUIC");
+                    rq.stop();
+                    running.quic = None;
+                }
+                (None, None) => {}
             }
-        }
-        for (l, sock) in fresh {
-            tracing::info!(listener = %l.name, address = %l.address, protocol = ?l.protocol, "listening");
-            let addr = l.address;
-            listeners.insert(addr, self.spawn_listener(l, sock));
         }
         listeners.retain(|addr, running| {
             let keep = rt.listeners.iter().any(|l| l.address == *addr);
             if !keep {
                 tracing::info!(address = %addr, "listener removed; no longer accepting");
                 let _ = running.stop.send(true);
+                if let Some(q) = &running.quic {
+                    q.stop();
+                }
             }
             keep
         });
@@ -162,6 +282,26 @@ impl Dataplane {
             settings,
             stop,
             task,
+            quic: None,
+        }
+    }
+
+    fn spawn_quic(
+        self: &Arc<Self>,
+        endpoint: quinn::Endpoint,
+        settings: Arc<ArcSwap<ListenerRt>>,
+    ) -> RunningQuic {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(crate::h3::accept_loop(
+            self.clone(),
+            endpoint.clone(),
+            settings,
+            stop_rx,
+        ));
+        RunningQuic {
+            endpoint,
+            stop,
+            task,
         }
     }
 
@@ -187,6 +327,7 @@ impl Dataplane {
                 ListenerProtocol::Http => "http",
                 ListenerProtocol::Https => "https",
             },
+            alt_svc: l.alt_svc.clone(),
         });
         let dp = self.clone();
         let svc = hyper::service::service_fn(move |req| {
@@ -232,22 +373,55 @@ impl Dataplane {
     pub async fn shutdown(&self, drain: Duration) {
         self.shutting_down.store(true, Ordering::Relaxed);
         let mut listeners = self.listeners.lock().await;
+        let mut endpoints = Vec::new();
         for (_, l) in listeners.drain() {
             let _ = l.stop.send(true);
             let _ = l.task.await;
-        }
-        let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
-        if let Some(g) = graceful {
-            let open = g.count();
-            tracing::info!(connections = open, deadline = ?drain, "draining");
-            match tokio::time::timeout(drain, g.shutdown()).await {
-                Ok(()) => tracing::info!("all connections closed"),
-                Err(_) => {
-                    tracing::warn!("drain deadline reached; closing the remaining connections")
-                }
+            if let Some(q) = l.quic {
+                q.stop();
+                let _ = q.task.await;
+                endpoints.push(q.endpoint);
             }
         }
+        let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
+        let tcp_open = graceful.as_ref().map_or(0, |g| g.count());
+        let quic_open = self.quic_drain.receiver_count();
+        tracing::info!(tcp_connections = tcp_open, quic_connections_and_requests = quic_open, deadline = ?drain, "draining");
+        // QUIC connections answer this with GOAWAY and finish their accepted requests.
+        let _ = self.quic_drain.send(true);
+        let tcp_done = async {
+            if let Some(g) = graceful {
+                g.shutdown().await;
+            }
+        };
+        let quic_done = self.quic_drain.closed();
+        match tokio::time::timeout(drain, futures_util::future::join(tcp_done, quic_done)).await {
+            Ok(_) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("drain deadline reached; closing the remaining connections"),
+        }
+        for ep in endpoints {
+            ep.close(quinn::VarInt::from_u32(0x100), b"shutting down"); // H3_NO_ERROR
+            let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+        }
     }
+}
+
+/// (path, length, modification time) of every certificate and key file a snapshot names.
+type CertStamp = (String, Option<(u64, std::time::SystemTime)>);
+
+fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
+    snap.listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| t.certificates.iter())
+        .flat_map(|c| [&c.cert_file, &c.key_file])
+        .map(|f| {
+            let meta = std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (f.clone(), meta)
+        })
+        .collect()
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -97,14 +97,25 @@ fn load_key(
     Ok(ck)
 }
 
-/// Builds the rustls server config for a listener at `path` (`listeners[1]`), pushing any
-/// problem to `errs` with its field path.
-pub fn server_config(
+/// The rustls configs of one `https` listener: TCP (TLS 1.2/1.3, ALPN h2 + http/1.1) and,
+/// when HTTP/3 is on, QUIC (TLS 1.3 only, ALPN h3, no 0-RTT). Both share one SNI resolver.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    pub tcp: Arc<rustls::ServerConfig>,
+    pub quic: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// ALPN for QUIC.
+pub const H3_ALPN: &[&[u8]] = &[b"h3"];
+
+/// Builds the TLS configs for a listener at `path` (`listeners[1]`), pushing any problem to
+/// `errs` with its field path.
+pub fn listener_tls(
     tls: Option<&TlsConfig>,
     path: &str,
-    alpn: &[&[u8]],
+    quic: bool,
     errs: &mut Errors,
-) -> Option<Arc<rustls::ServerConfig>> {
+) -> Option<ListenerTls> {
     let provider = provider();
     let mut keys = Vec::new();
     let certs = tls.map(|t| t.certificates.as_slice()).unwrap_or_default();
@@ -136,15 +147,34 @@ pub fn server_config(
         .flat_map(|(names, k)| names.iter().map(|n| (n.to_ascii_lowercase(), k.clone())))
         .collect();
     let resolver = Arc::new(SniResolver { default, named });
-    let mut cfg = match rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(b) => b.with_no_client_auth().with_cert_resolver(resolver),
+    let build = |versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]| {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // 0-RTT stays off: early data can be replayed by an attacker.
+        cfg.max_early_data_size = 0;
+        Ok::<_, String>(Arc::new(cfg))
+    };
+    let tcp = match build(rustls::DEFAULT_VERSIONS, TCP_ALPN) {
+        Ok(c) => c,
         Err(e) => {
-            errs.push(format!("{path}.tls"), e.to_string());
+            errs.push(format!("{path}.tls"), e);
             return None;
         }
     };
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Some(Arc::new(cfg))
+    let quic = if quic {
+        match build(&[&rustls::version::TLS13], H3_ALPN) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errs.push(format!("{path}.http3"), e);
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    Some(ListenerTls { tcp, quic })
 }

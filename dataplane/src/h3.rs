@@ -1,0 +1,360 @@
+//! The HTTP/3 front door: a QUIC endpoint (quinn + h3) feeding the same request pipeline as the
+//! TCP listeners ([`crate::proxy::handle`]).
+//!
+//! Per connection: the handshake runs in its own task (the accept loop never waits for one),
+//! then requests are accepted until the client or a drain ends the connection; each request
+//! runs in its own task. Response bodies are written frame by frame with `send_data` awaited to
+//! completion (never raced against anything, so a frame is never cut in half); an upstream body
+//! that fails midway resets the stream with `H3_INTERNAL_ERROR` instead of finishing it.
+
+use crate::body::BoxError;
+use crate::proxy::{self, ConnInfo};
+use crate::runtime::ListenerRt;
+use crate::server::Dataplane;
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use tokio::sync::watch;
+use weir_config::Http3Config;
+
+type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// Largest request header section accepted (QPACK-decoded), bytes.
+const MAX_FIELD_SECTION: u64 = 64 * 1024;
+
+/// quinn server config from a rustls config (TLS 1.3, ALPN h3) and the listener's settings.
+pub fn server_config(
+    rustls_cfg: Arc<rustls::ServerConfig>,
+    s: &Http3Config,
+) -> Result<quinn::ServerConfig, String> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_cfg)
+        .map_err(|e| format!("TLS config unusable for QUIC: {e}"))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(s.max_concurrent_streams))
+        // Control, QPACK encoder/decoder, plus room for extensions.
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(s.idle_timeout.get())
+                .map_err(|e| format!("idleTimeout: {e}"))?,
+        ))
+        .stream_receive_window(quinn::VarInt::from_u32(s.stream_receive_window))
+        .receive_window(quinn::VarInt::from_u32(s.receive_window))
+        .send_window(u64::from(s.send_window));
+    cfg.transport_config(Arc::new(t));
+    Ok(cfg)
+}
+
+/// Binds the UDP socket (with the requested buffer sizes) and starts a quinn endpoint on it.
+pub fn bind_endpoint(
+    addr: SocketAddr,
+    s: &Http3Config,
+    server_config: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    for (what, want, set, get) in [
+        (
+            "receive",
+            s.udp_receive_buffer as usize,
+            Socket::set_recv_buffer_size as fn(&Socket, usize) -> std::io::Result<()>,
+            Socket::recv_buffer_size as fn(&Socket) -> std::io::Result<usize>,
+        ),
+        (
+            "send",
+            s.udp_send_buffer as usize,
+            Socket::set_send_buffer_size,
+            Socket::send_buffer_size,
+        ),
+    ] {
+        if let Err(e) = set(&sock, want) {
+            tracing::warn!(address = %addr, buffer = what, error = %e, "cannot set UDP buffer size");
+        }
+        // Linux reports twice the usable size it granted; less than asked means it was capped.
+        match get(&sock) {
+            Ok(got) if got < want => tracing::warn!(
+                address = %addr,
+                buffer = what,
+                requested = want,
+                granted = got,
+                "kernel capped the UDP socket buffer below the requested size (raise net.core.rmem_max / wmem_max); QUIC throughput may suffer"
+            ),
+            _ => {}
+        }
+    }
+    sock.bind(&addr.into())?;
+    let udp: std::net::UdpSocket = sock.into();
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+struct CountGuard(Arc<AtomicUsize>);
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts QUIC connections until `stop` fires or the endpoint closes.
+pub async fn accept_loop(
+    dp: Arc<Dataplane>,
+    endpoint: quinn::Endpoint,
+    settings: Arc<arc_swap::ArcSwap<ListenerRt>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let incoming = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let l = settings.load_full();
+        let max = l
+            .quic
+            .as_ref()
+            .map_or(0, |q| q.settings.max_connections as usize);
+        if active.load(Ordering::Relaxed) >= max {
+            tracing::warn!(listener = %l.name, max, "QUIC connection limit reached; refusing");
+            incoming.refuse();
+            continue;
+        }
+        let Some(drain) = dp.drain_watcher() else {
+            incoming.refuse();
+            continue;
+        };
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = CountGuard(active.clone());
+        let dp = dp.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve_connection(dp, incoming, l, drain).await;
+        });
+    }
+}
+
+async fn serve_connection(
+    dp: Arc<Dataplane>,
+    incoming: quinn::Incoming,
+    l: Arc<ListenerRt>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(client = %remote, error = %e, "QUIC handshake failed");
+            return;
+        }
+    };
+    let mut h3c = match h3::server::builder()
+        .max_field_section_size(MAX_FIELD_SECTION)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(client = %remote, error = %e, "HTTP/3 setup failed");
+            return;
+        }
+    };
+    let info = Arc::new(ConnInfo {
+        remote,
+        listener: l.name.as_str().into(),
+        scheme: "https",
+        alt_svc: None,
+    });
+    let mut draining = *drain.borrow();
+    if draining {
+        let _ = h3c.shutdown(0).await;
+    }
+    loop {
+        let accepted = tokio::select! {
+            r = h3c.accept() => r,
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                // GOAWAY: requests already accepted finish, new ones are refused.
+                let _ = h3c.shutdown(0).await;
+                continue;
+            }
+        };
+        match accepted {
+            Ok(Some(resolver)) => {
+                let dp = dp.clone();
+                let info = info.clone();
+                let drain = drain.clone();
+                tokio::spawn(async move {
+                    let _drain = drain; // keeps shutdown waiting until this request is done
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => serve_request(&dp, &info, req, stream).await,
+                        Err(e) => {
+                            tracing::debug!(client = %info.remote, error = %e, "bad HTTP/3 request")
+                        }
+                    }
+                });
+            }
+            Ok(None) => break,
+            Err(e) => {
+                if !e.is_h3_no_error() {
+                    tracing::debug!(client = %remote, error = %e, "HTTP/3 connection ended");
+                }
+                break;
+            }
+        }
+    }
+}
+
+async fn serve_request(
+    dp: &Arc<Dataplane>,
+    info: &ConnInfo,
+    req: Request<()>,
+    stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+) {
+    let (mut send, mut recv) = stream.split();
+    let (parts, ()) = req.into_parts();
+    let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    // Without a Content-Length, look at the first DATA (or the end of the stream) so that an
+    // empty request is forwarded as empty rather than as a zero-length chunked body.
+    let mut first = None;
+    let mut ended = false;
+    if !has_length {
+        match recv.recv_data().await {
+            Ok(Some(mut buf)) => first = Some(buf.copy_to_bytes(buf.remaining())),
+            Ok(None) => ended = true,
+            Err(e) => {
+                tracing::debug!(client = %info.remote, error = %e, "request stream failed before the body");
+                return;
+            }
+        }
+    }
+    let body = H3Body {
+        recv,
+        first,
+        state: if ended { State::Trailers } else { State::Data },
+        empty: ended,
+    };
+    let resp = proxy::handle(dp.runtime(), info, Request::from_parts(parts, body)).await;
+    let (parts, mut body) = resp.into_parts();
+    if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
+        tracing::debug!(client = %info.remote, error = %e, "cannot send HTTP/3 response headers");
+        return;
+    }
+    loop {
+        match body.frame().await {
+            None => {
+                let _ = send.finish().await;
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if let Err(e) = send.send_data(data).await {
+                        // The client went away (reset / STOP_SENDING): dropping the upstream
+                        // body here cancels the upstream exchange.
+                        tracing::debug!(client = %info.remote, error = %e, "client stopped reading the response");
+                        return;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = send.send_trailers(trailers).await;
+                        let _ = send.finish().await;
+                        return;
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                tracing::warn!(client = %info.remote, error = %e, "upstream body failed midway; resetting the HTTP/3 stream");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        }
+    }
+}
+
+enum State {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// An HTTP/3 request body as an [`http_body::Body`], streamed from the QUIC stream.
+pub struct H3Body {
+    recv: RecvHalf,
+    first: Option<Bytes>,
+    state: State,
+    /// The stream ended before any data: a known-empty body.
+    empty: bool,
+}
+
+impl Body for H3Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(b) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        loop {
+            match this.state {
+                State::Data => match ready!(this.recv.poll_recv_data(cx)) {
+                    Ok(Some(mut buf)) => {
+                        let b = buf.copy_to_bytes(buf.remaining());
+                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                    }
+                    Ok(None) => this.state = State::Trailers,
+                    Err(e) => {
+                        this.state = State::Done;
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                },
+                State::Trailers => {
+                    this.state = State::Done;
+                    if this.empty {
+                        return Poll::Ready(None);
+                    }
+                    return match ready!(this.recv.poll_recv_trailers(cx)) {
+                        Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                        Ok(None) => Poll::Ready(None),
+                        Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                    };
+                }
+                State::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.empty || matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.empty {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
