@@ -2,7 +2,10 @@
 //!
 //! Query parameters steer it, so it works behind any path rewrite:
 //! `status=N` (reply status), `delay_ms=N` (wait before replying), `bytes=N` (stream N bytes of
-//! a fixed pattern instead of JSON), `mirror=1` (stream the request body back).
+//! a fixed pattern instead of JSON; with `fail_after=M` the body breaks off with an error after M
+//! bytes, with `chunk_delay_ms=D` it pauses D ms between 64 KiB chunks), `mirror=1` (stream the
+//! request body back), `stats=1` (JSON counters: requests, request bodies that failed midway,
+//! streamed responses dropped before their end — how a test sees a cancel reach the backend).
 //! The JSON reply carries `bodyBytes` and `bodySha256` of the request body, computed while
 //! streaming, so large uploads never sit in memory.
 
@@ -14,14 +17,44 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
 type EchoBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    body_errors: AtomicU64,
+    responses_dropped: AtomicU64,
+}
+
+struct Server {
+    name: String,
+    stats: Stats,
+}
+
+/// Counts a streamed response that was dropped before its last byte.
+struct DropWatch {
+    server: Arc<Server>,
+    done: bool,
+}
+
+impl Drop for DropWatch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.server.stats.responses_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Serves the echo backend on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, name: String) {
-    let name: Arc<str> = name.into();
+    let name = Arc::new(Server {
+        name,
+        stats: Stats::default(),
+    });
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
@@ -54,9 +87,10 @@ pub fn pattern_chunk(offset: u64, len: usize) -> Vec<u8> {
 
 async fn handle(
     req: Request<Incoming>,
-    name: Arc<str>,
+    server: Arc<Server>,
     peer: SocketAddr,
 ) -> Result<Response<EchoBody>, Infallible> {
+    let name = server.name.as_str();
     let q: Vec<(String, String)> = req
         .uri()
         .query()
@@ -70,9 +104,18 @@ async fn handle(
     if let Some(ms) = param("delay_ms").and_then(|s| s.parse::<u64>().ok()) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    let builder = Response::builder()
-        .status(status)
-        .header("x-echo-server", name.as_ref());
+    let builder = Response::builder().status(status).header("x-echo-server", name);
+    if param("stats") == Some("1") {
+        let st = &server.stats;
+        let doc = serde_json::json!({
+            "requests": st.requests.load(Ordering::Relaxed),
+            "bodyErrors": st.body_errors.load(Ordering::Relaxed),
+            "responsesDropped": st.responses_dropped.load(Ordering::Relaxed),
+        });
+        let body = Full::new(Bytes::from(doc.to_string())).map_err(|e| match e {}).boxed_unsync();
+        return Ok(builder.body(body).unwrap_or_else(|_| Response::new(empty())));
+    }
+    server.stats.requests.fetch_add(1, Ordering::Relaxed);
 
     if param("mirror") == Some("1") {
         let body = req.into_body().map_err(|e| Box::new(e) as _).boxed_unsync();
@@ -81,16 +124,34 @@ async fn handle(
             .unwrap_or_else(|_| Response::new(empty())));
     }
     if let Some(n) = param("bytes").and_then(|s| s.parse::<u64>().ok()) {
-        let stream = futures_util::stream::unfold(0u64, move |off| async move {
+        let fail_after = param("fail_after").and_then(|s| s.parse::<u64>().ok());
+        let pause = param("chunk_delay_ms")
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(std::time::Duration::from_millis);
+        let watch = DropWatch {
+            server: server.clone(),
+            done: false,
+        };
+        let stream = futures_util::stream::unfold((0u64, watch), move |(off, mut watch)| async move {
             if off >= n {
+                watch.done = true;
+                drop(watch);
                 return None;
             }
-            let len = (n - off).min(64 * 1024) as usize;
-            let chunk = Bytes::from(pattern_chunk(off, len));
-            Some((
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk)),
-                off + len as u64,
-            ))
+            if fail_after.is_some_and(|f| off >= f) {
+                watch.done = true;
+                let err: Box<dyn std::error::Error + Send + Sync> = "echo: failing the body on purpose".into();
+                return Some((Err(err), (n, watch)));
+            }
+            if let (Some(p), true) = (pause, off > 0) {
+                tokio::time::sleep(p).await;
+            }
+            let mut len = (n - off).min(64 * 1024);
+            if let Some(f) = fail_after {
+                len = len.min(f - off);
+            }
+            let chunk = Bytes::from(pattern_chunk(off, len as usize));
+            Some((Ok(Frame::data(chunk)), (off + len, watch)))
         });
         let body = BodyExt::boxed_unsync(StreamBody::new(stream));
         return Ok(builder
@@ -127,7 +188,10 @@ async fn handle(
                     total += d.len() as u64;
                 }
             }
-            Err(_) => break,
+            Err(_) => {
+                server.stats.body_errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
         }
     }
     let sha: String = hasher
@@ -136,7 +200,7 @@ async fn handle(
         .map(|b| format!("{b:02x}"))
         .collect();
     let doc = serde_json::json!({
-        "server": name.as_ref(),
+        "server": name,
         "method": method,
         "uri": uri,
         "version": version,
