@@ -44,7 +44,10 @@ struct DropWatch {
 impl Drop for DropWatch {
     fn drop(&mut self) {
         if !self.done {
-            self.server.stats.responses_dropped.fetch_add(1, Ordering::Relaxed);
+            self.server
+                .stats
+                .responses_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -104,7 +107,9 @@ async fn handle(
     if let Some(ms) = param("delay_ms").and_then(|s| s.parse::<u64>().ok()) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    let builder = Response::builder().status(status).header("x-echo-server", name);
+    let builder = Response::builder()
+        .status(status)
+        .header("x-echo-server", name);
     if param("stats") == Some("1") {
         let st = &server.stats;
         let doc = serde_json::json!({
@@ -112,8 +117,12 @@ async fn handle(
             "bodyErrors": st.body_errors.load(Ordering::Relaxed),
             "responsesDropped": st.responses_dropped.load(Ordering::Relaxed),
         });
-        let body = Full::new(Bytes::from(doc.to_string())).map_err(|e| match e {}).boxed_unsync();
-        return Ok(builder.body(body).unwrap_or_else(|_| Response::new(empty())));
+        let body = Full::new(Bytes::from(doc.to_string()))
+            .map_err(|e| match e {})
+            .boxed_unsync();
+        return Ok(builder
+            .body(body)
+            .unwrap_or_else(|_| Response::new(empty())));
     }
     server.stats.requests.fetch_add(1, Ordering::Relaxed);
 
@@ -132,27 +141,29 @@ async fn handle(
             server: server.clone(),
             done: false,
         };
-        let stream = futures_util::stream::unfold((0u64, watch), move |(off, mut watch)| async move {
-            if off >= n {
-                watch.done = true;
-                drop(watch);
-                return None;
-            }
-            if fail_after.is_some_and(|f| off >= f) {
-                watch.done = true;
-                let err: Box<dyn std::error::Error + Send + Sync> = "echo: failing the body on purpose".into();
-                return Some((Err(err), (n, watch)));
-            }
-            if let (Some(p), true) = (pause, off > 0) {
-                tokio::time::sleep(p).await;
-            }
-            let mut len = (n - off).min(64 * 1024);
-            if let Some(f) = fail_after {
-                len = len.min(f - off);
-            }
-            let chunk = Bytes::from(pattern_chunk(off, len as usize));
-            Some((Ok(Frame::data(chunk)), (off + len, watch)))
-        });
+        let stream =
+            futures_util::stream::unfold((0u64, watch), move |(off, mut watch)| async move {
+                if off >= n {
+                    watch.done = true;
+                    drop(watch);
+                    return None;
+                }
+                if fail_after.is_some_and(|f| off >= f) {
+                    watch.done = true;
+                    let err: Box<dyn std::error::Error + Send + Sync> =
+                        "echo: failing the body on purpose".into();
+                    return Some((Err(err), (n, watch)));
+                }
+                if let (Some(p), true) = (pause, off > 0) {
+                    tokio::time::sleep(p).await;
+                }
+                let mut len = (n - off).min(64 * 1024);
+                if let Some(f) = fail_after {
+                    len = len.min(f - off);
+                }
+                let chunk = Bytes::from(pattern_chunk(off, len as usize));
+                Some((Ok(Frame::data(chunk)), (off + len, watch)))
+            });
         let body = BodyExt::boxed_unsync(StreamBody::new(stream));
         return Ok(builder
             .header("content-length", n)

@@ -241,13 +241,15 @@ where
             return (r, route, backend_name, upstream);
         }
     };
-    // The Host the client asked for goes upstream unchanged (HTTP/2 clients send :authority).
-    let host_value = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    // The host the client asked for goes upstream unchanged. A request-target authority
+    // (HTTP/2 and HTTP/3 :authority, HTTP/1.1 absolute-form) wins over the Host header, as it
+    // does for routing (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+    let host_value = match parts.uri.authority() {
+        Some(a) => {
+            let a = a.as_str();
+            HeaderValue::from_str(a.rsplit_once('@').map_or(a, |(_, h)| h)).ok()
+        }
+        None => parts.headers.get(header::HOST).cloned(),
     };
     let wants_trailers = parts
         .headers

@@ -165,6 +165,9 @@ impl HostPattern<'_> {
 
 type Group = Arc<Vec<Entry>>;
 
+/// The compiled matches of one rule, with their index in the rule.
+type MatchesOfRule = Vec<(usize, Arc<MatchCond>)>;
+
 /// Routing tables: a precomputed, ordered candidate list per distinct host pattern.
 #[derive(Debug, Default)]
 pub struct Router {
@@ -179,7 +182,7 @@ impl Router {
     pub fn build(routes: &[Route], rules: &[Vec<Arc<RuleRt>>]) -> Result<Router, ConfigError> {
         let mut errs = Errors::default();
         // Every match compiled once: conds[route][rule] = [(match index, cond)].
-        let mut conds: Vec<Vec<Vec<(usize, Arc<MatchCond>)>>> = Vec::new();
+        let mut conds: Vec<Vec<MatchesOfRule>> = Vec::new();
         for (ri, route) in routes.iter().enumerate() {
             let mut per_rule = Vec::new();
             for (ui, rule) in route.rules.iter().enumerate() {
@@ -491,7 +494,8 @@ routes:
     fn precedence_table() {
         let snap = weir_config::load(ROUTES.as_bytes()).unwrap();
         let rt = compile(snap, None).unwrap();
-        let table: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+        type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+        let table: &[Row] = &[
             ("x.test", "GET", "/", &[], "any#0"),
             ("x.test", "GET", "/apix", &[], "any#0"),
             ("x.test", "GET", "/api", &[], "any#1"),
