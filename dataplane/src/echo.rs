@@ -149,6 +149,8 @@ async fn handle(
                     return None;
                 }
                 if fail_after.is_some_and(|f| off >= f) {
+                    // Let what was written reach the peer first, so the break is mid-body.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     watch.done = true;
                     let err: Box<dyn std::error::Error + Send + Sync> =
                         "echo: failing the body on purpose".into();

@@ -36,6 +36,27 @@ pub struct Runtime {
     pub router: Router,
     pub backends: HashMap<String, Arc<BackendRt>>,
     pub listeners: Vec<ListenerRt>,
+    /// The certificate files as they were when this runtime read them.
+    pub cert_stamps: Vec<CertStamp>,
+}
+
+/// (path, length and modification time) of a certificate or key file.
+pub type CertStamp = (String, Option<(u64, std::time::SystemTime)>);
+
+/// Stamps of every certificate and key file a snapshot names.
+pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
+    snap.listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| t.certificates.iter())
+        .flat_map(|c| [&c.cert_file, &c.key_file])
+        .map(|f| {
+            let meta = std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (f.clone(), meta)
+        })
+        .collect()
 }
 
 /// Validates and compiles a snapshot. `prev` lets unchanged backends keep their warm pools.
@@ -43,6 +64,8 @@ pub struct Runtime {
 pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, ConfigError> {
     snapshot.validate()?;
     let mut errs = Errors::default();
+    // Taken before the files are read, so a change during the read is seen later.
+    let cert_stamps = cert_stamps(&snapshot);
 
     let mut listeners = Vec::new();
     for (i, l) in snapshot.listeners.iter().enumerate() {
@@ -142,6 +165,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         router,
         backends,
         listeners,
+        cert_stamps,
     })
 }
 

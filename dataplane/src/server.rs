@@ -1,7 +1,7 @@
 //! The running dataplane: the current runtime, its listeners, reload and graceful shutdown.
 
 use crate::proxy::{self, ConnInfo};
-use crate::runtime::{compile, ListenerRt, Runtime};
+use crate::runtime::{cert_stamps, compile, CertStamp, ListenerRt, Runtime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -124,27 +124,27 @@ impl Dataplane {
     pub fn spawn_cert_watcher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let dp = self.clone();
         tokio::spawn(async move {
-            let mut seen: Option<(String, Vec<CertStamp>)> = None;
+            // Stamps that failed to load; not retried until the files change again.
+            let mut failed: Option<Vec<CertStamp>> = None;
             loop {
                 tokio::time::sleep(every).await;
                 let Some(rt) = dp.runtime() else { continue };
                 let stamps = cert_stamps(&rt.snapshot);
-                match &seen {
-                    Some((v, old)) if *v == rt.version && *old != stamps => {
-                        match dp.reload_certificates(&rt).await {
-                            Ok(true) => {
-                                tracing::info!(version = %rt.version, "certificate files changed; reloaded")
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                // Probably half-written; retried when the files change again.
-                                tracing::error!("certificate files changed but cannot be loaded, keeping the old ones:\n{e}");
-                            }
-                        }
-                    }
-                    _ => {}
+                if stamps == rt.cert_stamps || failed.as_ref() == Some(&stamps) {
+                    continue;
                 }
-                seen = Some((rt.version.clone(), stamps));
+                match dp.reload_certificates(&rt).await {
+                    Ok(true) => {
+                        failed = None;
+                        tracing::info!(version = %rt.version, "certificate files changed; reloaded");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        // Probably half-written; retried when the files change again.
+                        failed = Some(stamps);
+                        tracing::error!("certificate files changed but cannot be loaded, keeping the old ones:\n{e}");
+                    }
+                }
             }
         })
     }
@@ -404,24 +404,6 @@ impl Dataplane {
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }
     }
-}
-
-/// (path, length, modification time) of every certificate and key file a snapshot names.
-type CertStamp = (String, Option<(u64, std::time::SystemTime)>);
-
-fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
-    snap.listeners
-        .iter()
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| t.certificates.iter())
-        .flat_map(|c| [&c.cert_file, &c.key_file])
-        .map(|f| {
-            let meta = std::fs::metadata(f)
-                .ok()
-                .and_then(|m| Some((m.len(), m.modified().ok()?)));
-            (f.clone(), meta)
-        })
-        .collect()
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -48,6 +48,8 @@ pub async fn echo(name: &str) -> SocketAddr {
 pub struct Opts {
     pub token: Option<String>,
     pub drain_timeout: Option<String>,
+    /// More command-line arguments.
+    pub args: Vec<String>,
 }
 
 /// A running `weir-dataplane` child process; killed (SIGKILL) on drop.
@@ -116,6 +118,7 @@ impl Dataplane {
         if let Some(t) = &opts.token {
             cmd.env("WEIR_ADMIN_TOKEN", t);
         }
+        cmd.args(&opts.args);
         let child = cmd.spawn().expect("spawn weir-dataplane");
         Dataplane {
             child,
