@@ -92,6 +92,18 @@ impl Snapshot {
         format!("sha256:{hex}")
     }
 
+    /// A copy with every credential value replaced by [`REDACTED`], for display
+    /// (`GET /config`, logs).
+    pub fn redacted(&self) -> Snapshot {
+        let mut copy = self.clone();
+        for b in copy.backends.values_mut() {
+            if let Some(c) = &mut b.credential {
+                c.value = REDACTED.to_string();
+            }
+        }
+        copy
+    }
+
     /// The version to report: `version` when set, the content hash otherwise.
     pub fn effective_version(&self) -> String {
         if self.version.is_empty() {

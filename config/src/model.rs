@@ -341,6 +341,542 @@ pub struct Backend {
     pub timeouts: BackendTimeouts,
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Active health checks per endpoint. Absent: no active checks (every endpoint counts as
+    /// healthy unless passive outlier detection ejects it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive outlier detection (ejection on consecutive failures). Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// How requests are spread over the available endpoints (default `p2cEwma`).
+    #[serde(default, skip_serializing_if = "LoadBalancer::is_default")]
+    pub load_balancer: LoadBalancer,
+    /// Circuit breaker over the whole backend. Absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Requests in flight to this backend at once (from this dataplane pod). More wait up to
+    /// `queueTimeout`, then get `503 backend_overloaded`. Absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u32>,
+    /// How long a request waits for a `maxConcurrentRequests` slot (default 1s; `0s` = never
+    /// wait).
+    #[serde(
+        default = "default_queue_timeout",
+        skip_serializing_if = "is_default_queue_timeout"
+    )]
+    pub queue_timeout: Duration,
+    /// Retries. Absent: the default policy (up to 2 attempts; connect errors are retried for
+    /// every method, connection resets for idempotent ones; under a 20 % budget). Write
+    /// `retries: { attempts: 1 }` to turn retries off.
+    #[serde(default, skip_serializing_if = "RetryPolicy::is_default")]
+    pub retries: RetryPolicy,
+    /// A header set on every request sent to this backend (e.g. `Authorization: Bearer …`).
+    /// The value is never shown by `GET /config` or written to logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Credential>,
+}
+
+fn default_queue_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn is_default_queue_timeout(d: &Duration) -> bool {
+    *d == default_queue_timeout()
+}
+
+/// Active health checking of every endpoint of a backend.
+///
+/// Endpoints start healthy (so a new config serves at once). `unhealthyThreshold` consecutive
+/// failed checks take an endpoint out of rotation, `healthyThreshold` consecutive passed checks
+/// bring it back. A check fails when it times out, cannot connect, or (HTTP) answers a status
+/// outside `expectedStatuses`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// HTTP check (a `GET`, over the backend's protocol). Exactly one of `http` and `tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpHealthCheck>,
+    /// TCP check: passes when a connection opens. Exactly one of `http` and `tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpHealthCheck>,
+    /// Time between checks of one endpoint (default 5s).
+    #[serde(default = "default_hc_interval")]
+    pub interval: Duration,
+    /// A random extra wait in `[0, jitter]` added to every interval, so checks of many
+    /// endpoints and pods spread out (default 500ms).
+    #[serde(default = "default_hc_jitter")]
+    pub jitter: Duration,
+    /// A check not finished within this long fails (default 1s).
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: Duration,
+    /// Consecutive failed checks that take a healthy endpoint out of rotation (default 3).
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that bring an unhealthy endpoint back (default 2).
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// When every endpoint is unhealthy: `false` (default) fails requests fast with
+    /// `503 no_healthy_endpoint`; `true` sends them to all endpoints as if healthy (Envoy's
+    /// "panic mode"), on the theory that checks can be wrong and trying beats certain failure.
+    #[serde(default)]
+    pub panic_mode: bool,
+}
+
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_hc_jitter() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHealthCheck {
+    /// Path (and query) requested (default `/healthz`).
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    /// Statuses that pass, as `"200"` or `"200-299"` (default `["200-299"]`).
+    #[serde(default = "default_expected_statuses")]
+    pub expected_statuses: Vec<StatusRange>,
+    /// `Host` header sent (default: the endpoint's `host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl Default for HttpHealthCheck {
+    fn default() -> Self {
+        HttpHealthCheck {
+            path: default_hc_path(),
+            expected_statuses: default_expected_statuses(),
+            host: None,
+        }
+    }
+}
+
+fn default_hc_path() -> String {
+    "/healthz".into()
+}
+fn default_expected_statuses() -> Vec<StatusRange> {
+    vec![StatusRange { from: 200, to: 299 }]
+}
+
+/// TCP connect check; no settings yet (written `tcp: {}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TcpHealthCheck {}
+
+/// An inclusive range of HTTP statuses, written `"200-299"`, `"204"` or `204`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatusRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.from..=self.to).contains(&status)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.from == self.to {
+            write!(f, "{}", self.from)
+        } else {
+            write!(f, "{}-{}", self.from, self.to)
+        }
+    }
+}
+
+impl std::str::FromStr for StatusRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let one = |t: &str| -> Result<u16, String> {
+            let v: u16 = t
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a status or a range like \"200-299\""))?;
+            if !(100..=599).contains(&v) {
+                return Err(format!("status {v} is outside 100-599"));
+            }
+            Ok(v)
+        };
+        let (from, to) = match s.split_once('-') {
+            Some((a, b)) => (one(a)?, one(b)?),
+            None => {
+                let v = one(s)?;
+                (v, v)
+            }
+        };
+        if from > to {
+            return Err(format!("range {s:?} is empty (from > to)"));
+        }
+        Ok(StatusRange { from, to })
+    }
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StatusRange;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a status like 200 or a range like \"200-299\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StatusRange, E> {
+                v.parse().map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StatusRange, E> {
+                v.to_string().parse().map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StatusRange, E> {
+                v.to_string().parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Passive outlier detection, after Envoy's: an endpoint that fails this many times in a row
+/// is ejected (out of rotation) for `baseEjectionTime × 2^(n-1)` (n = its ejection count,
+/// capped at `maxEjectionTime`; n goes down by one for every `maxEjectionTime` without an
+/// ejection), then rejoins. At most `maxEjectionPercent` of the endpoints (but always at
+/// least one) are ejected at once. A threshold of 0 turns that trigger off.
+///
+/// "Local failures" are the ones where the endpoint gave no response: connect errors,
+/// connection resets, timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// Consecutive 5xx responses or local failures (default 5).
+    #[serde(default = "default_consecutive_5xx", rename = "consecutive5xx")]
+    pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 responses or local failures (default 0: off).
+    #[serde(default)]
+    pub consecutive_gateway_errors: u32,
+    /// Consecutive local failures: connect errors, resets, timeouts (default 3).
+    #[serde(default = "default_consecutive_local")]
+    pub consecutive_local_failures: u32,
+    /// First ejection's length (default 30s).
+    #[serde(default = "default_base_ejection")]
+    pub base_ejection_time: Duration,
+    /// Longest ejection (default 5m).
+    #[serde(default = "default_max_ejection")]
+    pub max_ejection_time: Duration,
+    /// Share of endpoints that may be ejected at once, 1-100 (default 50); at least one
+    /// endpoint may always be ejected.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: default_consecutive_5xx(),
+            consecutive_gateway_errors: 0,
+            consecutive_local_failures: default_consecutive_local(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_time: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+        }
+    }
+}
+
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+fn default_consecutive_local() -> u32 {
+    3
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+
+/// The balancing policy of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancer {
+    /// `p2cEwma` (default), `roundRobin`, `leastRequest` or `weightedRoundRobin`.
+    #[serde(rename = "type", default)]
+    pub kind: LoadBalancerType,
+    /// How fast the latency estimate of `p2cEwma` forgets (default 10s, as in Linkerd).
+    #[serde(default = "default_ewma_decay")]
+    pub ewma_decay: Duration,
+}
+
+impl Default for LoadBalancer {
+    fn default() -> Self {
+        LoadBalancer {
+            kind: LoadBalancerType::default(),
+            ewma_decay: default_ewma_decay(),
+        }
+    }
+}
+
+impl LoadBalancer {
+    pub fn is_default(&self) -> bool {
+        *self == LoadBalancer::default()
+    }
+}
+
+fn default_ewma_decay() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LoadBalancerType {
+    /// Power of two choices over peak-EWMA latency (Linkerd's default): two random available
+    /// endpoints, the one with the lower `latency × (in-flight + 1) / weight` wins. Adapts to
+    /// slow and overloaded endpoints without configuration.
+    #[default]
+    P2cEwma,
+    /// Strict rotation over the available endpoints; weights are ignored.
+    RoundRobin,
+    /// The endpoint with the fewest requests in flight (divided by its weight); ties rotate.
+    LeastRequest,
+    /// Smooth weighted round robin (nginx's): shares follow the weights, evenly interleaved.
+    WeightedRoundRobin,
+}
+
+/// A circuit breaker over the whole backend: closed (normal) → open (every request gets
+/// `503 circuit_open` at once) → after `openDuration`, half-open (up to `halfOpenProbes`
+/// requests go through; all succeed → closed, any fails → open again).
+///
+/// Failures are 5xx responses and local failures (connect errors, resets, timeouts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Opens after this many failures in a row (default 5; 0 = this trigger off).
+    #[serde(default = "default_cb_consecutive")]
+    pub consecutive_failures: u32,
+    /// Opens when the failed share of the requests in `window` reaches this (0 < r <= 1);
+    /// absent = this trigger off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_ratio: Option<f64>,
+    /// Sliding window for `errorRatio` (default 10s).
+    #[serde(default = "default_cb_window")]
+    pub window: Duration,
+    /// `errorRatio` is only judged with at least this many requests in the window (default 20).
+    #[serde(default = "default_cb_min_requests")]
+    pub min_requests: u32,
+    /// How long the breaker stays open before probing (default 10s).
+    #[serde(default = "default_cb_open")]
+    pub open_duration: Duration,
+    /// Requests let through while half-open; all must succeed to close (default 1).
+    #[serde(default = "default_cb_probes")]
+    pub half_open_probes: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            consecutive_failures: default_cb_consecutive(),
+            error_ratio: None,
+            window: default_cb_window(),
+            min_requests: default_cb_min_requests(),
+            open_duration: default_cb_open(),
+            half_open_probes: default_cb_probes(),
+        }
+    }
+}
+
+fn default_cb_consecutive() -> u32 {
+    5
+}
+fn default_cb_window() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_cb_min_requests() -> u32 {
+    20
+}
+fn default_cb_open() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_cb_probes() -> u32 {
+    1
+}
+
+/// When and how a request is tried again on another endpoint.
+///
+/// A request is retried only when it is safe: the connection to the endpoint could not be
+/// opened (the request provably never left), or the method is idempotent (GET, HEAD, OPTIONS,
+/// PUT, DELETE, TRACE). Its body must also still be replayable: bodies are kept while sent up
+/// to 64 KiB; a larger body cannot be replayed (except after a connect error, when none of it
+/// was sent). Every retry also needs the budget's consent. Retries go to an endpoint not tried
+/// yet when there is one, after an exponential backoff with full jitter. The whole exchange
+/// (all tries and backoffs) must get response headers within the request timeout (the rule's
+/// `timeout` or `timeouts.request`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included (default 2; 1 = no retries).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// Which failures are retried.
+    #[serde(default)]
+    pub retry_on: RetryOn,
+    /// Limit for one try (default: none, only the request timeout). A try that exceeds it is
+    /// a `timeout` failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default)]
+    pub budget: RetryBudget,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: default_attempts(),
+            retry_on: RetryOn::default(),
+            per_try_timeout: None,
+            backoff: Backoff::default(),
+            budget: RetryBudget::default(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == RetryPolicy::default()
+    }
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryOn {
+    /// The connection could not be opened (refused, unreachable, connect timeout); any method
+    /// (default true).
+    #[serde(default = "default_true")]
+    pub connect_error: bool,
+    /// The connection broke before a response arrived; idempotent methods only (default true).
+    #[serde(default = "default_true")]
+    pub reset: bool,
+    /// The try exceeded `perTryTimeout`; idempotent methods only (default false).
+    #[serde(default)]
+    pub timeout: bool,
+    /// Response statuses that are retried, e.g. `[502, 503]` or `["500-599"]`; idempotent
+    /// methods only (default none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<StatusRange>,
+}
+
+impl Default for RetryOn {
+    fn default() -> Self {
+        RetryOn {
+            connect_error: true,
+            reset: true,
+            timeout: false,
+            statuses: Vec::new(),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: before retry n (1-based) wait a random time in
+/// `[0, min(max, base × 2^(n-1))]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    /// Default 25ms.
+    #[serde(default = "default_backoff_base")]
+    pub base: Duration,
+    /// Default 250ms.
+    #[serde(default = "default_backoff_max")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: default_backoff_base(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+fn default_backoff_base() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_millis(250)
+}
+
+/// Retry budget (Finagle/Linkerd style) so retries cannot multiply load during an outage:
+/// over the last 10 seconds, retries may be at most `minPerSecond × 10 + ratio × requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// Retries allowed per original request, 0-1 (default 0.2).
+    #[serde(default = "default_budget_ratio")]
+    pub ratio: f64,
+    /// Retries always allowed per second, whatever the traffic (default 10).
+    #[serde(default = "default_budget_min")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: default_budget_ratio(),
+            min_per_second: default_budget_min(),
+        }
+    }
+}
+
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_budget_min() -> u32 {
+    10
+}
+
+/// A header injected into every upstream request of a backend; replaces any value the client
+/// sent. The operator fills `value` from a Secret. `Debug` and `GET /config` never show it.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credential {
+    /// Header name, e.g. `authorization`.
+    pub header: String,
+    /// Header value, e.g. `Bearer abc…`.
+    pub value: String,
+}
+
+/// What `GET /config` and logs show instead of a credential value.
+pub const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("header", &self.header)
+            .field("value", &REDACTED)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]

@@ -156,6 +156,171 @@ fn validate_backend(name: &str, b: &Backend, errs: &mut Errors) {
     if b.timeouts.request.get().is_zero() {
         errs.push(format!("{p}.timeouts.request"), "must be greater than 0");
     }
+    if let Some(hc) = &b.health_check {
+        validate_health_check(&format!("{p}.healthCheck"), hc, errs);
+    }
+    if let Some(od) = &b.outlier_detection {
+        validate_outlier(&format!("{p}.outlierDetection"), od, errs);
+    }
+    if b.load_balancer.ewma_decay.get().is_zero() {
+        errs.push(
+            format!("{p}.loadBalancer.ewmaDecay"),
+            "must be greater than 0",
+        );
+    }
+    if let Some(cb) = &b.circuit_breaker {
+        validate_breaker(&format!("{p}.circuitBreaker"), cb, errs);
+    }
+    if b.max_concurrent_requests == Some(0) {
+        errs.push(format!("{p}.maxConcurrentRequests"), "must be at least 1");
+    }
+    validate_retries(&format!("{p}.retries"), &b.retries, errs);
+    if let Some(c) = &b.credential {
+        let cp = format!("{p}.credential");
+        match http::HeaderName::from_bytes(c.header.as_bytes()) {
+            Err(_) => errs.push(
+                format!("{cp}.header"),
+                format!("{:?} is not a valid header name", c.header),
+            ),
+            Ok(n) if is_hop_by_hop(n.as_str()) || n == http::header::HOST => errs.push(
+                format!("{cp}.header"),
+                format!("{:?} cannot carry a credential", c.header),
+            ),
+            Ok(_) => {}
+        }
+        // Never echo the value: it is a secret.
+        if c.value.is_empty() {
+            errs.push(format!("{cp}.value"), "must not be empty");
+        } else if http::HeaderValue::from_str(&c.value).is_err() {
+            errs.push(
+                format!("{cp}.value"),
+                "not a valid header value (control characters or newlines?)",
+            );
+        }
+    }
+}
+
+fn validate_health_check(p: &str, hc: &HealthCheck, errs: &mut Errors) {
+    match (&hc.http, &hc.tcp) {
+        (Some(_), Some(_)) => errs.push(p.to_string(), "set only one of http and tcp"),
+        (None, None) => errs.push(p.to_string(), "set one of http and tcp"),
+        _ => {}
+    }
+    if let Some(h) = &hc.http {
+        if !h.path.starts_with('/') {
+            errs.push(
+                format!("{p}.http.path"),
+                format!("{:?} must start with '/'", h.path),
+            );
+        } else if h.path.parse::<http::uri::PathAndQuery>().is_err() {
+            errs.push(
+                format!("{p}.http.path"),
+                format!("{:?} is not a valid path", h.path),
+            );
+        }
+        if h.expected_statuses.is_empty() {
+            errs.push(
+                format!("{p}.http.expectedStatuses"),
+                "must list at least one status or range",
+            );
+        }
+        if let Some(host) = &h.host {
+            if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
+                errs.push(
+                    format!("{p}.http.host"),
+                    format!("{host:?} is not a valid Host header value"),
+                );
+            }
+        }
+    }
+    for (field, d) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+        if d.get().is_zero() {
+            errs.push(format!("{p}.{field}"), "must be greater than 0");
+        }
+    }
+    for (field, v) in [
+        ("unhealthyThreshold", hc.unhealthy_threshold),
+        ("healthyThreshold", hc.healthy_threshold),
+    ] {
+        if v == 0 {
+            errs.push(format!("{p}.{field}"), "must be at least 1");
+        }
+    }
+}
+
+fn validate_outlier(p: &str, od: &OutlierDetection, errs: &mut Errors) {
+    if od.consecutive_5xx == 0
+        && od.consecutive_gateway_errors == 0
+        && od.consecutive_local_failures == 0
+    {
+        errs.push(
+            p.to_string(),
+            "every trigger is 0; set consecutive5xx, consecutiveGatewayErrors or consecutiveLocalFailures (or remove outlierDetection)",
+        );
+    }
+    if od.base_ejection_time.get().is_zero() {
+        errs.push(format!("{p}.baseEjectionTime"), "must be greater than 0");
+    }
+    if od.max_ejection_time < od.base_ejection_time {
+        errs.push(
+            format!("{p}.maxEjectionTime"),
+            "must not be shorter than baseEjectionTime",
+        );
+    }
+    if !(1..=100).contains(&od.max_ejection_percent) {
+        errs.push(
+            format!("{p}.maxEjectionPercent"),
+            "must be between 1 and 100",
+        );
+    }
+}
+
+fn validate_breaker(p: &str, cb: &CircuitBreaker, errs: &mut Errors) {
+    if cb.consecutive_failures == 0 && cb.error_ratio.is_none() {
+        errs.push(
+            p.to_string(),
+            "no trigger: set consecutiveFailures above 0 or errorRatio (or remove circuitBreaker)",
+        );
+    }
+    if let Some(r) = cb.error_ratio {
+        if !(r > 0.0 && r <= 1.0) {
+            errs.push(
+                format!("{p}.errorRatio"),
+                "must be greater than 0 and at most 1",
+            );
+        }
+    }
+    if cb.window.get() < std::time::Duration::from_secs(1) {
+        errs.push(format!("{p}.window"), "must be at least 1s");
+    }
+    if cb.min_requests == 0 {
+        errs.push(format!("{p}.minRequests"), "must be at least 1");
+    }
+    if cb.open_duration.get().is_zero() {
+        errs.push(format!("{p}.openDuration"), "must be greater than 0");
+    }
+    if cb.half_open_probes == 0 {
+        errs.push(format!("{p}.halfOpenProbes"), "must be at least 1");
+    }
+}
+
+fn validate_retries(p: &str, r: &RetryPolicy, errs: &mut Errors) {
+    if !(1..=10).contains(&r.attempts) {
+        errs.push(format!("{p}.attempts"), "must be between 1 and 10");
+    }
+    if r.per_try_timeout.is_some_and(|t| t.get().is_zero()) {
+        errs.push(format!("{p}.perTryTimeout"), "must be greater than 0");
+    }
+    if r.backoff.max < r.backoff.base {
+        errs.push(
+            format!("{p}.backoff.max"),
+            "must not be shorter than backoff.base",
+        );
+    }
+    let ratio = r.budget.ratio;
+    if !(0.0..=1.0).contains(&ratio) {
+        errs.push(format!("{p}.budget.ratio"), "must be between 0 and 1");
+    }
 }
 
 fn validate_route(p: &str, route: &Route, snap: &Snapshot, errs: &mut Errors) {

@@ -1,8 +1,10 @@
-//! The admin listener: probes, config read/replace. Everything but the probes needs the bearer
-//! token when one is configured.
+//! The admin listener: probes, `/health`, config read/replace, `/backends`. Everything but the
+//! probes and `/health` needs the bearer token when one is configured.
 
 use crate::body::{full, ProxyBody};
+use crate::runtime::Runtime;
 use crate::server::Dataplane;
+use crate::upstream::BackendRt;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -99,6 +101,7 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no config loaded\n")
                 };
             }
+            "/health" => return self.health(),
             _ => {}
         }
         if !self.authorized(&req) {
@@ -116,7 +119,8 @@ impl Admin {
             (Method::GET, "/config") => match self.dataplane.runtime() {
                 Some(rt) => json(
                     StatusCode::OK,
-                    serde_json::json!({ "version": rt.version, "snapshot": rt.snapshot.as_ref() }),
+                    // Credential values never leave the process.
+                    serde_json::json!({ "version": rt.version, "snapshot": rt.snapshot.redacted() }),
                 ),
                 None => json(
                     StatusCode::NOT_FOUND,
@@ -124,6 +128,13 @@ impl Admin {
                 ),
             },
             (Method::PUT, "/config") | (Method::POST, "/config") => self.put_config(req).await,
+            (Method::GET, "/backends") => match self.dataplane.runtime() {
+                Some(rt) => json(StatusCode::OK, backends_json(&rt)),
+                None => json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": "no_config", "message": "no configuration loaded yet"}),
+                ),
+            },
             (_, "/config") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({"error": "method_not_allowed", "message": "use GET or PUT"}),
@@ -133,6 +144,33 @@ impl Admin {
                 serde_json::json!({"error": "not_found", "message": format!("no admin endpoint {path}")}),
             ),
         }
+    }
+
+    /// `/health`: counts only (no names), so it is safe without the token.
+    fn health(&self) -> Response<ProxyBody> {
+        let Some(rt) = self.dataplane.runtime() else {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "unhealthy", "reason": "no configuration loaded", "healthy_backends": 0, "total_backends": 0}),
+            );
+        };
+        let h = health_summary(&rt);
+        let status = if h.status == "unhealthy" {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        json(
+            status,
+            serde_json::json!({
+                "status": h.status,
+                "healthy_backends": h.healthy,
+                "degraded_backends": h.degraded,
+                "unhealthy_backends": h.unhealthy,
+                "total_backends": h.total,
+                "version": rt.version,
+            }),
+        )
     }
 
     async fn put_config(&self, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -178,4 +216,134 @@ impl Admin {
             }
         }
     }
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A backend's state for `/health`: `healthy` (every endpoint available), `degraded` (some),
+/// `unhealthy` (none, no endpoints, or its circuit breaker is open).
+fn backend_status(b: &BackendRt) -> (&'static str, usize) {
+    let available = b.available_endpoints();
+    let open = b
+        .breaker_view()
+        .is_some_and(|v| v.mode == crate::breaker::Mode::Open);
+    let status = if available == 0 || open {
+        "unhealthy"
+    } else if available < b.endpoints.len() {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    (status, available)
+}
+
+pub struct HealthSummary {
+    pub status: &'static str,
+    pub healthy: usize,
+    pub degraded: usize,
+    pub unhealthy: usize,
+    pub total: usize,
+}
+
+/// Overall: `healthy` when every backend is, `unhealthy` when there are backends and none can
+/// serve, `degraded` otherwise.
+pub fn health_summary(rt: &Runtime) -> HealthSummary {
+    let mut s = HealthSummary {
+        status: "healthy",
+        healthy: 0,
+        degraded: 0,
+        unhealthy: 0,
+        total: rt.backends.len(),
+    };
+    for b in rt.backends.values() {
+        match backend_status(b).0 {
+            "healthy" => s.healthy += 1,
+            "degraded" => s.degraded += 1,
+            _ => s.unhealthy += 1,
+        }
+    }
+    s.status = if s.unhealthy + s.degraded == 0 {
+        "healthy"
+    } else if s.healthy + s.degraded == 0 {
+        "unhealthy"
+    } else {
+        "degraded"
+    };
+    s
+}
+
+/// The `GET /backends` document (shape documented in the README).
+pub fn backends_json(rt: &Runtime) -> serde_json::Value {
+    let mut names: Vec<&String> = rt.backends.keys().collect();
+    names.sort();
+    let mut out = serde_json::Map::new();
+    for name in names {
+        let b = &rt.backends[name];
+        let (status, available) = backend_status(b);
+        let endpoints: Vec<serde_json::Value> = b
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let v = ep.state.view();
+                let last_check = v.checks.last.as_ref().map(|c| {
+                    serde_json::json!({
+                        "result": if c.ok { "success" } else { "failure" },
+                        "at": rfc3339(c.at),
+                        "detail": c.detail,
+                    })
+                });
+                let active = b.config.health_check.is_some();
+                serde_json::json!({
+                    "address": ep.authority.as_str(),
+                    "weight": ep.weight,
+                    "available": v.healthy && v.ejected_until.is_none(),
+                    "healthy": v.healthy,
+                    "activeCheck": if active { serde_json::json!({
+                        "lastCheck": last_check,
+                        "consecutiveSuccesses": v.checks.consecutive_successes,
+                        "consecutiveFailures": v.checks.consecutive_failures,
+                        "checksPassed": v.checks.passed,
+                        "checksFailed": v.checks.failed,
+                        "transitions": v.checks.transitions,
+                    }) } else { serde_json::Value::Null },
+                    "ejectedUntil": v.ejected_until.map(rfc3339),
+                    "ejections": v.ejections,
+                    "inFlight": v.in_flight,
+                    "requests": v.requests,
+                    "connectionsCreated": b.connections_created(&ep.authority),
+                    "latencyEwmaMs": (v.ewma_ms * 1000.0).round() / 1000.0,
+                })
+            })
+            .collect();
+        let breaker = b.breaker_view().map(|v| {
+            serde_json::json!({
+                "state": v.mode.as_str(),
+                "consecutiveFailures": v.consecutive_failures,
+                "windowRequests": v.window_requests,
+                "windowFailures": v.window_failures,
+                "timesOpened": v.times_opened,
+                "openedAt": v.opened_at.map(rfc3339),
+            })
+        });
+        let (requests, retries) = b.budget_usage();
+        let concurrency = b
+            .concurrency()
+            .map(|(in_use, max)| serde_json::json!({ "inUse": in_use, "max": max }));
+        out.insert(
+            name.clone(),
+            serde_json::json!({
+                "status": status,
+                "loadBalancer": b.balancer_name(),
+                "healthyEndpoints": available,
+                "totalEndpoints": b.endpoints.len(),
+                "circuitBreaker": breaker,
+                "concurrency": concurrency,
+                "retryBudget": { "requests": requests, "retries": retries, "window": "10s" },
+                "endpoints": endpoints,
+            }),
+        );
+    }
+    serde_json::json!({ "version": rt.version, "backends": out })
 }

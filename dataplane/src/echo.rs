@@ -6,6 +6,9 @@
 //! bytes, with `chunk_delay_ms=D` it pauses D ms between 64 KiB chunks), `mirror=1` (stream the
 //! request body back), `stats=1` (JSON counters: requests, request bodies that failed midway,
 //! streamed responses dropped before their end — how a test sees a cancel reach the backend).
+//! `GET /healthz` is a health endpoint: 200 while healthy, 503 after `set_healthy=0` (any
+//! path; `set_healthy=1` heals), counted apart from `requests` (`healthChecks`,
+//! `healthChecksFailed` in the stats).
 //! The JSON reply carries `bodyBytes` and `bodySha256` of the request body, computed while
 //! streaming, so large uploads never sit in memory.
 
@@ -17,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -28,6 +31,9 @@ struct Stats {
     requests: AtomicU64,
     body_errors: AtomicU64,
     responses_dropped: AtomicU64,
+    health_checks: AtomicU64,
+    health_checks_failed: AtomicU64,
+    unhealthy: AtomicBool,
 }
 
 struct Server {
@@ -110,12 +116,40 @@ async fn handle(
     let builder = Response::builder()
         .status(status)
         .header("x-echo-server", name);
-    if param("stats") == Some("1") {
-        let st = &server.stats;
+    let st = &server.stats;
+    match param("set_healthy") {
+        Some("0") => st.unhealthy.store(true, Ordering::Relaxed),
+        Some("1") => st.unhealthy.store(false, Ordering::Relaxed),
+        _ => {}
+    }
+    if req.uri().path() == "/healthz" && param("set_healthy").is_none() {
+        st.health_checks.fetch_add(1, Ordering::Relaxed);
+        let sick = st.unhealthy.load(Ordering::Relaxed);
+        if sick {
+            st.health_checks_failed.fetch_add(1, Ordering::Relaxed);
+        }
+        let (code, text) = if sick {
+            (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
+        } else {
+            (StatusCode::OK, "ok\n")
+        };
+        let body = Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed_unsync();
+        return Ok(Response::builder()
+            .status(code)
+            .header("x-echo-server", name)
+            .body(body)
+            .unwrap_or_else(|_| Response::new(empty())));
+    }
+    if param("stats") == Some("1") || param("set_healthy").is_some() {
         let doc = serde_json::json!({
             "requests": st.requests.load(Ordering::Relaxed),
             "bodyErrors": st.body_errors.load(Ordering::Relaxed),
             "responsesDropped": st.responses_dropped.load(Ordering::Relaxed),
+            "healthy": !st.unhealthy.load(Ordering::Relaxed),
+            "healthChecks": st.health_checks.load(Ordering::Relaxed),
+            "healthChecksFailed": st.health_checks_failed.load(Ordering::Relaxed),
         });
         let body = Full::new(Bytes::from(doc.to_string()))
             .map_err(|e| match e {})

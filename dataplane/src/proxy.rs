@@ -6,7 +6,8 @@ use crate::router::RequestView;
 use crate::runtime::Runtime;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Version};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -140,7 +141,7 @@ where
     let version = req.version();
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string());
     let span_path = path_and_query.as_deref().unwrap_or("/").to_string();
-    let (mut resp, route, backend, upstream) = forward(runtime, conn, req).await;
+    let (mut resp, route, backend, upstream, attempts) = forward(runtime, conn, req).await;
     // An upstream's Alt-Svc describes the upstream, not us; ours replaces it.
     resp.headers_mut().remove(header::ALT_SVC);
     if let Some(v) = &conn.alt_svc {
@@ -157,17 +158,20 @@ where
         route = route.as_deref().unwrap_or("-"),
         backend = backend.as_deref().unwrap_or("-"),
         upstream = upstream.as_deref().unwrap_or("-"),
+        attempts,
         duration_ms = start.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
     resp
 }
 
+/// (response, route, backend, last upstream endpoint, upstream tries)
 type Outcome = (
     Response<ProxyBody>,
     Option<String>,
     Option<String>,
     Option<String>,
+    u32,
 );
 
 async fn forward<B>(runtime: Option<Arc<Runtime>>, conn: &ConnInfo, req: Request<B>) -> Outcome
@@ -181,11 +185,11 @@ where
             "no_config",
             "no configuration loaded yet",
         );
-        return (r, None, None, None);
+        return (r, None, None, None, 0);
     };
     let Some(host) = request_host(&req) else {
         let r = error_response(StatusCode::BAD_REQUEST, "no_host", "request has no Host");
-        return (r, None, None, None);
+        return (r, None, None, None, 0);
     };
     let rule = rt.router.find(&RequestView {
         host: &host,
@@ -201,6 +205,7 @@ where
             None,
             None,
             None,
+            0,
         );
     };
     let route = Some(rule.route.to_string());
@@ -210,15 +215,9 @@ where
             "no_backend",
             "route has no backend with weight",
         );
-        return (r, route, None, None);
+        return (r, route, None, None, 0);
     };
     let backend_name = Some(backend.name.clone());
-    let Some(endpoint) = backend.pick_endpoint() else {
-        let msg = format!("backend {:?} has no endpoints", backend.name);
-        let r = error_response(StatusCode::SERVICE_UNAVAILABLE, "no_endpoint", &msg);
-        return (r, route, backend_name, None);
-    };
-    let upstream = Some(endpoint.to_string());
 
     let (mut parts, body) = req.into_parts();
     let path = match &rule.path {
@@ -229,16 +228,11 @@ where
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(endpoint.clone())
-        .path_and_query(pq)
-        .build()
-    {
-        Ok(u) => u,
+    let pq = match PathAndQuery::try_from(pq) {
+        Ok(pq) => pq,
         Err(e) => {
             let r = error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string());
-            return (r, route, backend_name, upstream);
+            return (r, route, backend_name, None, 0);
         }
     };
     // The host the client asked for goes upstream unchanged. A request-target authority
@@ -271,47 +265,36 @@ where
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     rule.request_headers.apply(&mut parts.headers);
-    parts.uri = uri;
-    parts.version = if h2 {
+    let version = if h2 {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    let upstream_req = Request::from_parts(parts, boxed(body));
 
     let timeout = rule
         .timeout
         .unwrap_or(backend.config.timeouts.request.get());
-    let result = tokio::time::timeout(timeout, backend.client.request(upstream_req)).await;
-    let resp = match result {
-        Err(_) => {
-            let msg = format!("upstream {endpoint} did not answer within {timeout:?}");
-            error_response(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", &msg)
-        }
-        Ok(Err(e)) => {
-            let (code, what) = if e.is_connect() {
-                ("upstream_connect_error", "cannot connect to")
-            } else {
-                ("upstream_error", "request failed at")
-            };
-            let source = std::error::Error::source(&e)
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            tracing::warn!(backend = %backend.name, upstream = %endpoint, error = %e, source = %source, "upstream error");
-            error_response(
-                StatusCode::BAD_GATEWAY,
-                code,
-                &format!("{what} upstream {endpoint}"),
-            )
-        }
-        Ok(Ok(resp)) => {
+    // Balancing, health, breaker, concurrency limit, retries, credential: see upstream.rs.
+    let sent = backend
+        .dispatch(
+            parts.method,
+            pq,
+            version,
+            parts.headers,
+            boxed(body),
+            timeout,
+        )
+        .await;
+    let resp = match sent.response {
+        Err(local) => local,
+        Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             rule.response_headers.apply(&mut parts.headers);
-            Response::from_parts(parts, boxed(body))
+            Response::from_parts(parts, body)
         }
     };
-    (resp, route, backend_name, upstream)
+    (resp, route, backend_name, sent.upstream, sent.attempts)
 }
 
 #[cfg(test)]

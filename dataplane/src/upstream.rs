@@ -1,60 +1,613 @@
-//! Upstream side: one pooled hyper-util client per backend, round robin over its endpoints.
+//! Upstream side: per backend, a pooled hyper-util client, its endpoints with their health,
+//! a balancer, and the resilience layers every request passes through in [`BackendRt::dispatch`]:
+//! concurrency limit → retry loop { circuit breaker → balancer → try (per-try timeout) →
+//! outlier detection } with a retry budget and backoff.
 
-use crate::body::ProxyBody;
-use http::uri::Authority;
+use crate::balancer::Balancer;
+use crate::body::{boxed, BoxError, ProxyBody};
+use crate::breaker::{Breaker, BreakerView};
+use crate::health::{clock_ms, EndpointState, InFlight, Outcome};
+use crate::proxy::error_response;
+use crate::retry::{backoff, is_idempotent, Budget, Replay};
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::{Body, Frame, SizeHint};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use weir_config::{Backend, UpstreamProtocol};
 
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type HttpClient = Client<CountingConnector, ProxyBody>;
+
+/// Connections opened per endpoint (`host:port`), shared by a client and the backends using it.
+pub type ConnCounts = Arc<Mutex<HashMap<String, u64>>>;
+
+/// `HttpConnector` that counts the connections it opens per endpoint, so `GET /backends` can
+/// show pool reuse (requests vs connections).
+#[derive(Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    counts: ConnCounts,
+}
+
+type ConnectFuture =
+    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
+
+impl tower_service::Service<Uri> for CountingConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> ConnectFuture {
+        let key = dst.authority().map(|a| a.to_string()).unwrap_or_default();
+        let counts = self.counts.clone();
+        let fut = self.inner.call(dst);
+        Box::pin(async move {
+            let io = fut.await.map_err(BoxError::from)?;
+            if let Ok(mut c) = counts.lock() {
+                *c.entry(key).or_default() += 1;
+            }
+            Ok(io)
+        })
+    }
+}
+
+/// One endpoint of a backend as this config version sees it.
+#[derive(Debug)]
+pub struct EndpointRt {
+    pub authority: Authority,
+    pub weight: u32,
+    /// Health, ejection, in-flight and latency; carried over reloads (see [`BackendRt::new`]).
+    pub state: Arc<EndpointState>,
+}
 
 /// A backend as the proxy uses it.
-#[derive(Debug)]
 pub struct BackendRt {
     pub name: String,
     pub config: Backend,
     pub client: HttpClient,
-    pub endpoints: Vec<Authority>,
-    next: AtomicUsize,
+    conn_counts: ConnCounts,
+    pub endpoints: Vec<EndpointRt>,
+    balancer: Balancer,
+    breaker: Option<Arc<Breaker>>,
+    limiter: Option<Arc<Semaphore>>,
+    budget: Arc<Budget>,
+    credential: Option<(HeaderName, HeaderValue)>,
+    eject_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for BackendRt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `config` is safe to show: Credential's Debug redacts its value.
+        f.debug_struct("BackendRt")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`BackendRt::dispatch`] produced.
+pub struct Dispatched {
+    /// `Ok`: the upstream's response; `Err`: an error reply made by the proxy.
+    pub response: Result<Response<ProxyBody>, Response<ProxyBody>>,
+    /// The endpoint of the last try.
+    pub upstream: Option<String>,
+    pub attempts: u32,
+}
+
+/// How a try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    Reset,
+    /// Per-try timeout (the request timeout still has time left).
+    TryTimeout,
+    Status(u16),
+}
+
+/// The result of the latest try, kept while deciding whether to retry.
+enum Last {
+    Upstream(Response<hyper::body::Incoming>, InFlight),
+    Local(Response<ProxyBody>),
 }
 
 impl BackendRt {
-    /// Builds the runtime backend. When `prev` had the same connection settings its client
-    /// (and so its pool of warm upstream connections) is reused.
+    /// Builds the runtime backend. State carried over from `prev` when settings allow:
+    /// the client (warm pool) when connection settings are equal; each endpoint's state
+    /// (health counters and its checker task, ejection, in-flight, latency) when its address,
+    /// the protocol and the health check are unchanged; breaker, budget and concurrency
+    /// limiter when their settings are unchanged.
     pub fn new(
         name: &str,
         config: &Backend,
         prev: Option<&BackendRt>,
     ) -> Result<BackendRt, String> {
+        let h2 = config.protocol == UpstreamProtocol::H2c;
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
-            let a: Authority = ep
+            let authority: Authority = ep
                 .address
                 .parse()
                 .map_err(|e| format!("endpoint {:?}: {e}", ep.address))?;
-            endpoints.push(a);
+            let reused = prev.and_then(|p| {
+                p.endpoints
+                    .iter()
+                    .find(|e| {
+                        e.authority == authority
+                            && e.state.h2 == h2
+                            && e.state.check_config == config.health_check
+                    })
+                    .map(|e| e.state.clone())
+            });
+            let state = reused.unwrap_or_else(|| {
+                Arc::new(EndpointState::new(
+                    authority.clone(),
+                    config.health_check.clone(),
+                    h2,
+                ))
+            });
+            state.ensure_checker(name);
+            endpoints.push(EndpointRt {
+                authority,
+                weight: ep.weight,
+                state,
+            });
         }
-        let client = match prev {
-            Some(p) if same_connection_settings(&p.config, config) => p.client.clone(),
+        let (client, conn_counts) = match prev {
+            Some(p) if same_connection_settings(&p.config, config) => {
+                (p.client.clone(), p.conn_counts.clone())
+            }
             _ => build_client(config),
+        };
+        let breaker = config.circuit_breaker.as_ref().map(|cfg| match prev {
+            Some(p) if p.config.circuit_breaker.as_ref() == Some(cfg) => p
+                .breaker
+                .clone()
+                .unwrap_or_else(|| Arc::new(Breaker::new(name, cfg))),
+            _ => Arc::new(Breaker::new(name, cfg)),
+        });
+        let limiter = config.max_concurrent_requests.map(|max| match prev {
+            Some(p) if p.config.max_concurrent_requests == Some(max) => p
+                .limiter
+                .clone()
+                .unwrap_or_else(|| Arc::new(Semaphore::new(max as usize))),
+            _ => Arc::new(Semaphore::new(max as usize)),
+        });
+        let budget = match prev {
+            Some(p) if p.config.retries.budget == config.retries.budget => p.budget.clone(),
+            _ => Arc::new(Budget::new(config.retries.budget)),
+        };
+        let credential = match &config.credential {
+            None => None,
+            Some(c) => {
+                let name = HeaderName::from_bytes(c.header.as_bytes())
+                    .map_err(|_| format!("credential header {:?} is not valid", c.header))?;
+                let mut value = HeaderValue::from_str(&c.value)
+                    .map_err(|_| "credential value is not a valid header value".to_string())?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
         };
         Ok(BackendRt {
             name: name.to_string(),
+            balancer: Balancer::new(&config.load_balancer, endpoints.len()),
             config: config.clone(),
             client,
+            conn_counts,
             endpoints,
-            next: AtomicUsize::new(0),
+            breaker,
+            limiter,
+            budget,
+            credential,
+            eject_lock: Mutex::new(()),
         })
     }
 
-    /// Next endpoint in round robin order, `None` when there are none.
-    pub fn pick_endpoint(&self) -> Option<&Authority> {
-        if self.endpoints.is_empty() {
-            return None;
+    /// Chooses an endpoint: an available one not tried yet, else any available one, else
+    /// (panic mode only) any at all.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let now = clock_ms();
+        let eps = &self.endpoints;
+        let available = |i: usize| eps[i].state.is_available(now);
+        self.balancer
+            .pick(eps, |i| available(i) && !tried.contains(&i))
+            .or_else(|| {
+                (!tried.is_empty())
+                    .then(|| self.balancer.pick(eps, available))
+                    .flatten()
+            })
+            .or_else(|| {
+                let panic = self
+                    .config
+                    .health_check
+                    .as_ref()
+                    .is_some_and(|h| h.panic_mode);
+                panic.then(|| self.balancer.pick(eps, |_| true)).flatten()
+            })
+    }
+
+    /// Counts an outcome for passive outlier detection and ejects when a threshold is hit
+    /// and the ejection cap allows.
+    fn report(&self, idx: usize, outcome: Outcome) {
+        let Some(od) = &self.config.outlier_detection else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get(idx) else {
+            return;
+        };
+        if !ep.state.outlier_trips(outcome, od) {
+            return;
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        self.endpoints.get(i)
+        let _serial = self.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = clock_ms();
+        if ep.state.is_ejected(now) {
+            return;
+        }
+        let n = self.endpoints.len();
+        let cap = (n * od.max_ejection_percent as usize / 100).max(1);
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_ejected(now))
+            .count();
+        if ejected < cap {
+            ep.state.eject(&self.name, od);
+        } else {
+            tracing::info!(target: "weir::health", backend = %self.name, endpoint = %ep.authority, ejected, cap, "not ejecting: maxEjectionPercent reached");
+        }
+    }
+
+    /// Sends a request to this backend with every resilience layer applied. `pq` is the
+    /// upstream path and query; `headers` are final except for the credential. `timeout`
+    /// bounds the whole exchange up to response headers, retries included.
+    pub async fn dispatch(
+        &self,
+        method: Method,
+        pq: PathAndQuery,
+        version: Version,
+        mut headers: HeaderMap,
+        body: ProxyBody,
+        timeout: Duration,
+    ) -> Dispatched {
+        let deadline = Instant::now() + timeout;
+        let mut out = Dispatched {
+            response: Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_endpoint",
+                &format!("backend {:?} has no endpoints", self.name),
+            )),
+            upstream: None,
+            attempts: 0,
+        };
+        if self.endpoints.is_empty() {
+            return out;
+        }
+        if let Some((name, value)) = &self.credential {
+            headers.insert(name.clone(), value.clone());
+        }
+        let permit = match &self.limiter {
+            None => None,
+            Some(sem) => {
+                let wait = self.config.queue_timeout.get().min(timeout);
+                match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => Some(p),
+                    _ => {
+                        out.response = Err(error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "backend_overloaded",
+                            &format!(
+                                "backend {:?} is at maxConcurrentRequests ({}) and no slot freed within {:?}",
+                                self.name,
+                                self.config.max_concurrent_requests.unwrap_or_default(),
+                                wait
+                            ),
+                        ));
+                        return out;
+                    }
+                }
+            }
+        };
+        let policy = &self.config.retries;
+        self.budget.deposit();
+        let idempotent = is_idempotent(&method);
+        // With retries possible the body goes through a replay buffer; without, it streams
+        // straight to the only try.
+        let (replay, mut only_body) = if policy.attempts > 1 {
+            (Some(Replay::new(body)), None)
+        } else {
+            (None, Some(body))
+        };
+        let decay = self.balancer.ewma_decay();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last: Option<Last> = None;
+        for attempt in 1..=policy.attempts {
+            if attempt > 1 {
+                let wait = backoff(&policy.backoff, attempt - 1);
+                if Instant::now() + wait >= deadline {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+            }
+            let ticket = match &self.breaker {
+                None => None,
+                Some(b) => match b.try_acquire() {
+                    Some(t) => Some(t),
+                    None => {
+                        if last.is_none() {
+                            out.response = Err(error_response(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "circuit_open",
+                                &format!("the circuit breaker of backend {:?} is open", self.name),
+                            ));
+                        }
+                        break;
+                    }
+                },
+            };
+            let Some(idx) = self.pick(&tried) else {
+                if last.is_none() {
+                    out.response = Err(error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_healthy_endpoint",
+                        &format!("backend {:?} has no healthy endpoint", self.name),
+                    ));
+                }
+                break;
+            };
+            let ep = &self.endpoints[idx];
+            tried.push(idx);
+            out.attempts = attempt;
+            out.upstream = Some(ep.authority.to_string());
+            let uri = match Uri::builder()
+                .scheme("http")
+                .authority(ep.authority.clone())
+                .path_and_query(pq.clone())
+                .build()
+            {
+                Ok(u) => u,
+                Err(e) => {
+                    out.response = Err(error_response(
+                        StatusCode::BAD_REQUEST,
+                        "bad_path",
+                        &e.to_string(),
+                    ));
+                    return out;
+                }
+            };
+            let body = match &replay {
+                Some(r) => r.attempt(),
+                None => only_body.take().unwrap_or_else(crate::body::empty),
+            };
+            let mut req = Request::new(body);
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri;
+            *req.version_mut() = version;
+            *req.headers_mut() = if attempt < policy.attempts {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+
+            let in_flight = ep.state.start();
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
+            let per_try = policy
+                .per_try_timeout
+                .map(|t| t.get())
+                .filter(|t| *t < remaining);
+            let limit = per_try.unwrap_or(remaining);
+            let result = tokio::time::timeout(limit, self.client.request(req)).await;
+            let elapsed = started.elapsed();
+            let failure = match result {
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    let server_error = status >= 500;
+                    ep.state.observe_latency(elapsed, false, decay);
+                    self.report(
+                        idx,
+                        if server_error {
+                            Outcome::Status(status)
+                        } else {
+                            Outcome::Success
+                        },
+                    );
+                    if let Some(t) = ticket {
+                        t.record(server_error);
+                    }
+                    let retry_status = policy.retry_on.statuses.iter().any(|r| r.contains(status));
+                    last = Some(Last::Upstream(resp, in_flight));
+                    if !retry_status {
+                        break;
+                    }
+                    Failure::Status(status)
+                }
+                Ok(Err(e)) => {
+                    drop(in_flight);
+                    ep.state.observe_latency(elapsed, true, decay);
+                    self.report(idx, Outcome::LocalFailure);
+                    if let Some(t) = ticket {
+                        t.record(true);
+                    }
+                    let source = std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(backend = %self.name, upstream = %ep.authority, attempt, error = %e, source = %source, "upstream error");
+                    let (failure, code, what) = if e.is_connect() {
+                        (
+                            Failure::Connect,
+                            "upstream_connect_error",
+                            "cannot connect to",
+                        )
+                    } else {
+                        (Failure::Reset, "upstream_error", "request failed at")
+                    };
+                    last = Some(Last::Local(error_response(
+                        StatusCode::BAD_GATEWAY,
+                        code,
+                        &format!("{what} upstream {}", ep.authority),
+                    )));
+                    failure
+                }
+                Err(_) => {
+                    drop(in_flight);
+                    ep.state.observe_latency(elapsed, true, decay);
+                    self.report(idx, Outcome::LocalFailure);
+                    if let Some(t) = ticket {
+                        t.record(true);
+                    }
+                    last = Some(Last::Local(error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        &format!("upstream {} did not answer within {limit:?}", ep.authority),
+                    )));
+                    if per_try.is_none() {
+                        break; // the request timeout itself ran out
+                    }
+                    Failure::TryTimeout
+                }
+            };
+            let allowed = match failure {
+                Failure::Connect => policy.retry_on.connect_error,
+                Failure::Reset => policy.retry_on.reset && idempotent,
+                Failure::TryTimeout => policy.retry_on.timeout && idempotent,
+                Failure::Status(_) => idempotent,
+            };
+            let can = attempt < policy.attempts
+                && allowed
+                && replay.as_ref().is_some_and(Replay::replayable)
+                && Instant::now() < deadline;
+            if !can {
+                break;
+            }
+            if !self.budget.withdraw() {
+                tracing::debug!(backend = %self.name, "retry budget spent; not retrying");
+                break;
+            }
+            tracing::debug!(backend = %self.name, upstream = %ep.authority, attempt, failure = ?failure, "retrying");
+        }
+        match last {
+            None => {}
+            Some(Last::Local(r)) => out.response = Err(r),
+            Some(Last::Upstream(resp, in_flight)) => {
+                let (parts, body) = resp.into_parts();
+                let body = Guarded {
+                    inner: body,
+                    guard: Some((in_flight, permit)),
+                };
+                out.response = Ok(Response::from_parts(parts, boxed(body)));
+            }
+        }
+        out
+    }
+
+    /// Requests and retries counted by the budget over its window.
+    pub fn budget_usage(&self) -> (u64, u64) {
+        self.budget.usage()
+    }
+
+    pub fn breaker_view(&self) -> Option<BreakerView> {
+        self.breaker.as_ref().map(|b| b.view())
+    }
+
+    pub fn balancer_name(&self) -> &'static str {
+        match self.balancer.kind {
+            weir_config::LoadBalancerType::P2cEwma => "p2cEwma",
+            weir_config::LoadBalancerType::RoundRobin => "roundRobin",
+            weir_config::LoadBalancerType::LeastRequest => "leastRequest",
+            weir_config::LoadBalancerType::WeightedRoundRobin => "weightedRoundRobin",
+        }
+    }
+
+    /// Requests waiting for or holding a `maxConcurrentRequests` slot: (in use, limit).
+    pub fn concurrency(&self) -> Option<(u32, u32)> {
+        let max = self.config.max_concurrent_requests?;
+        let free = self.limiter.as_ref()?.available_permits() as u32;
+        Some((max.saturating_sub(free), max))
+    }
+
+    /// Upstream connections opened to `endpoint` by this backend's client.
+    pub fn connections_created(&self, endpoint: &Authority) -> u64 {
+        self.conn_counts
+            .lock()
+            .ok()
+            .and_then(|c| c.get(endpoint.as_str()).copied())
+            .unwrap_or(0)
+    }
+
+    /// Available endpoints (healthy and not ejected).
+    pub fn available_endpoints(&self) -> usize {
+        let now = clock_ms();
+        self.endpoints
+            .iter()
+            .filter(|e| e.state.is_available(now))
+            .count()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body holding the endpoint's in-flight slot (and the backend's concurrency
+    /// permit) until it ends or is dropped.
+    struct Guarded<B> {
+        #[pin]
+        inner: B,
+        guard: Option<(InFlight, Option<OwnedSemaphorePermit>)>,
+    }
+}
+
+impl<B> Body for Guarded<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_frame(cx);
+        match r {
+            Poll::Ready(None) => {
+                *this.guard = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                *this.guard = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                // Released with the last frame, before the client can see the end.
+                if this.inner.is_end_stream() {
+                    *this.guard = None;
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -62,11 +615,16 @@ fn same_connection_settings(a: &Backend, b: &Backend) -> bool {
     a.protocol == b.protocol && a.timeouts.connect == b.timeouts.connect && a.pool == b.pool
 }
 
-fn build_client(config: &Backend) -> HttpClient {
+fn build_client(config: &Backend) -> (HttpClient, ConnCounts) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(config.timeouts.connect.get()));
     connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    let counts = ConnCounts::default();
+    let connector = CountingConnector {
+        inner: connector,
+        counts: counts.clone(),
+    };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -76,5 +634,5 @@ fn build_client(config: &Backend) -> HttpClient {
     if config.protocol == UpstreamProtocol::H2c {
         builder.http2_only(true);
     }
-    builder.build(connector)
+    (builder.build(connector), counts)
 }
