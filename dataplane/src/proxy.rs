@@ -58,6 +58,45 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     Some(host.to_ascii_lowercase())
 }
 
+/// RFC 3986 §5.2.4 `remove_dot_segments`, also treating `%2e`/`%2E` as a dot. Paths without
+/// dot segments (nearly all) are returned as they are, without copying.
+pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let is_dot = |seg: &str| seg == "." || seg.eq_ignore_ascii_case("%2e");
+    let is_dotdot = |seg: &str| {
+        seg == ".."
+            || seg.eq_ignore_ascii_case("%2e%2e")
+            || seg.eq_ignore_ascii_case(".%2e")
+            || seg.eq_ignore_ascii_case("%2e.")
+    };
+    if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
+    let last = segs.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, seg) in segs.iter().enumerate() {
+        if is_dot(seg) {
+            trailing_slash = i == last;
+        } else if is_dotdot(seg) {
+            out.pop();
+            trailing_slash = i == last;
+        } else {
+            out.push(seg);
+            trailing_slash = false;
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if trailing_slash || s.is_empty() {
+        s.push('/');
+    }
+    std::borrow::Cow::Owned(s)
+}
+
 /// Removes hop-by-hop headers, including the ones a `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -191,15 +230,18 @@ where
         let r = error_response(StatusCode::BAD_REQUEST, "no_host", "request has no Host");
         return (r, None, None, None, 0);
     };
+    // Route on, and forward, the path with dot segments resolved, so `/api/../admin` can
+    // neither slip past a `/api` prefix rule nor reach a backend that resolves it itself.
+    let path = normalize_path(req.uri().path()).into_owned();
     let rule = rt.router.find(&RequestView {
         host: &host,
         method: req.method(),
-        path: req.uri().path(),
+        path: &path,
         query: req.uri().query(),
         headers: req.headers(),
     });
     let Some(rule) = rule else {
-        let msg = format!("no route for host {host:?} and path {:?}", req.uri().path());
+        let msg = format!("no route for host {host:?} and path {path:?}");
         return (
             error_response(StatusCode::NOT_FOUND, "no_route", &msg),
             None,
@@ -221,8 +263,8 @@ where
 
     let (mut parts, body) = req.into_parts();
     let path = match &rule.path {
-        Some(rw) => rewrite_path(rw, parts.uri.path()),
-        None => parts.uri.path().to_string(),
+        Some(rw) => rewrite_path(rw, &path),
+        None => path,
     };
     let pq = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
@@ -318,6 +360,25 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(request_host(&abs).as_deref(), Some("h2.example.com"));
+    }
+
+    #[test]
+    fn dot_segments_resolved() {
+        for (input, want) in [
+            ("/api/users", "/api/users"),
+            ("/api/../admin", "/admin"),
+            ("/api/%2e%2e/admin", "/admin"),
+            ("/api/%2E./admin/", "/admin/"),
+            ("/a/./b", "/a/b"),
+            ("/a/b/..", "/a/"),
+            ("/..", "/"),
+            ("/../../x", "/x"),
+            ("/", "/"),
+            ("/a//b", "/a//b"),
+            ("/a/..b/c", "/a/..b/c"),
+        ] {
+            assert_eq!(normalize_path(input), want, "{input}");
+        }
     }
 
     #[test]

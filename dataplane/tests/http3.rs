@@ -90,6 +90,15 @@ async fn routes_filters_and_errors_over_h3() {
     assert_eq!(doc["headers"]["x-forwarded-proto"], "https");
     assert_eq!(doc["headers"]["x-forwarded-host"], "api.test");
 
+    // Dot segments are resolved before routing: this is not under /v1 any more.
+    let r = conn
+        .request(get("https://api.test/v1/%2e%2e/x"))
+        .await
+        .expect("dots");
+    let doc = json(&r.body);
+    assert_eq!(doc["server"], "a");
+    assert_eq!(doc["uri"], "/x");
+
     // Other hosts fall to the catch-all; a POST body arrives whole.
     let post = Request::post("https://other.test/upload")
         .body(Bytes::from_static(b"hello h3"))
