@@ -35,5 +35,13 @@ fmt:
 check-example:
 	$(CARGO) run -q -p weir-dataplane --bin weir-dataplane -- check examples/standalone.yaml
 
+## crds: regenerate crds/*.yaml from the operator's CRD types (checked in; `make test` fails when stale)
+crds:
+	$(CARGO) run -q -p weir-operator -- crdgen --out crds
+
+## e2e: etcd + a real kube-apiserver on loopback, the operator and two dataplanes (see tests/README.md)
+e2e: deps
+	scripts/e2e.sh
+
 clean:
 	$(CARGO) clean

@@ -1,18 +1,233 @@
-//! Weir operator. The reconcile/push/status machinery lands with the operator issue; for now the
-//! binary only reports its version so packaging and the workspace layout are in place.
+//! `weir-operator`: run the controller, or `weir-operator crdgen` to write the CRD YAML.
 
-fn main() {
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        None | Some("--version") | Some("-V") | Some("version") => {
-            println!("weir-operator {}", env!("CARGO_PKG_VERSION"));
-        }
-        Some(other) => {
-            eprintln!(
-                "weir-operator {}: unknown argument {other:?}; only --version is implemented yet",
-                env!("CARGO_PKG_VERSION")
-            );
-            std::process::exit(2);
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use weir_operator::controller::{self, Settings};
+use weir_operator::lease::LeaseConfig;
+use weir_operator::push::{PusherConfig, TokenSource};
+
+#[derive(Parser)]
+#[command(
+    name = "weir-operator",
+    version,
+    about = "Weir operator: CRDs -> snapshot -> dataplane pods"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the CRDs as YAML (one file per CRD into DIR, or all to stdout).
+    Crdgen {
+        /// Directory to write `<plural>.<group>.yaml` files into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Do not write; exit 1 when the files in --out differ from the generated ones.
+        #[arg(long, requires = "out")]
+        check: bool,
+    },
+    /// Run the controller (in cluster, or out of cluster with KUBECONFIG).
+    Run(Box<RunArgs>),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Only watch ProxyRoutes, Backends, TelemetrySinks and Services in this namespace.
+    #[arg(long, env = "WEIR_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Namespace of the dataplane pods, the Lease and the snapshot ConfigMap.
+    #[arg(long, env = "WEIR_NAMESPACE", default_value = "weir-system")]
+    namespace: String,
+    /// Label selector of the dataplane pods.
+    #[arg(
+        long,
+        env = "WEIR_DATAPLANE_SELECTOR",
+        default_value = "app.kubernetes.io/name=weir-dataplane"
+    )]
+    dataplane_selector: String,
+    /// Admin API port of the dataplane pods.
+    #[arg(long, env = "WEIR_ADMIN_PORT", default_value_t = 9901)]
+    admin_port: u16,
+    /// File holding the dataplane admin token (`WEIR_ADMIN_TOKEN` may hold the token itself).
+    #[arg(long, env = "WEIR_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Secret (in --namespace) holding the admin token under key `token`.
+    #[arg(long, env = "WEIR_ADMIN_TOKEN_SECRET")]
+    admin_token_secret: Option<String>,
+    /// YAML file with the listeners every dataplane pod gets (a list of the snapshot's
+    /// `listeners`); `$(POD_IP)` in an address is replaced by each pod's IP. Default: one
+    /// plain HTTP listener on 0.0.0.0:8080.
+    #[arg(long, env = "WEIR_LISTENERS")]
+    listeners: Option<PathBuf>,
+    /// Name of the ConfigMap (in --namespace) that gets the last-known-good snapshot.
+    #[arg(long, default_value = "weir-snapshot")]
+    configmap: String,
+    /// Quiet period before a burst of changes is compiled (at most 5x this is waited).
+    #[arg(long, default_value = "200ms")]
+    debounce: weir_config::Duration,
+    /// Lease name (in --namespace) for leader election.
+    #[arg(long, default_value = "weir-operator")]
+    lease_name: String,
+    /// How long a lease stays valid without renewal; a standby takes over after it.
+    #[arg(long, default_value = "15s")]
+    lease_duration: weir_config::Duration,
+    /// How often the holder renews and standbys retry.
+    #[arg(long, default_value = "5s")]
+    lease_retry: weir_config::Duration,
+    /// This replica's identity in the Lease (default: $POD_NAME or hostname-pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Pods pushed to at once.
+    #[arg(long, default_value_t = 8)]
+    push_concurrency: usize,
+    /// How often every pod's running version and endpoint health are polled
+    /// (`GET /backends`, or `GET /config` on dataplanes without it).
+    #[arg(long, default_value = "5s")]
+    verify_interval: weir_config::Duration,
+    /// Address for `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "WEIR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: std::net::SocketAddr,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crdgen { out, check } => crdgen(out, check),
+        Command::Run(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
+}
+
+fn crdgen(out: Option<PathBuf>, check: bool) -> ExitCode {
+    let files = weir_operator::crd::render();
+    let Some(dir) = out else {
+        for (_, yaml) in files {
+            print!("---\n{yaml}");
+        }
+        return ExitCode::SUCCESS;
+    };
+    let mut stale = false;
+    for (name, yaml) in files {
+        let path = dir.join(&name);
+        if check {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
+                eprintln!("{} is stale; run `make crds`", path.display());
+                stale = true;
+            }
+        } else if let Err(e) = std::fs::write(&path, yaml) {
+            eprintln!("cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if stale {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run(a: RunArgs) -> Result<(), String> {
+    let listeners: Vec<weir_config::Listener> = match &a.listeners {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => vec![weir_config::Listener {
+            name: "http".into(),
+            address: "0.0.0.0:8080".into(),
+            protocol: weir_config::ListenerProtocol::Http,
+            tls: None,
+            http3: None,
+        }],
+    };
+    let metrics = tokio::net::TcpListener::bind(a.metrics_address)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", a.metrics_address))?;
+    tokio::spawn(weir_operator::metrics::serve(metrics));
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+    let token = if let Some(f) = a.admin_token_file {
+        TokenSource::File(f)
+    } else if let Ok(t) = std::env::var("WEIR_ADMIN_TOKEN") {
+        TokenSource::Static(t)
+    } else if let Some(name) = a.admin_token_secret {
+        TokenSource::Secret {
+            api: Box::new(kube::Api::namespaced(client.clone(), &a.namespace)),
+            name,
+            key: "token".into(),
+        }
+    } else {
+        TokenSource::None
+    };
+    let identity = a.identity.unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "weir-operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let settings = Settings {
+        watch_namespace: a.watch_namespace,
+        dataplane_namespace: a.namespace,
+        dataplane_selector: a.dataplane_selector,
+        listeners,
+        configmap: a.configmap,
+        debounce: a.debounce.get(),
+        lease: LeaseConfig {
+            name: a.lease_name,
+            identity,
+            duration: a.lease_duration.get(),
+            retry: a.lease_retry.get(),
+        },
+        pusher: PusherConfig {
+            admin_port: a.admin_port,
+            concurrency: a.push_concurrency,
+            verify_interval: a.verify_interval.get(),
+            request_timeout: Duration::from_secs(5),
+            token,
+        },
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    controller::run(client, settings, stop_rx).await
 }

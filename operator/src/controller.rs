@@ -1,0 +1,852 @@
+//! The controller: watches (reflector stores fed by watchers), a debounced compile loop, the
+//! pusher, the last-known-good ConfigMap and status write-back, gated by the Lease.
+//!
+//! Shape (after Linkerd's policy controller): every watch only updates its store and pokes one
+//! `Notify`; one loop reads all stores, compiles (a pure function), hands the snapshot to the
+//! pusher through a `watch` channel, and, when leading, writes the ConfigMap and the statuses
+//! that really changed.
+
+use crate::compile::{self, Compiled, ServiceIndex, ServicePort, Slice};
+use crate::crd::{Backend, ProxyRoute, TelemetrySink};
+use crate::lease::{self, LeaseConfig};
+use crate::metrics::METRICS;
+use crate::push::{self, Desired, PodStates, PodTarget, PusherConfig};
+use crate::status::{self, PodProgress};
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// The field manager for every write.
+pub const FIELD_MANAGER: &str = "weir-operator";
+/// The ConfigMap key holding the snapshot (JSON, loadable by `weir-dataplane --config`).
+pub const CONFIGMAP_KEY: &str = "snapshot.json";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Clone)]
+pub struct Settings {
+    /// Namespace to watch ProxyRoutes/Backends/TelemetrySinks/Services in; `None` = all.
+    pub watch_namespace: Option<String>,
+    /// Namespace of the dataplane pods, the Lease and the ConfigMap.
+    pub dataplane_namespace: String,
+    /// Label selector of the dataplane pods.
+    pub dataplane_selector: String,
+    pub listeners: Vec<weir_config::Listener>,
+    pub configmap: String,
+    pub debounce: Duration,
+    pub lease: LeaseConfig,
+    pub pusher: PusherConfig,
+}
+
+fn spawn_reflector<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    dyntype: K::DynamicType,
+    notify: Arc<Notify>,
+    what: &'static str,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
+    let writer = Writer::new(dyntype);
+    let store = writer.as_reader();
+    let stream = reflector::reflector(writer, watcher(api, cfg)).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(watch = what, error = %e, "watch error (retrying)"),
+            }
+        }
+    });
+    store
+}
+
+/// `discovery.k8s.io/v1` EndpointSlices when served, else `v1beta1` (Kubernetes < 1.21).
+pub async fn endpoint_slice_resource(client: &Client) -> kube::Result<ApiResource> {
+    let group = kube::discovery::group(client, "discovery.k8s.io").await?;
+    for v in ["v1", "v1beta1"] {
+        if let Some((ar, _)) = group
+            .versioned_resources(v)
+            .into_iter()
+            .find(|(ar, _)| ar.kind == "EndpointSlice")
+        {
+            return Ok(ar);
+        }
+    }
+    let (ar, _) = group.recommended_kind("EndpointSlice").ok_or_else(|| {
+        kube::Error::Discovery(kube::error::DiscoveryError::MissingKind(
+            "EndpointSlice".into(),
+        ))
+    })?;
+    Ok(ar)
+}
+
+/// The fields of an EndpointSlice (same in v1 and v1beta1) that compile needs.
+#[derive(Debug, Default, Deserialize)]
+struct SliceData {
+    #[serde(default)]
+    endpoints: Option<Vec<SliceEndpoint>>,
+    #[serde(default)]
+    ports: Option<Vec<SlicePort>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SliceEndpoint {
+    #[serde(default)]
+    addresses: Vec<String>,
+    #[serde(default)]
+    conditions: Option<SliceConditions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SliceConditions {
+    ready: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SlicePort {
+    name: Option<String>,
+    port: Option<i32>,
+}
+
+fn service_index(services: &Store<Service>, slices: &Store<DynamicObject>) -> ServiceIndex {
+    let mut idx = ServiceIndex::default();
+    for s in services.state() {
+        let ports = s
+            .spec
+            .as_ref()
+            .and_then(|sp| sp.ports.as_ref())
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| ServicePort {
+                        name: p.name.clone().unwrap_or_default(),
+                        port: u16::try_from(p.port).unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        idx.services.insert(
+            compile::key(&s.namespace().unwrap_or_default(), &s.name_any()),
+            ports,
+        );
+    }
+    for s in slices.state() {
+        let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) else {
+            continue;
+        };
+        let data: SliceData = serde_json::from_value(s.data.clone()).unwrap_or_default();
+        let slice = Slice {
+            ports: data
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| Some((p.name.unwrap_or_default(), u16::try_from(p.port?).ok()?)))
+                .collect(),
+            endpoints: data
+                .endpoints
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| {
+                    let ready = e.conditions.and_then(|c| c.ready).unwrap_or(true);
+                    (e.addresses, ready)
+                })
+                .collect(),
+        };
+        idx.slices
+            .entry(compile::key(&s.namespace().unwrap_or_default(), svc))
+            .or_default()
+            .push(slice);
+    }
+    // Deterministic order regardless of watch order.
+    for v in idx.slices.values_mut() {
+        v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    }
+    idx
+}
+
+/// Ready dataplane pods with an IP, sorted by key.
+pub fn ready_pods(pods: &[Arc<Pod>]) -> Vec<PodTarget> {
+    let mut out: Vec<PodTarget> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let st = p.status.as_ref()?;
+            let ip = st.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+            let ready = st
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if !ready {
+                return None;
+            }
+            let restarts = st
+                .container_statuses
+                .as_ref()
+                .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+                .unwrap_or(0);
+            Some(PodTarget {
+                key: compile::key(&p.namespace().unwrap_or_default(), &p.name_any()),
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                ip,
+                restarts,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    out
+}
+
+/// RFC 3339, whole seconds (what `metav1.Time` stores).
+pub fn now_rfc3339() -> String {
+    format!("{:.0}", k8s_openapi::jiff::Timestamp::now())
+}
+
+struct StatusWriter {
+    /// Last status written per `Kind:ns/name`, until the watch shows it back.
+    written: HashMap<String, serde_json::Value>,
+    writes: u64,
+    recorder: Recorder,
+}
+
+/// Publishes an event, best effort (events are informational; failures are only logged).
+async fn publish(recorder: &Recorder, t: &status::Transition, reference: &ObjectReference) {
+    let ev = Event {
+        type_: if t.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: t.reason.to_string(),
+        note: Some(t.note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        tracing::debug!(error = %e, reason = t.reason, "cannot publish event");
+    }
+}
+
+impl StatusWriter {
+    /// Computes and, when it differs from what the object has, applies the status.
+    async fn sync<K, S>(
+        &mut self,
+        client: &Client,
+        obj: &K,
+        current: Option<&S>,
+        compute: impl FnOnce(Option<&S>) -> S,
+    ) where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+        S: Serialize + DeserializeOwned + PartialEq + status::StatusView,
+    {
+        let ns = obj.meta().namespace.clone().unwrap_or_default();
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let kkey = format!("{}:{ns}/{name}", K::kind(&()));
+        let current_v = current.and_then(|c| serde_json::to_value(c).ok());
+        if self.written.contains_key(&kkey) && self.written.get(&kkey) == current_v.as_ref() {
+            self.written.remove(&kkey);
+        }
+        let pending: Option<S> = self
+            .written
+            .get(&kkey)
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let base = pending.as_ref().or(current);
+        let desired = compute(base);
+        if base == Some(&desired) {
+            return;
+        }
+        let Ok(value) = serde_json::to_value(&desired) else {
+            return;
+        };
+        let api: Api<K> = Api::namespaced(client.clone(), &ns);
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": value,
+        });
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(&name, &pp, &Patch::Apply(&patch)).await {
+            Ok(_) => {
+                self.writes += 1;
+                METRICS.status_writes.fetch_add(1, Relaxed);
+                tracing::info!(object = %kkey, "status updated");
+                self.written.insert(kkey, value);
+                let (old_c, old_e) = base
+                    .map(|b| (b.conditions(), b.endpoints()))
+                    .unwrap_or_default();
+                let mut ts =
+                    status::condition_transitions(&K::kind(&()), old_c, desired.conditions());
+                ts.extend(status::endpoint_transitions(old_e, desired.endpoints()));
+                let reference = obj.object_ref(&());
+                for t in &ts {
+                    publish(&self.recorder, t, &reference).await;
+                }
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                METRICS.status_write_errors.fetch_add(1, Relaxed);
+                tracing::warn!(object = %kkey, error = %e, "status write failed")
+            }
+        }
+    }
+}
+
+/// Runs the operator until `stop` flips to true.
+pub async fn run(
+    client: Client,
+    s: Settings,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let notify = Arc::new(Notify::new());
+    let wc = watcher::Config::default().any_semantic();
+    let (routes_api, backends_api, sinks_api, services_api): (
+        Api<ProxyRoute>,
+        Api<Backend>,
+        Api<TelemetrySink>,
+        Api<Service>,
+    ) = match &s.watch_namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let slice_ar = endpoint_slice_resource(&client)
+        .await
+        .map_err(|e| format!("cannot discover EndpointSlices: {e}"))?;
+    tracing::info!(version = %slice_ar.api_version, "EndpointSlice API");
+    let slices_api: Api<DynamicObject> = match &s.watch_namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &slice_ar),
+        None => Api::all_with(client.clone(), &slice_ar),
+    };
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &s.dataplane_namespace);
+
+    let routes = spawn_reflector(routes_api, wc.clone(), (), notify.clone(), "proxyroutes");
+    let backends = spawn_reflector(backends_api, wc.clone(), (), notify.clone(), "backends");
+    let sinks = spawn_reflector(sinks_api, wc.clone(), (), notify.clone(), "telemetrysinks");
+    let services = spawn_reflector(services_api, wc.clone(), (), notify.clone(), "services");
+    let slices = spawn_reflector(
+        slices_api,
+        wc.clone().labels(SERVICE_NAME_LABEL),
+        slice_ar.clone(),
+        notify.clone(),
+        "endpointslices",
+    );
+    let pods = spawn_reflector(
+        pods_api,
+        wc.clone().labels(&s.dataplane_selector),
+        (),
+        notify.clone(),
+        "pods",
+    );
+
+    // Never compile from a half-listed world: an empty store would push an empty snapshot.
+    let ready = async {
+        routes.wait_until_ready().await.ok();
+        backends.wait_until_ready().await.ok();
+        sinks.wait_until_ready().await.ok();
+        services.wait_until_ready().await.ok();
+        slices.wait_until_ready().await.ok();
+        pods.wait_until_ready().await.ok();
+    };
+    tokio::select! {
+        _ = ready => {}
+        _ = stop.changed() => return Ok(()),
+    }
+    tracing::info!("caches synced");
+    METRICS.synced.store(true, Relaxed);
+
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let (lease_stop_tx, lease_stop_rx) = watch::channel(false);
+    let lease_task = tokio::spawn(lease::run(
+        Api::<Lease>::namespaced(client.clone(), &s.dataplane_namespace),
+        s.lease.clone(),
+        leader_tx,
+        lease_stop_rx,
+    ));
+
+    let (desired_tx, desired_rx) = watch::channel(Desired::default());
+    let states: PodStates = Default::default();
+    let progress = Arc::new(Notify::new());
+    let pusher = tokio::spawn(push::run(
+        s.pusher.clone(),
+        desired_rx,
+        states.clone(),
+        progress.clone(),
+    ));
+
+    let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &s.dataplane_namespace);
+    let mut cm_written: Option<String> = None;
+    let mut history: VecDeque<(String, BTreeMap<String, i64>)> = VecDeque::new();
+    let mut writer = StatusWriter {
+        written: HashMap::new(),
+        writes: 0,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: Some(s.lease.identity.clone()),
+            },
+        ),
+    };
+    let mut announced_rejections: std::collections::HashSet<(String, String)> = Default::default();
+    let mut was_leader = false;
+    loop {
+        // Debounce: wait for a quiet period (bounded), so bursts compile once.
+        let deadline = tokio::time::Instant::now() + s.debounce * 5;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(s.debounce) => break,
+                _ = notify.notified() => {
+                    if tokio::time::Instant::now() >= deadline { break; }
+                }
+            }
+        }
+        let leader = *leader_rx.borrow_and_update();
+        METRICS.leader.store(leader, Relaxed);
+        if leader != was_leader {
+            // New term: forget what we think we wrote; re-read the world.
+            writer.written.clear();
+            cm_written = None;
+            was_leader = leader;
+        }
+
+        let t0 = std::time::Instant::now();
+        let route_objs: Vec<ProxyRoute> = routes.state().iter().map(|r| (**r).clone()).collect();
+        let backend_objs: Vec<Backend> = backends.state().iter().map(|r| (**r).clone()).collect();
+        let sink_objs: Vec<TelemetrySink> = sinks.state().iter().map(|r| (**r).clone()).collect();
+        let idx = service_index(&services, &slices);
+        let compiled: Compiled = compile::compile(compile::Inputs {
+            routes: &route_objs,
+            backends: &backend_objs,
+            sinks: &sink_objs,
+            services: &idx,
+            listeners: &s.listeners,
+        });
+        let version = compiled.snapshot.version.clone();
+        if !history.iter().any(|(v, _)| *v == version) {
+            history.push_back((version.clone(), compiled.contents()));
+            while history.len() > 32 {
+                history.pop_front();
+            }
+            tracing::info!(
+                %version,
+                routes = compiled.snapshot.routes.len(),
+                backends = compiled.snapshot.backends.len(),
+                "compiled snapshot"
+            );
+        }
+        let targets = ready_pods(&pods.state());
+        let snapshot_ok = compiled.global.is_empty();
+        if !snapshot_ok {
+            tracing::error!(errors = ?compiled.global, "operator settings are invalid; not pushing");
+        }
+        desired_tx.send_if_modified(|d| {
+            let same = d.leader == leader
+                && d.pods == targets
+                && d.snapshot.as_ref().map(|s| &s.version) == Some(&version);
+            if !same {
+                d.leader = leader;
+                d.pods = targets.clone();
+                d.snapshot = snapshot_ok.then(|| Arc::new(compiled.snapshot.clone()));
+            }
+            !same
+        });
+
+        if leader && snapshot_ok {
+            write_configmap(&cm_api, &s.configmap, &compiled.snapshot, &mut cm_written).await;
+        }
+        // Until the pusher has asked every ready pod what it runs, status would be a guess.
+        let pods_known = {
+            let st = states.lock().unwrap_or_else(|e| e.into_inner());
+            targets
+                .iter()
+                .all(|t| st.get(&t.key).is_some_and(|p| p.polled))
+        };
+        if leader && pods_known {
+            let progress_view = {
+                let st = states.lock().unwrap_or_else(|e| e.into_inner());
+                PodProgress {
+                    pods: targets
+                        .iter()
+                        .map(|t| {
+                            let acked = st.get(&t.key)?.acked.clone()?;
+                            history
+                                .iter()
+                                .find(|(v, _)| *v == acked)
+                                .map(|(_, c)| c.clone())
+                        })
+                        .collect(),
+                    health: targets
+                        .iter()
+                        .map(|t| st.get(&t.key).and_then(|p| p.health.clone()))
+                        .collect(),
+                    rejected: targets
+                        .iter()
+                        .filter_map(|t| {
+                            let (v, errs) = st.get(&t.key)?.rejected.clone()?;
+                            (v == version).then(|| (t.key.clone(), errs))
+                        })
+                        .collect(),
+                }
+            };
+            if announced_rejections.len() > 1024 {
+                announced_rejections.clear();
+            }
+            for (pod, errs) in &progress_view.rejected {
+                if announced_rejections.insert((pod.clone(), version.clone())) {
+                    let (ns, name) = pod.split_once('/').unwrap_or_default();
+                    let reference = ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        namespace: Some(ns.into()),
+                        name: Some(name.into()),
+                        ..Default::default()
+                    };
+                    let shown: Vec<String> = errs.iter().take(5).map(|e| e.to_string()).collect();
+                    let t = status::Transition {
+                        warning: true,
+                        reason: "SnapshotRejected",
+                        note: format!("snapshot {version} rejected: {}", shown.join("; ")),
+                    };
+                    publish(&writer.recorder, &t, &reference).await;
+                }
+            }
+            write_statuses(
+                &client,
+                &mut writer,
+                &compiled,
+                &progress_view,
+                &routes,
+                &backends,
+                &sinks,
+            )
+            .await;
+        }
+        METRICS.observe_reconcile(t0.elapsed());
+        METRICS.routes_invalid.store(
+            compiled.routes.values().filter(|r| !r.included).count() as u64,
+            Relaxed,
+        );
+        METRICS.pods_ready.store(targets.len() as u64, Relaxed);
+        {
+            let st = states.lock().unwrap_or_else(|e| e.into_inner());
+            let programmed = targets
+                .iter()
+                .filter(|t| {
+                    st.get(&t.key).and_then(|p| p.acked.as_deref()) == Some(version.as_str())
+                })
+                .count();
+            METRICS.pods_programmed.store(programmed as u64, Relaxed);
+        }
+        tracing::debug!(elapsed = ?t0.elapsed(), writes = writer.writes, "reconciled");
+
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = progress.notified() => {}
+            _ = leader_rx.changed() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = lease_stop_tx.send(true);
+    let _ = lease_task.await;
+    pusher.abort();
+    Ok(())
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(version = %snapshot.version))]
+async fn write_configmap(
+    api: &Api<ConfigMap>,
+    name: &str,
+    snapshot: &weir_config::Snapshot,
+    written: &mut Option<String>,
+) {
+    let Ok(mut text) = serde_json::to_string_pretty(snapshot) else {
+        return;
+    };
+    text.push('\n');
+    if written.is_none() {
+        match api.get_opt(name).await {
+            Ok(cm) => {
+                *written = Some(
+                    cm.and_then(|c| c.data)
+                        .and_then(|d| d.get(CONFIGMAP_KEY).cloned())
+                        .unwrap_or_default(),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the snapshot ConfigMap");
+                return;
+            }
+        }
+    }
+    if written.as_deref() == Some(text.as_str()) {
+        return;
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER },
+            "annotations": { "weir.dev/snapshot-version": snapshot.version },
+        },
+        "data": { CONFIGMAP_KEY: text },
+    });
+    match api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            METRICS.configmap_writes.fetch_add(1, Relaxed);
+            tracing::info!(configmap = name, version = %snapshot.version, "wrote last-known-good snapshot");
+            *written = Some(text);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot write the snapshot ConfigMap"),
+    }
+}
+
+#[tracing::instrument(level = "debug", skip_all, fields(version = %compiled.snapshot.version))]
+async fn write_statuses(
+    client: &Client,
+    w: &mut StatusWriter,
+    compiled: &Compiled,
+    pods: &PodProgress,
+    routes: &Store<ProxyRoute>,
+    backends: &Store<Backend>,
+    sinks: &Store<TelemetrySink>,
+) {
+    let now = now_rfc3339();
+    for r in routes.state() {
+        let k = compile::key(&r.namespace().unwrap_or_default(), &r.name_any());
+        let Some(o) = compiled.routes.get(&k) else {
+            continue;
+        };
+        w.sync(client, &*r, r.status.as_ref(), |old| {
+            status::route_status(&k, o, compiled, pods, old, &now)
+        })
+        .await;
+    }
+    for b in backends.state() {
+        let k = compile::key(&b.namespace().unwrap_or_default(), &b.name_any());
+        let Some(o) = compiled.backends.get(&k) else {
+            continue;
+        };
+        w.sync(client, &*b, b.status.as_ref(), |old| {
+            status::backend_status(&k, o, pods, old, &now)
+        })
+        .await;
+    }
+    for s in sinks.state() {
+        let k = compile::key(&s.namespace().unwrap_or_default(), &s.name_any());
+        let Some(o) = compiled.sinks.get(&k) else {
+            continue;
+        };
+        w.sync(client, &*s, s.status.as_ref(), |old| {
+            status::sink_status(&k, o, pods, old, &now)
+        })
+        .await;
+    }
+    // Forget objects that are gone.
+    let live: std::collections::HashSet<String> = compiled
+        .routes
+        .keys()
+        .map(|k| format!("ProxyRoute:{k}"))
+        .chain(compiled.backends.keys().map(|k| format!("Backend:{k}")))
+        .chain(compiled.sinks.keys().map(|k| format!("TelemetrySink:{k}")))
+        .collect();
+    w.written.retain(|k, _| live.contains(k));
+}
+
+#[cfg(test)]
+mod tests {
+    //! Write patterns against a mocked API server: which requests the status writer sends.
+    use super::*;
+    use crate::compile::RouteOutcome;
+    use crate::crd::{ProxyRouteSpec, ProxyRouteStatus};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use std::sync::Mutex;
+
+    type Log = Arc<Mutex<Vec<(String, String, String, serde_json::Value)>>>;
+
+    fn route_json() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute",
+            "metadata": {"name": "r", "namespace": "ns", "generation": 1},
+            "spec": {"rules": [{"backendRefs": [{"name": "be"}]}]},
+        })
+    }
+
+    /// A client whose API server records every request and answers with the route.
+    fn mock() -> (Client, Log) {
+        let log: Log = Default::default();
+        let l = log.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let l = l.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                let ct = parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                l.lock()
+                    .unwrap()
+                    .push((parts.method.to_string(), parts.uri.to_string(), ct, v));
+                let body = serde_json::to_vec(&route_json()).unwrap();
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+            }
+        });
+        (Client::new(svc, "default"), log)
+    }
+
+    fn status_patches(log: &Log) -> Vec<(String, String, serde_json::Value)> {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, u, _, _)| m == "PATCH" && u.contains("/status"))
+            .map(|(_, u, ct, v)| (u.clone(), ct.clone(), v.clone()))
+            .collect()
+    }
+
+    fn pods(programmed: bool) -> PodProgress {
+        let gen = if programmed { 1 } else { 0 };
+        PodProgress {
+            pods: vec![Some(BTreeMap::from([("ProxyRoute:ns/r".to_string(), gen)]))],
+            health: vec![None],
+            rejected: vec![],
+        }
+    }
+
+    async fn sync(
+        w: &mut StatusWriter,
+        client: &Client,
+        obj: &ProxyRoute,
+        outcome: &RouteOutcome,
+        p: PodProgress,
+        now: &str,
+    ) {
+        let compiled = Compiled::default();
+        w.sync(client, obj, obj.status.as_ref(), |old| {
+            status::route_status("ns/r", outcome, &compiled, &p, old, now)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn status_is_written_once_per_real_change() {
+        let (client, log) = mock();
+        let mut w = StatusWriter {
+            written: HashMap::new(),
+            writes: 0,
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: None,
+                },
+            ),
+        };
+        let mut route = ProxyRoute::new("r", ProxyRouteSpec::default());
+        route.metadata.namespace = Some("ns".into());
+        route.metadata.generation = Some(1);
+        let outcome = RouteOutcome {
+            generation: Some(1),
+            backends: vec!["ns/be".into()],
+            included: true,
+            ..Default::default()
+        };
+        // First sight: one server-side apply of the status subresource.
+        sync(&mut w, &client, &route, &outcome, pods(false), "t0").await;
+        let patches = status_patches(&log);
+        assert_eq!(patches.len(), 1);
+        let (url, ct, body) = &patches[0];
+        assert!(
+            url.starts_with("/apis/weir.dev/v1alpha1/namespaces/ns/proxyroutes/r/status?"),
+            "{url}"
+        );
+        assert!(
+            url.contains("fieldManager=weir-operator") && url.contains("force=true"),
+            "{url}"
+        );
+        assert_eq!(ct, "application/apply-patch+yaml");
+        assert_eq!(body["kind"], "ProxyRoute");
+        assert_eq!(body["apiVersion"], "weir.dev/v1alpha1");
+        let written: ProxyRouteStatus = serde_json::from_value(body["status"].clone()).unwrap();
+
+        // The watch has not shown our write yet: the pending copy prevents a second write.
+        sync(&mut w, &client, &route, &outcome, pods(false), "t1").await;
+        assert_eq!(status_patches(&log).len(), 1);
+
+        // The watch caught up; later, with nothing changed: still no write.
+        route.status = Some(written.clone());
+        sync(&mut w, &client, &route, &outcome, pods(false), "t2").await;
+        assert_eq!(status_patches(&log).len(), 1);
+        assert!(w.written.is_empty(), "pending copy dropped once seen");
+
+        // A real change (the pod now runs this generation): exactly one more write, where
+        // only the flipped condition's lastTransitionTime moves.
+        sync(&mut w, &client, &route, &outcome, pods(true), "t3").await;
+        let patches = status_patches(&log);
+        assert_eq!(patches.len(), 2);
+        let after: ProxyRouteStatus =
+            serde_json::from_value(patches[1].2["status"].clone()).unwrap();
+        let time = |s: &ProxyRouteStatus, t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(time(&after, "Programmed"), "t3");
+        assert_eq!(time(&after, "Accepted"), "t0");
+        // ... and one event for the flip.
+        let events = log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, u, _, _)| m == "POST" && u.contains("/events"))
+            .count();
+        assert_eq!(events, 1);
+    }
+}

@@ -1,0 +1,17 @@
+//! Weir operator: CRD types, the pure compile step, push to dataplane pods, status write-back.
+//!
+//! - [`crd`]: `ProxyRoute`, `Backend`, `TelemetrySink` (`weir.dev/v1alpha1`) and `crdgen`.
+//! - [`compile`]: the pure `(CRDs, Service endpoints, listeners) -> Snapshot` function.
+//! - [`status`]: pure status computation and condition merging.
+//! - [`push`]: `PUT /config` to every ready dataplane pod, tracking acknowledged versions.
+//! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
+//! - [`controller`]: watches, the debounced compile loop, ConfigMap and status writes.
+//! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+
+pub mod compile;
+pub mod controller;
+pub mod crd;
+pub mod lease;
+pub mod metrics;
+pub mod push;
+pub mod status;

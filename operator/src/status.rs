@@ -1,0 +1,732 @@
+//! Pure status computation: compile outcomes + what the pods run -> desired status, merged
+//! with the current status so `lastTransitionTime` only moves when a condition's status flips.
+//! The writer compares the result with what the object already has and patches only when they
+//! differ, so an unchanged world causes no writes.
+
+use crate::compile::{BackendOutcome, BackendProblem, Compiled, RouteOutcome, SinkOutcome};
+use crate::crd::{BackendStatus, Condition, EndpointStatus, ProxyRouteStatus, TelemetrySinkStatus};
+use crate::push::HealthReport;
+use std::collections::BTreeMap;
+use weir_config::FieldError;
+
+/// What the ready dataplane pods run: for each ready pod, the contents (object key ->
+/// generation) of the snapshot version it acknowledged, or `None` when unknown.
+#[derive(Debug, Clone, Default)]
+pub struct PodProgress {
+    pub pods: Vec<Option<BTreeMap<String, i64>>>,
+    /// Each ready pod's last endpoint health report (`GET /backends`), when it has one.
+    pub health: Vec<Option<HealthReport>>,
+    /// Ready pods that rejected the current snapshot (`422`), with their errors.
+    pub rejected: Vec<(String, Vec<FieldError>)>,
+}
+
+/// Endpoint health of one backend aggregated over the pods that report it: per endpoint
+/// status, and the number of healthy endpoints (`None` while no pod reports the backend).
+pub fn aggregate_health(
+    backend: &str,
+    endpoints: &[String],
+    pods: &PodProgress,
+) -> (Vec<EndpointStatus>, Option<u32>) {
+    let reports: Vec<_> = pods
+        .health
+        .iter()
+        .flatten()
+        .filter_map(|h| h.get(backend))
+        .collect();
+    let ready = pods.ready();
+    let mut healthy_count = 0;
+    let statuses = endpoints
+        .iter()
+        .map(|addr| {
+            let seen: Vec<_> = reports.iter().filter_map(|r| r.get(addr)).collect();
+            if seen.is_empty() {
+                return EndpointStatus {
+                    address: addr.clone(),
+                    healthy: None,
+                    reason: None,
+                    seen_by: (!reports.is_empty()).then(|| format!("0/{ready}")),
+                };
+            }
+            let bad: Vec<_> = seen.iter().filter(|h| !h.available).collect();
+            let healthy = bad.is_empty();
+            if healthy {
+                healthy_count += 1;
+            }
+            let reason = bad.first().map(|h| {
+                let r = h.reason.clone().unwrap_or_else(|| "unavailable".into());
+                format!("{r} (unhealthy on {}/{} pods)", bad.len(), seen.len())
+            });
+            EndpointStatus {
+                address: addr.clone(),
+                healthy: Some(healthy),
+                reason,
+                seen_by: Some(format!("{}/{ready}", seen.len())),
+            }
+        })
+        .collect();
+    (statuses, (!reports.is_empty()).then_some(healthy_count))
+}
+
+impl PodProgress {
+    pub fn ready(&self) -> u32 {
+        self.pods.len() as u32
+    }
+
+    /// Pods whose running snapshot contains `content_key` at `generation`.
+    pub fn programmed(&self, content_key: &str, generation: Option<i64>) -> u32 {
+        let g = generation.unwrap_or(0);
+        self.pods
+            .iter()
+            .filter(|p| {
+                p.as_ref()
+                    .is_some_and(|c| c.get(content_key).copied() == Some(g))
+            })
+            .count() as u32
+    }
+}
+
+fn cond(type_: &str, ok: bool, gen: Option<i64>, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        observed_generation: gen,
+        last_transition_time: String::new(),
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+/// Carries `lastTransitionTime` over from `old` when a condition's status did not change;
+/// stamps `now` otherwise.
+pub fn merge_conditions(mut new: Vec<Condition>, old: &[Condition], now: &str) -> Vec<Condition> {
+    for c in &mut new {
+        c.last_transition_time = match old.iter().find(|o| o.type_ == c.type_) {
+            Some(o) if o.status == c.status && !o.last_transition_time.is_empty() => {
+                o.last_transition_time.clone()
+            }
+            _ => now.to_string(),
+        };
+    }
+    new
+}
+
+fn describe(errs: &[FieldError]) -> String {
+    errs.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn programmed_condition(
+    included: bool,
+    why_not: &str,
+    programmed: u32,
+    ready: u32,
+    gen: Option<i64>,
+    rejected: &[(String, Vec<FieldError>)],
+) -> Condition {
+    if !included {
+        cond(
+            "Programmed",
+            false,
+            gen,
+            why_not,
+            "not in the snapshot".to_string(),
+        )
+    } else if ready == 0 {
+        cond(
+            "Programmed",
+            false,
+            gen,
+            "NoReadyPods",
+            "no ready dataplane pods".to_string(),
+        )
+    } else if programmed < ready && !rejected.is_empty() {
+        let (pod, errs) = &rejected[0];
+        let shown: Vec<FieldError> = errs.iter().take(3).cloned().collect();
+        cond(
+            "Programmed",
+            false,
+            gen,
+            "Rejected",
+            format!(
+                "{programmed}/{ready} ready dataplane pods run this generation; pod {pod} rejected the snapshot: {}",
+                describe(&shown)
+            ),
+        )
+    } else if programmed == ready {
+        cond(
+            "Programmed",
+            true,
+            gen,
+            "Programmed",
+            format!("{programmed}/{ready} ready dataplane pods run this generation"),
+        )
+    } else {
+        cond(
+            "Programmed",
+            false,
+            gen,
+            "Pending",
+            format!("{programmed}/{ready} ready dataplane pods run this generation"),
+        )
+    }
+}
+
+/// The desired ProxyRoute status.
+pub fn route_status(
+    key: &str,
+    o: &RouteOutcome,
+    compiled: &Compiled,
+    pods: &PodProgress,
+    old: Option<&ProxyRouteStatus>,
+    now: &str,
+) -> ProxyRouteStatus {
+    let gen = o.generation;
+    let accepted = if o.invalid.is_empty() {
+        cond("Accepted", true, gen, "Accepted", "spec is valid".into())
+    } else {
+        cond("Accepted", false, gen, "Invalid", describe(&o.invalid))
+    };
+    let resolved = if o.unresolved.is_empty() {
+        cond(
+            "ResolvedRefs",
+            true,
+            gen,
+            "ResolvedRefs",
+            "every backendRef resolves".into(),
+        )
+    } else {
+        cond(
+            "ResolvedRefs",
+            false,
+            gen,
+            "BackendNotFound",
+            describe(&o.unresolved),
+        )
+    };
+    let why_not = if !o.invalid.is_empty() {
+        "Invalid"
+    } else {
+        "UnresolvedRefs"
+    };
+    let programmed_pods = pods.programmed(&format!("ProxyRoute:{key}"), gen);
+    let programmed = programmed_condition(
+        o.included,
+        why_not,
+        programmed_pods,
+        pods.ready(),
+        gen,
+        &pods.rejected,
+    );
+    let mut total: u32 = 0;
+    let mut healthy: Option<u32> = Some(0);
+    for name in &o.backends {
+        let Some(b) = compiled.backends.get(name) else {
+            continue;
+        };
+        total += b.endpoints.len() as u32;
+        let (_, h) = aggregate_health(name, &b.endpoints, pods);
+        healthy = match (healthy, h) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+    let old_conds = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    ProxyRouteStatus {
+        conditions: merge_conditions(vec![accepted, resolved, programmed], old_conds, now),
+        programmed_pods,
+        ready_pods: pods.ready(),
+        backends: (!o.backends.is_empty()).then(|| o.backends.join(",")),
+        healthy: Some(match healthy {
+            Some(h) => format!("{h}/{total}"),
+            None => format!("?/{total}"),
+        }),
+        total_endpoints: total,
+        observed_generation: gen,
+    }
+}
+
+/// The desired Backend status.
+pub fn backend_status(
+    key: &str,
+    o: &BackendOutcome,
+    pods: &PodProgress,
+    old: Option<&BackendStatus>,
+    now: &str,
+) -> BackendStatus {
+    let gen = o.generation;
+    let programmed = pods.programmed(&format!("Backend:{key}"), gen);
+    let (endpoints, healthy) = aggregate_health(key, &o.endpoints, pods);
+    let total = o.endpoints.len() as u32;
+    let ready = match &o.problem {
+        Some(BackendProblem::Invalid(e)) => cond("Ready", false, gen, "Invalid", describe(e)),
+        Some(BackendProblem::ServiceNotFound(m)) => {
+            cond("Ready", false, gen, "ServiceNotFound", m.clone())
+        }
+        Some(BackendProblem::PortNotFound(m)) => {
+            cond("Ready", false, gen, "PortNotFound", m.clone())
+        }
+        None if o.endpoints.is_empty() => cond(
+            "Ready",
+            false,
+            gen,
+            "NoEndpoints",
+            "no ready endpoints".into(),
+        ),
+        None if pods.ready() == 0 => cond(
+            "Ready",
+            false,
+            gen,
+            "NoReadyPods",
+            "no ready dataplane pods".into(),
+        ),
+        None if programmed < pods.ready() => cond(
+            "Ready",
+            false,
+            gen,
+            "Pending",
+            format!(
+                "{programmed}/{} ready dataplane pods run this generation",
+                pods.ready()
+            ),
+        ),
+        None if healthy == Some(0) => cond(
+            "Ready",
+            false,
+            gen,
+            "NoHealthyEndpoints",
+            format!("0/{total} endpoints healthy"),
+        ),
+        None => cond(
+            "Ready",
+            true,
+            gen,
+            "Ready",
+            format!("{total} endpoints, programmed on {programmed} pods"),
+        ),
+    };
+    let degraded = match healthy {
+        None => Condition {
+            type_: "Degraded".into(),
+            status: "Unknown".into(),
+            observed_generation: gen,
+            last_transition_time: String::new(),
+            reason: "HealthNotReported".into(),
+            message: "no dataplane pod reports this backend's endpoint health yet".into(),
+        },
+        Some(h) if h < total => cond(
+            "Degraded",
+            true,
+            gen,
+            "EndpointsUnhealthy",
+            format!("{}/{total} endpoints unhealthy", total - h),
+        ),
+        Some(_) => cond(
+            "Degraded",
+            false,
+            gen,
+            "AllHealthy",
+            format!("{total}/{total} endpoints healthy"),
+        ),
+    };
+    let old_conds = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    BackendStatus {
+        conditions: merge_conditions(vec![ready, degraded], old_conds, now),
+        endpoints,
+        healthy_endpoints: healthy,
+        total_endpoints: total,
+        endpoints_summary: Some(match healthy {
+            Some(h) => format!("{h}/{total}"),
+            None => format!("?/{total}"),
+        }),
+        observed_generation: gen,
+    }
+}
+
+/// The desired TelemetrySink status.
+pub fn sink_status(
+    key: &str,
+    o: &SinkOutcome,
+    pods: &PodProgress,
+    old: Option<&TelemetrySinkStatus>,
+    now: &str,
+) -> TelemetrySinkStatus {
+    let gen = o.generation;
+    let programmed = pods.programmed(&format!("TelemetrySink:{key}"), gen);
+    let ready = if !o.invalid.is_empty() {
+        cond("Ready", false, gen, "Invalid", describe(&o.invalid))
+    } else {
+        let mut c = programmed_condition(true, "", programmed, pods.ready(), gen, &pods.rejected);
+        c.type_ = "Ready".into();
+        if c.status == "True" {
+            c.reason = "Ready".into();
+        }
+        c
+    };
+    let old_conds = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    TelemetrySinkStatus {
+        conditions: merge_conditions(vec![ready], old_conds, now),
+        shipped: old.and_then(|s| s.shipped),
+        dropped: old.and_then(|s| s.dropped),
+        observed_generation: gen,
+    }
+}
+
+/// Read access to the parts of a status that events are derived from.
+pub trait StatusView {
+    fn conditions(&self) -> &[Condition];
+    fn endpoints(&self) -> &[EndpointStatus] {
+        &[]
+    }
+}
+
+impl StatusView for ProxyRouteStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+impl StatusView for BackendStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn endpoints(&self) -> &[EndpointStatus] {
+        &self.endpoints
+    }
+}
+
+impl StatusView for TelemetrySinkStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+}
+
+/// A notable transition worth a Kubernetes Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// Events for condition flips between `old` and `new` status of a `kind` object. Initial
+/// "all good" conditions are not announced (no noise on creation or operator restarts).
+pub fn condition_transitions(kind: &str, old: &[Condition], new: &[Condition]) -> Vec<Transition> {
+    let mut out = Vec::new();
+    for c in new {
+        let was = old
+            .iter()
+            .find(|o| o.type_ == c.type_)
+            .map(|o| o.status.as_str());
+        if was == Some(c.status.as_str()) {
+            continue;
+        }
+        let (warning, reason) = match (kind, c.type_.as_str(), c.status.as_str(), was) {
+            ("ProxyRoute", "Accepted", "False", _) => (true, "NotAccepted"),
+            ("ProxyRoute", "Accepted", "True", Some(_)) => (false, "Accepted"),
+            ("ProxyRoute", "ResolvedRefs", "False", _) => (true, "RefsNotResolved"),
+            ("ProxyRoute", "Programmed", "True", _) => (false, "Programmed"),
+            ("Backend", "Degraded", "True", _) => (true, "Degraded"),
+            ("Backend", "Degraded", "False", Some("True")) => (false, "Recovered"),
+            (_, "Ready", "False", Some("True")) => (true, "NotReady"),
+            ("TelemetrySink", "Ready", "False", _) => (true, "NotReady"),
+            _ => continue,
+        };
+        out.push(Transition {
+            warning,
+            reason,
+            note: format!("{} is {}: {}", c.type_, c.status, c.message),
+        });
+    }
+    out
+}
+
+/// Events for endpoints that went down or came back between two Backend statuses.
+pub fn endpoint_transitions(old: &[EndpointStatus], new: &[EndpointStatus]) -> Vec<Transition> {
+    let mut out = Vec::new();
+    for e in new {
+        let was = old
+            .iter()
+            .find(|o| o.address == e.address)
+            .and_then(|o| o.healthy);
+        match (was, e.healthy) {
+            (Some(true), Some(false)) | (None, Some(false)) => out.push(Transition {
+                warning: true,
+                reason: "EndpointDown",
+                note: format!(
+                    "{} unhealthy: {}",
+                    e.address,
+                    e.reason.as_deref().unwrap_or("no reason reported")
+                ),
+            }),
+            (Some(false), Some(true)) => out.push(Transition {
+                warning: false,
+                reason: "EndpointUp",
+                note: format!("{} healthy again", e.address),
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(included: bool, invalid: Vec<FieldError>) -> RouteOutcome {
+        RouteOutcome {
+            generation: Some(2),
+            invalid,
+            unresolved: vec![],
+            backends: vec!["ns/be".into()],
+            included,
+        }
+    }
+
+    fn pods(gens: &[Option<i64>]) -> PodProgress {
+        PodProgress {
+            pods: gens
+                .iter()
+                .map(|g| g.map(|g| BTreeMap::from([("ProxyRoute:ns/r".to_string(), g)])))
+                .collect(),
+            health: vec![None; gens.len()],
+            rejected: vec![],
+        }
+    }
+
+    fn get<'a>(s: &'a ProxyRouteStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn programmed_counts_pods_running_this_generation() {
+        let c = Compiled::default();
+        let s = route_status(
+            "ns/r",
+            &outcome(true, vec![]),
+            &c,
+            &pods(&[Some(2), Some(1), None]),
+            None,
+            "t0",
+        );
+        assert_eq!(s.programmed_pods, 1);
+        assert_eq!(s.ready_pods, 3);
+        assert_eq!(get(&s, "Programmed").status, "False");
+        assert_eq!(get(&s, "Programmed").reason, "Pending");
+        let s = route_status(
+            "ns/r",
+            &outcome(true, vec![]),
+            &c,
+            &pods(&[Some(2), Some(2)]),
+            None,
+            "t0",
+        );
+        assert_eq!(get(&s, "Programmed").status, "True");
+        assert_eq!(get(&s, "Programmed").observed_generation, Some(2));
+        let s = route_status("ns/r", &outcome(true, vec![]), &c, &pods(&[]), None, "t0");
+        assert_eq!(get(&s, "Programmed").reason, "NoReadyPods");
+    }
+
+    #[test]
+    fn invalid_route_reports_the_path() {
+        let o = outcome(
+            false,
+            vec![FieldError::new(
+                "spec.rules[0].matches[0].path",
+                "regex does not compile",
+            )],
+        );
+        let s = route_status(
+            "ns/r",
+            &o,
+            &Compiled::default(),
+            &pods(&[Some(1)]),
+            None,
+            "t0",
+        );
+        let a = get(&s, "Accepted");
+        assert_eq!((a.status.as_str(), a.reason.as_str()), ("False", "Invalid"));
+        assert!(
+            a.message.contains("spec.rules[0].matches[0].path"),
+            "{}",
+            a.message
+        );
+        assert_eq!(get(&s, "Programmed").reason, "Invalid");
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_flips_and_equal_inputs_give_equal_status() {
+        let c = Compiled::default();
+        let o = outcome(true, vec![]);
+        let s1 = route_status("ns/r", &o, &c, &pods(&[Some(1)]), None, "t0");
+        assert_eq!(get(&s1, "Programmed").status, "False");
+        // Same world, later: identical status (so the writer skips the patch).
+        let s2 = route_status("ns/r", &o, &c, &pods(&[Some(1)]), Some(&s1), "t1");
+        assert_eq!(s1, s2);
+        // Programmed flips: only its time moves.
+        let s3 = route_status("ns/r", &o, &c, &pods(&[Some(2)]), Some(&s2), "t2");
+        assert_eq!(get(&s3, "Programmed").last_transition_time, "t2");
+        assert_eq!(get(&s3, "Accepted").last_transition_time, "t0");
+        // Message change without a flip keeps the time.
+        let s4 = route_status("ns/r", &o, &c, &pods(&[Some(2), Some(2)]), Some(&s3), "t3");
+        assert_ne!(
+            get(&s4, "Programmed").message,
+            get(&s3, "Programmed").message
+        );
+        assert_eq!(get(&s4, "Programmed").last_transition_time, "t2");
+    }
+
+    #[test]
+    fn backend_ready_reasons() {
+        let mut o = BackendOutcome {
+            generation: Some(1),
+            problem: None,
+            endpoints: vec!["a:1".into(), "b:2".into()],
+            included: true,
+        };
+        let p = PodProgress {
+            pods: vec![Some(BTreeMap::from([("Backend:ns/b".to_string(), 1)]))],
+            health: vec![None],
+            rejected: vec![],
+        };
+        let s = backend_status("ns/b", &o, &p, None, "t");
+        let ready = &s.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Ready")
+        );
+        assert_eq!(s.endpoints_summary.as_deref(), Some("?/2"));
+        assert_eq!(s.total_endpoints, 2);
+        o.endpoints.clear();
+        o.problem = Some(BackendProblem::ServiceNotFound(
+            "Service ns/x not found".into(),
+        ));
+        let s = backend_status("ns/b", &o, &p, Some(&s), "t2");
+        assert_eq!(s.conditions[0].reason, "ServiceNotFound");
+        assert_eq!(s.conditions[0].last_transition_time, "t2");
+        assert_eq!(
+            s.conditions[1].last_transition_time, "t",
+            "Degraded did not flip"
+        );
+    }
+
+    #[test]
+    fn health_is_aggregated_over_pods() {
+        use crate::push::EndpointHealth;
+        let up = EndpointHealth {
+            available: true,
+            reason: None,
+        };
+        let down = EndpointHealth {
+            available: false,
+            reason: Some("health check failing: connection refused".into()),
+        };
+        let report = |b: &EndpointHealth| {
+            BTreeMap::from([(
+                "ns/b".to_string(),
+                BTreeMap::from([
+                    ("a:1".to_string(), up.clone()),
+                    ("b:2".to_string(), b.clone()),
+                ]),
+            )])
+        };
+        let gen = BTreeMap::from([("Backend:ns/b".to_string(), 1)]);
+        let p = PodProgress {
+            pods: vec![Some(gen.clone()), Some(gen.clone()), Some(gen)],
+            // One pod has not reported yet: it does not count against the endpoint.
+            health: vec![Some(report(&up)), Some(report(&down)), None],
+            rejected: vec![],
+        };
+        let o = BackendOutcome {
+            generation: Some(1),
+            problem: None,
+            endpoints: vec!["a:1".into(), "b:2".into()],
+            included: true,
+        };
+        let s = backend_status("ns/b", &o, &p, None, "t");
+        assert_eq!(s.healthy_endpoints, Some(1));
+        assert_eq!(s.endpoints_summary.as_deref(), Some("1/2"));
+        let b = &s.endpoints[1];
+        assert_eq!(b.healthy, Some(false));
+        assert_eq!(b.seen_by.as_deref(), Some("2/3"));
+        assert_eq!(
+            b.reason.as_deref(),
+            Some("health check failing: connection refused (unhealthy on 1/2 pods)")
+        );
+        let degraded = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "EndpointsUnhealthy")
+        );
+        assert_eq!(
+            s.conditions[0].status, "True",
+            "still Ready with one healthy endpoint"
+        );
+
+        // The route behind it shows healthy x/y.
+        let mut c = Compiled::default();
+        c.backends.insert("ns/b".into(), o.clone());
+        let r = RouteOutcome {
+            generation: Some(1),
+            backends: vec!["ns/b".into()],
+            included: true,
+            ..Default::default()
+        };
+        let rs = route_status("ns/r", &r, &c, &p, None, "t");
+        assert_eq!(rs.healthy.as_deref(), Some("1/2"));
+    }
+
+    #[test]
+    fn backends_report_parsing_ignores_counters() {
+        let doc = serde_json::json!({
+            "version": "sha256:abc",
+            "backends": {"ns/b": {"status": "degraded", "endpoints": [
+                {"address": "a:1", "healthy": true, "available": true, "requests": 7},
+                {"address": "b:2", "healthy": false, "available": false,
+                 "activeCheck": {"lastCheck": {"result": "failure", "detail": "refused", "at": "x"}}},
+                {"address": "c:3", "healthy": true, "available": false, "ejectedUntil": "x"},
+            ]}},
+        });
+        let (v, h) = crate::push::parse_backends_report(&doc).unwrap();
+        assert_eq!(v, "sha256:abc");
+        let eps = &h["ns/b"];
+        assert!(eps["a:1"].available);
+        assert_eq!(
+            eps["b:2"].reason.as_deref(),
+            Some("health check failing: refused")
+        );
+        assert_eq!(
+            eps["c:3"].reason.as_deref(),
+            Some("ejected by outlier detection")
+        );
+    }
+
+    #[test]
+    fn transitions_announce_flips_only() {
+        let c = |t: &str, st: &str| cond(t, st == "True", Some(1), "R", "m".into());
+        let none: Vec<Condition> = vec![];
+        // Creation: all good -> nothing to announce; invalid -> a warning.
+        assert!(condition_transitions("ProxyRoute", &none, &[c("Accepted", "True")]).is_empty());
+        let t = condition_transitions("ProxyRoute", &none, &[c("Accepted", "False")]);
+        assert_eq!((t[0].warning, t[0].reason), (true, "NotAccepted"));
+        // No flip, no event.
+        let same = [c("Degraded", "True")];
+        assert!(condition_transitions("Backend", &same, &same).is_empty());
+        let t = condition_transitions("Backend", &same, &[c("Degraded", "False")]);
+        assert_eq!((t[0].warning, t[0].reason), (false, "Recovered"));
+
+        let ep = |h: Option<bool>| EndpointStatus {
+            address: "a:1".into(),
+            healthy: h,
+            reason: None,
+            seen_by: None,
+        };
+        let t = endpoint_transitions(&[ep(Some(true))], &[ep(Some(false))]);
+        assert_eq!(t[0].reason, "EndpointDown");
+        let t = endpoint_transitions(&[ep(Some(false))], &[ep(Some(true))]);
+        assert_eq!(t[0].reason, "EndpointUp");
+        assert!(endpoint_transitions(&[ep(None)], &[ep(Some(true))]).is_empty());
+    }
+}

@@ -1,0 +1,1007 @@
+//! End to end against a real API server: etcd + kube-apiserver on loopback, the CRDs from
+//! `crds/`, two `weir-dataplane` processes (127.0.0.2, 127.0.0.3) registered as Pods, echo
+//! backends, and the operator out of cluster with a kubeconfig.
+//!
+//! Ignored by `cargo test`; `make e2e` (scripts/e2e.sh) provides the binaries and runs it:
+//! `WEIR_E2E_APISERVER` (kube-apiserver), `WEIR_E2E_ETCD` (etcd, default `etcd`),
+//! `WEIR_E2E_BIN_DIR` (weir-dataplane, weir-echo, weir-operator).
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use weir_operator::crd::{Backend, ProxyRoute};
+
+const TOKEN: &str = "e2e-admin-token";
+const DP_TOKEN: &str = "e2e-dataplane-token";
+const DP_NS: &str = "weir-system";
+const NS: &str = "apps";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port()
+}
+
+/// A child process killed (and reaped) on drop, with its log file.
+struct Proc {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, dir: &Path, mut cmd: Command) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log).expect("log file");
+        cmd.stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null());
+        // If the test process dies without unwinding (SIGKILL), take the children with it.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL: no chance to release the Lease.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} log (tail)\n{}", self.name, tail(&self.log_text()));
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var("WEIR_E2E_BIN_DIR").expect("WEIR_E2E_BIN_DIR (run `make e2e`)");
+    Path::new(&dir).join(name)
+}
+
+struct Cluster {
+    // Field order = drop order: the API server before etcd.
+    _apiserver: Proc,
+    _etcd: Proc,
+    kubeconfig: PathBuf,
+    client: Client,
+}
+
+async fn start_cluster(dir: &Path) -> Cluster {
+    let apiserver_bin =
+        std::env::var("WEIR_E2E_APISERVER").expect("WEIR_E2E_APISERVER (run `make e2e`)");
+    let etcd_bin = std::env::var("WEIR_E2E_ETCD").unwrap_or_else(|_| "etcd".into());
+    let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+    let mut cmd = Command::new(etcd_bin);
+    cmd.arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .arg("--listen-client-urls")
+        .arg(format!("http://127.0.0.1:{client_port}"))
+        .arg("--advertise-client-urls")
+        .arg(format!("http://127.0.0.1:{client_port}"))
+        .arg("--listen-peer-urls")
+        .arg(format!("http://127.0.0.1:{peer_port}"))
+        .arg("--initial-advertise-peer-urls")
+        .arg(format!("http://127.0.0.1:{peer_port}"))
+        .arg("--initial-cluster")
+        .arg(format!("default=http://127.0.0.1:{peer_port}"));
+    let etcd = Proc::spawn("etcd", dir, cmd);
+
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ok = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(dir.join("sa.key"))
+        .arg("2048")
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl")
+        .success()
+        && Command::new("openssl")
+            .args(["rsa", "-pubout", "-in"])
+            .arg(dir.join("sa.key"))
+            .arg("-out")
+            .arg(dir.join("sa.pub"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+    assert!(ok, "openssl failed");
+    std::fs::write(
+        dir.join("tokens.csv"),
+        format!("{TOKEN},admin,admin,system:masters\n"),
+    )
+    .unwrap();
+    let mut cmd = Command::new(apiserver_bin);
+    cmd.arg(format!("--etcd-servers=http://127.0.0.1:{client_port}"))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={api_port}"))
+        .arg(format!("--cert-dir={}", certs.display()))
+        .arg(format!(
+            "--token-auth-file={}",
+            dir.join("tokens.csv").display()
+        ))
+        .arg("--authorization-mode=RBAC")
+        .arg(format!(
+            "--service-account-key-file={}",
+            dir.join("sa.pub").display()
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            dir.join("sa.key").display()
+        ))
+        .arg("--service-account-issuer=https://kubernetes.default.svc")
+        .arg("--service-cluster-ip-range=10.96.0.0/24")
+        .arg("--advertise-address=127.0.0.1")
+        .arg("--disable-admission-plugins=ServiceAccount");
+    let apiserver = Proc::spawn("kube-apiserver", dir, cmd);
+
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: admin}}\ncurrent-context: e2e\n"
+        ),
+    )
+    .unwrap();
+    let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let t = Instant::now();
+    loop {
+        let req = http::Request::get("/readyz").body(Vec::new()).unwrap();
+        if let Ok(s) = client.request_text(req).await {
+            if s.trim() == "ok" {
+                break;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "kube-apiserver not ready:\n{}",
+            tail(&apiserver.log_text())
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("e2e: kube-apiserver ready in {:?}", t.elapsed());
+    Cluster {
+        _apiserver: apiserver,
+        _etcd: etcd,
+        kubeconfig,
+        client,
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs}s waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Minimal HTTP/1.1 GET; returns (status, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: e2e.example.com\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((status, body))
+}
+
+/// The echo server that answered (`server` field), when the proxy answered 200.
+fn served_by(addr: &str, path: &str) -> Option<String> {
+    let (status, body) = http_get(addr, path)?;
+    if status != 200 {
+        return None;
+    }
+    let start = body.find('{')?;
+    let end = body.rfind('}')?;
+    let v: serde_json::Value = serde_json::from_str(&body[start..=end]).ok()?;
+    v.get("server")?.as_str().map(str::to_string)
+}
+
+fn condition(obj: &serde_json::Value, t: &str) -> Option<serde_json::Value> {
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+        .cloned()
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, v: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&v))
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+}
+
+async fn register_pod(client: &Client, name: &str, ip: &str) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), DP_NS);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "weir-dataplane"}},
+        "spec": {"containers": [{"name": "dataplane", "image": "weir-dataplane:e2e"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = json!({"status": {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+fn operator_cmd(
+    kubeconfig: &Path,
+    listeners: &Path,
+    admin_port: u16,
+    id: &str,
+    metrics_port: u16,
+) -> Command {
+    let mut cmd = Command::new(bin("weir-operator"));
+    cmd.arg("run")
+        .args(["--namespace", DP_NS])
+        .arg("--listeners")
+        .arg(listeners)
+        .args(["--admin-port", &admin_port.to_string()])
+        .args(["--lease-duration", "4s", "--lease-retry", "1s"])
+        .args(["--verify-interval", "1s", "--identity", id])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+        .env("KUBECONFIG", kubeconfig)
+        .env("WEIR_ADMIN_TOKEN", DP_TOKEN)
+        .env("RUST_LOG", "info,weir_operator=debug");
+    cmd
+}
+
+/// resourceVersions of every weir object and the snapshot ConfigMap.
+async fn resource_versions(client: &Client) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let routes: Api<ProxyRoute> = Api::all(client.clone());
+    for r in routes.list(&Default::default()).await.unwrap() {
+        out.push((
+            format!("route {}", r.metadata.name.unwrap_or_default()),
+            r.metadata.resource_version.unwrap_or_default(),
+        ));
+    }
+    let backends: Api<Backend> = Api::all(client.clone());
+    for b in backends.list(&Default::default()).await.unwrap() {
+        out.push((
+            format!("backend {}", b.metadata.name.unwrap_or_default()),
+            b.metadata.resource_version.unwrap_or_default(),
+        ));
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), DP_NS);
+    let cm = cms.get("weir-snapshot").await.unwrap();
+    out.push((
+        "configmap".into(),
+        cm.metadata.resource_version.unwrap_or_default(),
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd and kube-apiserver; run `make e2e`"]
+async fn operator_end_to_end() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cluster = start_cluster(dir).await;
+    let client = cluster.client.clone();
+    let result = tokio::time::timeout(
+        Duration::from_secs(240),
+        scenario(&client, dir, &cluster.kubeconfig),
+    )
+    .await;
+    match result {
+        Ok(Ok(())) => eprintln!("e2e: passed in {:?}", started.elapsed()),
+        Ok(Err(e)) => std::panic::resume_unwind(e),
+        Err(_) => panic!("e2e scenario timed out after 240s"),
+    }
+}
+
+/// Runs the checks; a panic inside is returned so the caller can print logs first.
+async fn scenario(
+    client: &Client,
+    dir: &Path,
+    kubeconfig: &Path,
+) -> Result<(), Box<dyn std::any::Any + Send>> {
+    let (client, dir, kubeconfig) = (client.clone(), dir.to_path_buf(), kubeconfig.to_path_buf());
+    let handle = tokio::spawn(async move { checks(&client, &dir, &kubeconfig).await });
+    handle.await.map_err(|e| match e.try_into_panic() {
+        Ok(p) => p,
+        Err(e) => Box::new(e.to_string()),
+    })
+}
+
+async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
+    // CRDs from crds/, namespaces.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&crd_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let crd: CustomResourceDefinition =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        apply(&crds, &name, serde_json::to_value(&crd).unwrap()).await;
+        names.push(name);
+    }
+    assert_eq!(names.len(), 3, "three CRDs in crds/");
+    for name in &names {
+        eventually(30, &format!("CRD {name} established"), || async {
+            let c = crds.get(name).await.ok()?;
+            let est = c
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            est.then_some(())
+        })
+        .await;
+    }
+    let nss: Api<Namespace> = Api::all(client.clone());
+    for ns in [DP_NS, NS] {
+        apply(
+            &nss,
+            ns,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await;
+    }
+
+    // Echo backends, two dataplanes and their Pod objects.
+    let echo_a = format!("127.0.0.1:{}", free_port());
+    let echo_b = format!("127.0.0.1:{}", free_port());
+    let echo_cmd = |name: &str, addr: &str| {
+        let mut c = Command::new(bin("weir-echo"));
+        c.args(["--listen", addr, "--name", name]);
+        Proc::spawn(&format!("echo-{name}"), dir, c)
+    };
+    let _echo_a = echo_cmd("a", &echo_a);
+    let mut echo_b_proc = echo_cmd("b", &echo_b);
+    let admin_port = free_port();
+    let listen_port = free_port();
+    let dp_ips = ["127.0.0.2", "127.0.0.3"];
+    let mut dataplanes: Vec<Proc> = dp_ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let mut c = Command::new(bin("weir-dataplane"));
+            c.args(["--admin-address", &format!("{ip}:{admin_port}")])
+                .env("WEIR_ADMIN_TOKEN", DP_TOKEN)
+                .env("RUST_LOG", "info,weir::access=off");
+            Proc::spawn(&format!("dataplane-{i}"), dir, c)
+        })
+        .collect();
+    for (i, ip) in dp_ips.iter().enumerate() {
+        register_pod(client, &format!("dataplane-{i}"), ip).await;
+    }
+    let listeners = dir.join("listeners.yaml");
+    std::fs::write(
+        &listeners,
+        format!("- {{name: http, address: '$(POD_IP):{listen_port}', protocol: http}}\n"),
+    )
+    .unwrap();
+
+    let mut operator = Proc::spawn(
+        "operator-1",
+        dir,
+        operator_cmd(
+            kubeconfig,
+            &listeners,
+            admin_port,
+            "operator-1",
+            free_port(),
+        ),
+    );
+
+    // 1. Backend + ProxyRoute -> traffic through both dataplanes reaches both backends.
+    let backends: Api<Backend> = Api::namespaced(client.clone(), NS);
+    let routes: Api<ProxyRoute> = Api::namespaced(client.clone(), NS);
+    apply(
+        &backends,
+        "echo",
+        json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "echo"},
+            "spec": {"endpoints": [{"address": echo_a}, {"address": echo_b}]},
+        }),
+    )
+    .await;
+    apply(
+        &routes,
+        "api",
+        json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "api"},
+            "spec": {"rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                                "backendRefs": [{"name": "echo"}]}]},
+        }),
+    )
+    .await;
+    let t = Instant::now();
+    for ip in dp_ips {
+        let addr = format!("{ip}:{listen_port}");
+        eventually(
+            60,
+            &format!("traffic via {addr} reaches both backends"),
+            || {
+                let addr = addr.clone();
+                async move {
+                    let mut seen = std::collections::BTreeSet::new();
+                    for _ in 0..8 {
+                        seen.insert(served_by(&addr, "/api/hello")?);
+                    }
+                    (seen.len() == 2).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "e2e: route serving on both dataplanes after {:?}",
+        t.elapsed()
+    );
+
+    let route_json = |name: &'static str| {
+        let routes = routes.clone();
+        async move { serde_json::to_value(routes.get(name).await.ok()?).ok() }
+    };
+    let api_status = eventually(30, "ProxyRoute api Programmed=True on 2 pods", || async {
+        let v = route_json("api").await?;
+        let p = condition(&v, "Programmed")?;
+        (p["status"] == "True" && v["status"]["programmedPods"] == 2).then_some(v)
+    })
+    .await;
+    for t in ["Accepted", "ResolvedRefs", "Programmed"] {
+        let c = condition(&api_status, t).unwrap();
+        assert_eq!(c["status"], "True", "{t}: {c}");
+        assert_eq!(c["observedGeneration"], 1, "{t}: {c}");
+        assert!(c["lastTransitionTime"]
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z')));
+    }
+    assert_eq!(api_status["status"]["backends"], "apps/echo");
+    assert_eq!(api_status["status"]["totalEndpoints"], 2);
+    let be = serde_json::to_value(backends.get("echo").await.unwrap()).unwrap();
+    assert_eq!(condition(&be, "Ready").unwrap()["status"], "True", "{be}");
+    assert_eq!(be["status"]["totalEndpoints"], 2);
+    // The last-known-good snapshot is in the ConfigMap.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), DP_NS);
+    let cm = cms.get("weir-snapshot").await.unwrap();
+    let snap = weir_config::parse_json(cm.data.unwrap()["snapshot.json"].as_bytes()).unwrap();
+    assert!(snap.routes.iter().any(|r| r.name == "apps/api"));
+    eprintln!("e2e: status Programmed, ConfigMap written");
+
+    // 2. An invalid regex route is not accepted, with the field path; others keep working.
+    apply(&routes, "bad", json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "bad"},
+        "spec": {"rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "/x(["}}],
+                            "backendRefs": [{"name": "echo"}]}]},
+    }))
+    .await;
+    let bad = eventually(30, "ProxyRoute bad Accepted=False", || async {
+        let v = route_json("bad").await?;
+        let a = condition(&v, "Accepted")?;
+        (a["status"] == "False").then_some(a)
+    })
+    .await;
+    assert_eq!(bad["reason"], "Invalid");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.rules[0].matches[0].path"),
+        "{bad}"
+    );
+    // Also a route with a missing backend: ResolvedRefs=False.
+    apply(&routes, "dangling", json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "dangling"},
+        "spec": {"rules": [{"matches": [{"path": {"value": "/dangling"}}], "backendRefs": [{"name": "nope"}]}]},
+    }))
+    .await;
+    eventually(30, "ProxyRoute dangling ResolvedRefs=False", || async {
+        let v = route_json("dangling").await?;
+        let c = condition(&v, "ResolvedRefs")?;
+        (c["status"] == "False" && c["reason"] == "BackendNotFound").then_some(())
+    })
+    .await;
+    for ip in dp_ips {
+        assert!(served_by(&format!("{ip}:{listen_port}"), "/api/still").is_some());
+    }
+    let api_now = route_json("api").await.unwrap();
+    assert_eq!(condition(&api_now, "Programmed").unwrap()["status"], "True");
+    eprintln!("e2e: invalid routes reported, valid one keeps serving");
+
+    // 3. A Service-backed Backend follows EndpointSlice changes (v1beta1 on this server).
+    let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+    apply(
+        &svcs,
+        "web",
+        json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+        }),
+    )
+    .await;
+    let slice_ar = weir_operator::controller::endpoint_slice_resource(client)
+        .await
+        .unwrap();
+    let slices: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &slice_ar);
+    let slice = |target: &str| {
+        let (host, port) = target.split_once(':').unwrap();
+        json!({
+            "apiVersion": slice_ar.api_version, "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port.parse::<u16>().unwrap(), "protocol": "TCP"}],
+            "endpoints": [{"addresses": [host], "conditions": {"ready": true}}],
+        })
+    };
+    apply_dynamic(&slices, &slice_ar, "web-1", slice(&echo_a)).await;
+    apply(
+        &backends,
+        "web",
+        json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "web"},
+            "spec": {"service": {"name": "web", "port": 80}},
+        }),
+    )
+    .await;
+    apply(&routes, "web", json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "web"},
+        "spec": {"rules": [{"matches": [{"path": {"value": "/web"}}], "backendRefs": [{"name": "web"}]}]},
+    }))
+    .await;
+    let addr0 = format!("{}:{listen_port}", dp_ips[0]);
+    eventually(30, "/web served by echo a", || async {
+        (served_by(&addr0, "/web")? == "a").then_some(())
+    })
+    .await;
+    apply_dynamic(&slices, &slice_ar, "web-1", slice(&echo_b)).await;
+    eventually(30, "/web follows the EndpointSlice to echo b", || async {
+        (served_by(&addr0, "/web")? == "b").then_some(())
+    })
+    .await;
+    eprintln!("e2e: Service-backed Backend follows EndpointSlice changes");
+
+    // 4. Health: pods' GET /backends reports flow into Backend and ProxyRoute status.
+    apply(&backends, "echo", json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "echo"},
+        "spec": {"endpoints": [{"address": echo_a}, {"address": echo_b}],
+                 "healthCheck": {"tcp": {}, "interval": "300ms", "jitter": "50ms", "timeout": "250ms",
+                                 "unhealthyThreshold": 1, "healthyThreshold": 1}},
+    }))
+    .await;
+    let backend_json = || {
+        let backends = backends.clone();
+        async move { serde_json::to_value(backends.get("echo").await.ok()?).ok() }
+    };
+    eventually(30, "ProxyRoute api healthy 2/2 and Programmed", || async {
+        let v = route_json("api").await?;
+        let p = condition(&v, "Programmed")?;
+        (v["status"]["healthy"] == "2/2" && p["status"] == "True" && p["observedGeneration"] == 1)
+            .then_some(())
+    })
+    .await;
+    // What `kubectl get proxyroutes` prints (server-side printer columns).
+    let table = table_rows(client, "proxyroutes").await;
+    let api_row = table.iter().find(|r| r[0] == "api").expect("api row");
+    assert_eq!(
+        (api_row[3].as_str(), api_row[4].as_str()),
+        ("True", "2/2"),
+        "{table:?}"
+    );
+    let be_table = table_rows(client, "backends").await;
+    let echo_row = be_table.iter().find(|r| r[0] == "echo").expect("echo row");
+    assert_eq!(
+        (echo_row[1].as_str(), echo_row[2].as_str()),
+        ("2/2", "True"),
+        "{be_table:?}"
+    );
+    eprintln!("e2e: kubectl-style tables: proxyroutes {api_row:?}, backends {echo_row:?}");
+
+    let healthy_before = eventually(30, "Backend echo Degraded=False", || async {
+        let v = backend_json().await?;
+        let d = condition(&v, "Degraded")?;
+        (d["status"] == "False").then_some(v)
+    })
+    .await;
+    let ready_since = condition(&healthy_before, "Ready").unwrap()["lastTransitionTime"].clone();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // timestamps have 1 s resolution
+    echo_b_proc.stop();
+    let down = eventually(30, "endpoint b unhealthy in Backend status", || async {
+        let v = backend_json().await?;
+        let eps = v["status"]["endpoints"].as_array()?.clone();
+        let b = eps
+            .iter()
+            .find(|e| e["address"] == echo_b.as_str())?
+            .clone();
+        (b["healthy"] == false && condition(&v, "Degraded")?["status"] == "True").then_some(v)
+    })
+    .await;
+    assert_eq!(down["status"]["healthyEndpoints"], 1, "{down}");
+    let b_status = down["status"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == echo_b.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(b_status["seenBy"], "2/2", "{b_status}");
+    assert!(
+        b_status["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{b_status}"
+    );
+    let ready = condition(&down, "Ready").unwrap();
+    assert_eq!(ready["status"], "True", "one healthy endpoint left");
+    assert_eq!(
+        ready["lastTransitionTime"], ready_since,
+        "Ready did not flip"
+    );
+    let degraded_since = condition(&down, "Degraded").unwrap()["lastTransitionTime"].clone();
+    assert_ne!(
+        degraded_since,
+        condition(&healthy_before, "Degraded").unwrap()["lastTransitionTime"]
+    );
+    eventually(30, "ProxyRoute api healthy 1/2", || async {
+        (route_json("api").await?["status"]["healthy"] == "1/2").then_some(())
+    })
+    .await;
+    for ip in dp_ips {
+        for _ in 0..4 {
+            assert_eq!(
+                served_by(&format!("{ip}:{listen_port}"), "/api/x").as_deref(),
+                Some("a"),
+                "traffic avoids the unhealthy endpoint"
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let _echo_b_again = echo_cmd("b", &echo_b);
+    let up = eventually(30, "endpoint b healthy again", || async {
+        let v = backend_json().await?;
+        (v["status"]["healthyEndpoints"] == 2 && condition(&v, "Degraded")?["status"] == "False")
+            .then_some(v)
+    })
+    .await;
+    assert_ne!(
+        condition(&up, "Degraded").unwrap()["lastTransitionTime"],
+        degraded_since
+    );
+    assert_eq!(
+        condition(&up, "Ready").unwrap()["lastTransitionTime"],
+        ready_since
+    );
+    eventually(30, "ProxyRoute api healthy 2/2 again", || async {
+        (route_json("api").await?["status"]["healthy"] == "2/2").then_some(())
+    })
+    .await;
+    eprintln!("e2e: endpoint down/up reflected in status with correct transition times");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let reasons = eventually(10, "events for the transitions", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let got: std::collections::BTreeSet<(String, String)> = list
+            .items
+            .iter()
+            .map(|e| {
+                (
+                    e.regarding
+                        .as_ref()
+                        .and_then(|r| r.name.clone())
+                        .unwrap_or_default(),
+                    e.reason.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let want = [
+            ("echo", "EndpointDown"),
+            ("echo", "EndpointUp"),
+            ("echo", "Degraded"),
+            ("echo", "Recovered"),
+            ("bad", "NotAccepted"),
+            ("dangling", "RefsNotResolved"),
+            ("api", "Programmed"),
+        ];
+        want.iter()
+            .all(|(n, r)| got.contains(&(n.to_string(), r.to_string())))
+            .then_some(got)
+    })
+    .await;
+    eprintln!("e2e: events {reasons:?}");
+
+    // 5. Steady state: no writes while nothing changes.
+    eventually(30, "route web Programmed", || async {
+        let v = route_json("web").await?;
+        (condition(&v, "Programmed")?["status"] == "True").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = resource_versions(client).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(before, resource_versions(client).await, "writes while idle");
+    eprintln!("e2e: no writes while idle");
+
+    // 6. Operator stopped: dataplanes keep serving; a dataplane restarted meanwhile boots from
+    // the ConfigMap snapshot (the file a pod would mount; `$(POD_IP)` is expanded here as the
+    // pod's entrypoint would, see operator/README.md). Operator restarted: no writes.
+    operator.stop();
+    for ip in dp_ips {
+        assert!(served_by(&format!("{ip}:{listen_port}"), "/api/x").is_some());
+    }
+    let cm = cms.get("weir-snapshot").await.unwrap();
+    let text = cm.data.unwrap()["snapshot.json"].replace("$(POD_IP)", dp_ips[0]);
+    let boot = dir.join("boot-snapshot.json");
+    std::fs::write(&boot, text).unwrap();
+    dataplanes[0].stop();
+    let mut c = Command::new(bin("weir-dataplane"));
+    c.args(["--admin-address", &format!("{}:{admin_port}", dp_ips[0])])
+        .arg("--config")
+        .arg(&boot)
+        .env("WEIR_ADMIN_TOKEN", DP_TOKEN)
+        .env("RUST_LOG", "info,weir::access=off");
+    dataplanes[0] = Proc::spawn("dataplane-0b", dir, c);
+    eventually(20, "dataplane booted from the ConfigMap serves", || async {
+        let addr = format!("{}:{listen_port}", dp_ips[0]);
+        (served_by(&addr, "/api/boot").is_some()
+            && served_by(&addr, "/web").as_deref() == Some("b"))
+        .then_some(())
+    })
+    .await;
+    eprintln!("e2e: operator down: dataplanes serve, one restarted from the ConfigMap snapshot");
+    let metrics_port = free_port();
+    let mut operator = Proc::spawn(
+        "operator-2",
+        dir,
+        operator_cmd(
+            kubeconfig,
+            &listeners,
+            admin_port,
+            "operator-2",
+            metrics_port,
+        ),
+    );
+    eventually(20, "restarted operator leads", || async {
+        operator.log_text().contains("became leader").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = resource_versions(client).await;
+    assert_eq!(
+        before, after,
+        "the restarted operator wrote although nothing changed"
+    );
+    assert!(!operator.log_text().contains("status updated"));
+    assert!(
+        !operator.log_text().contains("pushed snapshot"),
+        "re-pushed an unchanged snapshot"
+    );
+    eprintln!("e2e: restarted operator made no writes");
+    let (code, metrics) =
+        http_get(&format!("127.0.0.1:{metrics_port}"), "/metrics").expect("operator /metrics");
+    assert_eq!(code, 200);
+    for line in [
+        "weir_operator_leader 1",
+        "weir_operator_pods_ready 2",
+        "weir_operator_pods_programmed 2",
+        "weir_operator_status_writes_total 0",
+        "weir_operator_routes_invalid 2",
+        "weir_operator_pushes_total{result=\"ok\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    eprintln!("e2e: operator /metrics agrees");
+
+    // 7. A dataplane that restarts (same Pod) gets the snapshot again.
+    let ip = dp_ips[1];
+    dataplanes[1].stop();
+    let mut c = Command::new(bin("weir-dataplane"));
+    c.args(["--admin-address", &format!("{ip}:{admin_port}")])
+        .env("WEIR_ADMIN_TOKEN", DP_TOKEN)
+        .env("RUST_LOG", "info,weir::access=off");
+    dataplanes[1] = Proc::spawn("dataplane-1b", dir, c);
+    let addr1 = format!("{ip}:{listen_port}");
+    eventually(30, "restarted dataplane re-programmed", || async {
+        served_by(&addr1, "/api/again").map(|_| ())
+    })
+    .await;
+    eprintln!("e2e: restarted dataplane re-programmed");
+
+    // 8. Two replicas: only the Lease holder writes; killing it hands over.
+    let mut standby = Proc::spawn(
+        "operator-3",
+        dir,
+        operator_cmd(
+            kubeconfig,
+            &listeners,
+            admin_port,
+            "operator-3",
+            free_port(),
+        ),
+    );
+    eventually(20, "standby synced", || async {
+        standby.log_text().contains("caches synced").then_some(())
+    })
+    .await;
+    apply(&routes, "ha", json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "ha"},
+        "spec": {"rules": [{"matches": [{"path": {"value": "/ha"}}], "backendRefs": [{"name": "echo"}]}]},
+    }))
+    .await;
+    eventually(30, "route ha Programmed (by the leader)", || async {
+        let v = route_json("ha").await?;
+        (condition(&v, "Programmed")?["status"] == "True").then_some(())
+    })
+    .await;
+    let standby_log = standby.log_text();
+    assert!(
+        !standby_log.contains("became leader"),
+        "standby took the lease"
+    );
+    assert!(
+        !standby_log.contains("status updated"),
+        "standby wrote status"
+    );
+    assert!(!standby_log.contains("pushed snapshot"), "standby pushed");
+    assert!(
+        operator.log_text().contains("status updated"),
+        "leader wrote status"
+    );
+    operator.kill();
+    let killed = Instant::now();
+    apply(&routes, "ha", json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "ha"},
+        "spec": {"hostnames": ["ha.example.com"],
+                 "rules": [{"matches": [{"path": {"value": "/ha"}}], "backendRefs": [{"name": "echo"}]}]},
+    }))
+    .await;
+    eventually(
+        30,
+        "standby takes over and programs generation 2",
+        || async {
+            let v = route_json("ha").await?;
+            let p = condition(&v, "Programmed")?;
+            (p["status"] == "True" && p["observedGeneration"] == 2).then_some(())
+        },
+    )
+    .await;
+    let handover = killed.elapsed();
+    assert!(standby.log_text().contains("became leader"));
+    assert!(
+        handover < Duration::from_secs(10),
+        "handover took {handover:?} (lease 4s)"
+    );
+    eprintln!("e2e: standby took over {handover:?} after the leader was killed (lease 4s)");
+
+    standby.stop();
+    for d in &mut dataplanes {
+        d.stop();
+    }
+}
+
+/// The rows (cells as strings) the API server's Table output gives for a weir kind in NS,
+/// i.e. what `kubectl get` prints.
+async fn table_rows(client: &Client, plural: &str) -> Vec<Vec<String>> {
+    let req = http::Request::get(format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/{plural}"))
+        .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .body(Vec::new())
+        .unwrap();
+    let text = client.request_text(req).await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["cells"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| match c {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+async fn apply_dynamic(
+    api: &Api<DynamicObject>,
+    ar: &ApiResource,
+    name: &str,
+    v: serde_json::Value,
+) {
+    let _ = ar;
+    api.patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&v))
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+}
