@@ -8,6 +8,8 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 # gtlsclient: an independent HTTP/3 client (ngtcp2 + nghttp3) for interop tests.
 command -v gtlsclient >/dev/null 2>&1 || need_apt+=(ngtcp2-client)
+# promtool (from Debian's prometheus): checks the /metrics exposition in the tests.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

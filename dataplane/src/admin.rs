@@ -1,5 +1,6 @@
-//! The admin listener: probes, `/health`, config read/replace, `/backends`. Everything but the
-//! probes and `/health` needs the bearer token when one is configured.
+//! The admin listener: probes, `/health`, `/metrics`, config read/replace, `/backends`,
+//! `/logging`. Everything but the probes, `/health` and `/metrics` needs the bearer token when
+//! one is configured.
 
 use crate::body::{full, ProxyBody};
 use crate::runtime::Runtime;
@@ -17,9 +18,17 @@ use tokio::net::TcpListener;
 /// Largest config body `PUT /config` accepts.
 pub const MAX_CONFIG_BYTES: usize = 16 << 20;
 
+/// Replaces the log filter at runtime (an `EnvFilter` directive such as `debug` or
+/// `info,weir::access=off`); returns why a directive was refused.
+pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 pub struct Admin {
     pub dataplane: Arc<Dataplane>,
     pub token: Option<String>,
+    /// `PUT /logging?level=` support; `None` answers 501.
+    pub log_filter: Option<SetLogFilter>,
+    /// The log filter in force, as last set.
+    pub log_level: std::sync::Mutex<String>,
 }
 
 /// Serves the admin API until the task is dropped.
@@ -102,6 +111,16 @@ impl Admin {
                 };
             }
             "/health" => return self.health(),
+            "/metrics" => {
+                let rt = self.dataplane.runtime();
+                let body = crate::metrics::metrics().render(rt.as_deref());
+                let mut r = Response::new(full(Bytes::from(body)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(crate::metrics::Metrics::content_type()),
+                );
+                return r;
+            }
             _ => {}
         }
         if !self.authorized(&req) {
@@ -135,6 +154,12 @@ impl Admin {
                     serde_json::json!({"error": "no_config", "message": "no configuration loaded yet"}),
                 ),
             },
+            (Method::GET, "/logging") => self.logging_json(),
+            (Method::PUT, "/logging") | (Method::POST, "/logging") => self.set_logging(&req),
+            (_, "/logging") => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"error": "method_not_allowed", "message": "use GET or PUT"}),
+            ),
             (_, "/config") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({"error": "method_not_allowed", "message": "use GET or PUT"}),
@@ -144,6 +169,62 @@ impl Admin {
                 serde_json::json!({"error": "not_found", "message": format!("no admin endpoint {path}")}),
             ),
         }
+    }
+
+    fn logging_json(&self) -> Response<ProxyBody> {
+        let level = self.log_level.lock().map(|l| l.clone()).unwrap_or_default();
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "level": level, "accessLog": crate::observe::access_log_enabled() }),
+        )
+    }
+
+    /// `PUT /logging?level=<EnvFilter directive>&access=on|off`: either or both.
+    fn set_logging(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let bad = |msg: String| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "bad_request", "message": msg}),
+            )
+        };
+        let mut level = None;
+        let mut access = None;
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            match &*k {
+                "level" => level = Some(v.into_owned()),
+                "access" => {
+                    access = Some(match &*v {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        _ => return bad(format!("access must be on or off, not {v:?}")),
+                    })
+                }
+                _ => return bad(format!("unknown parameter {k:?} (use level, access)")),
+            }
+        }
+        if level.is_none() && access.is_none() {
+            return bad("give level=<filter> and/or access=on|off".into());
+        }
+        if let Some(level) = level {
+            let Some(set) = &self.log_filter else {
+                return json(
+                    StatusCode::NOT_IMPLEMENTED,
+                    serde_json::json!({"error": "not_supported", "message": "the log level cannot be changed in this process"}),
+                );
+            };
+            if let Err(e) = set(&level) {
+                return bad(format!("invalid log filter {level:?}: {e}"));
+            }
+            tracing::info!(level = %level, "log filter changed via the admin API");
+            if let Ok(mut l) = self.log_level.lock() {
+                *l = level;
+            }
+        }
+        if let Some(on) = access {
+            crate::observe::set_access_log(on);
+            tracing::info!(access_log = on, "access log switched via the admin API");
+        }
+        self.logging_json()
     }
 
     /// `/health`: counts only (no names), so it is safe without the token.
@@ -199,7 +280,10 @@ impl Admin {
         };
         let result = match weir_config::load(&body) {
             Ok(snap) => self.dataplane.apply(snap).await,
-            Err(e) => Err(e),
+            Err(e) => {
+                crate::metrics::metrics().config_applied(Err(()));
+                Err(e)
+            }
         };
         match result {
             Ok(version) => json(StatusCode::OK, serde_json::json!({ "version": version })),

@@ -1,5 +1,6 @@
 //! Compiled rule actions: weighted backend choice, header transforms and path rewrites.
 
+use crate::metrics::RouteMetrics;
 use crate::upstream::BackendRt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
@@ -11,8 +12,10 @@ use weir_config::{HeaderFilter, PathRewrite};
 pub struct RuleRt {
     pub route: Arc<str>,
     pub rule_index: usize,
-    /// (backend, cumulative weight); entries with weight 0 are left out.
-    pub backends: Vec<(Arc<BackendRt>, u64)>,
+    /// Entries with weight 0 are left out.
+    pub backends: Vec<Target>,
+    /// Metric handles for requests this rule could not send to a backend.
+    pub no_backend_metrics: Arc<RouteMetrics>,
     pub total_weight: u64,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -20,9 +23,19 @@ pub struct RuleRt {
     pub timeout: Option<Duration>,
 }
 
+/// One weighted backend of a rule.
+#[derive(Debug)]
+pub struct Target {
+    pub backend: Arc<BackendRt>,
+    /// Cumulative weight up to and including this entry.
+    pub cum: u64,
+    /// Request metric handles of this (route, backend) pair.
+    pub metrics: Arc<RouteMetrics>,
+}
+
 impl RuleRt {
     /// Picks a backend in proportion to the weights.
-    pub fn pick_backend(&self) -> Option<&Arc<BackendRt>> {
+    pub fn pick_backend(&self) -> Option<&Target> {
         if self.total_weight == 0 {
             return None;
         }
@@ -31,10 +44,7 @@ impl RuleRt {
         } else {
             fastrand::u64(0..self.total_weight)
         };
-        self.backends
-            .iter()
-            .find(|(_, cum)| x < *cum)
-            .map(|(b, _)| b)
+        self.backends.iter().find(|t| x < t.cum)
     }
 }
 

@@ -8,6 +8,7 @@
 //! that fails midway resets the stream with `H3_INTERNAL_ERROR` instead of finishing it.
 
 use crate::body::BoxError;
+use crate::metrics::Handshake;
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::ListenerRt;
 use crate::server::Dataplane;
@@ -132,10 +133,16 @@ pub async fn accept_loop(
             .map_or(0, |q| q.settings.max_connections as usize);
         if active.load(Ordering::Relaxed) >= max {
             tracing::warn!(listener = %l.name, max, "QUIC connection limit reached; refusing");
+            if let Some(m) = &l.quic_metrics {
+                m.rejected("max_connections");
+            }
             incoming.refuse();
             continue;
         }
         let Some(drain) = dp.drain_watcher() else {
+            if let Some(m) = &l.quic_metrics {
+                m.rejected("shutting_down");
+            }
             incoming.refuse();
             continue;
         };
@@ -156,13 +163,21 @@ async fn serve_connection(
     mut drain: watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
+    let _open = l.quic_metrics.as_ref().map(|m| m.accepted());
+    let started = std::time::Instant::now();
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(client = %remote, error = %e, "QUIC handshake failed");
+            if let Some(m) = &l.quic_metrics {
+                m.handshake(Handshake::Failed);
+            }
             return;
         }
     };
+    if let Some(m) = &l.quic_metrics {
+        m.handshake(Handshake::Ok(started.elapsed()));
+    }
     let mut h3c = match h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn))

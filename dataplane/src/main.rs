@@ -47,6 +47,10 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "WEIR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Access logs (one line per request, target `weir::access`); also switchable at runtime
+    /// with `PUT /logging?access=on|off`.
+    #[arg(long, env = "WEIR_ACCESS_LOG", default_value = "on", value_parser = ["on", "off"])]
+    access_log: String,
 }
 
 fn main() -> ExitCode {
@@ -54,7 +58,8 @@ fn main() -> ExitCode {
     if let Some(Command::Check { file }) = cli.command {
         return check(&file);
     }
-    init_logging(&cli.run.log_format);
+    let logging = init_logging(&cli.run.log_format);
+    weir_dataplane::observe::set_access_log(cli.run.access_log == "on");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,7 +70,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(run(cli.run))
+    rt.block_on(run(cli.run, logging))
 }
 
 fn check(file: &PathBuf) -> ExitCode {
@@ -95,15 +100,43 @@ fn check(file: &PathBuf) -> ExitCode {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+/// The filter in force at startup and how to replace it (`PUT /logging?level=`).
+struct Logging {
+    level: String,
+    set: admin::SetLogFilter,
+}
+
+/// Level from `RUST_LOG`, else `LOG_LEVEL`, else `info`; the filter sits in a reload layer so
+/// the admin API can change it without a restart.
+fn init_logging(format: &str) -> Logging {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let wanted = ["RUST_LOG", "LOG_LEVEL"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
+    let (filter, level) = match wanted.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => (f, wanted.unwrap_or_default()),
+        Some(Err(e)) => {
+            eprintln!("invalid log filter {wanted:?} ({e}); using info");
+            (EnvFilter::new("info"), "info".to_string())
+        }
+        None => (EnvFilter::new("info"), "info".to_string()),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
-        builder.json().flatten_event(true).init();
+        registry
+            .with(fmt::layer().json().flatten_event(true))
+            .init();
     } else {
-        builder.init();
+        registry.with(fmt::layer()).init();
     }
+    let set: admin::SetLogFilter = Box::new(move |directive: &str| {
+        let f = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    });
+    Logging { level, set }
 }
 
 fn admin_token() -> Result<Option<String>, String> {
@@ -126,7 +159,7 @@ fn read_token(path: &PathBuf) -> Result<String, String> {
     Ok(t)
 }
 
-async fn run(args: RunArgs) -> ExitCode {
+async fn run(args: RunArgs, logging: Logging) -> ExitCode {
     let token = match &args.admin_token_file {
         Some(p) => read_token(p).map(Some),
         None => admin_token(),
@@ -169,6 +202,8 @@ async fn run(args: RunArgs) -> ExitCode {
         Arc::new(admin::Admin {
             dataplane: dp.clone(),
             token,
+            log_filter: Some(logging.set),
+            log_level: std::sync::Mutex::new(logging.level),
         }),
     ));
 

@@ -1,14 +1,21 @@
-//! The request pipeline shared by every front door: route, pick, transform, forward, respond.
+//! The request pipeline shared by every front door (HTTP/1.1, HTTP/2, HTTP/3): trace context,
+//! route, pick, transform, forward, respond; the exchange is measured and logged when its
+//! response body ends (see [`crate::observe`]).
 
 use crate::body::{boxed, full, BoxError, ProxyBody};
 use crate::filters::rewrite_path;
+use crate::metrics::{self, RouteMetrics};
+use crate::observe::{access_log_enabled, CountingBody, Exchange, InFlightGuard, ObservedBody};
 use crate::router::RequestView;
 use crate::runtime::Runtime;
+use crate::tracecontext::TraceContext;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_config::UpstreamProtocol;
@@ -31,8 +38,17 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Marks a reply the proxy made itself (as a response extension); the value is its `error`
+/// code, counted by `weir_proxy_errors_total{kind}` and logged as the access log's `error`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyError(pub &'static str);
+
 /// A JSON error reply made by the proxy itself.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+pub fn error_response(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
     let body = serde_json::json!({ "status": status.as_u16(), "error": code, "message": message });
     let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
@@ -40,6 +56,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    resp.extensions_mut().insert(ProxyError(code));
     resp
 }
 
@@ -165,53 +182,79 @@ fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host_header: Option<
     }
 }
 
-/// Serves one request against the current runtime.
+/// Serves one request against the current runtime: trace context, routing and forwarding,
+/// then the response body is wrapped so the exchange is measured and logged when it ends.
 pub async fn handle<B>(
     runtime: Option<Arc<Runtime>>,
     conn: &ConnInfo,
-    req: Request<B>,
+    mut req: Request<B>,
 ) -> Response<ProxyBody>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let start = Instant::now();
+    let protocol = metrics::protocol_index(req.version());
+    let in_flight = InFlightGuard::new(protocol);
+    let trace = TraceContext::from_headers(req.headers());
+    trace.inject(req.headers_mut());
     let method = req.method().clone();
-    let version = req.version();
-    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string());
-    let span_path = path_and_query.as_deref().unwrap_or("/").to_string();
-    let (mut resp, route, backend, upstream, attempts) = forward(runtime, conn, req).await;
+    let (host, path) = if access_log_enabled() {
+        (request_host(&req), Some(req.uri().path().to_string()))
+    } else {
+        (None, None)
+    };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let req = req.map(|b| CountingBody::new(b, bytes_in.clone()));
+    let out = forward(runtime, conn, req).await;
+    let mut resp = out.response;
     // An upstream's Alt-Svc describes the upstream, not us; ours replaces it.
     resp.headers_mut().remove(header::ALT_SVC);
     if let Some(v) = &conn.alt_svc {
         resp.headers_mut().insert(header::ALT_SVC, v.clone());
     }
-    tracing::info!(
-        target: "weir::access",
-        listener = %conn.listener,
-        protocol = ?version,
-        client = %conn.remote,
-        method = %method,
-        path = %span_path,
-        status = resp.status().as_u16(),
-        route = route.as_deref().unwrap_or("-"),
-        backend = backend.as_deref().unwrap_or("-"),
-        upstream = upstream.as_deref().unwrap_or("-"),
-        attempts,
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    resp
+    let (parts, body) = resp.into_parts();
+    let exchange = Exchange {
+        start,
+        protocol,
+        method,
+        listener: conn.listener.clone(),
+        client: conn.remote,
+        host,
+        path,
+        status: parts.status.as_u16(),
+        metrics: out.metrics,
+        upstream: out.upstream,
+        attempts: out.attempts,
+        error: parts.extensions.get::<ProxyError>().map(|e| e.0),
+        trace,
+        bytes_in,
+        in_flight,
+    };
+    Response::from_parts(parts, ObservedBody::new(body, exchange).boxed_unsync())
 }
 
-/// (response, route, backend, last upstream endpoint, upstream tries)
-type Outcome = (
-    Response<ProxyBody>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    u32,
-);
+/// What forwarding produced, for metrics and the access log.
+struct Outcome {
+    response: Response<ProxyBody>,
+    /// Handles of the (route, backend) pair; `-` for what is unknown.
+    metrics: Arc<RouteMetrics>,
+    /// The endpoint of the last upstream try.
+    upstream: Option<String>,
+    /// Upstream tries, retries included.
+    attempts: u32,
+}
+
+impl Outcome {
+    fn local(response: Response<ProxyBody>, metrics: Arc<RouteMetrics>) -> Outcome {
+        Outcome {
+            response,
+            metrics,
+            upstream: None,
+            attempts: 0,
+        }
+    }
+}
 
 async fn forward<B>(runtime: Option<Arc<Runtime>>, conn: &ConnInfo, req: Request<B>) -> Outcome
 where
@@ -224,11 +267,11 @@ where
             "no_config",
             "no configuration loaded yet",
         );
-        return (r, None, None, None, 0);
+        return Outcome::local(r, metrics::metrics().no_route());
     };
     let Some(host) = request_host(&req) else {
         let r = error_response(StatusCode::BAD_REQUEST, "no_host", "request has no Host");
-        return (r, None, None, None, 0);
+        return Outcome::local(r, metrics::metrics().no_route());
     };
     // Route on, and forward, the path with dot segments resolved, so `/api/../admin` can
     // neither slip past a `/api` prefix rule nor reach a backend that resolves it itself.
@@ -242,24 +285,18 @@ where
     });
     let Some(rule) = rule else {
         let msg = format!("no route for host {host:?} and path {path:?}");
-        return (
-            error_response(StatusCode::NOT_FOUND, "no_route", &msg),
-            None,
-            None,
-            None,
-            0,
-        );
+        let r = error_response(StatusCode::NOT_FOUND, "no_route", &msg);
+        return Outcome::local(r, metrics::metrics().no_route());
     };
-    let route = Some(rule.route.to_string());
-    let Some(backend) = rule.pick_backend() else {
+    let Some(target) = rule.pick_backend() else {
         let r = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_backend",
             "route has no backend with weight",
         );
-        return (r, route, None, None, 0);
+        return Outcome::local(r, rule.no_backend_metrics.clone());
     };
-    let backend_name = Some(backend.name.clone());
+    let backend = &target.backend;
 
     let (mut parts, body) = req.into_parts();
     let path = match &rule.path {
@@ -274,7 +311,7 @@ where
         Ok(pq) => pq,
         Err(e) => {
             let r = error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string());
-            return (r, route, backend_name, None, 0);
+            return Outcome::local(r, target.metrics.clone());
         }
     };
     // The host the client asked for goes upstream unchanged. A request-target authority
@@ -336,7 +373,12 @@ where
             Response::from_parts(parts, body)
         }
     };
-    (resp, route, backend_name, sent.upstream, sent.attempts)
+    Outcome {
+        response: resp,
+        metrics: target.metrics.clone(),
+        upstream: sent.upstream,
+        attempts: sent.attempts,
+    }
 }
 
 #[cfg(test)]

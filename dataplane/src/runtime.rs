@@ -1,6 +1,7 @@
 //! `Snapshot -> Runtime`: the compiled tables one config version serves with.
 
-use crate::filters::{HeaderOps, RuleRt};
+use crate::filters::{HeaderOps, RuleRt, Target};
+use crate::metrics::{metrics, ListenerMetrics, RouteMetrics};
 use crate::router::Router;
 use crate::upstream::BackendRt;
 use std::collections::HashMap;
@@ -19,6 +20,10 @@ pub struct ListenerRt {
     pub quic: Option<QuicRt>,
     /// `Alt-Svc` value advertised on the TCP side when HTTP/3 is on.
     pub alt_svc: Option<http::HeaderValue>,
+    /// Connection metric handles of the TCP side (`tcp` or `tls`).
+    pub tcp_metrics: ListenerMetrics,
+    /// Connection metric handles of the QUIC side, when HTTP/3 is on.
+    pub quic_metrics: Option<ListenerMetrics>,
 }
 
 /// HTTP/3 settings of a listener, ready for quinn.
@@ -100,6 +105,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 Err(e) => errs.push(format!("{path}.http3"), e),
             }
         }
+        let quic_metrics = quic.as_ref().map(|_| metrics().listener(&l.name, 2));
         listeners.push(ListenerRt {
             name: l.name.clone(),
             address,
@@ -107,6 +113,14 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
             tls: tls.map(|t| t.tcp),
             quic,
             alt_svc,
+            tcp_metrics: metrics().listener(
+                &l.name,
+                match l.protocol {
+                    ListenerProtocol::Http => 0,
+                    ListenerProtocol::Https => 1,
+                },
+            ),
+            quic_metrics,
         });
     }
 
@@ -122,6 +136,14 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
     }
 
     let mut rules = Vec::new();
+    // One set of request metric handles per (route, backend) pair, shared by its rules.
+    let mut pair_metrics: HashMap<(String, String), Arc<RouteMetrics>> = HashMap::new();
+    let mut pair = |route: &str, backend: &str| {
+        pair_metrics
+            .entry((route.to_string(), backend.to_string()))
+            .or_insert_with(|| Arc::new(RouteMetrics::new(route, backend)))
+            .clone()
+    };
     for route in &snapshot.routes {
         let route_name: Arc<str> = route.name.as_str().into();
         let mut per_route = Vec::new();
@@ -134,13 +156,18 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 }
                 if let Some(b) = backends.get(&br.name) {
                     cum += u64::from(br.weight);
-                    targets.push((b.clone(), cum));
+                    targets.push(Target {
+                        backend: b.clone(),
+                        cum,
+                        metrics: pair(&route.name, &br.name),
+                    });
                 }
             }
             per_route.push(Arc::new(RuleRt {
                 route: route_name.clone(),
                 rule_index: ui,
                 backends: targets,
+                no_backend_metrics: pair(&route.name, crate::metrics::NONE),
                 total_weight: cum,
                 request_headers: HeaderOps::compile(&rule.filters.request_headers),
                 response_headers: HeaderOps::compile(&rule.filters.response_headers),

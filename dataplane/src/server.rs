@@ -1,5 +1,6 @@
 //! The running dataplane: the current runtime, its listeners, reload and graceful shutdown.
 
+use crate::metrics::{metrics, Handshake};
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::{cert_stamps, compile, CertStamp, ListenerRt, Runtime};
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -154,6 +155,16 @@ impl Dataplane {
         listeners: &mut HashMap<SocketAddr, RunningListener>,
         snapshot: Snapshot,
     ) -> Result<String, ConfigError> {
+        let result = self.apply_inner(listeners, snapshot);
+        metrics().config_applied(result.as_deref().map_err(|_| ()));
+        result
+    }
+
+    fn apply_inner(
+        self: &Arc<Self>,
+        listeners: &mut HashMap<SocketAddr, RunningListener>,
+        snapshot: Snapshot,
+    ) -> Result<String, ConfigError> {
         let prev = self.runtime.load_full();
         let rt = compile(snapshot, prev.as_deref())?;
 
@@ -246,11 +257,17 @@ impl Dataplane {
                 "started without --config; nothing to re-read",
             ));
         };
-        let bytes = tokio::fs::read(path)
+        let snap = tokio::fs::read(path)
             .await
-            .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))?;
-        let snap = weir_config::load(&bytes)?;
-        self.apply(snap).await
+            .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))
+            .and_then(|bytes| weir_config::load(&bytes));
+        match snap {
+            Ok(snap) => self.apply(snap).await,
+            Err(e) => {
+                metrics().config_applied(Err(()));
+                Err(e)
+            }
+        }
     }
 
     fn spawn_listener(self: &Arc<Self>, l: ListenerRt, sock: TcpListener) -> RunningListener {
@@ -272,6 +289,7 @@ impl Dataplane {
                         Err(e) => {
                             // Usually EMFILE; back off instead of spinning.
                             tracing::warn!(error = %e, "accept failed");
+                            s.load().tcp_metrics.rejected("accept_error");
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     },
@@ -318,8 +336,10 @@ impl Dataplane {
             .ok()
             .and_then(|g| g.as_ref().map(|g| g.watcher()))
         else {
-            return; // shutting down
+            l.tcp_metrics.rejected("shutting_down");
+            return;
         };
+        let _open = l.tcp_metrics.accepted();
         let info = Arc::new(ConnInfo {
             remote,
             listener: l.name.as_str().into(),
@@ -344,16 +364,22 @@ impl Dataplane {
             }
             Some(cfg) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+                let started = std::time::Instant::now();
                 let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
                     .await
                 {
-                    Ok(Ok(s)) => s,
+                    Ok(Ok(s)) => {
+                        l.tcp_metrics.handshake(Handshake::Ok(started.elapsed()));
+                        s
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+                        l.tcp_metrics.handshake(Handshake::Failed);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(client = %remote, "TLS handshake timed out");
+                        l.tcp_metrics.handshake(Handshake::TimedOut);
                         return;
                     }
                 };

@@ -7,6 +7,7 @@ use crate::balancer::Balancer;
 use crate::body::{boxed, BoxError, ProxyBody};
 use crate::breaker::{Breaker, BreakerView};
 use crate::health::{clock_ms, EndpointState, InFlight, Outcome};
+use crate::metrics::BackendMetrics;
 use crate::proxy::error_response;
 use crate::retry::{backoff, is_idempotent, Budget, Replay};
 use bytes::Bytes;
@@ -87,6 +88,7 @@ pub struct BackendRt {
     budget: Arc<Budget>,
     credential: Option<(HeaderName, HeaderValue)>,
     eject_lock: Mutex<()>,
+    metrics: BackendMetrics,
 }
 
 impl std::fmt::Debug for BackendRt {
@@ -214,6 +216,7 @@ impl BackendRt {
             budget,
             credential,
             eject_lock: Mutex::new(()),
+            metrics: BackendMetrics::new(name),
         })
     }
 
@@ -306,6 +309,7 @@ impl BackendRt {
                 match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
                     Ok(Ok(p)) => Some(p),
                     _ => {
+                        self.metrics.overloaded.inc();
                         out.response = Err(error_response(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "backend_overloaded",
@@ -338,9 +342,11 @@ impl BackendRt {
             if attempt > 1 {
                 let wait = backoff(&policy.backoff, attempt - 1);
                 if Instant::now() + wait >= deadline {
+                    self.metrics.retries_exhausted.inc();
                     break;
                 }
                 tokio::time::sleep(wait).await;
+                self.metrics.retries.inc();
             }
             let ticket = match &self.breaker {
                 None => None,
@@ -414,6 +420,7 @@ impl BackendRt {
             let elapsed = started.elapsed();
             let failure = match result {
                 Ok(Ok(resp)) => {
+                    self.metrics.upstream_latency.observe(elapsed.as_secs_f64());
                     let status = resp.status().as_u16();
                     let server_error = status >= 500;
                     ep.state.observe_latency(elapsed, false, decay);
@@ -491,10 +498,15 @@ impl BackendRt {
                 && replay.as_ref().is_some_and(Replay::replayable)
                 && Instant::now() < deadline;
             if !can {
+                // A failure retries were configured for, but none is left.
+                if allowed && policy.attempts > 1 {
+                    self.metrics.retries_exhausted.inc();
+                }
                 break;
             }
             if !self.budget.withdraw() {
                 tracing::debug!(backend = %self.name, "retry budget spent; not retrying");
+                self.metrics.retries_exhausted.inc();
                 break;
             }
             tracing::debug!(backend = %self.name, upstream = %ep.authority, attempt, failure = ?failure, "retrying");

@@ -50,6 +50,8 @@ pub struct Opts {
     pub drain_timeout: Option<String>,
     /// More command-line arguments.
     pub args: Vec<String>,
+    /// `RUST_LOG` for the child instead of `$WEIR_TEST_LOG` (default `warn`).
+    pub log_filter: Option<String>,
 }
 
 /// A running `weir-dataplane` child process; killed (SIGKILL) on drop.
@@ -117,6 +119,9 @@ impl Dataplane {
         }
         if let Some(t) = &opts.token {
             cmd.env("WEIR_ADMIN_TOKEN", t);
+        }
+        if let Some(f) = &opts.log_filter {
+            cmd.env("RUST_LOG", f);
         }
         cmd.args(&opts.args);
         let child = cmd.spawn().expect("spawn weir-dataplane");

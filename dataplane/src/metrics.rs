@@ -1,0 +1,795 @@
+//! The Prometheus registry served on the admin listener at `GET /metrics` (every family is
+//! documented in `docs/metrics.md`).
+//!
+//! Two kinds of families:
+//! - **event** families (requests, errors, retries, connections, …) are updated on the request
+//!   path through handles resolved once, not per request: [`RouteMetrics`] per (route, backend)
+//!   pair and [`BackendMetrics`] per backend live in the runtime tables and hold `OnceLock`ed
+//!   counter/histogram clones, so a request costs a few relaxed atomic adds and no map lookup,
+//!   no lock;
+//! - **state** families (endpoint health, ejections, in-flight, breaker state, …) are read from
+//!   the running config's backend state when scraped ([`Metrics::render`]), so they never lag
+//!   and endpoints that left the config disappear from the next scrape.
+//!
+//! Label values are config names (routes, backends, listeners, endpoints) and fixed enums;
+//! never paths, hosts or client addresses.
+
+use crate::runtime::Runtime;
+use http::{Method, Version};
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// `protocol` label values, indexed by [`protocol_index`].
+pub const PROTOCOLS: [&str; 3] = ["h1", "h2", "h3"];
+/// `method` label values; any other method counts as `other`.
+pub const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+/// `status_class` label values.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// `kind` label values of `weir_proxy_errors_total`: the `error` codes of the JSON replies
+/// the proxy makes, plus `upstream_body_error` (an upstream body that failed midway).
+pub const ERROR_KINDS: [&str; 13] = [
+    "no_config",
+    "no_host",
+    "no_route",
+    "no_backend",
+    "bad_path",
+    "no_endpoint",
+    "no_healthy_endpoint",
+    "circuit_open",
+    "backend_overloaded",
+    "upstream_connect_error",
+    "upstream_error",
+    "upstream_timeout",
+    "upstream_body_error",
+];
+/// `transport` label values of the connection families.
+pub const TRANSPORTS: [&str; 3] = ["tcp", "tls", "quic"];
+/// Label value for "none" (no route matched, no backend chosen).
+pub const NONE: &str = "-";
+
+const N_REQ: usize = PROTOCOLS.len() * METHODS.len() * STATUS_CLASSES.len();
+
+/// Seconds: 0.5 ms … 60 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// Seconds, for connections: 10 ms … 1 h.
+const CONN_BUCKETS: [f64; 11] = [
+    0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+/// Seconds, for handshakes: 0.5 ms … 10 s.
+const HANDSHAKE_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+/// Bytes: 0, then 64 B × 4ⁿ up to 1 GiB.
+fn size_buckets() -> Vec<f64> {
+    let mut v = vec![0.0];
+    let mut b = 64.0;
+    while b <= (1u64 << 30) as f64 {
+        v.push(b);
+        b *= 4.0;
+    }
+    v
+}
+
+pub fn protocol_index(v: Version) -> usize {
+    if v == Version::HTTP_2 {
+        1
+    } else if v == Version::HTTP_3 {
+        2
+    } else {
+        0
+    }
+}
+
+pub fn method_index(m: &Method) -> usize {
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|x| *x == m.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+pub fn status_class_index(status: u16) -> usize {
+    (usize::from(status / 100)).clamp(1, 5) - 1
+}
+
+pub fn error_kind_index(kind: &str) -> Option<usize> {
+    ERROR_KINDS.iter().position(|k| *k == kind)
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "cannot register a metric family");
+    }
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"),
+    )
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    register(
+        r,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("valid metric definition"),
+    )
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_size: HistogramVec,
+    response_size: HistogramVec,
+    in_flight: [IntGauge; 3],
+    errors: IntCounterVec,
+
+    upstream_latency: HistogramVec,
+    retries: IntCounterVec,
+    retries_exhausted: IntCounterVec,
+    overloaded: IntCounterVec,
+
+    endpoint_healthy: IntGaugeVec,
+    endpoint_available: IntGaugeVec,
+    health_checks: IntCounterVec,
+    ejections: IntCounterVec,
+    endpoint_in_flight: IntGaugeVec,
+    endpoint_requests: IntCounterVec,
+    connections_created: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    breaker_opens: IntCounterVec,
+    concurrency_in_use: IntGaugeVec,
+    concurrency_limit: IntGaugeVec,
+
+    conn_total: IntCounterVec,
+    conn_active: IntGaugeVec,
+    conn_rejected: IntCounterVec,
+    conn_duration: HistogramVec,
+    handshakes: IntCounterVec,
+    handshake_duration: HistogramVec,
+
+    config_info: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    config_last_success: Gauge,
+
+    /// Serializes scrapes: the state families are reset and refilled for each one.
+    scrape: Mutex<()>,
+    no_route: Arc<RouteMetrics>,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let m = Metrics {
+            requests: counter_vec(
+                &r,
+                "weir_requests_total",
+                "Requests served, counted when the response ends.",
+                &["route", "backend", "method", "status_class", "protocol"],
+            ),
+            duration: histogram_vec(
+                &r,
+                "weir_request_duration_seconds",
+                "Time from request headers received to the last byte of the response handed to the client connection.",
+                &["route", "backend", "protocol"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            request_size: histogram_vec(
+                &r,
+                "weir_request_body_bytes",
+                "Request body bytes read from the client, counted as they stream.",
+                &["route", "backend", "protocol"],
+                size_buckets(),
+            ),
+            response_size: histogram_vec(
+                &r,
+                "weir_response_body_bytes",
+                "Response body bytes sent to the client, counted as they stream.",
+                &["route", "backend", "protocol"],
+                size_buckets(),
+            ),
+            in_flight: {
+                let v = gauge_vec(
+                    &r,
+                    "weir_requests_in_flight",
+                    "Requests received whose response has not ended yet.",
+                    &["protocol"],
+                );
+                PROTOCOLS.map(|p| v.with_label_values(&[p]))
+            },
+            errors: counter_vec(
+                &r,
+                "weir_proxy_errors_total",
+                "Requests the proxy answered with its own error reply, or whose upstream body failed midway, by kind.",
+                &["route", "backend", "kind"],
+            ),
+            upstream_latency: histogram_vec(
+                &r,
+                "weir_upstream_response_duration_seconds",
+                "Per try: time from sending the request upstream to its response headers.",
+                &["backend"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            retries: counter_vec(
+                &r,
+                "weir_backend_retries_total",
+                "Retries sent (tries after the first).",
+                &["backend"],
+            ),
+            retries_exhausted: counter_vec(
+                &r,
+                "weir_backend_retries_exhausted_total",
+                "Requests whose last try failed in a retryable way but could not be retried (attempts, budget or deadline spent).",
+                &["backend"],
+            ),
+            overloaded: counter_vec(
+                &r,
+                "weir_backend_concurrency_rejected_total",
+                "Requests rejected (503 backend_overloaded) because maxConcurrentRequests stayed full for queueTimeout.",
+                &["backend"],
+            ),
+            endpoint_healthy: gauge_vec(
+                &r,
+                "weir_backend_endpoint_healthy",
+                "1 when the endpoint passes its active health checks (or has none), else 0.",
+                &["backend", "endpoint"],
+            ),
+            endpoint_available: gauge_vec(
+                &r,
+                "weir_backend_endpoint_available",
+                "1 when the endpoint is in rotation (healthy and not ejected), else 0.",
+                &["backend", "endpoint"],
+            ),
+            health_checks: counter_vec(
+                &r,
+                "weir_backend_health_checks_total",
+                "Active health checks by result.",
+                &["backend", "endpoint", "result"],
+            ),
+            ejections: counter_vec(
+                &r,
+                "weir_backend_endpoint_ejections_total",
+                "Passive outlier-detection ejections.",
+                &["backend", "endpoint"],
+            ),
+            endpoint_in_flight: gauge_vec(
+                &r,
+                "weir_backend_endpoint_requests_in_flight",
+                "Tries sent to the endpoint whose response has not ended yet.",
+                &["backend", "endpoint"],
+            ),
+            endpoint_requests: counter_vec(
+                &r,
+                "weir_backend_endpoint_requests_total",
+                "Tries sent to the endpoint (retries included).",
+                &["backend", "endpoint"],
+            ),
+            connections_created: counter_vec(
+                &r,
+                "weir_upstream_connections_created_total",
+                "Upstream connections opened to the endpoint; tries minus this is pool reuse.",
+                &["backend", "endpoint"],
+            ),
+            breaker_state: gauge_vec(
+                &r,
+                "weir_backend_circuit_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open (only backends with a breaker).",
+                &["backend"],
+            ),
+            breaker_opens: counter_vec(
+                &r,
+                "weir_backend_circuit_breaker_opens_total",
+                "Times the circuit breaker opened.",
+                &["backend"],
+            ),
+            concurrency_in_use: gauge_vec(
+                &r,
+                "weir_backend_concurrency_in_use",
+                "maxConcurrentRequests slots held (only backends with a limit).",
+                &["backend"],
+            ),
+            concurrency_limit: gauge_vec(
+                &r,
+                "weir_backend_concurrency_limit",
+                "The configured maxConcurrentRequests.",
+                &["backend"],
+            ),
+            conn_total: counter_vec(
+                &r,
+                "weir_downstream_connections_total",
+                "Client connections accepted (for tls and quic: before the handshake).",
+                &["listener", "transport"],
+            ),
+            conn_active: gauge_vec(
+                &r,
+                "weir_downstream_connections_active",
+                "Client connections open now.",
+                &["listener", "transport"],
+            ),
+            conn_rejected: counter_vec(
+                &r,
+                "weir_downstream_connections_rejected_total",
+                "Client connections refused or dropped before serving, by reason.",
+                &["listener", "transport", "reason"],
+            ),
+            conn_duration: histogram_vec(
+                &r,
+                "weir_downstream_connection_duration_seconds",
+                "Lifetime of served client connections.",
+                &["transport"],
+                CONN_BUCKETS.to_vec(),
+            ),
+            handshakes: counter_vec(
+                &r,
+                "weir_tls_handshakes_total",
+                "TLS (TCP) and QUIC handshakes by result.",
+                &["listener", "transport", "result"],
+            ),
+            handshake_duration: histogram_vec(
+                &r,
+                "weir_tls_handshake_duration_seconds",
+                "Duration of successful TLS and QUIC handshakes.",
+                &["transport"],
+                HANDSHAKE_BUCKETS.to_vec(),
+            ),
+            config_info: gauge_vec(
+                &r,
+                "weir_config_info",
+                "1 for the config version being served.",
+                &["version"],
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "weir_config_reloads_total",
+                "Config applies (startup, PUT /config, SIGHUP, certificate reload) by result.",
+                &["result"],
+            ),
+            config_last_success: register(
+                &r,
+                Gauge::new(
+                    "weir_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful config apply.",
+                )
+                .expect("valid metric definition"),
+            ),
+            scrape: Mutex::new(()),
+            no_route: Arc::new(RouteMetrics::new(NONE, NONE)),
+            registry: r,
+        };
+        #[cfg(target_os = "linux")]
+        if let Err(e) = m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::error!(error = %e, "cannot register the process metrics");
+        }
+        for res in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[res]);
+        }
+        m
+    }
+
+    /// Handles for requests that matched no route.
+    pub fn no_route(&self) -> Arc<RouteMetrics> {
+        self.no_route.clone()
+    }
+
+    pub fn in_flight(&self, protocol: usize) -> &IntGauge {
+        &self.in_flight[protocol.min(2)]
+    }
+
+    /// A config apply ended; on success `version` is now served.
+    pub fn config_applied(&self, result: Result<&str, ()>) {
+        match result {
+            Ok(version) => {
+                self.config_reloads.with_label_values(&["success"]).inc();
+                self.config_info.reset();
+                self.config_info.with_label_values(&[version]).set(1);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.config_last_success.set(now.as_secs_f64());
+            }
+            Err(()) => self.config_reloads.with_label_values(&["failure"]).inc(),
+        }
+    }
+
+    /// Handles for one listener's connections.
+    pub fn listener(&self, listener: &str, transport: usize) -> ListenerMetrics {
+        let t = TRANSPORTS[transport];
+        let hs = |result| self.handshakes.with_label_values(&[listener, t, result]);
+        ListenerMetrics {
+            listener: listener.into(),
+            transport,
+            total: self.conn_total.with_label_values(&[listener, t]),
+            active: self.conn_active.with_label_values(&[listener, t]),
+            duration: self.conn_duration.with_label_values(&[t]),
+            handshake_ok: hs("success"),
+            handshake_failed: hs("failure"),
+            handshake_timeout: hs("timeout"),
+            handshake_duration: self.handshake_duration.with_label_values(&[t]),
+        }
+    }
+
+    /// The text exposition of every family, with the state families read from `rt` now.
+    pub fn render(&self, rt: Option<&Runtime>) -> Vec<u8> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh(rt);
+        let mut out = Vec::with_capacity(64 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+
+    fn refresh(&self, rt: Option<&Runtime>) {
+        for g in [
+            &self.endpoint_healthy,
+            &self.endpoint_available,
+            &self.endpoint_in_flight,
+            &self.breaker_state,
+            &self.concurrency_in_use,
+            &self.concurrency_limit,
+        ] {
+            g.reset();
+        }
+        for c in [
+            &self.health_checks,
+            &self.ejections,
+            &self.endpoint_requests,
+            &self.connections_created,
+            &self.breaker_opens,
+        ] {
+            c.reset();
+        }
+        let Some(rt) = rt else { return };
+        for (name, b) in &rt.backends {
+            let active = b.config.health_check.is_some();
+            for ep in &b.endpoints {
+                let v = ep.state.view();
+                let labels = [name.as_str(), ep.authority.as_str()];
+                self.endpoint_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(v.healthy));
+                self.endpoint_available
+                    .with_label_values(&labels)
+                    .set(i64::from(v.healthy && v.ejected_until.is_none()));
+                if active {
+                    for (result, n) in [("success", v.checks.passed), ("failure", v.checks.failed)]
+                    {
+                        self.health_checks
+                            .with_label_values(&[labels[0], labels[1], result])
+                            .inc_by(n);
+                    }
+                }
+                self.ejections
+                    .with_label_values(&labels)
+                    .inc_by(v.ejections);
+                self.endpoint_in_flight
+                    .with_label_values(&labels)
+                    .set(v.in_flight as i64);
+                self.endpoint_requests
+                    .with_label_values(&labels)
+                    .inc_by(v.requests);
+                self.connections_created
+                    .with_label_values(&labels)
+                    .inc_by(b.connections_created(&ep.authority));
+            }
+            if let Some(v) = b.breaker_view() {
+                let state = match v.mode {
+                    crate::breaker::Mode::Closed => 0,
+                    crate::breaker::Mode::Open => 1,
+                    crate::breaker::Mode::HalfOpen => 2,
+                };
+                self.breaker_state.with_label_values(&[name]).set(state);
+                self.breaker_opens
+                    .with_label_values(&[name])
+                    .inc_by(v.times_opened);
+            }
+            if let Some((in_use, max)) = b.concurrency() {
+                self.concurrency_in_use
+                    .with_label_values(&[name])
+                    .set(i64::from(in_use));
+                self.concurrency_limit
+                    .with_label_values(&[name])
+                    .set(i64::from(max));
+            }
+        }
+    }
+
+    /// `Content-Type` of [`Metrics::render`]'s output.
+    pub fn content_type() -> &'static str {
+        "text/plain; version=0.0.4; charset=utf-8"
+    }
+}
+
+/// Pre-resolved request handles of one (route, backend) pair; label sets are created on first
+/// use, then each request is a relaxed atomic add per family.
+pub struct RouteMetrics {
+    pub route: Arc<str>,
+    pub backend: Arc<str>,
+    requests: [OnceLock<IntCounter>; N_REQ],
+    duration: [OnceLock<Histogram>; 3],
+    request_size: [OnceLock<Histogram>; 3],
+    response_size: [OnceLock<Histogram>; 3],
+    errors: [OnceLock<IntCounter>; ERROR_KINDS.len()],
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("route", &self.route)
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one finished exchange reports.
+pub struct Finished {
+    pub protocol: usize,
+    pub method: usize,
+    pub status: u16,
+    pub duration: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub error: Option<usize>,
+    pub body_error: bool,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, backend: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.into(),
+            backend: backend.into(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+            duration: std::array::from_fn(|_| OnceLock::new()),
+            request_size: std::array::from_fn(|_| OnceLock::new()),
+            response_size: std::array::from_fn(|_| OnceLock::new()),
+            errors: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+
+    fn histogram<'a>(
+        &self,
+        slot: &'a OnceLock<Histogram>,
+        vec: &HistogramVec,
+        protocol: usize,
+    ) -> &'a Histogram {
+        slot.get_or_init(|| {
+            vec.with_label_values(&[&self.route, &self.backend, PROTOCOLS[protocol]])
+        })
+    }
+
+    fn error(&self, kind: usize) {
+        if let Some(slot) = self.errors.get(kind) {
+            slot.get_or_init(|| {
+                metrics()
+                    .errors
+                    .with_label_values(&[&self.route, &self.backend, ERROR_KINDS[kind]])
+            })
+            .inc();
+        }
+    }
+
+    pub fn record(&self, f: &Finished) {
+        let m = metrics();
+        let p = f.protocol.min(2);
+        let class = status_class_index(f.status);
+        let i =
+            (p * METHODS.len() + f.method.min(METHODS.len() - 1)) * STATUS_CLASSES.len() + class;
+        self.requests[i]
+            .get_or_init(|| {
+                m.requests.with_label_values(&[
+                    &self.route,
+                    &self.backend,
+                    METHODS[f.method.min(METHODS.len() - 1)],
+                    STATUS_CLASSES[class],
+                    PROTOCOLS[p],
+                ])
+            })
+            .inc();
+        self.histogram(&self.duration[p], &m.duration, p)
+            .observe(f.duration.as_secs_f64());
+        self.histogram(&self.request_size[p], &m.request_size, p)
+            .observe(f.bytes_in as f64);
+        self.histogram(&self.response_size[p], &m.response_size, p)
+            .observe(f.bytes_out as f64);
+        if let Some(kind) = f.error {
+            self.error(kind);
+        }
+        if f.body_error {
+            self.error(ERROR_KINDS.len() - 1);
+        }
+    }
+}
+
+/// Pre-resolved handles of one backend.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub upstream_latency: Histogram,
+    pub retries: IntCounter,
+    pub retries_exhausted: IntCounter,
+    pub overloaded: IntCounter,
+}
+
+impl BackendMetrics {
+    pub fn new(backend: &str) -> BackendMetrics {
+        let m = metrics();
+        BackendMetrics {
+            upstream_latency: m.upstream_latency.with_label_values(&[backend]),
+            retries: m.retries.with_label_values(&[backend]),
+            retries_exhausted: m.retries_exhausted.with_label_values(&[backend]),
+            overloaded: m.overloaded.with_label_values(&[backend]),
+        }
+    }
+}
+
+/// Pre-resolved handles of one listener's connections (one transport).
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    listener: Arc<str>,
+    transport: usize,
+    total: IntCounter,
+    active: IntGauge,
+    duration: Histogram,
+    handshake_ok: IntCounter,
+    handshake_failed: IntCounter,
+    handshake_timeout: IntCounter,
+    handshake_duration: Histogram,
+}
+
+impl std::fmt::Debug for ListenerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerMetrics")
+            .field("listener", &self.listener)
+            .field("transport", &TRANSPORTS[self.transport])
+            .finish_non_exhaustive()
+    }
+}
+
+/// Handshake outcome for [`ListenerMetrics::handshake`].
+pub enum Handshake {
+    Ok(Duration),
+    Failed,
+    TimedOut,
+}
+
+impl ListenerMetrics {
+    /// Counts an accepted connection; the guard tracks it until dropped.
+    pub fn accepted(&self) -> ConnGuard {
+        self.total.inc();
+        self.active.inc();
+        ConnGuard {
+            metrics: self.clone(),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        metrics()
+            .conn_rejected
+            .with_label_values(&[&self.listener, TRANSPORTS[self.transport], reason])
+            .inc();
+    }
+
+    pub fn handshake(&self, h: Handshake) {
+        match h {
+            Handshake::Ok(d) => {
+                self.handshake_ok.inc();
+                self.handshake_duration.observe(d.as_secs_f64());
+            }
+            Handshake::Failed => self.handshake_failed.inc(),
+            Handshake::TimedOut => self.handshake_timeout.inc(),
+        }
+    }
+}
+
+/// An open client connection: decrements the active gauge and records the lifetime on drop.
+pub struct ConnGuard {
+    metrics: ListenerMetrics,
+    start: std::time::Instant,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.metrics.active.dec();
+        self.metrics
+            .duration
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes() {
+        assert_eq!(METHODS[method_index(&Method::GET)], "GET");
+        assert_eq!(
+            METHODS[method_index(&Method::from_bytes(b"PURGE").unwrap())],
+            "other"
+        );
+        assert_eq!(STATUS_CLASSES[status_class_index(204)], "2xx");
+        assert_eq!(STATUS_CLASSES[status_class_index(599)], "5xx");
+        assert_eq!(STATUS_CLASSES[status_class_index(700)], "5xx");
+        assert_eq!(PROTOCOLS[protocol_index(Version::HTTP_10)], "h1");
+        assert_eq!(PROTOCOLS[protocol_index(Version::HTTP_3)], "h3");
+        assert_eq!(error_kind_index("upstream_timeout"), Some(11));
+        assert_eq!(error_kind_index("nope"), None);
+    }
+
+    /// Every family this file defines has a row in docs/metrics.md.
+    #[test]
+    fn every_family_is_documented() {
+        let doc = include_str!("../../docs/metrics.md");
+        let src = include_str!("metrics.rs");
+        let mut n = 0;
+        for name in src.split('"').filter(|s| {
+            s.len() > 5
+                && s.starts_with("weir_")
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        }) {
+            n += 1;
+            assert!(
+                doc.contains(&format!("| `{name}` |")),
+                "{name} is not documented in docs/metrics.md"
+            );
+        }
+        assert!(n >= 30, "found only {n} families");
+    }
+
+    #[test]
+    fn families_register_and_render() {
+        let m = metrics();
+        let rm = RouteMetrics::new("r", "b");
+        rm.record(&Finished {
+            protocol: 0,
+            method: 0,
+            status: 200,
+            duration: Duration::from_millis(3),
+            bytes_in: 0,
+            bytes_out: 10,
+            error: None,
+            body_error: false,
+        });
+        m.config_applied(Ok("v1"));
+        let text = String::from_utf8(m.render(None)).unwrap();
+        assert!(text.contains(
+            "weir_requests_total{backend=\"b\",method=\"GET\",protocol=\"h1\",route=\"r\",status_class=\"2xx\"} 1"
+        ));
+        assert!(text.contains("weir_config_info{version=\"v1\"} 1"));
+        assert!(text.contains("# TYPE weir_request_duration_seconds histogram"));
+    }
+}
