@@ -5,7 +5,8 @@
 //! a fixed pattern instead of JSON; with `fail_after=M` the body breaks off with an error after M
 //! bytes, with `chunk_delay_ms=D` it pauses D ms between 64 KiB chunks), `mirror=1` (stream the
 //! request body back), `stats=1` (JSON counters: requests, request bodies that failed midway,
-//! streamed responses dropped before their end — how a test sees a cancel reach the backend).
+//! streamed responses dropped before their end, requests abandoned before a response — how a
+//! test sees a cancel reach the backend).
 //! `GET /healthz` is a health endpoint: 200 while healthy, 503 after `set_healthy=0` (any
 //! path; `set_healthy=1` heals), counted apart from `requests` (`healthChecks`,
 //! `healthChecksFailed` in the stats).
@@ -31,6 +32,7 @@ struct Stats {
     requests: AtomicU64,
     body_errors: AtomicU64,
     responses_dropped: AtomicU64,
+    requests_cancelled: AtomicU64,
     health_checks: AtomicU64,
     health_checks_failed: AtomicU64,
     unhealthy: AtomicBool,
@@ -39,6 +41,22 @@ struct Stats {
 struct Server {
     name: String,
     stats: Stats,
+}
+
+struct CancelWatch {
+    server: Arc<Server>,
+    done: bool,
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        if !self.done {
+            self.server
+                .stats
+                .requests_cancelled
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Counts a streamed response that was dropped before its last byte.
@@ -71,7 +89,21 @@ pub async fn serve(listener: TcpListener, name: String) {
         let _ = stream.set_nodelay(true);
         let name = name.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(req, name.clone(), peer));
+            let svc = hyper::service::service_fn(move |req| {
+                let server = name.clone();
+                async move {
+                    // Counts requests whose handling was abandoned before a response was made
+                    // (the client — e.g. the proxy — went away mid-request).
+                    let mut guard = CancelWatch {
+                        server: server.clone(),
+                        done: false,
+                    };
+                    let resp = handle(req, server, peer).await;
+                    guard.done = true;
+                    drop(guard);
+                    resp
+                }
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -110,9 +142,6 @@ async fn handle(
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    if let Some(ms) = param("delay_ms").and_then(|s| s.parse::<u64>().ok()) {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
     let builder = Response::builder()
         .status(status)
         .header("x-echo-server", name);
@@ -147,6 +176,7 @@ async fn handle(
             "requests": st.requests.load(Ordering::Relaxed),
             "bodyErrors": st.body_errors.load(Ordering::Relaxed),
             "responsesDropped": st.responses_dropped.load(Ordering::Relaxed),
+            "requestsCancelled": st.requests_cancelled.load(Ordering::Relaxed),
             "healthy": !st.unhealthy.load(Ordering::Relaxed),
             "healthChecks": st.health_checks.load(Ordering::Relaxed),
             "healthChecksFailed": st.health_checks_failed.load(Ordering::Relaxed),
@@ -158,7 +188,11 @@ async fn handle(
             .body(body)
             .unwrap_or_else(|_| Response::new(empty())));
     }
+    // Counted on arrival, so a test can tell a request is in progress during its delay.
     server.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(ms) = param("delay_ms").and_then(|s| s.parse::<u64>().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 
     if param("mirror") == Some("1") {
         let body = req.into_body().map_err(|e| Box::new(e) as _).boxed_unsync();

@@ -180,7 +180,7 @@ async fn serve_connection(
     }
     let mut h3c = match h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
         .await
     {
         Ok(c) => c,
@@ -214,10 +214,11 @@ async fn serve_connection(
                 let dp = dp.clone();
                 let info = info.clone();
                 let drain = drain.clone();
+                let quic = conn.clone();
                 tokio::spawn(async move {
                     let _drain = drain; // keeps shutdown waiting until this request is done
                     match resolver.resolve_request().await {
-                        Ok((req, stream)) => serve_request(&dp, &info, req, stream).await,
+                        Ok((req, stream)) => serve_request(&dp, &info, &quic, req, stream).await,
                         Err(e) => {
                             tracing::debug!(client = %info.remote, error = %e, "bad HTTP/3 request")
                         }
@@ -238,6 +239,7 @@ async fn serve_connection(
 async fn serve_request(
     dp: &Arc<Dataplane>,
     info: &ConnInfo,
+    quic: &quinn::Connection,
     req: Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
 ) {
@@ -264,7 +266,15 @@ async fn serve_request(
         state: if ended { State::Trailers } else { State::Data },
         empty: ended,
     };
-    let resp = proxy::handle(dp.runtime(), info, Request::from_parts(parts, body)).await;
+    // If the client's connection goes away while the upstream is still working on the response
+    // head, drop the upstream exchange instead of letting it run to its timeout.
+    let resp = tokio::select! {
+        resp = proxy::handle(dp.runtime(), info, Request::from_parts(parts, body)) => resp,
+        reason = quic.closed() => {
+            tracing::debug!(client = %info.remote, reason = %reason, "client connection closed; upstream request cancelled");
+            return;
+        }
+    };
     let (parts, mut body) = resp.into_parts();
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
         tracing::debug!(client = %info.remote, error = %e, "cannot send HTTP/3 response headers");

@@ -354,6 +354,44 @@ async fn client_cancel_reaches_the_upstream() {
     }
 }
 
+/// A client that disappears while the upstream is still working on a body-less request
+/// cancels that upstream request (it does not run to its timeout, 10 minutes here).
+#[tokio::test]
+async fn client_gone_cancels_pending_upstream_request() {
+    let a = echo("a").await;
+    let port = free_port();
+    let cfg = config(port, "", &format!("backends:\n  a: {{ endpoints: [\"{a}\"], timeouts: {{ request: 10m }} }}\nroutes:\n  - name: r\n    rules: [{{ backendRefs: [{{ name: a }}] }}]\n"));
+    let _dp = Dataplane::start(&cfg).await;
+    let conn = h3(port).await;
+    let mut s = conn
+        .send_request(
+            Request::get("https://x.test/?delay_ms=60000")
+                .body(())
+                .unwrap(),
+        )
+        .await
+        .expect("open");
+    s.finish().await.expect("finish");
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while echo_stats(a).await["requests"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(echo_stats(a).await["requestsCancelled"], 0);
+    conn.quic().close(quinn::VarInt::from_u32(0x10c), b"bye");
+    drop(s);
+    while echo_stats(a).await["requestsCancelled"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream request was not cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn thousand_concurrent_streams_on_ten_connections() {
     let (a, b) = (echo("a").await, echo("b").await);
