@@ -23,7 +23,7 @@ build:
 	$(CARGO) build --workspace
 
 release:
-	$(CARGO) build --release -p weir-dataplane --bins
+	$(CARGO) build --release -p weir-dataplane -p weir-bench --bins
 
 lint:
 	$(CARGO) fmt --all -- --check
