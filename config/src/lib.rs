@@ -101,6 +101,11 @@ impl Snapshot {
                 c.value = REDACTED.to_string();
             }
         }
+        for s in copy.sinks.values_mut() {
+            if let Some(k) = &mut s.api_key {
+                k.0 = REDACTED.to_string();
+            }
+        }
         copy
     }
 

@@ -994,19 +994,137 @@ impl<'de> Deserialize<'de> for Endpoint {
     }
 }
 
-/// Where telemetry goes besides the local `/metrics`. The dataplane validates sinks; shipping
-/// them is the observability issue's work.
+/// Where telemetry goes besides the local `/metrics`: the dataplane runs one shipper per sink
+/// (bounded queue, batches, retries; when the queue is full, items are dropped and counted).
+/// Every field but `type` and `endpoint` is optional; the `default_*` functions give the values
+/// in force.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sink {
     #[serde(rename = "type")]
     pub kind: SinkType,
-    /// URL (`otlp`, `httpJson`) or `host:port` (`syslog`).
+    /// URL (`otlp`, `httpJson`: `http(s)://host:port/path`) or `host:port` (`syslog`).
     pub endpoint: String,
+    /// Items per batch (`httpJson`; default 500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
+    /// A batch is sent when it is full or when its oldest item is this old (default 5s); also
+    /// the metrics period of `httpJson`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flush_interval: Option<Duration>,
+    /// Items waiting to be shipped (default 10000); when full, new items are dropped and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<usize>,
+    /// Per-attempt timeout of a send (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// What to ship (default: `logs` and `metrics` for `httpJson`, `logs` for `syslog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signals: Option<Vec<SinkSignal>>,
+    /// `httpJson`: API key sent in `apiKeyHeader`. The operator fills it from a Secret;
+    /// `Debug` and `GET /config` never show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<SecretString>,
+    /// `httpJson`: header carrying `apiKey` (default `X-API-Key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_header: Option<String>,
+    /// `httpJson` over https: PEM file of the CAs to trust instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// `httpJson`: where metric batches go (default: `endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_endpoint: Option<String>,
+    /// `service.name` of log documents, and syslog HOSTNAME (default `weir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_name: Option<String>,
+    /// `syslog`: `udp` (default; one message per datagram) or `tcp` (octet counting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<SyslogTransport>,
+    /// `syslog`: facility number 0..=23 (default 16, local0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facility: Option<u8>,
+    /// `syslog`: APP-NAME (default `weir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_name: Option<String>,
+}
+
+impl Sink {
+    pub const DEFAULT_BATCH_SIZE: usize = 500;
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_API_KEY_HEADER: &'static str = "X-API-Key";
+    pub const DEFAULT_SOURCE_NAME: &'static str = "weir";
+    pub const DEFAULT_FACILITY: u8 = 16;
+    pub const DEFAULT_APP_NAME: &'static str = "weir";
+
+    /// A sink with every optional field unset (their defaults apply).
+    pub fn new(kind: SinkType, endpoint: impl Into<String>) -> Sink {
+        Sink {
+            kind,
+            endpoint: endpoint.into(),
+            batch_size: None,
+            flush_interval: None,
+            queue_size: None,
+            timeout: None,
+            signals: None,
+            api_key: None,
+            api_key_header: None,
+            ca_file: None,
+            metrics_endpoint: None,
+            source_name: None,
+            transport: None,
+            facility: None,
+            app_name: None,
+        }
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(Self::DEFAULT_BATCH_SIZE)
+    }
+    pub fn flush_interval(&self) -> std::time::Duration {
+        self.flush_interval
+            .unwrap_or(Self::DEFAULT_FLUSH_INTERVAL)
+            .get()
+    }
+    pub fn queue_size(&self) -> usize {
+        self.queue_size.unwrap_or(Self::DEFAULT_QUEUE_SIZE)
+    }
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT).get()
+    }
+    pub fn api_key_header(&self) -> &str {
+        self.api_key_header
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_API_KEY_HEADER)
+    }
+    pub fn source_name(&self) -> &str {
+        self.source_name
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_SOURCE_NAME)
+    }
+    pub fn app_name(&self) -> &str {
+        self.app_name.as_deref().unwrap_or(Self::DEFAULT_APP_NAME)
+    }
+    pub fn facility(&self) -> u8 {
+        self.facility.unwrap_or(Self::DEFAULT_FACILITY)
+    }
+    pub fn transport(&self) -> SyslogTransport {
+        self.transport.unwrap_or(SyslogTransport::Udp)
+    }
+    pub fn metrics_endpoint(&self) -> &str {
+        self.metrics_endpoint.as_deref().unwrap_or(&self.endpoint)
+    }
+    /// Whether `signal` is shipped (explicit `signals`, else the type's default).
+    pub fn ships(&self, signal: SinkSignal) -> bool {
+        match &self.signals {
+            Some(v) => v.contains(&signal),
+            None => match self.kind {
+                SinkType::Syslog => signal == SinkSignal::Logs,
+                SinkType::HttpJson | SinkType::Otlp => true,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1015,4 +1133,29 @@ pub enum SinkType {
     Otlp,
     HttpJson,
     Syslog,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SinkSignal {
+    Logs,
+    Metrics,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SyslogTransport {
+    Udp,
+    Tcp,
+}
+
+/// A secret string (API keys): serialized as is, but `Debug` shows [`REDACTED`].
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
 }

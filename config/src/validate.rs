@@ -31,13 +31,7 @@ impl Snapshot {
             validate_route(&p, route, self, &mut errs);
         }
         for (name, sink) in &self.sinks {
-            let p = format!("sinks[{name:?}]");
-            if sink.endpoint.trim().is_empty() {
-                errs.push(format!("{p}.endpoint"), "must not be empty");
-            }
-            if sink.batch_size == Some(0) {
-                errs.push(format!("{p}.batchSize"), "must be at least 1");
-            }
+            validate_sink(name, sink, &mut errs);
         }
         errs.into_result()
     }
@@ -599,4 +593,228 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
         return Err("port 0 is not allowed".into());
     }
     Ok((host.to_string(), port))
+}
+
+fn validate_sink(name: &str, sink: &Sink, errs: &mut Errors) {
+    let p = format!("sinks[{name:?}]");
+    let http_url = |field: &str, v: &str, errs: &mut Errors| match v.parse::<http::Uri>() {
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http") | Some("https"))
+                && u.authority().is_some() => {}
+        _ => errs.push(
+            format!("{p}.{field}"),
+            format!("{v:?} is not an http(s)://host:port/path URL"),
+        ),
+    };
+    if sink.endpoint.trim().is_empty() {
+        errs.push(format!("{p}.endpoint"), "must not be empty");
+    } else {
+        match sink.kind {
+            SinkType::HttpJson => http_url("endpoint", &sink.endpoint, errs),
+            SinkType::Otlp => {
+                if !(sink.endpoint.starts_with("http://") || sink.endpoint.starts_with("https://"))
+                {
+                    errs.push(
+                        format!("{p}.endpoint"),
+                        "must be an http:// or https:// URL",
+                    );
+                }
+            }
+            SinkType::Syslog => {
+                if let Err(e) = parse_host_port(&sink.endpoint) {
+                    errs.push(
+                        format!("{p}.endpoint"),
+                        format!("{:?} is not host:port ({e})", sink.endpoint),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(m) = &sink.metrics_endpoint {
+        if sink.kind != SinkType::HttpJson {
+            errs.push(
+                format!("{p}.metricsEndpoint"),
+                "only valid for type httpJson",
+            );
+        } else {
+            http_url("metricsEndpoint", m, errs);
+        }
+    }
+    match sink.batch_size {
+        Some(0) => errs.push(format!("{p}.batchSize"), "must be at least 1"),
+        Some(n) if n > 100_000 => errs.push(format!("{p}.batchSize"), "must be at most 100000"),
+        _ => {}
+    }
+    match sink.queue_size {
+        Some(0) => errs.push(format!("{p}.queueSize"), "must be at least 1"),
+        Some(n) if n > 1_000_000 => errs.push(format!("{p}.queueSize"), "must be at most 1000000"),
+        _ => {}
+    }
+    if let Some(d) = sink.flush_interval {
+        if d.get() < std::time::Duration::from_millis(10) {
+            errs.push(format!("{p}.flushInterval"), "must be at least 10ms");
+        }
+    }
+    if let Some(d) = sink.timeout {
+        if d.get().is_zero() {
+            errs.push(format!("{p}.timeout"), "must be more than 0");
+        }
+    }
+    if let Some(sig) = &sink.signals {
+        if sig.is_empty() {
+            errs.push(
+                format!("{p}.signals"),
+                "must name at least one of logs, metrics",
+            );
+        }
+        for (i, s) in sig.iter().enumerate() {
+            if sig[..i].contains(s) {
+                errs.push(
+                    format!("{p}.signals[{i}]"),
+                    format!("{s:?} is listed twice"),
+                );
+            }
+            if sink.kind == SinkType::Syslog && *s == SinkSignal::Metrics {
+                errs.push(format!("{p}.signals[{i}]"), "syslog sinks ship logs only");
+            }
+        }
+    }
+    let only = |field: &str, set: bool, kind: SinkType, errs: &mut Errors| {
+        if set && sink.kind != kind {
+            errs.push(
+                format!("{p}.{field}"),
+                format!(
+                    "only valid for type {}",
+                    if kind == SinkType::Syslog {
+                        "syslog"
+                    } else {
+                        "httpJson"
+                    }
+                ),
+            );
+        }
+    };
+    only("apiKey", sink.api_key.is_some(), SinkType::HttpJson, errs);
+    only(
+        "apiKeyHeader",
+        sink.api_key_header.is_some(),
+        SinkType::HttpJson,
+        errs,
+    );
+    only(
+        "transport",
+        sink.transport.is_some(),
+        SinkType::Syslog,
+        errs,
+    );
+    only("facility", sink.facility.is_some(), SinkType::Syslog, errs);
+    only("caFile", sink.ca_file.is_some(), SinkType::HttpJson, errs);
+    if sink.ca_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
+        errs.push(format!("{p}.caFile"), "must not be empty");
+    }
+    only("appName", sink.app_name.is_some(), SinkType::Syslog, errs);
+    if let Some(h) = &sink.api_key_header {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            errs.push(
+                format!("{p}.apiKeyHeader"),
+                format!("{h:?} is not a valid header name"),
+            );
+        }
+    }
+    if let Some(k) = &sink.api_key {
+        if http::HeaderValue::from_str(&k.0).is_err() {
+            errs.push(
+                format!("{p}.apiKey"),
+                "contains characters not allowed in a header value",
+            );
+        }
+    }
+    if let Some(f) = sink.facility {
+        if f > 23 {
+            errs.push(format!("{p}.facility"), "must be 0..=23");
+        }
+    }
+    // RFC 5424 HOSTNAME (255) and APP-NAME (48): printable US-ASCII, no spaces.
+    let printable = |field: &str, v: &Option<String>, max: usize, errs: &mut Errors| {
+        if let Some(v) = v {
+            if v.is_empty() || v.len() > max || !v.bytes().all(|b| (33..=126).contains(&b)) {
+                errs.push(
+                    format!("{p}.{field}"),
+                    format!("must be 1..={max} printable ASCII characters without spaces"),
+                );
+            }
+        }
+    };
+    printable("sourceName", &sink.source_name, 255, errs);
+    printable("appName", &sink.app_name, 48, errs);
+}
+
+#[cfg(test)]
+mod sink_tests {
+    use crate::*;
+
+    #[test]
+    fn sink_defaults_redaction_and_stable_hashes() {
+        let base = "listeners: []\nsinks:\n  k: { type: httpJson, endpoint: \"http://kk:8080/ingest\", batchSize: 5 }\n";
+        let snap = load(base.as_bytes()).expect("valid");
+        let s = &snap.sinks["k"];
+        // Unset fields are not serialized, so configs written before them hash the same.
+        let json = serde_json::to_string(&snap).unwrap();
+        assert!(json.contains(r#""sinks":{"k":{"type":"httpJson","endpoint":"http://kk:8080/ingest","batchSize":5}}"#), "{json}");
+        assert_eq!(s.batch_size(), 5);
+        assert_eq!(s.queue_size(), Sink::DEFAULT_QUEUE_SIZE);
+        assert_eq!(s.flush_interval(), std::time::Duration::from_secs(5));
+        assert_eq!(s.api_key_header(), "X-API-Key");
+        assert_eq!(s.metrics_endpoint(), "http://kk:8080/ingest");
+        assert!(s.ships(SinkSignal::Logs) && s.ships(SinkSignal::Metrics));
+        let sl = Sink::new(SinkType::Syslog, "logs:514");
+        assert!(!sl.ships(SinkSignal::Metrics));
+        assert_eq!(sl.transport(), SyslogTransport::Udp);
+        assert_eq!(sl.facility(), 16);
+
+        let with_key = load(
+            b"sinks:\n  k: { type: httpJson, endpoint: \"http://kk/\", apiKey: s3cret, signals: [logs] }\n",
+        )
+        .expect("valid");
+        assert!(!format!("{with_key:?}").contains("s3cret"));
+        let shown = serde_json::to_string(&with_key.redacted()).unwrap();
+        assert!(
+            !shown.contains("s3cret") && shown.contains(REDACTED),
+            "{shown}"
+        );
+        assert_ne!(with_key.content_hash(), with_key.redacted().content_hash());
+    }
+
+    #[test]
+    fn sink_errors_name_their_fields() {
+        let e = load(
+            br#"sinks:
+  h: { type: httpJson, endpoint: "https://kk/", caFile: "", metricsEndpoint: "nope", apiKeyHeader: "bad header", transport: tcp, flushInterval: 1ms, timeout: 0s, signals: [] }
+  s: { type: syslog, endpoint: "logs:514", appName: "has space", sourceName: "", facility: 24, signals: [logs, logs] }
+"#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|f| f.path.as_str()).collect();
+        for p in [
+            r#"sinks["h"].metricsEndpoint"#,
+            r#"sinks["h"].apiKeyHeader"#,
+            r#"sinks["h"].caFile"#,
+            r#"sinks["h"].transport"#,
+            r#"sinks["h"].flushInterval"#,
+            r#"sinks["h"].timeout"#,
+            r#"sinks["h"].signals"#,
+            r#"sinks["s"].appName"#,
+            r#"sinks["s"].sourceName"#,
+            r#"sinks["s"].facility"#,
+            r#"sinks["s"].signals[1]"#,
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        let unknown =
+            load(b"sinks:\n  k: { type: syslog, endpoint: \"a:1\", colour: red }\n").unwrap_err();
+        assert_eq!(
+            unknown.errors[0].path, r#"sinks["k"].colour"#,
+            "{unknown:?}"
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! The admin listener: probes, `/health`, `/metrics`, config read/replace, `/backends`,
-//! `/logging`. Everything but the probes, `/health` and `/metrics` needs the bearer token when
+//! `/sinks`, `/logging`. Everything but the probes, `/health` and `/metrics` needs the bearer token when
 //! one is configured.
 
 use crate::body::{full, ProxyBody};
@@ -154,6 +154,7 @@ impl Admin {
                     serde_json::json!({"error": "no_config", "message": "no configuration loaded yet"}),
                 ),
             },
+            (Method::GET, "/sinks") => json(StatusCode::OK, crate::shipper::report()),
             (Method::GET, "/logging") => self.logging_json(),
             (Method::PUT, "/logging") | (Method::POST, "/logging") => self.set_logging(&req),
             (_, "/logging") => json(

@@ -20,6 +20,7 @@ pub mod retry;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod shipper;
 pub mod tls;
 pub mod tracecontext;
 pub mod upstream;

@@ -181,6 +181,10 @@ pub struct Metrics {
     handshake_duration: HistogramVec,
 
     config_info: IntGaugeVec,
+    sink_items: IntCounterVec,
+    sink_attempts: IntCounterVec,
+    sink_queue: IntGaugeVec,
+    sink_last_success: prometheus::GaugeVec,
     config_reloads: IntCounterVec,
     config_last_success: Gauge,
 
@@ -376,6 +380,35 @@ impl Metrics {
                 "Config applies (startup, PUT /config, SIGHUP, certificate reload) by result.",
                 &["result"],
             ),
+            sink_items: counter_vec(
+                &r,
+                "weir_sink_items_total",
+                "Telemetry items (access logs, metric objects) per sink by result: shipped, dropped (queue full), failed (send gave up).",
+                &["sink", "result"],
+            ),
+            sink_attempts: counter_vec(
+                &r,
+                "weir_sink_send_attempts_total",
+                "Send attempts per sink (HTTP requests including retries, syslog datagrams and writes).",
+                &["sink"],
+            ),
+            sink_queue: gauge_vec(
+                &r,
+                "weir_sink_queue_items",
+                "Access logs waiting in a sink's queue.",
+                &["sink"],
+            ),
+            sink_last_success: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "weir_sink_last_success_timestamp_seconds",
+                        "Unix time of a sink's last successful send (absent until one succeeds).",
+                    ),
+                    &["sink"],
+                )
+                .expect("valid metric definition"),
+            ),
             config_last_success: register(
                 &r,
                 Gauge::new(
@@ -453,7 +486,48 @@ impl Metrics {
         out
     }
 
+    /// Every family with the state families read from `rt` now (the `httpJson` sinks ship this).
+    pub fn gather(&self, rt: Option<&Runtime>) -> Vec<prometheus::proto::MetricFamily> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh(rt);
+        self.registry.gather()
+    }
+
+    fn refresh_sinks(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.sink_items.reset();
+        self.sink_attempts.reset();
+        self.sink_queue.reset();
+        self.sink_last_success.reset();
+        for h in crate::shipper::handles() {
+            let s = &h.stats;
+            let n = h.name.as_str();
+            for (result, c) in [
+                ("shipped", &s.shipped),
+                ("dropped", &s.dropped),
+                ("failed", &s.failed),
+            ] {
+                self.sink_items
+                    .with_label_values(&[n, result])
+                    .inc_by(c.load(Relaxed));
+            }
+            self.sink_attempts
+                .with_label_values(&[n])
+                .inc_by(s.attempts.load(Relaxed));
+            self.sink_queue
+                .with_label_values(&[n])
+                .set(h.queued() as i64);
+            let last = s.last_success_ms.load(Relaxed);
+            if last > 0 {
+                self.sink_last_success
+                    .with_label_values(&[n])
+                    .set(last as f64 / 1000.0);
+            }
+        }
+    }
+
     fn refresh(&self, rt: Option<&Runtime>) {
+        self.refresh_sinks();
         for g in [
             &self.endpoint_healthy,
             &self.endpoint_available,

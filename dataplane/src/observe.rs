@@ -165,6 +165,29 @@ impl Exchange {
                 "request"
             );
         }
+        if crate::shipper::shipping_logs() {
+            crate::shipper::ship_access(crate::shipper::AccessEvent {
+                time: std::time::SystemTime::now(),
+                listener: self.listener.clone(),
+                client: self.client,
+                method: self.method.clone(),
+                host: self.host.clone(),
+                path: self.path.clone(),
+                protocol: PROTOCOLS[self.protocol],
+                status: self.status,
+                bytes_in,
+                bytes_out,
+                duration,
+                route: self.metrics.route.clone(),
+                backend: self.metrics.backend.clone(),
+                upstream: self.upstream.clone(),
+                attempts: self.attempts,
+                error: self.error,
+                end: end.as_str(),
+                trace_id: self.trace.trace_id().to_string(),
+                span_id: self.trace.span_id().to_string(),
+            });
+        }
         drop(self.in_flight);
     }
 }

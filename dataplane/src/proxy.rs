@@ -199,7 +199,7 @@ where
     let trace = TraceContext::from_headers(req.headers());
     trace.inject(req.headers_mut());
     let method = req.method().clone();
-    let (host, path) = if access_log_enabled() {
+    let (host, path) = if access_log_enabled() || crate::shipper::shipping_logs() {
         (request_host(&req), Some(req.uri().path().to_string()))
     } else {
         (None, None)

@@ -204,6 +204,14 @@ impl Dataplane {
 
         let rt = Arc::new(rt);
         self.runtime.store(Some(rt.clone()));
+        let dp = Arc::downgrade(self);
+        crate::shipper::reconcile(
+            &rt.snapshot.sinks,
+            Arc::new(move || {
+                let rt = dp.upgrade().and_then(|d| d.runtime());
+                crate::metrics::metrics().gather(rt.as_deref())
+            }),
+        );
         for l in &rt.listeners {
             let running = match listeners.get_mut(&l.address) {
                 Some(r) => r,
@@ -429,6 +437,8 @@ impl Dataplane {
             ep.close(quinn::VarInt::from_u32(0x100), b"shutting down"); // H3_NO_ERROR
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }
+        // The drained requests' access logs are queued by now; give the sinks a moment.
+        crate::shipper::shutdown(crate::shipper::SHUTDOWN_FLUSH).await;
     }
 }
 

@@ -528,16 +528,16 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         let mut errs = Vec::new();
         let flush_interval =
             parse_duration(&s.spec.flush_interval, "spec.flushInterval", &mut errs);
-        let sink = weir_config::Sink {
-            kind: match s.spec.kind {
+        let mut sink = weir_config::Sink::new(
+            match s.spec.kind {
                 crd::SinkType::Otlp => weir_config::SinkType::Otlp,
                 crd::SinkType::HttpJson => weir_config::SinkType::HttpJson,
                 crd::SinkType::Syslog => weir_config::SinkType::Syslog,
             },
-            endpoint: s.spec.endpoint.clone(),
-            batch_size: s.spec.batch_size.map(|n| n as usize),
-            flush_interval,
-        };
+            s.spec.endpoint.clone(),
+        );
+        sink.batch_size = s.spec.batch_size.map(|n| n as usize);
+        sink.flush_interval = flush_interval;
         let mut p = Snapshot::default();
         p.sinks.insert(k.clone(), sink.clone());
         if let Err(e) = p.validate() {
