@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test deps build release lint fmt check-example crds e2e bench clean
+.PHONY: run test deps build release lint fmt check-example crds e2e bench clean manifests chart-check chart-dryrun
 
 ## run: release build, two demo backends, the dataplane on examples/standalone.yaml
 run: deps release
@@ -14,6 +14,7 @@ test: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 	$(CARGO) run -q -p weir-dataplane --bin weir-dataplane -- check examples/standalone.yaml
+	scripts/chart-check.sh
 
 ## deps: install what the build and tests need (Debian packages, rustup components)
 deps:
@@ -39,9 +40,25 @@ check-example:
 crds:
 	$(CARGO) run -q -p weir-operator -- crdgen --out crds
 
-## e2e: etcd + a real kube-apiserver on loopback, the operator and two dataplanes (see tests/README.md)
+## manifests: copy crds/ into the chart, regenerate the dashboards and manifests/install.yaml
+manifests:
+	scripts/chart-check.sh --write
+
+## chart-check: helm lint/template (every switch combination), kubernetes-validate, promtool
+## rules + unit tests, dashboard queries, freshness of chart CRDs and manifests (see scripts/chart_check.py)
+chart-check:
+	scripts/chart-check.sh
+
+## e2e: etcd + a real kube-apiserver on loopback, the operator and two dataplanes (see tests/README.md),
+## then the Helm chart against the same kube-apiserver (chart-dryrun)
 e2e: deps
 	scripts/e2e.sh
+	scripts/chart-dryrun.sh
+
+## chart-dryrun: helm install --dry-run=server, a real install and upgrade, and the operator running
+## with only the chart's RBAC, against the e2e kube-apiserver (see scripts/chart_dryrun.py)
+chart-dryrun:
+	scripts/chart-dryrun.sh
 
 clean:
 	$(CARGO) clean

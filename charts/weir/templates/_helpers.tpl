@@ -1,0 +1,113 @@
+{{/* Names and labels. */}}
+{{- define "weir.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "weir.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "weir.operatorName" -}}{{ include "weir.fullname" . | trunc 54 | trimSuffix "-" }}-operator{{- end -}}
+{{- define "weir.dataplaneName" -}}{{ include "weir.fullname" . | trunc 53 | trimSuffix "-" }}-dataplane{{- end -}}
+{{- define "weir.adminSecretName" -}}
+{{- default (printf "%s-admin-token" (include "weir.fullname" . | trunc 51 | trimSuffix "-")) .Values.dataplane.admin.existingSecret -}}
+{{- end -}}
+
+{{/* Labels for objects that also carry a selector (which has name + instance). */}}
+{{- define "weir.baseLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: weir
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "weir.labels" -}}
+{{ include "weir.baseLabels" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "weir.operatorSelector" -}}
+app.kubernetes.io/name: weir-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The operator's default --dataplane-selector is app.kubernetes.io/name=weir-dataplane. */}}
+{{- define "weir.dataplaneSelector" -}}
+app.kubernetes.io/name: weir-dataplane
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* The label selector string the operator uses to find dataplane pods. */}}
+{{- define "weir.dataplaneSelectorString" -}}
+{{- if .Values.sidecar.enabled -}}
+{{- .Values.sidecar.podLabel -}}
+{{- else -}}
+app.kubernetes.io/name=weir-dataplane,app.kubernetes.io/instance={{ .Release.Name }}
+{{- end -}}
+{{- end -}}
+
+{{- define "weir.image" -}}
+{{- printf "%s:%s" .image.repository (default .appVersion .image.tag) -}}
+{{- end -}}
+
+{{/* The listeners the operator programs (the snapshot's `listeners`). */}}
+{{- define "weir.listeners" -}}
+{{- $l := .Values.dataplane.listeners -}}
+- name: http
+  address: "0.0.0.0:{{ $l.http.port }}"
+  protocol: http
+{{- if $l.https.enabled }}
+- name: https
+  address: "0.0.0.0:{{ $l.https.port }}"
+  protocol: https
+  {{- if .Values.dataplane.tls.secretName }}
+  tls:
+    certificates:
+      - certFile: /etc/weir/tls/tls.crt
+        keyFile: /etc/weir/tls/tls.key
+  {{- end }}
+  http3:
+    enabled: {{ $l.https.http3 }}
+{{- end }}
+{{- end -}}
+
+{{- define "weir.restrictedContainerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "weir.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "weir.hpaApiVersion" -}}
+{{- if semverCompare ">=1.23-0" .Capabilities.KubeVersion.Version -}}autoscaling/v2{{- else -}}autoscaling/v2beta2{{- end -}}
+{{- end -}}
+
+{{- define "weir.pdbApiVersion" -}}
+{{- if semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version -}}policy/v1{{- else -}}policy/v1beta1{{- end -}}
+{{- end -}}

@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Checks charts/weir (run through scripts/chart-check.sh, which sets up the venv).
+
+  chart-check.sh             every check below; exit 1 on any failure
+  chart-check.sh --write     regenerate what is derived (make manifests): chart CRDs, dashboards,
+                             manifests/install.yaml
+
+Checks: chart crds/ byte-identical to crds/; `helm lint --strict` and render for every values
+combination in COMBOS (real Helm library via helm-python-sdk); kubernetes-validate (strict) on
+every rendered object for the lowest and the newest Kubernetes schema it ships; the restricted
+security context on every pod; `promtool check rules` + `promtool test rules` (a test per alert);
+every dashboard and alert query parses (promtool) and names only metrics documented in
+docs/metrics.md or exported by operator/src/metrics.rs; manifests/install.yaml and the
+dashboards are fresh; manifests/examples/*.yaml validate against the CRD schemas; the chart's
+bootstrap snapshot passes `weir-dataplane check` (when the binary is built).
+"""
+import copy
+import filecmp
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
+CHART = os.path.join(ROOT, "charts", "weir")
+NS = "weir-system"
+RELEASE = "weir"
+
+# Documented switch combinations (charts/weir/README.md). Each is linted and rendered.
+COMBOS = {
+    "default": {},
+    "daemonset": {"dataplane": {"kind": "DaemonSet"}},
+    "autoscaling": {"dataplane": {"autoscaling": {"enabled": True}}},
+    "monitoring": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                   "dashboards": {"enabled": True},
+                   "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {
+                       "kubernetes.io/metadata.name": "monitoring"}}}]}},
+    "sidecar": {"sidecar": {"enabled": True}},
+    "no-dataplane": {"dataplane": {"kind": "none"}},
+    "plain-http-clusterip": {"dataplane": {"listeners": {"https": {"enabled": False}},
+                                           "service": {"type": "ClusterIP"}}},
+    "tls-nodeport-no-h3": {"dataplane": {"tls": {"secretName": "weir-tls"},
+                                         "listeners": {"https": {"http3": False}},
+                                         "service": {"type": "NodePort",
+                                                     "externalTrafficPolicy": "Local"}}},
+    "existing-secret-watch-ns-no-netpol": {
+        "dataplane": {"admin": {"existingSecret": "my-token"}},
+        "operator": {"watchNamespace": "shop", "replicas": 1},
+        "networkPolicy": {"enabled": False}},
+    "everything": {"dataplane": {"autoscaling": {"enabled": True}, "tls": {"secretName": "t"}},
+                   "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                   "dashboards": {"enabled": True}},
+}
+# What manifests/install.yaml is rendered with: no generated secret (a token must never be
+# published), so the README has users create `weir-admin-token` first.
+MANIFEST_VALUES = {"dataplane": {"admin": {"existingSecret": "weir-admin-token"}}}
+
+KIND_ORDER = ["Namespace", "NetworkPolicy", "CustomResourceDefinition", "ServiceAccount",
+              "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+              "Service", "DaemonSet", "Deployment", "HorizontalPodAutoscaler",
+              "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule"]
+
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print(f"FAIL {msg}", file=sys.stderr)
+
+
+def ok(msg):
+    print(f"ok   {msg}")
+
+
+def render(values):
+    chart = helm.Chart.load(CHART)
+    out = chart.render(values, name=RELEASE, namespace=NS, is_install=True)
+    docs = []
+    for path in sorted(out):
+        for d in yaml.safe_load_all(out[path]):
+            if d:
+                docs.append((path, d))
+    return docs
+
+
+def check_crds():
+    top = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "crds", "*.yaml")))
+    mine = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CHART, "crds", "*.yaml")))
+    if top != mine:
+        fail(f"chart crds {mine} != crds/ {top}; run `make manifests`")
+        return
+    for f in top:
+        if not filecmp.cmp(os.path.join(ROOT, "crds", f), os.path.join(CHART, "crds", f), shallow=False):
+            fail(f"charts/weir/crds/{f} differs from crds/{f}; run `make manifests`")
+            return
+    ok(f"charts/weir/crds identical to crds/ ({len(top)} files)")
+
+
+def check_lint(name, values):
+    r = helm.lint(CHART, values or None, strict=True, namespace=NS)
+    bad = [m for m in r["messages"] if m["severity"] >= 2] + [{"error": e} for e in r["errors"]]
+    if bad:
+        fail(f"helm lint --strict [{name}]: {bad}")
+    else:
+        ok(f"helm lint --strict [{name}]")
+
+
+def check_security(name, docs):
+    for path, d in docs:
+        spec = d.get("spec", {})
+        tpl = spec.get("template", {}).get("spec")
+        if d["kind"] not in ("Deployment", "DaemonSet") or not tpl:
+            continue
+        psc = tpl.get("securityContext", {})
+        for c in tpl.get("containers", []) + tpl.get("initContainers", []):
+            sc = c.get("securityContext", {})
+            probs = []
+            if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+                probs.append("runAsNonRoot")
+            if not sc.get("readOnlyRootFilesystem"):
+                probs.append("readOnlyRootFilesystem")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                probs.append("allowPrivilegeEscalation: false")
+            if sc.get("capabilities", {}).get("drop") != ["ALL"] or sc.get("capabilities", {}).get("add"):
+                probs.append("capabilities drop [ALL], add none")
+            if (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+                probs.append("seccompProfile RuntimeDefault")
+            for p in ("livenessProbe", "readinessProbe"):
+                if p not in c:
+                    probs.append(p)
+            if "resources" not in c:
+                probs.append("resources")
+            if probs:
+                fail(f"[{name}] {d['kind']}/{d['metadata']['name']} container {c['name']}: missing {probs}")
+
+
+def check_validate(name, docs, versions):
+    n = 0
+    for path, d in docs:
+        if d["apiVersion"].startswith(("monitoring.coreos.com/", "weir.dev/")):
+            continue
+        for v in versions:
+            try:
+                kubernetes_validate.validate(d, v, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                fail(f"[{name}] {path} {d['kind']}/{d['metadata'].get('name')} on {v}: {e.message} at {list(e.path)}")
+            except Exception as e:  # SchemaNotFound etc.
+                fail(f"[{name}] {path} {d['apiVersion']} {d['kind']} on {v}: {type(e).__name__} {e}")
+        n += 1
+    return n
+
+
+def known_metrics():
+    names = set(re.findall(r"^\| `([a-z_:][a-z0-9_:]*)` \|", open(os.path.join(ROOT, "docs", "metrics.md")).read(), re.M))
+    src = open(os.path.join(ROOT, "operator", "src", "metrics.rs")).read()
+    names |= set(re.findall(r'"(weir_operator_[a-z0-9_]+)"', src))
+    return names
+
+
+def metric_refs(expr):
+    expr = re.sub(r'"[^"]*"', '""', expr)  # label values are not metric names
+    return set(re.findall(r"\b((?:weir|process)_[a-z0-9_]+)\b", expr))
+
+
+def check_metric_names(where, expr, known):
+    for m in metric_refs(expr):
+        base = re.sub(r"_(bucket|sum|count)$", "", m)
+        if m not in known and base not in known:
+            fail(f"{where}: metric {m} is neither in docs/metrics.md nor in operator/src/metrics.rs")
+
+
+def promtool(*args, cwd=None):
+    p = subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True)
+    return p.returncode, p.stdout + p.stderr
+
+
+def check_rules(docs, known, tmp):
+    rules = [d for _, d in docs if d["kind"] == "PrometheusRule"]
+    if len(rules) != 1:
+        fail(f"expected one PrometheusRule with prometheusRule.enabled, got {len(rules)}")
+        return
+    spec = rules[0]["spec"]
+    alerts = [r["alert"] for g in spec["groups"] for r in g["rules"] if "alert" in r]
+    for g in spec["groups"]:
+        for r in g["rules"]:
+            check_metric_names(f"alert {r.get('alert')}", r["expr"], known)
+    with open(os.path.join(tmp, "rules.yaml"), "w") as f:
+        yaml.safe_dump(spec, f, sort_keys=False)
+    shutil.copy(os.path.join(CHART, "tests", "alerts_test.yaml"), tmp)
+    rc, out = promtool("check", "rules", "rules.yaml", cwd=tmp)
+    if rc:
+        fail(f"promtool check rules:\n{out}")
+    else:
+        ok(f"promtool check rules ({len(alerts)} alerts)")
+    rc, out = promtool("test", "rules", "alerts_test.yaml", cwd=tmp)
+    if rc:
+        fail(f"promtool test rules:\n{out}")
+    else:
+        ok("promtool test rules")
+    tests = yaml.safe_load(open(os.path.join(CHART, "tests", "alerts_test.yaml")))
+    tested = {a["alertname"] for t in tests["tests"] for a in t.get("alert_rule_test", []) if a.get("exp_alerts")}
+    missing = sorted(set(alerts) - tested)
+    if missing:
+        fail(f"alerts without a firing unit test: {missing}")
+    else:
+        ok("every alert has a unit test that fires it")
+
+
+def check_dashboards(docs, known, tmp):
+    cms = [d for _, d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {})]
+    files = sorted(glob.glob(os.path.join(CHART, "dashboards", "*.json")))
+    if len(cms) != len(files) or not files:
+        fail(f"{len(files)} dashboards but {len(cms)} dashboard ConfigMaps with the sidecar label")
+    rules, n = [], 0
+    for f in files:
+        dash = json.load(open(f))
+        for p in dash["panels"]:
+            for t in p.get("targets", []):
+                expr = t["expr"]
+                n += 1
+                check_metric_names(f"{os.path.basename(f)} panel {p['title']!r}", expr, known)
+                e = expr.replace("$__rate_interval", "5m").replace("$namespace", ".*")
+                rules.append({"record": f"weir:dashboard_check:{n}", "expr": e})
+        for v in dash.get("templating", {}).get("list", []):
+            if v.get("type") == "query":
+                m = re.match(r"label_values\((\w+)", v["query"])
+                if m:
+                    check_metric_names(f"{os.path.basename(f)} variable {v['name']}", m.group(1), known)
+    with open(os.path.join(tmp, "dashboards.rules.yaml"), "w") as fh:
+        yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}, fh)
+    rc, out = promtool("check", "rules", "dashboards.rules.yaml", cwd=tmp)
+    if rc:
+        fail(f"dashboard queries do not parse:\n{out}")
+    else:
+        ok(f"{n} dashboard queries in {len(files)} dashboards parse and name exported metrics")
+    rc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gen-dashboards.py"), "--check"]).returncode
+    if rc:
+        fail("dashboards are stale; run `make manifests`")
+
+
+def strict(schema):
+    """Like kubectl --validate=strict: unknown fields are errors, not silently pruned."""
+    s = copy.deepcopy(schema)
+    if isinstance(s, dict):
+        for k, v in list(s.items()):
+            if k == "properties":
+                s[k] = {n: strict(p) for n, p in v.items()}
+            elif isinstance(v, (dict, list)):
+                s[k] = strict(v)
+        if "properties" in s and "additionalProperties" not in s and not s.get("x-kubernetes-preserve-unknown-fields"):
+            s["additionalProperties"] = False
+            s["properties"].setdefault("apiVersion", {})
+            s["properties"].setdefault("kind", {})
+            s["properties"].setdefault("metadata", {})
+            s["properties"].setdefault("status", {})
+    elif isinstance(s, list):
+        s = [strict(x) for x in s]
+    return s
+
+
+def crd_schemas():
+    out = {}
+    for f in glob.glob(os.path.join(ROOT, "crds", "*.yaml")):
+        crd = yaml.safe_load(open(f))
+        for v in crd["spec"]["versions"]:
+            out[(f"{crd['spec']['group']}/{v['name']}", crd["spec"]["names"]["kind"])] = v["schema"]["openAPIV3Schema"]
+    return out
+
+
+def check_examples(versions):
+    schemas = crd_schemas()
+    files = sorted(glob.glob(os.path.join(ROOT, "manifests", "examples", "*.yaml")))
+    n = 0
+    for f in files:
+        for d in yaml.safe_load_all(open(f)):
+            if not d:
+                continue
+            n += 1
+            key = (d["apiVersion"], d["kind"])
+            where = f"{os.path.relpath(f, ROOT)} {d['kind']}/{d['metadata']['name']}"
+            if key in schemas:
+                errs = list(jsonschema.Draft7Validator(strict(schemas[key])).iter_errors(d))
+                for e in errs:
+                    fail(f"{where}: {e.message} at {list(e.path)}")
+            else:
+                check_validate(os.path.basename(f), [(f, d)], versions)
+    if not files:
+        fail("no manifests/examples/*.yaml")
+    else:
+        ok(f"{n} example objects in {len(files)} files validate (CRD schemas / Kubernetes schema)")
+
+
+def install_yaml():
+    docs = [d for _, d in render(MANIFEST_VALUES)]
+    crds = [yaml.safe_load(open(f)) for f in sorted(glob.glob(os.path.join(CHART, "crds", "*.yaml")))]
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS, "labels": {
+        "app.kubernetes.io/part-of": "weir",
+        "pod-security.kubernetes.io/enforce": "restricted"}}}
+    objs = [ns] + crds + docs
+    objs.sort(key=lambda d: KIND_ORDER.index(d["kind"]) if d["kind"] in KIND_ORDER else len(KIND_ORDER))
+    head = ("# Weir: generated by `make manifests` from charts/weir (release \"weir\", namespace\n"
+            "# \"weir-system\"). Do not edit; CI fails when stale. Create the admin token first:\n"
+            "#   kubectl create namespace weir-system\n"
+            "#   kubectl -n weir-system create secret generic weir-admin-token --from-literal=token=$(openssl rand -hex 32)\n")
+    return head + "".join("---\n" + yaml.safe_dump(o, sort_keys=False) for o in objs)
+
+
+def check_bootstrap_snapshot(docs, tmp):
+    cm = [d for _, d in docs if d["kind"] == "ConfigMap" and "snapshot.json" in d.get("data", {})]
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/weir/target"))
+    binary = os.path.join(target, "debug", "weir-dataplane")
+    if not cm:
+        fail("no snapshot ConfigMap rendered")
+        return
+    if not os.access(binary, os.X_OK):
+        print(f"skip weir-dataplane check of the bootstrap snapshot ({binary} not built)")
+        return
+    p = os.path.join(tmp, "snapshot.json")
+    open(p, "w").write(cm[0]["data"]["snapshot.json"])
+    r = subprocess.run([binary, "check", p], capture_output=True, text=True)
+    if r.returncode:
+        fail(f"bootstrap snapshot rejected by weir-dataplane check: {r.stdout}{r.stderr}")
+    else:
+        ok("bootstrap snapshot passes `weir-dataplane check`")
+
+
+def write():
+    for f in glob.glob(os.path.join(CHART, "crds", "*.yaml")):
+        os.remove(f)
+    for f in glob.glob(os.path.join(ROOT, "crds", "*.yaml")):
+        shutil.copy(f, os.path.join(CHART, "crds"))
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gen-dashboards.py")], check=True)
+    os.makedirs(os.path.join(ROOT, "manifests"), exist_ok=True)
+    with open(os.path.join(ROOT, "manifests", "install.yaml"), "w") as f:
+        f.write(install_yaml())
+    print("wrote charts/weir/crds, charts/weir/dashboards, manifests/install.yaml")
+
+
+def main():
+    if "--write" in sys.argv:
+        write()
+        return 0
+    t0 = time.time()
+    versions = kubernetes_validate.utils.all_versions() if hasattr(kubernetes_validate, "utils") else []
+    versions = [versions[0], versions[-1]]
+    print(f"kubernetes-validate schemas: {versions[0]} (lowest shipped) and {versions[-1]}")
+    known = known_metrics()
+    check_crds()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, values in COMBOS.items():
+            check_lint(name, values)
+            try:
+                docs = render(values)
+            except helm.HelmError as e:
+                fail(f"helm template [{name}]: {e}")
+                continue
+            before = len(failures)
+            check_security(name, docs)
+            n = check_validate(name, docs, versions)
+            if len(failures) == before:
+                ok(f"helm template [{name}]: {len(docs)} objects, {n} validated on {versions}")
+            if name == "default":
+                check_bootstrap_snapshot(docs, tmp)
+            if name == "monitoring":
+                check_rules(docs, known, tmp)
+                check_dashboards(docs, known, tmp)
+        inst = os.path.join(ROOT, "manifests", "install.yaml")
+        want = install_yaml()
+        if not os.path.exists(inst) or open(inst).read() != want:
+            fail("manifests/install.yaml is stale; run `make manifests`")
+        else:
+            n = check_validate("install.yaml", [("install.yaml", d) for d in yaml.safe_load_all(want) if d], versions)
+            ok(f"manifests/install.yaml fresh ({n} objects, CRDs included, validated)")
+        check_examples(versions)
+    print(f"chart-check: {'FAILED' if failures else 'passed'} in {time.time() - t0:.1f}s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
