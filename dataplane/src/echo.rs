@@ -43,35 +43,28 @@ struct Server {
     stats: Stats,
 }
 
-struct CancelWatch {
+/// Bumps one of the server's counters when dropped before `done` is set: a request abandoned
+/// before its response was made, or a streamed response dropped before its last byte.
+struct UnlessDone {
     server: Arc<Server>,
+    counter: fn(&Stats) -> &AtomicU64,
     done: bool,
 }
 
-impl Drop for CancelWatch {
-    fn drop(&mut self) {
-        if !self.done {
-            self.server
-                .stats
-                .requests_cancelled
-                .fetch_add(1, Ordering::Relaxed);
+impl UnlessDone {
+    fn new(server: &Arc<Server>, counter: fn(&Stats) -> &AtomicU64) -> Self {
+        UnlessDone {
+            server: server.clone(),
+            counter,
+            done: false,
         }
     }
 }
 
-/// Counts a streamed response that was dropped before its last byte.
-struct DropWatch {
-    server: Arc<Server>,
-    done: bool,
-}
-
-impl Drop for DropWatch {
+impl Drop for UnlessDone {
     fn drop(&mut self) {
         if !self.done {
-            self.server
-                .stats
-                .responses_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            (self.counter)(&self.server.stats).fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -94,10 +87,7 @@ pub async fn serve(listener: TcpListener, name: String) {
                 async move {
                     // Counts requests whose handling was abandoned before a response was made
                     // (the client — e.g. the proxy — went away mid-request).
-                    let mut guard = CancelWatch {
-                        server: server.clone(),
-                        done: false,
-                    };
+                    let mut guard = UnlessDone::new(&server, |s| &s.requests_cancelled);
                     let resp = handle(req, server, peer).await;
                     guard.done = true;
                     drop(guard);
@@ -205,10 +195,7 @@ async fn handle(
         let pause = param("chunk_delay_ms")
             .and_then(|s| s.parse::<u64>().ok())
             .map(std::time::Duration::from_millis);
-        let watch = DropWatch {
-            server: server.clone(),
-            done: false,
-        };
+        let watch = UnlessDone::new(&server, |s| &s.responses_dropped);
         let stream =
             futures_util::stream::unfold((0u64, watch), move |(off, mut watch)| async move {
                 if off >= n {

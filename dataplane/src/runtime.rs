@@ -75,7 +75,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
     let mut listeners = Vec::new();
     for (i, l) in snapshot.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
-        let Ok(address) = l.address.parse() else {
+        let Ok(address) = l.address.parse::<SocketAddr>() else {
             continue; // validate() reported it
         };
         let h3 = l.http3_settings();
@@ -93,7 +93,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 Ok(server_config) => {
                     let v = format!(
                         "h3=\":{}\"; ma={}",
-                        address_port(&l.address),
+                        address.port(),
                         settings.alt_svc_max_age.get().as_secs()
                     );
                     alt_svc = http::HeaderValue::from_str(&v).ok();
@@ -194,10 +194,4 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         listeners,
         cert_stamps,
     })
-}
-
-fn address_port(addr: &str) -> u16 {
-    addr.parse::<SocketAddr>()
-        .map(|a| a.port())
-        .unwrap_or_default()
 }
