@@ -316,17 +316,17 @@ def install_yaml():
 
 
 def check_bootstrap_snapshot(docs, tmp):
-    cm = [d for _, d in docs if d["kind"] == "ConfigMap" and "snapshot.json" in d.get("data", {})]
+    cm = [d for _, d in docs if d["kind"] == "Secret" and "snapshot.json" in d.get("stringData", {})]
     target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/weir/target"))
     binary = os.path.join(target, "debug", "weir-dataplane")
     if not cm:
-        fail("no snapshot ConfigMap rendered")
+        fail("no snapshot Secret rendered")
         return
     if not os.access(binary, os.X_OK):
         print(f"skip weir-dataplane check of the bootstrap snapshot ({binary} not built)")
         return
     p = os.path.join(tmp, "snapshot.json")
-    open(p, "w").write(cm[0]["data"]["snapshot.json"])
+    open(p, "w").write(cm[0]["stringData"]["snapshot.json"])
     r = subprocess.run([binary, "check", p], capture_output=True, text=True)
     if r.returncode:
         fail(f"bootstrap snapshot rejected by weir-dataplane check: {r.stdout}{r.stderr}")

@@ -7,8 +7,8 @@
    come from the API server) with every switch on, then a real install, then an upgrade that
    must keep the generated admin token;
 4. runs weir-operator authenticated as a token user bound only to the chart's ClusterRole and
-   Role, applies manifests/examples, and waits until it leads, writes the snapshot ConfigMap,
-   status and events, and recreates a deleted ConfigMap: the chart's RBAC is sufficient;
+   Role, applies manifests/examples, and waits until it leads, writes the snapshot Secret,
+   status and events, and recreates a deleted Secret: the chart's RBAC is sufficient;
 5. removes one verb (patch on */status) and checks the operator reports the failure clearly;
 6. runs weir-dataplane with traffic (h1, h2, h3, a sink) and checks every metric the dashboards
    and alerts use appears in its real scrape or the operator's.
@@ -64,6 +64,16 @@ def kubectl(kc, *args, check=True, input=None):
     if check and r.returncode:
         raise RuntimeError(f"kubectl {' '.join(args)}: {r.stdout}{r.stderr}")
     return r.stdout
+
+
+def snapshot_text(kc, check=True):
+    """The snapshot the operator wrote into the chart's Secret (base64 in .data)."""
+    import base64
+    b64 = kubectl(kc, "-n", NS, "get", "secret", "weir-snapshot", "-o", "jsonpath={.data.snapshot\\.json}", check=check)
+    try:
+        return base64.b64decode(b64).decode()
+    except ValueError:
+        return ""
 
 
 def kubeconfig(path, port, token):
@@ -273,9 +283,9 @@ def main():
 
         eventually("operator leads (weir_operator_leader 1)", lambda: "weir_operator_leader 1" in metrics(), 60)
         print("ok   operator (chart RBAC only) holds the Lease")
-        eventually("snapshot ConfigMap written by the operator",
-                   lambda: "shop/api" in kubectl(kc, "-n", NS, "get", "cm", "weir-snapshot", "-o", "jsonpath={.data.snapshot\\.json}"), 60)
-        print("ok   operator wrote the last-known-good snapshot into the chart's ConfigMap")
+        eventually("snapshot Secret written by the operator",
+                   lambda: "shop/api" in snapshot_text(kc), 60)
+        print("ok   operator wrote the last-known-good snapshot into the chart's Secret")
         eventually("ProxyRoute status written", lambda: "Accepted" in kubectl(kc, "-n", "shop", "get", "proxyroute", "api", "-o", "jsonpath={.status.conditions[*].type}"), 60)
         eventually("Backend status written", lambda: "Ready" in kubectl(kc, "-n", "shop", "get", "backend", "api", "-o", "jsonpath={.status.conditions[*].type}"), 60)
         print("ok   operator wrote ProxyRoute and Backend status")
@@ -291,13 +301,13 @@ def main():
             raise RuntimeError("operator hit RBAC denials with the chart's roles:\n" + "\n".join(forbidden[:10]))
         print("ok   no RBAC denial in the operator's log")
 
-        # The ConfigMap deleted behind the operator's back: the operator's server-side apply
+        # The Secret deleted behind the operator's back: the operator's server-side apply
         # recreates it (authorized as create, which the Role grants).
-        kubectl(kc, "-n", NS, "delete", "cm", "weir-snapshot")
+        kubectl(kc, "-n", NS, "delete", "secret", "weir-snapshot")
         kubectl(kc, "-n", "shop", "patch", "proxyroute", "checkout", "--type=merge", "-p", '{"spec":{"hostnames":["shop2.example.com"]}}')
-        eventually("snapshot ConfigMap recreated",
-                   lambda: "shop2.example.com" in kubectl(kc, "-n", NS, "get", "cm", "weir-snapshot", "-o", "jsonpath={.data.snapshot\\.json}", check=False), 60)
-        print("ok   a deleted snapshot ConfigMap is recreated (server-side apply of a missing object is authorized as create)")
+        eventually("snapshot Secret recreated",
+                   lambda: "shop2.example.com" in snapshot_text(kc, check=False), 60)
+        print("ok   a deleted snapshot Secret is recreated (server-side apply of a missing object is authorized as create)")
 
         # Remove one verb: patch on */status. The operator must say so.
         cr = json.loads(kubectl(kc, "get", "clusterrole", "weir-operator", "-o", "json"))

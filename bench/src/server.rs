@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -60,6 +60,23 @@ struct State {
     body: Bytes,
     len: HeaderValue,
     partial: Option<Bytes>,
+    /// A 64 KiB slice of the pattern, sent repeatedly for `?bytes=N`.
+    chunk: Bytes,
+}
+
+/// Chunk size of `?bytes=N` responses.
+const BULK_CHUNK: usize = 64 * 1024;
+
+/// Response header carrying the number of request body bytes the server received
+/// (only when it received any), so uploads through a proxy can be checked.
+pub const RECEIVED_HEADER: &str = "x-received-bytes";
+
+/// `?bytes=N` in the query asks for an N-byte body (streamed in 64 KiB chunks) instead of
+/// the fixed one.
+pub fn bytes_param(uri: &http::Uri) -> Option<u64> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("bytes=")?.parse().ok())
 }
 
 /// A running server; dropping it stops accepting.
@@ -133,6 +150,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Server> {
         len: HeaderValue::from(body.len()),
         partial: cfg.reset_after.map(|n| body.slice(..n.min(body.len()))),
         body,
+        chunk: body_of(BULK_CHUNK),
     });
 
     let (listener, udp_socket) = bind(cfg.listen, cfg.h3).await?;
@@ -285,31 +303,57 @@ async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<ServeBody>, Infallible> {
+    let bulk = bytes_param(req.uri());
     let mut body = req.into_body();
+    let mut received = 0u64;
     while let Some(f) = body.frame().await {
-        if f.is_err() {
-            break;
+        match f {
+            Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
         }
     }
-    let body = match &state.partial {
-        Some(p) => ServeBody {
-            data: (!p.is_empty()).then(|| p.clone()),
-            fail: true,
-        },
-        None => ServeBody {
-            data: Some(state.body.clone()).filter(|b| !b.is_empty()),
-            fail: false,
-        },
+    let (body, len) = match (&state.partial, bulk) {
+        (Some(p), _) => (
+            ServeBody {
+                data: (!p.is_empty()).then(|| p.clone()),
+                fail: true,
+                ..ServeBody::default()
+            },
+            state.len.clone(),
+        ),
+        (None, Some(n)) => (
+            ServeBody {
+                bulk: n,
+                chunk: state.chunk.clone(),
+                ..ServeBody::default()
+            },
+            HeaderValue::from(n),
+        ),
+        (None, None) => (
+            ServeBody {
+                data: Some(state.body.clone()).filter(|b| !b.is_empty()),
+                ..ServeBody::default()
+            },
+            state.len.clone(),
+        ),
     };
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(CONTENT_LENGTH, state.len.clone());
+    resp.headers_mut().insert(CONTENT_LENGTH, len);
+    if received > 0 {
+        resp.headers_mut()
+            .insert(RECEIVED_HEADER, HeaderValue::from(received));
+    }
     Ok(resp)
 }
 
-/// Response body: one data frame, then optionally an error (fault injection).
+/// Response body: one data frame, or `bulk` bytes in `chunk`-sized frames, then optionally
+/// an error (fault injection).
+#[derive(Default)]
 struct ServeBody {
     data: Option<Bytes>,
     fail: bool,
+    bulk: u64,
+    chunk: Bytes,
 }
 
 impl Body for ServeBody {
@@ -323,6 +367,11 @@ impl Body for ServeBody {
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
+        if self.bulk > 0 && !self.chunk.is_empty() {
+            let n = self.bulk.min(self.chunk.len() as u64);
+            self.bulk -= n;
+            return Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n as usize)))));
+        }
         if self.fail {
             self.fail = false;
             return Poll::Ready(Some(Err(std::io::Error::other(
@@ -333,13 +382,13 @@ impl Body for ServeBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none() && !self.fail
+        self.data.is_none() && !self.fail && self.bulk == 0
     }
 
     fn size_hint(&self) -> SizeHint {
         match (&self.data, self.fail) {
-            (Some(d), false) => SizeHint::with_exact(d.len() as u64),
-            (None, false) => SizeHint::with_exact(0),
+            (Some(d), false) => SizeHint::with_exact(d.len() as u64 + self.bulk),
+            (None, false) => SizeHint::with_exact(self.bulk),
             _ => SizeHint::default(),
         }
     }
@@ -378,22 +427,41 @@ async fn serve_h3_request(
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
     state: Arc<State>,
 ) -> Result<()> {
-    let (_req, mut stream) = resolver
+    let (req, mut stream) = resolver
         .resolve_request()
         .await
         .map_err(Error::from_h3_stream)?;
-    while stream
-        .recv_data()
-        .await
-        .map_err(Error::from_h3_stream)?
-        .is_some()
-    {}
+    let bulk = bytes_param(req.uri());
+    let mut received = 0u64;
+    while let Some(d) = stream.recv_data().await.map_err(Error::from_h3_stream)? {
+        received += d.remaining() as u64;
+    }
     let mut resp = Response::new(());
-    resp.headers_mut().insert(CONTENT_LENGTH, state.len.clone());
+    let len = match (&state.partial, bulk) {
+        (None, Some(n)) => HeaderValue::from(n),
+        _ => state.len.clone(),
+    };
+    resp.headers_mut().insert(CONTENT_LENGTH, len);
+    if received > 0 {
+        resp.headers_mut()
+            .insert(RECEIVED_HEADER, HeaderValue::from(received));
+    }
     stream
         .send_response(resp)
         .await
         .map_err(Error::from_h3_stream)?;
+    if let (None, Some(mut left)) = (&state.partial, bulk) {
+        while left > 0 {
+            let n = left.min(state.chunk.len() as u64);
+            left -= n;
+            stream
+                .send_data(state.chunk.slice(..n as usize))
+                .await
+                .map_err(Error::from_h3_stream)?;
+        }
+        stream.finish().await.map_err(Error::from_h3_stream)?;
+        return Ok(());
+    }
     match &state.partial {
         Some(p) => {
             if !p.is_empty() {

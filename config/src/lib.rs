@@ -10,11 +10,21 @@
 mod duration;
 mod error;
 mod model;
+mod policy;
+mod protocol;
+#[cfg(feature = "schema")]
+mod schema;
+mod telemetry;
 mod validate;
 
 pub use duration::Duration;
 pub use error::{ConfigError, Errors, FieldError};
 pub use model::*;
+pub use policy::*;
+pub use protocol::{CorsPolicy, ListenerLimits, OriginMatch, WebSocketConfig};
+#[cfg(feature = "schema")]
+pub use schema::DURATION_PATTERN;
+pub use telemetry::{OtlpProtocol, TracingConfig};
 pub use validate::{compile_full_match, is_hop_by_hop, is_valid_hostname_pattern, parse_host_port};
 
 use sha2::{Digest, Sha256};
@@ -104,6 +114,13 @@ impl Snapshot {
         for s in copy.sinks.values_mut() {
             if let Some(k) = &mut s.api_key {
                 k.0 = REDACTED.to_string();
+            }
+        }
+        for l in &mut copy.listeners {
+            for c in l.tls.iter_mut().flat_map(|t| t.certificates.iter_mut()) {
+                if let Some(k) = &mut c.key_pem {
+                    k.0 = REDACTED.to_string();
+                }
             }
         }
         copy

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 /// One complete, resolved dataplane configuration. The standalone YAML file and the body of
 /// `PUT /config` are both this type.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Snapshot {
@@ -27,8 +28,12 @@ pub struct Snapshot {
     /// Telemetry sinks by name (shipping lands with the observability issue; the contract is here).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sinks: BTreeMap<String, Sink>,
+    /// Request tracing: sampling and service name of the spans exported to `otlp` sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<crate::TracingConfig>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
@@ -44,6 +49,9 @@ pub struct Listener {
     /// HTTP/3 on the same port number over UDP, only for `https`; on by default there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http3: Option<Http3Config>,
+    /// Request limits (header size/count, URI length, header and idle timeouts).
+    #[serde(default, skip_serializing_if = "crate::ListenerLimits::is_default")]
+    pub limits: crate::ListenerLimits,
 }
 
 impl Listener {
@@ -58,6 +66,7 @@ impl Listener {
 }
 
 /// QUIC + HTTP/3 settings of an `https` listener.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Http3Config {
@@ -136,6 +145,7 @@ fn default_udp_buffer() -> u32 {
     4 << 20
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
@@ -143,6 +153,7 @@ pub enum ListenerProtocol {
     Https,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsConfig {
@@ -152,18 +163,29 @@ pub struct TlsConfig {
     pub certificates: Vec<Certificate>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Certificate {
-    /// PEM file with the certificate chain, leaf first.
+    /// PEM file with the certificate chain, leaf first. Set either `certFile` + `keyFile` or
+    /// `certPem` + `keyPem`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cert_file: String,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_file: String,
+    /// The certificate chain as PEM text, inline (the operator fills it from a TLS Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<SecretString>,
+    /// The private key as PEM text, inline; `Debug` and `GET /config` never show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<SecretString>,
     /// SNI names this certificate serves (exact or `*.example.com`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hostnames: Vec<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Route {
@@ -175,8 +197,15 @@ pub struct Route {
     pub hostnames: Vec<String>,
     /// Rules; see the README for match precedence.
     pub rules: Vec<Rule>,
+    /// Rate limit shared by every rule of the route that has none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::RateLimit>,
+    /// External authorization for every rule of the route that has none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_auth: Option<crate::ExtAuth>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Rule {
@@ -187,13 +216,41 @@ pub struct Rule {
     /// Request/response transforms applied when this rule is selected.
     #[serde(default, skip_serializing_if = "Filters::is_empty")]
     pub filters: Filters,
-    /// Weighted backends; one is picked per request in proportion to its weight.
+    /// Weighted backends; one is picked per request in proportion to its weight. Empty only
+    /// with `redirect` or `directResponse`.
+    #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
     /// Overrides the backend's request timeout for this rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Largest request body, bytes: `413` up front from `Content-Length`, or when a streamed
+    /// body grows past it. Absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
+    /// WebSocket switch and tunnel idle timeout. Absent: allowed, defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<crate::WebSocketConfig>,
+    /// CORS policy; preflights are answered by the proxy. Absent: no CORS handling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<crate::CorsPolicy>,
+    /// Answer with a redirect instead of forwarding (no backendRefs then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<crate::RequestRedirect>,
+    /// Answer with a fixed response instead of forwarding (no backendRefs then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<crate::DirectResponse>,
+    /// Token-bucket rate limit of this rule (replaces the route's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::RateLimit>,
+    /// External authorization webhook of this rule (replaces the route's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_auth: Option<crate::ExtAuth>,
+    /// KairosDB query mode (metric-name routing, split and merge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kairos: Option<crate::Kairos>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Match {
@@ -206,8 +263,12 @@ pub struct Match {
     pub headers: Vec<ValueMatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<ValueMatch>,
+    /// Values from a header or a JSON body field (metric-name routing); see `FieldMatch`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<crate::FieldMatch>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathMatch {
@@ -216,6 +277,7 @@ pub struct PathMatch {
     pub value: String,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum PathMatchType {
     /// The whole path equals the value.
@@ -229,6 +291,7 @@ pub enum PathMatchType {
     RegularExpression,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValueMatch {
@@ -238,6 +301,7 @@ pub struct ValueMatch {
     pub value: String,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum StringMatchType {
     #[default]
@@ -246,6 +310,7 @@ pub enum StringMatchType {
     RegularExpression,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Filters {
@@ -266,6 +331,7 @@ impl Filters {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderFilter {
@@ -286,6 +352,7 @@ impl HeaderFilter {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeaderValue {
@@ -293,6 +360,7 @@ pub struct HeaderValue {
     pub value: String,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathRewrite {
@@ -307,6 +375,7 @@ pub struct PathRewrite {
     pub add_prefix: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrefixReplace {
@@ -314,6 +383,7 @@ pub struct PrefixReplace {
     pub to: String,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
@@ -328,6 +398,7 @@ fn default_weight() -> u32 {
     1
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backend {
@@ -389,6 +460,7 @@ fn is_default_queue_timeout(d: &Duration) -> bool {
 /// failed checks take an endpoint out of rotation, `healthyThreshold` consecutive passed checks
 /// bring it back. A check fails when it times out, cannot connect, or (HTTP) answers a status
 /// outside `expectedStatuses`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheck {
@@ -437,6 +509,7 @@ fn default_healthy_threshold() -> u32 {
     2
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpHealthCheck {
@@ -469,6 +542,7 @@ fn default_expected_statuses() -> Vec<StatusRange> {
 }
 
 /// TCP connect check; no settings yet (written `tcp: {}`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpHealthCheck {}
@@ -559,6 +633,7 @@ impl<'de> Deserialize<'de> for StatusRange {
 ///
 /// "Local failures" are the ones where the endpoint gave no response: connect errors,
 /// connection resets, timeouts.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
@@ -613,6 +688,7 @@ fn default_max_ejection_percent() -> u32 {
 }
 
 /// The balancing policy of a backend.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancer {
@@ -643,6 +719,7 @@ fn default_ewma_decay() -> Duration {
     Duration::from_secs(10)
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum LoadBalancerType {
@@ -664,6 +741,7 @@ pub enum LoadBalancerType {
 /// requests go through; all succeed → closed, any fails → open again).
 ///
 /// Failures are 5xx responses and local failures (connect errors, resets, timeouts).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
@@ -727,6 +805,7 @@ fn default_cb_probes() -> u32 {
 /// yet when there is one, after an exponential backoff with full jitter. The whole exchange
 /// (all tries and backoffs) must get response headers within the request timeout (the rule's
 /// `timeout` or `timeouts.request`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
@@ -768,6 +847,7 @@ fn default_attempts() -> u32 {
     2
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryOn {
@@ -800,6 +880,7 @@ impl Default for RetryOn {
 
 /// Exponential backoff with full jitter: before retry n (1-based) wait a random time in
 /// `[0, min(max, base × 2^(n-1))]`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Backoff {
@@ -829,6 +910,7 @@ fn default_backoff_max() -> Duration {
 
 /// Retry budget (Finagle/Linkerd style) so retries cannot multiply load during an outage:
 /// over the last 10 seconds, retries may be at most `minPerSecond × 10 + ratio × requests`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryBudget {
@@ -858,6 +940,7 @@ fn default_budget_min() -> u32 {
 
 /// A header injected into every upstream request of a backend; replaces any value the client
 /// sent. The operator fills `value` from a Secret. `Debug` and `GET /config` never show it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Credential {
@@ -879,6 +962,7 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
@@ -887,6 +971,7 @@ pub enum UpstreamProtocol {
     H2c,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendTimeouts {
@@ -915,6 +1000,7 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolConfig {
@@ -998,6 +1084,7 @@ impl<'de> Deserialize<'de> for Endpoint {
 /// (bounded queue, batches, retries; when the queue is full, items are dropped and counted).
 /// Every field but `type` and `endpoint` is optional; the `default_*` functions give the values
 /// in force.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sink {
@@ -1018,17 +1105,19 @@ pub struct Sink {
     /// Per-attempt timeout of a send (default 5s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
-    /// What to ship (default: `logs` and `metrics` for `httpJson`, `logs` for `syslog`).
+    /// What to ship (default: `logs` and `metrics` for `httpJson`, `logs` for `syslog`, all
+    /// three for `otlp`; `traces` is for `otlp` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signals: Option<Vec<SinkSignal>>,
-    /// `httpJson`: API key sent in `apiKeyHeader`. The operator fills it from a Secret;
+    /// `httpJson`, `otlp`: API key sent in `apiKeyHeader` (for an OTLP collector e.g.
+    /// `apiKeyHeader: authorization`, `apiKey: Bearer …`). The operator fills it from a Secret;
     /// `Debug` and `GET /config` never show it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<SecretString>,
-    /// `httpJson`: header carrying `apiKey` (default `X-API-Key`).
+    /// `httpJson`, `otlp`: header carrying `apiKey` (default `X-API-Key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_header: Option<String>,
-    /// `httpJson` over https: PEM file of the CAs to trust instead of the system roots.
+    /// `httpJson`, `otlp` over https: PEM file of the CAs to trust instead of the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
     /// `httpJson`: where metric batches go (default: `endpoint`).
@@ -1046,6 +1135,9 @@ pub struct Sink {
     /// `syslog`: APP-NAME (default `weir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_name: Option<String>,
+    /// `otlp`: `httpProtobuf` (default; POST to `endpoint` + `/v1/<signal>`) or `grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::OtlpProtocol>,
 }
 
 impl Sink {
@@ -1076,6 +1168,7 @@ impl Sink {
             transport: None,
             facility: None,
             app_name: None,
+            protocol: None,
         }
     }
 
@@ -1121,12 +1214,14 @@ impl Sink {
             Some(v) => v.contains(&signal),
             None => match self.kind {
                 SinkType::Syslog => signal == SinkSignal::Logs,
-                SinkType::HttpJson | SinkType::Otlp => true,
+                SinkType::HttpJson => signal != SinkSignal::Traces,
+                SinkType::Otlp => true,
             },
         }
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum SinkType {
@@ -1135,13 +1230,17 @@ pub enum SinkType {
     Syslog,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum SinkSignal {
     Logs,
     Metrics,
+    /// Request spans (`otlp` sinks only).
+    Traces,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum SyslogTransport {

@@ -33,6 +33,9 @@ impl Snapshot {
         for (name, sink) in &self.sinks {
             validate_sink(name, sink, &mut errs);
         }
+        if let Some(t) = &self.tracing {
+            t.validate(&mut errs);
+        }
         errs.into_result()
     }
 }
@@ -70,6 +73,7 @@ fn validate_listeners(listeners: &[Listener], errs: &mut Errors) {
                 "only valid with protocol https (HTTP/3 needs TLS)",
             );
         }
+        crate::protocol::validate_limits(&format!("{p}.limits"), &l.limits, errs);
         if let Some(h) = &l.http3 {
             let hp = format!("{p}.http3");
             for (field, v) in [
@@ -94,11 +98,27 @@ fn validate_listeners(listeners: &[Listener], errs: &mut Errors) {
             (ListenerProtocol::Https, Some(tls)) => {
                 for (j, c) in tls.certificates.iter().enumerate() {
                     let cp = format!("{p}.tls.certificates[{j}]");
-                    if c.cert_file.is_empty() {
-                        errs.push(format!("{cp}.certFile"), "must not be empty");
-                    }
-                    if c.key_file.is_empty() {
-                        errs.push(format!("{cp}.keyFile"), "must not be empty");
+                    // Exactly one source: files, or inline PEM; each needs both halves.
+                    let files = !c.cert_file.is_empty() || !c.key_file.is_empty();
+                    let inline = c.cert_pem.is_some() || c.key_pem.is_some();
+                    if files && inline {
+                        errs.push(
+                            cp.clone(),
+                            "set either certFile + keyFile or certPem + keyPem, not both",
+                        );
+                    } else if inline {
+                        for (field, v) in [("certPem", &c.cert_pem), ("keyPem", &c.key_pem)] {
+                            if v.as_ref().is_none_or(|s| s.0.trim().is_empty()) {
+                                errs.push(format!("{cp}.{field}"), "must not be empty");
+                            }
+                        }
+                    } else {
+                        if c.cert_file.is_empty() {
+                            errs.push(format!("{cp}.certFile"), "must not be empty");
+                        }
+                        if c.key_file.is_empty() {
+                            errs.push(format!("{cp}.keyFile"), "must not be empty");
+                        }
                     }
                     for (k, h) in c.hostnames.iter().enumerate() {
                         if !is_valid_hostname_pattern(h) {
@@ -344,10 +364,11 @@ fn validate_route(p: &str, route: &Route, snap: &Snapshot, errs: &mut Errors) {
             validate_match(&format!("{rp}.matches[{m}]"), mat, errs);
         }
         validate_filters(&format!("{rp}.filters"), &rule.filters, errs);
-        if rule.backend_refs.is_empty() {
+        if rule.backend_refs.is_empty() && rule.redirect.is_none() && rule.direct_response.is_none()
+        {
             errs.push(
                 format!("{rp}.backendRefs"),
-                "a rule needs at least one backendRef",
+                "a rule needs at least one backendRef (or a redirect or directResponse)",
             );
         }
         let mut total: u64 = 0;
@@ -371,6 +392,36 @@ fn validate_route(p: &str, route: &Route, snap: &Snapshot, errs: &mut Errors) {
                 errs.push(format!("{rp}.timeout"), "must be greater than 0");
             }
         }
+        crate::protocol::validate_rule_protocol(
+            &rp,
+            rule.max_request_body_bytes,
+            rule.websocket.as_ref(),
+            rule.cors.as_ref(),
+            errs,
+        );
+        crate::policy::validate_rule_policies(
+            &rp,
+            rule.redirect.as_ref(),
+            rule.direct_response.as_ref(),
+            rule.rate_limit.as_ref(),
+            rule.ext_auth.as_ref(),
+            rule.kairos.as_ref(),
+            !rule.backend_refs.is_empty(),
+            !rule.matches.is_empty()
+                && rule.matches.iter().all(|m| {
+                    m.path
+                        .as_ref()
+                        .is_some_and(|p| p.kind == PathMatchType::PathPrefix)
+                }),
+            &snap.backends,
+            errs,
+        );
+    }
+    if let Some(rl) = &route.rate_limit {
+        crate::policy::validate_rate_limit(&format!("{p}.rateLimit"), rl, errs);
+    }
+    if let Some(a) = &route.ext_auth {
+        crate::policy::validate_ext_auth(&format!("{p}.extAuth"), a, errs);
     }
 }
 
@@ -422,6 +473,9 @@ fn validate_match(p: &str, m: &Match, errs: &mut Errors) {
             errs.push(format!("{qp}.name"), "must not be empty");
         }
         check_value_match(&qp, q, errs);
+    }
+    for (i, f) in m.fields.iter().enumerate() {
+        crate::policy::validate_field_match(&format!("{p}.fields[{i}]"), f, errs);
     }
 }
 
@@ -677,6 +731,9 @@ fn validate_sink(name: &str, sink: &Sink, errs: &mut Errors) {
             if sink.kind == SinkType::Syslog && *s == SinkSignal::Metrics {
                 errs.push(format!("{p}.signals[{i}]"), "syslog sinks ship logs only");
             }
+            if sink.kind != SinkType::Otlp && *s == SinkSignal::Traces {
+                errs.push(format!("{p}.signals[{i}]"), "only otlp sinks ship traces");
+            }
         }
     }
     let only = |field: &str, set: bool, kind: SinkType, errs: &mut Errors| {
@@ -685,22 +742,26 @@ fn validate_sink(name: &str, sink: &Sink, errs: &mut Errors) {
                 format!("{p}.{field}"),
                 format!(
                     "only valid for type {}",
-                    if kind == SinkType::Syslog {
-                        "syslog"
-                    } else {
-                        "httpJson"
+                    match kind {
+                        SinkType::Syslog => "syslog",
+                        SinkType::HttpJson => "httpJson",
+                        SinkType::Otlp => "otlp",
                     }
                 ),
             );
         }
     };
-    only("apiKey", sink.api_key.is_some(), SinkType::HttpJson, errs);
-    only(
-        "apiKeyHeader",
-        sink.api_key_header.is_some(),
-        SinkType::HttpJson,
-        errs,
-    );
+    // HTTP settings: httpJson and otlp.
+    let http_only = |field: &str, set: bool, errs: &mut Errors| {
+        if set && sink.kind == SinkType::Syslog {
+            errs.push(
+                format!("{p}.{field}"),
+                "only valid for types httpJson and otlp",
+            );
+        }
+    };
+    http_only("apiKey", sink.api_key.is_some(), errs);
+    http_only("apiKeyHeader", sink.api_key_header.is_some(), errs);
     only(
         "transport",
         sink.transport.is_some(),
@@ -708,11 +769,12 @@ fn validate_sink(name: &str, sink: &Sink, errs: &mut Errors) {
         errs,
     );
     only("facility", sink.facility.is_some(), SinkType::Syslog, errs);
-    only("caFile", sink.ca_file.is_some(), SinkType::HttpJson, errs);
+    http_only("caFile", sink.ca_file.is_some(), errs);
     if sink.ca_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
         errs.push(format!("{p}.caFile"), "must not be empty");
     }
     only("appName", sink.app_name.is_some(), SinkType::Syslog, errs);
+    only("protocol", sink.protocol.is_some(), SinkType::Otlp, errs);
     if let Some(h) = &sink.api_key_header {
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
             errs.push(

@@ -21,6 +21,11 @@ pub struct RuleRt {
     pub response_headers: HeaderOps,
     pub path: Option<PathRewrite>,
     pub timeout: Option<Duration>,
+    /// Body limit, WebSocket switch, CORS.
+    pub protocol: crate::protocol::RuleProtocol,
+    /// Rate limit, external auth, redirect / direct response, KairosDB mode (see
+    /// [`crate::policy`]); `None` when the rule has none.
+    pub policy: Option<Arc<crate::policy::PolicyRt>>,
 }
 
 /// One weighted backend of a rule.

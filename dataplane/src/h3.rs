@@ -26,9 +26,6 @@ use weir_config::Http3Config;
 
 type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
-/// Largest request header section accepted (QPACK-decoded), bytes.
-const MAX_FIELD_SECTION: u64 = 64 * 1024;
-
 /// quinn server config from a rustls config (TLS 1.3, ALPN h3) and the listener's settings.
 pub fn server_config(
     rustls_cfg: Arc<rustls::ServerConfig>,
@@ -179,7 +176,13 @@ async fn serve_connection(
         m.handshake(Handshake::Ok(started.elapsed()));
     }
     let mut h3c = match h3::server::builder()
-        .max_field_section_size(MAX_FIELD_SECTION)
+        // Backstop (RFC 9114 counts 32 bytes per field); exact limits in crate::limits.
+        .max_field_section_size(
+            u64::from(l.limits.max_request_header_bytes)
+                + 32 * u64::from(l.limits.max_request_headers),
+        )
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over HTTP/3 (crate::h3_websocket).
+        .enable_extended_connect(true)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
         .await
     {
@@ -194,6 +197,7 @@ async fn serve_connection(
         listener: l.name.as_str().into(),
         scheme: "https",
         alt_svc: None,
+        limits: (&l.limits).into(),
     });
     let mut draining = *drain.borrow();
     if draining {
@@ -215,12 +219,20 @@ async fn serve_connection(
                 let info = info.clone();
                 let drain = drain.clone();
                 let quic = conn.clone();
+                // The request's HEADERS must arrive within the header read timeout.
+                let header_timeout = l.limits.header_read_timeout.get();
                 tokio::spawn(async move {
                     let _drain = drain; // keeps shutdown waiting until this request is done
-                    match resolver.resolve_request().await {
-                        Ok((req, stream)) => serve_request(&dp, &info, &quic, req, stream).await,
-                        Err(e) => {
+                    let head = tokio::time::timeout(header_timeout, resolver.resolve_request());
+                    match head.await {
+                        Ok(Ok((req, stream))) => {
+                            serve_request(&dp, &info, &quic, req, stream).await
+                        }
+                        Ok(Err(e)) => {
                             tracing::debug!(client = %info.remote, error = %e, "bad HTTP/3 request")
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %info.remote, "HTTP/3 request headers late")
                         }
                     }
                 });
@@ -243,6 +255,9 @@ async fn serve_request(
     req: Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
 ) {
+    if crate::h3_websocket::is_websocket_connect(&req) {
+        return crate::h3_websocket::serve(dp, info, quic, req, stream).await;
+    }
     let (mut send, mut recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
@@ -269,7 +284,9 @@ async fn serve_request(
     // If the client's connection goes away while the upstream is still working on the response
     // head, drop the upstream exchange instead of letting it run to its timeout.
     let resp = tokio::select! {
-        resp = proxy::handle(dp.runtime(), info, Request::from_parts(parts, body)) => resp,
+        // Boxed: kept inline, this future made every spawned request task several KiB, copied
+        // on spawn and on completion.
+        resp = Box::pin(proxy::handle(dp.runtime(), info, Request::from_parts(parts, body))) => resp,
         reason = quic.closed() => {
             tracing::debug!(client = %info.remote, reason = %reason, "client connection closed; upstream request cancelled");
             return;

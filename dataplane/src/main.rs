@@ -51,6 +51,10 @@ struct RunArgs {
     /// with `PUT /logging?access=on|off`.
     #[arg(long, env = "WEIR_ACCESS_LOG", default_value = "on", value_parser = ["on", "off"])]
     access_log: String,
+    /// Async runtime worker threads; 0 = `TOKIO_WORKER_THREADS`, else one per usable CPU. With
+    /// 1, a single-threaded runtime (cheaper per request than a one-worker multi-thread one).
+    #[arg(long, env = "WEIR_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
 }
 
 fn main() -> ExitCode {
@@ -60,17 +64,41 @@ fn main() -> ExitCode {
     }
     let logging = init_logging(&cli.run.log_format);
     weir_dataplane::observe::set_access_log(cli.run.access_log == "on");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime_builder(cli.run.worker_threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!(
+        flavor = ?rt.handle().runtime_flavor(),
+        workers = rt.metrics().num_workers(),
+        "async runtime"
+    );
     rt.block_on(run(cli.run, logging))
+}
+
+/// With one worker (one usable CPU, or `--worker-threads 1`) a current-thread runtime: a
+/// multi-thread runtime with a single worker costs ~25% more CPU per proxied request
+/// (BENCHMARKS.md, "Runtime flavour"). More: a multi-thread runtime, one worker per usable CPU
+/// unless `--worker-threads` (or tokio's own `TOKIO_WORKER_THREADS`) says otherwise.
+fn runtime_builder(worker_threads: usize) -> tokio::runtime::Builder {
+    let workers = match worker_threads {
+        0 => std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1),
+        n => n,
+    };
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(workers);
+    b
 }
 
 fn check(file: &PathBuf) -> ExitCode {
@@ -130,7 +158,11 @@ fn init_logging(format: &str) -> Logging {
             .with(fmt::layer().json().flatten_event(true))
             .init();
     } else {
-        registry.with(fmt::layer()).init();
+        // Colours only for a terminal: escape codes are noise in collected logs, and writing
+        // them was ~60% of the cost of an access log line.
+        use std::io::IsTerminal;
+        let ansi = std::io::stdout().is_terminal();
+        registry.with(fmt::layer().with_ansi(ansi)).init();
     }
     let set: admin::SetLogFilter = Box::new(move |directive: &str| {
         let f = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;

@@ -34,7 +34,7 @@ pub const METHODS: [&str; 10] = [
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `kind` label values of `weir_proxy_errors_total`: the `error` codes of the JSON replies
 /// the proxy makes, plus `upstream_body_error` (an upstream body that failed midway).
-pub const ERROR_KINDS: [&str; 13] = [
+pub const ERROR_KINDS: [&str; 25] = [
     "no_config",
     "no_host",
     "no_route",
@@ -48,6 +48,20 @@ pub const ERROR_KINDS: [&str; 13] = [
     "upstream_error",
     "upstream_timeout",
     "upstream_body_error",
+    // Limits and WebSockets (limits.rs, websocket.rs).
+    "uri_too_long",
+    "too_many_headers",
+    "headers_too_large",
+    "body_too_large",
+    "websocket_disabled",
+    "websocket_unsupported",
+    "websocket_not_upgraded",
+    // Policies (ratelimit.rs, extauth.rs, bodymatch.rs, kairos.rs).
+    "rate_limited",
+    "ext_auth_denied",
+    "ext_auth_error",
+    "body_not_json",
+    "kairos_error",
 ];
 /// `transport` label values of the connection families.
 pub const TRANSPORTS: [&str; 3] = ["tcp", "tls", "quic"];
@@ -383,7 +397,7 @@ impl Metrics {
             sink_items: counter_vec(
                 &r,
                 "weir_sink_items_total",
-                "Telemetry items (access logs, metric objects) per sink by result: shipped, dropped (queue full), failed (send gave up).",
+                "Telemetry items (access logs, metric objects or data points, spans) per sink by result: shipped, dropped (queue full), failed (send gave up).",
                 &["sink", "result"],
             ),
             sink_attempts: counter_vec(
@@ -703,7 +717,10 @@ impl RouteMetrics {
             self.error(kind);
         }
         if f.body_error {
-            self.error(ERROR_KINDS.len() - 1);
+            // By name: kinds were appended after it (limits, WebSockets, policies).
+            if let Some(kind) = error_kind_index("upstream_body_error") {
+                self.error(kind);
+            }
         }
     }
 }
@@ -842,6 +859,26 @@ mod tests {
             );
         }
         assert!(n >= 30, "found only {n} families");
+    }
+
+    #[test]
+    fn body_errors_count_as_upstream_body_error() {
+        let rm = RouteMetrics::new("body-err-route", "b");
+        rm.record(&Finished {
+            protocol: 0,
+            method: 0,
+            status: 200,
+            duration: Duration::from_millis(1),
+            bytes_in: 0,
+            bytes_out: 1,
+            error: None,
+            body_error: true,
+        });
+        let text = String::from_utf8(metrics().render(None)).unwrap();
+        assert!(
+            text.contains("weir_proxy_errors_total{backend=\"b\",kind=\"upstream_body_error\",route=\"body-err-route\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct Exchange {
     pub attempts: u32,
     pub error: Option<&'static str>,
     pub trace: TraceContext,
+    /// The request's span when it is sampled and exported ([`crate::otel`]).
+    pub span: Option<Box<crate::otel::RequestSpan>>,
     pub bytes_in: Arc<AtomicU64>,
     pub in_flight: InFlightGuard,
 }
@@ -163,6 +165,26 @@ impl Exchange {
                 trace_id = %self.trace.trace_id(),
                 span_id = %self.trace.span_id(),
                 "request"
+            );
+        }
+        if let Some(span) = self.span {
+            crate::otel::finish(
+                span,
+                crate::otel::Ended {
+                    method: &self.method,
+                    host: self.host.as_deref(),
+                    path: self.path.as_deref(),
+                    protocol: PROTOCOLS[self.protocol],
+                    status: self.status,
+                    route: &self.metrics.route,
+                    backend: &self.metrics.backend,
+                    listener: &self.listener,
+                    client: self.client,
+                    error: self.error,
+                    end: end.as_str(),
+                    bytes_in,
+                    bytes_out,
+                },
             );
         }
         if crate::shipper::shipping_logs() {

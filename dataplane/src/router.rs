@@ -11,8 +11,14 @@
 //! 2. path: `Exact`, then `Wildcard` (more literal characters first), then `PathPrefix` (longer
 //!    prefix first), then `RegularExpression`, then entries with no path condition;
 //! 3. entries with a method condition before those without;
-//! 4. more header conditions first, then more query conditions first;
+//! 4. more header conditions first, then more query conditions first, then more `fields`
+//!    conditions (header or JSON body values) first;
 //! 5. declaration order: route index, rule index, match index.
+//!
+//! `fields` conditions are checked last within an entry, and an entry that needs a body field
+//! is only reached when every entry before it failed: then the body is read once (see
+//! [`crate::bodymatch`]) and the walk resumes from the start with it. Entries decided before
+//! any body-matching entry never buffer the body.
 
 use crate::filters::RuleRt;
 use http::{HeaderMap, Method};
@@ -99,6 +105,20 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The body read so far, once an entry needed a body field.
+    pub body: Option<&'a crate::bodymatch::BodyView>,
+}
+
+/// The outcome of [`Router::lookup`].
+#[derive(Debug)]
+pub enum Lookup {
+    Rule(Arc<RuleRt>),
+    /// No entry matched (404).
+    None,
+    /// An entry needs a JSON body field; look up again with `body` set.
+    NeedBody,
+    /// A `fields` condition with `onBodyError: reject` rejected the body.
+    Reject(http::StatusCode, &'static str, String),
 }
 
 impl MatchCond {
@@ -175,6 +195,8 @@ pub struct Router {
     /// (suffix with leading dot, group), longest suffix first.
     wildcard: Vec<(String, Group)>,
     any: Option<Group>,
+    /// Largest `maxBodyBytes` of the `fields` conditions that read the body.
+    body_cap: usize,
 }
 
 impl Router {
@@ -251,7 +273,17 @@ impl Router {
             Arc::new(entries)
         };
 
-        let mut router = Router::default();
+        let mut router = Router {
+            body_cap: conds
+                .iter()
+                .flatten()
+                .flatten()
+                .flat_map(|(_, c)| c.fields.iter())
+                .map(|f| f.body_cap())
+                .max()
+                .unwrap_or(0),
+            ..Router::default()
+        };
         for (_, pat) in &patterns {
             match *pat {
                 HostPattern::Exact(h) if !router.exact.contains_key(h) => {
@@ -280,19 +312,47 @@ impl Router {
     }
 
     /// The rule for a request, or `None` (404). `host` must be lowercase without a port.
+    /// Entries that need a body field do not match here; see [`Router::lookup`].
     pub fn find(&self, req: &RequestView<'_>) -> Option<Arc<RuleRt>> {
+        match self.lookup(req) {
+            Lookup::Rule(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Body bytes a lookup may need (the largest `maxBodyBytes` of body-field conditions).
+    pub fn body_cap(&self) -> usize {
+        self.body_cap
+    }
+
+    /// Like [`Router::find`], and says when a body field is needed to go on.
+    pub fn lookup(&self, req: &RequestView<'_>) -> Lookup {
         let group = self.exact.get(req.host).or_else(|| {
             self.wildcard
                 .iter()
                 .find(|(suffix, _)| HostPattern::Wildcard(suffix).covers_host(req.host))
                 .map(|(_, g)| g)
                 .or(self.any.as_ref())
-        })?;
+        });
+        let Some(group) = group else {
+            return Lookup::None;
+        };
         let mut query = None;
-        group
-            .iter()
-            .find(|e| e.cond.matches(req, &mut query))
-            .map(|e| e.rule.clone())
+        for e in group.iter() {
+            if !e.cond.matches(req, &mut query) {
+                continue;
+            }
+            if e.cond.fields.is_empty() {
+                return Lookup::Rule(e.rule.clone());
+            }
+            match crate::bodymatch::eval(&e.cond.fields, req.headers, req.body) {
+                crate::bodymatch::Verdict::Yes => return Lookup::Rule(e.rule.clone()),
+                crate::bodymatch::Verdict::No => {}
+                crate::bodymatch::Verdict::NeedBody => return Lookup::NeedBody,
+                crate::bodymatch::Verdict::Reject(s, c, m) => return Lookup::Reject(s, c, m),
+            }
+        }
+        Lookup::None
     }
 }
 
@@ -307,6 +367,7 @@ struct MatchCond {
     method: Option<Method>,
     headers: Vec<(http::HeaderName, ValueCond)>,
     query: Vec<(String, ValueCond)>,
+    fields: Vec<crate::bodymatch::FieldCond>,
 }
 
 impl MatchCond {
@@ -318,6 +379,7 @@ impl MatchCond {
             method: None,
             headers: vec![],
             query: vec![],
+            fields: vec![],
         }
     }
 
@@ -383,6 +445,13 @@ impl MatchCond {
                 query.push((q.name.clone(), cond));
             }
         }
+        let mut fields = Vec::new();
+        for (i, f) in m.fields.iter().enumerate() {
+            match crate::bodymatch::FieldCond::new(f) {
+                Ok(c) => fields.push(c),
+                Err(e) => errs.push(format!("{p}.fields[{i}]"), e),
+            }
+        }
         (errs.0.len() == before).then_some(MatchCond {
             path_kind,
             path_len,
@@ -390,6 +459,7 @@ impl MatchCond {
             method,
             headers,
             query,
+            fields,
         })
     }
 
@@ -399,7 +469,9 @@ impl MatchCond {
             usize::MAX - self.path_len,
             u8::from(self.method.is_none()),
             usize::MAX - self.headers.len(),
-            usize::MAX - self.query.len(),
+            // Query conditions, then `fields` conditions, in one key: more query conditions
+            // first, then more fields conditions.
+            usize::MAX - ((self.query.len() << 16) | self.fields.len().min(0xffff)),
         )
     }
 }
@@ -483,6 +555,7 @@ routes:
             path: uri.path(),
             query: uri.query(),
             headers: &headers,
+            body: None,
         };
         match rt.router.find(&view) {
             Some(r) => format!("{}#{}", r.route, r.rule_index),

@@ -24,6 +24,10 @@ pub struct ListenerRt {
     pub tcp_metrics: ListenerMetrics,
     /// Connection metric handles of the QUIC side, when HTTP/3 is on.
     pub quic_metrics: Option<ListenerMetrics>,
+    /// Request limits and timeouts (see [`crate::limits`]).
+    pub limits: weir_config::ListenerLimits,
+    /// HTTP/1.1 + HTTP/2 connection builder configured with `limits`.
+    pub http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
 }
 
 /// HTTP/3 settings of a listener, ready for quinn.
@@ -43,6 +47,8 @@ pub struct Runtime {
     pub listeners: Vec<ListenerRt>,
     /// The certificate files as they were when this runtime read them.
     pub cert_stamps: Vec<CertStamp>,
+    /// Rate-limit and ext-auth state, carried into the next version where unchanged.
+    pub policies: crate::policy::PolicyState,
 }
 
 /// (path, length and modification time) of a certificate or key file.
@@ -55,6 +61,8 @@ pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
         .filter_map(|l| l.tls.as_ref())
         .flat_map(|t| t.certificates.iter())
         .flat_map(|c| [&c.cert_file, &c.key_file])
+        // Inline (`certPem`/`keyPem`) certificates have no files to watch.
+        .filter(|f| !f.is_empty())
         .map(|f| {
             let meta = std::fs::metadata(f)
                 .ok()
@@ -121,6 +129,8 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 },
             ),
             quic_metrics,
+            limits: l.limits.clone(),
+            http: crate::limits::http_builder(&l.limits),
         });
     }
 
@@ -144,9 +154,12 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
             .or_insert_with(|| Arc::new(RouteMetrics::new(route, backend)))
             .clone()
     };
+    // Rate-limit buckets and ext-auth caches/breakers of unchanged policies are kept.
+    let mut policy_carry = crate::policy::PolicyCarry::new(prev.map(|p| &p.policies));
     for route in &snapshot.routes {
         let route_name: Arc<str> = route.name.as_str().into();
         let mut per_route = Vec::new();
+        let route_policy = crate::policy::RoutePolicy::new(route, &mut policy_carry);
         for (ui, rule) in route.rules.iter().enumerate() {
             let mut cum = 0u64;
             let mut targets = Vec::new();
@@ -173,6 +186,8 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 response_headers: HeaderOps::compile(&rule.filters.response_headers),
                 path: rule.filters.path.clone(),
                 timeout: rule.timeout.map(|t| t.get()),
+                protocol: crate::protocol::RuleProtocol::compile(rule),
+                policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
             }));
         }
         rules.push(per_route);
@@ -193,5 +208,6 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         backends,
         listeners,
         cert_stamps,
+        policies: policy_carry.finish(),
     })
 }

@@ -4,8 +4,7 @@ use crate::metrics::{metrics, Handshake};
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::{cert_stamps, compile, CertStamp, ListenerRt, Runtime};
 use arc_swap::{ArcSwap, ArcSwapOption};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -20,8 +19,6 @@ use weir_config::{ConfigError, Errors, ListenerProtocol, Snapshot};
 
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request's headers (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct RunningListener {
     settings: Arc<ArcSwap<ListenerRt>>,
@@ -54,26 +51,18 @@ pub struct Dataplane {
     /// every connection and request holds a receiver, so `closed()` means "all done".
     quic_drain: watch::Sender<bool>,
     shutting_down: AtomicBool,
-    http: auto::Builder<TokioExecutor>,
     /// The file SIGHUP re-reads, when started with one.
     pub config_path: Option<PathBuf>,
 }
 
 impl Dataplane {
     pub fn new(config_path: Option<PathBuf>) -> Arc<Dataplane> {
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true);
-        http.http2().timer(TokioTimer::new());
         Arc::new(Dataplane {
             runtime: ArcSwapOption::empty(),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             graceful: Mutex::new(Some(GracefulShutdown::new())),
             quic_drain: watch::channel(false).0,
             shutting_down: AtomicBool::new(false),
-            http,
             config_path,
         })
     }
@@ -205,6 +194,7 @@ impl Dataplane {
         let rt = Arc::new(rt);
         self.runtime.store(Some(rt.clone()));
         let dp = Arc::downgrade(self);
+        crate::otel::configure(rt.snapshot.tracing.as_ref());
         crate::shipper::reconcile(
             &rt.snapshot.sinks,
             Arc::new(move || {
@@ -268,6 +258,7 @@ impl Dataplane {
         let snap = tokio::fs::read(path)
             .await
             .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))
+            .and_then(|bytes| crate::pod_ip::expand(bytes, std::env::var("POD_IP").ok().as_deref()))
             .and_then(|bytes| weir_config::load(&bytes));
         match snap {
             Ok(snap) => self.apply(snap).await,
@@ -338,6 +329,8 @@ impl Dataplane {
         l: Arc<ListenerRt>,
     ) {
         let _ = stream.set_nodelay(true);
+        // Connections silent for the listener's idleTimeout are closed (TLS handshake included).
+        let stream = crate::limits::IdleIo::new(stream, l.limits.idle_timeout.get());
         let Some(watcher) = self
             .graceful
             .lock()
@@ -356,19 +349,28 @@ impl Dataplane {
                 ListenerProtocol::Https => "https",
             },
             alt_svc: l.alt_svc.clone(),
+            limits: (&l.limits).into(),
         });
         let dp = self.clone();
+        // Set once a request head is complete (see limits::first_request_deadline).
+        let seen = Arc::new(AtomicBool::new(false));
+        let seen_svc = seen.clone();
+        let header_timeout = l.limits.header_read_timeout.get();
         let svc = hyper::service::service_fn(move |req| {
             let dp = dp.clone();
             let info = info.clone();
+            if !seen_svc.load(Ordering::Relaxed) {
+                seen_svc.store(true, Ordering::Relaxed);
+            }
             async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), &info, req).await) }
         });
         let result = match &l.tls {
             None => {
-                let conn = self
+                let conn = l
                     .http
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                watcher.watch(conn).await
+                crate::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
+                    .await
             }
             Some(cfg) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
@@ -391,10 +393,11 @@ impl Dataplane {
                         return;
                     }
                 };
-                let conn = self
+                let conn = l
                     .http
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                watcher.watch(conn).await
+                crate::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
+                    .await
             }
         };
         if let Err(e) = result {

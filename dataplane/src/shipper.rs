@@ -11,7 +11,8 @@
 //!   counted as failed and dropped.
 //! - `syslog`: each access log as one RFC 5424 message, one per UDP datagram or octet-counted
 //!   on TCP (reconnecting after a failure).
-//! - `otlp`: validated, not shipped yet (logged once).
+//! - `otlp`: access logs, metrics and request spans over OTLP/HTTP protobuf, see
+//!   [`crate::otel`].
 //!
 //! [`reconcile`] runs after every config apply: sinks whose name and settings are unchanged
 //! keep running (and their counters); changed ones are replaced, removed ones stopped (items
@@ -74,11 +75,11 @@ pub struct SinkStats {
 }
 
 impl SinkStats {
-    fn success(&self, items: u64) {
+    pub(crate) fn success(&self, items: u64) {
         self.shipped.fetch_add(items, Ordering::Relaxed);
         self.last_success_ms.store(now_ms(), Ordering::Relaxed);
     }
-    fn failure(&self, items: u64, err: String) {
+    pub(crate) fn failure(&self, items: u64, err: String) {
         self.failed.fetch_add(items, Ordering::Relaxed);
         if let Ok(mut e) = self.last_error.lock() {
             *e = Some(err);
@@ -92,29 +93,65 @@ pub struct SinkHandle {
     pub config: Sink,
     pub stats: SinkStats,
     logs: Option<mpsc::Sender<Arc<AccessEvent>>>,
+    /// Finished request spans (`otlp` sinks shipping traces).
+    traces: Option<mpsc::Sender<Arc<crate::otel::FinishedSpan>>>,
 }
 
 impl SinkHandle {
-    /// Access events waiting in the queue.
+    pub(crate) fn new(
+        name: &str,
+        config: &Sink,
+        logs: Option<mpsc::Sender<Arc<AccessEvent>>>,
+        traces: Option<mpsc::Sender<Arc<crate::otel::FinishedSpan>>>,
+    ) -> SinkHandle {
+        SinkHandle {
+            name: name.to_string(),
+            config: config.clone(),
+            stats: SinkStats::default(),
+            logs,
+            traces,
+        }
+    }
+
+    /// Access events and spans waiting in the queues.
     pub fn queued(&self) -> usize {
         self.logs
             .as_ref()
             .map_or(0, |t| t.max_capacity() - t.capacity())
+            + self
+                .traces
+                .as_ref()
+                .map_or(0, |t| t.max_capacity() - t.capacity())
+    }
+
+    /// Whether the span queue has no room (or there is none).
+    pub(crate) fn spans_full(&self) -> bool {
+        self.traces.as_ref().is_none_or(|t| t.capacity() == 0)
+    }
+
+    /// Queues a finished request span; never waits. A full queue drops it and counts.
+    pub(crate) fn queue_span(&self, span: Arc<crate::otel::FinishedSpan>) {
+        if let Some(tx) = &self.traces {
+            let n = span.span_count();
+            if tx.try_send(span).is_err() {
+                self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 }
 
 struct Running {
     handle: Arc<SinkHandle>,
-    /// Set to `true` at shutdown: log tasks send what is queued, then end.
+    /// Set to `true` at shutdown: log and span tasks send what is queued, then end.
     close: watch::Sender<bool>,
-    /// Tasks that end by themselves once closed.
-    log_task: Option<tokio::task::JoinHandle<()>>,
+    /// Tasks that end by themselves once closed (logs, spans).
+    flush: Vec<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for t in self.tasks.iter().chain(&self.log_task) {
+        for t in self.tasks.iter().chain(&self.flush) {
             t.abort();
         }
     }
@@ -167,10 +204,17 @@ pub fn reconcile(sinks: &BTreeMap<String, Sink>, gather: Gather) {
         .collect();
     SHIPPING_LOGS.store(!logs.is_empty(), Ordering::Relaxed);
     LOG_SINKS.store((!logs.is_empty()).then(|| Arc::new(logs)));
+    crate::otel::set_trace_sinks(
+        running
+            .values()
+            .filter(|r| r.handle.traces.is_some())
+            .map(|r| r.handle.clone())
+            .collect(),
+    );
 }
 
-/// Shutdown, after the listeners drained: log sinks send what they still have queued (new
-/// batches, with their retries) for up to `grace`, then every shipper stops.
+/// Shutdown, after the listeners drained: log and span queues are sent (new batches, with their
+/// retries) for up to `grace`, then every shipper stops.
 pub async fn shutdown(grace: Duration) {
     SHIPPING_LOGS.store(false, Ordering::Relaxed);
     LOG_SINKS.store(None);
@@ -181,11 +225,10 @@ pub async fn shutdown(grace: Duration) {
     let mut waits = Vec::new();
     for mut r in running {
         let _ = r.close.send(true);
-        if let Some(t) = r.log_task.take() {
-            waits.push(t);
-        }
+        waits.append(&mut r.flush);
         // `r` drops here: its other tasks (metrics) stop.
     }
+    waits.extend(crate::otel::close_env());
     if waits.is_empty() {
         return;
     }
@@ -198,13 +241,14 @@ pub async fn shutdown(grace: Duration) {
     }
 }
 
-/// The running sinks, for `/metrics` and `GET /sinks`.
+/// The running sinks (and the `OTEL_*` span exporter), for `/metrics` and `GET /sinks`.
 pub fn handles() -> Vec<Arc<SinkHandle>> {
     RUNNING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .values()
         .map(|r| r.handle.clone())
+        .chain(crate::otel::env_handle())
         .collect()
 }
 
@@ -214,17 +258,21 @@ pub fn report() -> serde_json::Value {
     for h in handles() {
         let s = &h.stats;
         let last = s.last_success_ms.load(Ordering::Relaxed);
-        let signals: Vec<&str> = [(SinkSignal::Logs, "logs"), (SinkSignal::Metrics, "metrics")]
-            .into_iter()
-            .filter(|(sig, _)| h.config.ships(*sig) && h.config.kind != SinkType::Otlp)
-            .map(|(_, n)| n)
-            .collect();
+        let signals: Vec<&str> = [
+            (SinkSignal::Logs, "logs"),
+            (SinkSignal::Metrics, "metrics"),
+            (SinkSignal::Traces, "traces"),
+        ]
+        .into_iter()
+        .filter(|(sig, _)| h.config.ships(*sig))
+        .map(|(_, n)| n)
+        .collect();
         out.insert(
             h.name.clone(),
             serde_json::json!({
                 "type": h.config.kind,
                 "endpoint": h.config.endpoint,
-                "shipping": h.config.kind != SinkType::Otlp,
+                "shipping": true,
                 "signals": signals,
                 "shipped": s.shipped.load(Ordering::Relaxed),
                 "dropped": s.dropped.load(Ordering::Relaxed),
@@ -247,24 +295,27 @@ fn now_ms() -> u64 {
 
 fn start(name: &str, sink: &Sink, gather: Gather) -> Running {
     let mut tasks = Vec::new();
-    let mut log_task = None;
+    let mut flush = Vec::new();
     let (close, close_rx) = watch::channel(false);
-    let wants_logs = sink.kind != SinkType::Otlp && sink.ships(SinkSignal::Logs);
-    let (tx, rx) = if wants_logs {
+    let (tx, rx) = if sink.ships(SinkSignal::Logs) {
         let (tx, rx) = mpsc::channel(sink.queue_size());
         (Some(tx), Some(rx))
     } else {
         (None, None)
     };
-    let handle = Arc::new(SinkHandle {
-        name: name.to_string(),
-        config: sink.clone(),
-        stats: SinkStats::default(),
-        logs: tx,
-    });
+    let (traces_tx, traces_rx) = if sink.kind == SinkType::Otlp && sink.ships(SinkSignal::Traces) {
+        let (tx, rx) = mpsc::channel(sink.queue_size());
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let handle = Arc::new(SinkHandle::new(name, sink, tx, traces_tx));
     match sink.kind {
         SinkType::Otlp => {
-            tracing::warn!(sink = %name, "otlp sink not shipped yet; nothing is sent to it");
+            let gather = sink.ships(SinkSignal::Metrics).then_some(gather);
+            let (f, t) = crate::otel::start_sink(&handle, rx, traces_rx, close_rx, gather);
+            flush = f;
+            tasks = t;
         }
         SinkType::HttpJson => {
             let client = http_client(sink).map_err(|e| {
@@ -272,7 +323,7 @@ fn start(name: &str, sink: &Sink, gather: Gather) -> Running {
                 e
             });
             if let Some(rx) = rx {
-                log_task = Some(tokio::spawn(http_logs(
+                flush.push(tokio::spawn(http_logs(
                     handle.clone(),
                     client.clone(),
                     rx,
@@ -285,7 +336,7 @@ fn start(name: &str, sink: &Sink, gather: Gather) -> Running {
         }
         SinkType::Syslog => {
             if let Some(rx) = rx {
-                log_task = Some(tokio::spawn(syslog(handle.clone(), rx, close_rx)));
+                flush.push(tokio::spawn(syslog(handle.clone(), rx, close_rx)));
             }
         }
     }
@@ -293,78 +344,87 @@ fn start(name: &str, sink: &Sink, gather: Gather) -> Running {
     Running {
         handle,
         close,
-        log_task,
+        flush,
         tasks,
     }
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// An HTTP/1.1 client for `http://` and `https://` (system roots, or `caFile`); the error says
 /// why TLS cannot be set up (every send then fails with it).
-fn http_client(sink: &Sink) -> Result<HttpClient, String> {
-    use hyper_rustls::ConfigBuilderExt;
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
+pub(crate) fn http_client(sink: &Sink) -> Result<HttpClient, String> {
+    client_for(sink, false)
+}
+
+/// [`http_client`], or with `h2` an HTTP/2-only one (h2c for `http://`, ALPN h2 for
+/// `https://`), for OTLP/gRPC.
+pub(crate) fn client_for(sink: &Sink, h2: bool) -> Result<HttpClient, String> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(sink.timeout()));
     http.enforce_http(false);
-    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?;
-    let tls = match &sink.ca_file {
-        Some(f) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(f).map_err(|e| format!("caFile {f}: {e}"))? {
-                let c = c.map_err(|e| format!("caFile {f}: {e}"))?;
-                roots.add(c).map_err(|e| format!("caFile {f}: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("caFile {f}: no certificates"));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        None if sink.endpoint.starts_with("https://")
-            || sink.metrics_endpoint().starts_with("https://") =>
-        {
-            builder
-                .with_native_roots()
-                .map_err(|e| {
-                    format!("no system CA certificates ({e}); set caFile or SSL_CERT_FILE")
-                })?
-                .with_no_client_auth()
-        }
-        // Plain http: no roots needed.
-        None => builder
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
-    };
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let https_needed =
+        sink.endpoint.starts_with("https://") || sink.metrics_endpoint().starts_with("https://");
+    let tls = crate::tls::client_config(sink.ca_file.as_deref(), https_needed)?;
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+        .https_or_http();
+    if h2 {
+        let https = builder.enable_http2().wrap_connector(http);
+        return Ok(Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(https));
+    }
+    let https = builder.enable_http1().wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
-/// The receiving end of a log queue, with the shutdown signal.
-struct Queue {
-    rx: mpsc::Receiver<Arc<AccessEvent>>,
+/// The receiving end of a log (or span) queue, with the shutdown signal.
+pub(crate) struct Queue<T = Arc<AccessEvent>> {
+    rx: mpsc::Receiver<T>,
     close: watch::Receiver<bool>,
     closing: bool,
+    /// The wait after the next batch that cannot be sent.
+    pause: Duration,
 }
 
-impl Queue {
-    fn new(rx: mpsc::Receiver<Arc<AccessEvent>>, close: watch::Receiver<bool>) -> Queue {
+/// Waits after a batch that could not be sent, doubling up to the maximum; reset by a success.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+impl<T> Queue<T> {
+    pub(crate) fn new(rx: mpsc::Receiver<T>, close: watch::Receiver<bool>) -> Queue<T> {
         Queue {
             rx,
             close,
             closing: false,
+            pause: FIRST_PAUSE,
         }
     }
 
+    /// After a batch that could not be sent (every attempt failed): waits before the next one
+    /// (1 s, doubling to 30 s), so a sink that is down does not cost the encoding of batches
+    /// bound to fail; meanwhile the queue fills and drops (counted). Shutdown ends the wait.
+    pub(crate) async fn failed(&mut self) {
+        if self.closing {
+            return;
+        }
+        let pause = self.pause;
+        self.pause = (pause * 2).min(MAX_PAUSE);
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = self.close.changed() => self.closing = true,
+        }
+    }
+
+    /// A batch was sent: the next failure waits [`FIRST_PAUSE`] again.
+    pub(crate) fn succeeded(&mut self) {
+        self.pause = FIRST_PAUSE;
+    }
+
     /// The next event; once closing, only what is already queued, then `None`.
-    async fn next(&mut self) -> Option<Arc<AccessEvent>> {
+    async fn next(&mut self) -> Option<T> {
         loop {
             if self.closing {
                 return self.rx.try_recv().ok();
@@ -379,10 +439,13 @@ impl Queue {
     }
 
     /// Up to `max` events, or fewer once the oldest is `wait` old (or at shutdown, what is left).
-    async fn next_batch(&mut self, max: usize, wait: Duration) -> Option<Vec<Arc<AccessEvent>>> {
+    pub(crate) async fn next_batch(&mut self, max: usize, wait: Duration) -> Option<Vec<T>> {
         let first = self.next().await?;
         let deadline = tokio::time::Instant::now() + wait;
         let mut batch = vec![first];
+        // One timer per batch, not one per event.
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
         while batch.len() < max {
             tokio::select! {
                 biased;
@@ -390,7 +453,7 @@ impl Queue {
                     Some(ev) => batch.push(ev),
                     None => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = &mut timer => break,
             }
         }
         Some(batch)
@@ -418,10 +481,14 @@ async fn http_logs(
         let n = batch.len() as u64;
         drop(batch);
         match post(&h, &client, &uri, body).await {
-            Ok(()) => h.stats.success(n),
+            Ok(()) => {
+                h.stats.success(n);
+                q.succeeded();
+            }
             Err(e) => {
                 tracing::warn!(sink = %h.name, items = n, error = %e, "log batch dropped");
                 h.stats.failure(n, e);
+                q.failed().await;
             }
         }
     }

@@ -97,6 +97,31 @@ fn load_key(
     Ok(ck)
 }
 
+/// Loads a certificate chain and key given inline as PEM text (from a TLS Secret). Errors
+/// never quote the key.
+fn load_key_pem(
+    provider: &CryptoProvider,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in certPem: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in certPem".to_string());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("cannot read a private key from keyPem: {e}"))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unsupported private key in keyPem: {e}"))?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match()
+        .map_err(|e| format!("keyPem does not belong to certPem: {e}"))?;
+    Ok(ck)
+}
+
 /// The rustls configs of one `https` listener: TCP (TLS 1.2/1.3, ALPN h2 + http/1.1) and,
 /// when HTTP/3 is on, QUIC (TLS 1.3 only, ALPN h3, no 0-RTT). Both share one SNI resolver.
 #[derive(Debug, Clone)]
@@ -136,7 +161,11 @@ pub fn listener_tls(
         }
     }
     for (i, c) in certs.iter().enumerate() {
-        match load_key(&provider, &c.cert_file, &c.key_file) {
+        let loaded = match (&c.cert_pem, &c.key_pem) {
+            (Some(cert), Some(key)) => load_key_pem(&provider, &cert.0, &key.0),
+            _ => load_key(&provider, &c.cert_file, &c.key_file),
+        };
+        match loaded {
             Ok(k) => keys.push((c.hostnames.clone(), Arc::new(k))),
             Err(e) => errs.push(format!("{path}.tls.certificates[{i}]"), e),
         }
@@ -177,4 +206,89 @@ pub fn listener_tls(
         None
     };
     Some(ListenerTls { tcp, quic })
+}
+
+/// A TLS client configuration for the proxy's own HTTP clients (sinks, auth webhooks):
+/// roots from `ca_file` when given, else the system roots when `https` is used, else none
+/// (plain http). The error says why TLS cannot be set up.
+pub(crate) fn client_config(
+    ca_file: Option<&str>,
+    https: bool,
+) -> Result<rustls::ClientConfig, String> {
+    use hyper_rustls::ConfigBuilderExt;
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    Ok(match ca_file {
+        Some(f) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(f).map_err(|e| format!("caFile {f}: {e}"))? {
+                let c = c.map_err(|e| format!("caFile {f}: {e}"))?;
+                roots.add(c).map_err(|e| format!("caFile {f}: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("caFile {f}: no certificates"));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None if https => builder
+            .with_native_roots()
+            .map_err(|e| format!("no system CA certificates ({e}); set caFile or SSL_CERT_FILE"))?
+            .with_no_client_auth(),
+        // Plain http: no roots needed.
+        None => builder
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_config::{Certificate, SecretString};
+
+    fn inline(cert: &str, key: &str, hostnames: &[&str]) -> Certificate {
+        Certificate {
+            cert_file: String::new(),
+            key_file: String::new(),
+            cert_pem: Some(SecretString(cert.to_string())),
+            key_pem: Some(SecretString(key.to_string())),
+            hostnames: hostnames.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn inline_pem_certificates_load_and_errors_name_the_field_not_the_key() {
+        let a = rcgen::generate_simple_self_signed(vec!["a.example.com".to_string()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.example.com".to_string()]).unwrap();
+        let (a_crt, a_key) = (a.cert.pem(), a.signing_key.serialize_pem());
+        let b_key = b.signing_key.serialize_pem();
+
+        let tls = TlsConfig {
+            certificates: vec![inline(&a_crt, &a_key, &["a.example.com"])],
+        };
+        let mut errs = Errors::default();
+        assert!(listener_tls(Some(&tls), "listeners[0]", true, &mut errs).is_some());
+        assert!(errs.is_empty(), "{errs:?}");
+
+        for (cert, key, want) in [
+            (
+                a_crt.as_str(),
+                b_key.as_str(),
+                "keyPem does not belong to certPem",
+            ),
+            ("not pem", a_key.as_str(), "no certificate in certPem"),
+            (a_crt.as_str(), "not pem", "keyPem"),
+        ] {
+            let tls = TlsConfig {
+                certificates: vec![inline(cert, key, &[])],
+            };
+            let mut errs = Errors::default();
+            listener_tls(Some(&tls), "listeners[0]", false, &mut errs);
+            let text = format!("{errs:?}");
+            assert!(text.contains("listeners[0].tls.certificates[0]"), "{text}");
+            assert!(text.contains(want), "{text}");
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+        }
+    }
 }

@@ -9,9 +9,10 @@
 //! `traceparent` the trace id and sampled flag are kept and the upstream sees the proxy's span
 //! id as its parent; `tracestate` passes through untouched. Without one (or with an invalid
 //! one, or several) a new trace is started, sampled, and any `tracestate` is dropped, as the
-//! spec requires.
+//! spec requires. When spans are exported, [`crate::otel::start`] replaces the sampled flag
+//! with the sampler's decision and each upstream try gets its own span id.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use std::fmt;
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -103,13 +104,10 @@ impl TraceContext {
         if self.parent_id.is_none() {
             headers.remove(&TRACESTATE);
         }
-        let v = format!(
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
+        headers.insert(
+            TRACEPARENT.clone(),
+            crate::fastfmt::traceparent(self.trace_id, self.span_id, self.flags),
         );
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(TRACEPARENT.clone(), v);
-        }
     }
 
     pub fn trace_id(&self) -> TraceId {
@@ -142,6 +140,7 @@ impl fmt::Display for SpanId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

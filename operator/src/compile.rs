@@ -55,6 +55,15 @@ pub struct ServiceIndex {
     pub slices: BTreeMap<ObjKey, Vec<Slice>>,
 }
 
+/// The Secrets the objects reference, as read from the API server: `ns/name` -> its data, or
+/// `None` when it does not exist. A referenced Secret absent from the index counts as not
+/// found (the controller only compiles for pushing once every referenced Secret was read).
+pub type SecretIndex = BTreeMap<ObjKey, Option<BTreeMap<String, Vec<u8>>>>;
+
+/// Keys of a `kubernetes.io/tls` Secret.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+
 /// What to compile.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
@@ -62,7 +71,57 @@ pub struct Inputs<'a> {
     pub backends: &'a [Backend],
     pub sinks: &'a [TelemetrySink],
     pub services: &'a ServiceIndex,
+    pub secrets: &'a SecretIndex,
     pub listeners: &'a [weir_config::Listener],
+}
+
+/// Reads `key` of Secret `ns/name` as UTF-8; the error names the Secret and key, never a value.
+fn secret_value(
+    secrets: &SecretIndex,
+    ns: &str,
+    name: &str,
+    data_key: &str,
+    path: &str,
+) -> Result<String, FieldError> {
+    let k = key(ns, name);
+    let Some(Some(data)) = secrets.get(&k) else {
+        return Err(FieldError::new(path, format!("Secret {k} not found")));
+    };
+    let Some(bytes) = data.get(data_key) else {
+        return Err(FieldError::new(
+            path,
+            format!("Secret {k} has no key {data_key:?}"),
+        ));
+    };
+    String::from_utf8(bytes.clone()).map_err(|_| {
+        FieldError::new(
+            path,
+            format!("Secret {k} key {data_key:?} is not UTF-8 text"),
+        )
+    })
+}
+
+/// Parses a PEM certificate chain and private key and checks that they belong together, so a
+/// bad Secret is reported on its route instead of making every pod reject the snapshot.
+fn check_tls_pair(cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in {TLS_CERT_KEY}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {TLS_CERT_KEY}"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("no private key in {TLS_KEY_KEY}: {e}"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unsupported private key in {TLS_KEY_KEY}: {e}"))?;
+    rustls::sign::CertifiedKey::new(certs, signing)
+        .keys_match()
+        .map_err(|e| format!("{TLS_KEY_KEY} does not belong to {TLS_CERT_KEY}: {e}"))
 }
 
 /// The outcome for one route.
@@ -73,6 +132,9 @@ pub struct RouteOutcome {
     pub invalid: Vec<FieldError>,
     /// Unresolvable backendRefs (`ResolvedRefs=False`).
     pub unresolved: Vec<FieldError>,
+    /// TLS certificate Secrets that are missing or unusable (`ResolvedRefs=False`; the route
+    /// is still served, without that certificate).
+    pub unresolved_secrets: Vec<FieldError>,
     /// Referenced backends (`ns/name`), deduplicated, in order of first reference.
     pub backends: Vec<ObjKey>,
     /// In the snapshot.
@@ -88,6 +150,9 @@ pub enum BackendProblem {
     ServiceNotFound(String),
     /// The Service has no such port (kept with no endpoints).
     PortNotFound(String),
+    /// The credential's Secret or key is missing; left out of the snapshot (requests would
+    /// otherwise go upstream without their credential).
+    UnresolvedRefs(Vec<FieldError>),
 }
 
 /// The outcome for one Backend.
@@ -98,6 +163,8 @@ pub struct BackendOutcome {
     /// Resolved endpoint addresses.
     pub endpoints: Vec<String>,
     pub included: bool,
+    /// References a Secret (status then carries `ResolvedRefs`).
+    pub has_secret_refs: bool,
 }
 
 /// The outcome for one TelemetrySink.
@@ -105,7 +172,11 @@ pub struct BackendOutcome {
 pub struct SinkOutcome {
     pub generation: Option<i64>,
     pub invalid: Vec<FieldError>,
+    /// The API key's Secret or key is missing (`ResolvedRefs=False`); left out of the snapshot.
+    pub unresolved: Vec<FieldError>,
     pub included: bool,
+    /// References a Secret (status then carries `ResolvedRefs`).
+    pub has_secret_refs: bool,
 }
 
 /// The snapshot and every object's outcome.
@@ -119,6 +190,9 @@ pub struct Compiled {
     /// Problems with the operator's own settings (listeners); when set, the snapshot is empty
     /// of listeners and pods should not be pushed.
     pub global: Vec<FieldError>,
+    /// Every Secret (`ns/name`) the objects reference, found or not: the controller watches
+    /// exactly these.
+    pub secret_refs: BTreeSet<ObjKey>,
 }
 
 impl Compiled {
@@ -151,21 +225,6 @@ fn to_object_path(path: &str, prefix: &str) -> String {
         Some("") => "spec".to_string(),
         Some(rest) => format!("spec{rest}"),
         None => path.to_string(),
-    }
-}
-
-fn parse_duration(
-    v: &Option<String>,
-    path: &str,
-    errs: &mut Vec<FieldError>,
-) -> Option<weir_config::Duration> {
-    let s = v.as_ref()?;
-    match s.parse::<weir_config::Duration>() {
-        Ok(d) => Some(d),
-        Err(e) => {
-            errs.push(FieldError::new(path, e));
-            None
-        }
     }
 }
 
@@ -211,6 +270,8 @@ fn resolve_service(
 fn compile_backend(
     b: &Backend,
     index: &ServiceIndex,
+    secrets: &SecretIndex,
+    refs: &mut BTreeSet<ObjKey>,
 ) -> (BackendOutcome, Option<weir_config::Backend>) {
     let ns = b.namespace().unwrap_or_default();
     let name = obj_key(b);
@@ -263,18 +324,8 @@ fn compile_backend(
             v.insert(k.to_string(), val);
         }
     };
-    put(
-        "timeouts",
-        spec.timeouts
-            .as_ref()
-            .and_then(|t| serde_json::to_value(t).ok()),
-    );
-    put(
-        "pool",
-        spec.pool
-            .as_ref()
-            .and_then(|t| serde_json::to_value(t).ok()),
-    );
+    put("timeouts", spec.timeouts.clone());
+    put("pool", spec.pool.clone());
     put("healthCheck", spec.health_check.clone());
     put("outlierDetection", spec.outlier_detection.clone());
     put("loadBalancer", spec.load_balancer.clone());
@@ -285,6 +336,26 @@ fn compile_backend(
         spec.max_concurrent_requests.map(Into::into),
     );
     put("queueTimeout", spec.queue_timeout.clone().map(Into::into));
+    let mut unresolved = Vec::new();
+    if let Some(c) = &spec.credential {
+        out.has_secret_refs = true;
+        refs.insert(key(&ns, &c.secret_key_ref.name));
+        match secret_value(
+            secrets,
+            &ns,
+            &c.secret_key_ref.name,
+            &c.secret_key_ref.key,
+            "spec.credential.secretKeyRef",
+        ) {
+            Ok(value) => put(
+                "credential",
+                Some(
+                    serde_json::json!({ "header": c.header, "value": value.trim_end_matches(['\r', '\n']) }),
+                ),
+            ),
+            Err(e) => unresolved.push(e),
+        }
+    }
     let doc = serde_json::json!({ "backends": { name.clone(): v } });
     let prefix = format!("backends[{name:?}]");
     let map_errs = |e: weir_config::ConfigError, errs: &mut Vec<FieldError>| {
@@ -310,6 +381,10 @@ fn compile_backend(
         }
     };
     match backend {
+        Some(_) if errs.is_empty() && !unresolved.is_empty() => {
+            out.problem = Some(BackendProblem::UnresolvedRefs(unresolved));
+            (out, None)
+        }
         Some(backend) if errs.is_empty() => {
             out.endpoints = backend
                 .endpoints
@@ -326,106 +401,80 @@ fn compile_backend(
     }
 }
 
-fn convert_header_filter(h: &Option<crd::HeaderFilter>) -> weir_config::HeaderFilter {
-    let Some(h) = h else {
-        return weir_config::HeaderFilter::default();
-    };
-    let conv = |v: &[crd::HeaderValue]| {
-        v.iter()
-            .map(|hv| weir_config::HeaderValue {
-                name: hv.name.clone(),
-                value: hv.value.clone(),
-            })
-            .collect()
-    };
-    weir_config::HeaderFilter {
-        add: conv(&h.add),
-        set: conv(&h.set),
-        remove: h.remove.clone(),
-    }
-}
-
-fn convert_value_match(v: &crd::ValueMatch) -> weir_config::ValueMatch {
-    weir_config::ValueMatch {
-        name: v.name.clone(),
-        kind: match v.kind {
-            crd::StringMatchType::Exact => weir_config::StringMatchType::Exact,
-            crd::StringMatchType::RegularExpression => {
-                weir_config::StringMatchType::RegularExpression
-            }
-        },
-        value: v.value.clone(),
-    }
-}
-
-fn convert_route(r: &ProxyRoute, errs: &mut Vec<FieldError>) -> weir_config::Route {
+/// The route as the contract spells it. The CRD's rule, match and filter fields have the
+/// contract's names and shapes, so the spec is passed through as JSON with only the
+/// backendRefs rewritten (`namespace` + `name` -> `ns/name`) and operator-only fields
+/// (`tls`) removed; the contract then parses and validates it, so new contract fields need
+/// no conversion code and errors carry the contract's field paths.
+fn route_json(r: &ProxyRoute) -> serde_json::Value {
     let ns = r.namespace().unwrap_or_default();
-    let rules = r
-        .spec
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| weir_config::Rule {
-            matches: rule
-                .matches
-                .iter()
-                .map(|m| weir_config::Match {
-                    path: m.path.as_ref().map(|p| weir_config::PathMatch {
-                        kind: match p.kind {
-                            crd::PathMatchType::Exact => weir_config::PathMatchType::Exact,
-                            crd::PathMatchType::PathPrefix => {
-                                weir_config::PathMatchType::PathPrefix
-                            }
-                            crd::PathMatchType::Wildcard => weir_config::PathMatchType::Wildcard,
-                            crd::PathMatchType::RegularExpression => {
-                                weir_config::PathMatchType::RegularExpression
-                            }
-                        },
-                        value: p.value.clone(),
-                    }),
-                    method: m.method.clone(),
-                    headers: m.headers.iter().map(convert_value_match).collect(),
-                    query_params: m.query_params.iter().map(convert_value_match).collect(),
-                })
-                .collect(),
-            filters: rule
-                .filters
-                .as_ref()
-                .map(|f| weir_config::Filters {
-                    request_headers: convert_header_filter(&f.request_headers),
-                    response_headers: convert_header_filter(&f.response_headers),
-                    path: f.path.as_ref().map(|p| weir_config::PathRewrite {
-                        strip_prefix: p.strip_prefix.clone(),
-                        replace_prefix: p.replace_prefix.as_ref().map(|rp| {
-                            weir_config::PrefixReplace {
-                                from: rp.from.clone(),
-                                to: rp.to.clone(),
-                            }
-                        }),
-                        add_prefix: p.add_prefix.clone(),
-                    }),
-                })
-                .unwrap_or_default(),
-            backend_refs: rule
-                .backend_refs
-                .iter()
-                .map(|b| weir_config::BackendRef {
-                    name: key(b.namespace.as_deref().unwrap_or(&ns), &b.name),
-                    weight: b.weight,
-                })
-                .collect(),
-            timeout: parse_duration(&rule.timeout, &format!("spec.rules[{i}].timeout"), errs),
-        })
-        .collect();
-    weir_config::Route {
-        name: obj_key(r),
-        hostnames: r.spec.hostnames.clone(),
-        rules,
+    let mut spec = serde_json::to_value(&r.spec).unwrap_or_default();
+    if let Some(obj) = spec.as_object_mut() {
+        obj.remove("tls");
+        obj.insert("name".into(), obj_key(r).into());
+        for rule in obj
+            .get_mut("rules")
+            .and_then(|v| v.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            for br in rule
+                .get_mut("backendRefs")
+                .and_then(|v| v.as_array_mut())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(b) = br.as_object_mut() {
+                    let bns = b
+                        .remove("namespace")
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_else(|| ns.clone());
+                    let name = b.get("name").and_then(|v| v.as_str()).unwrap_or_default();
+                    let full = key(&bns, name);
+                    b.insert("name".into(), full.into());
+                }
+            }
+            // KairosDB metric routes name Backends too: `name` (route's namespace) or `ns/name`.
+            for mr in rule
+                .pointer_mut("/kairos/metricRoutes")
+                .and_then(|v| v.as_array_mut())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(b) = mr.get_mut("backend") {
+                    if let Some(name) = b.as_str().filter(|n| !n.contains('/')) {
+                        *b = key(&ns, name).into();
+                    }
+                }
+            }
+        }
+    }
+    spec
+}
+
+/// Parses the route with the contract (types and unknown fields; validation comes later).
+fn convert_route(r: &ProxyRoute, errs: &mut Vec<FieldError>) -> Option<weir_config::Route> {
+    let doc = serde_json::json!({ "routes": [route_json(r)] });
+    let parsed = serde_json::to_vec(&doc)
+        .map_err(|e| weir_config::ConfigError::single("", e.to_string()))
+        .and_then(|bytes| weir_config::parse_json(&bytes));
+    match parsed {
+        Ok(mut snap) if !snap.routes.is_empty() => Some(snap.routes.remove(0)),
+        Ok(_) => None,
+        Err(e) => {
+            errs.extend(
+                e.errors
+                    .into_iter()
+                    .map(|fe| FieldError::new(to_object_path(&fe.path, "routes[0]"), fe.message)),
+            );
+            None
+        }
     }
 }
 
 fn is_ref_error(fe: &FieldError) -> bool {
-    fe.path.contains(".backendRefs[") && fe.path.ends_with("].name")
+    (fe.path.contains(".backendRefs[") && fe.path.ends_with("].name"))
+        || (fe.path.contains(".kairos.metricRoutes[") && fe.path.ends_with("].backend"))
 }
 
 /// Sort key for routes: oldest first, then `ns/name` (declaration order breaks precedence
@@ -438,6 +487,76 @@ fn route_order(r: &ProxyRoute) -> (Option<String>, ObjKey) {
             .map(|t| t.0.to_string()),
         obj_key(r),
     )
+}
+
+/// The sink as the contract spells it (spec settings passed through, the API key from its
+/// Secret), parsed and validated by the contract.
+fn compile_sink(
+    s: &TelemetrySink,
+    secrets: &SecretIndex,
+    refs: &mut BTreeSet<ObjKey>,
+) -> (SinkOutcome, Option<weir_config::Sink>) {
+    let ns = s.namespace().unwrap_or_default();
+    let k = obj_key(s);
+    let mut out = SinkOutcome {
+        generation: s.meta().generation,
+        ..Default::default()
+    };
+    let mut v: serde_json::Map<String, serde_json::Value> = s
+        .spec
+        .settings
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.insert(
+        "type".into(),
+        serde_json::to_value(s.spec.kind).unwrap_or_default(),
+    );
+    v.insert("endpoint".into(), s.spec.endpoint.clone().into());
+    v.remove("apiKey");
+    if let Some(r) = &s.spec.api_key_secret_ref {
+        out.has_secret_refs = true;
+        refs.insert(key(&ns, &r.name));
+        match secret_value(secrets, &ns, &r.name, &r.key, "spec.apiKeySecretRef") {
+            Ok(value) => {
+                v.insert("apiKey".into(), value.trim_end_matches(['\r', '\n']).into());
+            }
+            Err(e) => out.unresolved.push(e),
+        }
+    }
+    let doc = serde_json::json!({ "sinks": { k.clone(): v } });
+    let prefix = format!("sinks[{k:?}]");
+    let mut errs = Vec::new();
+    let map_errs = |e: weir_config::ConfigError, errs: &mut Vec<FieldError>| {
+        errs.extend(
+            e.errors
+                .into_iter()
+                .map(|fe| FieldError::new(to_object_path(&fe.path, &prefix), fe.message)),
+        )
+    };
+    let parsed = serde_json::to_vec(&doc)
+        .map_err(|e| weir_config::ConfigError::single("", e.to_string()))
+        .and_then(|bytes| weir_config::parse_json(&bytes));
+    let sink = match parsed {
+        Ok(snap) => {
+            if let Err(e) = snap.validate() {
+                map_errs(e, &mut errs);
+            }
+            snap.sinks.get(&k).cloned()
+        }
+        Err(e) => {
+            map_errs(e, &mut errs);
+            None
+        }
+    };
+    out.invalid = errs;
+    match sink {
+        Some(sink) if out.invalid.is_empty() && out.unresolved.is_empty() => {
+            out.included = true;
+            (out, Some(sink))
+        }
+        _ => (out, None),
+    }
 }
 
 /// Compiles everything into one snapshot. See the module docs.
@@ -466,7 +585,8 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
     probe.listeners.clear();
 
     for b in inputs.backends {
-        let (outcome, backend) = compile_backend(b, inputs.services);
+        let (outcome, backend) =
+            compile_backend(b, inputs.services, inputs.secrets, &mut out.secret_refs);
         let k = obj_key(b);
         if let Some(backend) = backend {
             snap.backends.insert(k.clone(), backend);
@@ -474,6 +594,7 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         out.backends.insert(k, outcome);
     }
 
+    let mut tls_certs: Vec<weir_config::Certificate> = Vec::new();
     let mut routes: Vec<&ProxyRoute> = inputs.routes.iter().collect();
     routes.sort_by_key(|r| route_order(r));
     for r in routes {
@@ -483,17 +604,40 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
             ..Default::default()
         };
         let mut errs = Vec::new();
-        let route = convert_route(r, &mut errs);
-        for rule in &route.rules {
-            for br in &rule.backend_refs {
-                if !outcome.backends.contains(&br.name) {
-                    outcome.backends.push(br.name.clone());
+        let ns = r.namespace().unwrap_or_default();
+        for rule in &r.spec.rules {
+            let kairos = rule
+                .kairos
+                .as_ref()
+                .and_then(|k| k.get("metricRoutes"))
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.get("backend")?.as_str())
+                .map(|n| {
+                    if n.contains('/') {
+                        n.to_string()
+                    } else {
+                        key(&ns, n)
+                    }
+                });
+            let refs = rule
+                .backend_refs
+                .iter()
+                .map(|br| key(br.namespace.as_deref().unwrap_or(&ns), &br.name))
+                .chain(kairos);
+            for bk in refs {
+                if !outcome.backends.contains(&bk) {
+                    outcome.backends.push(bk);
                 }
             }
         }
-        probe.routes = vec![route.clone()];
-        probe.backends = snap.backends.clone();
-        if let Err(e) = probe.validate() {
+        let route = convert_route(r, &mut errs);
+        if let Some(route) = &route {
+            probe.routes = vec![route.clone()];
+            probe.backends = snap.backends.clone();
+        }
+        if let Some(Err(e)) = route.as_ref().map(|_| probe.validate()) {
             for fe in e.errors {
                 let fe = FieldError::new(to_object_path(&fe.path, "routes[0]"), fe.message);
                 if is_ref_error(&fe) {
@@ -504,7 +648,12 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
                         .nth(1)
                         .and_then(|n| out.backends.get(n).map(|b| (n, b)))
                     {
-                        Some((n, _)) => format!("Backend {n} is invalid"),
+                        Some((n, b)) => match &b.problem {
+                            Some(BackendProblem::UnresolvedRefs(_)) => {
+                                format!("Backend {n} has unresolved Secret references")
+                            }
+                            _ => format!("Backend {n} is invalid"),
+                        },
                         None => fe
                             .message
                             .replace("is not defined in backends", "not found"),
@@ -516,50 +665,67 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
             }
         }
         outcome.invalid = errs;
-        if outcome.invalid.is_empty() && outcome.unresolved.is_empty() {
+        if let Some(route) =
+            route.filter(|_| outcome.invalid.is_empty() && outcome.unresolved.is_empty())
+        {
             outcome.included = true;
             snap.routes.push(route);
+        }
+        for (i, cr) in r
+            .spec
+            .tls
+            .iter()
+            .flat_map(|t| t.certificate_refs.iter())
+            .enumerate()
+        {
+            out.secret_refs.insert(key(&ns, &cr.name));
+            let path = format!("spec.tls.certificateRefs[{i}]");
+            let pair =
+                secret_value(inputs.secrets, &ns, &cr.name, TLS_CERT_KEY, &path).and_then(|c| {
+                    Ok((
+                        c,
+                        secret_value(inputs.secrets, &ns, &cr.name, TLS_KEY_KEY, &path)?,
+                    ))
+                });
+            let pair = pair.and_then(|(c, k)| {
+                check_tls_pair(&c, &k).map(|_| (c, k)).map_err(|e| {
+                    FieldError::new(&path, format!("Secret {}: {e}", key(&ns, &cr.name)))
+                })
+            });
+            match pair {
+                Ok(_) if !outcome.included => {}
+                Ok((c, k)) => tls_certs.push(weir_config::Certificate {
+                    cert_file: String::new(),
+                    key_file: String::new(),
+                    cert_pem: Some(weir_config::SecretString(c)),
+                    key_pem: Some(weir_config::SecretString(k)),
+                    hostnames: r.spec.hostnames.clone(),
+                }),
+                Err(e) => outcome.unresolved_secrets.push(e),
+            }
         }
         out.routes.insert(k, outcome);
     }
 
-    for s in inputs.sinks {
-        let k = obj_key(s);
-        let mut errs = Vec::new();
-        let flush_interval =
-            parse_duration(&s.spec.flush_interval, "spec.flushInterval", &mut errs);
-        let mut sink = weir_config::Sink::new(
-            match s.spec.kind {
-                crd::SinkType::Otlp => weir_config::SinkType::Otlp,
-                crd::SinkType::HttpJson => weir_config::SinkType::HttpJson,
-                crd::SinkType::Syslog => weir_config::SinkType::Syslog,
-            },
-            s.spec.endpoint.clone(),
-        );
-        sink.batch_size = s.spec.batch_size.map(|n| n as usize);
-        sink.flush_interval = flush_interval;
-        let mut p = Snapshot::default();
-        p.sinks.insert(k.clone(), sink.clone());
-        if let Err(e) = p.validate() {
-            let prefix = format!("sinks[{k:?}]");
-            errs.extend(
-                e.errors
-                    .into_iter()
-                    .map(|fe| FieldError::new(to_object_path(&fe.path, &prefix), fe.message)),
-            );
+    // Route certificates go to every https listener, after the listener's own ones.
+    if !tls_certs.is_empty() {
+        for l in &mut snap.listeners {
+            if l.protocol == weir_config::ListenerProtocol::Https {
+                l.tls
+                    .get_or_insert_with(Default::default)
+                    .certificates
+                    .extend(tls_certs.iter().cloned());
+            }
         }
-        let included = errs.is_empty();
-        if included {
+    }
+
+    for s in inputs.sinks {
+        let (outcome, sink) = compile_sink(s, inputs.secrets, &mut out.secret_refs);
+        let k = obj_key(s);
+        if let Some(sink) = sink {
             snap.sinks.insert(k.clone(), sink);
         }
-        out.sinks.insert(
-            k,
-            SinkOutcome {
-                generation: s.meta().generation,
-                invalid: errs,
-                included,
-            },
-        );
+        out.sinks.insert(k, outcome);
     }
 
     snap.version = snap.content_hash();
@@ -598,6 +764,7 @@ mod tests {
             backends,
             sinks: &[],
             services,
+            secrets: &SecretIndex::default(),
             listeners: &listeners(),
         })
     }
@@ -849,5 +1016,328 @@ mod tests {
             .map(|r| r.name.as_str())
             .collect();
         assert_eq!(names, vec!["ns/z-old", "ns/a-new"]);
+    }
+
+    fn secrets(entries: &[(&str, &[(&str, &str)])]) -> SecretIndex {
+        entries
+            .iter()
+            .map(|(k, data)| {
+                let d = data
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect();
+                (k.to_string(), Some(d))
+            })
+            .collect()
+    }
+
+    fn run_with(
+        routes: &[ProxyRoute],
+        backends: &[Backend],
+        sinks: &[TelemetrySink],
+        secrets: &SecretIndex,
+        listeners: &[weir_config::Listener],
+    ) -> Compiled {
+        compile(Inputs {
+            routes,
+            backends,
+            sinks,
+            services: &ServiceIndex::default(),
+            secrets,
+            listeners,
+        })
+    }
+
+    fn sink(ns: &str, name: &str, yaml: &str) -> TelemetrySink {
+        let spec: TelemetrySinkSpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut s = TelemetrySink::new(name, spec);
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.generation = Some(1);
+        s
+    }
+
+    #[test]
+    fn secret_references_table() {
+        let cert = rcgen::generate_simple_self_signed(vec!["tls.example.com".to_string()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["x.example.com".to_string()]).unwrap();
+        let (crt, key) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+        let wrong_key = other.signing_key.serialize_pem();
+        let idx = secrets(&[
+            ("ns/token", &[("t", "Bearer abc\n")]),
+            ("ns/tls", &[("tls.crt", &crt), ("tls.key", &key)]),
+            ("ns/mismatch", &[("tls.crt", &crt), ("tls.key", &wrong_key)]),
+            ("ns/sinkkey", &[("k", "s3cret")]),
+        ]);
+        let cred = |secret: &str, k: &str| {
+            backend(
+                "ns",
+                "be",
+                &format!("{{endpoints: [{{address: 'a:1'}}], credential: {{header: authorization, secretKeyRef: {{name: {secret}, key: {k}}}}}}}"),
+            )
+        };
+        let https: Vec<weir_config::Listener> = serde_yaml_ng::from_str(
+            "[{name: http, address: '0.0.0.0:8080', protocol: http}, {name: https, address: '0.0.0.0:8443', protocol: https}]",
+        )
+        .unwrap();
+        let tls_route = |secret: &str| {
+            route(
+                "ns",
+                "r",
+                &format!("{{hostnames: [tls.example.com], tls: {{certificateRefs: [{{name: {secret}}}]}}, rules: [{{backendRefs: [{{name: be}}]}}]}}"),
+            )
+        };
+        let plain_be = backend("ns", "be", "{endpoints: [{address: 'a:1'}]}");
+
+        // Credential: resolved, trailing newline dropped; the Secret is a watched reference.
+        let out = run_with(&[], &[cred("token", "t")], &[], &idx, &listeners());
+        let c = out.snapshot.backends["ns/be"].credential.clone().unwrap();
+        assert_eq!(
+            (c.header.as_str(), c.value.as_str()),
+            ("authorization", "Bearer abc")
+        );
+        assert!(out.backends["ns/be"].has_secret_refs);
+        assert_eq!(out.secret_refs.iter().collect::<Vec<_>>(), vec!["ns/token"]);
+        // The value never shows in the outcome's Debug (what logs would print).
+        assert!(!format!("{out:?}").contains("Bearer abc"));
+
+        // Missing Secret / key: left out, reported with the field path; a route to it says why.
+        for (secret, k, msg) in [
+            ("nope", "t", "Secret ns/nope not found"),
+            ("token", "other", "Secret ns/token has no key \"other\""),
+        ] {
+            let r = route("ns", "r", "{rules: [{backendRefs: [{name: be}]}]}");
+            let out = run_with(&[r], &[cred(secret, k)], &[], &idx, &listeners());
+            assert!(out.snapshot.backends.is_empty());
+            match &out.backends["ns/be"].problem {
+                Some(BackendProblem::UnresolvedRefs(e)) => {
+                    assert_eq!(e[0].path, "spec.credential.secretKeyRef");
+                    assert_eq!(e[0].message, msg);
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                out.routes["ns/r"].unresolved[0].message,
+                "Backend ns/be has unresolved Secret references"
+            );
+            assert!(out.secret_refs.contains(&format!("ns/{secret}")));
+        }
+
+        // TLS: the pair goes inline into every https listener, with the route's hostnames.
+        let out = run_with(
+            &[tls_route("tls")],
+            std::slice::from_ref(&plain_be),
+            &[],
+            &idx,
+            &https,
+        );
+        assert!(out.routes["ns/r"].unresolved_secrets.is_empty());
+        assert!(out.snapshot.listeners[0].tls.is_none());
+        let certs = &out.snapshot.listeners[1].tls.as_ref().unwrap().certificates;
+        assert_eq!(certs.len(), 1);
+        assert_eq!(certs[0].hostnames, vec!["tls.example.com"]);
+        assert_eq!(certs[0].cert_pem.as_ref().unwrap().0, crt);
+        out.snapshot.validate().unwrap();
+        assert!(!format!("{:?}", out.snapshot).contains("PRIVATE KEY"));
+        assert!(!serde_json::to_string(&out.snapshot.redacted())
+            .unwrap()
+            .contains("PRIVATE KEY"));
+
+        // A missing or broken TLS Secret: reported, the route is still served without it.
+        for (secret, msg) in [
+            ("gone", "Secret ns/gone not found"),
+            ("token", "Secret ns/token has no key \"tls.crt\""),
+            ("mismatch", "does not belong to"),
+        ] {
+            let out = run_with(
+                &[tls_route(secret)],
+                std::slice::from_ref(&plain_be),
+                &[],
+                &idx,
+                &https,
+            );
+            let o = &out.routes["ns/r"];
+            assert!(o.included, "{secret}");
+            assert_eq!(o.unresolved_secrets[0].path, "spec.tls.certificateRefs[0]");
+            assert!(
+                o.unresolved_secrets[0].message.contains(msg),
+                "{:?}",
+                o.unresolved_secrets
+            );
+            assert!(out.snapshot.listeners[1].tls.is_none());
+        }
+
+        // Sink API key from a Secret; other settings pass through to the contract.
+        let s = sink(
+            "ns",
+            "logs",
+            "{type: httpJson, endpoint: 'http://127.0.0.1:9/x', batchSize: 10, apiKeySecretRef: {name: sinkkey, key: k}}",
+        );
+        let out = run_with(&[], &[], &[s], &idx, &listeners());
+        let got = &out.snapshot.sinks["ns/logs"];
+        assert_eq!(got.api_key.as_ref().unwrap().0, "s3cret");
+        assert_eq!(got.batch_size, Some(10));
+        assert!(out.sinks["ns/logs"].included && out.sinks["ns/logs"].has_secret_refs);
+        let s = sink(
+            "ns",
+            "logs",
+            "{type: httpJson, endpoint: 'http://127.0.0.1:9/x', apiKeySecretRef: {name: sinkkey, key: nope}}",
+        );
+        let out = run_with(&[], &[], &[s], &idx, &listeners());
+        assert!(out.snapshot.sinks.is_empty());
+        assert_eq!(
+            out.sinks["ns/logs"].unresolved[0].path,
+            "spec.apiKeySecretRef"
+        );
+        // Invalid settings: reported with the object's own path.
+        let s = sink(
+            "ns",
+            "logs",
+            "{type: httpJson, endpoint: 'http://127.0.0.1:9/x', batchSize: 0}",
+        );
+        let out = run_with(&[], &[], &[s], &idx, &listeners());
+        assert_eq!(out.sinks["ns/logs"].invalid[0].path, "spec.batchSize");
+    }
+
+    /// One case per contract field exposed on ProxyRoute: a valid value reaches the snapshot
+    /// unchanged, an invalid one is reported with the object's own field path.
+    #[test]
+    fn contract_rule_fields_pass_through() {
+        struct Case {
+            name: &'static str,
+            route: &'static str,
+            invalid: &'static [&'static str],
+            check: fn(&weir_config::Route) -> bool,
+        }
+        let cases = [
+            Case {
+                name: "maxRequestBodyBytes",
+                route: "{rules: [{maxRequestBodyBytes: 1024, backendRefs: [{name: be}]}]}",
+                invalid: &[],
+                check: |r| r.rules[0].max_request_body_bytes == Some(1024),
+            },
+            Case {
+                name: "websocket",
+                route: "{rules: [{websocket: {enabled: false}, backendRefs: [{name: be}]}]}",
+                invalid: &[],
+                check: |r| r.rules[0].websocket.as_ref().is_some_and(|w| !w.enabled),
+            },
+            Case {
+                name: "cors",
+                route: "{rules: [{cors: {allowOrigins: [{value: 'https://a.example.com'}], maxAge: 1m}, backendRefs: [{name: be}]}]}",
+                invalid: &[],
+                check: |r| r.rules[0].cors.as_ref().is_some_and(|c| c.allow_origins.len() == 1),
+            },
+            Case {
+                name: "redirect without backendRefs",
+                route: "{rules: [{redirect: {scheme: https, statusCode: 301}}]}",
+                invalid: &[],
+                check: |r| r.rules[0].redirect.is_some() && r.rules[0].backend_refs.is_empty(),
+            },
+            Case {
+                name: "bad redirect",
+                route: "{rules: [{redirect: {scheme: ftp}}]}",
+                invalid: &["spec.rules[0].redirect.scheme"],
+                check: |_| true,
+            },
+            Case {
+                name: "directResponse",
+                route: "{rules: [{directResponse: {status: 204}}]}",
+                invalid: &[],
+                check: |r| r.rules[0].direct_response.as_ref().is_some_and(|d| d.status == 204),
+            },
+            Case {
+                name: "bad directResponse",
+                route: "{rules: [{directResponse: {status: 99}}]}",
+                invalid: &["spec.rules[0].directResponse.status"],
+                check: |_| true,
+            },
+            Case {
+                name: "rule and route rateLimit",
+                route: "{rateLimit: {requestsPerUnit: 5}, rules: [{rateLimit: {requestsPerUnit: 10}, backendRefs: [{name: be}]}]}",
+                invalid: &[],
+                check: |r| r.rate_limit.is_some() && r.rules[0].rate_limit.is_some(),
+            },
+            Case {
+                name: "bad rateLimit",
+                route: "{rateLimit: {requestsPerUnit: 0}, rules: [{backendRefs: [{name: be}]}]}",
+                invalid: &["spec.rateLimit.requestsPerUnit"],
+                check: |_| true,
+            },
+            Case {
+                name: "extAuth",
+                route: "{extAuth: {url: 'http://auth:8080/check'}, rules: [{backendRefs: [{name: be}]}]}",
+                invalid: &[],
+                check: |r| r.ext_auth.is_some(),
+            },
+            Case {
+                name: "bad rule extAuth",
+                route: "{rules: [{extAuth: {url: 'http://auth:8080/', timeout: 0s}, backendRefs: [{name: be}]}]}",
+                invalid: &["spec.rules[0].extAuth.timeout"],
+                check: |_| true,
+            },
+            Case {
+                name: "fields match",
+                route: "{rules: [{matches: [{fields: [{jsonPath: 'metrics[].name', value: cpu}]}], backendRefs: [{name: be}]}]}",
+                invalid: &[],
+                check: |r| r.rules[0].matches[0].fields.len() == 1,
+            },
+            Case {
+                name: "bad fields match",
+                route: "{rules: [{matches: [{fields: [{jsonPath: 'a[', value: x}]}], backendRefs: [{name: be}]}]}",
+                invalid: &["spec.rules[0].matches[0].fields[0].jsonPath"],
+                check: |_| true,
+            },
+            Case {
+                name: "kairos names Backends in the route's namespace",
+                route: "{rules: [{kairos: {mode: multi, metricRoutes: [{value: cpu, backend: be}]}, backendRefs: [{name: be}]}]}",
+                invalid: &[],
+                check: |r| {
+                    r.rules[0]
+                        .kairos
+                        .as_ref()
+                        .is_some_and(|k| k.metric_routes[0].backend == "ns/be")
+                },
+            },
+            Case {
+                name: "unknown field inside a contract field",
+                route: "{rules: [{cors: {allowOrigins: [], bogus: 1}, backendRefs: [{name: be}]}]}",
+                invalid: &["spec.rules[0].cors.bogus"],
+                check: |_| true,
+            },
+        ];
+        let be = backend("ns", "be", "{endpoints: [{address: '10.0.0.1:80'}]}");
+        for c in &cases {
+            let r = route("ns", "r", c.route);
+            let out = run(&[r], std::slice::from_ref(&be), &ServiceIndex::default());
+            let o = &out.routes["ns/r"];
+            let mut inv: Vec<&str> = o.invalid.iter().map(|e| e.path.as_str()).collect();
+            inv.sort();
+            inv.dedup();
+            assert_eq!(inv, c.invalid, "{}: {:?}", c.name, o.invalid);
+            assert!(o.unresolved.is_empty(), "{}: {:?}", c.name, o.unresolved);
+            assert_eq!(o.included, c.invalid.is_empty(), "{}", c.name);
+            if o.included {
+                assert!(
+                    (c.check)(&out.snapshot.routes[0]),
+                    "{}: {:?}",
+                    c.name,
+                    out.snapshot.routes[0]
+                );
+                out.snapshot.validate().unwrap();
+            }
+        }
+        // A metric route to a missing Backend is an unresolved reference, like a backendRef.
+        let r = route(
+            "ns",
+            "r",
+            "{rules: [{kairos: {mode: multi, metricRoutes: [{value: cpu, backend: nope}]}, backendRefs: [{name: be}]}]}",
+        );
+        let out = run(&[r], std::slice::from_ref(&be), &ServiceIndex::default());
+        let o = &out.routes["ns/r"];
+        assert_eq!(
+            o.unresolved[0].path,
+            "spec.rules[0].kairos.metricRoutes[0].backend"
+        );
+        assert_eq!(o.backends, vec!["ns/be", "ns/nope"]);
     }
 }

@@ -15,7 +15,7 @@ use crate::status::{self, PodProgress};
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, store::Writer, Store};
@@ -33,8 +33,8 @@ use tokio::sync::{watch, Notify};
 
 /// The field manager for every write.
 pub const FIELD_MANAGER: &str = "weir-operator";
-/// The ConfigMap key holding the snapshot (JSON, loadable by `weir-dataplane --config`).
-pub const CONFIGMAP_KEY: &str = "snapshot.json";
+/// The Secret key holding the snapshot (JSON, loadable by `weir-dataplane --config`).
+pub const SNAPSHOT_KEY: &str = "snapshot.json";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Clone)]
@@ -46,7 +46,10 @@ pub struct Settings {
     /// Label selector of the dataplane pods.
     pub dataplane_selector: String,
     pub listeners: Vec<weir_config::Listener>,
-    pub configmap: String,
+    /// The Secret (in `dataplane_namespace`) holding the last-known-good snapshot.
+    pub snapshot_secret: String,
+    /// At most one TelemetrySink counter refresh per this interval.
+    pub sink_status_interval: Duration,
     pub debounce: Duration,
     pub lease: LeaseConfig,
     pub pusher: PusherConfig,
@@ -76,6 +79,119 @@ where
         }
     });
     store
+}
+
+/// Watches exactly the Secrets the objects reference (`Compiled::secret_refs`): one watcher
+/// per Secret, selected by `metadata.name`, so the operator never lists or caches other
+/// Secrets (RBAC: list/watch on secrets; a Role can restrict it with `resourceNames`).
+struct SecretWatches {
+    client: Client,
+    notify: Arc<Notify>,
+    tasks: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// Secrets whose watcher has listed: data, or `None` when it does not exist.
+    known: Arc<std::sync::Mutex<compile::SecretIndex>>,
+}
+
+type SecretData = Option<BTreeMap<String, Vec<u8>>>;
+
+fn secret_data(s: &Secret) -> SecretData {
+    Some(
+        s.data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+    )
+}
+
+impl SecretWatches {
+    /// Starts watchers for newly referenced Secrets and stops those no longer referenced.
+    fn sync(&mut self, wanted: &std::collections::BTreeSet<String>) {
+        let known = self.known.clone();
+        self.tasks.retain(|k, t| {
+            let keep = wanted.contains(k);
+            if !keep {
+                t.abort();
+                known.lock().unwrap_or_else(|e| e.into_inner()).remove(k);
+            }
+            keep
+        });
+        for k in wanted {
+            if self.tasks.contains_key(k) {
+                continue;
+            }
+            let Some((ns, name)) = k.split_once('/') else {
+                continue;
+            };
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+            let cfg = watcher::Config::default()
+                .any_semantic()
+                .fields(&format!("metadata.name={name}"));
+            let key = k.clone();
+            let known = self.known.clone();
+            let notify = self.notify.clone();
+            let task = tokio::spawn(async move {
+                let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
+                let mut listing: SecretData = None;
+                while let Some(ev) = stream.next().await {
+                    let update = match ev {
+                        Ok(watcher::Event::Init) => {
+                            listing = None;
+                            None
+                        }
+                        Ok(watcher::Event::InitApply(s)) => {
+                            listing = secret_data(&s);
+                            None
+                        }
+                        Ok(watcher::Event::InitDone) => Some(listing.take()),
+                        Ok(watcher::Event::Apply(s)) => Some(secret_data(&s)),
+                        Ok(watcher::Event::Delete(_)) => Some(None),
+                        Err(e) => {
+                            // The error names the Secret, never its data.
+                            tracing::warn!(secret = %key, error = %e, "secret watch error (retrying)");
+                            // Not allowed to read it (RBAC): count it as not found, so the
+                            // referencing object reports it and everything else goes on.
+                            let forbidden = matches!(
+                                &e,
+                                watcher::Error::InitialListFailed(kube::Error::Api(ae))
+                                    | watcher::Error::WatchStartFailed(kube::Error::Api(ae))
+                                    if ae.code == 403
+                            );
+                            let known = known.lock().unwrap_or_else(|e| e.into_inner());
+                            (forbidden && !known.contains_key(&key)).then_some(None)
+                        }
+                    };
+                    if let Some(data) = update {
+                        let mut m = known.lock().unwrap_or_else(|e| e.into_inner());
+                        if m.get(&key) != Some(&data) {
+                            m.insert(key.clone(), data);
+                            drop(m);
+                            notify.notify_one();
+                        }
+                    }
+                }
+            });
+            self.tasks.insert(k.clone(), task);
+        }
+    }
+
+    fn index(&self) -> compile::SecretIndex {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every wanted Secret has been read (found or not).
+    fn all_known(&self, wanted: &std::collections::BTreeSet<String>) -> bool {
+        let m = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        wanted.iter().all(|k| m.contains_key(k))
+    }
+}
+
+impl Drop for SecretWatches {
+    fn drop(&mut self) {
+        for t in self.tasks.values() {
+            t.abort();
+        }
+    }
 }
 
 /// `discovery.k8s.io/v1` EndpointSlices when served, else `v1beta1` (Kubernetes < 1.21).
@@ -402,8 +518,15 @@ pub async fn run(
         progress.clone(),
     ));
 
-    let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &s.dataplane_namespace);
-    let mut cm_written: Option<String> = None;
+    let lkg_api: Api<Secret> = Api::namespaced(client.clone(), &s.dataplane_namespace);
+    let mut lkg_written: Option<String> = None;
+    let mut secret_watches = SecretWatches {
+        client: client.clone(),
+        notify: notify.clone(),
+        tasks: HashMap::new(),
+        known: Default::default(),
+    };
+    let mut sink_counters_at: Option<tokio::time::Instant> = None;
     let mut history: VecDeque<(String, BTreeMap<String, i64>)> = VecDeque::new();
     let mut writer = StatusWriter {
         written: HashMap::new(),
@@ -434,7 +557,7 @@ pub async fn run(
         if leader != was_leader {
             // New term: forget what we think we wrote; re-read the world.
             writer.written.clear();
-            cm_written = None;
+            lkg_written = None;
             was_leader = leader;
         }
 
@@ -443,13 +566,25 @@ pub async fn run(
         let backend_objs: Vec<Backend> = backends.state().iter().map(|r| (**r).clone()).collect();
         let sink_objs: Vec<TelemetrySink> = sinks.state().iter().map(|r| (**r).clone()).collect();
         let idx = service_index(&services, &slices);
+        let secrets_idx = secret_watches.index();
         let compiled: Compiled = compile::compile(compile::Inputs {
             routes: &route_objs,
             backends: &backend_objs,
             sinks: &sink_objs,
             services: &idx,
+            secrets: &secrets_idx,
             listeners: &s.listeners,
         });
+        secret_watches.sync(&compiled.secret_refs);
+        if !secret_watches.all_known(&compiled.secret_refs) {
+            // A referenced Secret has not been read yet: this snapshot would lack a credential
+            // or certificate that exists. Its watcher pokes `notify` once it has listed.
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = stop.changed() => break,
+            }
+            continue;
+        }
         let version = compiled.snapshot.version.clone();
         if !history.iter().any(|(v, _)| *v == version) {
             history.push_back((version.clone(), compiled.contents()));
@@ -481,7 +616,13 @@ pub async fn run(
         });
 
         if leader && snapshot_ok {
-            write_configmap(&cm_api, &s.configmap, &compiled.snapshot, &mut cm_written).await;
+            write_snapshot_secret(
+                &lkg_api,
+                &s.snapshot_secret,
+                &compiled.snapshot,
+                &mut lkg_written,
+            )
+            .await;
         }
         // Until the pusher has asked every ready pod what it runs, status would be a guess.
         let pods_known = {
@@ -515,6 +656,10 @@ pub async fn run(
                             (v == version).then(|| (t.key.clone(), errs))
                         })
                         .collect(),
+                    sinks: targets
+                        .iter()
+                        .map(|t| st.get(&t.key).and_then(|p| p.sinks.clone()))
+                        .collect(),
                 }
             };
             if announced_rejections.len() > 1024 {
@@ -539,6 +684,12 @@ pub async fn run(
                     publish(&writer.recorder, &t, &reference).await;
                 }
             }
+            // Sink counters move with traffic: refresh them at most once per interval.
+            let refresh_counters =
+                sink_counters_at.is_none_or(|t| t.elapsed() >= s.sink_status_interval);
+            if refresh_counters {
+                sink_counters_at = Some(tokio::time::Instant::now());
+            }
             write_statuses(
                 &client,
                 &mut writer,
@@ -547,6 +698,7 @@ pub async fn run(
                 &routes,
                 &backends,
                 &sinks,
+                refresh_counters,
             )
             .await;
         }
@@ -581,9 +733,12 @@ pub async fn run(
     Ok(())
 }
 
+/// Writes the last-known-good snapshot to the Secret `name` (server-side apply, only when it
+/// changed). The snapshot holds resolved credentials, API keys and TLS keys, so it lives in a
+/// Secret; logs name only its version.
 #[tracing::instrument(level = "debug", skip_all, fields(version = %snapshot.version))]
-async fn write_configmap(
-    api: &Api<ConfigMap>,
+async fn write_snapshot_secret(
+    api: &Api<Secret>,
     name: &str,
     snapshot: &weir_config::Snapshot,
     written: &mut Option<String>,
@@ -594,15 +749,16 @@ async fn write_configmap(
     text.push('\n');
     if written.is_none() {
         match api.get_opt(name).await {
-            Ok(cm) => {
+            Ok(sec) => {
                 *written = Some(
-                    cm.and_then(|c| c.data)
-                        .and_then(|d| d.get(CONFIGMAP_KEY).cloned())
+                    sec.and_then(|c| c.data)
+                        .and_then(|d| d.get(SNAPSHOT_KEY).cloned())
+                        .and_then(|b| String::from_utf8(b.0).ok())
                         .unwrap_or_default(),
                 )
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the snapshot ConfigMap");
+                tracing::warn!(error = %e, "cannot read the snapshot Secret");
                 return;
             }
         }
@@ -612,13 +768,14 @@ async fn write_configmap(
     }
     let patch = serde_json::json!({
         "apiVersion": "v1",
-        "kind": "ConfigMap",
+        "kind": "Secret",
+        "type": "Opaque",
         "metadata": {
             "name": name,
             "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER },
             "annotations": { "weir.dev/snapshot-version": snapshot.version },
         },
-        "data": { CONFIGMAP_KEY: text },
+        "data": { SNAPSHOT_KEY: k8s_openapi::ByteString(text.clone().into_bytes()) },
     });
     match api
         .patch(
@@ -630,14 +787,16 @@ async fn write_configmap(
     {
         Ok(_) => {
             METRICS.configmap_writes.fetch_add(1, Relaxed);
-            tracing::info!(configmap = name, version = %snapshot.version, "wrote last-known-good snapshot");
+            tracing::info!(secret = name, version = %snapshot.version, "wrote last-known-good snapshot");
             *written = Some(text);
         }
-        Err(e) => tracing::warn!(error = %e, "cannot write the snapshot ConfigMap"),
+        // The API error describes the request, not the Secret's data.
+        Err(e) => tracing::warn!(error = %e, "cannot write the snapshot Secret"),
     }
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(version = %compiled.snapshot.version))]
+#[allow(clippy::too_many_arguments)]
 async fn write_statuses(
     client: &Client,
     w: &mut StatusWriter,
@@ -646,6 +805,7 @@ async fn write_statuses(
     routes: &Store<ProxyRoute>,
     backends: &Store<Backend>,
     sinks: &Store<TelemetrySink>,
+    refresh_counters: bool,
 ) {
     let now = now_rfc3339();
     for r in routes.state() {
@@ -674,7 +834,7 @@ async fn write_statuses(
             continue;
         };
         w.sync(client, &*s, s.status.as_ref(), |old| {
-            status::sink_status(&k, o, pods, old, &now)
+            status::sink_status(&k, o, pods, old, &now, refresh_counters)
         })
         .await;
     }
@@ -754,6 +914,7 @@ mod tests {
             pods: vec![Some(BTreeMap::from([("ProxyRoute:ns/r".to_string(), gen)]))],
             health: vec![None],
             rejected: vec![],
+            sinks: vec![None],
         }
     }
 
@@ -848,5 +1009,175 @@ mod tests {
             .filter(|(m, u, _, _)| m == "POST" && u.contains("/events"))
             .count();
         assert_eq!(events, 1);
+    }
+
+    /// A client whose API server records every request and answers GETs with 404 and writes
+    /// with an empty Secret.
+    fn secret_mock() -> (Client, Log) {
+        let log: Log = Default::default();
+        let l = log.clone();
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let l = l.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                l.lock().unwrap().push((
+                    parts.method.to_string(),
+                    parts.uri.to_string(),
+                    String::new(),
+                    v,
+                ));
+                let (status, body) = if parts.method == http::Method::GET {
+                    (
+                        404,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                           "reason": "NotFound", "code": 404, "message": "not found"}),
+                    )
+                } else {
+                    (
+                        200,
+                        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                                           "metadata": {"name": "weir-snapshot", "namespace": "ns"}}),
+                    )
+                };
+                let mut resp =
+                    http::Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())));
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        (Client::new(svc, "default"), log)
+    }
+
+    #[tokio::test]
+    async fn snapshot_secret_is_applied_once_per_content() {
+        let (client, log) = secret_mock();
+        let api: Api<Secret> = Api::namespaced(client, "ns");
+        let mut snap: weir_config::Snapshot = serde_yaml_ng::from_str(
+            "backends: {b: {endpoints: ['a:1'], credential: {header: authorization, value: 'Bearer s3cret'}}}",
+        )
+        .unwrap();
+        snap.version = snap.content_hash();
+        let mut written = None;
+        write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        // Same content again: nothing sent at all (not even a read).
+        write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        let reqs = log.lock().unwrap().clone();
+        let methods: Vec<&str> = reqs.iter().map(|(m, _, _, _)| m.as_str()).collect();
+        assert_eq!(methods, vec!["GET", "PATCH"], "{reqs:?}");
+        let (_, url, _, body) = &reqs[1];
+        assert!(
+            url.starts_with("/api/v1/namespaces/ns/secrets/weir-snapshot?")
+                && url.contains("fieldManager=weir-operator"),
+            "{url}"
+        );
+        assert_eq!(body["kind"], "Secret");
+        assert_eq!(body["type"], "Opaque");
+        assert_eq!(
+            body["metadata"]["annotations"]["weir.dev/snapshot-version"],
+            snap.version.as_str()
+        );
+        // The snapshot is in `data` (base64), complete with the credential, and nowhere else.
+        let b64 = body["data"][SNAPSHOT_KEY].as_str().unwrap();
+        let text = String::from_utf8(
+            serde_json::from_value::<k8s_openapi::ByteString>(b64.into())
+                .unwrap()
+                .0,
+        )
+        .unwrap();
+        assert_eq!(weir_config::parse_json(text.as_bytes()).unwrap(), snap);
+        assert!(
+            !body.to_string().contains("s3cret"),
+            "only base64 in the request"
+        );
+        // A change: one more apply, no read.
+        snap.backends.clear();
+        snap.version = snap.content_hash();
+        write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        let methods: Vec<String> = log.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+        assert_eq!(methods, vec!["GET", "PATCH", "PATCH"]);
+    }
+
+    /// Secret watches: one per referenced Secret, selected by name; a 403 counts as read
+    /// ("not found") so a missing permission cannot stall the operator.
+    #[tokio::test]
+    async fn referenced_secrets_are_watched_one_by_one_by_name() {
+        for (status, expect) in [
+            (
+                200u16,
+                Some(Some(BTreeMap::from([("t".to_string(), b"v".to_vec())]))),
+            ),
+            (403, Some(None)),
+        ] {
+            let log: Log = Default::default();
+            let l = log.clone();
+            let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+                let l = l.clone();
+                async move {
+                    let uri = req.uri().to_string();
+                    l.lock().unwrap().push((
+                        req.method().to_string(),
+                        uri.clone(),
+                        String::new(),
+                        serde_json::Value::Null,
+                    ));
+                    let body = if status == 403 {
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                           "reason": "Forbidden", "code": 403, "message": "forbidden"})
+                    } else if uri.contains("watch=true") {
+                        // Hang up the watch: the list is what the test looks at.
+                        serde_json::Value::Null
+                    } else {
+                        serde_json::json!({"kind": "SecretList", "apiVersion": "v1",
+                                           "metadata": {"resourceVersion": "1"},
+                                           "items": [{"metadata": {"name": "token", "namespace": "ns",
+                                                                   "resourceVersion": "1"},
+                                                      "data": {"t": "dg=="}}]})
+                    };
+                    let mut resp = http::Response::new(Full::new(Bytes::from(if body.is_null() {
+                        Vec::new()
+                    } else {
+                        serde_json::to_vec(&body).unwrap()
+                    })));
+                    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            let notify = Arc::new(Notify::new());
+            let mut w = SecretWatches {
+                client: Client::new(svc, "default"),
+                notify: notify.clone(),
+                tasks: HashMap::new(),
+                known: Default::default(),
+            };
+            let wanted = std::collections::BTreeSet::from(["ns/token".to_string()]);
+            w.sync(&wanted);
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while !w.all_known(&wanted) {
+                    notify.notified().await;
+                }
+            })
+            .await
+            .expect("the Secret is read");
+            assert_eq!(
+                w.index().get("ns/token").cloned(),
+                expect,
+                "status {status}"
+            );
+            let first = log.lock().unwrap()[0].1.clone();
+            assert!(
+                first.starts_with("/api/v1/namespaces/ns/secrets?")
+                    && first.contains("fieldSelector=metadata.name%3Dtoken"),
+                "{first}"
+            );
+            // No longer referenced: the watch stops and the data is forgotten.
+            w.sync(&Default::default());
+            assert!(w.tasks.is_empty() && w.index().is_empty());
+        }
     }
 }

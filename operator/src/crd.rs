@@ -1,8 +1,11 @@
 //! The custom resources (`weir.dev/v1alpha1`): `ProxyRoute`, `Backend`, `TelemetrySink`.
 //!
-//! Specs mirror the config contract (`weir_config::Snapshot`) closely; the operator's compile
-//! step ([`crate::compile`]) turns them into one snapshot. Doc comments here become the CRD
-//! schema descriptions (`kubectl explain`), so every field has one.
+//! Specs follow the config contract (`weir_config::Snapshot`); the operator's compile step
+//! ([`crate::compile`]) turns them into one snapshot. Settings that are the contract's own
+//! (Backend resilience settings, the TelemetrySink spec, newer rule fields) take their schema
+//! from the contract types (`weir-config` feature `schema`, see `contract`) and stay plain
+//! JSON in Rust, parsed by the contract at compile time. Doc comments here and in the contract
+//! become the CRD schema descriptions (`kubectl explain`), so every field has one.
 
 // The `printcolumn(...)` lists of the kube derive repeat `type_ = "string"`, which clippy
 // mistakes for duplicated attributes.
@@ -11,6 +14,7 @@
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A duration such as `500ms`, `2s` or `1m30s`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(ns|us|ms|s|m|h))+$";
@@ -77,6 +81,38 @@ pub struct ProxyRouteSpec {
     /// (path kind and length, method, header/query counts, then declaration order).
     #[schemars(length(min = 1))]
     pub rules: Vec<RouteRule>,
+    /// TLS certificates for this route's hostnames, served by every `https` listener (SNI
+    /// picks them by `hostnames`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RouteTls>,
+    /// Rate limit shared by every rule of the route that has none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::RateLimit>")]
+    pub rate_limit: Option<serde_json::Value>,
+    /// External authorization for every rule of the route that has none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::ExtAuth>")]
+    pub ext_auth: Option<serde_json::Value>,
+}
+
+/// TLS certificates of a route.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTls {
+    /// Secrets of type `kubernetes.io/tls` (keys `tls.crt`, `tls.key`) in the route's
+    /// namespace. A missing Secret or key is reported in `ResolvedRefs`; the route keeps
+    /// serving with the other certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate_refs: Vec<SecretRef>,
+}
+
+/// A Secret in the referencing object's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// One rule: when any of its matches holds, apply the filters and send the request to one of
@@ -91,13 +127,50 @@ pub struct RouteRule {
     /// Request and response transforms applied when this rule is selected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<RouteFilters>,
-    /// Weighted Backends; one is picked per request in proportion to its weight.
-    #[schemars(length(min = 1))]
+    /// Weighted Backends; one is picked per request in proportion to its weight. Empty only
+    /// with `redirect` or `directResponse`.
+    #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
     /// Overrides the Backend's request timeout for this rule (e.g. `10s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub timeout: Option<String>,
+    // The fields below are the contract's (`weir_config::Rule`), schema included; compile
+    // passes them through unchanged.
+    /// Largest request body, bytes: `413` up front from `Content-Length`, or when a streamed
+    /// body grows past it. Absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_request_body_bytes: Option<u64>,
+    /// WebSocket switch and tunnel idle timeout. Absent: allowed, defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::WebSocketConfig>")]
+    pub websocket: Option<serde_json::Value>,
+    /// CORS policy; preflights are answered by the proxy. Absent: no CORS handling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::CorsPolicy>")]
+    pub cors: Option<serde_json::Value>,
+    /// Answer with a redirect instead of forwarding (no backendRefs then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::RequestRedirect>")]
+    pub redirect: Option<serde_json::Value>,
+    /// Answer with a fixed response instead of forwarding (no backendRefs then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::DirectResponse>")]
+    pub direct_response: Option<serde_json::Value>,
+    /// Token-bucket rate limit of this rule (replaces the route's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::RateLimit>")]
+    pub rate_limit: Option<serde_json::Value>,
+    /// External authorization webhook of this rule (replaces the route's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::ExtAuth>")]
+    pub ext_auth: Option<serde_json::Value>,
+    /// KairosDB query mode (metric-name routing, split and merge). `metricRoutes[].backend`
+    /// names a Backend in the route's namespace (or `namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<weir_config::Kairos>")]
+    pub kairos: Option<serde_json::Value>,
 }
 
 /// Conditions on a request; all of them must hold.
@@ -117,6 +190,11 @@ pub struct RouteMatch {
     /// Conditions on query parameters (all must hold).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_params: Vec<ValueMatch>,
+    /// Values from a header or a JSON body field (metric-name routing), all must hold: each
+    /// `{header | jsonPath, type, value, maxBodyBytes, onBodyError}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "contract::<Vec<weir_config::FieldMatch>>")]
+    pub fields: Option<serde_json::Value>,
 }
 
 /// A path condition.
@@ -127,20 +205,10 @@ pub struct PathMatch {
     /// default), `Wildcard` (`*` = one segment, trailing `**` = any remainder) or
     /// `RegularExpression` (must match the whole path).
     #[serde(rename = "type", default)]
-    pub kind: PathMatchType,
+    pub kind: weir_config::PathMatchType,
     /// The path, pattern or regular expression.
     #[schemars(length(min = 1))]
     pub value: String,
-}
-
-/// How a path is compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-pub enum PathMatchType {
-    Exact,
-    #[default]
-    PathPrefix,
-    Wildcard,
-    RegularExpression,
 }
 
 /// A condition on a named header or query parameter.
@@ -152,17 +220,9 @@ pub struct ValueMatch {
     pub name: String,
     /// `Exact` (default) or `RegularExpression` (must match the whole value).
     #[serde(rename = "type", default)]
-    pub kind: StringMatchType,
+    pub kind: weir_config::StringMatchType,
     /// The value or regular expression.
     pub value: String,
-}
-
-/// How a header or query value is compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-pub enum StringMatchType {
-    #[default]
-    Exact,
-    RegularExpression,
 }
 
 /// Transforms applied when a rule is selected.
@@ -329,38 +389,35 @@ pub struct BackendSpec {
     pub service: Option<ServiceRef>,
     /// Protocol spoken to the endpoints: `http1` (default) or `h2c` (HTTP/2 prior knowledge).
     #[serde(default)]
-    pub protocol: UpstreamProtocol,
-    /// Connect and request timeouts.
+    pub protocol: weir_config::UpstreamProtocol,
+    /// Connect and request timeouts (`connect`, default `2s`; `request`, default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<BackendTimeouts>,
+    #[schemars(schema_with = "contract::<weir_config::BackendTimeouts>")]
+    pub timeouts: Option<serde_json::Value>,
     /// Upstream connection pool settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pool: Option<PoolConfig>,
+    #[schemars(schema_with = "contract::<weir_config::PoolConfig>")]
+    pub pool: Option<serde_json::Value>,
     /// Active health checks per endpoint (`http: {path, expectedStatuses}` or `tcp: {}`,
-    /// `interval`, `timeout`, `unhealthyThreshold`, `healthyThreshold`, ...). Same shape as the
-    /// dataplane config's `backends.<name>.healthCheck`; validated by the operator, errors are
-    /// reported in status with their path.
+    /// `interval`, `timeout`, `unhealthyThreshold`, `healthyThreshold`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "passthrough_object")]
+    #[schemars(schema_with = "contract::<weir_config::HealthCheck>")]
     pub health_check: Option<serde_json::Value>,
-    /// Passive outlier detection. Same shape as the dataplane config's
-    /// `backends.<name>.outlierDetection`.
+    /// Passive outlier detection: endpoints failing in a row are ejected for a while.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "passthrough_object")]
+    #[schemars(schema_with = "contract::<weir_config::OutlierDetection>")]
     pub outlier_detection: Option<serde_json::Value>,
-    /// How requests are spread over endpoints. Same shape as the dataplane config's
-    /// `backends.<name>.loadBalancer`.
+    /// How requests are spread over endpoints (default `p2cEwma`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "passthrough_object")]
+    #[schemars(schema_with = "contract::<weir_config::LoadBalancer>")]
     pub load_balancer: Option<serde_json::Value>,
-    /// Circuit breaker over the whole Backend. Same shape as the dataplane config's
-    /// `backends.<name>.circuitBreaker`.
+    /// Circuit breaker over the whole Backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "passthrough_object")]
+    #[schemars(schema_with = "contract::<weir_config::CircuitBreaker>")]
     pub circuit_breaker: Option<serde_json::Value>,
-    /// Retry policy. Same shape as the dataplane config's `backends.<name>.retries`.
+    /// Retry policy (absent: up to 2 attempts under a 20 % budget; `{attempts: 1}` = off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "passthrough_object")]
+    #[schemars(schema_with = "contract::<weir_config::RetryPolicy>")]
     pub retries: Option<serde_json::Value>,
     /// Requests in flight to this Backend at once, per dataplane pod; more wait up to
     /// `queueTimeout`, then get 503.
@@ -371,15 +428,71 @@ pub struct BackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub queue_timeout: Option<String>,
+    /// A header set on every request sent to this Backend (replacing any value the client
+    /// sent), its value read from a Secret in the Backend's namespace, e.g.
+    /// `{header: authorization, secretKeyRef: {name: api-token, key: header}}` where the key
+    /// holds `Bearer abc…`. Rotating the Secret re-programs the dataplanes; the value never
+    /// shows in status, events, logs or `GET /config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialRef>,
 }
 
-/// Schema for settings passed through to the dataplane config unchanged (validated by the
-/// operator with the contract's own rules).
-fn passthrough_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true,
-    })
+/// A header whose value comes from a Secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialRef {
+    /// Header name, e.g. `authorization`.
+    #[schemars(regex(pattern = HEADER_NAME_PATTERN))]
+    pub header: String,
+    /// The Secret key holding the header value.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// The schema of a contract type (`weir_config`, feature `schema`), for settings the operator
+/// passes to the dataplane config unchanged. The Rust field stays a plain JSON value so one
+/// object the contract rejects (a status range out of bounds, ...) is reported in its own
+/// status with the field path instead of failing the whole watch.
+fn contract<T: JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = g.subschema_for::<T>();
+    strip_defaults(&mut schema);
+    schema
+}
+
+/// Drops `default`s (absent = the dataplane's default; the API server would otherwise write
+/// every default into stored objects), `title` noise and `null` enum values.
+fn strip_defaults(schema: &mut schemars::Schema) {
+    // `props`: `v` is a `properties` map, whose keys are field names, not keywords.
+    fn walk(v: &mut serde_json::Value, props: bool) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if !props {
+                    m.remove("default");
+                    m.remove("title");
+                    // Unknown fields are pruned by the API server; `false` on an empty struct
+                    // (`tcp: {}`) is not structural-schema style.
+                    if m.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) {
+                        m.remove("additionalProperties");
+                    }
+                    // `Option<enum>`: `nullable: true` says it; Kubernetes rejects `null` in `enum`.
+                    if let Some(serde_json::Value::Array(e)) = m.get_mut("enum") {
+                        e.retain(|v| !v.is_null());
+                    }
+                }
+                for (k, c) in m.iter_mut() {
+                    walk(c, !props && k == "properties");
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|c| walk(c, false)),
+            _ => {}
+        }
+    }
+    if let Some(m) = schema.as_object_mut() {
+        let mut v = serde_json::Value::Object(std::mem::take(m));
+        walk(&mut v, false);
+        if let serde_json::Value::Object(back) = v {
+            *m = back;
+        }
+    }
 }
 
 /// One static endpoint.
@@ -405,44 +518,6 @@ pub struct ServiceRef {
     /// The Service port (`spec.ports[].port`); its target port on each ready endpoint is used.
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
-}
-
-/// Protocol spoken to the endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamProtocol {
-    #[default]
-    Http1,
-    H2c,
-}
-
-/// Upstream timeouts.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BackendTimeouts {
-    /// TCP connect timeout per attempt (default `2s`); exceeded gives 502.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub connect: Option<String>,
-    /// From sending the request until the response headers arrive (default `30s`); exceeded
-    /// gives 504.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub request: Option<String>,
-}
-
-/// Upstream connection pool.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolConfig {
-    /// Idle keep-alive connections kept per endpoint (default 128).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100000))]
-    pub max_idle_per_endpoint: Option<u32>,
-    /// How long an idle upstream connection is kept (default `90s`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub idle_timeout: Option<String>,
 }
 
 /// What the operator and the dataplane pods saw of a Backend.
@@ -492,7 +567,7 @@ pub struct EndpointStatus {
 // ---------------------------------------------------------------------------------------------
 
 /// Where dataplane logs, metrics and traces are shipped besides the local `/metrics`.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "weir.dev",
     version = "v1alpha1",
@@ -536,42 +611,94 @@ pub struct EndpointStatus {
 pub struct TelemetrySinkSpec {
     /// `otlp`, `httpJson` or `syslog`.
     #[serde(rename = "type")]
-    pub kind: SinkType,
+    pub kind: weir_config::SinkType,
     /// URL (`otlp`, `httpJson`) or `host:port` (`syslog`).
-    #[schemars(length(min = 1))]
     pub endpoint: String,
-    /// Items per batch.
+    /// `httpJson`: the API key, read from a Secret in the sink's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000000))]
-    pub batch_size: Option<u32>,
-    /// Longest time an item waits before its batch is sent (e.g. `5s`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub flush_interval: Option<String>,
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// Every other setting of the dataplane config's `sinks.<name>` (batchSize, flushInterval,
+    /// queueSize, timeout, signals, apiKeyHeader, ...), passed through and validated by the
+    /// contract.
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, serde_json::Value>,
 }
 
-/// Sink type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The schema of the contract's `Sink` (descriptions, enums, patterns), with `apiKey`
+/// replaced by `apiKeySecretRef`: the spec is the contract's sink plus a Secret reference.
+impl JsonSchema for TelemetrySinkSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TelemetrySinkSpec".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = contract::<weir_config::Sink>(g);
+        let mut secret_ref = g.subschema_for::<SecretKeyRef>().to_value();
+        if let Some(o) = secret_ref.as_object_mut() {
+            o.insert(
+                "description".into(),
+                "`httpJson`: the API key, read from a Secret in the sink's namespace.".into(),
+            );
+        }
+        if let Some(o) = schema.as_object_mut() {
+            o.insert(
+                "description".into(),
+                "Where telemetry goes besides the local `/metrics`: every dataplane pod runs one \
+                 shipper per sink (bounded queue, batches, retries; when the queue is full, items \
+                 are dropped and counted). Every field but `type` and `endpoint` is optional."
+                    .into(),
+            );
+        }
+        if let Some(props) = schema
+            .as_object_mut()
+            .and_then(|o| o.get_mut("properties"))
+            .and_then(|p| p.as_object_mut())
+        {
+            if let Some(t) = props.get_mut("type").and_then(|t| t.as_object_mut()) {
+                t.insert(
+                    "description".into(),
+                    "`otlp`, `httpJson` or `syslog`.".into(),
+                );
+            }
+            props.remove("apiKey");
+            props.insert("apiKeySecretRef".into(), secret_ref);
+        }
+        schema
+    }
+}
+
+/// A key of a Secret in the referencing object's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub enum SinkType {
-    Otlp,
-    HttpJson,
-    Syslog,
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// What the operator and the pods saw of a TelemetrySink.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TelemetrySinkStatus {
-    /// `Ready`: valid and in the running snapshot.
+    /// `Ready`: valid, Secret references resolved and in the running snapshot of every ready
+    /// pod; `ResolvedRefs` when the sink references a Secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Items shipped, summed over pods (reported once the observability work lands).
+    /// Items shipped, summed over the ready pods (refreshed at most once per
+    /// `--sink-status-interval` while it changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipped: Option<u64>,
-    /// Items dropped, summed over pods.
+    /// Items dropped (queue full), summed over the ready pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped: Option<u64>,
+    /// Items whose sending failed after retries, summed over the ready pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<u64>,
+    /// The latest successful send by any pod (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<String>,
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -606,7 +733,43 @@ pub fn all(
 ) -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![ProxyRoute::crd(), Backend::crd(), TelemetrySink::crd()]
+    let mut crds = vec![ProxyRoute::crd(), Backend::crd(), TelemetrySink::crd()];
+    for crd in &mut crds {
+        for v in &mut crd.spec.versions {
+            if let Some(schema) = v
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                drop_nullable(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// Removes `nullable: true` (what `Option` fields get): the API server prunes a `null` given
+/// for a non-nullable field anyway, and the OpenAPI v2 it publishes drops the type and fields of
+/// nullable properties, so `kubectl explain` would show them as `<>` without their fields.
+fn drop_nullable(
+    s: &mut k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray;
+    s.nullable = None;
+    for p in s.properties.iter_mut().flat_map(|m| m.values_mut()) {
+        drop_nullable(p);
+    }
+    match s.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(i)) => drop_nullable(i),
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().for_each(drop_nullable),
+        None => {}
+    }
+    for sub in [&mut s.any_of, &mut s.one_of, &mut s.all_of]
+        .into_iter()
+        .flatten()
+    {
+        sub.iter_mut().for_each(drop_nullable);
+    }
 }
 
 /// The CRD files `crdgen` writes: `(file name, YAML)`.

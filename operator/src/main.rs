@@ -63,9 +63,15 @@ struct RunArgs {
     /// plain HTTP listener on 0.0.0.0:8080.
     #[arg(long, env = "WEIR_LISTENERS")]
     listeners: Option<PathBuf>,
-    /// Name of the ConfigMap (in --namespace) that gets the last-known-good snapshot.
-    #[arg(long, default_value = "weir-snapshot")]
-    configmap: String,
+    /// Name of the Secret (in --namespace) that gets the last-known-good snapshot (key
+    /// `snapshot.json`). A Secret, not a ConfigMap: the snapshot carries credentials, API keys
+    /// and TLS keys resolved from Secrets.
+    #[arg(long, env = "WEIR_SNAPSHOT_SECRET", default_value = "weir-snapshot")]
+    snapshot_secret: String,
+    /// TelemetrySink status counters (shipped, dropped, failed, lastSuccessTime) are written at
+    /// most once per this interval while they change.
+    #[arg(long, default_value = "30s")]
+    sink_status_interval: weir_config::Duration,
     /// Quiet period before a burst of changes is compiled (at most 5x this is waited).
     #[arg(long, default_value = "200ms")]
     debounce: weir_config::Duration,
@@ -162,13 +168,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
             serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
         }
-        None => vec![weir_config::Listener {
-            name: "http".into(),
-            address: "0.0.0.0:8080".into(),
-            protocol: weir_config::ListenerProtocol::Http,
-            tls: None,
-            http3: None,
-        }],
+        // Parsed rather than built, so new optional listener fields need no change here.
+        None => serde_yaml_ng::from_str("[{name: http, address: '0.0.0.0:8080', protocol: http}]")
+            .map_err(|e| format!("default listeners: {e}"))?,
     };
     let metrics = tokio::net::TcpListener::bind(a.metrics_address)
         .await
@@ -199,7 +201,8 @@ async fn run(a: RunArgs) -> Result<(), String> {
         dataplane_namespace: a.namespace,
         dataplane_selector: a.dataplane_selector,
         listeners,
-        configmap: a.configmap,
+        snapshot_secret: a.snapshot_secret,
+        sink_status_interval: a.sink_status_interval.get(),
         debounce: a.debounce.get(),
         lease: LeaseConfig {
             name: a.lease_name,

@@ -124,7 +124,7 @@ impl Metrics {
         c(
             &mut o,
             "weir_operator_configmap_writes_total",
-            "Writes of the last-known-good snapshot ConfigMap.",
+            "Writes of the last-known-good snapshot (a Secret since the snapshot holds credentials; the name is kept for dashboards).",
             self.configmap_writes.load(Relaxed),
         );
         g(

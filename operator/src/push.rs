@@ -54,6 +54,9 @@ pub struct PodState {
     pub last_error: Option<String>,
     /// Endpoint health from the pod's last `GET /backends`; `None` until one succeeded.
     pub health: Option<HealthReport>,
+    /// Telemetry sink counters from the pod's last `GET /sinks` (asked while the snapshot
+    /// has sinks); `None` when unknown.
+    pub sinks: Option<SinkReport>,
     /// The pusher has tried this pod at least once (so `acked`/`health` are not just
     /// "not asked yet"); status waits for this, so a restarted operator does not write
     /// "unknown" over a status that is still true.
@@ -114,6 +117,41 @@ pub fn parse_backends_report(v: &serde_json::Value) -> Option<(String, HealthRep
         out.insert(name.clone(), eps);
     }
     Some((version, out))
+}
+
+/// One pod's telemetry sink counters: sink name -> counters.
+pub type SinkReport = BTreeMap<String, SinkCounters>;
+
+/// What one pod reports about one sink (`GET /sinks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkCounters {
+    pub shipped: u64,
+    pub dropped: u64,
+    pub failed: u64,
+    /// RFC 3339 time of the last successful send.
+    pub last_success: Option<String>,
+}
+
+/// Parses a `GET /sinks` document: `{"sinks": {name: {"shipped", "dropped", "failed",
+/// "lastSuccess"}}}`; unknown fields are ignored.
+pub fn parse_sinks_report(v: &serde_json::Value) -> Option<SinkReport> {
+    let mut out = SinkReport::new();
+    for (name, s) in v.get("sinks")?.as_object()? {
+        let n = |f: &str| s.get(f).and_then(|v| v.as_u64()).unwrap_or(0);
+        out.insert(
+            name.clone(),
+            SinkCounters {
+                shipped: n("shipped"),
+                dropped: n("dropped"),
+                failed: n("failed"),
+                last_success: s
+                    .get("lastSuccess")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+            },
+        );
+    }
+    Some(out)
 }
 
 pub type PodStates = Arc<Mutex<BTreeMap<String, PodState>>>;
@@ -323,6 +361,15 @@ async fn sync_pod(
                 return (state, true, false);
             }
         }
+        state.sinks = if snapshot.sinks.is_empty() {
+            None
+        } else {
+            let url = format!("http://{}/sinks", host_port(&target.ip, cfg.admin_port));
+            match call(client, Method::GET, &url, token, None, cfg.request_timeout).await {
+                Ok((StatusCode::OK, v)) => parse_sinks_report(&v),
+                _ => None,
+            }
+        };
     }
     if !polled && (verify || state.acked.is_none()) {
         match get_version(client, &base, token, cfg.request_timeout).await {
@@ -474,6 +521,7 @@ pub async fn run(
                     if old.acked != s.acked
                         || old.rejected != s.rejected
                         || old.health != s.health
+                        || old.sinks != s.sinks
                         || old.polled != s.polled
                     {
                         changed = true;

@@ -5,7 +5,7 @@
 
 use crate::compile::{BackendOutcome, BackendProblem, Compiled, RouteOutcome, SinkOutcome};
 use crate::crd::{BackendStatus, Condition, EndpointStatus, ProxyRouteStatus, TelemetrySinkStatus};
-use crate::push::HealthReport;
+use crate::push::{HealthReport, SinkReport};
 use std::collections::BTreeMap;
 use weir_config::FieldError;
 
@@ -18,6 +18,8 @@ pub struct PodProgress {
     pub health: Vec<Option<HealthReport>>,
     /// Ready pods that rejected the current snapshot (`422`), with their errors.
     pub rejected: Vec<(String, Vec<FieldError>)>,
+    /// Each ready pod's last telemetry sink counters (`GET /sinks`), when it has them.
+    pub sinks: Vec<Option<SinkReport>>,
 }
 
 /// Endpoint health of one backend aggregated over the pods that report it: per endpoint
@@ -188,21 +190,29 @@ pub fn route_status(
     } else {
         cond("Accepted", false, gen, "Invalid", describe(&o.invalid))
     };
-    let resolved = if o.unresolved.is_empty() {
-        cond(
-            "ResolvedRefs",
-            true,
-            gen,
-            "ResolvedRefs",
-            "every backendRef resolves".into(),
-        )
-    } else {
+    let resolved = if !o.unresolved.is_empty() {
         cond(
             "ResolvedRefs",
             false,
             gen,
             "BackendNotFound",
             describe(&o.unresolved),
+        )
+    } else if !o.unresolved_secrets.is_empty() {
+        cond(
+            "ResolvedRefs",
+            false,
+            gen,
+            "SecretNotResolved",
+            describe(&o.unresolved_secrets),
+        )
+    } else {
+        cond(
+            "ResolvedRefs",
+            true,
+            gen,
+            "ResolvedRefs",
+            "every reference resolves".into(),
         )
     };
     let why_not = if !o.invalid.is_empty() {
@@ -267,6 +277,9 @@ pub fn backend_status(
         Some(BackendProblem::PortNotFound(m)) => {
             cond("Ready", false, gen, "PortNotFound", m.clone())
         }
+        Some(BackendProblem::UnresolvedRefs(e)) => {
+            cond("Ready", false, gen, "UnresolvedRefs", describe(e))
+        }
         None if o.endpoints.is_empty() => cond(
             "Ready",
             false,
@@ -330,9 +343,19 @@ pub fn backend_status(
             format!("{total}/{total} endpoints healthy"),
         ),
     };
+    let mut conds = vec![ready, degraded];
+    if o.has_secret_refs {
+        conds.push(secret_refs_condition(
+            match &o.problem {
+                Some(BackendProblem::UnresolvedRefs(e)) => e,
+                _ => &[],
+            },
+            gen,
+        ));
+    }
     let old_conds = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     BackendStatus {
-        conditions: merge_conditions(vec![ready, degraded], old_conds, now),
+        conditions: merge_conditions(conds, old_conds, now),
         endpoints,
         healthy_endpoints: healthy,
         total_endpoints: total,
@@ -344,18 +367,74 @@ pub fn backend_status(
     }
 }
 
-/// The desired TelemetrySink status.
+/// `ResolvedRefs` of an object that references Secrets.
+fn secret_refs_condition(unresolved: &[FieldError], gen: Option<i64>) -> Condition {
+    if unresolved.is_empty() {
+        cond(
+            "ResolvedRefs",
+            true,
+            gen,
+            "ResolvedRefs",
+            "every Secret reference resolves".into(),
+        )
+    } else {
+        cond(
+            "ResolvedRefs",
+            false,
+            gen,
+            "SecretNotResolved",
+            describe(unresolved),
+        )
+    }
+}
+
+/// Counters of one sink summed over the ready pods that report it: `(shipped, dropped,
+/// failed, latest success)`, or `None` while no pod reports the sink.
+pub fn aggregate_sink(key: &str, pods: &PodProgress) -> Option<(u64, u64, u64, Option<String>)> {
+    let reports: Vec<_> = pods
+        .sinks
+        .iter()
+        .flatten()
+        .filter_map(|r| r.get(key))
+        .collect();
+    if reports.is_empty() {
+        return None;
+    }
+    let sum = |f: fn(&crate::push::SinkCounters) -> u64| reports.iter().map(|c| f(c)).sum();
+    // RFC 3339 times in UTC with a fixed format compare correctly as strings.
+    let last = reports.iter().filter_map(|c| c.last_success.clone()).max();
+    Some((
+        sum(|c| c.shipped),
+        sum(|c| c.dropped),
+        sum(|c| c.failed),
+        last,
+    ))
+}
+
+/// The desired TelemetrySink status. Counters (`shipped`, `dropped`, `failed`,
+/// `lastSuccessTime`) are taken from the pods only when `refresh_counters` (the controller
+/// allows that at most once per `--sink-status-interval`); otherwise the old ones are kept, so
+/// traffic alone cannot cause more than one write per interval.
 pub fn sink_status(
     key: &str,
     o: &SinkOutcome,
     pods: &PodProgress,
     old: Option<&TelemetrySinkStatus>,
     now: &str,
+    refresh_counters: bool,
 ) -> TelemetrySinkStatus {
     let gen = o.generation;
     let programmed = pods.programmed(&format!("TelemetrySink:{key}"), gen);
     let ready = if !o.invalid.is_empty() {
         cond("Ready", false, gen, "Invalid", describe(&o.invalid))
+    } else if !o.unresolved.is_empty() {
+        cond(
+            "Ready",
+            false,
+            gen,
+            "UnresolvedRefs",
+            describe(&o.unresolved),
+        )
     } else {
         let mut c = programmed_condition(true, "", programmed, pods.ready(), gen, &pods.rejected);
         c.type_ = "Ready".into();
@@ -364,13 +443,28 @@ pub fn sink_status(
         }
         c
     };
+    let mut conds = vec![ready];
+    if o.has_secret_refs {
+        conds.push(secret_refs_condition(&o.unresolved, gen));
+    }
     let old_conds = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
-    TelemetrySinkStatus {
-        conditions: merge_conditions(vec![ready], old_conds, now),
+    let mut st = TelemetrySinkStatus {
+        conditions: merge_conditions(conds, old_conds, now),
         shipped: old.and_then(|s| s.shipped),
         dropped: old.and_then(|s| s.dropped),
+        failed: old.and_then(|s| s.failed),
+        last_success_time: old.and_then(|s| s.last_success_time.clone()),
         observed_generation: gen,
+    };
+    if refresh_counters {
+        if let Some((shipped, dropped, failed, last)) = aggregate_sink(key, pods) {
+            st.shipped = Some(shipped);
+            st.dropped = Some(dropped);
+            st.failed = Some(failed);
+            st.last_success_time = last.or(st.last_success_time);
+        }
     }
+    st
 }
 
 /// Read access to the parts of a status that events are derived from.
@@ -482,6 +576,7 @@ mod tests {
             unresolved: vec![],
             backends: vec!["ns/be".into()],
             included,
+            ..Default::default()
         }
     }
 
@@ -493,6 +588,7 @@ mod tests {
                 .collect(),
             health: vec![None; gens.len()],
             rejected: vec![],
+            sinks: vec![],
         }
     }
 
@@ -585,11 +681,13 @@ mod tests {
             problem: None,
             endpoints: vec!["a:1".into(), "b:2".into()],
             included: true,
+            has_secret_refs: false,
         };
         let p = PodProgress {
             pods: vec![Some(BTreeMap::from([("Backend:ns/b".to_string(), 1)]))],
             health: vec![None],
             rejected: vec![],
+            sinks: vec![],
         };
         let s = backend_status("ns/b", &o, &p, None, "t");
         let ready = &s.conditions[0];
@@ -638,12 +736,14 @@ mod tests {
             // One pod has not reported yet: it does not count against the endpoint.
             health: vec![Some(report(&up)), Some(report(&down)), None],
             rejected: vec![],
+            sinks: vec![],
         };
         let o = BackendOutcome {
             generation: Some(1),
             problem: None,
             endpoints: vec!["a:1".into(), "b:2".into()],
             included: true,
+            has_secret_refs: false,
         };
         let s = backend_status("ns/b", &o, &p, None, "t");
         assert_eq!(s.healthy_endpoints, Some(1));
@@ -728,5 +828,85 @@ mod tests {
         let t = endpoint_transitions(&[ep(Some(false))], &[ep(Some(true))]);
         assert_eq!(t[0].reason, "EndpointUp");
         assert!(endpoint_transitions(&[ep(None)], &[ep(Some(true))]).is_empty());
+    }
+
+    #[test]
+    fn sink_counters_are_summed_over_pods_and_refreshed_only_when_allowed() {
+        use crate::push::{parse_sinks_report, SinkReport};
+        let report = |shipped: u64, last: Option<&str>| -> SinkReport {
+            let v = serde_json::json!({"sinks": {"ns/s": {
+                "type": "httpJson", "shipped": shipped, "dropped": 1, "failed": 2,
+                "attempts": 9, "lastSuccess": last, "lastError": null}}});
+            parse_sinks_report(&v).unwrap()
+        };
+        let gen = BTreeMap::from([("TelemetrySink:ns/s".to_string(), 1)]);
+        let p = |a: u64, b: u64| PodProgress {
+            pods: vec![Some(gen.clone()), Some(gen.clone())],
+            health: vec![None, None],
+            rejected: vec![],
+            sinks: vec![
+                Some(report(a, Some("2026-01-01T00:00:01.000Z"))),
+                Some(report(b, None)),
+            ],
+        };
+        let o = SinkOutcome {
+            generation: Some(1),
+            included: true,
+            ..Default::default()
+        };
+        let s1 = sink_status("ns/s", &o, &p(5, 7), None, "t0", true);
+        assert_eq!(
+            (s1.shipped, s1.dropped, s1.failed),
+            (Some(12), Some(2), Some(4))
+        );
+        assert_eq!(
+            s1.last_success_time.as_deref(),
+            Some("2026-01-01T00:00:01.000Z")
+        );
+        assert_eq!(s1.conditions[0].status, "True");
+        assert_eq!(
+            s1.conditions.len(),
+            1,
+            "no ResolvedRefs without Secret references"
+        );
+        // Traffic moved the counters, but no refresh is due: the status stays as it was.
+        let s2 = sink_status("ns/s", &o, &p(50, 70), Some(&s1), "t1", false);
+        assert_eq!(s2, s1);
+        let s3 = sink_status("ns/s", &o, &p(50, 70), Some(&s1), "t2", true);
+        assert_eq!(s3.shipped, Some(120));
+        assert_eq!(s3.conditions, s1.conditions);
+        // No pod reports the sink (yet): counters stay unknown.
+        let none = PodProgress {
+            sinks: vec![None, None],
+            ..p(0, 0)
+        };
+        assert_eq!(
+            sink_status("ns/s", &o, &none, None, "t", true).shipped,
+            None
+        );
+        // An unresolved API key Secret.
+        let bad = SinkOutcome {
+            generation: Some(1),
+            unresolved: vec![FieldError::new(
+                "spec.apiKeySecretRef",
+                "Secret ns/k not found",
+            )],
+            has_secret_refs: true,
+            ..Default::default()
+        };
+        let s = sink_status("ns/s", &bad, &p(0, 0), None, "t", true);
+        let reasons: Vec<(&str, &str, &str)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("Ready", "False", "UnresolvedRefs"),
+                ("ResolvedRefs", "False", "SecretNotResolved")
+            ]
+        );
+        assert!(s.conditions[1].message.contains("spec.apiKeySecretRef"));
     }
 }

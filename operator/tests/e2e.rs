@@ -6,7 +6,7 @@
 //! `WEIR_E2E_APISERVER` (kube-apiserver), `WEIR_E2E_ETCD` (etcd, default `etcd`),
 //! `WEIR_E2E_BIN_DIR` (weir-dataplane, weir-echo, weir-operator).
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use weir_operator::crd::{Backend, ProxyRoute};
+use weir_operator::crd::{Backend, ProxyRoute, TelemetrySink};
 
 const TOKEN: &str = "e2e-admin-token";
 const DP_TOKEN: &str = "e2e-dataplane-token";
@@ -330,6 +330,7 @@ fn operator_cmd(
         .args(["--admin-port", &admin_port.to_string()])
         .args(["--lease-duration", "4s", "--lease-retry", "1s"])
         .args(["--verify-interval", "1s", "--identity", id])
+        .args(["--sink-status-interval", "2s"])
         .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
         .env("KUBECONFIG", kubeconfig)
         .env("WEIR_ADMIN_TOKEN", DP_TOKEN)
@@ -337,7 +338,15 @@ fn operator_cmd(
     cmd
 }
 
-/// resourceVersions of every weir object and the snapshot ConfigMap.
+/// The last-known-good snapshot text from the Secret the operator writes.
+async fn lkg_snapshot(client: &Client) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), DP_NS);
+    let s = secrets.get("weir-snapshot").await.unwrap();
+    let data = s.data.unwrap();
+    String::from_utf8(data["snapshot.json"].0.clone()).unwrap()
+}
+
+/// resourceVersions of every weir object and the snapshot Secret.
 async fn resource_versions(client: &Client) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let routes: Api<ProxyRoute> = Api::all(client.clone());
@@ -354,11 +363,11 @@ async fn resource_versions(client: &Client) -> Vec<(String, String)> {
             b.metadata.resource_version.unwrap_or_default(),
         ));
     }
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), DP_NS);
-    let cm = cms.get("weir-snapshot").await.unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), DP_NS);
+    let lkg = secrets.get("weir-snapshot").await.unwrap();
     out.push((
-        "configmap".into(),
-        cm.metadata.resource_version.unwrap_or_default(),
+        "snapshot secret".into(),
+        lkg.metadata.resource_version.unwrap_or_default(),
     ));
     out
 }
@@ -448,6 +457,7 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     let mut echo_b_proc = echo_cmd("b", &echo_b);
     let admin_port = free_port();
     let listen_port = free_port();
+    let tls_port = free_port();
     let dp_ips = ["127.0.0.2", "127.0.0.3"];
     let mut dataplanes: Vec<Proc> = dp_ips
         .iter()
@@ -466,7 +476,10 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     let listeners = dir.join("listeners.yaml");
     std::fs::write(
         &listeners,
-        format!("- {{name: http, address: '$(POD_IP):{listen_port}', protocol: http}}\n"),
+        format!(
+            "- {{name: http, address: '$(POD_IP):{listen_port}', protocol: http}}\n\
+             - {{name: https, address: '$(POD_IP):{tls_port}', protocol: https, http3: {{enabled: false}}}}\n"
+        ),
     )
     .unwrap();
 
@@ -551,12 +564,10 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     let be = serde_json::to_value(backends.get("echo").await.unwrap()).unwrap();
     assert_eq!(condition(&be, "Ready").unwrap()["status"], "True", "{be}");
     assert_eq!(be["status"]["totalEndpoints"], 2);
-    // The last-known-good snapshot is in the ConfigMap.
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), DP_NS);
-    let cm = cms.get("weir-snapshot").await.unwrap();
-    let snap = weir_config::parse_json(cm.data.unwrap()["snapshot.json"].as_bytes()).unwrap();
+    // The last-known-good snapshot is in the Secret.
+    let snap = weir_config::parse_json(lkg_snapshot(client).await.as_bytes()).unwrap();
     assert!(snap.routes.iter().any(|r| r.name == "apps/api"));
-    eprintln!("e2e: status Programmed, ConfigMap written");
+    eprintln!("e2e: status Programmed, snapshot Secret written");
 
     // 2. An invalid regex route is not accepted, with the field path; others keep working.
     apply(&routes, "bad", json!({
@@ -808,14 +819,15 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     eprintln!("e2e: no writes while idle");
 
     // 6. Operator stopped: dataplanes keep serving; a dataplane restarted meanwhile boots from
-    // the ConfigMap snapshot (the file a pod would mount; `$(POD_IP)` is expanded here as the
-    // pod's entrypoint would, see operator/README.md). Operator restarted: no writes.
+    // the snapshot Secret (the file a pod would mount, `$(POD_IP)` expanded by the dataplane from
+    // its POD_IP variable). Operator restarted: no writes.
     operator.stop();
     for ip in dp_ips {
         assert!(served_by(&format!("{ip}:{listen_port}"), "/api/x").is_some());
     }
-    let cm = cms.get("weir-snapshot").await.unwrap();
-    let text = cm.data.unwrap()["snapshot.json"].replace("$(POD_IP)", dp_ips[0]);
+    // As written: the dataplane expands `$(POD_IP)` from its POD_IP variable.
+    let text = lkg_snapshot(client).await;
+    assert!(text.contains("$(POD_IP)"));
     let boot = dir.join("boot-snapshot.json");
     std::fs::write(&boot, text).unwrap();
     dataplanes[0].stop();
@@ -823,17 +835,22 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     c.args(["--admin-address", &format!("{}:{admin_port}", dp_ips[0])])
         .arg("--config")
         .arg(&boot)
+        .env("POD_IP", dp_ips[0])
         .env("WEIR_ADMIN_TOKEN", DP_TOKEN)
         .env("RUST_LOG", "info,weir::access=off");
     dataplanes[0] = Proc::spawn("dataplane-0b", dir, c);
-    eventually(20, "dataplane booted from the ConfigMap serves", || async {
-        let addr = format!("{}:{listen_port}", dp_ips[0]);
-        (served_by(&addr, "/api/boot").is_some()
-            && served_by(&addr, "/web").as_deref() == Some("b"))
-        .then_some(())
-    })
+    eventually(
+        20,
+        "dataplane booted from the snapshot Secret serves",
+        || async {
+            let addr = format!("{}:{listen_port}", dp_ips[0]);
+            (served_by(&addr, "/api/boot").is_some()
+                && served_by(&addr, "/web").as_deref() == Some("b"))
+            .then_some(())
+        },
+    )
     .await;
-    eprintln!("e2e: operator down: dataplanes serve, one restarted from the ConfigMap snapshot");
+    eprintln!("e2e: operator down: dataplanes serve, one restarted from the snapshot Secret");
     let metrics_port = free_port();
     let mut operator = Proc::spawn(
         "operator-2",
@@ -961,9 +978,392 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     );
     eprintln!("e2e: standby took over {handover:?} after the leader was killed (lease 4s)");
 
+    // 9. Secrets: credentials, rotation, a missing Secret, a TLS Secret, a sink API key.
+    secrets_and_sinks(
+        client,
+        dir,
+        &dp_ips,
+        listen_port,
+        tls_port,
+        &echo_a,
+        &standby,
+    )
+    .await;
+
     standby.stop();
     for d in &mut dataplanes {
         d.stop();
+    }
+}
+
+/// Section 9 of the scenario (the operator `leader` leads): Secret-backed credentials reach the
+/// upstream and follow rotation, a missing Secret is reported in status, a TLS Secret is served
+/// by SNI, and a TelemetrySink ships with its API key and gets counters from the pods. Secret
+/// values never show in status, events or the operator's log.
+async fn secrets_and_sinks(
+    client: &Client,
+    dir: &Path,
+    dp_ips: &[&str],
+    listen_port: u16,
+    tls_port: u16,
+    echo: &str,
+    leader: &Proc,
+) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let backends: Api<Backend> = Api::namespaced(client.clone(), NS);
+    let routes: Api<ProxyRoute> = Api::namespaced(client.clone(), NS);
+    let sinks: Api<TelemetrySink> = Api::namespaced(client.clone(), NS);
+    let token_secret = |v: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "upstream-token"},
+               "stringData": {"token": v}})
+    };
+    apply(
+        &secrets,
+        "upstream-token",
+        token_secret("Bearer s3cret-one"),
+    )
+    .await;
+    let cred_backend = |secret: &str| {
+        json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "cred"},
+            "spec": {"endpoints": [{"address": echo}],
+                     "credential": {"header": "x-upstream-auth",
+                                    "secretKeyRef": {"name": secret, "key": "token"}}},
+        })
+    };
+    apply(&backends, "cred", cred_backend("upstream-token")).await;
+    apply(&routes, "cred", json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "cred"},
+        "spec": {"rules": [{"matches": [{"path": {"value": "/cred"}}], "backendRefs": [{"name": "cred"}]}]},
+    }))
+    .await;
+    let upstream_saw = |want: &'static str| {
+        let addrs: Vec<String> = dp_ips
+            .iter()
+            .map(|ip| format!("{ip}:{listen_port}"))
+            .collect();
+        async move {
+            for a in &addrs {
+                let (code, body) = http_get(a, "/cred")?;
+                let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+                let h = v["headers"]["x-upstream-auth"]
+                    .as_str()
+                    .map(str::to_string)
+                    .or_else(|| {
+                        v["headers"]["x-upstream-auth"][0]
+                            .as_str()
+                            .map(str::to_string)
+                    });
+                if code != 200 || h.as_deref() != Some(want) {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    };
+    eventually(
+        30,
+        "the credential from the Secret reaches the upstream",
+        || upstream_saw("Bearer s3cret-one"),
+    )
+    .await;
+    apply(
+        &secrets,
+        "upstream-token",
+        token_secret("Bearer s3cret-two"),
+    )
+    .await;
+    eventually(30, "the rotated credential reaches the upstream", || {
+        upstream_saw("Bearer s3cret-two")
+    })
+    .await;
+    eprintln!("e2e: Backend credential from a Secret reaches the upstream and follows rotation");
+
+    // A missing Secret: ResolvedRefs=False naming the field; the Backend is left out, the rest
+    // keeps serving.
+    apply(&backends, "cred", cred_backend("no-such-secret")).await;
+    let c = eventually(30, "Backend cred ResolvedRefs=False", || async {
+        let v = serde_json::to_value(backends.get("cred").await.ok()?).ok()?;
+        let c = condition(&v, "ResolvedRefs")?;
+        (c["status"] == "False" && c["observedGeneration"] == 2).then_some(c)
+    })
+    .await;
+    let msg = c["message"].as_str().unwrap();
+    assert!(
+        msg.contains("spec.credential.secretKeyRef") && msg.contains("apps/no-such-secret"),
+        "{c}"
+    );
+    assert!(served_by(&format!("{}:{listen_port}", dp_ips[0]), "/api/x").is_some());
+    apply(&backends, "cred", cred_backend("upstream-token")).await;
+    eprintln!("e2e: a missing Secret is reported in ResolvedRefs: {msg}");
+
+    // A TLS Secret (kubernetes.io/tls) served by SNI on the https listener.
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=tls.example.com"])
+        .arg("-keyout")
+        .arg(dir.join("tls.key"))
+        .arg("-out")
+        .arg(dir.join("tls.crt"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl req failed");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    apply(
+        &secrets,
+        "tls-cert",
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls-cert"},
+            "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": read("tls.crt"), "tls.key": read("tls.key")},
+        }),
+    )
+    .await;
+    apply(
+        &routes,
+        "tls",
+        json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "tls"},
+            "spec": {"hostnames": ["tls.example.com"],
+                     "tls": {"certificateRefs": [{"name": "tls-cert"}]},
+                     "rules": [{"backendRefs": [{"name": "echo"}]}]},
+        }),
+    )
+    .await;
+    let served_subject = |ip: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {ip}:{tls_port} -servername tls.example.com </dev/null 2>/dev/null \
+                 | openssl x509 -noout -subject 2>/dev/null"
+            ))
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    for ip in dp_ips {
+        let ip = ip.to_string();
+        eventually(
+            30,
+            "the TLS Secret's certificate is served for its SNI name",
+            || {
+                let s = served_subject(&ip);
+                async move { s.filter(|s| s.contains("tls.example.com")).map(|_| ()) }
+            },
+        )
+        .await;
+    }
+    let v = serde_json::to_value(routes.get("tls").await.unwrap()).unwrap();
+    assert_eq!(
+        condition(&v, "ResolvedRefs").unwrap()["status"],
+        "True",
+        "{v}"
+    );
+    eprintln!("e2e: the TLS Secret's certificate is served by SNI");
+
+    // A contract field exposed on ProxyRoute (schema from weir-config): a direct response.
+    apply(
+        &routes,
+        "direct",
+        json!({
+            "apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute", "metadata": {"name": "direct"},
+            "spec": {"rules": [{"matches": [{"path": {"value": "/direct"}}],
+                                "directResponse": {"status": 204}}]},
+        }),
+    )
+    .await;
+    for ip in dp_ips {
+        let addr = format!("{ip}:{listen_port}");
+        eventually(30, "directResponse route answers 204", || {
+            let got = http_get(&addr, "/direct").map(|(code, _)| code);
+            async move { (got == Some(204)).then_some(()) }
+        })
+        .await;
+    }
+    eprintln!("e2e: a ProxyRoute directResponse (contract field) is served");
+
+    // A TelemetrySink with its API key from a Secret; counters in status come from the pods.
+    let receiver = SinkReceiver::start();
+    apply(
+        &secrets,
+        "sink-key",
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sink-key"},
+            "stringData": {"key": "k3y-for-sink"},
+        }),
+    )
+    .await;
+    apply(&sinks, "metrics", json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "TelemetrySink", "metadata": {"name": "metrics"},
+        "spec": {"type": "httpJson", "endpoint": format!("http://{}/ingest", receiver.addr),
+                 "signals": ["metrics"], "flushInterval": "500ms",
+                 "apiKeySecretRef": {"name": "sink-key", "key": "key"}},
+    }))
+    .await;
+    let st = eventually(
+        60,
+        "TelemetrySink Ready with shipped counters from both pods",
+        || async {
+            let v = serde_json::to_value(sinks.get("metrics").await.ok()?).ok()?;
+            let ready = condition(&v, "Ready")?;
+            let shipped = v["status"]["shipped"].as_u64()?;
+            (ready["status"] == "True" && shipped > 0 && v["status"]["lastSuccessTime"].is_string())
+                .then_some(v)
+        },
+    )
+    .await;
+    let keys = receiver.api_keys();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k == "k3y-for-sink"),
+        "{keys:?}"
+    );
+    assert_eq!(
+        condition(&st, "ResolvedRefs").unwrap()["status"],
+        "True",
+        "{st}"
+    );
+    let table = table_rows(client, "telemetrysinks").await;
+    let row = table
+        .iter()
+        .find(|r| r[0] == "metrics")
+        .expect("metrics row");
+    assert_eq!(row[2], "True", "{table:?}");
+    assert!(row[3].parse::<u64>().is_ok_and(|n| n > 0), "{table:?}");
+    eprintln!(
+        "e2e: TelemetrySink shipped with its Secret API key; status {:?}",
+        &st["status"]
+    );
+    // No churn: the sink's counters move all the time, yet status is written at most once per
+    // --sink-status-interval (2s here): count the writes over 5s.
+    let rv = |v: &serde_json::Value| {
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let mut versions = std::collections::BTreeSet::new();
+    for _ in 0..25 {
+        let v = serde_json::to_value(sinks.get("metrics").await.unwrap()).unwrap();
+        versions.insert(rv(&v));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        versions.len() <= 4,
+        "{} sink status writes in 5s",
+        versions.len()
+    );
+    sinks.delete("metrics", &Default::default()).await.unwrap();
+
+    // Secret values never show in status, events or the operator's log.
+    let mut seen = String::new();
+    for b in backends.list(&Default::default()).await.unwrap() {
+        seen.push_str(&serde_json::to_string(&b.status).unwrap());
+    }
+    for r in routes.list(&Default::default()).await.unwrap() {
+        seen.push_str(&serde_json::to_string(&r.status).unwrap());
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    for e in events.list(&Default::default()).await.unwrap() {
+        seen.push_str(&e.note.unwrap_or_default());
+    }
+    seen.push_str(&leader.log_text());
+    for secret in ["s3cret-one", "s3cret-two", "k3y-for-sink", "PRIVATE KEY"] {
+        assert!(!seen.contains(secret), "{secret} leaked");
+    }
+    eprintln!("e2e: no Secret value in status, events or the operator log");
+}
+
+/// An HTTP server that answers 200 to every request and records its `x-api-key` headers.
+struct SinkReceiver {
+    addr: String,
+    keys: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SinkReceiver {
+    fn start() -> SinkReceiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let keys: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let k = keys.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let k = k.clone();
+                std::thread::spawn(move || serve_sink_conn(conn, &k));
+            }
+        });
+        SinkReceiver { addr, keys }
+    }
+
+    fn api_keys(&self) -> Vec<String> {
+        self.keys.lock().unwrap().clone()
+    }
+}
+
+/// Reads requests (Content-Length or chunked bodies) off one connection, answering each.
+fn serve_sink_conn(conn: std::net::TcpStream, keys: &std::sync::Mutex<Vec<String>>) {
+    use std::io::BufRead;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut w = match conn.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = std::io::BufReader::new(conn);
+    loop {
+        let mut len = 0usize;
+        let mut chunked = false;
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            line.clear();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((n, v)) = l.split_once(':') {
+                let (n, v) = (n.trim().to_ascii_lowercase(), v.trim());
+                match n.as_str() {
+                    "content-length" => len = v.parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "x-api-key" => keys.lock().unwrap().push(v.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        if chunked {
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
+                let mut buf = vec![0; n + 2];
+                if r.read_exact(&mut buf).is_err() {
+                    return;
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut buf = vec![0; len];
+            if r.read_exact(&mut buf).is_err() {
+                return;
+            }
+        }
+        if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Opts {
     pub args: Vec<String>,
     /// `RUST_LOG` for the child instead of `$WEIR_TEST_LOG` (default `warn`).
     pub log_filter: Option<String>,
+    /// More environment variables for the child (e.g. `OTEL_*`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `weir-dataplane` child process; killed (SIGKILL) on drop.
@@ -68,7 +70,7 @@ pub struct Dataplane {
 pub fn command(dir: &Path, log: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     for (k, _) in std::env::vars() {
-        if k.starts_with("WEIR_") {
+        if k.starts_with("WEIR_") || k.starts_with("OTEL_") {
             cmd.env_remove(k);
         }
     }
@@ -124,6 +126,7 @@ impl Dataplane {
             cmd.env("RUST_LOG", f);
         }
         cmd.args(&opts.args);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().expect("spawn weir-dataplane");
         Dataplane {
             child,

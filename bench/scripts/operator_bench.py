@@ -1,0 +1,296 @@
+"""Operator propagation for `make bench`: etcd + a real kube-apiserver on loopback (the way
+`make e2e` starts them: scripts/e2e.sh, operator/tests/e2e.rs), the CRDs from crds/, the
+operator (release build, default flags) and one dataplane registered as a Pod on 127.0.0.2.
+
+Measures (1) 1,000 ProxyRoutes created at once -> time until the dataplane's GET /config has all
+of them, and (2) repeated single-route changes (a merge patch of one route) -> time until the
+dataplane runs a snapshot with the change; p50/p99. Skips with a message when the API server
+binary (built or unpacked by `make e2e`) or etcd is missing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import ssl
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+TOKEN = "bench-admin-token"
+DP_NS, NS = "weir-system", "apps"
+
+
+class Api:
+    """A tiny kube-apiserver client (bearer token, no certificate check: loopback only)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.ctx = ssl.create_default_context()
+        self.ctx.check_hostname = False
+        self.ctx.verify_mode = ssl.CERT_NONE
+        self.local = threading.local()
+
+    def conn(self) -> http.client.HTTPSConnection:
+        c = getattr(self.local, "c", None)
+        if c is None:
+            c = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=30)
+            self.local.c = c
+        return c
+
+    def call(self, method: str, path: str, body=None, ctype="application/json") -> tuple[int, dict]:
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = ctype
+        for attempt in range(2):
+            c = self.conn()
+            try:
+                c.request(method, path, body=data, headers=headers)
+                r = c.getresponse()
+                raw = r.read()
+                try:
+                    return r.status, json.loads(raw) if raw else {}
+                except json.JSONDecodeError:
+                    return r.status, {"raw": raw[:200].decode(errors="replace")}
+            except (OSError, http.client.HTTPException):
+                c.close()
+                self.local.c = None
+                if attempt:
+                    raise
+        raise RuntimeError("unreachable")
+
+
+def apiserver_bin() -> Path | None:
+    p = Path.home() / ".cache/weir/kube-apiserver"
+    if p.is_file() and os.access(p, os.X_OK):
+        return p
+    return None
+
+
+def dp_config(ip: str, port: int, token: str) -> dict | None:
+    c = http.client.HTTPConnection(ip, port, timeout=5)
+    try:
+        c.request("GET", "/config", headers={"Authorization": f"Bearer {token}"})
+        r = c.getresponse()
+        raw = r.read()
+        return json.loads(raw) if r.status == 200 else None
+    except (OSError, http.client.HTTPException, json.JSONDecodeError):
+        return None
+    finally:
+        c.close()
+
+
+def wait(what: str, fn, timeout: float, every: float = 0.02):
+    end = time.perf_counter() + timeout
+    while time.perf_counter() < end:
+        v = fn()
+        if v:
+            return v
+        time.sleep(every)
+    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+
+
+def route_of(cfg: dict | None, name: str) -> dict | None:
+    if not cfg:
+        return None
+    for r in cfg.get("snapshot", {}).get("routes", []):
+        if r.get("name") == name:
+            return r
+    return None
+
+
+def header_value(route: dict | None) -> str | None:
+    try:
+        return route["rules"][0]["filters"]["responseHeaders"]["set"][0]["value"]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def run(b, env, results: dict) -> None:
+    api_bin, etcd = apiserver_bin(), shutil.which("etcd")
+    op_bin = b.BINS / "weir-operator"
+    missing = [n for n, p in (("kube-apiserver (run `make e2e` once: it builds or unpacks it "
+                               "into ~/.cache/weir)", api_bin), ("etcd", etcd),
+                              ("weir-operator release build", op_bin if op_bin.exists() else None))
+               if not p]
+    if missing:
+        results["operator"] = {"skipped": "missing " + ", ".join(missing)}
+        b.log(f"operator: skipped, missing {', '.join(missing)}")
+        return
+    n_routes = 200 if b.QUICK else 1000
+    n_changes = 6 if b.QUICK else 31
+    d = env.dir / "operator"
+    d.mkdir(parents=True, exist_ok=True)
+    procs = []
+    try:
+        cport, pport, aport = b.free_port(), b.free_port(), b.free_port()
+        procs.append(b.Proc("etcd", [etcd, "--data-dir", str(d / "etcd"),
+                                     "--listen-client-urls", f"http://127.0.0.1:{cport}",
+                                     "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+                                     "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+                                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+                                     "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
+                            "0-1", logdir=d))
+        subprocess.run(["openssl", "genrsa", "-out", str(d / "sa.key"), "2048"], check=True,
+                       capture_output=True)
+        subprocess.run(["openssl", "rsa", "-pubout", "-in", str(d / "sa.key"), "-out",
+                        str(d / "sa.pub")], check=True, capture_output=True)
+        (d / "tokens.csv").write_text(f"{TOKEN},admin,admin,system:masters\n")
+        (d / "certs").mkdir(exist_ok=True)
+        procs.append(b.Proc("kube-apiserver", [
+            str(api_bin), f"--etcd-servers=http://127.0.0.1:{cport}", "--bind-address=127.0.0.1",
+            f"--secure-port={aport}", f"--cert-dir={d / 'certs'}",
+            f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
+            f"--service-account-key-file={d / 'sa.pub'}",
+            f"--service-account-signing-key-file={d / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            "--service-cluster-ip-range=10.96.0.0/24", "--advertise-address=127.0.0.1",
+            "--disable-admission-plugins=ServiceAccount"], "0-1", logdir=d))
+        api = Api(aport)
+
+        def ready():
+            try:
+                s, body = api.call("GET", "/readyz")
+                return s == 200
+            except OSError:
+                return False
+        wait("kube-apiserver /readyz", ready, 90, 0.2)
+
+        for f in sorted((b.ROOT / "crds").glob("*.yaml")):
+            name = f.name[:-len(".yaml")]
+            s, body = api.call("PATCH", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                                        f"{name}?fieldManager=bench&force=true",
+                               f.read_bytes(), "application/apply-patch+yaml")
+            if s >= 300:
+                raise RuntimeError(f"apply CRD {name}: {s} {body}")
+
+        def established(name: str):
+            s, body = api.call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+            return s == 200 and any(c.get("type") == "Established" and c.get("status") == "True"
+                                    for c in (body.get("status") or {}).get("conditions") or [])
+        for f in (b.ROOT / "crds").glob("*.yaml"):
+            wait(f"CRD {f.stem}", lambda: established(f.name[:-5]), 30, 0.2)
+        for ns in (DP_NS, NS):
+            api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                    "metadata": {"name": ns}})
+
+        # One dataplane, registered as a ready Pod on 127.0.0.2.
+        ip, admin, listen = "127.0.0.2", b.free_port(), b.free_port()
+        dp_token = env.token
+        procs.append(b.Proc("dataplane", [str(b.BINS / "weir-dataplane"), "--admin-address",
+                                          f"{ip}:{admin}", "--access-log", "off"],
+                            b.CPU_PROXY, env={"WEIR_ADMIN_TOKEN": dp_token, "RUST_LOG": "warn"},
+                            logdir=d))
+        s, body = api.call("POST", f"/api/v1/namespaces/{DP_NS}/pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "dataplane-0", "labels": {"app.kubernetes.io/name": "weir-dataplane"}},
+            "spec": {"containers": [{"name": "dataplane", "image": "weir-dataplane:bench"}]}})
+        if s >= 300:
+            raise RuntimeError(f"create pod: {s} {body}")
+        api.call("PATCH", f"/api/v1/namespaces/{DP_NS}/pods/dataplane-0/status", {"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}]}}, "application/merge-patch+json")
+        (d / "listeners.yaml").write_text(f"- {{name: http, address: '$(POD_IP):{listen}', protocol: http}}\n")
+        (d / "kubeconfig").write_text(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n"
+            f"    server: https://127.0.0.1:{aport}\n    insecure-skip-tls-verify: true\n"
+            f"users:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: b\n"
+            "  context: {cluster: b, user: admin}\ncurrent-context: b\n")
+        procs.append(b.Proc("operator", [str(op_bin), "run", "--namespace", DP_NS, "--listeners",
+                                         str(d / "listeners.yaml"), "--admin-port", str(admin),
+                                         "--metrics-address", f"127.0.0.1:{b.free_port()}"],
+                            "0-1", env={"KUBECONFIG": str(d / "kubeconfig"),
+                                        "WEIR_ADMIN_TOKEN": dp_token, "RUST_LOG": "warn"},
+                            logdir=d))
+        base = f"/apis/weir.dev/v1alpha1/namespaces/{NS}"
+        s, body = api.call("POST", f"{base}/backends", {
+            "apiVersion": "weir.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "bench"},
+            "spec": {"endpoints": [{"address": f"127.0.0.1:{env.backend_port}"}]}})
+        if s >= 300:
+            raise RuntimeError(f"create backend: {s} {body}")
+
+        def route(i: int, value: str = "0") -> dict:
+            return {"apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute",
+                    "metadata": {"name": f"r{i}"},
+                    "spec": {"hostnames": [f"r{i}.bench.test"],
+                             "rules": [{"filters": {"responseHeaders": {"set": [
+                                 {"name": "x-bench", "value": value}]}},
+                                 "backendRefs": [{"name": "bench"}]}]}}
+
+        # (1) n_routes ProxyRoutes at once, from 8 client threads.
+        b.log(f"operator: creating {n_routes} ProxyRoutes")
+        errors: list[str] = []
+        t0 = time.perf_counter()
+        last = [t0]
+
+        def creator(k: int) -> None:
+            for i in range(k, n_routes, 8):
+                s, body = api.call("POST", f"{base}/proxyroutes", route(i))
+                if s >= 300:
+                    errors.append(f"r{i}: {s} {body.get('message', '')}")
+            last[0] = max(last[0], time.perf_counter())
+        ts = [threading.Thread(target=creator, args=(k,)) for k in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        if errors:
+            raise RuntimeError(f"{len(errors)} ProxyRoutes rejected, first: {errors[0]}")
+
+        def all_there():
+            c = dp_config(ip, admin, dp_token)
+            routes = (c or {}).get("snapshot", {}).get("routes", [])
+            return len(routes) >= n_routes and c
+        cfg = wait(f"the dataplane serving {n_routes} routes", all_there, 120, 0.05)
+        t_all = time.perf_counter()
+        res = {
+            "routes": n_routes,
+            "create_all_s": round(last[0] - t0, 3),
+            "all_routes_served_after_first_create_s": round(t_all - t0, 3),
+            "all_routes_served_after_last_create_s": round(t_all - last[0], 3),
+            "snapshot_json_bytes": len(json.dumps(cfg.get("snapshot", {}))),
+        }
+        b.log(f"operator: {n_routes} routes served {res['all_routes_served_after_last_create_s']} s "
+              f"after the last create")
+
+        # (2) single-route changes.
+        lat = []
+        time.sleep(3.0)  # let the operator finish writing the routes' status
+        for k in range(n_changes):
+            i = (k * 37) % n_routes
+            value = f"v{k + 1}"
+            t1 = time.perf_counter()
+            s, body = api.call("PATCH", f"{base}/proxyroutes/r{i}",
+                               {"spec": route(i, value)["spec"]}, "application/merge-patch+json")
+            if s >= 300:
+                raise RuntimeError(f"patch r{i}: {s} {body}")
+            wait(f"route r{i} = {value} on the dataplane",
+                 lambda: header_value(route_of(dp_config(ip, admin, dp_token), f"{NS}/r{i}")) == value,
+                 60, 0.01)
+            lat.append(time.perf_counter() - t1)
+            time.sleep(0.3)
+        in_order = [round(x, 3) for x in lat]
+        # The first change comes 3 s after the 1,000-route burst, while the operator may still
+        # be writing their status: shown on its own, the rest is the steady state.
+        first = lat[0]
+        lat = sorted(lat[1:]) or [first]
+        res.update({
+            "first_change_after_burst_s": round(first, 3),
+            "single_changes": len(lat),
+            "single_change_p50_s": round(statistics.median(lat), 3),
+            "single_change_p99_s": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3),
+            "single_change_max_s": round(lat[-1], 3),
+            "single_change_all_s": in_order,
+            "operator_debounce": "200ms (default)",
+        })
+        b.log(f"operator: single-route change p50 {res['single_change_p50_s']} s, "
+              f"p99 {res['single_change_p99_s']} s")
+        results["operator"] = res
+    finally:
+        for p in reversed(procs):
+            p.stop()

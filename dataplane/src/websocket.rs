@@ -1,0 +1,383 @@
+//! WebSockets through the proxy: an HTTP/1.1 `Upgrade: websocket` handshake, or an RFC 8441
+//! extended CONNECT (`:protocol websocket`) over HTTP/2, is routed like any request and sent
+//! upstream as an HTTP/1.1 upgrade. RFC 9220 extended CONNECT over HTTP/3 takes the same
+//! path; its client side is a byte pipe handed over by `crate::h3_websocket` ([`StreamUpgrade`])
+//! instead of a hyper upgrade. When the upstream answers `101`, both sides are upgraded
+//! and bytes are copied both ways until either side closes (the close is propagated by
+//! shutting down the other side's write half) or nothing flows for the rule's
+//! `websocket.idleTimeout`.
+//!
+//! Metrics: `weir_websocket_upgrades_total{protocol,result}` and
+//! `weir_websocket_tunnels_open{protocol}`.
+
+use crate::body::{empty, ProxyBody};
+use crate::metrics::{metrics, PROTOCOLS};
+use crate::proxy::error_response;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use weir_config::WebSocketConfig;
+
+static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
+
+struct WsMetrics {
+    upgrades: IntCounterVec,
+    open: IntGaugeVec,
+}
+
+fn ws_metrics() -> &'static WsMetrics {
+    static M: OnceLock<WsMetrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let r = &metrics().registry;
+        let upgrades = IntCounterVec::new(
+            Opts::new(
+                "weir_websocket_upgrades_total",
+                "WebSocket handshakes by client protocol and result (upgraded, rejected, disabled, failed).",
+            ),
+            &["protocol", "result"],
+        )
+        .expect("valid metric definition");
+        let open = IntGaugeVec::new(
+            Opts::new(
+                "weir_websocket_tunnels_open",
+                "WebSocket tunnels open now, by client protocol.",
+            ),
+            &["protocol"],
+        )
+        .expect("valid metric definition");
+        for c in [
+            Box::new(upgrades.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(open.clone()),
+        ] {
+            if let Err(e) = r.register(c) {
+                tracing::error!(error = %e, "cannot register a metric family");
+            }
+        }
+        WsMetrics { upgrades, open }
+    })
+}
+
+fn count(protocol: usize, result: &str) {
+    ws_metrics()
+        .upgrades
+        .with_label_values(&[PROTOCOLS[protocol.min(2)], result])
+        .inc();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// HTTP/1.1 `Connection: upgrade` + `Upgrade: websocket`.
+    H1,
+    /// RFC 8441 / RFC 9220 extended CONNECT with `:protocol websocket`.
+    ExtendedConnect,
+}
+
+/// A byte stream the tunnel can run over.
+pub trait TunnelIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> TunnelIo for T {}
+
+/// Receives the client's stream once the front end answered the handshake.
+type Handoff = oneshot::Receiver<Box<dyn TunnelIo>>;
+
+/// The client side of an upgrade hyper does not carry (HTTP/3 extended CONNECT): the front end
+/// puts one in the request's extensions and, once it has sent the `200`, hands the tunnel its
+/// end of the client stream through the sender [`StreamUpgrade::new`] returned. The sender
+/// reports closed when no tunnel is waiting (not a WebSocket, or the handshake failed).
+#[derive(Clone)]
+pub struct StreamUpgrade(Arc<Mutex<Option<Handoff>>>);
+
+impl StreamUpgrade {
+    pub fn new() -> (Self, oneshot::Sender<Box<dyn TunnelIo>>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Arc::new(Mutex::new(Some(rx)))), tx)
+    }
+
+    fn take(&self) -> Option<Handoff> {
+        self.0.lock().ok().and_then(|mut g| g.take())
+    }
+}
+
+enum Client {
+    Hyper(OnUpgrade),
+    Stream(Handoff),
+}
+
+impl Client {
+    async fn resolve(self) -> Result<Box<dyn TunnelIo>, crate::body::BoxError> {
+        match self {
+            Client::Hyper(u) => Ok(Box::new(TokioIo::new(u.await?))),
+            Client::Stream(rx) => Ok(rx.await?),
+        }
+    }
+}
+
+/// A WebSocket handshake in progress: the client's side of the upgrade and how to answer it.
+pub struct Upgrade {
+    kind: Kind,
+    client: Client,
+    idle: Duration,
+    protocol: usize,
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn kind<B>(req: &Request<B>) -> Option<Kind> {
+    if req.method() == Method::CONNECT {
+        let ext = req.extensions();
+        let websocket = match ext.get::<hyper::ext::Protocol>() {
+            Some(p) => p.as_str().eq_ignore_ascii_case("websocket"),
+            None => ext.get::<h3::ext::Protocol>() == Some(&h3::ext::Protocol::WEBSOCKET),
+        };
+        return websocket.then_some(Kind::ExtendedConnect);
+    }
+    (req.version() == Version::HTTP_11
+        && req.method() == Method::GET
+        && has_token(req.headers(), header::CONNECTION, "upgrade")
+        && has_token(req.headers(), header::UPGRADE, "websocket"))
+    .then_some(Kind::H1)
+}
+
+/// Takes the client's upgrade out of a WebSocket handshake request. `Ok(None)`: not a
+/// WebSocket handshake. `Err`: the rule does not allow it (`403 websocket_disabled`) or the
+/// backend cannot take it (`502 websocket_unsupported`: HTTP/2 backends).
+#[allow(clippy::result_large_err)]
+pub fn take<B>(
+    config: Option<&WebSocketConfig>,
+    upstream_h2: bool,
+    req: &mut Request<B>,
+) -> Result<Option<Upgrade>, Response<ProxyBody>> {
+    let Some(kind) = kind(req) else {
+        return Ok(None);
+    };
+    let protocol = crate::metrics::protocol_index(req.version());
+    let default = WebSocketConfig::default();
+    let config = config.unwrap_or(&default);
+    if !config.enabled {
+        count(protocol, "disabled");
+        return Err(error_response(
+            StatusCode::FORBIDDEN,
+            "websocket_disabled",
+            "WebSockets are turned off for this route",
+        ));
+    }
+    if upstream_h2 {
+        count(protocol, "failed");
+        return Err(error_response(
+            StatusCode::BAD_GATEWAY,
+            "websocket_unsupported",
+            "the route's backend speaks h2c; WebSockets need an http1 backend",
+        ));
+    }
+    let client = match req
+        .extensions()
+        .get::<StreamUpgrade>()
+        .and_then(StreamUpgrade::take)
+    {
+        Some(rx) => Client::Stream(rx),
+        None => Client::Hyper(hyper::upgrade::on(req)),
+    };
+    Ok(Some(Upgrade {
+        kind,
+        client,
+        idle: config.idle_timeout.get(),
+        protocol,
+    }))
+}
+
+impl Upgrade {
+    /// Turns the upstream request (hop-by-hop headers already stripped) into an HTTP/1.1
+    /// upgrade handshake.
+    pub fn prepare(&self, method: &mut Method, headers: &mut HeaderMap) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if self.kind == Kind::ExtendedConnect {
+            *method = Method::GET;
+            // RFC 8441 §5: no key/accept on HTTP/2; the HTTP/1.1 upstream needs one.
+            let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+            if let Ok(v) = HeaderValue::from_str(&base64(&key)) {
+                headers.insert(SEC_WEBSOCKET_KEY.clone(), v);
+            }
+            headers
+                .entry(header::SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+        }
+    }
+
+    /// Answers the client from the upstream's response. On `101` both sides are upgraded and
+    /// a task copies bytes between them; anything else goes back as the upstream sent it
+    /// (a `2xx` that is not an upgrade becomes `502 websocket_not_upgraded`).
+    pub fn finish(self, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            if resp
+                .extensions()
+                .get::<crate::proxy::ProxyError>()
+                .is_some()
+            {
+                count(self.protocol, "failed");
+                return resp;
+            }
+            count(self.protocol, "rejected");
+            if resp.status().is_success() {
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "websocket_not_upgraded",
+                    "the upstream answered the WebSocket handshake without switching protocols",
+                );
+            }
+            return resp;
+        }
+        let upstream = hyper::upgrade::on(&mut resp);
+        let (parts, _) = resp.into_parts();
+        let mut out = Response::new(empty());
+        *out.headers_mut() = parts.headers;
+        match self.kind {
+            Kind::H1 => {
+                *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let h = out.headers_mut();
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            Kind::ExtendedConnect => {
+                *out.status_mut() = StatusCode::OK;
+                out.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
+            }
+        }
+        count(self.protocol, "upgraded");
+        let (client, idle, protocol) = (self.client, self.idle, self.protocol);
+        tokio::spawn(async move {
+            let (c, u) = tokio::join!(client.resolve(), upstream);
+            match (c, u) {
+                (Ok(c), Ok(u)) => {
+                    let open = ws_metrics()
+                        .open
+                        .with_label_values(&[PROTOCOLS[protocol.min(2)]]);
+                    open.inc();
+                    let r = tunnel(c, TokioIo::new(u), idle).await;
+                    open.dec();
+                    tracing::debug!(result = ?r, "WebSocket tunnel closed");
+                }
+                (c, u) => {
+                    tracing::debug!(client = ?c.err(), upstream = ?u.err(), "WebSocket upgrade failed");
+                }
+            }
+        });
+        out
+    }
+}
+
+/// Copies bytes both ways until both directions ended (a side's EOF shuts the other side's
+/// write half down, so a close is propagated) or nothing moved for `idle`.
+pub async fn tunnel<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let mut abuf = vec![0u8; 16 * 1024];
+    let mut bbuf = vec![0u8; 16 * 1024];
+    let (mut a_done, mut b_done) = (false, false);
+    let (mut a_to_b, mut b_to_a) = (0u64, 0u64);
+    while !(a_done && b_done) {
+        tokio::select! {
+            r = ar.read(&mut abuf), if !a_done => {
+                let n = r?;
+                if n == 0 {
+                    a_done = true;
+                    let _ = bw.shutdown().await;
+                } else {
+                    bw.write_all(&abuf[..n]).await?;
+                    bw.flush().await?;
+                    a_to_b += n as u64;
+                }
+            }
+            r = br.read(&mut bbuf), if !b_done => {
+                let n = r?;
+                if n == 0 {
+                    b_done = true;
+                    let _ = aw.shutdown().await;
+                } else {
+                    aw.write_all(&bbuf[..n]).await?;
+                    aw.flush().await?;
+                    b_to_a += n as u64;
+                }
+            }
+            _ = tokio::time::sleep(idle) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "WebSocket tunnel idle timeout"));
+            }
+        }
+    }
+    Ok((a_to_b, b_to_a))
+}
+
+/// Standard base64 with padding (for `Sec-WebSocket-Key`).
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn detects_handshakes() {
+        let h1 = Request::get("/ws")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert_eq!(kind(&h1), Some(Kind::H1));
+        let h2c = Request::get("/")
+            .header("connection", "upgrade")
+            .header("upgrade", "h2c")
+            .body(())
+            .unwrap();
+        assert_eq!(kind(&h2c), None);
+        let mut ext = Request::connect("/ws").body(()).unwrap();
+        ext.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        assert_eq!(kind(&ext), Some(Kind::ExtendedConnect));
+        let mut h3 = Request::connect("/ws").body(()).unwrap();
+        h3.extensions_mut().insert(h3::ext::Protocol::WEBSOCKET);
+        assert_eq!(kind(&h3), Some(Kind::ExtendedConnect));
+        let mut wt = Request::connect("/wt").body(()).unwrap();
+        wt.extensions_mut().insert(h3::ext::Protocol::WEB_TRANSPORT);
+        assert_eq!(kind(&wt), None);
+    }
+}
