@@ -1120,6 +1120,11 @@ pub struct Sink {
     /// `httpJson`, `otlp` over https: PEM file of the CAs to trust instead of the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// `httpJson`, `otlp` over https: `false` skips certificate verification (any certificate
+    /// is accepted; handshake signatures are still checked). Default `true`. For test
+    /// collectors only: a warning is logged when the sink starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
     /// `httpJson`: where metric batches go (default: `endpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_endpoint: Option<String>,
@@ -1127,8 +1132,10 @@ pub struct Sink {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_name: Option<String>,
     /// `syslog`: `udp` (default; one message per datagram) or `tcp` (octet counting).
+    /// `httpJson`: `http` (default; HTTP/1.1 over TCP, TLS for `https://`) or `http3` (QUIC +
+    /// HTTP/3, `https://` endpoints only; one connection kept, reconnected after a failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transport: Option<SyslogTransport>,
+    pub transport: Option<SinkTransport>,
     /// `syslog`: facility number 0..=23 (default 16, local0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facility: Option<u8>,
@@ -1163,6 +1170,7 @@ impl Sink {
             api_key: None,
             api_key_header: None,
             ca_file: None,
+            tls_verify: None,
             metrics_endpoint: None,
             source_name: None,
             transport: None,
@@ -1202,11 +1210,19 @@ impl Sink {
     pub fn facility(&self) -> u8 {
         self.facility.unwrap_or(Self::DEFAULT_FACILITY)
     }
-    pub fn transport(&self) -> SyslogTransport {
-        self.transport.unwrap_or(SyslogTransport::Udp)
+    /// `transport`, else `udp` for `syslog` and `http` for the others.
+    pub fn transport(&self) -> SinkTransport {
+        self.transport.unwrap_or(match self.kind {
+            SinkType::Syslog => SinkTransport::Udp,
+            _ => SinkTransport::Http,
+        })
     }
     pub fn metrics_endpoint(&self) -> &str {
         self.metrics_endpoint.as_deref().unwrap_or(&self.endpoint)
+    }
+    /// Whether server certificates are verified (`tlsVerify`, default `true`).
+    pub fn tls_verify(&self) -> bool {
+        self.tls_verify.unwrap_or(true)
     }
     /// Whether `signal` is shipped (explicit `signals`, else the type's default).
     pub fn ships(&self, signal: SinkSignal) -> bool {
@@ -1243,10 +1259,19 @@ pub enum SinkSignal {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum SyslogTransport {
+pub enum SinkTransport {
+    /// `syslog`
     Udp,
+    /// `syslog`
     Tcp,
+    /// `httpJson`: HTTP/1.1 (TLS for `https://`).
+    Http,
+    /// `httpJson`: HTTP/3 over QUIC.
+    Http3,
 }
+
+/// The former name of [`SinkTransport`].
+pub type SyslogTransport = SinkTransport;
 
 /// A secret string (API keys): serialized as is, but `Debug` shows [`REDACTED`].
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -762,16 +762,41 @@ fn validate_sink(name: &str, sink: &Sink, errs: &mut Errors) {
     };
     http_only("apiKey", sink.api_key.is_some(), errs);
     http_only("apiKeyHeader", sink.api_key_header.is_some(), errs);
-    only(
-        "transport",
-        sink.transport.is_some(),
-        SinkType::Syslog,
-        errs,
-    );
+    if let Some(t) = sink.transport {
+        let ok = match sink.kind {
+            SinkType::Syslog => matches!(t, SinkTransport::Udp | SinkTransport::Tcp),
+            SinkType::HttpJson => matches!(t, SinkTransport::Http | SinkTransport::Http3),
+            SinkType::Otlp => false,
+        };
+        if !ok {
+            errs.push(
+                format!("{p}.transport"),
+                "syslog sinks take udp or tcp, httpJson sinks http or http3, otlp none",
+            );
+        } else if t == SinkTransport::Http3
+            && !(sink.endpoint.starts_with("https://")
+                && sink.metrics_endpoint().starts_with("https://"))
+        {
+            errs.push(
+                format!("{p}.transport"),
+                "http3 needs https:// endpoints (QUIC always uses TLS)",
+            );
+        }
+    }
     only("facility", sink.facility.is_some(), SinkType::Syslog, errs);
     http_only("caFile", sink.ca_file.is_some(), errs);
     if sink.ca_file.as_deref().is_some_and(|f| f.trim().is_empty()) {
         errs.push(format!("{p}.caFile"), "must not be empty");
+    }
+    http_only("tlsVerify", sink.tls_verify.is_some(), errs);
+    if sink.tls_verify == Some(false)
+        && sink.kind != SinkType::Syslog
+        && (sink.endpoint.starts_with("http://") || sink.metrics_endpoint().starts_with("http://"))
+    {
+        errs.push(
+            format!("{p}.tlsVerify"),
+            "false is only valid with https:// endpoints",
+        );
     }
     only("appName", sink.app_name.is_some(), SinkType::Syslog, errs);
     only("protocol", sink.protocol.is_some(), SinkType::Otlp, errs);

@@ -398,6 +398,7 @@ pub fn backends_json(rt: &Runtime) -> serde_json::Value {
                     "inFlight": v.in_flight,
                     "requests": v.requests,
                     "connectionsCreated": b.connections_created(&ep.authority),
+                    "connectionsOpen": b.connections_open(&ep.authority),
                     "latencyEwmaMs": (v.ewma_ms * 1000.0).round() / 1000.0,
                 })
             })

@@ -20,9 +20,19 @@ const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// instead of preferring its fast errors.
 const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
+/// The process epoch, and the Unix time (ms) it was taken at.
+fn epoch_pair() -> (Instant, u64) {
+    static EPOCH: OnceLock<(Instant, u64)> = OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (Instant::now(), unix)
+    })
+}
+
 fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+    epoch_pair().0
 }
 
 /// Milliseconds since the process epoch; 0 is reserved for "never".
@@ -92,6 +102,8 @@ pub struct EndpointState {
     in_flight: AtomicU64,
     requests: AtomicU64,
     healthy: AtomicBool,
+    /// Process-clock ms ([`now_ms`]) of the last transition to healthy (or of creation).
+    healthy_since_ms: AtomicU64,
     checks: Mutex<CheckCounters>,
     ejected_until_ms: AtomicU64,
     outlier: Mutex<OutlierCounters>,
@@ -127,6 +139,9 @@ pub struct EndpointView {
     pub in_flight: u64,
     pub requests: u64,
     pub ewma_ms: f64,
+    /// Unix ms since when the endpoint has been available (healthy and not ejected); 0 while
+    /// it is not.
+    pub available_since_ms: u64,
 }
 
 impl EndpointState {
@@ -138,6 +153,7 @@ impl EndpointState {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            healthy_since_ms: AtomicU64::new(now_ms()),
             checks: Mutex::new(CheckCounters::default()),
             ejected_until_ms: AtomicU64::new(0),
             outlier: Mutex::new(OutlierCounters::default()),
@@ -237,6 +253,7 @@ impl EndpointState {
                 "endpoint unhealthy: out of rotation"
             );
         } else if !healthy && ok && c.consecutive_successes >= cfg.healthy_threshold {
+            self.healthy_since_ms.store(now_ms(), Ordering::Relaxed);
             self.healthy.store(true, Ordering::Relaxed);
             c.transitions += 1;
             tracing::info!(
@@ -335,6 +352,14 @@ impl EndpointState {
         let ejected_until =
             (until > now).then(|| SystemTime::now() + Duration::from_millis(until - now));
         let ejections = lock(&self.outlier).ejections_total;
+        // Available again at the later of: turning healthy, the last ejection ending.
+        let available_since_ms = if healthy && until <= now {
+            // Process-clock ms → Unix ms through the epoch's fixed offset (stable across views).
+            let since = self.healthy_since_ms.load(Ordering::Relaxed).max(until);
+            epoch_pair().1 + since.saturating_sub(1)
+        } else {
+            0
+        };
         EndpointView {
             healthy,
             checks: checks.clone(),
@@ -343,6 +368,7 @@ impl EndpointState {
             in_flight: self.in_flight(),
             requests: self.requests.load(Ordering::Relaxed),
             ewma_ms: self.ewma_ms(),
+            available_since_ms,
         }
     }
 

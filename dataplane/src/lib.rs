@@ -35,6 +35,7 @@ pub mod router;
 pub mod runtime;
 pub mod server;
 pub mod shipper;
+mod sink_h3;
 pub mod tls;
 pub mod tracecontext;
 pub mod upstream;

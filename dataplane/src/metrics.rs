@@ -177,11 +177,13 @@ pub struct Metrics {
 
     endpoint_healthy: IntGaugeVec,
     endpoint_available: IntGaugeVec,
+    endpoint_available_since: prometheus::GaugeVec,
     health_checks: IntCounterVec,
     ejections: IntCounterVec,
     endpoint_in_flight: IntGaugeVec,
     endpoint_requests: IntCounterVec,
     connections_created: IntCounterVec,
+    connections_open: IntGaugeVec,
     breaker_state: IntGaugeVec,
     breaker_opens: IntCounterVec,
     concurrency_in_use: IntGaugeVec,
@@ -290,6 +292,17 @@ impl Metrics {
                 "1 when the endpoint is in rotation (healthy and not ejected), else 0.",
                 &["backend", "endpoint"],
             ),
+            endpoint_available_since: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "weir_backend_endpoint_available_since_seconds",
+                        "Unix time the endpoint last became available (healthy and not ejected; or was first seen), 0 while it is not.",
+                    ),
+                    &["backend", "endpoint"],
+                )
+                .expect("valid metric definition"),
+            ),
             health_checks: counter_vec(
                 &r,
                 "weir_backend_health_checks_total",
@@ -318,6 +331,12 @@ impl Metrics {
                 &r,
                 "weir_upstream_connections_created_total",
                 "Upstream connections opened to the endpoint; tries minus this is pool reuse.",
+                &["backend", "endpoint"],
+            ),
+            connections_open: gauge_vec(
+                &r,
+                "weir_upstream_connections_open",
+                "Upstream connections to the endpoint open now, idle in the pool or carrying a request.",
                 &["backend", "endpoint"],
             ),
             breaker_state: gauge_vec(
@@ -542,10 +561,12 @@ impl Metrics {
 
     fn refresh(&self, rt: Option<&Runtime>) {
         self.refresh_sinks();
+        self.endpoint_available_since.reset();
         for g in [
             &self.endpoint_healthy,
             &self.endpoint_available,
             &self.endpoint_in_flight,
+            &self.connections_open,
             &self.breaker_state,
             &self.concurrency_in_use,
             &self.concurrency_limit,
@@ -573,6 +594,12 @@ impl Metrics {
                 self.endpoint_available
                     .with_label_values(&labels)
                     .set(i64::from(v.healthy && v.ejected_until.is_none()));
+                self.endpoint_available_since
+                    .with_label_values(&labels)
+                    .set(v.available_since_ms as f64 / 1000.0);
+                self.connections_open
+                    .with_label_values(&labels)
+                    .set(b.connections_open(&ep.authority) as i64);
                 if active {
                     for (result, n) in [("success", v.checks.passed), ("failure", v.checks.failed)]
                     {

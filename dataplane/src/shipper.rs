@@ -6,7 +6,8 @@
 //!   `batchSize` documents to `endpoint`; every `flushInterval`, the registry's counters and
 //!   gauges (histograms as `_count`/`_sum`) as `{name,type,value,labels,timestamp,help}`
 //!   objects POSTed to `metricsEndpoint` (default `endpoint`); `http` or `https` (system roots
-//!   or `caFile`). Retries with backoff on 5xx,
+//!   or `caFile`, or no verification with `tlsVerify: false`), over HTTP/1.1 or, with
+//!   `transport: http3`, HTTP/3 (see `sink_h3.rs`). Retries with backoff on 5xx,
 //!   429, timeouts and connection errors (4 attempts), never on other 4xx; then the batch is
 //!   counted as failed and dropped.
 //! - `syslog`: each access log as one RFC 5424 message, one per UDP datagram or octet-counted
@@ -310,6 +311,9 @@ fn start(name: &str, sink: &Sink, gather: Gather) -> Running {
         (None, None)
     };
     let handle = Arc::new(SinkHandle::new(name, sink, tx, traces_tx));
+    if !sink.tls_verify() {
+        tracing::warn!(sink = %name, "tlsVerify is false: the sink's server certificates are not verified");
+    }
     match sink.kind {
         SinkType::Otlp => {
             let gather = sink.ships(SinkSignal::Metrics).then_some(gather);
@@ -318,7 +322,7 @@ fn start(name: &str, sink: &Sink, gather: Gather) -> Running {
             tasks = t;
         }
         SinkType::HttpJson => {
-            let client = http_client(sink).map_err(|e| {
+            let client = sink_client(sink).map_err(|e| {
                 tracing::error!(sink = %name, error = %e, "cannot set up the sink's HTTP client; every send fails");
                 e
             });
@@ -351,6 +355,50 @@ fn start(name: &str, sink: &Sink, gather: Gather) -> Running {
 
 pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// The client of an `httpJson` sink: HTTP/1.1 (`transport: http`) or HTTP/3.
+#[derive(Clone)]
+pub(crate) enum SinkClient {
+    Http(Box<HttpClient>),
+    H3(Arc<crate::sink_h3::H3Client>),
+}
+
+fn sink_client(sink: &Sink) -> Result<SinkClient, String> {
+    Ok(match sink.transport() {
+        SyslogTransport::Http3 => SinkClient::H3(Arc::new(crate::sink_h3::H3Client::new(sink)?)),
+        _ => SinkClient::Http(Box::new(http_client(sink)?)),
+    })
+}
+
+/// One send; the response status once its body is read (a slow body is cut after `timeout`).
+async fn send_once(
+    client: &SinkClient,
+    req: http::Request<Bytes>,
+    timeout: Duration,
+) -> Result<http::StatusCode, String> {
+    match client {
+        SinkClient::H3(c) => match tokio::time::timeout(timeout, c.request(req)).await {
+            Err(_) => Err(format!("timed out after {timeout:?}")),
+            Ok(r) => r,
+        },
+        SinkClient::Http(c) => {
+            match tokio::time::timeout(timeout, c.request(req.map(Full::new))).await {
+                Err(_) => Err(format!("timed out after {timeout:?}")),
+                Ok(Err(e)) => Err(format!("request failed: {e}")),
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    // Drain so the connection can be reused.
+                    let _ = tokio::time::timeout(
+                        timeout,
+                        http_body_util::BodyExt::collect(resp.into_body()),
+                    )
+                    .await;
+                    Ok(status)
+                }
+            }
+        }
+    }
+}
+
 /// An HTTP/1.1 client for `http://` and `https://` (system roots, or `caFile`); the error says
 /// why TLS cannot be set up (every send then fails with it).
 pub(crate) fn http_client(sink: &Sink) -> Result<HttpClient, String> {
@@ -366,7 +414,11 @@ pub(crate) fn client_for(sink: &Sink, h2: bool) -> Result<HttpClient, String> {
     http.enforce_http(false);
     let https_needed =
         sink.endpoint.starts_with("https://") || sink.metrics_endpoint().starts_with("https://");
-    let tls = crate::tls::client_config(sink.ca_file.as_deref(), https_needed)?;
+    let tls = if sink.tls_verify() {
+        crate::tls::client_config(sink.ca_file.as_deref(), https_needed)?
+    } else {
+        crate::tls::client_config_no_verify()?
+    };
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http();
@@ -462,7 +514,7 @@ impl<T> Queue<T> {
 
 async fn http_logs(
     h: Arc<SinkHandle>,
-    client: Result<HttpClient, String>,
+    client: Result<SinkClient, String>,
     rx: mpsc::Receiver<Arc<AccessEvent>>,
     close: watch::Receiver<bool>,
 ) {
@@ -494,7 +546,7 @@ async fn http_logs(
     }
 }
 
-async fn http_metrics(h: Arc<SinkHandle>, client: Result<HttpClient, String>, gather: Gather) {
+async fn http_metrics(h: Arc<SinkHandle>, client: Result<SinkClient, String>, gather: Gather) {
     let c = &h.config;
     let uri: http::Uri = match c.metrics_endpoint().parse() {
         Ok(u) => u,
@@ -529,7 +581,7 @@ pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 /// POSTs a JSON body; retries 5xx, 429, timeouts and connection errors with backoff.
 async fn post(
     h: &SinkHandle,
-    client: &Result<HttpClient, String>,
+    client: &Result<SinkClient, String>,
     uri: &http::Uri,
     body: Bytes,
 ) -> Result<(), String> {
@@ -549,22 +601,14 @@ async fn post(
         if let Some(k) = &c.api_key {
             req = req.header(c.api_key_header(), k.0.as_str());
         }
-        let req = match req.body(Full::new(body.clone())) {
+        let req = match req.body(body.clone()) {
             Ok(r) => r,
             Err(e) => return Err(format!("cannot build request: {e}")),
         };
         h.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(c.timeout(), client.request(req)).await {
-            Err(_) => last = format!("timed out after {:?}", c.timeout()),
-            Ok(Err(e)) => last = format!("request failed: {e}"),
-            Ok(Ok(resp)) => {
-                let status = resp.status();
-                // Drain so the connection can be reused.
-                let _ = tokio::time::timeout(
-                    c.timeout(),
-                    http_body_util::BodyExt::collect(resp.into_body()),
-                )
-                .await;
+        match send_once(client, req, c.timeout()).await {
+            Err(e) => last = e,
+            Ok(status) => {
                 if status.is_success() {
                     return Ok(());
                 }
@@ -719,7 +763,8 @@ async fn syslog(
     let c = &h.config;
     let timeout = c.timeout();
     match c.transport() {
-        SyslogTransport::Udp => {
+        // http / http3 are refused for syslog by validation.
+        SyslogTransport::Udp | SyslogTransport::Http | SyslogTransport::Http3 => {
             let mut sock: Option<tokio::net::UdpSocket> = None;
             while let Some(ev) = rx.next().await {
                 let msg = syslog_message(&ev, c);

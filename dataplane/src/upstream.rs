@@ -16,11 +16,13 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::{Body, Frame, SizeHint};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,22 +31,88 @@ use weir_config::{Backend, UpstreamProtocol};
 
 pub type HttpClient = Client<CountingConnector, ProxyBody>;
 
-/// Connections opened per endpoint (`host:port`), shared by a client and the backends using it.
-pub type ConnCounts = Arc<Mutex<HashMap<String, u64>>>;
+/// Connections per endpoint (`host:port`), shared by a client and the backends using it.
+pub type ConnCounts = Arc<Mutex<HashMap<String, ConnStats>>>;
+
+/// Connections of one endpoint: opened so far, and open now.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    pub created: u64,
+    open: Arc<AtomicU64>,
+}
 
 /// `HttpConnector` that counts the connections it opens per endpoint, so `GET /backends` can
-/// show pool reuse (requests vs connections).
+/// show pool reuse (requests vs connections), and wraps each in a [`CountedIo`] that keeps the
+/// endpoint's open-connection count.
 #[derive(Clone)]
 pub struct CountingConnector {
     inner: HttpConnector,
     counts: ConnCounts,
 }
 
-type ConnectFuture =
-    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<CountedIo, BoxError>> + Send>>;
+
+/// An upstream connection's IO; counts itself out of its endpoint's open connections when the
+/// connection (its hyper task, after the pool let it go or the peer closed it) drops it.
+pub struct CountedIo {
+    io: TokioIo<tokio::net::TcpStream>,
+    open: Arc<AtomicU64>,
+}
+
+impl Drop for CountedIo {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl hyper::rt::Read for CountedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for CountedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl Connection for CountedIo {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
 
 impl tower_service::Service<Uri> for CountingConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
+    type Response = CountedIo;
     type Error = BoxError;
     type Future = ConnectFuture;
 
@@ -58,10 +126,16 @@ impl tower_service::Service<Uri> for CountingConnector {
         let fut = self.inner.call(dst);
         Box::pin(async move {
             let io = fut.await.map_err(BoxError::from)?;
-            if let Ok(mut c) = counts.lock() {
-                *c.entry(key).or_default() += 1;
-            }
-            Ok(io)
+            let open = match counts.lock() {
+                Ok(mut c) => {
+                    let e = c.entry(key).or_default();
+                    e.created += 1;
+                    e.open.clone()
+                }
+                Err(_) => Arc::default(),
+            };
+            open.fetch_add(1, Ordering::Relaxed);
+            Ok(CountedIo { io, open })
         })
     }
 }
@@ -574,7 +648,19 @@ impl BackendRt {
         self.conn_counts
             .lock()
             .ok()
-            .and_then(|c| c.get(endpoint.as_str()).copied())
+            .and_then(|c| c.get(endpoint.as_str()).map(|s| s.created))
+            .unwrap_or(0)
+    }
+
+    /// Upstream connections to `endpoint` open now (idle in the pool or carrying requests).
+    pub fn connections_open(&self, endpoint: &Authority) -> u64 {
+        self.conn_counts
+            .lock()
+            .ok()
+            .and_then(|c| {
+                c.get(endpoint.as_str())
+                    .map(|s| s.open.load(Ordering::Relaxed))
+            })
             .unwrap_or(0)
     }
 

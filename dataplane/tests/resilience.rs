@@ -954,6 +954,7 @@ async fn credential_injected_redacted_and_backends_document_shape() {
             "address",
             "available",
             "connectionsCreated",
+            "connectionsOpen",
             "ejectedUntil",
             "ejections",
             "healthy",

@@ -1,7 +1,9 @@
 //! Telemetry sinks on real sockets: an in-test HTTP collector decodes `httpJson` batches (ECS
 //! fields, batch sizes, API key header, retries on 5xx but not on 4xx, metric objects); UDP and
 //! TCP syslog listeners parse RFC 5424 (octet counting on TCP); a sink that never answers, with
-//! a tiny queue, does not hold up traffic and counts drops.
+//! a tiny queue, does not hold up traffic and counts drops. `tlsVerify: false` against a
+//! self-signed https collector (httpJson and otlp); `transport: http3` against an in-test
+//! quinn + h3 collector (connection reuse, reconnect after the collector closes it).
 //!
 //! Waits have only the hang guard as a deadline; assertions are on counts and values.
 
@@ -588,4 +590,289 @@ async fn http_json_over_https_trusts_ca_file_only() {
     // The self-signed certificate is not in the system roots: that sink fails, after retries.
     let s = sink_until(&dp, "untrusted", "a failed batch", |s| s["failed"] == 2).await;
     assert_eq!(s["shipped"], 0);
+}
+
+#[tokio::test]
+async fn http_json_tls_verify_false_accepts_a_self_signed_certificate() {
+    let backend = echo("a").await;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key.into())
+    .unwrap();
+    let (sink, mut rx) =
+        collector_with(&[], Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    let port = free_port();
+    let cfg = config(
+        port,
+        backend,
+        &format!(
+            r#"insecure: {{ type: httpJson, endpoint: "https://localhost:{p}/insecure", tlsVerify: false, batchSize: 2, signals: [logs] }}
+  verified: {{ type: httpJson, endpoint: "https://localhost:{p}/verified", batchSize: 2, signals: [logs] }}"#,
+            p = sink.port(),
+        ),
+    );
+    let dp = Dataplane::start(&cfg).await;
+    let c = client();
+    for i in 0..2 {
+        get(&c, &format!("http://127.0.0.1:{port}/v{i}")).await;
+    }
+    let b = recv(&mut rx).await;
+    assert_eq!(b.path, "/insecure");
+    let paths: Vec<&str> = b
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["url"]["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/v0", "/v1"]);
+    sink_until(&dp, "insecure", "2 shipped", |s| s["shipped"] == 2).await;
+    // The default verifies: the self-signed certificate is refused, the batch fails.
+    let s = sink_until(&dp, "verified", "a failed batch", |s| s["failed"] == 2).await;
+    assert_eq!(s["shipped"], 0);
+    // Only the insecure sink ever reached the collector.
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn tls_verify_false_is_refused_on_plain_http_and_syslog() {
+    let dp = Dataplane::start_without_config().await;
+    let (status, v) = dp
+        .put_config(
+            r#"sinks:
+  a: { type: httpJson, endpoint: "http://127.0.0.1:9/", tlsVerify: false }
+  b: { type: otlp, endpoint: "https://127.0.0.1:9", metricsEndpoint: "http://x/", tlsVerify: false }
+  c: { type: syslog, endpoint: "127.0.0.1:514", tlsVerify: true }
+  d: { type: httpJson, endpoint: "https://127.0.0.1:9/", tlsVerify: false }
+"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let paths: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for p in [
+        r#"sinks["a"].tlsVerify"#,
+        r#"sinks["b"].tlsVerify"#,
+        r#"sinks["c"].tlsVerify"#,
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+    assert!(
+        !paths.iter().any(|p| p.starts_with(r#"sinks["d"]"#)),
+        "{paths:?}"
+    );
+}
+
+/// One POST the HTTP/3 collector received, with the index of its QUIC connection.
+struct H3Received {
+    path: String,
+    body: Value,
+    conn: usize,
+}
+
+/// A QUIC + HTTP/3 server that records every request and answers 200; also hands out each
+/// accepted connection (so the test can close one).
+async fn h3_collector(
+    ck: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<H3Received>,
+    mpsc::UnboundedReceiver<quinn::Connection>,
+) {
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key.into())
+    .unwrap();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (conn_tx, conn_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut index = 0;
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let _ = conn_tx.send(conn.clone());
+            let tx = tx.clone();
+            let me = index;
+            index += 1;
+            tokio::spawn(async move {
+                let Ok(mut h3c) =
+                    h3::server::Connection::<_, Bytes>::new(h3_quinn::Connection::new(conn)).await
+                else {
+                    return;
+                };
+                while let Ok(Some(resolver)) = h3c.accept().await {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let Ok((req, mut stream)) = resolver.resolve_request().await else {
+                            return;
+                        };
+                        let mut body = Vec::new();
+                        while let Ok(Some(mut chunk)) = stream.recv_data().await {
+                            use bytes::Buf;
+                            while chunk.has_remaining() {
+                                let c = chunk.chunk();
+                                body.extend_from_slice(c);
+                                let n = c.len();
+                                chunk.advance(n);
+                            }
+                        }
+                        let resp = http::Response::builder().status(200).body(()).unwrap();
+                        if stream.send_response(resp).await.is_err()
+                            || stream.finish().await.is_err()
+                        {
+                            return;
+                        }
+                        let _ = tx.send(H3Received {
+                            path: req.uri().path().to_string(),
+                            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                            conn: me,
+                        });
+                    });
+                }
+            });
+        }
+    });
+    (addr, rx, conn_rx)
+}
+
+fn doc_paths(body: &Value) -> Vec<String> {
+    body.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["url"]["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn http_json_over_http3_reuses_one_connection_and_reconnects() {
+    let backend = echo("a").await;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let (sink, mut rx, mut conns) = h3_collector(&ck).await;
+    let port = free_port();
+    let cfg = config(
+        port,
+        backend,
+        &format!(
+            r#"q: {{ type: httpJson, transport: http3, endpoint: "https://localhost:{}/h3", caFile: "{}", batchSize: 2, signals: [logs] }}"#,
+            sink.port(),
+            ca.display(),
+        ),
+    );
+    let dp = Dataplane::start(&cfg).await;
+    let c = client();
+    // Two batches of two over the same connection.
+    for i in 0..4 {
+        get(&c, &format!("http://127.0.0.1:{port}/q{i}")).await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let b = recv(&mut rx).await;
+        assert_eq!(b.path, "/h3");
+        assert_eq!(b.conn, 0, "a second connection was opened");
+        got.extend(doc_paths(&b.body));
+    }
+    assert_eq!(got, ["/q0", "/q1", "/q2", "/q3"]);
+    sink_until(&dp, "q", "4 shipped", |s| s["shipped"] == 4).await;
+
+    // The collector closes the connection: the next batch goes over a new one.
+    let first = recv(&mut conns).await;
+    first.close(quinn::VarInt::from_u32(0x100), b"bye");
+    for i in 4..6 {
+        get(&c, &format!("http://127.0.0.1:{port}/q{i}")).await;
+    }
+    let b = recv(&mut rx).await;
+    assert_eq!(b.conn, 1);
+    assert_eq!(doc_paths(&b.body), ["/q4", "/q5"]);
+    let s = sink_until(&dp, "q", "6 shipped", |s| s["shipped"] == 6).await;
+    assert_eq!(s["failed"], 0);
+    // Exactly one new connection, and no batch delivered twice.
+    recv(&mut conns).await;
+    assert!(conns.try_recv().is_err());
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn http3_transport_is_refused_without_https_and_outside_http_json() {
+    let dp = Dataplane::start_without_config().await;
+    let (status, v) = dp
+        .put_config(
+            r#"sinks:
+  a: { type: httpJson, endpoint: "http://127.0.0.1:9/", transport: http3 }
+  b: { type: syslog, endpoint: "127.0.0.1:514", transport: http3 }
+  c: { type: httpJson, endpoint: "https://127.0.0.1:9/", transport: tcp }
+  d: { type: otlp, endpoint: "https://127.0.0.1:9", transport: http }
+  e: { type: httpJson, endpoint: "https://127.0.0.1:9/", transport: http3 }
+"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let paths: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for p in ["a", "b", "c", "d"] {
+        let p = format!(r#"sinks["{p}"].transport"#);
+        assert!(paths.contains(&p.as_str()), "{p} missing from {paths:?}");
+    }
+    assert!(
+        !paths.iter().any(|p| p.starts_with(r#"sinks["e"]"#)),
+        "{paths:?}"
+    );
+}
+
+#[tokio::test]
+async fn otlp_tls_verify_false_accepts_a_self_signed_certificate() {
+    let backend = echo("a").await;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key.into())
+    .unwrap();
+    let (sink, mut rx) =
+        collector_with(&[], Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    let port = free_port();
+    let cfg = config(
+        port,
+        backend,
+        &format!(
+            r#"o: {{ type: otlp, endpoint: "https://localhost:{}", tlsVerify: false, batchSize: 1, signals: [logs] }}"#,
+            sink.port(),
+        ),
+    );
+    let dp = Dataplane::start(&cfg).await;
+    get(&client(), &format!("http://127.0.0.1:{port}/o")).await;
+    let b = recv(&mut rx).await;
+    assert_eq!(b.path, "/v1/logs");
+    assert_eq!(b.headers["content-type"], "application/x-protobuf");
+    let s = sink_until(&dp, "o", "1 shipped", |s| s["shipped"] == 1).await;
+    assert_eq!(s["failed"], 0);
 }

@@ -177,6 +177,10 @@ pub struct SinkOutcome {
     pub included: bool,
     /// References a Secret (status then carries `ResolvedRefs`).
     pub has_secret_refs: bool,
+    /// Included and sets `spec.tracing` (status then carries `TracingApplied`).
+    pub has_tracing: bool,
+    /// An older sink's different `spec.tracing` is the one applied: why this one's is not.
+    pub tracing_conflict: Option<String>,
 }
 
 /// The snapshot and every object's outcome.
@@ -489,6 +493,17 @@ fn route_order(r: &ProxyRoute) -> (Option<String>, ObjKey) {
     )
 }
 
+/// Sort key for any object: oldest first, then `ns/name`.
+fn age_order<K: kube::Resource>(o: &K) -> (Option<String>, ObjKey) {
+    (
+        o.meta()
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string()),
+        obj_key(o),
+    )
+}
+
 /// The sink as the contract spells it (spec settings passed through, the API key from its
 /// Secret), parsed and validated by the contract.
 fn compile_sink(
@@ -524,15 +539,22 @@ fn compile_sink(
             Err(e) => out.unresolved.push(e),
         }
     }
-    let doc = serde_json::json!({ "sinks": { k.clone(): v } });
-    let prefix = format!("sinks[{k:?}]");
+    let mut doc = serde_json::json!({ "sinks": { k.clone(): v } });
     let mut errs = Vec::new();
+    if let Some(t) = &s.spec.tracing {
+        // Validated by the contract as the snapshot's own `tracing` section.
+        doc["tracing"] = serde_json::to_value(t).unwrap_or_default();
+    }
+    let prefix = format!("sinks[{k:?}]");
     let map_errs = |e: weir_config::ConfigError, errs: &mut Vec<FieldError>| {
-        errs.extend(
-            e.errors
-                .into_iter()
-                .map(|fe| FieldError::new(to_object_path(&fe.path, &prefix), fe.message)),
-        )
+        errs.extend(e.errors.into_iter().map(|fe| {
+            let path = if fe.path.starts_with("tracing") {
+                format!("spec.{}", fe.path)
+            } else {
+                to_object_path(&fe.path, &prefix)
+            };
+            FieldError::new(path, fe.message)
+        }))
     };
     let parsed = serde_json::to_vec(&doc)
         .map_err(|e| weir_config::ConfigError::single("", e.to_string()))
@@ -542,7 +564,18 @@ fn compile_sink(
             if let Err(e) = snap.validate() {
                 map_errs(e, &mut errs);
             }
-            snap.sinks.get(&k).cloned()
+            let sink = snap.sinks.get(&k).cloned();
+            if let Some(sink) = sink.as_ref().filter(|_| s.spec.tracing.is_some()) {
+                if sink.kind != weir_config::SinkType::Otlp
+                    || !sink.ships(weir_config::SinkSignal::Traces)
+                {
+                    errs.push(FieldError::new(
+                        "spec.tracing",
+                        "only valid for an otlp sink whose signals include traces",
+                    ));
+                }
+            }
+            sink
         }
         Err(e) => {
             map_errs(e, &mut errs);
@@ -719,10 +752,31 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         }
     }
 
-    for s in inputs.sinks {
-        let (outcome, sink) = compile_sink(s, inputs.secrets, &mut out.secret_refs);
+    // Sinks oldest first, as routes: the oldest sink that sets `tracing` decides the
+    // snapshot's tracing section; newer sinks with different settings report the conflict.
+    let mut sinks: Vec<&TelemetrySink> = inputs.sinks.iter().collect();
+    sinks.sort_by_key(|s| age_order(*s));
+    let mut tracing_from: Option<ObjKey> = None;
+    for s in sinks {
+        let (mut outcome, sink) = compile_sink(s, inputs.secrets, &mut out.secret_refs);
         let k = obj_key(s);
         if let Some(sink) = sink {
+            if let Some(t) = &s.spec.tracing {
+                outcome.has_tracing = true;
+                match (&snap.tracing, &tracing_from) {
+                    (Some(applied), Some(from)) if applied != t => {
+                        outcome.tracing_conflict = Some(format!(
+                            "spec.tracing differs from that of the older TelemetrySink {from}, \
+                             which is applied"
+                        ));
+                    }
+                    (Some(_), Some(_)) => {}
+                    _ => {
+                        snap.tracing = Some(t.clone());
+                        tracing_from = Some(k.clone());
+                    }
+                }
+            }
             snap.sinks.insert(k.clone(), sink);
         }
         out.sinks.insert(k, outcome);
@@ -1339,5 +1393,145 @@ mod tests {
             "spec.rules[0].kairos.metricRoutes[0].backend"
         );
         assert_eq!(o.backends, vec!["ns/be", "ns/nope"]);
+    }
+
+    #[test]
+    fn sink_tracing_sets_the_snapshot_section_oldest_sink_wins() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let aged = |name: &str, year: u32, yaml: &str| {
+            let mut s = sink("ns", name, yaml);
+            s.metadata.creation_timestamp =
+                Some(Time(format!("{year}-01-01T00:00:00Z").parse().unwrap()));
+            s
+        };
+        let otlp = |tracing: &str| {
+            format!("{{type: otlp, endpoint: 'http://127.0.0.1:4317', tracing: {tracing}}}")
+        };
+        let quarter = otlp("{samplingRatio: 0.25, parentBased: false, serviceName: edge}");
+        let tenth = otlp("{samplingRatio: 0.1}");
+        let idx = SecretIndex::default();
+        // (case, sinks, expected snapshot samplingRatio, expected conflicted sinks, invalid paths)
+        type Case<'a> = (
+            &'a str,
+            Vec<TelemetrySink>,
+            Option<f64>,
+            Vec<&'a str>,
+            Vec<(&'a str, &'a str)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "no sink sets tracing",
+                vec![sink("ns", "o", "{type: otlp, endpoint: 'http://127.0.0.1:4317'}")],
+                None,
+                vec![],
+                vec![],
+            ),
+            ("one sink", vec![aged("o", 2020, &quarter)], Some(0.25), vec![], vec![]),
+            (
+                "oldest wins, newer differing one conflicts (name order does not matter)",
+                vec![aged("a-new", 2021, &tenth), aged("z-old", 2020, &quarter)],
+                Some(0.25),
+                vec!["ns/a-new"],
+                vec![],
+            ),
+            (
+                "identical settings do not conflict",
+                vec![aged("a", 2020, &quarter), aged("b", 2021, &quarter)],
+                Some(0.25),
+                vec![],
+                vec![],
+            ),
+            (
+                "an invalid older sink does not win",
+                vec![
+                    aged("old", 2019, &otlp("{samplingRatio: 1.5}")),
+                    aged("new", 2021, &tenth),
+                ],
+                Some(0.1),
+                vec![],
+                vec![("ns/old", "spec.tracing.samplingRatio")],
+            ),
+            (
+                "only on otlp sinks that ship traces",
+                vec![
+                    aged(
+                        "logs",
+                        2020,
+                        "{type: otlp, endpoint: 'http://127.0.0.1:4317', signals: [logs], tracing: {samplingRatio: 0.5}}",
+                    ),
+                    aged(
+                        "json",
+                        2020,
+                        "{type: httpJson, endpoint: 'http://127.0.0.1:9/x', tracing: {samplingRatio: 0.5}}",
+                    ),
+                ],
+                None,
+                vec![],
+                vec![("ns/logs", "spec.tracing"), ("ns/json", "spec.tracing")],
+            ),
+        ];
+        for (case, sinks, ratio, conflicted, invalid) in cases {
+            let out = run_with(&[], &[], &sinks, &idx, &listeners());
+            assert_eq!(
+                out.snapshot.tracing.as_ref().and_then(|t| t.sampling_ratio),
+                ratio,
+                "{case}"
+            );
+            out.snapshot.validate().unwrap();
+            for (k, o) in &out.sinks {
+                let bad: Vec<&str> = invalid
+                    .iter()
+                    .filter(|(n, _)| n == k)
+                    .map(|(_, p)| *p)
+                    .collect();
+                let paths: Vec<&str> = o.invalid.iter().map(|e| e.path.as_str()).collect();
+                assert_eq!(paths, bad, "{case}: {k}");
+                assert_eq!(o.included, bad.is_empty(), "{case}: {k}");
+                assert_eq!(
+                    o.tracing_conflict.is_some(),
+                    conflicted.contains(&k.as_str()),
+                    "{case}: {k} {:?}",
+                    o.tracing_conflict
+                );
+            }
+        }
+        // The winner's other settings come along; the loser names it.
+        let out = run_with(
+            &[],
+            &[],
+            &[aged("a-new", 2021, &tenth), aged("z-old", 2020, &quarter)],
+            &idx,
+            &listeners(),
+        );
+        let t = out.snapshot.tracing.as_ref().unwrap();
+        assert_eq!(
+            (t.parent_based, t.service_name.as_deref()),
+            (Some(false), Some("edge"))
+        );
+        assert!(out.sinks["ns/z-old"].has_tracing);
+        let msg = out.sinks["ns/a-new"].tracing_conflict.as_deref().unwrap();
+        assert!(msg.contains("ns/z-old"), "{msg}");
+        // The loser's status says so; the winner's says it applies.
+        let pods = crate::status::PodProgress::default();
+        let st =
+            crate::status::sink_status("ns/a-new", &out.sinks["ns/a-new"], &pods, None, "t", false);
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "TracingApplied")
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Conflicted")
+        );
+        assert!(c.message.contains("ns/z-old"), "{}", c.message);
+        let st =
+            crate::status::sink_status("ns/z-old", &out.sinks["ns/z-old"], &pods, None, "t", false);
+        let c = st
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "TracingApplied")
+            .unwrap();
+        assert_eq!(c.status, "True");
     }
 }

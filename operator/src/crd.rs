@@ -617,6 +617,12 @@ pub struct TelemetrySinkSpec {
     /// `httpJson`: the API key, read from a Secret in the sink's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// `otlp` sinks that ship `traces`: the snapshot's `tracing` section (sampling ratio,
+    /// parent-based sampling, service name, resource attributes), which applies to every
+    /// pod. When several sinks set it, the oldest sink wins and the others report
+    /// `TracingApplied=False` (reason `Conflicted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<weir_config::TracingConfig>,
     /// Every other setting of the dataplane config's `sinks.<name>` (batchSize, flushInterval,
     /// queueSize, timeout, signals, apiKeyHeader, ...), passed through and validated by the
     /// contract.
@@ -661,6 +667,26 @@ impl JsonSchema for TelemetrySinkSpec {
             }
             props.remove("apiKey");
             props.insert("apiKeySecretRef".into(), secret_ref);
+            let mut tracing = contract::<weir_config::TracingConfig>(g).to_value();
+            if let Some(o) = tracing.as_object_mut() {
+                o.insert(
+                    "description".into(),
+                    "`otlp` sinks that ship `traces`: the snapshot's `tracing` section (sampling \
+                     ratio, parent-based sampling, service name, resource attributes) for every \
+                     pod. When several sinks set it, the oldest wins and the others report \
+                     `TracingApplied=False` (reason `Conflicted`)."
+                        .into(),
+                );
+                if let Some(r) = o
+                    .get_mut("properties")
+                    .and_then(|p| p.get_mut("samplingRatio"))
+                    .and_then(|r| r.as_object_mut())
+                {
+                    r.insert("minimum".into(), 0.into());
+                    r.insert("maximum".into(), 1.into());
+                }
+            }
+            props.insert("tracing".into(), tracing);
         }
         schema
     }

@@ -447,6 +447,18 @@ pub fn sink_status(
     if o.has_secret_refs {
         conds.push(secret_refs_condition(&o.unresolved, gen));
     }
+    if o.has_tracing {
+        conds.push(match &o.tracing_conflict {
+            Some(m) => cond("TracingApplied", false, gen, "Conflicted", m.clone()),
+            None => cond(
+                "TracingApplied",
+                true,
+                gen,
+                "Applied",
+                "spec.tracing is the snapshot's tracing section".into(),
+            ),
+        });
+    }
     let old_conds = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let mut st = TelemetrySinkStatus {
         conditions: merge_conditions(conds, old_conds, now),
@@ -525,6 +537,7 @@ pub fn condition_transitions(kind: &str, old: &[Condition], new: &[Condition]) -
             ("Backend", "Degraded", "False", Some("True")) => (false, "Recovered"),
             (_, "Ready", "False", Some("True")) => (true, "NotReady"),
             ("TelemetrySink", "Ready", "False", _) => (true, "NotReady"),
+            ("TelemetrySink", "TracingApplied", "False", _) => (true, "TracingConflicted"),
             _ => continue,
         };
         out.push(Transition {

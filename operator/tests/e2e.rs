@@ -1257,6 +1257,67 @@ async fn secrets_and_sinks(
     );
     sinks.delete("metrics", &Default::default()).await.unwrap();
 
+    // Tracing (sampling) from the cluster: `spec.tracing` of otlp sinks; the schema bounds the
+    // ratio, the older sink wins and the newer, different one reports the conflict.
+    let traces = |ratio: f64| {
+        json!({"type": "otlp", "endpoint": "http://127.0.0.1:9", "signals": ["traces"],
+               "tracing": {"samplingRatio": ratio, "serviceName": "e2e-edge"}})
+    };
+    let bad: Result<TelemetrySink, _> = serde_json::from_value(json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "TelemetrySink",
+        "metadata": {"name": "bad-traces"}, "spec": traces(1.5),
+    }));
+    let err = sinks
+        .create(&Default::default(), &bad.unwrap())
+        .await
+        .expect_err("samplingRatio 1.5 rejected by the CRD schema");
+    assert!(err.to_string().contains("samplingRatio"), "{err}");
+    for (name, ratio) in [("a-traces", 0.25), ("b-traces", 0.5)] {
+        apply(
+            &sinks,
+            name,
+            json!({
+                "apiVersion": "weir.dev/v1alpha1", "kind": "TelemetrySink",
+                "metadata": {"name": name}, "spec": traces(ratio),
+            }),
+        )
+        .await;
+    }
+    let tracing_cond = |name: &'static str| {
+        let sinks = sinks.clone();
+        async move {
+            let v = serde_json::to_value(sinks.get(name).await.ok()?).ok()?;
+            (condition(&v, "Ready")?["status"] == "True")
+                .then(|| condition(&v, "TracingApplied"))
+                .flatten()
+        }
+    };
+    let won = eventually(60, "a-traces Ready, TracingApplied", || {
+        tracing_cond("a-traces")
+    })
+    .await;
+    assert_eq!(won["status"], "True", "{won}");
+    let lost = eventually(60, "b-traces Ready, TracingApplied", || {
+        tracing_cond("b-traces")
+    })
+    .await;
+    assert_eq!(
+        (&lost["status"], &lost["reason"]),
+        (&json!("False"), &json!("Conflicted")),
+        "{lost}"
+    );
+    assert!(
+        lost["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("a-traces"),
+        "{lost}"
+    );
+    eprintln!("e2e: TelemetrySink spec.tracing applied from the oldest sink, conflict reported");
+    for name in ["a-traces", "b-traces"] {
+        sinks.delete(name, &Default::default()).await.unwrap();
+    }
+
     // Secret values never show in status, events or the operator's log.
     let mut seen = String::new();
     for b in backends.list(&Default::default()).await.unwrap() {
