@@ -32,6 +32,19 @@ struct Received {
     /// The status the collector answered with.
     status: u16,
 }
+/// A TLS acceptor serving the self-signed certificate `ck` (for https collectors).
+fn tls_acceptor(ck: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsAcceptor {
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key.into())
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(server))
+}
 
 /// An HTTP/1.1 server that records every POST and answers with scripted statuses (then 200).
 async fn collector(script: &[u16]) -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
@@ -554,17 +567,7 @@ async fn http_json_over_https_trusts_ca_file_only() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, ck.cert.pem()).unwrap();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key.into())
-    .unwrap();
-    let (sink, mut rx) =
-        collector_with(&[], Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    let (sink, mut rx) = collector_with(&[], Some(tls_acceptor(&ck))).await;
     let port = free_port();
     let cfg = config(
         port,
@@ -596,17 +599,7 @@ async fn http_json_over_https_trusts_ca_file_only() {
 async fn http_json_tls_verify_false_accepts_a_self_signed_certificate() {
     let backend = echo("a").await;
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key.into())
-    .unwrap();
-    let (sink, mut rx) =
-        collector_with(&[], Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    let (sink, mut rx) = collector_with(&[], Some(tls_acceptor(&ck))).await;
     let port = free_port();
     let cfg = config(
         port,
@@ -848,17 +841,7 @@ async fn http3_transport_is_refused_without_https_and_outside_http_json() {
 async fn otlp_tls_verify_false_accepts_a_self_signed_certificate() {
     let backend = echo("a").await;
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![ck.cert.der().clone()], key.into())
-    .unwrap();
-    let (sink, mut rx) =
-        collector_with(&[], Some(tokio_rustls::TlsAcceptor::from(Arc::new(server)))).await;
+    let (sink, mut rx) = collector_with(&[], Some(tls_acceptor(&ck))).await;
     let port = free_port();
     let cfg = config(
         port,
