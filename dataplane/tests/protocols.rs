@@ -522,33 +522,6 @@ routes:
     conn.close().await;
 }
 
-/// A WebSocket echo server (tokio-tungstenite).
-async fn ws_echo() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                let (mut tx, mut rx) = ws.split();
-                while let Some(Ok(msg)) = rx.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if tx.send(msg).await.is_err() {
-                            return;
-                        }
-                    } else if msg.is_close() {
-                        let _ = tx.close().await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A masked client text frame (payload under 126 bytes).
 fn ws_client_frame(text: &str) -> Bytes {
     let mask = [0x11u8, 0x22, 0x33, 0x44];

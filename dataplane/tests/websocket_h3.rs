@@ -8,7 +8,6 @@ mod common;
 
 use bytes::{Buf, Bytes, BytesMut};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -50,33 +49,6 @@ async fn wait_metric(dp: &Dataplane, line: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A WebSocket echo server (tokio-tungstenite) answering close with close.
-async fn ws_echo() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                let (mut tx, mut rx) = ws.split();
-                while let Some(Ok(msg)) = rx.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if tx.send(msg).await.is_err() {
-                            return;
-                        }
-                    } else if msg.is_close() {
-                        let _ = tx.close().await;
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// A masked client frame (RFC 6455 §5.2) with FIN set.

@@ -422,3 +422,32 @@ pub async fn wait_refused(addr: SocketAddr) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A WebSocket echo backend (tokio-tungstenite): echoes text and binary messages, answers
+/// close with close.
+pub async fn ws_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                let (mut tx, mut rx) = ws.split();
+                while let Some(Ok(msg)) = rx.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if tx.send(msg).await.is_err() {
+                            return;
+                        }
+                    } else if msg.is_close() {
+                        let _ = tx.close().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
