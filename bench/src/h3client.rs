@@ -152,11 +152,20 @@ impl H3Conn {
     pub async fn request(&self, req: Request<Bytes>) -> Result<H3Response> {
         let (parts, body) = req.into_parts();
         let mut s = self.send_request(Request::from_parts(parts, ())).await?;
+        // A server may answer before reading the whole body (an early 413) and stop the request
+        // stream; RFC 9114 §4.1 says the client must still read that response. So a failed send
+        // is reported only if no response head follows.
+        let mut sent = Ok(());
         if !body.is_empty() {
-            s.send_data(body).await?;
+            sent = s.send_data(body).await;
         }
-        s.finish().await?;
-        let head = s.recv_response().await?;
+        if sent.is_ok() {
+            sent = s.finish().await;
+        }
+        let head = match s.recv_response().await {
+            Ok(head) => head,
+            Err(e) => return Err(sent.err().unwrap_or(e)),
+        };
         let (body, end) = s.collect_body().await;
         let trailers = match end {
             BodyEnd::Clean => s.recv_trailers().await.ok().flatten(),

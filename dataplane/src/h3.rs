@@ -347,6 +347,18 @@ pub struct H3Body {
     empty: bool,
 }
 
+/// A body dropped before the client finished sending it (an early 413, a rejected request, an
+/// upstream that answered without reading everything): ask the client to stop with H3_NO_ERROR,
+/// as RFC 9114 §4.1 recommends, rather than quinn's default STOP_SENDING code 0 on drop. The
+/// response, if any, is still sent complete; clients must not discard it.
+impl Drop for H3Body {
+    fn drop(&mut self) {
+        if matches!(self.state, State::Data) && !self.empty {
+            self.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+        }
+    }
+}
+
 impl Body for H3Body {
     type Data = Bytes;
     type Error = BoxError;
