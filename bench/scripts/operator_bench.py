@@ -6,6 +6,14 @@ Measures (1) 1,000 ProxyRoutes created at once -> time until the dataplane's GET
 of them, and (2) repeated single-route changes (a merge patch of one route) -> time until the
 dataplane runs a snapshot with the change; p50/p99. Skips with a message when the API server
 binary (built or unpacked by `make e2e`) or etcd is missing.
+
+Standalone (no peers, no release build needed):
+  python3 bench/scripts/operator_bench.py [--bins DIR] [--routes N] [--changes N] [--out FILE]
+--bins (or WEIR_BENCH_BINS) is the directory holding weir-operator, weir-dataplane and
+weir-bench; default $CARGO_TARGET_DIR/perf (`cargo build --profile perf -p weir-operator
+-p weir-dataplane -p weir-bench`). Prints the results as JSON. WEIR_BENCH_OPERATOR_LOG sets the
+operator's RUST_LOG (default warn; e.g. `info,kube=warn` with BENCH_KEEP_TMP=1 keeps a log of
+every compile, push and status write in the run's temp dir).
 """
 
 from __future__ import annotations
@@ -116,14 +124,14 @@ def run(b, env, results: dict) -> None:
     op_bin = b.BINS / "weir-operator"
     missing = [n for n, p in (("kube-apiserver (run `make e2e` once: it builds or unpacks it "
                                "into ~/.cache/weir)", api_bin), ("etcd", etcd),
-                              ("weir-operator release build", op_bin if op_bin.exists() else None))
+                              ("weir-operator build", op_bin if op_bin.exists() else None))
                if not p]
     if missing:
         results["operator"] = {"skipped": "missing " + ", ".join(missing)}
         b.log(f"operator: skipped, missing {', '.join(missing)}")
         return
-    n_routes = 200 if b.QUICK else 1000
-    n_changes = 6 if b.QUICK else 31
+    n_routes = int(os.environ.get("WEIR_BENCH_ROUTES") or (200 if b.QUICK else 1000))
+    n_changes = int(os.environ.get("WEIR_BENCH_CHANGES") or (6 if b.QUICK else 31))
     d = env.dir / "operator"
     d.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -205,7 +213,8 @@ def run(b, env, results: dict) -> None:
                                          str(d / "listeners.yaml"), "--admin-port", str(admin),
                                          "--metrics-address", f"127.0.0.1:{b.free_port()}"],
                             "0-1", env={"KUBECONFIG": str(d / "kubeconfig"),
-                                        "WEIR_ADMIN_TOKEN": dp_token, "RUST_LOG": "warn"},
+                                        "WEIR_ADMIN_TOKEN": dp_token,
+                                        "RUST_LOG": os.environ.get("WEIR_BENCH_OPERATOR_LOG", "warn")},
                             logdir=d))
         base = f"/apis/weir.dev/v1alpha1/namespaces/{NS}"
         s, body = api.call("POST", f"{base}/backends", {
@@ -294,3 +303,44 @@ def run(b, env, results: dict) -> None:
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+def main() -> int:
+    import argparse
+    import sys
+
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench as b
+
+    ap = argparse.ArgumentParser(description="operator propagation benchmark (standalone)")
+    ap.add_argument("--bins", default=os.environ.get("WEIR_BENCH_BINS") or str(b.TARGET / "perf"),
+                    help="directory with weir-operator, weir-dataplane, weir-bench "
+                         "(default: $CARGO_TARGET_DIR/perf)")
+    ap.add_argument("--routes", type=int, help="ProxyRoutes in the burst (default 1000)")
+    ap.add_argument("--changes", type=int, help="single-route changes (default 31)")
+    ap.add_argument("--out", help="also write the JSON here")
+    a = ap.parse_args()
+    if a.routes:
+        os.environ["WEIR_BENCH_ROUTES"] = str(a.routes)
+    if a.changes:
+        os.environ["WEIR_BENCH_CHANGES"] = str(a.changes)
+    b.BINS = Path(a.bins)
+    b.WB = str(b.BINS / "weir-bench")
+    env = b.Env()
+    b.snapshot_bins(env)  # a rebuild during the run cannot swap the binaries under it
+    results: dict = {"bins": a.bins}
+    try:
+        env.start_backend()
+        run(b, env, results)
+    finally:
+        env.close()
+    out = json.dumps(results, indent=1)
+    print(out)
+    if a.out:
+        Path(a.out).write_text(out + "\n")
+    return 0 if "skipped" not in results.get("operator", {}) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,8 +3,10 @@
 //!
 //! Shape (after Linkerd's policy controller): every watch only updates its store and pokes one
 //! `Notify`; one loop reads all stores, compiles (a pure function), hands the snapshot to the
-//! pusher through a `watch` channel, and, when leading, writes the ConfigMap and the statuses
-//! that really changed.
+//! pusher through a `watch` channel and, when leading, writes the last-known-good Secret. The
+//! statuses that really changed are written by their own task (`status_loop`), fed the latest
+//! compile outcome and pod progress through another `watch` channel: a thousand status writes
+//! (and their echoes) never hold the next compile and push back.
 
 use crate::compile::{self, Compiled, ServiceIndex, ServicePort, Slice};
 use crate::crd::{Backend, ProxyRoute, TelemetrySink};
@@ -55,11 +57,18 @@ pub struct Settings {
     pub pusher: PusherConfig,
 }
 
+/// Starts a reflector whose every event pokes `notify` (the compile loop). With `status_only`
+/// (for the operator's own kinds, which have a status subresource, so every spec change bumps
+/// `metadata.generation`), an update that leaves an object's uid and generation as they were
+/// (a status write, often our own echoing back) pokes `status_only` (the status task) instead:
+/// compile reads only spec, name, namespace, generation and the creation time, so it has
+/// nothing to redo, and a burst of status writes cannot keep the compile loop's debounce open.
 fn spawn_reflector<K>(
     api: Api<K>,
     cfg: watcher::Config,
     dyntype: K::DynamicType,
     notify: Arc<Notify>,
+    status_only: Option<Arc<Notify>>,
     what: &'static str,
 ) -> Store<K>
 where
@@ -71,14 +80,53 @@ where
     let stream = reflector::reflector(writer, watcher(api, cfg)).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut seen = SpecVersions::default();
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(_) => notify.notify_one(),
+                Ok(ev) => match &status_only {
+                    Some(poke) if !seen.observe(&ev) => poke.notify_one(),
+                    _ => notify.notify_one(),
+                },
                 Err(e) => tracing::warn!(watch = what, error = %e, "watch error (retrying)"),
             }
         }
     });
     store
+}
+
+/// `(uid, generation)` of every object of one watch, to tell spec changes from status writes.
+#[derive(Default)]
+struct SpecVersions(HashMap<(String, String), (Option<String>, Option<i64>)>);
+
+impl SpecVersions {
+    /// Records the event; `false` when it changed neither an object's uid nor its generation
+    /// (nothing compile reads), `true` otherwise (and for every list, relist or deletion).
+    fn observe<K: Resource>(&mut self, ev: &watcher::Event<K>) -> bool {
+        let key = |o: &K| {
+            let m = o.meta();
+            (
+                m.namespace.clone().unwrap_or_default(),
+                m.name.clone().unwrap_or_default(),
+            )
+        };
+        let fp = |o: &K| (o.meta().uid.clone(), o.meta().generation);
+        match ev {
+            watcher::Event::Apply(o) => self.0.insert(key(o), fp(o)) != Some(fp(o)),
+            watcher::Event::InitApply(o) => {
+                self.0.insert(key(o), fp(o));
+                true
+            }
+            watcher::Event::Delete(o) => {
+                self.0.remove(&key(o));
+                true
+            }
+            watcher::Event::Init => {
+                self.0.clear();
+                true
+            }
+            watcher::Event::InitDone => true,
+        }
+    }
 }
 
 /// Watches exactly the Secrets the objects reference (`Compiled::secret_refs`): one watcher
@@ -360,8 +408,18 @@ async fn publish(recorder: &Recorder, t: &status::Transition, reference: &Object
     }
 }
 
+/// One status write in flight: patches the status subresource and publishes the events of
+/// its transitions; yields the object's key, the status written and whether it was.
+type StatusWrite =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (String, serde_json::Value, bool)> + Send>>;
+
+/// Status writes one pass keeps in flight: a burst of new objects gets its statuses in a
+/// fraction of the time one-by-one writes take, without flooding the API server.
+const STATUS_WRITES_IN_FLIGHT: usize = 8;
+
 impl StatusWriter {
     /// Computes and, when it differs from what the object has, applies the status.
+    #[cfg(test)]
     async fn sync<K, S>(
         &mut self,
         client: &Client,
@@ -372,7 +430,35 @@ impl StatusWriter {
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
             + DeserializeOwned
-            + Debug,
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+        S: Serialize + DeserializeOwned + PartialEq + status::StatusView,
+    {
+        if let Some(write) = self.plan(client, obj, current, compute) {
+            let (kkey, value, ok) = write.await;
+            self.record(kkey, value, ok);
+        }
+    }
+
+    /// Computes the status; when it differs from what the object has (or what we wrote and
+    /// the watch has not shown yet), returns the write to make. Call `record` with its result.
+    fn plan<K, S>(
+        &mut self,
+        client: &Client,
+        obj: &K,
+        current: Option<&S>,
+        compute: impl FnOnce(Option<&S>) -> S,
+    ) -> Option<StatusWrite>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
         S: Serialize + DeserializeOwned + PartialEq + status::StatusView,
     {
         let ns = obj.meta().namespace.clone().unwrap_or_default();
@@ -389,41 +475,124 @@ impl StatusWriter {
         let base = pending.as_ref().or(current);
         let desired = compute(base);
         if base == Some(&desired) {
-            return;
+            return None;
         }
-        let Ok(value) = serde_json::to_value(&desired) else {
-            return;
-        };
+        let value = serde_json::to_value(&desired).ok()?;
+        let (old_c, old_e) = base
+            .map(|b| (b.conditions(), b.endpoints()))
+            .unwrap_or_default();
+        let mut ts = status::condition_transitions(&K::kind(&()), old_c, desired.conditions());
+        ts.extend(status::endpoint_transitions(old_e, desired.endpoints()));
+        let reference = obj.object_ref(&());
+        let recorder = self.recorder.clone();
         let api: Api<K> = Api::namespaced(client.clone(), &ns);
         let patch = serde_json::json!({
             "apiVersion": K::api_version(&()),
             "kind": K::kind(&()),
             "status": value,
         });
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        match api.patch_status(&name, &pp, &Patch::Apply(&patch)).await {
-            Ok(_) => {
-                self.writes += 1;
-                METRICS.status_writes.fetch_add(1, Relaxed);
-                tracing::info!(object = %kkey, "status updated");
-                self.written.insert(kkey, value);
-                let (old_c, old_e) = base
-                    .map(|b| (b.conditions(), b.endpoints()))
-                    .unwrap_or_default();
-                let mut ts =
-                    status::condition_transitions(&K::kind(&()), old_c, desired.conditions());
-                ts.extend(status::endpoint_transitions(old_e, desired.endpoints()));
-                let reference = obj.object_ref(&());
-                for t in &ts {
-                    publish(&self.recorder, t, &reference).await;
+        Some(Box::pin(async move {
+            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            let ok = match api.patch_status(&name, &pp, &Patch::Apply(&patch)).await {
+                Ok(_) => {
+                    for t in &ts {
+                        publish(&recorder, t, &reference).await;
+                    }
+                    true
                 }
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => {
-                METRICS.status_write_errors.fetch_add(1, Relaxed);
-                tracing::warn!(object = %kkey, error = %e, "status write failed")
+                Err(kube::Error::Api(e)) if e.code == 404 => false,
+                Err(e) => {
+                    METRICS.status_write_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(object = %kkey, error = %e, "status write failed");
+                    false
+                }
+            };
+            (kkey, patch["status"].clone(), ok)
+        }))
+    }
+
+    /// Takes the result of a write from `plan`.
+    fn record(&mut self, kkey: String, value: serde_json::Value, ok: bool) {
+        if ok {
+            self.writes += 1;
+            METRICS.status_writes.fetch_add(1, Relaxed);
+            tracing::info!(object = %kkey, "status updated");
+            self.written.insert(kkey, value);
+        }
+    }
+}
+
+/// What the status task computes statuses from: the latest compile and what the pods run.
+#[derive(Clone, Default)]
+struct StatusJob {
+    /// Leadership term; a new term forgets the pending copies (the world is re-read).
+    term: u64,
+    /// Bumped when what statuses are computed from changes materially (term, snapshot
+    /// version, pod progress, writing on/off): a pass in progress stops and starts over with
+    /// the newer job instead of finishing writes that are already stale.
+    epoch: u64,
+    /// `None`: write nothing (not leading, or not every ready pod has been asked yet).
+    work: Option<(Arc<Compiled>, Arc<PodProgress>)>,
+}
+
+/// What decides `StatusJob::epoch`.
+#[derive(PartialEq)]
+struct JobKey {
+    term: u64,
+    version: Option<String>,
+    progress: Option<Arc<PodProgress>>,
+}
+
+/// The status task: one pass over all objects per new job (writes only what differs), the
+/// latest job winning. Runs until the sender is dropped.
+async fn status_loop(
+    client: Client,
+    mut w: StatusWriter,
+    mut jobs: watch::Receiver<StatusJob>,
+    poke: Arc<Notify>,
+    stores: (Store<ProxyRoute>, Store<Backend>, Store<TelemetrySink>),
+    sink_status_interval: Duration,
+) {
+    let (routes, backends, sinks) = stores;
+    let mut term = 0;
+    let mut sink_counters_at: Option<tokio::time::Instant> = None;
+    loop {
+        if !jobs.has_changed().unwrap_or(false) {
+            // A new job, or a status update seen on a watch (ours echoing back: the pass
+            // drops its pending copy; someone else's: the pass puts it right).
+            tokio::select! {
+                r = jobs.changed() => if r.is_err() { return },
+                _ = poke.notified() => {}
             }
         }
+        let job = jobs.borrow_and_update().clone();
+        if job.term != term {
+            // New term: forget what we think we wrote; re-read the world.
+            w.written.clear();
+            term = job.term;
+        }
+        let Some((compiled, progress)) = &job.work else {
+            continue;
+        };
+        let superseded = || jobs.has_changed().unwrap_or(true) && jobs.borrow().epoch != job.epoch;
+        let t0 = std::time::Instant::now();
+        let writes = w.writes;
+        let done = write_statuses(
+            &client,
+            &mut w,
+            compiled,
+            progress,
+            (&routes, &backends, &sinks),
+            (&mut sink_counters_at, sink_status_interval),
+            superseded,
+        )
+        .await;
+        tracing::debug!(
+            elapsed = ?t0.elapsed(),
+            writes = w.writes - writes,
+            done,
+            "status pass"
+        );
     }
 }
 
@@ -464,15 +633,47 @@ pub async fn run(
     };
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &s.dataplane_namespace);
 
-    let routes = spawn_reflector(routes_api, wc.clone(), (), notify.clone(), "proxyroutes");
-    let backends = spawn_reflector(backends_api, wc.clone(), (), notify.clone(), "backends");
-    let sinks = spawn_reflector(sinks_api, wc.clone(), (), notify.clone(), "telemetrysinks");
-    let services = spawn_reflector(services_api, wc.clone(), (), notify.clone(), "services");
+    // Status-only updates of our own kinds poke the status task, not the compile loop.
+    let status_poke = Arc::new(Notify::new());
+    let sp = Some(status_poke.clone());
+    let routes = spawn_reflector(
+        routes_api,
+        wc.clone(),
+        (),
+        notify.clone(),
+        sp.clone(),
+        "proxyroutes",
+    );
+    let backends = spawn_reflector(
+        backends_api,
+        wc.clone(),
+        (),
+        notify.clone(),
+        sp.clone(),
+        "backends",
+    );
+    let sinks = spawn_reflector(
+        sinks_api,
+        wc.clone(),
+        (),
+        notify.clone(),
+        sp,
+        "telemetrysinks",
+    );
+    let services = spawn_reflector(
+        services_api,
+        wc.clone(),
+        (),
+        notify.clone(),
+        None,
+        "services",
+    );
     let slices = spawn_reflector(
         slices_api,
         wc.clone().labels(SERVICE_NAME_LABEL),
         slice_ar.clone(),
         notify.clone(),
+        None,
         "endpointslices",
     );
     let pods = spawn_reflector(
@@ -480,6 +681,7 @@ pub async fn run(
         wc.clone().labels(&s.dataplane_selector),
         (),
         notify.clone(),
+        None,
         "pods",
     );
 
@@ -526,19 +728,30 @@ pub async fn run(
         tasks: HashMap::new(),
         known: Default::default(),
     };
-    let mut sink_counters_at: Option<tokio::time::Instant> = None;
     let mut history: VecDeque<(String, BTreeMap<String, i64>)> = VecDeque::new();
-    let mut writer = StatusWriter {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(s.lease.identity.clone()),
+        },
+    );
+    let writer = StatusWriter {
         written: HashMap::new(),
         writes: 0,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(s.lease.identity.clone()),
-            },
-        ),
+        recorder: recorder.clone(),
     };
+    let (status_tx, status_rx) = watch::channel(StatusJob::default());
+    let status_task = tokio::spawn(status_loop(
+        client.clone(),
+        writer,
+        status_rx,
+        status_poke,
+        (routes.clone(), backends.clone(), sinks.clone()),
+        s.sink_status_interval,
+    ));
+    let mut term = 0u64;
+    let mut last_key: Option<JobKey> = None;
     let mut announced_rejections: std::collections::HashSet<(String, String)> = Default::default();
     let mut was_leader = false;
     loop {
@@ -556,7 +769,7 @@ pub async fn run(
         METRICS.leader.store(leader, Relaxed);
         if leader != was_leader {
             // New term: forget what we think we wrote; re-read the world.
-            writer.written.clear();
+            term += 1;
             lkg_written = None;
             was_leader = leader;
         }
@@ -631,6 +844,7 @@ pub async fn run(
                 .iter()
                 .all(|t| st.get(&t.key).is_some_and(|p| p.polled))
         };
+        let mut work = None;
         if leader && pods_known {
             let progress_view = {
                 let st = states.lock().unwrap_or_else(|e| e.into_inner());
@@ -681,27 +895,28 @@ pub async fn run(
                         reason: "SnapshotRejected",
                         note: format!("snapshot {version} rejected: {}", shown.join("; ")),
                     };
-                    publish(&writer.recorder, &t, &reference).await;
+                    publish(&recorder, &t, &reference).await;
                 }
             }
-            // Sink counters move with traffic: refresh them at most once per interval.
-            let refresh_counters =
-                sink_counters_at.is_none_or(|t| t.elapsed() >= s.sink_status_interval);
-            if refresh_counters {
-                sink_counters_at = Some(tokio::time::Instant::now());
-            }
-            write_statuses(
-                &client,
-                &mut writer,
-                &compiled,
-                &progress_view,
-                &routes,
-                &backends,
-                &sinks,
-                refresh_counters,
-            )
-            .await;
+            work = Some(Arc::new(progress_view));
         }
+        // Statuses are written by the status task from this compile; it makes a pass on every
+        // round, and drops a pass in progress only when the inputs changed materially.
+        let key = JobKey {
+            term,
+            version: work.as_ref().map(|_| version.clone()),
+            progress: work.clone(),
+        };
+        let material = last_key.as_ref() != Some(&key);
+        let compiled = Arc::new(compiled);
+        status_tx.send_modify(|j| {
+            j.term = term;
+            if material {
+                j.epoch += 1;
+            }
+            j.work = work.map(|p| (compiled.clone(), p));
+        });
+        last_key = Some(key);
         METRICS.observe_reconcile(t0.elapsed());
         METRICS.routes_invalid.store(
             compiled.routes.values().filter(|r| !r.included).count() as u64,
@@ -718,7 +933,7 @@ pub async fn run(
                 .count();
             METRICS.pods_programmed.store(programmed as u64, Relaxed);
         }
-        tracing::debug!(elapsed = ?t0.elapsed(), writes = writer.writes, "reconciled");
+        tracing::debug!(elapsed = ?t0.elapsed(), "reconciled");
 
         tokio::select! {
             _ = notify.notified() => {}
@@ -730,6 +945,7 @@ pub async fn run(
     let _ = lease_stop_tx.send(true);
     let _ = lease_task.await;
     pusher.abort();
+    status_task.abort();
     Ok(())
 }
 
@@ -795,58 +1011,114 @@ async fn write_snapshot_secret(
     }
 }
 
+/// One pass over every object: writes the statuses that differ. Stops early (returns `false`)
+/// as soon as `superseded` says a newer job makes the rest of this pass stale.
 #[tracing::instrument(level = "debug", skip_all, fields(version = %compiled.snapshot.version))]
-#[allow(clippy::too_many_arguments)]
 async fn write_statuses(
     client: &Client,
     w: &mut StatusWriter,
     compiled: &Compiled,
     pods: &PodProgress,
-    routes: &Store<ProxyRoute>,
-    backends: &Store<Backend>,
-    sinks: &Store<TelemetrySink>,
-    refresh_counters: bool,
-) {
+    (routes, backends, sinks): (&Store<ProxyRoute>, &Store<Backend>, &Store<TelemetrySink>),
+    (sink_counters_at, sink_status_interval): (&mut Option<tokio::time::Instant>, Duration),
+    superseded: impl Fn() -> bool,
+) -> bool {
     let now = now_rfc3339();
-    for r in routes.state() {
-        let k = compile::key(&r.namespace().unwrap_or_default(), &r.name_any());
-        let Some(o) = compiled.routes.get(&k) else {
-            continue;
-        };
-        w.sync(client, &*r, r.status.as_ref(), |old| {
-            status::route_status(&k, o, compiled, pods, old, &now)
-        })
-        .await;
+    let mut inflight = Writes {
+        w,
+        inflight: Default::default(),
+    };
+    let done = 'pass: {
+        for r in routes.state() {
+            if superseded() {
+                break 'pass false;
+            }
+            let k = compile::key(&r.namespace().unwrap_or_default(), &r.name_any());
+            let Some(o) = compiled.routes.get(&k) else {
+                continue;
+            };
+            let write = inflight.w.plan(client, &*r, r.status.as_ref(), |old| {
+                status::route_status(&k, o, compiled, pods, old, &now)
+            });
+            inflight.add(write).await;
+        }
+        for b in backends.state() {
+            if superseded() {
+                break 'pass false;
+            }
+            let k = compile::key(&b.namespace().unwrap_or_default(), &b.name_any());
+            let Some(o) = compiled.backends.get(&k) else {
+                continue;
+            };
+            let write = inflight.w.plan(client, &*b, b.status.as_ref(), |old| {
+                status::backend_status(&k, o, pods, old, &now)
+            });
+            inflight.add(write).await;
+        }
+        // Sink counters move with traffic: refresh them at most once per interval.
+        let refresh_counters = sink_counters_at.is_none_or(|t| t.elapsed() >= sink_status_interval);
+        if refresh_counters {
+            *sink_counters_at = Some(tokio::time::Instant::now());
+        }
+        for s in sinks.state() {
+            if superseded() {
+                break 'pass false;
+            }
+            let k = compile::key(&s.namespace().unwrap_or_default(), &s.name_any());
+            let Some(o) = compiled.sinks.get(&k) else {
+                continue;
+            };
+            let write = inflight.w.plan(client, &*s, s.status.as_ref(), |old| {
+                status::sink_status(&k, o, pods, old, &now, refresh_counters)
+            });
+            inflight.add(write).await;
+        }
+        true
+    };
+    // Writes already sent finish either way, so what we wrote is known before the next pass.
+    inflight.drain().await;
+    if done {
+        // Forget objects that are gone.
+        let live: std::collections::HashSet<String> = compiled
+            .routes
+            .keys()
+            .map(|k| format!("ProxyRoute:{k}"))
+            .chain(compiled.backends.keys().map(|k| format!("Backend:{k}")))
+            .chain(compiled.sinks.keys().map(|k| format!("TelemetrySink:{k}")))
+            .collect();
+        inflight.w.written.retain(|k, _| live.contains(k));
     }
-    for b in backends.state() {
-        let k = compile::key(&b.namespace().unwrap_or_default(), &b.name_any());
-        let Some(o) = compiled.backends.get(&k) else {
-            continue;
+    done
+}
+
+/// The status writes of one pass, at most `STATUS_WRITES_IN_FLIGHT` at a time.
+struct Writes<'a> {
+    w: &'a mut StatusWriter,
+    inflight: futures_util::stream::FuturesUnordered<StatusWrite>,
+}
+
+impl Writes<'_> {
+    async fn add(&mut self, write: Option<StatusWrite>) {
+        let Some(write) = write else {
+            return;
         };
-        w.sync(client, &*b, b.status.as_ref(), |old| {
-            status::backend_status(&k, o, pods, old, &now)
-        })
-        .await;
+        self.inflight.push(write);
+        while self.inflight.len() >= STATUS_WRITES_IN_FLIGHT {
+            self.next().await;
+        }
     }
-    for s in sinks.state() {
-        let k = compile::key(&s.namespace().unwrap_or_default(), &s.name_any());
-        let Some(o) = compiled.sinks.get(&k) else {
-            continue;
-        };
-        w.sync(client, &*s, s.status.as_ref(), |old| {
-            status::sink_status(&k, o, pods, old, &now, refresh_counters)
-        })
-        .await;
+
+    async fn next(&mut self) {
+        if let Some((kkey, value, ok)) = self.inflight.next().await {
+            self.w.record(kkey, value, ok);
+        }
     }
-    // Forget objects that are gone.
-    let live: std::collections::HashSet<String> = compiled
-        .routes
-        .keys()
-        .map(|k| format!("ProxyRoute:{k}"))
-        .chain(compiled.backends.keys().map(|k| format!("Backend:{k}")))
-        .chain(compiled.sinks.keys().map(|k| format!("TelemetrySink:{k}")))
-        .collect();
-    w.written.retain(|k, _| live.contains(k));
+
+    async fn drain(&mut self) {
+        while !self.inflight.is_empty() {
+            self.next().await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1179,5 +1451,166 @@ mod tests {
             w.sync(&Default::default());
             assert!(w.tasks.is_empty() && w.index().is_empty());
         }
+    }
+
+    /// Only a change of uid or generation (or a list/deletion) is news to compile.
+    #[test]
+    fn spec_versions_tell_status_writes_from_spec_changes() {
+        let mut route = ProxyRoute::new("r", ProxyRouteSpec::default());
+        route.metadata.namespace = Some("ns".into());
+        route.metadata.uid = Some("u1".into());
+        route.metadata.generation = Some(1);
+        let mut seen = SpecVersions::default();
+        let ev = |r: &ProxyRoute| watcher::Event::Apply(r.clone());
+        assert!(seen.observe(&ev(&route)), "first sight");
+        // A status write: same uid and generation.
+        let mut written = route.clone();
+        written.status = Some(Default::default());
+        written.metadata.resource_version = Some("7".into());
+        assert!(!seen.observe(&ev(&written)));
+        // A spec change bumps the generation.
+        route.metadata.generation = Some(2);
+        assert!(seen.observe(&ev(&route)));
+        assert!(!seen.observe(&ev(&route)));
+        // Deleted and created again (new uid): news, even at the same generation.
+        assert!(seen.observe(&watcher::Event::Delete(route.clone())));
+        route.metadata.uid = Some("u2".into());
+        assert!(seen.observe(&ev(&route)));
+        route.metadata.uid = Some("u3".into());
+        assert!(seen.observe(&ev(&route)));
+        // A relist is always news.
+        assert!(seen.observe(&watcher::Event::<ProxyRoute>::Init));
+        assert!(seen.observe(&watcher::Event::InitApply(route.clone())));
+        assert!(seen.observe(&watcher::Event::<ProxyRoute>::InitDone));
+        assert!(!seen.observe(&ev(&route)));
+    }
+
+    /// A client whose API server counts the status patches in flight and records them. No
+    /// patch is answered before `STATUS_WRITES_IN_FLIGHT` are open at once (from then on all
+    /// are answered at once): a writer that kept fewer in flight would hang the test.
+    fn counting_mock() -> (Client, Log, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::AtomicUsize;
+        let log: Log = Default::default();
+        let max: Arc<AtomicUsize> = Default::default();
+        let open: Arc<AtomicUsize> = Default::default();
+        let gate = Arc::new(watch::channel(false).0);
+        let (l, m) = (log.clone(), max.clone());
+        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let (l, m, open, gate) = (l.clone(), m.clone(), open.clone(), gate.clone());
+            async move {
+                let (parts, _) = req.into_parts();
+                if parts.method == http::Method::PATCH {
+                    let n = open.fetch_add(1, Relaxed) + 1;
+                    m.fetch_max(n, Relaxed);
+                    let mut opened = gate.subscribe();
+                    if n >= STATUS_WRITES_IN_FLIGHT {
+                        gate.send_replace(true);
+                    }
+                    let _ = opened.wait_for(|o| *o).await;
+                    open.fetch_sub(1, Relaxed);
+                }
+                l.lock().unwrap().push((
+                    parts.method.to_string(),
+                    parts.uri.to_string(),
+                    String::new(),
+                    serde_json::Value::Null,
+                ));
+                let body = serde_json::to_vec(&route_json()).unwrap();
+                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+            }
+        });
+        (Client::new(svc, "default"), log, max)
+    }
+
+    /// `n` routes in a store, with their compile outcomes.
+    fn routes_world(n: usize) -> (Store<ProxyRoute>, Compiled) {
+        let (store, mut writer) = reflector::store::<ProxyRoute>();
+        let mut compiled = Compiled::default();
+        for i in 0..n {
+            let mut r = ProxyRoute::new(&format!("r{i}"), ProxyRouteSpec::default());
+            r.metadata.namespace = Some("ns".into());
+            r.metadata.generation = Some(1);
+            writer.apply_watcher_event(&watcher::Event::Apply(r));
+            compiled.routes.insert(
+                format!("ns/r{i}"),
+                RouteOutcome {
+                    generation: Some(1),
+                    included: true,
+                    ..Default::default()
+                },
+            );
+        }
+        (store, compiled)
+    }
+
+    #[tokio::test]
+    async fn a_pass_writes_in_parallel_and_stops_when_superseded() {
+        let (client, log, max_open) = counting_mock();
+        let mut w = StatusWriter {
+            written: HashMap::new(),
+            writes: 0,
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: FIELD_MANAGER.into(),
+                    instance: None,
+                },
+            ),
+        };
+        let (routes, compiled) = routes_world(20);
+        let (backends, _) = reflector::store::<Backend>();
+        let (sinks, _) = reflector::store::<TelemetrySink>();
+        let progress = PodProgress::default();
+        let mut at = None;
+        // Superseded after 10 objects: 10 writes, all finished (and remembered) on return.
+        let checks = std::cell::Cell::new(0);
+        let first_pass = write_statuses(
+            &client,
+            &mut w,
+            &compiled,
+            &progress,
+            (&routes, &backends, &sinks),
+            (&mut at, Duration::from_secs(30)),
+            || {
+                checks.set(checks.get() + 1);
+                checks.get() > 10
+            },
+        );
+        // (A hang guard only: with fewer writes in flight the mock never answers.)
+        let done = tokio::time::timeout(Duration::from_secs(60), first_pass)
+            .await
+            .expect("8 status writes in flight at once");
+        assert!(!done);
+        assert_eq!(status_patches(&log).len(), 10);
+        assert_eq!(w.written.len(), 10);
+        assert_eq!(max_open.load(Relaxed), STATUS_WRITES_IN_FLIGHT);
+        // The next pass writes only the other 10 (the pending copies stand for the first).
+        let done = write_statuses(
+            &client,
+            &mut w,
+            &compiled,
+            &progress,
+            (&routes, &backends, &sinks),
+            (&mut at, Duration::from_secs(30)),
+            || false,
+        )
+        .await;
+        assert!(done);
+        let patches = status_patches(&log);
+        assert_eq!(patches.len(), 20);
+        let names: std::collections::BTreeSet<&str> = patches
+            .iter()
+            .map(|(u, _, _)| {
+                u.split("/proxyroutes/")
+                    .nth(1)
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(names.len(), 20, "each route written once: {names:?}");
+        assert_eq!(w.writes, 20);
+        assert!(max_open.load(Relaxed) <= STATUS_WRITES_IN_FLIGHT);
     }
 }

@@ -11,7 +11,7 @@ use weir_config::FieldError;
 
 /// What the ready dataplane pods run: for each ready pod, the contents (object key ->
 /// generation) of the snapshot version it acknowledged, or `None` when unknown.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodProgress {
     pub pods: Vec<Option<BTreeMap<String, i64>>>,
     /// Each ready pod's last endpoint health report (`GET /backends`), when it has one.
