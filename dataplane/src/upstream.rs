@@ -1,5 +1,6 @@
-//! Upstream side: per backend, a pooled hyper-util client, its endpoints with their health,
-//! a balancer, and the resilience layers every request passes through in [`BackendRt::dispatch`]:
+//! Upstream side: per backend, its endpoints with their health and connections (for HTTP/1.1
+//! a [`Pool`] per endpoint, see `pool.rs`; for h2c a pooled hyper-util client), a balancer,
+//! and the resilience layers every request passes through in [`BackendRt::dispatch`]:
 //! concurrency limit → retry loop { circuit breaker → balancer → try (per-try timeout) →
 //! outlier detection } with a retry budget and backoff.
 
@@ -8,6 +9,7 @@ use crate::body::{boxed, BoxError, ProxyBody};
 use crate::breaker::{Breaker, BreakerView};
 use crate::health::{clock_ms, EndpointState, InFlight, Outcome};
 use crate::metrics::BackendMetrics;
+use crate::pool::{Checkin, Pool, PoolError, PoolSettings};
 use crate::proxy::error_response;
 use crate::retry::{backoff, is_idempotent, Budget, Replay};
 use bytes::Bytes;
@@ -57,6 +59,17 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<CountedIo, BoxError>> + 
 pub struct CountedIo {
     io: TokioIo<tokio::net::TcpStream>,
     open: Arc<AtomicU64>,
+}
+
+impl CountedIo {
+    /// Counts a new connection into `open` (and out again when dropped).
+    pub fn new(stream: tokio::net::TcpStream, open: Arc<AtomicU64>) -> CountedIo {
+        open.fetch_add(1, Ordering::Relaxed);
+        CountedIo {
+            io: TokioIo::new(stream),
+            open,
+        }
+    }
 }
 
 impl Drop for CountedIo {
@@ -153,8 +166,7 @@ pub struct EndpointRt {
 pub struct BackendRt {
     pub name: String,
     pub config: Backend,
-    pub client: HttpClient,
-    conn_counts: ConnCounts,
+    conns: Conns,
     pub endpoints: Vec<EndpointRt>,
     balancer: Balancer,
     breaker: Option<Arc<Breaker>>,
@@ -173,6 +185,52 @@ impl std::fmt::Debug for BackendRt {
             .field("config", &self.config)
             .field("endpoints", &self.endpoints)
             .finish_non_exhaustive()
+    }
+}
+
+/// A backend's upstream connections.
+enum Conns {
+    /// HTTP/1.1: one pool per endpoint, in the order of `endpoints`.
+    H1(Vec<Arc<Pool>>),
+    /// h2c: hyper-util's legacy client (one multiplexed connection per endpoint) and its
+    /// connection counts.
+    Legacy {
+        client: Box<HttpClient>,
+        counts: ConnCounts,
+    },
+}
+
+/// How sending a request upstream failed.
+#[derive(Debug)]
+enum SendError {
+    Pool(PoolError),
+    Legacy(hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Pool(e) => e.is_connect(),
+            SendError::Legacy(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Pool(e) => e.fmt(f),
+            SendError::Legacy(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Pool(e) => std::error::Error::source(e),
+            SendError::Legacy(e) => std::error::Error::source(e),
+        }
     }
 }
 
@@ -197,7 +255,7 @@ enum Failure {
 
 /// The result of the latest try, kept while deciding whether to retry.
 enum Last {
-    Upstream(Response<hyper::body::Incoming>, InFlight),
+    Upstream(Response<hyper::body::Incoming>, InFlight, Option<Checkin>),
     Local(Response<ProxyBody>),
 }
 
@@ -243,11 +301,47 @@ impl BackendRt {
                 state,
             });
         }
-        let (client, conn_counts) = match prev {
-            Some(p) if same_connection_settings(&p.config, config) => {
-                (p.client.clone(), p.conn_counts.clone())
+        // Warm connections are kept when the connection settings are unchanged.
+        let warm = prev.filter(|p| same_connection_settings(&p.config, config));
+        let conns = if h2 {
+            match warm.map(|p| &p.conns) {
+                Some(Conns::Legacy { client, counts }) => Conns::Legacy {
+                    client: client.clone(),
+                    counts: counts.clone(),
+                },
+                _ => {
+                    let (client, counts) = build_client(config);
+                    Conns::Legacy {
+                        client: Box::new(client),
+                        counts,
+                    }
+                }
             }
-            _ => build_client(config),
+        } else {
+            let settings = PoolSettings {
+                connect_timeout: config.timeouts.connect.get(),
+                idle_timeout: config.pool.idle_timeout.get(),
+                max_idle: config.pool.max_idle_per_endpoint,
+            };
+            let prev_pools = match warm.map(|p| (&p.endpoints, &p.conns)) {
+                Some((eps, Conns::H1(pools))) => Some((eps, pools)),
+                _ => None,
+            };
+            let mut pools: Vec<Arc<Pool>> = Vec::with_capacity(endpoints.len());
+            for (i, ep) in endpoints.iter().enumerate() {
+                // An address listed twice shares one pool.
+                let same = endpoints[..i]
+                    .iter()
+                    .position(|e| e.authority == ep.authority)
+                    .and_then(|j| pools.get(j).cloned());
+                let kept = same.or_else(|| {
+                    let (eps, prev) = prev_pools?;
+                    let j = eps.iter().position(|e| e.authority == ep.authority)?;
+                    prev.get(j).cloned()
+                });
+                pools.push(kept.unwrap_or_else(|| Pool::new(ep.authority.clone(), settings)));
+            }
+            Conns::H1(pools)
         };
         let breaker = config.circuit_breaker.as_ref().map(|cfg| match prev {
             Some(p) if p.config.circuit_breaker.as_ref() == Some(cfg) => p
@@ -282,8 +376,7 @@ impl BackendRt {
             name: name.to_string(),
             balancer: Balancer::new(&config.load_balancer, endpoints.len()),
             config: config.clone(),
-            client,
-            conn_counts,
+            conns,
             endpoints,
             breaker,
             limiter,
@@ -459,21 +552,26 @@ impl BackendRt {
             tried.push(idx);
             out.attempts = attempt;
             out.upstream = Some(ep.authority.as_str().to_owned());
-            let uri = match Uri::builder()
-                .scheme("http")
-                .authority(ep.authority.clone())
-                .path_and_query(pq.clone())
-                .build()
-            {
-                Ok(u) => u,
-                Err(e) => {
-                    out.response = Err(error_response(
-                        StatusCode::BAD_REQUEST,
-                        "bad_path",
-                        &e.to_string(),
-                    ));
-                    return out;
-                }
+            // HTTP/1.1 connections take the origin form as is; the h2c client wants the
+            // absolute form (it derives `:authority` and its pool key from it).
+            let uri = match &self.conns {
+                Conns::H1(_) => Uri::from(pq.clone()),
+                Conns::Legacy { .. } => match Uri::builder()
+                    .scheme("http")
+                    .authority(ep.authority.clone())
+                    .path_and_query(pq.clone())
+                    .build()
+                {
+                    Ok(u) => u,
+                    Err(e) => {
+                        out.response = Err(error_response(
+                            StatusCode::BAD_REQUEST,
+                            "bad_path",
+                            &e.to_string(),
+                        ));
+                        return out;
+                    }
+                },
             };
             let body = match &replay {
                 Some(r) => r.attempt(),
@@ -500,10 +598,10 @@ impl BackendRt {
                 .map(|t| t.get())
                 .filter(|t| *t < remaining);
             let limit = per_try.unwrap_or(remaining);
-            let result = tokio::time::timeout(limit, self.client.request(req)).await;
+            let result = tokio::time::timeout(limit, self.send(idx, req)).await;
             if let Some(s) = span.as_deref_mut() {
                 s.attempt_ended(match &result {
-                    Ok(Ok(r)) => Ok(r.status().as_u16()),
+                    Ok(Ok((r, _))) => Ok(r.status().as_u16()),
                     Ok(Err(e)) if e.is_connect() => Err("connect_error"),
                     Ok(Err(_)) => Err("upstream_error"),
                     Err(_) => Err("timeout"),
@@ -511,7 +609,7 @@ impl BackendRt {
             }
             let elapsed = started.elapsed();
             let failure = match result {
-                Ok(Ok(resp)) => {
+                Ok(Ok((resp, checkin))) => {
                     self.metrics.upstream_latency.observe(elapsed.as_secs_f64());
                     let status = resp.status().as_u16();
                     let server_error = status >= 500;
@@ -528,7 +626,7 @@ impl BackendRt {
                         t.record(server_error);
                     }
                     let retry_status = policy.retry_on.statuses.iter().any(|r| r.contains(status));
-                    last = Some(Last::Upstream(resp, in_flight));
+                    last = Some(Last::Upstream(resp, in_flight, checkin));
                     if !retry_status {
                         break;
                     }
@@ -606,16 +704,44 @@ impl BackendRt {
         match last {
             None => {}
             Some(Last::Local(r)) => out.response = Err(r),
-            Some(Last::Upstream(resp, in_flight)) => {
+            Some(Last::Upstream(resp, in_flight, checkin)) => {
                 let (parts, body) = resp.into_parts();
+                // A connection handed over to an upgrade (WebSocket) never goes back.
+                let checkin = checkin.filter(|_| {
+                    parts.status != StatusCode::SWITCHING_PROTOCOLS && method != Method::CONNECT
+                });
                 let body = Guarded {
                     inner: body,
                     guard: Some((in_flight, permit)),
+                    checkin,
                 };
                 out.response = Ok(Response::from_parts(parts, boxed(body)));
             }
         }
         out
+    }
+
+    /// One try on endpoint `idx`: its HTTP/1.1 pool, or the h2c client. With the response
+    /// comes the pooled connection to give back when the response body has ended.
+    async fn send(
+        &self,
+        idx: usize,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Checkin>), SendError> {
+        match &self.conns {
+            Conns::H1(pools) => match pools.get(idx) {
+                Some(pool) => match pool.send(req).await {
+                    Ok((resp, checkin)) => Ok((resp, Some(checkin))),
+                    Err(e) => Err(SendError::Pool(e)),
+                },
+                // `pools` follows `endpoints`; `idx` comes from `pick`.
+                None => Err(SendError::Pool(PoolError::NoPool)),
+            },
+            Conns::Legacy { client, .. } => match client.request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) => Err(SendError::Legacy(e)),
+            },
+        }
     }
 
     /// Requests and retries counted by the budget over its window.
@@ -643,25 +769,43 @@ impl BackendRt {
         Some((max.saturating_sub(free), max))
     }
 
-    /// Upstream connections opened to `endpoint` by this backend's client.
+    /// The HTTP/1.1 pool of `endpoint`.
+    fn pool(&self, endpoint: &Authority) -> Option<&Arc<Pool>> {
+        let Conns::H1(pools) = &self.conns else {
+            return None;
+        };
+        let i = self
+            .endpoints
+            .iter()
+            .position(|e| &e.authority == endpoint)?;
+        pools.get(i)
+    }
+
+    /// Upstream connections opened to `endpoint` by this backend's pool or client.
     pub fn connections_created(&self, endpoint: &Authority) -> u64 {
-        self.conn_counts
-            .lock()
-            .ok()
-            .and_then(|c| c.get(endpoint.as_str()).map(|s| s.created))
-            .unwrap_or(0)
+        match &self.conns {
+            Conns::H1(_) => self.pool(endpoint).map(|p| p.created()).unwrap_or(0),
+            Conns::Legacy { counts, .. } => counts
+                .lock()
+                .ok()
+                .and_then(|c| c.get(endpoint.as_str()).map(|s| s.created))
+                .unwrap_or(0),
+        }
     }
 
     /// Upstream connections to `endpoint` open now (idle in the pool or carrying requests).
     pub fn connections_open(&self, endpoint: &Authority) -> u64 {
-        self.conn_counts
-            .lock()
-            .ok()
-            .and_then(|c| {
-                c.get(endpoint.as_str())
-                    .map(|s| s.open.load(Ordering::Relaxed))
-            })
-            .unwrap_or(0)
+        match &self.conns {
+            Conns::H1(_) => self.pool(endpoint).map(|p| p.open()).unwrap_or(0),
+            Conns::Legacy { counts, .. } => counts
+                .lock()
+                .ok()
+                .and_then(|c| {
+                    c.get(endpoint.as_str())
+                        .map(|s| s.open.load(Ordering::Relaxed))
+                })
+                .unwrap_or(0),
+        }
     }
 
     /// Available endpoints (healthy and not ejected).
@@ -674,43 +818,57 @@ impl BackendRt {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body holding the endpoint's in-flight slot (and the backend's concurrency
-    /// permit) until it ends or is dropped.
-    struct Guarded<B> {
-        #[pin]
-        inner: B,
-        guard: Option<(InFlight, Option<OwnedSemaphorePermit>)>,
+/// A response body holding the endpoint's in-flight slot (and the backend's concurrency
+/// permit) until it ends or is dropped, and the pooled HTTP/1.1 connection it came on, which
+/// goes back to its pool when the body has ended cleanly (and is closed otherwise).
+struct Guarded {
+    inner: hyper::body::Incoming,
+    guard: Option<(InFlight, Option<OwnedSemaphorePermit>)>,
+    checkin: Option<Checkin>,
+}
+
+impl Guarded {
+    /// The exchange is over: the slot is free and the connection can carry the next request.
+    fn ended(&mut self) {
+        self.guard = None;
+        if let Some(c) = self.checkin.take() {
+            c.release();
+        }
     }
 }
 
-impl<B> Body for Guarded<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // Dropped unread but complete (no body, `HEAD`, `204`, `304`): reusable all the same.
+        if self.checkin.is_some() && self.inner.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
+impl Body for Guarded {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        let r = this.inner.as_mut().poll_frame(cx);
-        match r {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                *this.guard = None;
+                this.ended();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                *this.guard = None;
+                this.guard = None;
+                this.checkin = None;
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Ok(f))) => {
                 // Released with the last frame, before the client can see the end.
                 if this.inner.is_end_stream() {
-                    *this.guard = None;
+                    this.ended();
                 }
                 Poll::Ready(Some(Ok(f)))
             }
