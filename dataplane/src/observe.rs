@@ -188,13 +188,14 @@ impl Exchange {
             );
         }
         if crate::shipper::shipping_logs() {
+            // Captured, not formatted (the sinks' tasks encode); the strings are moved.
             crate::shipper::ship_access(crate::shipper::AccessEvent {
                 time: std::time::SystemTime::now(),
-                listener: self.listener.clone(),
+                listener: self.listener,
                 client: self.client,
-                method: self.method.clone(),
-                host: self.host.clone(),
-                path: self.path.clone(),
+                method: self.method,
+                host: self.host,
+                path: self.path,
                 protocol: PROTOCOLS[self.protocol],
                 status: self.status,
                 bytes_in,
@@ -202,12 +203,12 @@ impl Exchange {
                 duration,
                 route: self.metrics.route.clone(),
                 backend: self.metrics.backend.clone(),
-                upstream: self.upstream.clone(),
+                upstream: self.upstream,
                 attempts: self.attempts,
                 error: self.error,
                 end: end.as_str(),
-                trace_id: self.trace.trace_id().to_string(),
-                span_id: self.trace.span_id().to_string(),
+                trace_id: self.trace.trace_id,
+                span_id: self.trace.span_id,
             });
         }
         drop(self.in_flight);

@@ -25,11 +25,9 @@ use crate::shipper::{Gather, Queue, SinkHandle};
 use crate::tracecontext::TraceContext;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::metrics::v1 as pm;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
@@ -598,15 +596,6 @@ fn kv_int(k: &str, v: i64) -> KeyValue {
     }
 }
 
-fn kv_f64(k: &str, v: f64) -> KeyValue {
-    KeyValue {
-        key: k.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::DoubleValue(v)),
-        }),
-    }
-}
-
 fn protocol_version(p: &str) -> &'static str {
     match p {
         "h2" => "2",
@@ -633,6 +622,11 @@ fn error_status(message: &str) -> Option<Status> {
 
 /// The spans of one finished request: server, route, attempts.
 pub fn spans(f: &FinishedSpan) -> Vec<Span> {
+    spans_with(f, nonzero_u64)
+}
+
+/// [`spans`], the route span's id from `route_id`.
+fn spans_with(f: &FinishedSpan, route_id: impl FnOnce() -> u64) -> Vec<Span> {
     let s = &f.span;
     let trace_id = s.trace_id.to_be_bytes().to_vec();
     let server_id = s.span_id.to_be_bytes().to_vec();
@@ -724,7 +718,7 @@ pub fn spans(f: &FinishedSpan) -> Vec<Span> {
             }),
         });
         out.push(child(
-            nonzero_u64(),
+            route_id(),
             "route".into(),
             span::SpanKind::Internal,
             start,
@@ -803,67 +797,274 @@ pub fn trace_request(
     }
 }
 
-fn hex_bytes(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
+// Protobuf written directly (the request OTLP/HTTP protobuf and gRPC sinks send): the same
+// bytes prost writes for `trace_request`, without building the messages (~20 allocations per
+// span). `trace_request` stays for OTLP/JSON.
+
+/// One span's fields; the caller frames it.
+struct SpanOut<'a> {
+    trace_id: &'a [u8; 16],
+    span_id: u64,
+    parent: Option<u64>,
+    flags: u32,
+    name: &'a str,
+    kind: span::SpanKind,
+    start: u64,
+    end: u64,
+    /// `http.response.headers` event time.
+    event: Option<u64>,
+    /// `Some(message)`: status `Error`.
+    error: Option<&'a str>,
 }
 
-/// An access event as an OTLP log record (`event_name` `weir.access`).
-pub fn log_record(e: &crate::shipper::AccessEvent) -> LogRecord {
-    let t = unix_nanos(e.time);
-    let (sev, sev_text) = if e.status >= 500 {
-        (SeverityNumber::Error, "ERROR")
-    } else {
-        (SeverityNumber::Info, "INFO")
-    };
-    let mut attrs = vec![
-        kv_str("http.request.method", e.method.as_str()),
-        kv_str("url.path", e.path.as_deref().unwrap_or("")),
-        kv_int("http.response.status_code", i64::from(e.status)),
-        kv_str("network.protocol.version", protocol_version(e.protocol)),
-        kv_str("client.address", e.client.ip().to_string()),
-        kv_int("http.request.body.size", e.bytes_in as i64),
-        kv_int("http.response.body.size", e.bytes_out as i64),
-        kv_f64("weir.duration_ms", e.duration.as_secs_f64() * 1000.0),
-        kv_str("weir.route", &*e.route),
-        kv_str("weir.backend", &*e.backend),
-        kv_str("weir.listener", &*e.listener),
-        kv_int("weir.attempts", i64::from(e.attempts)),
-        kv_str("weir.end", e.end),
-    ];
-    if let Some(h) = &e.host {
-        attrs.push(kv_str("server.address", h.as_str()));
+impl SpanOut<'_> {
+    /// Writes the span's fields around `attrs` (field 9, already encoded).
+    fn write(&self, out: &mut Vec<u8>, attrs: &[u8]) {
+        use crate::sinkenc::{bytes_field, fixed64, key, varint, varint_field, I32, LEN};
+        bytes_field(out, 1, self.trace_id);
+        bytes_field(out, 2, &self.span_id.to_be_bytes());
+        if let Some(p) = self.parent {
+            bytes_field(out, 4, &p.to_be_bytes());
+        }
+        if !self.name.is_empty() {
+            bytes_field(out, 5, self.name.as_bytes());
+        }
+        varint_field(out, 6, self.kind as i32 as u64);
+        fixed64(out, 7, self.start);
+        fixed64(out, 8, self.end);
+        out.extend_from_slice(attrs);
+        if let Some(t) = self.event {
+            // Event { time_unix_nano: 1, name: 2 }
+            const NAME: &[u8] = b"http.response.headers";
+            let len = 2 + NAME.len() + if t != 0 { 9 } else { 0 };
+            key(out, 11, LEN);
+            varint(out, len as u64);
+            fixed64(out, 1, t);
+            bytes_field(out, 2, NAME);
+        }
+        if let Some(m) = self.error {
+            // Status { message: 2, code: 3 }
+            let code = status::StatusCode::Error as u64;
+            let mlen = if m.is_empty() {
+                0
+            } else {
+                1 + crate::sinkenc::varint_len(m.len() as u64) + m.len()
+            };
+            key(out, 15, LEN);
+            varint(out, (mlen + 2) as u64);
+            if !m.is_empty() {
+                bytes_field(out, 2, m.as_bytes());
+            }
+            varint_field(out, 3, code);
+        }
+        if self.flags != 0 {
+            key(out, 16, I32);
+            out.extend_from_slice(&self.flags.to_le_bytes());
+        }
     }
-    if let Some(u) = &e.upstream {
-        attrs.push(kv_str("weir.upstream", u.as_str()));
+}
+
+/// Appends the spans of one finished request, each as field 2 of `ScopeSpans`.
+fn encode_spans(
+    out: &mut Vec<u8>,
+    f: &FinishedSpan,
+    route_id: impl FnOnce() -> u64,
+    sc: &mut crate::sinkenc::Scratch,
+) {
+    use crate::sinkenc::{bytes_field, kv, Val};
+    const ATTR: u8 = 9;
+    let s = &f.span;
+    let trace_id = s.trace_id.to_be_bytes();
+    let method = f.method.as_str();
+    let route = (&*f.route != "-").then_some(&*f.route);
+    let mut attrs = std::mem::take(&mut sc.record);
+    let mut span = Vec::new();
+    // Server span.
+    sc.text.clear();
+    sc.text.push_str(method);
+    if let Some(r) = route {
+        sc.text.push(' ');
+        sc.text.push_str(r);
     }
-    if let Some(err) = e.error {
-        attrs.push(kv_str("error.type", err));
+    crate::sinkenc::set_ip(&mut sc.ip, f.client.ip());
+    attrs.clear();
+    kv(&mut attrs, ATTR, "http.request.method", Val::Str(method));
+    kv(
+        &mut attrs,
+        ATTR,
+        "url.path",
+        Val::Str(f.path.as_deref().unwrap_or("")),
+    );
+    kv(
+        &mut attrs,
+        ATTR,
+        "http.response.status_code",
+        Val::Int(i64::from(f.status)),
+    );
+    kv(&mut attrs, ATTR, "network.protocol.name", Val::Str("http"));
+    kv(
+        &mut attrs,
+        ATTR,
+        "network.protocol.version",
+        Val::Str(protocol_version(f.protocol)),
+    );
+    kv(&mut attrs, ATTR, "client.address", Val::Str(&sc.ip));
+    kv(
+        &mut attrs,
+        ATTR,
+        "client.port",
+        Val::Int(i64::from(f.client.port())),
+    );
+    kv(&mut attrs, ATTR, "weir.listener", Val::Str(&f.listener));
+    kv(&mut attrs, ATTR, "weir.backend", Val::Str(&f.backend));
+    kv(
+        &mut attrs,
+        ATTR,
+        "weir.attempts",
+        Val::Int(s.attempts.len() as i64),
+    );
+    kv(
+        &mut attrs,
+        ATTR,
+        "http.request.body.size",
+        Val::Int(f.bytes_in as i64),
+    );
+    kv(
+        &mut attrs,
+        ATTR,
+        "http.response.body.size",
+        Val::Int(f.bytes_out as i64),
+    );
+    kv(&mut attrs, ATTR, "weir.end", Val::Str(f.end_kind));
+    if let Some(r) = route {
+        kv(&mut attrs, ATTR, "http.route", Val::Str(r));
     }
-    LogRecord {
-        time_unix_nano: t,
-        observed_time_unix_nano: t,
-        severity_number: sev as i32,
-        severity_text: sev_text.into(),
-        body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(format!(
-                "{} {} {}{} {} {}",
-                e.client.ip(),
-                e.method,
-                e.host.as_deref().unwrap_or("-"),
-                e.path.as_deref().unwrap_or("-"),
-                e.status,
-                e.bytes_out
-            ))),
-        }),
-        attributes: attrs,
-        dropped_attributes_count: 0,
-        flags: 0,
-        trace_id: hex_bytes(&e.trace_id),
-        span_id: hex_bytes(&e.span_id),
-        event_name: "weir.access".into(),
+    if let Some(h) = &f.host {
+        kv(&mut attrs, ATTR, "server.address", Val::Str(h));
     }
+    let failed = f.status >= 500 || f.error.is_some();
+    if let Some(e) = f.error {
+        kv(&mut attrs, ATTR, "error.type", Val::Str(e));
+    } else if f.status >= 500 {
+        kv(
+            &mut attrs,
+            ATTR,
+            "error.type",
+            Val::Str(&f.status.to_string()),
+        );
+    }
+    SpanOut {
+        trace_id: &trace_id,
+        span_id: s.span_id,
+        parent: s.parent_id,
+        flags: 0x01 | if s.parent_id.is_some() { 0x300 } else { 0x100 },
+        name: &sc.text,
+        kind: span::SpanKind::Server,
+        start: s.t0_unix,
+        end: f.end,
+        event: None,
+        error: failed.then(|| f.error.unwrap_or("")),
+    }
+    .write(&mut span, &attrs);
+    bytes_field(out, 2, &span);
+    if let Some((start, end, matched)) = s.route {
+        attrs.clear();
+        span.clear();
+        kv(&mut attrs, ATTR, "weir.route", Val::Str(&f.route));
+        kv(&mut attrs, ATTR, "weir.backend", Val::Str(&f.backend));
+        kv(&mut attrs, ATTR, "weir.route.matched", Val::Bool(matched));
+        SpanOut {
+            trace_id: &trace_id,
+            span_id: route_id(),
+            parent: Some(s.span_id),
+            flags: 0x101,
+            name: "route",
+            kind: span::SpanKind::Internal,
+            start,
+            end,
+            event: None,
+            error: None,
+        }
+        .write(&mut span, &attrs);
+        bytes_field(out, 2, &span);
+    }
+    for at in &s.attempts {
+        attrs.clear();
+        span.clear();
+        let (host, port) = match at.endpoint.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<i64>().unwrap_or(80)),
+            None => (at.endpoint.as_str(), 80),
+        };
+        kv(&mut attrs, ATTR, "http.request.method", Val::Str(method));
+        kv(&mut attrs, ATTR, "server.address", Val::Str(host));
+        kv(&mut attrs, ATTR, "server.port", Val::Int(port));
+        kv(&mut attrs, ATTR, "weir.endpoint", Val::Str(&at.endpoint));
+        kv(
+            &mut attrs,
+            ATTR,
+            "weir.attempt",
+            Val::Int(i64::from(at.number)),
+        );
+        if at.number > 1 {
+            kv(
+                &mut attrs,
+                ATTR,
+                "http.request.resend_count",
+                Val::Int(i64::from(at.number - 1)),
+            );
+        }
+        let mut error = None;
+        if let Some(code) = at.status {
+            kv(
+                &mut attrs,
+                ATTR,
+                "http.response.status_code",
+                Val::Int(i64::from(code)),
+            );
+            if code >= 400 && at.error.is_none() {
+                kv(&mut attrs, ATTR, "error.type", Val::Str(&code.to_string()));
+                error = Some("");
+            }
+        }
+        if let Some(e) = at.error {
+            kv(&mut attrs, ATTR, "error.type", Val::Str(e));
+            error = Some(e);
+        }
+        SpanOut {
+            trace_id: &trace_id,
+            span_id: at.span_id,
+            parent: Some(s.span_id),
+            flags: 0x101,
+            name: method,
+            kind: span::SpanKind::Client,
+            start: at.start,
+            end: at.end,
+            event: at.headers,
+            error,
+        }
+        .write(&mut span, &attrs);
+        bytes_field(out, 2, &span);
+    }
+    sc.record = attrs;
+}
+
+/// A batch of finished requests as an encoded `ExportTraceServiceRequest`: the bytes prost
+/// writes for [`trace_request`].
+pub fn encode_trace_request(batch: &[Arc<FinishedSpan>], resource: &Resource) -> Vec<u8> {
+    encode_trace_request_with(batch, resource, nonzero_u64)
+}
+
+fn encode_trace_request_with(
+    batch: &[Arc<FinishedSpan>],
+    resource: &Resource,
+    mut route_id: impl FnMut() -> u64,
+) -> Vec<u8> {
+    let mut sc = crate::sinkenc::Scratch::default();
+    let mut spans = Vec::with_capacity(batch.len() * 1200);
+    for f in batch {
+        encode_spans(&mut spans, f, &mut route_id, &mut sc);
+    }
+    crate::sinkenc::envelope(resource, &scope(), &spans)
 }
 
 fn start_nanos() -> u64 {
@@ -1191,10 +1392,9 @@ async fn trace_task(h: Arc<SinkHandle>, mut q: Queue<Arc<FinishedSpan>>, poster:
     let max = h.config.batch_size().max(1);
     let wait = h.config.flush_interval();
     while let Some(batch) = q.next_batch(max, wait).await {
-        let req = trace_request(&batch, &current_resource());
         let n = batch.iter().map(|f| f.span_count()).sum();
-        drop(batch);
         let body = if poster.json {
+            let req = trace_request(&batch, &current_resource());
             // OTLP/JSON: hex ids, lowerCamelCase keys, 64-bit integers as strings, enums as
             // numbers (opentelemetry-proto's `with-serde`).
             match serde_json::to_vec(&req) {
@@ -1205,8 +1405,9 @@ async fn trace_task(h: Arc<SinkHandle>, mut q: Queue<Arc<FinishedSpan>>, poster:
                 }
             }
         } else {
-            req.encode_to_vec()
+            encode_trace_request(&batch, &current_resource())
         };
+        drop(batch);
         match poster.post(&h, Bytes::from(body)).await {
             Ok(()) => {
                 h.stats.success(n);
@@ -1224,20 +1425,11 @@ async fn trace_task(h: Arc<SinkHandle>, mut q: Queue<Arc<FinishedSpan>>, poster:
 async fn log_task(h: Arc<SinkHandle>, mut q: Queue, poster: Poster) {
     let c = &h.config;
     while let Some(batch) = q.next_batch(c.batch_size(), c.flush_interval()).await {
-        let req = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource: Some((*current_resource()).clone()),
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(scope()),
-                    log_records: batch.iter().map(|e| log_record(e)).collect(),
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
+        // Records written straight into the body (see `sinkenc`): no per-event prost message.
+        let body = crate::sinkenc::otlp_logs_request(&batch, &current_resource(), &scope());
         let n = batch.len() as u64;
         drop(batch);
-        match poster.post(&h, Bytes::from(req.encode_to_vec())).await {
+        match poster.post(&h, Bytes::from(body)).await {
             Ok(()) => {
                 h.stats.success(n);
                 q.succeeded();
@@ -1351,6 +1543,111 @@ mod tests {
         });
         assert!(j.json && !j.grpc);
         assert_eq!(j.traces_url.as_deref(), Some("http://c:4318/v1/traces"));
+    }
+
+    fn finished(i: u32) -> FinishedSpan {
+        let tracer = Arc::new(Tracer {
+            bound: 0,
+            parent_based: true,
+            sinks: Vec::new(),
+        });
+        let attempt = |n: u32, status, error| Attempt {
+            span_id: 0x1000 + u64::from(n),
+            number: n,
+            endpoint: if n == 2 {
+                "[::1]".into()
+            } else {
+                format!("10.0.0.{n}:8080")
+            },
+            start: 1_700_000_000_000_000_100 + u64::from(n),
+            end: 1_700_000_000_000_000_200 + u64::from(n),
+            headers: (n == 3).then_some(1_700_000_000_000_000_150),
+            status,
+            error,
+        };
+        let mut f = FinishedSpan {
+            span: Box::new(RequestSpan {
+                trace_id: 0x4bf92f3577b34da6a3ce929d0e0e4736,
+                span_id: 0x00f067aa0ba902b7,
+                parent_id: Some(7),
+                t0: Instant::now(),
+                t0_unix: 1_700_000_000_000_000_000,
+                route: Some((1_700_000_000_000_000_010, 1_700_000_000_000_000_020, true)),
+                attempts: vec![
+                    attempt(1, None, Some("connect_error")),
+                    attempt(2, Some(503), None),
+                    attempt(3, Some(200), None),
+                ],
+                tracer,
+            }),
+            end: 1_700_000_000_000_000_900,
+            method: http::Method::POST,
+            host: Some("shop.example".into()),
+            path: Some("/cart/\u{e9}".into()),
+            protocol: "h3",
+            status: 200,
+            route: "r".into(),
+            backend: "b".into(),
+            listener: "web".into(),
+            client: "[2001:db8::2]:40000".parse().unwrap(),
+            error: None,
+            end_kind: "complete",
+            bytes_in: 12,
+            bytes_out: 3400,
+        };
+        match i {
+            1 => {
+                f.span.parent_id = None;
+                f.span.route = Some((5, 6, false));
+                f.span.attempts.truncate(1);
+                f.route = "-".into();
+                f.host = None;
+                f.path = None;
+                f.status = 502;
+                f.error = Some("connect_error");
+                f.end_kind = "upstream_error";
+                f.client = "127.0.0.1:1".parse().unwrap();
+                f.method = http::Method::GET;
+                f.protocol = "h1";
+            }
+            2 => {
+                f.span.route = None;
+                f.span.attempts.clear();
+                f.status = 503;
+                f.span.t0_unix = 0;
+            }
+            _ => {}
+        }
+        f
+    }
+
+    #[test]
+    fn span_protobuf_is_what_prost_writes() {
+        let batch: Vec<Arc<FinishedSpan>> = (0..3).map(|i| Arc::new(finished(i))).collect();
+        let res = resource(None, &EnvConfig::default());
+        for n in [0, 1, 2, 3] {
+            let want = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(res.clone()),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope()),
+                        spans: batch[..n]
+                            .iter()
+                            .flat_map(|f| spans_with(f, || 0x77))
+                            .collect(),
+                        schema_url: String::new(),
+                    }],
+                    schema_url: String::new(),
+                }],
+            };
+            let got = encode_trace_request_with(&batch[..n], &res, || 0x77);
+            assert_eq!(got, want.encode_to_vec(), "{n} requests");
+        }
+        let got = ExportTraceServiceRequest::decode(&*encode_trace_request(&batch, &res)).unwrap();
+        let spans = &got.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 5 + 3 + 1);
+        assert_eq!(spans[4].events[0].name, "http.response.headers");
+        assert_eq!(spans[0].name, "POST r");
     }
 
     #[test]

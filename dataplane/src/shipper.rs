@@ -35,7 +35,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 use weir_config::{Sink, SinkSignal, SinkType, SyslogTransport};
 
-/// One finished request, as handed to the log sinks.
+/// One finished request, as handed to the log sinks: captured on the request path without
+/// formatting (the strings are moved out of the exchange); each sink's task encodes it (see
+/// [`crate::sinkenc`]).
 #[derive(Debug, Clone)]
 pub struct AccessEvent {
     pub time: SystemTime,
@@ -55,8 +57,8 @@ pub struct AccessEvent {
     pub attempts: u32,
     pub error: Option<&'static str>,
     pub end: &'static str,
-    pub trace_id: String,
-    pub span_id: String,
+    pub trace_id: u128,
+    pub span_id: u64,
 }
 
 /// A function returning the registry's families, fresh (state families refreshed).
@@ -525,11 +527,8 @@ async fn http_logs(
     };
     let mut q = Queue::new(rx, close);
     while let Some(batch) = q.next_batch(c.batch_size(), c.flush_interval()).await {
-        let docs: Vec<serde_json::Value> = batch
-            .iter()
-            .map(|e| ecs_document(e, c.source_name()))
-            .collect();
-        let body = Bytes::from(serde_json::to_vec(&docs).unwrap_or_default());
+        // Written straight into the body: no per-event `serde_json::Value`.
+        let body = Bytes::from(crate::sinkenc::ecs_batch(&batch, c.source_name()));
         let n = batch.len() as u64;
         drop(batch);
         match post(&h, &client, &uri, body).await {
@@ -622,69 +621,6 @@ async fn post(
     Err(format!("{last} after {MAX_ATTEMPTS} attempts"))
 }
 
-fn http_version(protocol: &str) -> &'static str {
-    match protocol {
-        "h2" => "2",
-        "h3" => "3",
-        _ => "1.1",
-    }
-}
-
-/// An access event as an ECS 8.0 document.
-pub fn ecs_document(e: &AccessEvent, service: &str) -> serde_json::Value {
-    let mut labels = serde_json::json!({
-        "route": &*e.route,
-        "backend": &*e.backend,
-        "listener": &*e.listener,
-        "end": e.end,
-        "attempts": e.attempts.to_string(),
-    });
-    if let Some(u) = &e.upstream {
-        labels["upstream"] = u.as_str().into();
-    }
-    let mut doc = serde_json::json!({
-        "@timestamp": humantime::format_rfc3339_millis(e.time).to_string(),
-        "ecs": { "version": "8.0.0" },
-        "event": {
-            "kind": "event",
-            "category": ["web"],
-            "dataset": "weir.access",
-            "duration": e.duration.as_nanos() as u64,
-            "outcome": if e.status >= 500 || e.error.is_some() { "failure" } else { "success" },
-        },
-        "message": access_line(e),
-        "http": {
-            "version": http_version(e.protocol),
-            "request": { "method": e.method.as_str(), "body": { "bytes": e.bytes_in } },
-            "response": { "status_code": e.status, "body": { "bytes": e.bytes_out } },
-        },
-        "url": { "path": e.path.as_deref().unwrap_or("-"), "domain": e.host.as_deref().unwrap_or("-") },
-        "client": { "address": e.client.ip().to_string(), "ip": e.client.ip().to_string(), "port": e.client.port() },
-        "trace": { "id": e.trace_id },
-        "span": { "id": e.span_id },
-        "service": { "name": service },
-        "labels": labels,
-    });
-    if let Some(err) = e.error {
-        doc["error"] = serde_json::json!({ "type": err });
-    }
-    doc
-}
-
-fn access_line(e: &AccessEvent) -> String {
-    format!(
-        "{} \"{} {}{}\" {} {} {} {:.3}ms",
-        e.client.ip(),
-        e.method,
-        e.host.as_deref().unwrap_or("-"),
-        e.path.as_deref().unwrap_or("-"),
-        e.status,
-        e.bytes_in,
-        e.bytes_out,
-        e.duration.as_secs_f64() * 1000.0
-    )
-}
-
 /// Counters and gauges (histograms and summaries as `_count` and `_sum` counters) as JSON
 /// objects `{name,type,value,labels,timestamp,help}`.
 pub fn metric_objects(families: &[MetricFamily], now_ms: u64) -> Vec<serde_json::Value> {
@@ -731,6 +667,9 @@ pub fn metric_objects(families: &[MetricFamily], now_ms: u64) -> Vec<serde_json:
 
 /// RFC 5424: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD] MSG`.
 pub fn syslog_message(e: &AccessEvent, sink: &Sink) -> String {
+    let ip = e.client.ip().to_string();
+    let mut line = String::with_capacity(128);
+    crate::sinkenc::access_line(&mut line, e, &ip);
     let severity = if e.status >= 500 { 3 } else { 6 };
     let pri = u32::from(sink.facility()) * 8 + severity;
     let sd_escape = |v: &str| {
@@ -749,8 +688,8 @@ pub fn syslog_message(e: &AccessEvent, sink: &Sink) -> String {
         e.status,
         sd_escape(e.method.as_str()),
         e.duration.as_secs_f64() * 1000.0,
-        e.trace_id,
-        access_line(e)
+        crate::tracecontext::TraceId(e.trace_id),
+        line
     )
 }
 
@@ -884,14 +823,17 @@ mod tests {
             attempts: 1,
             error: None,
             end: "complete",
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-            span_id: "b7ad6b7169203331".into(),
+            trace_id: 0x0af7651916cd43dd8448eb211c80319c,
+            span_id: 0xb7ad6b7169203331,
         }
     }
 
     #[test]
     fn ecs_fields() {
-        let d = ecs_document(&event(), "edge");
+        let d: serde_json::Value =
+            serde_json::from_slice(&crate::sinkenc::ecs_batch(&[Arc::new(event())], "edge"))
+                .unwrap();
+        let d = &d[0];
         assert_eq!(d["@timestamp"], "2023-11-14T22:13:20.123Z");
         assert_eq!(d["ecs"]["version"], "8.0.0");
         assert_eq!(d["event"]["duration"], 1_500_000);
