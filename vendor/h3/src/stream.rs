@@ -412,6 +412,10 @@ pin_project! {
         //
         // Data may still be available as buffered
         eos: bool,
+        // Weir patch: the last `poll_data` of `stream` returned `Pending`, so a read may be in
+        // flight (h3-quinn then holds its quinn stream inside the read future and panics on
+        // `stop_sending`); see WEIR-PATCH.md.
+        reading: bool,
         stream: S,
         _marker: PhantomData<B>,
     }
@@ -432,6 +436,7 @@ impl<S, B> BufRecvStream<S, B> {
         Self {
             buf: BufList::new(),
             eos: false,
+            reading: false,
             stream,
             _marker: PhantomData,
         }
@@ -443,7 +448,9 @@ impl<B, S: RecvStream> BufRecvStream<S, B> {
     ///
     /// Returns `true` if the end of the stream is reached.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, StreamErrorIncoming>> {
-        let data = ready!(self.stream.poll_data(cx))?;
+        let polled = self.stream.poll_data(cx);
+        self.reading = polled.is_pending();
+        let data = ready!(polled)?;
 
         if let Some(mut data) = data {
             self.buf.push_bytes(&mut data);
@@ -494,7 +501,9 @@ impl<S: RecvStream, B> RecvStream for BufRecvStream<S, B> {
             return Poll::Ready(Ok(Some(chunk)));
         }
 
-        if let Some(mut data) = ready!(self.stream.poll_data(cx))? {
+        let polled = self.stream.poll_data(cx);
+        self.reading = polled.is_pending();
+        if let Some(mut data) = ready!(polled)? {
             Poll::Ready(Ok(Some(data.copy_to_bytes(data.remaining()))))
         } else {
             self.eos = true;
@@ -503,7 +512,11 @@ impl<S: RecvStream, B> RecvStream for BufRecvStream<S, B> {
     }
 
     fn stop_sending(&mut self, error_code: u64) {
-        self.stream.stop_sending(error_code)
+        // Weir patch: with a read in flight h3-quinn cannot reach its stream (it would panic);
+        // the stream is then stopped when dropped (quinn's STOP_SENDING with code 0).
+        if !self.reading {
+            self.stream.stop_sending(error_code)
+        }
     }
 
     fn recv_id(&self) -> quic::StreamId {
@@ -574,12 +587,14 @@ where
                 // Sending is not buffered
                 buf: BufList::new(),
                 eos: self.eos,
+                reading: false,
                 stream: send,
                 _marker: PhantomData,
             },
             BufRecvStream {
                 buf: self.buf,
                 eos: self.eos,
+                reading: self.reading,
                 stream: recv,
                 _marker: PhantomData,
             },

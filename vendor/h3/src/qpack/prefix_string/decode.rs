@@ -324,11 +324,133 @@ impl HpackStringDecode for Vec<u8> {
     }
 }
 
+/// Weir patch: a canonical-code view of the Huffman table for [`huffman_decode_fast`].
+struct Canon {
+    /// The first code of each length (index = bit length, 0..=30).
+    first: [u32; 31],
+    /// One past the last code of each length, left-aligned to 30 bits.
+    limit: [u32; 31],
+    /// Where the symbols of each length start in `syms`.
+    offset: [u32; 31],
+    /// Symbols by length, then by code.
+    syms: [u8; 256],
+}
+
+const fn canon() -> Canon {
+    let codes = &super::encode::CODES;
+    let mut c = Canon {
+        first: [0; 31],
+        limit: [0; 31],
+        offset: [0; 31],
+        syms: [0; 256],
+    };
+    let mut n = 0u32;
+    let mut len = 1u32;
+    let mut prev_limit = 0u32;
+    while len <= 30 {
+        c.offset[len as usize] = n;
+        let mut first = u32::MAX;
+        let mut count = 0u32;
+        let mut s = 0;
+        while s < 256 {
+            if codes[s].1 == len {
+                if codes[s].0 < first {
+                    first = codes[s].0;
+                }
+                c.syms[n as usize] = s as u8;
+                n += 1;
+                count += 1;
+            }
+            s += 1;
+        }
+        if count == 0 {
+            c.first[len as usize] = u32::MAX;
+            c.limit[len as usize] = prev_limit;
+        } else {
+            c.first[len as usize] = first;
+            c.limit[len as usize] = (first + count) << (30 - len);
+            prev_limit = c.limit[len as usize];
+        }
+        len += 1;
+    }
+    c
+}
+
+static CANON: Canon = canon();
+
+/// Weir patch: decodes a whole Huffman string through a 64-bit bit buffer, a symbol at a time
+/// (canonical code: the length is found by comparing the next 30 bits against per-length
+/// limits). `None` for anything it does not fully accept (invalid code, EOS, padding longer
+/// than 7 bits or not all ones): callers then run the original bit-window decoder, so errors
+/// are reported exactly as before. Every decoded symbol is checked against the encoder table.
+pub(crate) fn huffman_decode_fast(input: &[u8]) -> Option<Vec<u8>> {
+    let codes = &super::encode::CODES;
+    let mut out = Vec::with_capacity(input.len() + input.len() / 2);
+    let mut acc: u64 = 0;
+    let mut bits: u32 = 0;
+    let mut pos = 0;
+    loop {
+        while bits <= 48 && pos < input.len() {
+            acc = (acc << 8) | u64::from(input[pos]);
+            bits += 8;
+            pos += 1;
+        }
+        if bits == 0 {
+            return Some(out);
+        }
+        let have = acc & ((1u64 << bits) - 1);
+        if pos == input.len() && bits <= 7 && have == (1u64 << bits) - 1 {
+            return Some(out); // EOS padding
+        }
+        let top = if bits >= 30 {
+            (have >> (bits - 30)) as u32
+        } else {
+            ((have << (30 - bits)) | ((1u64 << (30 - bits)) - 1)) as u32
+        };
+        let mut len = 5u32;
+        while len <= 30 && top >= CANON.limit[len as usize] {
+            len += 1;
+        }
+        if len > 30 || len > bits {
+            return None;
+        }
+        let code = top >> (30 - len);
+        let idx = CANON.offset[len as usize] + code.wrapping_sub(CANON.first[len as usize]);
+        let sym = *CANON.syms.get(idx as usize)?;
+        if codes[sym as usize] != (code, len) {
+            return None;
+        }
+        out.push(sym);
+        bits -= len;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::identity_op)]
 
     use super::*;
+
+    #[test]
+    fn fast_decoder_matches() {
+        use super::super::encode::huffman_encode_into;
+        let mut inputs: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        inputs.push(b"Sun, 22 Nov 2026 21:09:21 GMT".to_vec());
+        inputs.push((0..=255u8).collect());
+        inputs.push((0..=255u8).rev().cycle().take(1000).collect());
+        inputs.push(Vec::new());
+        for v in inputs {
+            let mut enc = Vec::new();
+            huffman_encode_into(&v, &mut enc);
+            assert_eq!(huffman_decode_fast(&enc).as_deref(), Some(&v[..]), "{v:?}");
+            let old: Result<Vec<u8>, Error> = enc.hpack_decode().collect();
+            assert_eq!(old.as_deref(), Ok(&v[..]));
+        }
+        // Rejected (left to the original decoder): 8 bits of padding, EOS, padding with a zero.
+        assert_eq!(huffman_decode_fast(&[0xff]), None);
+        assert_eq!(huffman_decode_fast(&[0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(huffman_decode_fast(&[0b0000_0111, 0b1111_1110]), None);
+    }
 
     #[test]
     fn test_read_bits() {

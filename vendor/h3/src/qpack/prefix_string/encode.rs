@@ -396,11 +396,79 @@ impl HpackStringEncode for Vec<u8> {
     }
 }
 
+/// Weir patch: the Huffman code of each byte as `(code, bit length)`, right-aligned, derived
+/// at compile time from `HPACK_STRING` (so both encoders share one table).
+const fn code_table() -> [(u32, u32); 256] {
+    let mut t = [(0u32, 0u32); 256];
+    let mut i = 0;
+    while i < 256 {
+        let v = &HPACK_STRING[i];
+        let mut code = 0u32;
+        let mut rest = v.bit_count;
+        let mut j = 0;
+        while j < v.buffer.len() {
+            let n = if rest < 8 { rest } else { 8 };
+            code = (code << n) | (v.buffer[j] as u32 & ((1u32 << n) - 1));
+            rest -= n;
+            j += 1;
+        }
+        t[i] = (code, v.bit_count);
+        i += 1;
+    }
+    t
+}
+
+pub(crate) static CODES: [(u32, u32); 256] = code_table();
+
+/// Weir patch: the length in bytes of `value` Huffman-encoded.
+pub(crate) fn huffman_len(value: &[u8]) -> usize {
+    let bits: usize = value.iter().map(|&b| CODES[b as usize].1 as usize).sum();
+    (bits + 7) / 8
+}
+
+/// Weir patch: appends `value` Huffman-encoded, padded with the most significant bits of EOS
+/// (all ones), through a 64-bit accumulator: the same bytes as `HpackStringEncode`, without a
+/// `Vec` per string and a bit-window step per output byte.
+pub(crate) fn huffman_encode_into<B: bytes::BufMut>(value: &[u8], buf: &mut B) {
+    let mut acc: u64 = 0;
+    let mut nbits: u32 = 0;
+    for &b in value {
+        let (code, len) = CODES[b as usize];
+        acc = (acc << len) | u64::from(code);
+        nbits += len;
+        while nbits >= 8 {
+            nbits -= 8;
+            buf.put_u8((acc >> nbits) as u8);
+        }
+    }
+    if nbits > 0 {
+        let pad = 8 - nbits;
+        buf.put_u8(((acc << pad) as u8) | ((1u8 << pad) - 1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::identity_op)]
 
     use super::*;
+
+    #[test]
+    fn fast_encoder_matches() {
+        let mut inputs: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        inputs.push(b"Sun, 22 Nov 2026 21:09:21 GMT".to_vec());
+        inputs.push(b"application/json; charset=utf-8".to_vec());
+        inputs.push((0..=255u8).collect());
+        inputs.push((0..=255u8).rev().cycle().take(1000).collect());
+        inputs.push(Vec::new());
+        for v in inputs {
+            let want = v.hpack_encode().unwrap();
+            let mut got = Vec::new();
+            huffman_encode_into(&v, &mut got);
+            assert_eq!(got, want, "{v:?}");
+            assert_eq!(huffman_len(&v), want.len());
+        }
+    }
 
     #[test]
     fn test_set_bits() {

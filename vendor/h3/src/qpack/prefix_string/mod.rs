@@ -48,7 +48,10 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
 
     let payload = buf.copy_to_bytes(len);
     let value = if flags & 1 == 0 {
-        payload.into_iter().collect()
+        payload.to_vec()
+    } else if let Some(decoded) = decode::huffman_decode_fast(&payload) {
+        // Weir patch: the fast path; anything it does not accept goes to the original below.
+        decoded
     } else {
         let mut decoded = Vec::new();
         for byte in payload.into_iter().collect::<Vec<u8>>().hpack_decode() {
@@ -60,11 +63,11 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
 }
 
 pub fn encode<B: BufMut>(size: u8, flags: u8, value: &[u8], buf: &mut B) -> Result<(), Error> {
-    let encoded = Vec::from(value).hpack_encode()?;
-    prefix_int::encode(size - 1, flags << 1 | 1, encoded.len().try_into()?, buf);
-    for byte in encoded {
-        buf.write(byte);
-    }
+    // Weir patch: encoded straight into `buf` (see encode::huffman_encode_into); the same
+    // bytes as `hpack_encode`, which copied the value into a Vec and built another per string.
+    let len = encode::huffman_len(value);
+    prefix_int::encode(size - 1, flags << 1 | 1, len.try_into()?, buf);
+    encode::huffman_encode_into(value, buf);
     Ok(())
 }
 
