@@ -178,9 +178,6 @@ def real_scrape(tmp, bindir, operator_metrics):
         subprocess.run(["curl", "-sk", flag, "-o", "/dev/null", f"https://127.0.0.1:{s_}/x"], timeout=10)
     subprocess.run([f"{bindir}/weir-bench", "-n", "1", "-p", "h3", "-k", f"https://127.0.0.1:{s_}/x"],
                    capture_output=True, timeout=20)
-    time.sleep(2.5)  # health checks and a sink flush
-    text = urllib.request.urlopen(f"http://127.0.0.1:{a}/metrics", timeout=5).read().decode()
-    seen = scrape_names(text) | scrape_names(operator_metrics)
     sys.path.insert(0, os.path.dirname(__file__))
     import chart_check
     refs = set()
@@ -193,7 +190,19 @@ def real_scrape(tmp, bindir, operator_metrics):
         for r in g["rules"]:
             refs |= chart_check.metric_refs(r["expr"])
     refs = {re.sub(r"_(bucket|sum|count)$", "", m) for m in refs}
-    missing = sorted(m for m in refs - seen if m not in UNEXERCISED)
+
+    def missing_now():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{a}/metrics", timeout=5).read().decode()
+        seen = scrape_names(text) | scrape_names(operator_metrics)
+        return sorted(m for m in refs - seen if m not in UNEXERCISED)
+
+    # Health checks (1s) and the sink flush (1s) produce some families after a while: scrape
+    # until they are all there (or a generous deadline passes) instead of sleeping a fixed time.
+    started = time.time()
+    missing = missing_now()
+    while missing and time.time() - started < 60:
+        time.sleep(0.5)
+        missing = missing_now()
     if missing:
         raise RuntimeError(f"dashboard/alert metrics absent from a real scrape of weir-dataplane and weir-operator: {missing}")
     print(f"ok   {len(refs)} metrics used by dashboards and alerts appear in a real scrape "

@@ -47,6 +47,8 @@ fi
 
 $CARGO build -q -p weir-dataplane --bins
 $CARGO build -q -p weir-operator --bins
+# Compile the test outside the timeout below: on a loaded machine the build alone can take minutes.
+$CARGO test -q -p weir-operator --test e2e --no-run
 export RUST_BACKTRACE=${WEIR_E2E_BACKTRACE:-0}
 export WEIR_E2E_APISERVER=$apiserver WEIR_E2E_ETCD=$(command -v etcd) WEIR_E2E_BIN_DIR=$CARGO_TARGET_DIR/debug
 exec timeout --kill-after=10 600 $CARGO test -q -p weir-operator --test e2e -- --ignored --nocapture --test-threads=1

@@ -175,7 +175,9 @@ async fn streams_256_mib_both_ways_over_h3() {
     const SIZE: u64 = 256 << 20;
     let a = echo("a").await;
     let port = free_port();
-    let cfg = config(port, "", &format!("backends:\n  a: {{ endpoints: [\"{a}\"] }}\nroutes:\n  - name: r\n    rules: [{{ backendRefs: [{{ name: a }}] }}]\n"));
+    // The echo answers once it has the whole upload, and the request timeout runs until the
+    // response head: on a loaded machine a debug build needs more than the default 30s for it.
+    let cfg = config(port, "", &format!("backends:\n  a: {{ endpoints: [\"{a}\"], timeouts: {{ request: 10m }} }}\nroutes:\n  - name: r\n    rules: [{{ backendRefs: [{{ name: a }}] }}]\n"));
     let dp = Dataplane::start(&cfg).await;
     let conn = h3(port).await;
 

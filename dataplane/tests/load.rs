@@ -91,7 +91,9 @@ async fn streams_256_mib_both_ways_with_flat_memory() {
     let config = json!({
         "version": "stream-1",
         "listeners": listener(port),
-        "backends": {"echo": {"endpoints": [echo_addr.to_string()]}},
+        // The echo answers once it has the whole upload, and the request timeout runs until
+        // the response head: on a loaded machine a debug build needs more than the default 30s.
+        "backends": {"echo": {"endpoints": [echo_addr.to_string()], "timeouts": {"request": "10m"}}},
         "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "echo"}]}]}],
     });
     let dp = Dataplane::start(&config.to_string()).await;

@@ -282,7 +282,7 @@ routes:
         backendRefs: [{ name: echo }]
   - name: probe
     hostnames: [probe.test]
-    extAuth: { url: "http://HOOK", timeout: 5s, circuitBreaker: { consecutiveFailures: 1, openFor: 300ms } }
+    extAuth: { url: "http://HOOK", timeout: 5s, circuitBreaker: { consecutiveFailures: 1, openFor: 1s } }
     rules:
       - backendRefs: [{ name: echo }]
   - name: open
@@ -361,17 +361,34 @@ routes:
     // Half-open: after openFor one probe call goes through; its success closes the breaker.
     let probe =
         |auth: &'static str| get_req(&url, &[("host", "probe.test"), ("authorization", auth)]);
+    // The breaker opens after `opened`, so until `opened + openFor` a good token is refused
+    // without a call, and the first one let through (the probe) comes no earlier. Requests are
+    // counted, not timed: a slow machine just sees fewer refusals before the probe.
+    const OPEN_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+    let opened = tokio::time::Instant::now();
     assert_eq!(
         send(&c, probe("Bearer boom")).await.status,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(
-        send(&c, probe("Bearer good")).await.status,
-        StatusCode::FORBIDDEN
+    assert_eq!(n_calls(), 5);
+    let mut refused = 0;
+    loop {
+        let status = send(&c, probe("Bearer good")).await.status;
+        if status != StatusCode::FORBIDDEN {
+            assert_eq!(status, StatusCode::OK, "the probe");
+            break;
+        }
+        assert_eq!(n_calls(), 5, "open: no call");
+        refused += 1;
+        assert!(refused < 10_000, "the breaker never let a probe through");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        opened.elapsed() >= OPEN_FOR,
+        "a probe went through {:?} after opening, before openFor",
+        opened.elapsed()
     );
-    assert_eq!(n_calls(), 5, "open: no call");
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert_eq!(send(&c, probe("Bearer good")).await.status, StatusCode::OK);
+    assert_eq!(n_calls(), 6, "one probe call ({refused} refused before it)");
     assert_eq!(send(&c, probe("Bearer good")).await.status, StatusCode::OK);
     assert_eq!(n_calls(), 7);
     let m = metrics_text(&dp).await;

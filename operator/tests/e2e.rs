@@ -209,8 +209,9 @@ async fn start_cluster(dir: &Path) -> Cluster {
                 break;
             }
         }
+        // A hang guard only: on a loaded 2-core machine the apiserver has taken 45 s.
         assert!(
-            t.elapsed() < Duration::from_secs(60),
+            t.elapsed() < Duration::from_secs(180),
             "kube-apiserver not ready:\n{}",
             tail(&apiserver.log_text())
         );
@@ -697,11 +698,24 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     );
     eprintln!("e2e: kubectl-style tables: proxyroutes {api_row:?}, backends {echo_row:?}");
 
-    let healthy_before = eventually(30, "Backend echo Degraded=False", || async {
-        let v = backend_json().await?;
-        let d = condition(&v, "Degraded")?;
-        (d["status"] == "False").then_some(v)
-    })
+    // Conditions of the spec just applied (generation 2), not the previous one's: Ready goes
+    // Pending and back to True once every pod runs it, a transition the checks below must not
+    // mistake for the endpoint going down.
+    let healthy_before = eventually(
+        30,
+        "Backend echo Ready and not Degraded for its current spec",
+        || async {
+            let v = backend_json().await?;
+            let generation = v["metadata"]["generation"].clone();
+            let d = condition(&v, "Degraded")?;
+            let r = condition(&v, "Ready")?;
+            (d["status"] == "False"
+                && r["status"] == "True"
+                && d["observedGeneration"] == generation
+                && r["observedGeneration"] == generation)
+                .then_some(v)
+        },
+    )
     .await;
     let ready_since = condition(&healthy_before, "Ready").unwrap()["lastTransitionTime"].clone();
     tokio::time::sleep(Duration::from_millis(1100)).await; // timestamps have 1 s resolution

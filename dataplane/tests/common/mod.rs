@@ -28,8 +28,52 @@ pub const HANG_GUARD: Duration = Duration::from_secs(120);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_weir-dataplane");
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A port on 127.0.0.1, free for TCP and UDP, for a listener that is bound later (usually by
+/// the dataplane child).
+///
+/// A port from `bind(":0")` is released before the child binds it, and in between the kernel
+/// may hand it to anything else that asks for an ephemeral port: another test's echo backend,
+/// an outgoing connection, a QUIC client socket (the HTTP/3 listener binds UDP). So ports come
+/// from just below the kernel's ephemeral range, where nothing gets a port without naming it,
+/// and this process never hands one out twice (tests run in parallel threads of one process).
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    // The kernel's ephemeral range starts at 32768 unless configured otherwise.
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low < 12_000 {
+        return ephemeral_port();
+    }
+    let (low, span) = (ephemeral_low - 10_000, 10_000);
+    // Test processes running at the same time (other crates' tests, other checkouts) start at
+    // different places in the range.
+    let start = *START.get_or_init(|| {
+        (std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            % u64::from(span)) as u32
+    });
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let Ok(port) = u16::try_from(low + (start + n) % span) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    ephemeral_port()
+}
+
+/// A free TCP port on 127.0.0.1 from the kernel (bound, read, released).
+fn ephemeral_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
