@@ -578,7 +578,7 @@ pub fn finish(mut span: Box<RequestSpan>, e: Ended<'_>) {
 // ---------------------------------------------------------------------------------------
 // Encoding.
 
-fn kv_str(k: impl Into<String>, v: impl Into<String>) -> KeyValue {
+pub(crate) fn kv_str(k: impl Into<String>, v: impl Into<String>) -> KeyValue {
     KeyValue {
         key: k.into(),
         value: Some(AnyValue {
@@ -587,7 +587,7 @@ fn kv_str(k: impl Into<String>, v: impl Into<String>) -> KeyValue {
     }
 }
 
-fn kv_int(k: &str, v: i64) -> KeyValue {
+pub(crate) fn kv_int(k: &str, v: i64) -> KeyValue {
     KeyValue {
         key: k.into(),
         value: Some(AnyValue {

@@ -800,32 +800,39 @@ async fn udp_connect(endpoint: &str) -> Result<tokio::net::UdpSocket, String> {
     Ok(s)
 }
 
+/// An access event for unit tests (shipper and sinkenc): event `i` is `i` days (less a
+/// millisecond) after the first, with values that need escaping.
+#[cfg(test)]
+pub(crate) fn sample_event(i: u64) -> AccessEvent {
+    AccessEvent {
+        time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123 + i * 86_399_999),
+        listener: "web".into(),
+        client: SocketAddr::from(([10, 0, 0, 1], 5555)),
+        method: http::Method::GET,
+        host: Some("example.com".into()),
+        path: Some("/a".into()),
+        protocol: "h2",
+        status: 200,
+        bytes_in: 0,
+        bytes_out: 42,
+        duration: Duration::from_micros(1500),
+        route: "r".into(),
+        backend: "b\"]".into(),
+        upstream: Some("127.0.0.1:1".into()),
+        attempts: 1,
+        error: None,
+        end: "complete",
+        trace_id: 0x0af7651916cd43dd8448eb211c80319c,
+        span_id: 0xb7ad6b7169203331,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn event() -> AccessEvent {
-        AccessEvent {
-            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            listener: "web".into(),
-            client: "10.0.0.1:5555".parse().unwrap(),
-            method: http::Method::GET,
-            host: Some("example.com".into()),
-            path: Some("/a".into()),
-            protocol: "h2",
-            status: 200,
-            bytes_in: 0,
-            bytes_out: 42,
-            duration: Duration::from_micros(1500),
-            route: "r".into(),
-            backend: "b\"]".into(),
-            upstream: Some("127.0.0.1:1".into()),
-            attempts: 1,
-            error: None,
-            end: "complete",
-            trace_id: 0x0af7651916cd43dd8448eb211c80319c,
-            span_id: 0xb7ad6b7169203331,
-        }
+        sample_event(0)
     }
 
     #[test]

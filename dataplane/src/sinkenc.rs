@@ -542,27 +542,7 @@ mod tests {
     use std::time::Duration;
 
     fn event(i: u64) -> AccessEvent {
-        AccessEvent {
-            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123 + i * 86_399_999),
-            listener: "web".into(),
-            client: "10.0.0.1:5555".parse().unwrap(),
-            method: http::Method::GET,
-            host: Some("example.com".into()),
-            path: Some("/a".into()),
-            protocol: "h2",
-            status: 200,
-            bytes_in: 0,
-            bytes_out: 42,
-            duration: Duration::from_micros(1500),
-            route: "r".into(),
-            backend: "b\"]".into(),
-            upstream: Some("127.0.0.1:1".into()),
-            attempts: 1,
-            error: None,
-            end: "complete",
-            trace_id: 0x0af7651916cd43dd8448eb211c80319c,
-            span_id: 0xb7ad6b7169203331,
-        }
+        crate::shipper::sample_event(i)
     }
 
     /// Events covering every optional field and odd characters.
@@ -656,23 +636,7 @@ mod tests {
         doc
     }
 
-    fn kv_str(k: &str, v: impl Into<String>) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(v.into())),
-            }),
-        }
-    }
-
-    fn kv_int(k: &str, v: i64) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::IntValue(v)),
-            }),
-        }
-    }
+    use crate::otel::{kv_int, kv_str};
 
     fn old_log_record(e: &AccessEvent) -> LogRecord {
         let t = unix_nanos(e.time);
