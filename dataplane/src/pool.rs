@@ -130,14 +130,34 @@ impl std::fmt::Debug for Pool {
 pub struct Checkin {
     pool: Arc<Pool>,
     tx: SendRequest<ProxyBody>,
+    /// The response allows another request on this connection (no `Connection: close`, and
+    /// HTTP/1.1 or an HTTP/1.0 keep-alive).
+    reusable: bool,
 }
 
 impl Checkin {
-    /// Returns the connection to its pool (when it can carry another request).
+    /// Returns the connection to its pool (when it can carry another request); one whose
+    /// response announced its close is let go instead.
     pub fn release(self) {
-        let Checkin { pool, tx } = self;
-        pool.checkin(tx);
+        let Checkin { pool, tx, reusable } = self;
+        if reusable {
+            pool.checkin(tx);
+        }
     }
+}
+
+/// Whether the upstream keeps the connection open after this response (RFC 9112 §9.3).
+fn keeps_alive(version: http::Version, headers: &http::HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for v in headers.get_all(header::CONNECTION) {
+        for token in v.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            close |= token.eq_ignore_ascii_case("close");
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    !close && (version != http::Version::HTTP_10 || keep_alive)
 }
 
 impl Pool {
@@ -202,7 +222,10 @@ impl Pool {
             None => (self.connect().await?, false),
         };
         let req = match tx.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, self.checkin_for(tx))),
+            Ok(resp) => {
+                let checkin = self.checkin_for(tx, keeps_alive(resp.version(), resp.headers()));
+                return Ok((resp, checkin));
+            }
             Err(mut e) => match e.take_message() {
                 // The connection was found closed before the request was written: a reused
                 // connection the peer closed while it sat idle. Once more, on a new one.
@@ -222,7 +245,10 @@ impl Pool {
         self.resent.fetch_add(1, Ordering::Relaxed);
         let mut tx = self.connect().await?;
         match tx.send_request(req).await {
-            Ok(resp) => Ok((resp, self.checkin_for(tx))),
+            Ok(resp) => {
+                let checkin = self.checkin_for(tx, keeps_alive(resp.version(), resp.headers()));
+                Ok((resp, checkin))
+            }
             Err(source) => Err(PoolError::Request {
                 authority: self.authority.clone(),
                 source,
@@ -230,10 +256,11 @@ impl Pool {
         }
     }
 
-    fn checkin_for(self: &Arc<Self>, tx: SendRequest<ProxyBody>) -> Checkin {
+    fn checkin_for(self: &Arc<Self>, tx: SendRequest<ProxyBody>, reusable: bool) -> Checkin {
         Checkin {
             pool: self.clone(),
             tx,
+            reusable,
         }
     }
 
@@ -610,6 +637,34 @@ mod tests {
         assert_eq!(short.resent(), 0);
     }
 
+    /// Which responses let their connection carry another request (RFC 9112 §9.3).
+    #[test]
+    fn keep_alive_from_the_response() {
+        use http::Version;
+        let cases: &[(Version, &[&str], bool)] = &[
+            (Version::HTTP_11, &[], true),
+            (Version::HTTP_11, &["close"], false),
+            (Version::HTTP_11, &["Keep-Alive, CLOSE"], false),
+            (Version::HTTP_11, &["upgrade", " close "], false),
+            (Version::HTTP_11, &["keep-alive"], true),
+            (Version::HTTP_10, &[], false),
+            (Version::HTTP_10, &["keep-alive"], true),
+            (Version::HTTP_10, &["Keep-Alive"], true),
+            (Version::HTTP_10, &["keep-alive, close"], false),
+        ];
+        for (version, values, want) in cases {
+            let mut headers = http::HeaderMap::new();
+            for v in *values {
+                headers.append(header::CONNECTION, HeaderValue::from_str(v).unwrap());
+            }
+            assert_eq!(
+                keeps_alive(*version, &headers),
+                *want,
+                "{version:?} {values:?}"
+            );
+        }
+    }
+
     /// A request body as a channel: the request stays unfinished until the sender is dropped.
     struct ChanBody(tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>);
 
@@ -636,9 +691,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let served: Arc<Mutex<Vec<u64>>> = Arc::default();
         let s2 = served.clone();
+        // Chunked request bodies the backend has read to their end.
+        let bodies = Arc::new(AtomicU64::new(0));
+        let b2 = bodies.clone();
         std::thread::spawn(move || {
             while let Ok((mut s, _)) = listener.accept() {
                 let served = s2.clone();
+                let bodies = b2.clone();
                 let idx = {
                     let mut v = served.lock().unwrap();
                     v.push(0);
@@ -668,6 +727,7 @@ mod tests {
                                     _ => return,
                                 }
                             }
+                            bodies.fetch_add(1, Ordering::SeqCst);
                             head.clear();
                         }
                     }
@@ -694,8 +754,22 @@ mod tests {
             std::task::Poll::Ready(())
         })
         .await;
-        // The first request's body ends: its connection turns idle.
+        // The first request's body ends: its connection turns idle. Let its connection task
+        // send the last chunk (the backend has read it) before the waiting request is polled
+        // again, so the outcome does not hang on whether the new connection's connect has
+        // completed by then: the wait prefers the finishing connection once it is ready.
         drop(body_tx);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bodies.load(Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the first request body never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
         let (resp, checkin) = next.await.unwrap();
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
