@@ -536,23 +536,9 @@ async fn websockets_over_h1_upgrade_and_h2_extended_connect() {
     use tokio_tungstenite::tungstenite::Message;
     let ws = ws_echo().await;
     let port = free_port();
-    let config = format!(
-        r#"
-listeners:
-  - {{ name: http, address: "127.0.0.1:{port}", protocol: http }}
-backends:
-  ws: {{ endpoints: ["{ws}"] }}
-routes:
-  - name: ws
-    rules:
-      - matches: [{{ path: {{ value: /off }} }}]
-        websocket: {{ enabled: false }}
-        backendRefs: [{{ name: ws }}]
-      - matches: [{{ path: {{ value: /idle }} }}]
-        websocket: {{ idleTimeout: 1s }}
-        backendRefs: [{{ name: ws }}]
-      - backendRefs: [{{ name: ws }}]
-"#
+    let config = websocket_config(
+        &format!("{{ name: http, address: \"127.0.0.1:{port}\", protocol: http }}"),
+        ws,
     );
     let dp = Dataplane::start(&config).await;
 

@@ -186,23 +186,9 @@ fn connect_req(port: u16, path: &str) -> Request<()> {
 async fn websockets_over_h3_extended_connect() {
     let ws = ws_echo().await;
     let port = free_port();
-    let config = format!(
-        r#"
-listeners:
-  - {{ name: https, address: "127.0.0.1:{port}", protocol: https }}
-backends:
-  ws: {{ endpoints: ["{ws}"] }}
-routes:
-  - name: ws
-    rules:
-      - matches: [{{ path: {{ value: /off }} }}]
-        websocket: {{ enabled: false }}
-        backendRefs: [{{ name: ws }}]
-      - matches: [{{ path: {{ value: /idle }} }}]
-        websocket: {{ idleTimeout: 1s }}
-        backendRefs: [{{ name: ws }}]
-      - backendRefs: [{{ name: ws }}]
-"#
+    let config = websocket_config(
+        &format!("{{ name: https, address: \"127.0.0.1:{port}\", protocol: https }}"),
+        ws,
     );
     let dp = Dataplane::start(&config).await;
     // SETTINGS_ENABLE_CONNECT_PROTOCOL (0x08) = 1 (RFC 9220 §3).

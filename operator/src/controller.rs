@@ -1141,8 +1141,9 @@ mod tests {
         })
     }
 
-    /// A client whose API server records every request and answers with the route.
-    fn mock() -> (Client, Log) {
+    /// A client whose API server records every request (method, URI, content type, JSON
+    /// body) and answers it with `answer(method)`: a status code and a JSON body.
+    fn recording_client(answer: fn(&http::Method) -> (u16, serde_json::Value)) -> (Client, Log) {
         let log: Log = Default::default();
         let l = log.clone();
         let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
@@ -1164,11 +1165,19 @@ mod tests {
                 l.lock()
                     .unwrap()
                     .push((parts.method.to_string(), parts.uri.to_string(), ct, v));
-                let body = serde_json::to_vec(&route_json()).unwrap();
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+                let (status, body) = answer(&parts.method);
+                let mut resp =
+                    http::Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())));
+                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
         (Client::new(svc, "default"), log)
+    }
+
+    /// A client whose API server records every request and answers with the route.
+    fn mock() -> (Client, Log) {
+        recording_client(|_| (200, route_json()))
     }
 
     fn status_patches(log: &Log) -> Vec<(String, String, serde_json::Value)> {
@@ -1286,44 +1295,21 @@ mod tests {
     /// A client whose API server records every request and answers GETs with 404 and writes
     /// with an empty Secret.
     fn secret_mock() -> (Client, Log) {
-        let log: Log = Default::default();
-        let l = log.clone();
-        let svc = tower::service_fn(move |req: http::Request<kube::client::Body>| {
-            let l = l.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let bytes = body
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
-                let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-                l.lock().unwrap().push((
-                    parts.method.to_string(),
-                    parts.uri.to_string(),
-                    String::new(),
-                    v,
-                ));
-                let (status, body) = if parts.method == http::Method::GET {
-                    (
-                        404,
-                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                           "reason": "NotFound", "code": 404, "message": "not found"}),
-                    )
-                } else {
-                    (
-                        200,
-                        serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-                                           "metadata": {"name": "weir-snapshot", "namespace": "ns"}}),
-                    )
-                };
-                let mut resp =
-                    http::Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())));
-                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                Ok::<_, std::convert::Infallible>(resp)
+        recording_client(|method| {
+            if method == http::Method::GET {
+                (
+                    404,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                       "reason": "NotFound", "code": 404, "message": "not found"}),
+                )
+            } else {
+                (
+                    200,
+                    serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                                       "metadata": {"name": "weir-snapshot", "namespace": "ns"}}),
+                )
             }
-        });
-        (Client::new(svc, "default"), log)
+        })
     }
 
     #[tokio::test]

@@ -467,6 +467,29 @@ pub async fn wait_refused(addr: SocketAddr) {
     }
 }
 
+/// A config with one `listener` (a YAML flow mapping) and a route to the WebSocket backend
+/// `ws` with three rules: `/off` (WebSockets disabled), `/idle` (1 s idle timeout), the rest.
+pub fn websocket_config(listener: &str, ws: SocketAddr) -> String {
+    format!(
+        r#"
+listeners:
+  - {listener}
+backends:
+  ws: {{ endpoints: ["{ws}"] }}
+routes:
+  - name: ws
+    rules:
+      - matches: [{{ path: {{ value: /off }} }}]
+        websocket: {{ enabled: false }}
+        backendRefs: [{{ name: ws }}]
+      - matches: [{{ path: {{ value: /idle }} }}]
+        websocket: {{ idleTimeout: 1s }}
+        backendRefs: [{{ name: ws }}]
+      - backendRefs: [{{ name: ws }}]
+"#
+    )
+}
+
 /// A WebSocket echo backend (tokio-tungstenite): echoes text and binary messages, answers
 /// close with close.
 pub async fn ws_echo() -> SocketAddr {
