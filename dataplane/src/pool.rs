@@ -714,11 +714,13 @@ mod tests {
                         let chunked = String::from_utf8_lossy(&head)
                             .to_ascii_lowercase()
                             .contains("transfer-encoding: chunked");
+                        // Counted before answering, so the client never sees an answer
+                        // that is not counted yet.
+                        served.lock().unwrap()[idx] += 1;
                         // Answer at once, before a chunked body has arrived.
                         if s.write_all(OK).is_err() {
                             return;
                         }
-                        served.lock().unwrap()[idx] += 1;
                         head.clear();
                         if chunked {
                             while !head.ends_with(b"0\r\n\r\n") {
