@@ -221,7 +221,9 @@ async fn serve_connection(
                 let quic = conn.clone();
                 // The request's HEADERS must arrive within the header read timeout.
                 let header_timeout = l.limits.header_read_timeout.get();
-                tokio::spawn(async move {
+                // Boxed: tokio moves a spawned future (several KiB here) more than once
+                // before and after polling it; a box is moved once.
+                tokio::spawn(Box::pin(async move {
                     let _drain = drain; // keeps shutdown waiting until this request is done
                     let head = tokio::time::timeout(header_timeout, resolver.resolve_request());
                     match head.await {
@@ -235,7 +237,7 @@ async fn serve_connection(
                             tracing::debug!(client = %info.remote, "HTTP/3 request headers late")
                         }
                     }
-                });
+                }));
             }
             Ok(None) => break,
             Err(e) => {
