@@ -3,7 +3,7 @@
 //! Each writes straight into a buffer it is given; results match the `Display` output.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
@@ -39,22 +39,38 @@ pub fn push_ip(out: &mut String, ip: IpAddr) {
     }
 }
 
-/// The UTF-8 values of `name` joined with `", "`, followed by `", "` when there were any, in a
-/// buffer with `extra` bytes to spare: ready for the value this hop appends.
-pub fn prior_values(headers: &HeaderMap, name: &HeaderName, extra: usize) -> String {
-    let mut values = headers.get_all(name).iter().peekable();
-    if values.peek().is_none() {
-        return String::with_capacity(extra);
-    }
-    let mut out = String::new();
-    for v in values {
-        if let Ok(s) = v.to_str() {
-            out.reserve(s.len() + 2 + extra);
-            out.push_str(s);
-            out.push_str(", ");
+/// Appends one more value to header `name`: the UTF-8 values it has, joined with `", "`, then
+/// `", "` and what `this_hop` writes, in one buffer (`extra`: bytes to reserve for this hop's
+/// part). One hashed lookup for reading and replacing (`HeaderMap::entry`).
+pub fn append_to_list(
+    headers: &mut HeaderMap,
+    name: &'static HeaderName,
+    extra: usize,
+    this_hop: impl FnOnce(&mut String),
+) {
+    match headers.entry(name) {
+        Entry::Occupied(mut e) => {
+            let mut out = String::new();
+            for v in e.iter() {
+                if let Ok(s) = v.to_str() {
+                    out.reserve(s.len() + 2 + extra);
+                    out.push_str(s);
+                    out.push_str(", ");
+                }
+            }
+            this_hop(&mut out);
+            if let Some(v) = header_from_string(out) {
+                e.insert(v);
+            }
+        }
+        Entry::Vacant(e) => {
+            let mut out = String::with_capacity(extra);
+            this_hop(&mut out);
+            if let Some(v) = header_from_string(out) {
+                e.insert(v);
+            }
         }
     }
-    out
 }
 
 /// A header value owning `s` (no copy); `None` if `s` holds a byte a value may not.
@@ -104,14 +120,23 @@ mod tests {
     }
 
     #[test]
-    fn prior_values_joined() {
-        let name = HeaderName::from_static("x-forwarded-for");
+    fn list_appended() {
+        static NAME: HeaderName = HeaderName::from_static("x-forwarded-for");
         let mut h = HeaderMap::new();
-        assert_eq!(prior_values(&h, &name, 8), "");
-        h.append(&name, HeaderValue::from_static("1.1.1.1"));
-        h.append(&name, HeaderValue::from_bytes(b"\xff").unwrap());
-        h.append(&name, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
-        assert_eq!(prior_values(&h, &name, 8), "1.1.1.1, 2.2.2.2, 3.3.3.3, ");
+        append_to_list(&mut h, &NAME, 8, |s| s.push_str("9.9.9.9"));
+        assert_eq!(h.get_all(&NAME).iter().count(), 1);
+        assert_eq!(h[&NAME], "9.9.9.9");
+        let mut h = HeaderMap::new();
+        h.append(&NAME, HeaderValue::from_static("1.1.1.1"));
+        h.append(&NAME, HeaderValue::from_bytes(b"\xff").unwrap());
+        h.append(&NAME, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        append_to_list(&mut h, &NAME, 8, |s| s.push_str("9.9.9.9"));
+        // The prior values (the non-UTF-8 one dropped) and this hop's, in one value.
+        assert_eq!(h.get_all(&NAME).iter().count(), 1);
+        assert_eq!(h[&NAME], "1.1.1.1, 2.2.2.2, 3.3.3.3, 9.9.9.9");
+        // A value that may not be sent leaves the header as it was.
+        append_to_list(&mut h, &NAME, 8, |s| s.push('\n'));
+        assert_eq!(h[&NAME], "1.1.1.1, 2.2.2.2, 3.3.3.3, 9.9.9.9");
     }
 
     #[test]
