@@ -196,10 +196,12 @@ fn check_reports_every_error_with_its_path() {
     );
 
     // The shipped example passes.
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../examples/standalone.yaml"
-    ))
+    // Where cargo runs the test (not where it was compiled: the target dir may be shared).
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let example = std::fs::read_to_string(
+        std::path::Path::new(&manifest_dir).join("../examples/standalone.yaml"),
+    )
     .unwrap();
     let (code, stdout, stderr) = run_check(dir.path(), "example.yaml", &example);
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");

@@ -410,7 +410,10 @@ async fn scenario(
 async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     // CRDs from crds/, namespaces.
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    // Where cargo runs the test (not where it was compiled: the target dir may be shared).
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    let crd_dir = Path::new(&manifest_dir).join("../crds");
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&crd_dir).unwrap() {
         let path = entry.unwrap().path();
