@@ -82,15 +82,43 @@ def ok(msg):
     print(f"ok   {msg}")
 
 
-def render(values):
+def render(values, notes=None):
+    """The rendered objects as (template path, document); `notes` (a list) receives NOTES.txt."""
     chart = helm.Chart.load(CHART)
     out = chart.render(values, name=RELEASE, namespace=NS, is_install=True)
     docs = []
     for path in sorted(out):
+        if path.endswith("/NOTES.txt"):
+            if notes is not None:
+                notes.append(out[path])
+            continue
         for d in yaml.safe_load_all(out[path]):
             if d:
                 docs.append((path, d))
     return docs
+
+
+def check_notes(name, notes, docs):
+    """NOTES.txt (shown after `helm install`) names the dataplane Service and its ports exactly
+    when the chart renders that Service, and the operator always."""
+    if len(notes) != 1 or "{{" in notes[0]:
+        fail(f"NOTES.txt [{name}]: not rendered once ({len(notes)} copies)")
+        return
+    text = notes[0]
+    svc = [d for _, d in docs if d.get("kind") == "Service"
+           and d["metadata"]["name"].endswith("-dataplane")]
+    want = [f"Operator: {RELEASE}-operator"]
+    if svc:
+        name_ = svc[0]["metadata"]["name"]
+        want.append(f"Service {name_}")
+        want.append(f"{name_}.{NS}.svc:")
+        want += [f"-> port {p['port']}" for p in svc[0]["spec"]["ports"] if p["protocol"] == "TCP"]
+    missing = [w for w in want if w not in text]
+    extra = "Service " in text and not svc
+    if missing or extra:
+        fail(f"NOTES.txt [{name}]: missing {missing}" + (" / names a Service the chart does not render" if extra else ""))
+    else:
+        ok(f"NOTES.txt [{name}]: {len(text.splitlines())} lines, names {len(want)} expected items")
 
 
 def check_crds():
@@ -359,11 +387,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for name, values in COMBOS.items():
             check_lint(name, values)
+            notes = []
             try:
-                docs = render(values)
+                docs = render(values, notes)
             except helm.HelmError as e:
                 fail(f"helm template [{name}]: {e}")
                 continue
+            check_notes(name, notes, docs)
             before = len(failures)
             check_security(name, docs)
             n = check_validate(name, docs, versions)

@@ -258,6 +258,10 @@ def main():
         rel = cfg.install(CHART, "weir", v120, namespace=NS, dry_run="server")
         print(f"ok   helm install --dry-run=server (every switch on): {rel.get('manifest', '').count('kind:')} kinds rendered, accepted by the API server")
         rel = cfg.install(CHART, "weir", v120, namespace=NS, timeout=60)
+        notes = rel.get("notes") or ""
+        if "Service weir-dataplane" not in notes:
+            raise RuntimeError(f"helm install shows no usable NOTES.txt: {notes!r}")
+        print(f"ok   helm install shows NOTES.txt ({len(notes.splitlines())} lines)")
         print("ok   helm install (real), objects in the release namespace:")
         objs = kubectl(kc, "-n", NS, "get", "deploy,svc,cm,secret,pdb,hpa,networkpolicy,role,rolebinding,servicemonitor,prometheusrule", "-o", "name")
         print("     " + " ".join(sorted(objs.split())))
