@@ -183,6 +183,7 @@ pub struct Metrics {
     endpoint_in_flight: IntGaugeVec,
     endpoint_requests: IntCounterVec,
     connections_created: IntCounterVec,
+    requests_resent: IntCounterVec,
     connections_open: IntGaugeVec,
     breaker_state: IntGaugeVec,
     breaker_opens: IntCounterVec,
@@ -331,6 +332,12 @@ impl Metrics {
                 &r,
                 "weir_upstream_connections_created_total",
                 "Upstream connections opened to the endpoint; tries minus this is pool reuse.",
+                &["backend", "endpoint"],
+            ),
+            requests_resent: counter_vec(
+                &r,
+                "weir_upstream_requests_resent_total",
+                "Requests sent again on a new connection because the pooled HTTP/1.1 connection they were given closed before they went out (the keep-alive race).",
                 &["backend", "endpoint"],
             ),
             connections_open: gauge_vec(
@@ -578,6 +585,7 @@ impl Metrics {
             &self.ejections,
             &self.endpoint_requests,
             &self.connections_created,
+            &self.requests_resent,
             &self.breaker_opens,
         ] {
             c.reset();
@@ -620,6 +628,9 @@ impl Metrics {
                 self.connections_created
                     .with_label_values(&labels)
                     .inc_by(b.connections_created(&ep.authority));
+                self.requests_resent
+                    .with_label_values(&labels)
+                    .inc_by(b.requests_resent(&ep.authority));
             }
             if let Some(v) = b.breaker_view() {
                 let state = match v.mode {

@@ -793,6 +793,16 @@ impl BackendRt {
         }
     }
 
+    /// Requests the HTTP/1.1 pool of `endpoint` sent again on a new connection (the keep-alive
+    /// race: the pooled connection closed before the request went out). h2c upstreams: 0 (the
+    /// legacy client retries such requests itself without counting them).
+    pub fn requests_resent(&self, endpoint: &Authority) -> u64 {
+        match &self.conns {
+            Conns::H1(_) => self.pool(endpoint).map(|p| p.resent()).unwrap_or(0),
+            Conns::Legacy { .. } => 0,
+        }
+    }
+
     /// Upstream connections to `endpoint` open now (idle in the pool or carrying requests).
     pub fn connections_open(&self, endpoint: &Authority) -> u64 {
         match &self.conns {

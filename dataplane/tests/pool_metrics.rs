@@ -169,6 +169,12 @@ async fn open_connections_follow_the_pool() {
         sample(&m, "weir_upstream_connections_created_total", "b", be.addr),
         Some(1.0)
     );
+    // Exported per endpoint; nothing raced a closing connection here (the count itself is
+    // tested in pool.rs: `request_on_a_connection_closed_while_idle_goes_out_on_a_new_one`).
+    assert_eq!(
+        sample(&m, "weir_upstream_requests_resent_total", "b", be.addr),
+        Some(0.0)
+    );
     assert_eq!(
         sample(&m, "weir_backend_endpoint_requests_total", "b", be.addr),
         Some(N as f64)
