@@ -501,11 +501,16 @@ mod tests {
     async fn exchange(pool: &Arc<Pool>) -> Checkin {
         let (resp, checkin) = pool.send(get()).await.unwrap();
         assert_eq!(resp.status(), 200);
+        body_is_ok(resp).await;
+        checkin
+    }
+
+    /// Reads the response body to its end; the test backends answer `ok`.
+    async fn body_is_ok(resp: Response<Incoming>) {
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await
             .unwrap();
         assert_eq!(&body.to_bytes()[..], b"ok");
-        checkin
     }
 
     /// Lets the connection tasks run until the pool holds `n` idle connections.
@@ -743,10 +748,7 @@ mod tests {
             .body(crate::body::boxed(ChanBody(body_rx)))
             .unwrap();
         let (resp, checkin) = pool.send(req).await.unwrap();
-        let body = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap();
-        assert_eq!(&body.to_bytes()[..], b"ok");
+        body_is_ok(resp).await;
         checkin.release();
         assert_eq!(pool.idle(), 1, "kept, though still sending");
 
@@ -773,10 +775,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let (resp, checkin) = next.await.unwrap();
-        let body = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap();
-        assert_eq!(&body.to_bytes()[..], b"ok");
+        body_is_ok(resp).await;
         checkin.release();
         assert_eq!(pool.created(), 1, "the finishing connection was taken");
         assert_eq!(served.lock().unwrap()[0], 2);

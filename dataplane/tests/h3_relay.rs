@@ -105,11 +105,7 @@ async fn merged_upload_arrives_whole() {
     let (body, end) = s.collect_body().await;
     assert!(end.is_clean());
     let doc: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
-    let want: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let want = hex(&hasher.finalize());
     assert_eq!(doc["bodyBytes"], sent as u64);
     assert_eq!(doc["bodySha256"], want);
 }

@@ -209,11 +209,7 @@ async fn streams_256_mib_both_ways_over_h3() {
     let (body, end) = s.collect_body().await;
     assert!(end.is_clean());
     let doc = json(&body);
-    let want: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let want = hex(&hasher.finalize());
     assert_eq!(doc["bodyBytes"], SIZE);
     assert_eq!(doc["bodySha256"], want);
 

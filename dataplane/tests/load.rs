@@ -188,10 +188,6 @@ async fn streams_256_mib_both_ways_with_flat_memory() {
     );
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// One config version for the reload test. `extra_port` adds a second listener.
 fn reload_config(
     version: &str,

@@ -569,10 +569,6 @@ routes:
     assert_eq!(r.json()["bodyBytes"], big.len());
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Memory under a flood of distinct rate-limit keys (run with `--ignored --nocapture`):
 /// 1,000,000 client addresses against a table bounded at 100,000 keys, once with buckets
 /// that refill during the flood (full buckets are dropped) and once with buckets that cannot

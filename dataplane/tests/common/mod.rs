@@ -467,6 +467,11 @@ pub async fn wait_refused(addr: SocketAddr) {
     }
 }
 
+/// Lowercase hex of `bytes` (digests, ids), as the echo backend and the sinks write them.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A config with one `listener` (a YAML flow mapping) and a route to the WebSocket backend
 /// `ws` with three rules: `/off` (WebSockets disabled), `/idle` (1 s idle timeout), the rest.
 pub fn websocket_config(listener: &str, ws: SocketAddr) -> String {
