@@ -121,6 +121,109 @@ def check_notes(name, notes, docs):
         ok(f"NOTES.txt [{name}]: {len(text.splitlines())} lines, names {len(want)} expected items")
 
 
+def client_ports(svc, nodeport_fixed):
+    """(protocol, port) -> the port a client outside the pod connects to for that Service port."""
+    out = {}
+    for p in svc["spec"]["ports"]:
+        port = p.get("nodePort") if svc["spec"]["type"] == "NodePort" and nodeport_fixed else p["port"]
+        out[(p["protocol"], p["name"])] = port
+    return out
+
+
+def check_advertised_port():
+    """Over every Service type, fixed node port or not, and the https/http3 switches: the port
+    the https listener's Alt-Svc names (operator ConfigMap and bootstrap snapshot alike) is the
+    UDP port clients connect to, that UDP Service port exists and targets the listener's port,
+    and values that cannot work fail the install naming the value."""
+    n = 0
+    for stype in ("ClusterIP", "NodePort", "LoadBalancer"):
+        for node_port in (None, 30443):
+            for https in (True, False):
+                for http3 in (None, True, False):
+                    for svc_port in (443, 8443):
+                        values = {"dataplane": {"listeners": {"https": {"enabled": https, "http3": http3}},
+                                                "service": {"type": stype, "ports": {"https": svc_port},
+                                                            "nodePorts": {"https": node_port}}}}
+                        name = f"advertised-port {stype} nodePort={node_port} https={https} http3={http3} port={svc_port}"
+                        if http3 is True and not https:
+                            expect_render_failure(name, values, "dataplane.listeners.https.http3")
+                            continue
+                        try:
+                            docs = render(values)
+                        except helm.HelmError as e:
+                            fail(f"[{name}]: {e}")
+                            continue
+                        n += 1
+                        check_listener_ports(name, docs, https and http3 is not False,
+                                             stype == "NodePort" and node_port is not None)
+    for bad, value in ((70000, "advertisedPort"), (-1, "advertisedPort"), ("on", "advertisedPort")):
+        expect_render_failure(f"advertisedPort={bad!r}",
+                              {"dataplane": {"listeners": {"https": {"advertisedPort": bad}}}}, value)
+    for explicit, want in ((9443, 9443), (0, 0), ("off", 0)):
+        docs = render({"dataplane": {"listeners": {"https": {"advertisedPort": explicit}}}})
+        got = {rendered_listeners(d).get("advertisedPort") for d in listener_docs(docs)}
+        if got != {want}:
+            fail(f"advertisedPort={explicit!r}: listeners advertise {got}, want {want}")
+    docs = render({"sidecar": {"enabled": True}})
+    got = {rendered_listeners(d).get("advertisedPort", "unset") for d in listener_docs(docs)}
+    if got != {"unset"}:
+        fail(f"sidecar mode (no Service): advertisedPort should be unset (own port), got {got}")
+    ok(f"Alt-Svc port = client UDP port in {n} Service/switch combinations; bad values refused")
+
+
+def expect_render_failure(name, values, needle):
+    try:
+        render(values)
+    except helm.HelmError as e:
+        if needle in str(e):
+            return
+        fail(f"[{name}]: install fails, but the error does not name {needle}: {e}")
+        return
+    fail(f"[{name}]: renders, but cannot work; it must fail naming {needle}")
+
+
+def listener_docs(docs):
+    """The operator's listeners ConfigMap and the bootstrap snapshot Secret."""
+    out = []
+    for _, d in docs:
+        if d["kind"] == "ConfigMap" and "listeners.yaml" in d.get("data", {}):
+            out.append(yaml.safe_load(d["data"]["listeners.yaml"]))
+        if d["kind"] == "Secret" and "snapshot.json" in d.get("stringData", {}):
+            out.append(json.loads(d["stringData"]["snapshot.json"])["listeners"])
+    return out
+
+
+def rendered_listeners(listeners):
+    """The https listener's http3 section ({} when there is none)."""
+    https = [l for l in listeners if l["protocol"] == "https"]
+    return (https[0].get("http3") or {}) if https else {}
+
+
+def check_listener_ports(name, docs, h3_on, nodeport_fixed):
+    lists = listener_docs(docs)
+    svc = [d for _, d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-dataplane")]
+    work = [d for _, d in docs if d["kind"] in ("Deployment", "DaemonSet") and "dataplane" in d["metadata"]["name"]]
+    if len(lists) != 2 or len(svc) != 1 or len(work) != 1:
+        fail(f"[{name}]: expected listeners in ConfigMap + snapshot, one Service, one workload; got {len(lists)}, {len(svc)}, {len(work)}")
+        return
+    ports = client_ports(svc[0], nodeport_fixed)
+    udp = [p for p in svc[0]["spec"]["ports"] if p["protocol"] == "UDP"]
+    container = {(p["protocol"], p["name"]): p["containerPort"]
+                 for c in work[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+    for listeners in lists:
+        https = [l for l in listeners if l["protocol"] == "https"]
+        h3 = rendered_listeners(listeners)
+        if not h3_on:
+            if udp or (https and h3.get("enabled", True)):
+                fail(f"[{name}]: HTTP/3 off, yet UDP Service ports {udp} / listener http3 {h3}")
+            continue
+        listen_port = int(https[0]["address"].rsplit(":", 1)[1])
+        if ports.get(("UDP", "h3")) is None or udp[0]["targetPort"] != "h3" or container.get(("UDP", "h3")) != listen_port:
+            fail(f"[{name}]: UDP Service port {udp} does not reach the listener's UDP {listen_port} (container ports {container})")
+        if h3.get("advertisedPort") != ports.get(("UDP", "h3")) or not h3.get("enabled"):
+            fail(f"[{name}]: Alt-Svc advertises {h3.get('advertisedPort', listen_port)}, clients connect to UDP {ports.get(('UDP', 'h3'))}")
+
+
 def check_crds():
     top = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "crds", "*.yaml")))
     mine = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CHART, "crds", "*.yaml")))
@@ -384,6 +487,7 @@ def main():
     print(f"kubernetes-validate schemas: {versions[0]} (lowest shipped) and {versions[-1]}")
     known = known_metrics()
     check_crds()
+    check_advertised_port()
     with tempfile.TemporaryDirectory() as tmp:
         for name, values in COMBOS.items():
             check_lint(name, values)
