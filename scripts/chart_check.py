@@ -310,6 +310,19 @@ def check_metric_names(where, expr, known):
             fail(f"{where}: metric {m} is neither in docs/metrics.md nor in operator/src/metrics.rs")
 
 
+def recorded_names(docs):
+    """Series the chart's PrometheusRule records (`weir:…`)."""
+    return {r["record"] for _, d in docs if d["kind"] == "PrometheusRule"
+            for g in d["spec"]["groups"] for r in g["rules"] if "record" in r}
+
+
+def check_recorded(where, expr, recorded):
+    """A `weir:…` name in a query must be one the chart's recording rules produce."""
+    for m in set(re.findall(r"\b(weir:[a-z0-9_:]+)", expr)):
+        if m not in recorded:
+            fail(f"{where}: {m} is not recorded by the chart's PrometheusRule")
+
+
 def promtool(*args, cwd=None):
     p = subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True)
     return p.returncode, p.stdout + p.stderr
@@ -322,9 +335,12 @@ def check_rules(docs, known, tmp):
         return
     spec = rules[0]["spec"]
     alerts = [r["alert"] for g in spec["groups"] for r in g["rules"] if "alert" in r]
+    recorded = recorded_names(docs)
     for g in spec["groups"]:
         for r in g["rules"]:
-            check_metric_names(f"alert {r.get('alert')}", r["expr"], known)
+            where = f"alert {r['alert']}" if "alert" in r else f"record {r['record']}"
+            check_metric_names(where, r["expr"], known)
+            check_recorded(where, r["expr"], recorded)
     with open(os.path.join(tmp, "rules.yaml"), "w") as f:
         yaml.safe_dump(spec, f, sort_keys=False)
     shutil.copy(os.path.join(CHART, "tests", "alerts_test.yaml"), tmp)
@@ -350,6 +366,7 @@ def check_rules(docs, known, tmp):
 def check_dashboards(docs, known, tmp):
     cms = [d for _, d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {})]
     files = sorted(glob.glob(os.path.join(CHART, "dashboards", "*.json")))
+    recorded = recorded_names(docs)
     if len(cms) != len(files) or not files:
         fail(f"{len(files)} dashboards but {len(cms)} dashboard ConfigMaps with the sidecar label")
     rules, n = [], 0
@@ -360,10 +377,12 @@ def check_dashboards(docs, known, tmp):
                 expr = t["expr"]
                 n += 1
                 check_metric_names(f"{os.path.basename(f)} panel {p['title']!r}", expr, known)
-                e = expr.replace("$__rate_interval", "5m").replace("$namespace", ".*")
+                check_recorded(f"{os.path.basename(f)} panel {p['title']!r}", expr, recorded)
+                e = expr.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$route", ".*")
                 rules.append({"record": f"weir:dashboard_check:{n}", "expr": e})
         for v in dash.get("templating", {}).get("list", []):
             if v.get("type") == "query":
+                check_recorded(f"{os.path.basename(f)} variable {v['name']}", v["query"], recorded)
                 m = re.match(r"label_values\((\w+)", v["query"])
                 if m:
                     check_metric_names(f"{os.path.basename(f)} variable {v['name']}", m.group(1), known)
