@@ -29,6 +29,20 @@ def panel(title, exprs, unit="short", kind="timeseries", legend=None, w=12, h=8)
     }
 
 
+def query_var(name, label, query):
+    """A multi-value template variable (with "All") filled by a Prometheus query."""
+    return {
+        "name": name,
+        "type": "query",
+        "label": label,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "query": query,
+        "includeAll": True,
+        "multi": True,
+        "current": {"text": "All", "value": "$__all"},
+    }
+
+
 def dashboard(uid, title, panels, variables=()):
     x = y = 0
     for i, p in enumerate(panels):
@@ -49,16 +63,7 @@ def dashboard(uid, title, panels, variables=()):
         "templating": {
             "list": [
                 {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
-                {
-                    "name": "namespace",
-                    "type": "query",
-                    "label": "Namespace",
-                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": "label_values(weir_config_info, namespace)",
-                    "includeAll": True,
-                    "multi": True,
-                    "current": {"text": "All", "value": "$__all"},
-                },
+                query_var("namespace", "Namespace", "label_values(weir_config_info, namespace)"),
                 *variables,
             ]
         },
@@ -73,16 +78,7 @@ def q(s):
 # The SLO dashboard reads the chart's recording rules (charts/weir/templates/_alerts.tpl,
 # "weir.sloGroups"); dividing by the recorded objective keeps it right for any values.
 SLO_SEL = 'namespace=~"$namespace",route=~"$route"'
-ROUTE_VAR = {
-    "name": "route",
-    "type": "query",
-    "label": "Route",
-    "datasource": {"type": "prometheus", "uid": "${datasource}"},
-    "query": 'label_values(weir:slo_errors:ratio_rate1h{namespace=~"$namespace"}, route)',
-    "includeAll": True,
-    "multi": True,
-    "current": {"text": "All", "value": "$__all"},
-}
+ROUTE_VAR = query_var("route", "Route", 'label_values(weir:slo_errors:ratio_rate1h{namespace=~"$namespace"}, route)')
 BUDGET = "(1 - weir:slo_objective{namespace=~\"$namespace\"})"
 
 
