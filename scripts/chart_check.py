@@ -484,6 +484,103 @@ def check_bootstrap_snapshot(docs, tmp):
         ok("bootstrap snapshot passes `weir-dataplane check`")
 
 
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_slo_live(docs, tmp):
+    """The chart's SLO rules in a real Prometheus scraping a real dataplane: a route answering
+    half its requests 503 records an availability error ratio of about 0.5, the objectives are
+    there, WeirErrorBudgetBurnFast fires for it, and a healthy route records every SLI with no
+    availability or error-rate burn. (The label `le="0.1"` the latency SLI reads is the
+    dataplane's own exposition here, not a copy in a test file.)"""
+    import urllib.parse
+    import urllib.request
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/weir/target"))
+    bins = {b: os.path.join(target, "debug", b) for b in ("weir-dataplane", "weir-echo")}
+    missing = [b for b in bins.values() if not os.access(b, os.X_OK)]
+    if missing or not shutil.which("prometheus"):
+        print(f"skip SLO rules in a real Prometheus ({missing or 'no prometheus binary'})")
+        return
+    spec = [d for _, d in docs if d["kind"] == "PrometheusRule"][0]["spec"]
+    with open(os.path.join(tmp, "slo-rules.yaml"), "w") as f:
+        yaml.safe_dump(spec, f, sort_keys=False)
+    echo, http, admin, prom = (free_port() for _ in range(4))
+    with open(os.path.join(tmp, "slo-dp.yaml"), "w") as f:
+        f.write(f"""listeners: [{{ name: http, address: "127.0.0.1:{http}", protocol: http }}]
+backends: {{ api: {{ endpoints: ["127.0.0.1:{echo}"] }} }}
+routes:
+  - {{ name: shop/flaky, hostnames: [flaky.test], rules: [{{ backendRefs: [{{ name: api }}] }}] }}
+  - {{ name: shop/fine, hostnames: [fine.test], rules: [{{ backendRefs: [{{ name: api }}] }}] }}
+""")
+    with open(os.path.join(tmp, "prometheus.yml"), "w") as f:
+        f.write(f"""global: {{ scrape_interval: 1s, evaluation_interval: 1s }}
+rule_files: [slo-rules.yaml]
+scrape_configs:
+  - job_name: dp
+    static_configs: [{{ targets: ["127.0.0.1:{admin}"], labels: {{ namespace: {NS} }} }}]
+""")
+    procs = []
+    try:
+        log = open(os.path.join(tmp, "slo-procs.log"), "w")
+        procs.append(subprocess.Popen([bins["weir-echo"], "--listen", f"127.0.0.1:{echo}", "--name", "api"], stdout=log, stderr=log))
+        procs.append(subprocess.Popen([bins["weir-dataplane"], "--config", os.path.join(tmp, "slo-dp.yaml"),
+                                       "--admin-address", f"127.0.0.1:{admin}"], stdout=log, stderr=log))
+        procs.append(subprocess.Popen(["prometheus", f"--config.file={tmp}/prometheus.yml",
+                                       f"--storage.tsdb.path={tmp}/tsdb", f"--web.listen-address=127.0.0.1:{prom}"],
+                                      stdout=log, stderr=log))
+
+        def get(url, headers=None):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+            except OSError:
+                return None, b""
+
+        def query(q):
+            st, body = get(f"http://127.0.0.1:{prom}/api/v1/query?" + urllib.parse.urlencode({"query": q}))
+            return json.loads(body)["data"]["result"] if st == 200 else []
+
+        deadline = time.time() + 60
+        fired, ratio = [], None
+        while time.time() < deadline and not fired:
+            for i in range(20):
+                get(f"http://127.0.0.1:{http}/x" + ("?status=503" if i % 2 else ""), {"Host": "flaky.test"})
+                get(f"http://127.0.0.1:{http}/x", {"Host": "fine.test"})
+            time.sleep(1)
+            r = query('weir:slo_errors:ratio_rate5m{sli="availability",route="shop/flaky"}')
+            ratio = float(r[0]["value"][1]) if r else None
+            fired = query('ALERTS{alertname="WeirErrorBudgetBurnFast",alertstate="firing"}')
+        fine = query('weir:slo_errors:ratio_rate5m{route="shop/fine"}')
+        objectives = {x["metric"]["sli"]: float(x["value"][1]) for x in query("weir:slo_objective")}
+        labels = [(a["metric"].get("route"), a["metric"].get("sli")) for a in fired]
+        # Latency is left loose: a debug build on a loaded CI machine may well be slow.
+        wrong = [x for x in labels if x[1] != "latency" and x != ("shop/flaky", "availability")]
+        fine_ratios = {x["metric"]["sli"]: float(x["value"][1]) for x in fine}
+        if ("shop/flaky", "availability") not in labels or wrong or ratio is None or abs(ratio - 0.5) > 0.1:
+            fail(f"SLO rules in Prometheus: flaky route ratio {ratio}, firing {labels}, want ~0.5 and ('shop/flaky', 'availability') only")
+        elif set(fine_ratios) != {"availability", "latency", "errors"} or fine_ratios["availability"] or fine_ratios["errors"]:
+            fail(f"SLO rules in Prometheus: the healthy route should record every SLI, availability and errors 0; got {fine_ratios}")
+        elif objectives != {"availability": 0.999, "latency": 0.99, "errors": 0.999}:
+            fail(f"SLO rules in Prometheus: objectives {objectives}")
+        else:
+            ok(f"SLO rules in a real Prometheus {subprocess.run(['prometheus', '--version'], capture_output=True, text=True).stdout.split()[2]}: "
+               f"flaky route availability error ratio {ratio:.2f}, fast burn alert firing for it, healthy route recorded, 0 errors")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def write():
     for f in glob.glob(os.path.join(CHART, "crds", "*.yaml")):
         os.remove(f)
@@ -526,6 +623,7 @@ def main():
                 check_bootstrap_snapshot(docs, tmp)
             if name == "monitoring":
                 check_rules(docs, known, tmp)
+                check_slo_live(docs, tmp)
                 check_dashboards(docs, known, tmp)
         inst = os.path.join(ROOT, "manifests", "install.yaml")
         want = install_yaml()
