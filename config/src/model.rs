@@ -1036,7 +1036,8 @@ fn default_request_timeout() -> Duration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Idle keep-alive connections kept per endpoint (default 128).
+    /// Idle keep-alive connections kept per endpoint once a burst is over (default 128): more
+    /// are closed after going unused for 1 s, not as soon as they turn idle.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_endpoint: usize,
     /// How long an idle upstream connection is kept (default 90s).
