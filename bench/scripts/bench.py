@@ -12,7 +12,7 @@ Environment:
   BENCH_ROUNDS=N        rounds (default 3; quick 1)
   BENCH_DURATION=S      seconds per measured load run (default 8; quick 2)
   BENCH_PEERS=a,b       subset of weir,nginx,haproxy,caddy,traefik,direct
-  BENCH_SCENARIOS=a,b   subset of h1-wrk,h1,h2,h3,bulk,idle,reload,operator
+  BENCH_SCENARIOS=a,b   subset of h1-wrk,h1,h2,h3,h1-many,h2-many,bulk,idle,reload,operator
   BENCH_BULK=SIZE       bulk transfer size (default 1g; quick 64m)
   BENCH_IDLE_CONNS=N    idle HTTP/3 connections held (default 10000; quick 1000)
   BENCH_OUT=DIR         where the JSON and Markdown go (default bench/results)
@@ -55,7 +55,10 @@ IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "1000" if QUICK else "10000"
 CPU_LOAD = os.environ.get("BENCH_CPU_LOAD", "1")
 CPU_PROXY = os.environ.get("BENCH_CPU_PROXY", "0")
 ALL_PEERS = ["weir", "nginx", "haproxy", "caddy", "traefik", "direct"]
-ALL_SCEN = ["h1-wrk", "h1", "h2", "h3", "bulk", "idle", "reload", "operator"]
+ALL_SCEN = ["h1-wrk", "h1", "h2", "h3", "h1-many", "h2-many", "bulk", "idle", "reload", "operator"]
+# More requests in flight than the pool's old idle bound (128), where it churned.
+H1_MANY_CONNS = 256
+H2_MANY_CONNS, H2_MANY_STREAMS = 16, 10
 PEERS = [p for p in os.environ.get("BENCH_PEERS", ",".join(ALL_PEERS)).split(",") if p]
 SCENARIOS = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCEN)).split(",") if s]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/weir/target"))
@@ -264,8 +267,8 @@ def wrk_us(s: str) -> float:
     return float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
 
 
-def run_wrk(url: str, duration: float) -> dict:
-    cmd = ["taskset", "-c", CPU_LOAD, "wrk", "-t1", f"-c{H1_CONNS}", f"-d{max(1, round(duration))}s",
+def run_wrk(url: str, duration: float, conns: int = H1_CONNS) -> dict:
+    cmd = ["taskset", "-c", CPU_LOAD, "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s",
            "--latency", url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     res: dict = {"tool": "wrk"}
@@ -309,6 +312,8 @@ def load_args(scen: str, http: int, https: int, duration: float) -> list[str]:
         return ["-c", str(H1_CONNS), "-t", "1", "-d", d, f"http://127.0.0.1:{http}/"]
     if scen == "h2":
         return ["-p", "h2", "-c", str(H2_CONNS), "-m", str(H2_STREAMS), "-t", "1", "-d", d, *tls]
+    if scen == "h2-many":
+        return ["-p", "h2", "-c", str(H2_MANY_CONNS), "-m", str(H2_MANY_STREAMS), "-t", "1", "-d", d, *tls]
     if scen == "h3":
         return ["-p", "h3", "-c", str(H3_CONNS), "-m", str(H3_STREAMS), "-t", "1", "-d", d, *tls]
     raise ValueError(scen)
@@ -410,7 +415,7 @@ def start_peer(env: Env, name: str, tag: str) -> Running:
 
 def small_response(env: Env, results: dict) -> None:
     """h1-wrk, h1, h2, h3: every peer, interleaved over rounds."""
-    scen = [s for s in ("h1-wrk", "h1", "h2", "h3") if s in SCENARIOS]
+    scen = [s for s in ("h1-wrk", "h1", "h2", "h3", "h1-many", "h2-many") if s in SCENARIOS]
     if not scen:
         return
     for rnd in range(ROUNDS):
@@ -428,27 +433,46 @@ def small_response(env: Env, results: dict) -> None:
                     results["idle_rss"].setdefault(name, []).append(rss_bytes(peer.proc.pids()))
                     results["threads"][name] = threads_of(peer.proc.pid)
                 for s in scen:
-                    proto = "h1" if s == "h1-wrk" else s
+                    proto = {"h1-wrk": "h1", "h1-many": "h1", "h2-many": "h2"}.get(s, s)
                     if proto not in peer.protocols:
                         continue
-                    r = run_one(peer, s)
+                    r = run_one(env, peer, s)
                     results["small"].setdefault(s, {}).setdefault(name, []).append(r)
                     log(f"  {s:7} {name:8} {r.get('rps', 0):10.0f} req/s  p99 "
                         f"{r.get('p99_us', 0) / 1000:.2f} ms  cpu {r.get('cpu_s', 0):.2f}s  "
-                        f"failed {r.get('failed')}")
+                        f"failed {r.get('failed')}  upstream conns {r.get('upstream_conns')}")
             finally:
                 peer.stop()
 
 
-def run_one(peer: Running, s: str) -> dict:
+def backend_accepted(env: Env) -> int | None:
+    """TCP connections the shared backend has accepted (its `GET /__stats`, which counts the
+    connection it arrives on too)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{env.backend_port}/__stats", timeout=5) as r:
+            return json.loads(r.read())["tcp_accepted"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def run_one(env: Env, peer: Running, s: str) -> dict:
+    """Warm-up, then the measured run, with the upstream connections the proxy opened during
+    the measured run (after the warm-up a pooling proxy should need none)."""
     p = peer.ports
-    if s == "h1-wrk":
+    if s in ("h1-wrk", "h1-many"):
         url = f"http://127.0.0.1:{p.http}/"
-        run_wrk(url, WARMUP)
-        return measured(peer.proc, lambda: run_wrk(url, DURATION))
-    wb_json(load_args(s, p.http, p.https, WARMUP), WARMUP + 60)
-    return measured(peer.proc, lambda: wb_result(wb_json(load_args(s, p.http, p.https, DURATION),
-                                                       DURATION + 60)))
+        conns = H1_MANY_CONNS if s == "h1-many" else H1_CONNS
+        run_wrk(url, WARMUP, conns)
+        run = lambda: run_wrk(url, DURATION, conns)  # noqa: E731
+    else:
+        wb_json(load_args(s, p.http, p.https, WARMUP), WARMUP + 60)
+        run = lambda: wb_result(wb_json(load_args(s, p.http, p.https, DURATION), DURATION + 60))  # noqa: E731
+    before = backend_accepted(env)
+    r = measured(peer.proc, run)
+    after = backend_accepted(env)
+    if peer.name != "direct" and before is not None and after is not None:
+        r["upstream_conns"] = after - before - 1
+    return r
 
 
 # ------------------------------------------------------------------ main
@@ -533,7 +557,9 @@ def main() -> int:
                      "scenarios": SCENARIOS, "bulk": BULK, "idle_conns": IDLE_CONNS,
                      "h1": {"connections": H1_CONNS},
                      "h2": {"connections": H2_CONNS, "streams": H2_STREAMS},
-                     "h3": {"connections": H3_CONNS, "streams": H3_STREAMS}},
+                     "h3": {"connections": H3_CONNS, "streams": H3_STREAMS},
+                     "h1-many": {"connections": H1_MANY_CONNS},
+                     "h2-many": {"connections": H2_MANY_CONNS, "streams": H2_MANY_STREAMS}},
         "machine": machine(env),
         "small": {}, "idle_rss": {}, "threads": {},
     }

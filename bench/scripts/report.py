@@ -10,7 +10,10 @@ TITLES = {
     "h1": "HTTP/1.1, small response, keep-alive, 64 connections (weir-bench)",
     "h2": "HTTP/2 over TLS 1.3, small response, 4 connections x 16 streams (weir-bench)",
     "h3": "HTTP/3, small response, 10 connections x 10 streams (weir-bench)",
+    "h1-many": "HTTP/1.1, small response, keep-alive, 256 connections (wrk): more in flight than the pool's old idle bound",
+    "h2-many": "HTTP/2 over TLS 1.3, small response, 16 connections x 10 streams (weir-bench): 160 in flight",
 }
+SMALL = ["h1-wrk", "h1", "h2", "h3", "h1-many", "h2-many"]
 ORDER = ["weir", "nginx", "haproxy", "caddy", "traefik", "direct"]
 
 
@@ -47,6 +50,7 @@ def small_table(scen: str, runs: dict) -> list[str]:
             "cpureq": med([r.get("cpu_us_per_req") for r in rs]),
             "rss": med([r.get("peak_rss") for r in rs]),
             "failed": sum(r.get("failed", 0) for r in rs),
+            "upstream": med([r.get("upstream_conns") for r in rs]),
             "n": len(rs),
         }
     weir = rows.get("weir", {}).get("rps")
@@ -55,14 +59,15 @@ def small_table(scen: str, runs: dict) -> list[str]:
         f"### {TITLES.get(scen, scen)}",
         "",
         "| peer | req/s | p50 ms | p99 ms | proxy CPU s | CPU µs/req | peak RSS MiB | failed "
-        "| Weir ÷ peer (req/s) | peer ÷ direct (req/s) | runs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| upstream conns opened | Weir ÷ peer (req/s) | peer ÷ direct (req/s) | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for peer, r in rows.items():
         out.append(
             f"| {peer} | {num(r['rps'])} | {num(r['p50'], '{:.2f}')} | {num(r['p99'], '{:.2f}')} "
             f"| {num(r['cpu'], '{:.2f}')} | {num(r['cpureq'], '{:.1f}')} | {mib(r['rss'])} "
-            f"| {r['failed']} | {ratio(weir, r['rps']) if peer != 'weir' else '1.00×'} "
+            f"| {r['failed']} | {num(r['upstream'])} "
+            f"| {ratio(weir, r['rps']) if peer != 'weir' else '1.00×'} "
             f"| {ratio(r['rps'], direct) if peer != 'direct' else '1.00×'} | {r['n']} |"
         )
     out.append("")
@@ -87,13 +92,15 @@ def markdown(res: dict) -> str:
         "",
         "Proxy CPU s and peak RSS are of the proxy's whole process tree (for `direct`: the "
         "backend), CPU from /proc utime+stime over the measured run, RSS sampled every 100 ms. "
-        "`failed` counts transport errors and non-200 responses over all rounds.",
+        "`failed` counts transport errors and non-200 responses over all rounds. `upstream conns "
+        "opened`: TCP connections the backend accepted from the proxy during the measured run "
+        "(after the warm-up; median of rounds), read from its `GET /__stats`.",
         "",
     ]
     if res.get("threads"):
         out += ["Threads per proxy process at idle: "
                 + ", ".join(f"{k} {v}" for k, v in res["threads"].items()), ""]
-    for scen in ("h1-wrk", "h1", "h2", "h3"):
+    for scen in SMALL:
         if res.get("small", {}).get(scen):
             out += small_table(scen, res["small"][scen])
     extra = res.get("tables_extra", [])

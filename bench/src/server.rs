@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,7 +63,13 @@ struct State {
     partial: Option<Bytes>,
     /// A 64 KiB slice of the pattern, sent repeatedly for `?bytes=N`.
     chunk: Bytes,
+    /// TCP connections accepted so far (`GET /__stats`): how many upstream connections a
+    /// proxy in front opened.
+    accepted: AtomicU64,
 }
+
+/// Answers `{"tcp_accepted": N}` (connections accepted so far, this request's included).
+pub const STATS_PATH: &str = "/__stats";
 
 /// Chunk size of `?bytes=N` responses.
 const BULK_CHUNK: usize = 64 * 1024;
@@ -151,6 +158,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Server> {
         partial: cfg.reset_after.map(|n| body.slice(..n.min(body.len()))),
         body,
         chunk: body_of(BULK_CHUNK),
+        accepted: AtomicU64::new(0),
     });
 
     let (listener, udp_socket) = bind(cfg.listen, cfg.h3).await?;
@@ -253,6 +261,7 @@ async fn tcp_accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        state.accepted.fetch_add(1, Ordering::Relaxed);
         let (acceptor, state) = (acceptor.clone(), state.clone());
         tokio::spawn(async move {
             let _ = serve_tcp(stream, acceptor, state).await;
@@ -303,6 +312,16 @@ async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
 ) -> Result<Response<ServeBody>, Infallible> {
+    if req.uri().path() == STATS_PATH {
+        let json = format!(
+            "{{\"tcp_accepted\":{}}}",
+            state.accepted.load(Ordering::Relaxed)
+        );
+        return Ok(Response::new(ServeBody {
+            data: Some(Bytes::from(json)),
+            ..ServeBody::default()
+        }));
+    }
     let bulk = bytes_param(req.uri());
     let mut body = req.into_body();
     let mut received = 0u64;

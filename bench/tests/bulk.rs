@@ -88,6 +88,39 @@ async fn bytes_param_sizes_h1_and_h2_bodies_too() {
     }
 }
 
+/// `GET /__stats` counts accepted TCP connections: what `make bench` reads off its backend to
+/// report the upstream connections each proxy opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_accepted_connections() {
+    let srv = server::start(ServeConfig::default())
+        .await
+        .expect("server starts");
+    let mut cfg = LoadConfig::new(format!("http://{}/", srv.addr()), Protocol::H1);
+    cfg.requests = Some(30);
+    cfg.connections = 3;
+    let r = tokio::task::spawn_blocking(move || load::run(&cfg))
+        .await
+        .expect("load thread")
+        .expect("load run");
+    assert_eq!(r.responses, 30);
+    let stats = tokio::task::spawn_blocking({
+        let addr = srv.addr();
+        move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /__stats HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .expect("write");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read");
+            out
+        }
+    })
+    .await
+    .expect("stats thread");
+    // Three load connections, then this one.
+    assert!(stats.ends_with("{\"tcp_accepted\":4}"), "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_opens_and_keeps_connections() {
     let srv = h3_server().await;
