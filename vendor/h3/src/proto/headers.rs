@@ -59,6 +59,26 @@ impl Header {
     pub fn into_request_parts(
         self,
     ) -> Result<(Method, Uri, Option<Protocol>, HeaderMap), HeaderError> {
+        // Weir patch (malformed requests, RFC 9114 §4.3.1 / §4.4, as h2 checks for HTTP/2):
+        // `:protocol` only on CONNECT; a plain CONNECT has neither `:scheme` nor `:path`;
+        // every other request has both.
+        let is_connect = self.pseudo.method.as_ref() == Some(&Method::CONNECT);
+        if self.pseudo.protocol.is_some() && !is_connect {
+            return Err(HeaderError::Malformed(":protocol without CONNECT"));
+        }
+        if is_connect && self.pseudo.protocol.is_none() {
+            if self.pseudo.scheme.is_some() || self.pseudo.path.is_some() {
+                return Err(HeaderError::Malformed(":scheme or :path in a CONNECT request"));
+            }
+        } else if self.pseudo.method.is_some() {
+            if self.pseudo.scheme.is_none() {
+                return Err(HeaderError::Malformed("missing :scheme"));
+            }
+            if self.pseudo.path.is_none() {
+                return Err(HeaderError::Malformed("missing :path"));
+            }
+        }
+
         let mut uri = Uri::builder();
 
         if let Some(path) = self.pseudo.path {
@@ -207,37 +227,56 @@ impl TryFrom<Vec<HeaderField>> for Header {
         let mut fields = HeaderMap::with_capacity(headers.len());
         let mut pseudo = Pseudo::default();
 
+        // Weir patch (malformed messages): RFC 9114 §4.3 "all pseudo-header fields MUST appear
+        // in the header section before regular header fields" and each at most once; §4.2
+        // connection-specific fields make a message malformed. Upstream kept the last value
+        // of a repeated pseudo-header and accepted both (h2 refuses them for HTTP/2).
+        fn once<T>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), HeaderError> {
+            match slot.replace(value) {
+                Some(_) => Err(HeaderError::Malformed(name)),
+                None => Ok(()),
+            }
+        }
+        let mut regular_seen = false;
         for field in headers.into_iter() {
             let (name, value) = field.into_inner();
-            match Field::parse(name, value)? {
-                Field::Method(m) => {
-                    pseudo.method = Some(m);
-                    pseudo.len += 1;
-                }
-                Field::Scheme(s) => {
-                    pseudo.scheme = Some(s);
-                    pseudo.len += 1;
-                }
-                Field::Authority(a) => {
-                    pseudo.authority = Some(a);
-                    pseudo.len += 1;
-                }
-                Field::Path(p) => {
-                    pseudo.path = Some(p);
-                    pseudo.len += 1;
-                }
-                Field::Status(s) => {
-                    pseudo.status = Some(s);
-                    pseudo.len += 1;
-                }
+            let field = Field::parse(name, value)?;
+            if regular_seen && !matches!(field, Field::Header(_)) {
+                return Err(HeaderError::Malformed("pseudo-header after a regular field"));
+            }
+            match field {
+                Field::Method(m) => once(&mut pseudo.method, m, "repeated :method")?,
+                Field::Scheme(s) => once(&mut pseudo.scheme, s, "repeated :scheme")?,
+                Field::Authority(a) => once(&mut pseudo.authority, a, "repeated :authority")?,
+                Field::Path(p) => once(&mut pseudo.path, p, "repeated :path")?,
+                Field::Status(s) => once(&mut pseudo.status, s, "repeated :status")?,
+                Field::Protocol(p) => once(&mut pseudo.protocol, p, "repeated :protocol")?,
                 Field::Header((n, v)) => {
+                    regular_seen = true;
+                    //= https://www.rfc-editor.org/rfc/rfc9114#section-4.2
+                    //# An endpoint MUST NOT generate an HTTP/3 field section containing
+                    //# connection-specific fields; any message containing
+                    //# connection-specific fields MUST be treated as malformed.
+                    if n == header::CONNECTION
+                        || n == header::UPGRADE
+                        || n == header::TRANSFER_ENCODING
+                        || n.as_str() == "keep-alive"
+                        || n.as_str() == "proxy-connection"
+                    {
+                        return Err(HeaderError::Malformed("connection-specific field"));
+                    }
+                    //= https://www.rfc-editor.org/rfc/rfc9114#section-4.2
+                    //# The only exception to this is the TE header field, which MAY be
+                    //# present in an HTTP/3 request header; when it is, it MUST NOT
+                    //# contain any value other than "trailers".
+                    if n == header::TE && v != "trailers" {
+                        return Err(HeaderError::Malformed("te other than \"trailers\""));
+                    }
                     fields.append(n, v);
-                }
-                Field::Protocol(p) => {
-                    pseudo.protocol = Some(p);
-                    pseudo.len += 1;
+                    continue;
                 }
             }
+            pseudo.len += 1;
         }
 
         Ok(Header { pseudo, fields })
@@ -294,6 +333,10 @@ impl Field {
             //# If these fields are present, they MUST NOT be
             //# empty.
             b":authority" => Field::Authority(try_value(name, value)?),
+            // Weir patch: RFC 9114 §4.3.1 "This pseudo-header field MUST NOT be empty".
+            b":path" if value.as_ref().is_empty() => {
+                return Err(HeaderError::Malformed("empty :path"))
+            }
             b":path" => Field::Path(try_value(name, value)?),
             b":method" => Field::Method(
                 Method::from_bytes(value.as_ref())
@@ -438,6 +481,8 @@ pub enum HeaderError {
     MissingStatus,
     MissingAuthority,
     ContradictedAuthority,
+    /// Weir patch: a message RFC 9114 §4.2 / §4.3 calls malformed (what is wrong).
+    Malformed(&'static str),
 }
 
 impl HeaderError {
@@ -475,6 +520,7 @@ impl fmt::Display for HeaderError {
             HeaderError::ContradictedAuthority => {
                 write!(f, "uri and authority field are in contradiction")
             }
+            HeaderError::Malformed(what) => write!(f, "malformed: {}", what),
         }
     }
 }
