@@ -18,13 +18,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::sync::watch;
 use weir_config::Http3Config;
 
 type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
 /// quinn server config from a rustls config (TLS 1.3, ALPN h3) and the listener's settings.
 pub fn server_config(
@@ -98,6 +99,35 @@ pub fn bind_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
 }
+
+/// Stream-reset flood threshold: a connection whose client has reset (RESET_STREAM) or
+/// stopped (STOP_SENDING) at least this many streams, more than half of all the request
+/// streams it opened, is closed with H3_EXCESSIVE_LOAD ("rapid reset", CVE-2023-44487).
+///
+/// The HTTP/2 door uses hyper's defaults, i.e. h2's: at most 20 streams reset by the client
+/// while still waiting to be accepted (`max_pending_accept_reset_streams`) and 1024 streams
+/// reset by the server for errors (`max_local_error_reset_streams`), then GOAWAY
+/// ENHANCE_YOUR_CALM. QUIC delivers a reset only when the stream is read or written, so
+/// HTTP/3 counts per connection instead: quinn's count of RESET_STREAM / STOP_SENDING frames
+/// received (a cancelled request usually sends both: the larger of the two counts). The
+/// ratio keeps long-lived browser connections, which cancel some requests (navigation,
+/// media seeks) among many completed ones, below the threshold; a client cancelling most of
+/// what it opens is cut off after 100. A documented constant until the contract grows a knob.
+pub const RESET_FLOOD_MIN_STREAMS: u64 = 100;
+
+/// Streams the client of `conn` has cancelled so far (see [`RESET_FLOOD_MIN_STREAMS`]).
+fn cancelled_streams(conn: &quinn::Connection) -> u64 {
+    let rx = conn.stats().frame_rx;
+    rx.reset_stream.max(rx.stop_sending)
+}
+
+/// True once the client cancels too many of the `opened` request streams it opened.
+fn reset_flood(cancelled: u64, opened: u64) -> bool {
+    cancelled >= RESET_FLOOD_MIN_STREAMS && cancelled.saturating_mul(2) > opened
+}
+
+/// HTTP/3 error code H3_EXCESSIVE_LOAD (RFC 9114 §8.1).
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 struct CountGuard(Arc<AtomicUsize>);
 impl Drop for CountGuard {
@@ -203,6 +233,7 @@ async fn serve_connection(
     if draining {
         let _ = h3c.shutdown(0).await;
     }
+    let mut opened: u64 = 0;
     loop {
         let accepted = tokio::select! {
             r = h3c.accept() => r,
@@ -215,6 +246,23 @@ async fn serve_connection(
         };
         match accepted {
             Ok(Some(resolver)) => {
+                opened += 1;
+                let cancelled = cancelled_streams(&conn);
+                if reset_flood(cancelled, opened) {
+                    tracing::warn!(
+                        client = %remote,
+                        cancelled,
+                        opened,
+                        "HTTP/3 stream reset flood; closing the connection with H3_EXCESSIVE_LOAD"
+                    );
+                    // Requests still waiting for their upstream see the close (`quic.closed()`
+                    // in serve_request) and are cancelled; those not started never start.
+                    conn.close(
+                        quinn::VarInt::from_u32(H3_EXCESSIVE_LOAD),
+                        b"stream reset flood",
+                    );
+                    break;
+                }
                 let dp = dp.clone();
                 let info = info.clone();
                 let drain = drain.clone();
@@ -262,28 +310,60 @@ async fn serve_request(
     }
     let (mut send, mut recv) = stream.split();
     let (parts, ()) = req.into_parts();
-    let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let length = match content_length(&parts.headers) {
+        Ok(length) => length,
+        Err(why) => {
+            tracing::debug!(client = %info.remote, why, "malformed HTTP/3 request (content-length)");
+            send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+            recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+            return;
+        }
+    };
     // Without a Content-Length, look at the first DATA (or the end of the stream) so that an
-    // empty request is forwarded as empty rather than as a zero-length chunked body.
+    // empty request is forwarded as empty rather than as a zero-length chunked body. With
+    // `content-length: 0` the same look makes sure no DATA follows: the upstream client sends
+    // a zero-length body without ever reading it.
     let mut first = None;
     let mut ended = false;
-    if !has_length {
-        match recv.recv_data().await {
-            Ok(Some(mut buf)) => first = Some(buf.copy_to_bytes(buf.remaining())),
-            Ok(None) => ended = true,
-            Err(e) => {
-                tracing::debug!(client = %info.remote, error = %e, "request stream failed before the body");
-                return;
+    if matches!(length, None | Some(0)) {
+        while first.is_none() && !ended {
+            match recv.recv_data().await {
+                Ok(Some(mut buf)) if buf.has_remaining() => {
+                    first = Some(buf.copy_to_bytes(buf.remaining()))
+                }
+                Ok(Some(_)) => {} // an empty DATA frame says nothing yet
+                Ok(None) => ended = true,
+                Err(e) => {
+                    tracing::debug!(client = %info.remote, error = %e, "request stream failed before the body");
+                    return;
+                }
             }
         }
+        if length == Some(0) && first.is_some() {
+            tracing::debug!(client = %info.remote, "HTTP/3 request has DATA after content-length: 0; stream reset with H3_MESSAGE_ERROR");
+            send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+            recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+            return;
+        }
     }
+    // A body whose DATA disagrees with its Content-Length is malformed (RFC 9114 §4.1.2):
+    // H3Body fails the upstream request before it is complete and flags it here.
+    let malformed = Arc::new(AtomicBool::new(false));
     let body = H3Body {
         recv,
         first,
         state: if ended { State::Trailers } else { State::Data },
         empty: ended,
         failed: None,
+        remaining: length,
+        held: None,
+        malformed: malformed.clone(),
     };
+    // A stream reset flood may have closed the connection since this request was accepted:
+    // do not start its upstream request.
+    if quic.close_reason().is_some() {
+        return;
+    }
     // If the client's connection goes away while the upstream is still working on the response
     // head, drop the upstream exchange instead of letting it run to its timeout.
     let resp = tokio::select! {
@@ -295,6 +375,13 @@ async fn serve_request(
             return;
         }
     };
+    let message_error = |send: &mut SendHalf| {
+        tracing::debug!(client = %info.remote, "HTTP/3 request body disagrees with its content-length; stream reset with H3_MESSAGE_ERROR");
+        send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+    };
+    if malformed.load(Ordering::Relaxed) {
+        return message_error(&mut send);
+    }
     let (parts, mut body) = resp.into_parts();
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
         tracing::debug!(client = %info.remote, error = %e, "cannot send HTTP/3 response headers");
@@ -303,6 +390,9 @@ async fn serve_request(
     loop {
         match body.frame().await {
             None => {
+                if malformed.load(Ordering::Relaxed) {
+                    return message_error(&mut send);
+                }
                 let _ = send.finish().await;
                 return;
             }
@@ -326,6 +416,7 @@ async fn serve_request(
                     }
                 }
             },
+            Some(Err(_)) if malformed.load(Ordering::Relaxed) => return message_error(&mut send),
             Some(Err(e)) => {
                 tracing::warn!(client = %info.remote, error = %e, "upstream body failed midway; resetting the HTTP/3 stream");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
@@ -333,6 +424,27 @@ async fn serve_request(
             }
         }
     }
+}
+
+/// The request's declared body length. As h2 does for HTTP/2: every `content-length` value
+/// must be a plain decimal number, and repeated values must agree (RFC 9110 §8.6).
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for v in headers.get_all(http::header::CONTENT_LENGTH) {
+        let bytes = v.as_bytes();
+        if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err("content-length is not a number");
+        }
+        let n = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("content-length out of range")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting content-length values");
+        }
+        length = Some(n);
+    }
+    Ok(length)
 }
 
 enum State {
@@ -350,6 +462,21 @@ pub struct H3Body {
     empty: bool,
     /// An error met while coalescing, returned after the data read before it.
     failed: Option<BoxError>,
+    /// Body bytes still expected by the request's Content-Length, if it has one.
+    remaining: Option<u64>,
+    /// The data completing the Content-Length, held back until the request stream is seen to
+    /// end there: the upstream client stops reading once it has the declared length, so data
+    /// beyond it would otherwise never be seen and the backend would get a complete request.
+    held: Option<Bytes>,
+    /// Set when the body disagrees with its Content-Length (the request is malformed).
+    malformed: Arc<AtomicBool>,
+}
+
+/// What [`H3Body::admit`] made of a chunk of request body data.
+enum Admit {
+    Yield(Bytes),
+    Held,
+    Mismatch(BoxError),
 }
 
 /// Request body data already received is handed upstream in one frame of up to about this
@@ -372,6 +499,46 @@ impl Drop for H3Body {
 }
 
 impl H3Body {
+    /// Counts `b` against the Content-Length: passes it on, holds it back (it completes the
+    /// declared length and the end of the DATA is not seen yet), or fails the body (too long).
+    fn admit(&mut self, b: Bytes) -> Admit {
+        let Some(remaining) = self.remaining else {
+            return Admit::Yield(b);
+        };
+        let n = b.len() as u64;
+        if n > remaining || self.held.is_some() && n > 0 {
+            return Admit::Mismatch(self.mismatch("more DATA than its content-length"));
+        }
+        let left = remaining - n;
+        self.remaining = Some(left);
+        match self.state {
+            State::Data if left == 0 => {
+                self.held = Some(b);
+                Admit::Held
+            }
+            State::Data => Admit::Yield(b),
+            // The end of the DATA was already seen (while coalescing).
+            State::Trailers if left > 0 => {
+                Admit::Mismatch(self.mismatch("less DATA than its content-length"))
+            }
+            // Done: an error met while coalescing follows this data.
+            State::Trailers | State::Done => Admit::Yield(b),
+        }
+    }
+
+    /// Marks the request malformed, asks the client to stop sending (H3_MESSAGE_ERROR) and
+    /// returns the error that fails the upstream request before its body is complete.
+    fn mismatch(&mut self, what: &'static str) -> BoxError {
+        self.malformed.store(true, Ordering::Relaxed);
+        self.held = None;
+        if matches!(self.state, State::Data) {
+            self.recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+        }
+        self.state = State::Done;
+        self.failed = None;
+        format!("malformed HTTP/3 request: {what}").into()
+    }
+
     /// `first` plus whatever further data the stream has ready now, up to about
     /// [`COALESCE_BYTES`] (one copy into one buffer; `first` alone when nothing more is there).
     /// The end of the data or an error is recorded in `state` / `failed` for the next poll.
@@ -415,25 +582,42 @@ impl Body for H3Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(b) = this.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(b))));
-        }
-        if let Some(e) = this.failed.take() {
-            return Poll::Ready(Some(Err(e)));
-        }
         loop {
+            if let Some(b) = this.first.take() {
+                match this.admit(b) {
+                    Admit::Yield(b) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                    Admit::Held => continue,
+                    Admit::Mismatch(e) => return Poll::Ready(Some(Err(e))),
+                }
+            }
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
             match this.state {
                 State::Data => match ready!(this.recv.poll_recv_data(cx)) {
                     Ok(Some(mut buf)) => {
                         let b = buf.copy_to_bytes(buf.remaining());
-                        let b = if b.len() < COALESCE_BYTES {
+                        if b.is_empty() {
+                            continue;
+                        }
+                        // Data after what completes the Content-Length: checked unmerged.
+                        let b = if b.len() < COALESCE_BYTES && this.held.is_none() {
                             this.coalesce(b, cx)
                         } else {
                             b
                         };
-                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                        this.first = Some(b);
                     }
-                    Ok(None) => this.state = State::Trailers,
+                    Ok(None) => {
+                        this.state = State::Trailers;
+                        if let Some(b) = this.held.take() {
+                            return Poll::Ready(Some(Ok(Frame::data(b))));
+                        }
+                        if this.remaining.is_some_and(|r| r > 0) {
+                            let e = this.mismatch("less DATA than its content-length");
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
                     Err(e) => {
                         this.state = State::Done;
                         return Poll::Ready(Some(Err(Box::new(e))));
