@@ -348,7 +348,8 @@ async fn serve_request(
     }
     // A body whose DATA disagrees with its Content-Length is malformed (RFC 9114 §4.1.2):
     // H3Body fails the upstream request before it is complete and flags it here.
-    let malformed = Arc::new(AtomicBool::new(false));
+    // Only a body with a Content-Length can be malformed this way (no allocation otherwise).
+    let malformed = length.map(|_| Arc::new(AtomicBool::new(false)));
     let body = H3Body {
         recv,
         first,
@@ -379,7 +380,7 @@ async fn serve_request(
         tracing::debug!(client = %info.remote, "HTTP/3 request body disagrees with its content-length; stream reset with H3_MESSAGE_ERROR");
         send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
     };
-    if malformed.load(Ordering::Relaxed) {
+    if is_malformed(&malformed) {
         return message_error(&mut send);
     }
     let (parts, mut body) = resp.into_parts();
@@ -390,7 +391,7 @@ async fn serve_request(
     loop {
         match body.frame().await {
             None => {
-                if malformed.load(Ordering::Relaxed) {
+                if is_malformed(&malformed) {
                     return message_error(&mut send);
                 }
                 let _ = send.finish().await;
@@ -416,7 +417,7 @@ async fn serve_request(
                     }
                 }
             },
-            Some(Err(_)) if malformed.load(Ordering::Relaxed) => return message_error(&mut send),
+            Some(Err(_)) if is_malformed(&malformed) => return message_error(&mut send),
             Some(Err(e)) => {
                 tracing::warn!(client = %info.remote, error = %e, "upstream body failed midway; resetting the HTTP/3 stream");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
@@ -424,6 +425,10 @@ async fn serve_request(
             }
         }
     }
+}
+
+fn is_malformed(flag: &Option<Arc<AtomicBool>>) -> bool {
+    flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
 /// The request's declared body length. As h2 does for HTTP/2: every `content-length` value
@@ -469,7 +474,7 @@ pub struct H3Body {
     /// beyond it would otherwise never be seen and the backend would get a complete request.
     held: Option<Bytes>,
     /// Set when the body disagrees with its Content-Length (the request is malformed).
-    malformed: Arc<AtomicBool>,
+    malformed: Option<Arc<AtomicBool>>,
 }
 
 /// What [`H3Body::admit`] made of a chunk of request body data.
@@ -529,7 +534,9 @@ impl H3Body {
     /// Marks the request malformed, asks the client to stop sending (H3_MESSAGE_ERROR) and
     /// returns the error that fails the upstream request before its body is complete.
     fn mismatch(&mut self, what: &'static str) -> BoxError {
-        self.malformed.store(true, Ordering::Relaxed);
+        if let Some(flag) = &self.malformed {
+            flag.store(true, Ordering::Relaxed);
+        }
         self.held = None;
         if matches!(self.state, State::Data) {
             self.recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
