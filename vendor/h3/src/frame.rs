@@ -476,6 +476,58 @@ mod tests {
         assert_matches!(decoder.decode(&mut buf), Ok(None));
     }
 
+    // Weir patch: bounded frames.
+
+    #[test]
+    fn unknown_frame_skipped_as_it_arrives() {
+        use crate::proto::varint::BufMutExt as _;
+        let mut decoder = FrameDecoder::default();
+        let mut buf = BufList::new();
+        let mut head = BytesMut::new();
+        FrameType::RESERVED.encode(&mut head);
+        head.write_var(1 << 30);
+        buf.push(head.freeze());
+        buf.push(Bytes::from(vec![0u8; 4096]));
+        assert_matches!(decoder.decode(&mut buf), Ok(None));
+        assert_eq!(buf.remaining(), 0, "payload dropped, not kept");
+        assert_eq!(decoder.skip, (1 << 30) - 4096);
+        decoder.skip = 3;
+        let mut rest = BytesMut::from(&[0u8; 3][..]);
+        Frame::headers(&b"salut"[..]).encode_with_payload(&mut rest);
+        buf.push(rest.freeze());
+        assert_matches!(decoder.decode(&mut buf), Ok(Some(Frame::Headers(_))));
+    }
+
+    #[test]
+    fn oversized_frames_refused_from_their_header() {
+        use crate::proto::varint::BufMutExt as _;
+        let cases = [
+            (FrameType::HEADERS, 101, FrameProtocolError::HeadersTooLarge { len: 101, max: 100 }),
+            (
+                FrameType::SETTINGS,
+                MAX_CONTROL_FRAME_LEN + 1,
+                FrameProtocolError::FrameTooLarge {
+                    ty: 0x4,
+                    len: MAX_CONTROL_FRAME_LEN + 1,
+                    max: MAX_CONTROL_FRAME_LEN,
+                },
+            ),
+            (FrameType::H2_PING, 8, FrameProtocolError::ForbiddenFrame(0x6)),
+        ];
+        for (ty, len, expected) in cases {
+            let mut decoder = FrameDecoder::default();
+            decoder.max_field_section = 100;
+            let mut head = BytesMut::new();
+            ty.encode(&mut head);
+            head.write_var(len);
+            let mut buf = BufList::from(head);
+            match decoder.decode(&mut buf) {
+                Err(FrameStreamError::Proto(e)) => assert_eq!(e, expected),
+                other => panic!("{:?}: {:?}", ty, other.map(|_| ())),
+            }
+        }
+    }
+
     // FrameStream
 
     macro_rules! assert_poll_matches {
@@ -668,6 +720,22 @@ mod tests {
         assert_poll_matches!(
             |cx| to_bytes(stream.poll_data(cx)),
             Ok(Some(b)) if &*b == b"dy"
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_ending_inside_an_unknown_frame_is_unexpected_end() {
+        use crate::proto::varint::BufMutExt as _;
+        let mut recv = FakeRecv::default();
+        let mut buf = BytesMut::new();
+        FrameType::RESERVED.encode(&mut buf);
+        buf.write_var(10);
+        buf.put_slice(b"12345");
+        recv.chunk(buf.freeze());
+        let mut stream: FrameStream<_, ()> = FrameStream::new(BufRecvStream::new(recv));
+        assert_poll_matches!(
+            |cx| stream.poll_next(cx),
+            Err(FrameStreamError::UnexpectedEnd)
         );
     }
 

@@ -66,18 +66,9 @@ impl Header {
         if self.pseudo.protocol.is_some() && !is_connect {
             return Err(HeaderError::Malformed(":protocol without CONNECT"));
         }
-        if is_connect && self.pseudo.protocol.is_none() {
-            if self.pseudo.scheme.is_some() || self.pseudo.path.is_some() {
-                return Err(HeaderError::Malformed(":scheme or :path in a CONNECT request"));
-            }
-        } else if self.pseudo.method.is_some() {
-            if self.pseudo.scheme.is_none() {
-                return Err(HeaderError::Malformed("missing :scheme"));
-            }
-            if self.pseudo.path.is_none() {
-                return Err(HeaderError::Malformed("missing :path"));
-            }
-        }
+        let plain_connect = is_connect && self.pseudo.protocol.is_none();
+        let has_method = self.pseudo.method.is_some();
+        let (has_scheme, has_path) = (self.pseudo.scheme.is_some(), self.pseudo.path.is_some());
 
         let mut uri = Uri::builder();
 
@@ -112,13 +103,25 @@ impl Header {
             (Some(_), Some(h)) => uri = uri.authority(h.as_bytes()),
         }
 
+        // When empty host field is built into an uri it fails
+        //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
+        //# If these fields are present, they MUST NOT be
+        //# empty.
+        let uri = uri.build().map_err(HeaderError::InvalidRequest)?;
+        // Weir patch (checked after the authority and URI, whose errors upstream reports first).
+        if plain_connect && (has_scheme || has_path) {
+            return Err(HeaderError::Malformed(":scheme or :path in a CONNECT request"));
+        }
+        if !plain_connect && has_method && !has_scheme {
+            return Err(HeaderError::Malformed("missing :scheme"));
+        }
+        if !plain_connect && has_method && !has_path {
+            return Err(HeaderError::Malformed("missing :path"));
+        }
+
         Ok((
             self.pseudo.method.ok_or(HeaderError::MissingMethod)?,
-            // When empty host field is built into an uri it fails
-            //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
-            //# If these fields are present, they MUST NOT be
-            //# empty.
-            uri.build().map_err(HeaderError::InvalidRequest)?,
+            uri,
             self.pseudo.protocol,
             self.fields,
         ))
@@ -530,6 +533,60 @@ mod tests {
     use super::*;
     use assert_matches::assert_matches;
 
+    // Weir patch: malformed messages (RFC 9114 §4.2, §4.3, §4.3.1).
+    fn request(extra: &[(&'static str, &'static str)]) -> Result<Header, HeaderError> {
+        let mut fields: Vec<HeaderField> = vec![
+            (":method", "GET").into(),
+            (":scheme", "https").into(),
+            (":authority", "x.test").into(),
+            (":path", "/").into(),
+        ];
+        fields.extend(extra.iter().map(|(n, v)| HeaderField::from((*n, *v))));
+        Header::try_from(fields)
+    }
+
+    #[test]
+    fn weir_valid_request_and_te_trailers() {
+        assert_matches!(request(&[]).and_then(|h| h.into_request_parts()), Ok(_));
+        assert_matches!(
+            request(&[("te", "trailers")]).and_then(|h| h.into_request_parts()),
+            Ok(_)
+        );
+    }
+
+    #[test]
+    fn weir_malformed_requests() {
+        for extra in [
+            &[(":path", "/again")][..],
+            &[(":method", "POST")],
+            &[("user-agent", "x"), (":status", "200")],
+            &[("connection", "close")],
+            &[("keep-alive", "5")],
+            &[("proxy-connection", "x")],
+            &[("upgrade", "websocket")],
+            &[("transfer-encoding", "chunked")],
+            &[("te", "gzip")],
+        ] {
+            assert_matches!(request(extra), Err(HeaderError::Malformed(_)), "{:?}", extra);
+        }
+        assert_matches!(
+            request(&[(":protocol", "websocket")]).and_then(|h| h.into_request_parts()),
+            Err(HeaderError::Malformed(_))
+        );
+        let no_path = Header::try_from(vec![
+            (":method", "GET").into(),
+            (":scheme", "https").into(),
+            (":authority", "x.test").into(),
+        ])
+        .unwrap();
+        // The URI cannot be built without a path: refused as an invalid request.
+        assert_matches!(no_path.into_request_parts(), Err(_));
+        assert_matches!(
+            Header::try_from(vec![(":method", "GET").into(), (":path", "").into()]),
+            Err(HeaderError::Malformed(_))
+        );
+    }
+
     #[test]
     fn request_has_no_authority_nor_host() {
         //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
@@ -588,6 +645,9 @@ mod tests {
         //# Host header field.
         let headers = Header::try_from(vec![
             (b":method", Method::GET.as_str()).into(),
+            // Weir patch: a complete request has :scheme and :path (RFC 9114 §4.3.1).
+            (b":scheme", b"https").into(),
+            (b":path", b"/").into(),
             (b":authority", b"test.com").into(),
         ])
         .unwrap();
@@ -604,6 +664,9 @@ mod tests {
         //# Host header field.
         let headers = Header::try_from(vec![
             (b":method", Method::GET.as_str()).into(),
+            // Weir patch: a complete request has :scheme and :path (RFC 9114 §4.3.1).
+            (b":scheme", b"https").into(),
+            (b":path", b"/").into(),
             (b"host", b"test.com").into(),
         ])
         .unwrap();
@@ -618,6 +681,9 @@ mod tests {
         //# If both fields are present, they MUST contain the same value.
         let headers = Header::try_from(vec![
             (b":method", Method::GET.as_str()).into(),
+            // Weir patch: a complete request has :scheme and :path (RFC 9114 §4.3.1).
+            (b":scheme", b"https").into(),
+            (b":path", b"/").into(),
             (b":authority", b"test.com").into(),
             (b"host", b"test.com").into(),
         ])
