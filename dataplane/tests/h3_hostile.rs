@@ -477,3 +477,54 @@ async fn settled_requests(backend: SocketAddr, at_least: u64) -> (u64, u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A paced reset flood: each request reaches the backend (which holds it for a minute)
+/// before the client resets it. The connection is closed with H3_EXCESSIVE_LOAD after about
+/// `weir_dataplane::h3::RESET_FLOOD_MIN_STREAMS` (100) of them, and the close cancels every upstream request still
+/// waiting (none runs to its end).
+#[tokio::test]
+async fn paced_reset_flood_cancels_the_upstream_requests() {
+    let (_dp, addr, backend) = start().await;
+    let raw = RawH3::connect(addr).await;
+    let req = get("/?delay_ms=60000");
+    let code = quinn::VarInt::from_u32(H3_REQUEST_CANCELLED);
+    let mut opened = 0u32;
+    let mut keep = Vec::new();
+    for _ in 0..1000 {
+        let Ok((mut send, mut recv)) = raw.open(std::slice::from_ref(&req), true).await else {
+            break;
+        };
+        opened += 1;
+        // Let the request get going before cancelling it (pacing only; nothing is asserted
+        // about time).
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let _ = send.reset(code);
+        let _ = recv.stop(code);
+        keep.push((send, recv));
+    }
+    assert_eq!(raw.closed().await, Some(H3_EXCESSIVE_LOAD));
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    let (reached, cancelled) = loop {
+        let doc = stats(backend).await;
+        let (reached, cancelled) = (
+            doc["requests"].as_u64().expect("requests"),
+            doc["requestsCancelled"]
+                .as_u64()
+                .expect("requestsCancelled"),
+        );
+        if reached == cancelled {
+            break (reached, cancelled);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "upstream requests not cancelled: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("paced reset flood: {opened} streams opened, {reached} reached the backend, {cancelled} cancelled there");
+    assert!(opened < 1000, "never cut off");
+    assert!(
+        reached <= weir_dataplane::h3::RESET_FLOOD_MIN_STREAMS + 256,
+        "{reached} reached the backend"
+    );
+}
