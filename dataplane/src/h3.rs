@@ -18,7 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::sync::watch;
@@ -346,10 +346,10 @@ async fn serve_request(
             return;
         }
     }
-    // A body whose DATA disagrees with its Content-Length is malformed (RFC 9114 §4.1.2):
-    // H3Body fails the upstream request before it is complete and flags it here.
-    // Only a body with a Content-Length can be malformed this way (no allocation otherwise).
-    let malformed = length.map(|_| Arc::new(AtomicBool::new(false)));
+    // A body whose DATA disagrees with its Content-Length is malformed (RFC 9114 §4.1.2), and
+    // trailers may be too large: H3Body then fails the upstream request before it is
+    // complete and records here the error code the stream is reset with instead of answered.
+    let refused = Refusal::default();
     let body = H3Body {
         recv,
         first,
@@ -358,7 +358,7 @@ async fn serve_request(
         failed: None,
         remaining: length,
         held: None,
-        malformed: malformed.clone(),
+        refused: refused.clone(),
     };
     // A stream reset flood may have closed the connection since this request was accepted:
     // do not start its upstream request.
@@ -376,12 +376,12 @@ async fn serve_request(
             return;
         }
     };
-    let message_error = |send: &mut SendHalf| {
-        tracing::debug!(client = %info.remote, "HTTP/3 request body disagrees with its content-length; stream reset with H3_MESSAGE_ERROR");
-        send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+    let reset = |send: &mut SendHalf, code: h3::error::Code| {
+        tracing::debug!(client = %info.remote, code = %code, "HTTP/3 request refused while its body streamed; stream reset");
+        send.stop_stream(code);
     };
-    if is_malformed(&malformed) {
-        return message_error(&mut send);
+    if let Some(code) = refused.code() {
+        return reset(&mut send, code);
     }
     let (parts, mut body) = resp.into_parts();
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
@@ -391,8 +391,8 @@ async fn serve_request(
     loop {
         match body.frame().await {
             None => {
-                if is_malformed(&malformed) {
-                    return message_error(&mut send);
+                if let Some(code) = refused.code() {
+                    return reset(&mut send, code);
                 }
                 let _ = send.finish().await;
                 return;
@@ -417,8 +417,10 @@ async fn serve_request(
                     }
                 }
             },
-            Some(Err(_)) if is_malformed(&malformed) => return message_error(&mut send),
             Some(Err(e)) => {
+                if let Some(code) = refused.code() {
+                    return reset(&mut send, code);
+                }
                 tracing::warn!(client = %info.remote, error = %e, "upstream body failed midway; resetting the HTTP/3 stream");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
                 return;
@@ -427,8 +429,22 @@ async fn serve_request(
     }
 }
 
-fn is_malformed(flag: &Option<Arc<AtomicBool>>) -> bool {
-    flag.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+/// The HTTP/3 error code a request is to be refused with, set by [`H3Body`] while the body
+/// streams (none until then).
+#[derive(Clone, Default)]
+struct Refusal(Arc<AtomicU64>);
+
+impl Refusal {
+    fn set(&self, code: h3::error::Code) {
+        self.0.store(code.value(), Ordering::Relaxed);
+    }
+
+    fn code(&self) -> Option<h3::error::Code> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(h3::error::Code::from(v)),
+        }
+    }
 }
 
 /// The request's declared body length. As h2 does for HTTP/2: every `content-length` value
@@ -473,8 +489,8 @@ pub struct H3Body {
     /// end there: the upstream client stops reading once it has the declared length, so data
     /// beyond it would otherwise never be seen and the backend would get a complete request.
     held: Option<Bytes>,
-    /// Set when the body disagrees with its Content-Length (the request is malformed).
-    malformed: Option<Arc<AtomicBool>>,
+    /// Set when the request is refused while its body streams.
+    refused: Refusal,
 }
 
 /// What [`H3Body::admit`] made of a chunk of request body data.
@@ -534,9 +550,7 @@ impl H3Body {
     /// Marks the request malformed, asks the client to stop sending (H3_MESSAGE_ERROR) and
     /// returns the error that fails the upstream request before its body is complete.
     fn mismatch(&mut self, what: &'static str) -> BoxError {
-        if let Some(flag) = &self.malformed {
-            flag.store(true, Ordering::Relaxed);
-        }
+        self.refused.set(h3::error::Code::H3_MESSAGE_ERROR);
         self.held = None;
         if matches!(self.state, State::Data) {
             self.recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
@@ -544,6 +558,17 @@ impl H3Body {
         self.state = State::Done;
         self.failed = None;
         format!("malformed HTTP/3 request: {what}").into()
+    }
+
+    /// The error for a failed read of the request stream. Trailers larger than the
+    /// field-section limit (refused by h3 from their frame header, never buffered) are the
+    /// client's doing: the stream is then reset (H3_EXCESSIVE_LOAD, the code h3 stopped the
+    /// request stream with) rather than answered with the upstream's 502.
+    fn recv_failed(&self, e: h3::error::StreamError) -> BoxError {
+        if matches!(e, h3::error::StreamError::HeaderTooBig { .. }) {
+            self.refused.set(h3::error::Code::H3_EXCESSIVE_LOAD);
+        }
+        Box::new(e)
     }
 
     /// `first` plus whatever further data the stream has ready now, up to about
@@ -570,7 +595,7 @@ impl H3Body {
                 }
                 Poll::Ready(Err(e)) => {
                     self.state = State::Done;
-                    self.failed = Some(Box::new(e));
+                    self.failed = Some(self.recv_failed(e));
                     break;
                 }
                 Poll::Pending => break,
@@ -627,7 +652,7 @@ impl Body for H3Body {
                     }
                     Err(e) => {
                         this.state = State::Done;
-                        return Poll::Ready(Some(Err(Box::new(e))));
+                        return Poll::Ready(Some(Err(this.recv_failed(e))));
                     }
                 },
                 State::Trailers => {
@@ -638,7 +663,7 @@ impl Body for H3Body {
                     return match ready!(this.recv.poll_recv_trailers(cx)) {
                         Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
                         Ok(None) => Poll::Ready(None),
-                        Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                        Err(e) => Poll::Ready(Some(Err(this.recv_failed(e)))),
                     };
                 }
                 State::Done => return Poll::Ready(None),

@@ -528,3 +528,23 @@ async fn paced_reset_flood_cancels_the_upstream_requests() {
         "{reached} reached the backend"
     );
 }
+
+/// Trailers whose HEADERS frame declares more than the field-section limit fail the request
+/// (the upstream request is aborted before its body is complete, the stream reset with
+/// H3_EXCESSIVE_LOAD) without being buffered; the connection keeps serving.
+#[tokio::test]
+async fn oversized_trailers_fail_the_request() {
+    let (_dp, addr, backend) = start().await;
+    let raw = RawH3::connect(addr).await;
+    let head = headers(&request_fields("POST", "/trailers"));
+    let (mut send, recv) = raw
+        .open(&[head, data(b"x"), frame_header(0x01, HUGE)], false)
+        .await
+        .expect("open");
+    let sent_all = write_zeros(&mut send, HUGE).await;
+    let outcome = response(recv).await;
+    assert!(!sent_all, "the dataplane read all of the trailers");
+    assert_eq!(outcome, Outcome::Reset(H3_EXCESSIVE_LOAD));
+    settled(backend, 0).await;
+    assert_eq!(raw.request(&[get("/after")]).await, Outcome::Status(200));
+}
