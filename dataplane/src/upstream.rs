@@ -322,6 +322,7 @@ impl BackendRt {
                 connect_timeout: config.timeouts.connect.get(),
                 idle_timeout: config.pool.idle_timeout.get(),
                 max_idle: config.pool.max_idle_per_endpoint,
+                excess_idle_grace: crate::pool::EXCESS_IDLE_GRACE,
             };
             let prev_pools = match warm.map(|p| (&p.endpoints, &p.conns)) {
                 Some((eps, Conns::H1(pools))) => Some((eps, pools)),
