@@ -101,24 +101,30 @@ pub fn bind_endpoint(
 }
 
 /// Stream-reset flood threshold: a connection whose client has reset (RESET_STREAM) or
-/// stopped (STOP_SENDING) at least this many streams, more than half of all the request
-/// streams it opened, is closed with H3_EXCESSIVE_LOAD ("rapid reset", CVE-2023-44487).
+/// stopped (STOP_SENDING) at least this many streams before their response was complete,
+/// more than half of all the request streams it opened, is closed with H3_EXCESSIVE_LOAD
+/// ("rapid reset", CVE-2023-44487).
 ///
 /// The HTTP/2 door uses hyper's defaults, i.e. h2's: at most 20 streams reset by the client
 /// while still waiting to be accepted (`max_pending_accept_reset_streams`) and 1024 streams
 /// reset by the server for errors (`max_local_error_reset_streams`), then GOAWAY
 /// ENHANCE_YOUR_CALM. QUIC delivers a reset only when the stream is read or written, so
 /// HTTP/3 counts per connection instead: quinn's count of RESET_STREAM / STOP_SENDING frames
-/// received (a cancelled request usually sends both: the larger of the two counts). The
+/// received (a cancelled request usually sends both: the larger of the two counts), less the
+/// responses sent complete (a stream stopped after its response cost nothing). The
 /// ratio keeps long-lived browser connections, which cancel some requests (navigation,
 /// media seeks) among many completed ones, below the threshold; a client cancelling most of
 /// what it opens is cut off after 100. A documented constant until the contract grows a knob.
 pub const RESET_FLOOD_MIN_STREAMS: u64 = 100;
 
-/// Streams the client of `conn` has cancelled so far (see [`RESET_FLOOD_MIN_STREAMS`]).
-fn cancelled_streams(conn: &quinn::Connection) -> u64 {
+/// Streams the client of `conn` has cancelled so far (see [`RESET_FLOOD_MIN_STREAMS`]),
+/// less those whose response was complete all the same (`answered`): a client that reads a
+/// response's head and drops the stream sends STOP_SENDING too, and has cost nothing.
+fn cancelled_streams(conn: &quinn::Connection, answered: u64) -> u64 {
     let rx = conn.stats().frame_rx;
-    rx.reset_stream.max(rx.stop_sending)
+    rx.reset_stream
+        .max(rx.stop_sending)
+        .saturating_sub(answered)
 }
 
 /// True once the client cancels too many of the `opened` request streams it opened.
@@ -234,6 +240,8 @@ async fn serve_connection(
         let _ = h3c.shutdown(0).await;
     }
     let mut opened: u64 = 0;
+    // Responses sent complete on this connection (for the reset flood count).
+    let answered = Arc::new(AtomicU64::new(0));
     loop {
         let accepted = tokio::select! {
             r = h3c.accept() => r,
@@ -247,7 +255,7 @@ async fn serve_connection(
         match accepted {
             Ok(Some(resolver)) => {
                 opened += 1;
-                let cancelled = cancelled_streams(&conn);
+                let cancelled = cancelled_streams(&conn, answered.load(Ordering::Relaxed));
                 if reset_flood(cancelled, opened) {
                     tracing::warn!(
                         client = %remote,
@@ -267,6 +275,7 @@ async fn serve_connection(
                 let info = info.clone();
                 let drain = drain.clone();
                 let quic = conn.clone();
+                let answered = answered.clone();
                 // The request's HEADERS must arrive within the header read timeout.
                 let header_timeout = l.limits.header_read_timeout.get();
                 // Boxed: tokio moves a spawned future (several KiB here) more than once
@@ -276,7 +285,9 @@ async fn serve_connection(
                     let head = tokio::time::timeout(header_timeout, resolver.resolve_request());
                     match head.await {
                         Ok(Ok((req, stream))) => {
-                            serve_request(&dp, &info, &quic, req, stream).await
+                            if serve_request(&dp, &info, &quic, req, stream).await {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(client = %info.remote, error = %e, "bad HTTP/3 request")
@@ -298,15 +309,17 @@ async fn serve_connection(
     }
 }
 
+/// Serves one request stream; true when its response was sent complete.
 async fn serve_request(
     dp: &Arc<Dataplane>,
     info: &ConnInfo,
     quic: &quinn::Connection,
     req: Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
-) {
+) -> bool {
     if crate::h3_websocket::is_websocket_connect(&req) {
-        return crate::h3_websocket::serve(dp, info, quic, req, stream).await;
+        crate::h3_websocket::serve(dp, info, quic, req, stream).await;
+        return false; // a tunnel, not a response (not counted for the reset flood)
     }
     let (mut send, mut recv) = stream.split();
     let (parts, ()) = req.into_parts();
@@ -316,7 +329,7 @@ async fn serve_request(
             tracing::debug!(client = %info.remote, why, "malformed HTTP/3 request (content-length)");
             send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
             recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
-            return;
+            return false;
         }
     };
     // Without a Content-Length, look at the first DATA (or the end of the stream) so that an
@@ -335,7 +348,7 @@ async fn serve_request(
                 Ok(None) => ended = true,
                 Err(e) => {
                     tracing::debug!(client = %info.remote, error = %e, "request stream failed before the body");
-                    return;
+                    return false;
                 }
             }
         }
@@ -343,7 +356,7 @@ async fn serve_request(
             tracing::debug!(client = %info.remote, "HTTP/3 request has DATA after content-length: 0; stream reset with H3_MESSAGE_ERROR");
             send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
             recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
-            return;
+            return false;
         }
     }
     // A body whose DATA disagrees with its Content-Length is malformed (RFC 9114 §4.1.2), and
@@ -363,7 +376,7 @@ async fn serve_request(
     // A stream reset flood may have closed the connection since this request was accepted:
     // do not start its upstream request.
     if quic.close_reason().is_some() {
-        return;
+        return false;
     }
     // If the client's connection goes away while the upstream is still working on the response
     // head, drop the upstream exchange instead of letting it run to its timeout.
@@ -373,7 +386,7 @@ async fn serve_request(
         resp = Box::pin(proxy::handle(dp.runtime(), info, Request::from_parts(parts, body))) => resp,
         reason = quic.closed() => {
             tracing::debug!(client = %info.remote, reason = %reason, "client connection closed; upstream request cancelled");
-            return;
+            return false;
         }
     };
     let reset = |send: &mut SendHalf, code: h3::error::Code| {
@@ -381,21 +394,26 @@ async fn serve_request(
         send.stop_stream(code);
     };
     if let Some(code) = refused.code() {
-        return reset(&mut send, code);
+        {
+            reset(&mut send, code);
+            return false;
+        }
     }
     let (parts, mut body) = resp.into_parts();
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
         tracing::debug!(client = %info.remote, error = %e, "cannot send HTTP/3 response headers");
-        return;
+        return false;
     }
     loop {
         match body.frame().await {
             None => {
                 if let Some(code) = refused.code() {
-                    return reset(&mut send, code);
+                    {
+                        reset(&mut send, code);
+                        return false;
+                    }
                 }
-                let _ = send.finish().await;
-                return;
+                return send.finish().await.is_ok();
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
@@ -406,24 +424,26 @@ async fn serve_request(
                         // The client went away (reset / STOP_SENDING): dropping the upstream
                         // body here cancels the upstream exchange.
                         tracing::debug!(client = %info.remote, error = %e, "client stopped reading the response");
-                        return;
+                        return false;
                     }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        let _ = send.send_trailers(trailers).await;
-                        let _ = send.finish().await;
-                        return;
+                        let sent = send.send_trailers(trailers).await.is_ok();
+                        return sent && send.finish().await.is_ok();
                     }
                 }
             },
             Some(Err(e)) => {
                 if let Some(code) = refused.code() {
-                    return reset(&mut send, code);
+                    {
+                        reset(&mut send, code);
+                        return false;
+                    }
                 }
                 tracing::warn!(client = %info.remote, error = %e, "upstream body failed midway; resetting the HTTP/3 stream");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
-                return;
+                return false;
             }
         }
     }

@@ -194,17 +194,24 @@ fn closed(e: &quinn::ConnectionError) -> Outcome {
     }
 }
 
-/// Reads the response stream up to the first HEADERS frame and returns its status.
+/// Reads the response stream to its end and returns how its response started.
 pub async fn response(mut recv: quinn::RecvStream) -> Outcome {
+    let outcome = response_head(&mut recv).await;
+    if matches!(outcome, Outcome::Status(_)) {
+        // Read the rest like a well-behaved client: a response stream dropped unread is
+        // stopped (quinn sends STOP_SENDING), which the server may count as a cancellation.
+        let _ = recv.read_to_end(usize::MAX).await;
+    }
+    outcome
+}
+
+/// Reads the response stream up to the first HEADERS frame and returns its status.
+pub async fn response_head(recv: &mut quinn::RecvStream) -> Outcome {
     let mut buf = BytesMut::new();
     loop {
         if let Some((ty, payload, used)) = parse_frame(&buf) {
             if ty == 0x01 {
-                let status = status(&payload).expect("a :status in the response");
-                // Read the rest like a well-behaved client: a response stream dropped unread
-                // is stopped (STOP_SENDING), which counts as a cancelled request.
-                let _ = recv.read_to_end(usize::MAX).await;
-                return Outcome::Status(status);
+                return Outcome::Status(status(&payload).expect("a :status in the response"));
             }
             let _ = buf.split_to(used); // grease or other frames before the head
             continue;
