@@ -18,13 +18,14 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use tokio::sync::watch;
 use weir_config::Http3Config;
 
 type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 
 /// quinn server config from a rustls config (TLS 1.3, ALPN h3) and the listener's settings.
 pub fn server_config(
@@ -98,6 +99,41 @@ pub fn bind_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
 }
+
+/// Stream-reset flood threshold: a connection whose client has reset (RESET_STREAM) or
+/// stopped (STOP_SENDING) at least this many streams before their response was complete,
+/// more than half of all the request streams it opened, is closed with H3_EXCESSIVE_LOAD
+/// ("rapid reset", CVE-2023-44487).
+///
+/// The HTTP/2 door uses hyper's defaults, i.e. h2's: at most 20 streams reset by the client
+/// while still waiting to be accepted (`max_pending_accept_reset_streams`) and 1024 streams
+/// reset by the server for errors (`max_local_error_reset_streams`), then GOAWAY
+/// ENHANCE_YOUR_CALM. QUIC delivers a reset only when the stream is read or written, so
+/// HTTP/3 counts per connection instead: quinn's count of RESET_STREAM / STOP_SENDING frames
+/// received (a cancelled request usually sends both: the larger of the two counts), less the
+/// responses sent complete (a stream stopped after its response cost nothing). The
+/// ratio keeps long-lived browser connections, which cancel some requests (navigation,
+/// media seeks) among many completed ones, below the threshold; a client cancelling most of
+/// what it opens is cut off after 100. A documented constant until the contract grows a knob.
+pub const RESET_FLOOD_MIN_STREAMS: u64 = 100;
+
+/// Streams the client of `conn` has cancelled so far (see [`RESET_FLOOD_MIN_STREAMS`]),
+/// less those whose response was complete all the same (`answered`): a client that reads a
+/// response's head and drops the stream sends STOP_SENDING too, and has cost nothing.
+fn cancelled_streams(conn: &quinn::Connection, answered: u64) -> u64 {
+    let rx = conn.stats().frame_rx;
+    rx.reset_stream
+        .max(rx.stop_sending)
+        .saturating_sub(answered)
+}
+
+/// True once the client cancels too many of the `opened` request streams it opened.
+fn reset_flood(cancelled: u64, opened: u64) -> bool {
+    cancelled >= RESET_FLOOD_MIN_STREAMS && cancelled.saturating_mul(2) > opened
+}
+
+/// HTTP/3 error code H3_EXCESSIVE_LOAD (RFC 9114 §8.1).
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 struct CountGuard(Arc<AtomicUsize>);
 impl Drop for CountGuard {
@@ -203,6 +239,9 @@ async fn serve_connection(
     if draining {
         let _ = h3c.shutdown(0).await;
     }
+    let mut opened: u64 = 0;
+    // Responses sent complete on this connection (for the reset flood count).
+    let answered = Arc::new(AtomicU64::new(0));
     loop {
         let accepted = tokio::select! {
             r = h3c.accept() => r,
@@ -215,10 +254,28 @@ async fn serve_connection(
         };
         match accepted {
             Ok(Some(resolver)) => {
+                opened += 1;
+                let cancelled = cancelled_streams(&conn, answered.load(Ordering::Relaxed));
+                if reset_flood(cancelled, opened) {
+                    tracing::warn!(
+                        client = %remote,
+                        cancelled,
+                        opened,
+                        "HTTP/3 stream reset flood; closing the connection with H3_EXCESSIVE_LOAD"
+                    );
+                    // Requests still waiting for their upstream see the close (`quic.closed()`
+                    // in serve_request) and are cancelled; those not started never start.
+                    conn.close(
+                        quinn::VarInt::from_u32(H3_EXCESSIVE_LOAD),
+                        b"stream reset flood",
+                    );
+                    break;
+                }
                 let dp = dp.clone();
                 let info = info.clone();
                 let drain = drain.clone();
                 let quic = conn.clone();
+                let answered = answered.clone();
                 // The request's HEADERS must arrive within the header read timeout.
                 let header_timeout = l.limits.header_read_timeout.get();
                 // Boxed: tokio moves a spawned future (several KiB here) more than once
@@ -228,7 +285,9 @@ async fn serve_connection(
                     let head = tokio::time::timeout(header_timeout, resolver.resolve_request());
                     match head.await {
                         Ok(Ok((req, stream))) => {
-                            serve_request(&dp, &info, &quic, req, stream).await
+                            if serve_request(&dp, &info, &quic, req, stream).await {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(client = %info.remote, error = %e, "bad HTTP/3 request")
@@ -250,40 +309,75 @@ async fn serve_connection(
     }
 }
 
+/// Serves one request stream; true when its response was sent complete.
 async fn serve_request(
     dp: &Arc<Dataplane>,
     info: &ConnInfo,
     quic: &quinn::Connection,
     req: Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
-) {
+) -> bool {
     if crate::h3_websocket::is_websocket_connect(&req) {
-        return crate::h3_websocket::serve(dp, info, quic, req, stream).await;
+        crate::h3_websocket::serve(dp, info, quic, req, stream).await;
+        return false; // a tunnel, not a response (not counted for the reset flood)
     }
     let (mut send, mut recv) = stream.split();
     let (parts, ()) = req.into_parts();
-    let has_length = parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let length = match content_length(&parts.headers) {
+        Ok(length) => length,
+        Err(why) => {
+            tracing::debug!(client = %info.remote, why, "malformed HTTP/3 request (content-length)");
+            send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+            recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+            return false;
+        }
+    };
     // Without a Content-Length, look at the first DATA (or the end of the stream) so that an
-    // empty request is forwarded as empty rather than as a zero-length chunked body.
+    // empty request is forwarded as empty rather than as a zero-length chunked body. With
+    // `content-length: 0` the same look makes sure no DATA follows: the upstream client sends
+    // a zero-length body without ever reading it.
     let mut first = None;
     let mut ended = false;
-    if !has_length {
-        match recv.recv_data().await {
-            Ok(Some(mut buf)) => first = Some(buf.copy_to_bytes(buf.remaining())),
-            Ok(None) => ended = true,
-            Err(e) => {
-                tracing::debug!(client = %info.remote, error = %e, "request stream failed before the body");
-                return;
+    if matches!(length, None | Some(0)) {
+        while first.is_none() && !ended {
+            match recv.recv_data().await {
+                Ok(Some(mut buf)) if buf.has_remaining() => {
+                    first = Some(buf.copy_to_bytes(buf.remaining()))
+                }
+                Ok(Some(_)) => {} // an empty DATA frame says nothing yet
+                Ok(None) => ended = true,
+                Err(e) => {
+                    tracing::debug!(client = %info.remote, error = %e, "request stream failed before the body");
+                    return false;
+                }
             }
         }
+        if length == Some(0) && first.is_some() {
+            tracing::debug!(client = %info.remote, "HTTP/3 request has DATA after content-length: 0; stream reset with H3_MESSAGE_ERROR");
+            send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+            recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+            return false;
+        }
     }
+    // A body whose DATA disagrees with its Content-Length is malformed (RFC 9114 §4.1.2), and
+    // trailers may be too large: H3Body then fails the upstream request before it is
+    // complete and records here the error code the stream is reset with instead of answered.
+    let refused = Refusal::default();
     let body = H3Body {
         recv,
         first,
         state: if ended { State::Trailers } else { State::Data },
         empty: ended,
         failed: None,
+        remaining: length,
+        held: None,
+        refused: refused.clone(),
     };
+    // A stream reset flood may have closed the connection since this request was accepted:
+    // do not start its upstream request.
+    if quic.close_reason().is_some() {
+        return false;
+    }
     // If the client's connection goes away while the upstream is still working on the response
     // head, drop the upstream exchange instead of letting it run to its timeout.
     let resp = tokio::select! {
@@ -292,19 +386,34 @@ async fn serve_request(
         resp = Box::pin(proxy::handle(dp.runtime(), info, Request::from_parts(parts, body))) => resp,
         reason = quic.closed() => {
             tracing::debug!(client = %info.remote, reason = %reason, "client connection closed; upstream request cancelled");
-            return;
+            return false;
         }
     };
+    let reset = |send: &mut SendHalf, code: h3::error::Code| {
+        tracing::debug!(client = %info.remote, code = %code, "HTTP/3 request refused while its body streamed; stream reset");
+        send.stop_stream(code);
+    };
+    if let Some(code) = refused.code() {
+        {
+            reset(&mut send, code);
+            return false;
+        }
+    }
     let (parts, mut body) = resp.into_parts();
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
         tracing::debug!(client = %info.remote, error = %e, "cannot send HTTP/3 response headers");
-        return;
+        return false;
     }
     loop {
         match body.frame().await {
             None => {
-                let _ = send.finish().await;
-                return;
+                if let Some(code) = refused.code() {
+                    {
+                        reset(&mut send, code);
+                        return false;
+                    }
+                }
+                return send.finish().await.is_ok();
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
@@ -315,24 +424,68 @@ async fn serve_request(
                         // The client went away (reset / STOP_SENDING): dropping the upstream
                         // body here cancels the upstream exchange.
                         tracing::debug!(client = %info.remote, error = %e, "client stopped reading the response");
-                        return;
+                        return false;
                     }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        let _ = send.send_trailers(trailers).await;
-                        let _ = send.finish().await;
-                        return;
+                        let sent = send.send_trailers(trailers).await.is_ok();
+                        return sent && send.finish().await.is_ok();
                     }
                 }
             },
             Some(Err(e)) => {
+                if let Some(code) = refused.code() {
+                    {
+                        reset(&mut send, code);
+                        return false;
+                    }
+                }
                 tracing::warn!(client = %info.remote, error = %e, "upstream body failed midway; resetting the HTTP/3 stream");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
-                return;
+                return false;
             }
         }
     }
+}
+
+/// The HTTP/3 error code a request is to be refused with, set by [`H3Body`] while the body
+/// streams (none until then).
+#[derive(Clone, Default)]
+struct Refusal(Arc<AtomicU64>);
+
+impl Refusal {
+    fn set(&self, code: h3::error::Code) {
+        self.0.store(code.value(), Ordering::Relaxed);
+    }
+
+    fn code(&self) -> Option<h3::error::Code> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(h3::error::Code::from(v)),
+        }
+    }
+}
+
+/// The request's declared body length. As h2 does for HTTP/2: every `content-length` value
+/// must be a plain decimal number, and repeated values must agree (RFC 9110 §8.6).
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length = None;
+    for v in headers.get_all(http::header::CONTENT_LENGTH) {
+        let bytes = v.as_bytes();
+        if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err("content-length is not a number");
+        }
+        let n = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("content-length out of range")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting content-length values");
+        }
+        length = Some(n);
+    }
+    Ok(length)
 }
 
 enum State {
@@ -350,6 +503,21 @@ pub struct H3Body {
     empty: bool,
     /// An error met while coalescing, returned after the data read before it.
     failed: Option<BoxError>,
+    /// Body bytes still expected by the request's Content-Length, if it has one.
+    remaining: Option<u64>,
+    /// The data completing the Content-Length, held back until the request stream is seen to
+    /// end there: the upstream client stops reading once it has the declared length, so data
+    /// beyond it would otherwise never be seen and the backend would get a complete request.
+    held: Option<Bytes>,
+    /// Set when the request is refused while its body streams.
+    refused: Refusal,
+}
+
+/// What [`H3Body::admit`] made of a chunk of request body data.
+enum Admit {
+    Yield(Bytes),
+    Held,
+    Mismatch(BoxError),
 }
 
 /// Request body data already received is handed upstream in one frame of up to about this
@@ -372,6 +540,57 @@ impl Drop for H3Body {
 }
 
 impl H3Body {
+    /// Counts `b` against the Content-Length: passes it on, holds it back (it completes the
+    /// declared length and the end of the DATA is not seen yet), or fails the body (too long).
+    fn admit(&mut self, b: Bytes) -> Admit {
+        let Some(remaining) = self.remaining else {
+            return Admit::Yield(b);
+        };
+        let n = b.len() as u64;
+        if n > remaining || self.held.is_some() && n > 0 {
+            return Admit::Mismatch(self.mismatch("more DATA than its content-length"));
+        }
+        let left = remaining - n;
+        self.remaining = Some(left);
+        match self.state {
+            State::Data if left == 0 => {
+                self.held = Some(b);
+                Admit::Held
+            }
+            State::Data => Admit::Yield(b),
+            // The end of the DATA was already seen (while coalescing).
+            State::Trailers if left > 0 => {
+                Admit::Mismatch(self.mismatch("less DATA than its content-length"))
+            }
+            // Done: an error met while coalescing follows this data.
+            State::Trailers | State::Done => Admit::Yield(b),
+        }
+    }
+
+    /// Marks the request malformed, asks the client to stop sending (H3_MESSAGE_ERROR) and
+    /// returns the error that fails the upstream request before its body is complete.
+    fn mismatch(&mut self, what: &'static str) -> BoxError {
+        self.refused.set(h3::error::Code::H3_MESSAGE_ERROR);
+        self.held = None;
+        if matches!(self.state, State::Data) {
+            self.recv.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+        }
+        self.state = State::Done;
+        self.failed = None;
+        format!("malformed HTTP/3 request: {what}").into()
+    }
+
+    /// The error for a failed read of the request stream. Trailers larger than the
+    /// field-section limit (refused by h3 from their frame header, never buffered) are the
+    /// client's doing: the stream is then reset (H3_EXCESSIVE_LOAD, the code h3 stopped the
+    /// request stream with) rather than answered with the upstream's 502.
+    fn recv_failed(&self, e: h3::error::StreamError) -> BoxError {
+        if matches!(e, h3::error::StreamError::HeaderTooBig { .. }) {
+            self.refused.set(h3::error::Code::H3_EXCESSIVE_LOAD);
+        }
+        Box::new(e)
+    }
+
     /// `first` plus whatever further data the stream has ready now, up to about
     /// [`COALESCE_BYTES`] (one copy into one buffer; `first` alone when nothing more is there).
     /// The end of the data or an error is recorded in `state` / `failed` for the next poll.
@@ -396,7 +615,7 @@ impl H3Body {
                 }
                 Poll::Ready(Err(e)) => {
                     self.state = State::Done;
-                    self.failed = Some(Box::new(e));
+                    self.failed = Some(self.recv_failed(e));
                     break;
                 }
                 Poll::Pending => break,
@@ -415,28 +634,45 @@ impl Body for H3Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(b) = this.first.take() {
-            return Poll::Ready(Some(Ok(Frame::data(b))));
-        }
-        if let Some(e) = this.failed.take() {
-            return Poll::Ready(Some(Err(e)));
-        }
         loop {
+            if let Some(b) = this.first.take() {
+                match this.admit(b) {
+                    Admit::Yield(b) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                    Admit::Held => continue,
+                    Admit::Mismatch(e) => return Poll::Ready(Some(Err(e))),
+                }
+            }
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
             match this.state {
                 State::Data => match ready!(this.recv.poll_recv_data(cx)) {
                     Ok(Some(mut buf)) => {
                         let b = buf.copy_to_bytes(buf.remaining());
-                        let b = if b.len() < COALESCE_BYTES {
+                        if b.is_empty() {
+                            continue;
+                        }
+                        // Data after what completes the Content-Length: checked unmerged.
+                        let b = if b.len() < COALESCE_BYTES && this.held.is_none() {
                             this.coalesce(b, cx)
                         } else {
                             b
                         };
-                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                        this.first = Some(b);
                     }
-                    Ok(None) => this.state = State::Trailers,
+                    Ok(None) => {
+                        this.state = State::Trailers;
+                        if let Some(b) = this.held.take() {
+                            return Poll::Ready(Some(Ok(Frame::data(b))));
+                        }
+                        if this.remaining.is_some_and(|r| r > 0) {
+                            let e = this.mismatch("less DATA than its content-length");
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
                     Err(e) => {
                         this.state = State::Done;
-                        return Poll::Ready(Some(Err(Box::new(e))));
+                        return Poll::Ready(Some(Err(this.recv_failed(e))));
                     }
                 },
                 State::Trailers => {
@@ -447,7 +683,7 @@ impl Body for H3Body {
                     return match ready!(this.recv.poll_recv_trailers(cx)) {
                         Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
                         Ok(None) => Poll::Ready(None),
-                        Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                        Err(e) => Poll::Ready(Some(Err(this.recv_failed(e)))),
                     };
                 }
                 State::Done => return Poll::Ready(None),

@@ -22,7 +22,7 @@ use crate::{
         internal_error::InternalConnectionError,
         Code, ConnectionError, StreamError,
     },
-    frame::{FrameStream, FrameStreamError},
+    frame::{FrameProtocolError, FrameStream, FrameStreamError},
     proto::{
         frame::{self, Frame, PayloadLen},
         headers::Header,
@@ -501,7 +501,92 @@ where
         // Remove all None values
         self.pending_recv_streams.retain(|s| s.is_some());
 
+        self.poll_qpack_encoder_stream(cx)?;
+
         Ok(())
+    }
+
+    /// Weir patch (QPACK encoder stream): reads the peer's QPACK encoder stream and checks
+    /// each instruction against the dynamic table capacity this endpoint announced. h3 never
+    /// sends SETTINGS_QPACK_MAX_TABLE_CAPACITY, so the announced maximum is 0 (RFC 9204
+    /// §3.2.3) and no instruction but "Set Dynamic Table Capacity 0" is valid. Upstream left
+    /// the stream unread, so a peer exceeding the capacity went unnoticed.
+    fn poll_qpack_encoder_stream(&mut self, cx: &mut Context<'_>) -> Result<(), ConnectionError> {
+        /// The SETTINGS_QPACK_MAX_TABLE_CAPACITY this endpoint sends (none: 0).
+        const MAX_TABLE_CAPACITY: u64 = 0;
+        let Some(AcceptedRecvStream::Encoder(stream)) = &mut self.qpack_streams.encoder_recv
+        else {
+            return Ok(());
+        };
+        let error = loop {
+            // Instructions already received; each one is consumed as soon as it is checked.
+            let buf = stream.buf_mut();
+            let mut bad = None;
+            while buf.has_remaining() {
+                let mut cur = buf.cursor();
+                let first = cur.chunk()[0];
+                //= https://www.rfc-editor.org/rfc/rfc9204#section-4.3.1
+                //# An encoder informs the decoder of a change to the dynamic table
+                //# capacity using an instruction that starts with the '001' 3-bit
+                //# pattern.
+                if first & 0b1110_0000 != 0b0010_0000 {
+                    // Insert With Name Reference / With Literal Name, or Duplicate: with a
+                    // capacity of 0 no entry fits (RFC 9204 §3.2.2: adding an entry larger
+                    // than the capacity is a QPACK_ENCODER_STREAM_ERROR; §4.3.4: so is
+                    // duplicating an entry that does not exist).
+                    bad = Some("insertion into a dynamic table of capacity 0".to_string());
+                    break;
+                }
+                match qpack::prefix_int::decode(5, &mut cur) {
+                    Ok((_, capacity)) if capacity > MAX_TABLE_CAPACITY => {
+                        //= https://www.rfc-editor.org/rfc/rfc9204#section-4.3.1
+                        //# The decoder MUST treat a new dynamic table capacity
+                        //# value that exceeds this limit as a connection error of type
+                        //# QPACK_ENCODER_STREAM_ERROR.
+                        bad = Some(format!(
+                            "dynamic table capacity {} exceeds the announced maximum {}",
+                            capacity, MAX_TABLE_CAPACITY
+                        ));
+                        break;
+                    }
+                    Ok(_) => {
+                        let used = cur.position();
+                        buf.advance(used);
+                    }
+                    Err(qpack::prefix_int::Error::UnexpectedEnd) => break,
+                    Err(qpack::prefix_int::Error::Overflow) => {
+                        bad = Some("dynamic table capacity overflows".to_string());
+                        break;
+                    }
+                }
+            }
+            if let Some(reason) = bad {
+                break InternalConnectionError::new(Code::QPACK_ENCODER_STREAM_ERROR, reason);
+            }
+            match stream.poll_read(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(false)) => continue,
+                //= https://www.rfc-editor.org/rfc/rfc9204#section-4.2
+                //# Closure of either unidirectional stream type MUST be treated as a
+                //# connection error of type H3_CLOSED_CRITICAL_STREAM.
+                Poll::Ready(Ok(true)) => {
+                    break InternalConnectionError::new(
+                        Code::H3_CLOSED_CRITICAL_STREAM,
+                        "QPACK encoder stream closed".to_string(),
+                    )
+                }
+                Poll::Ready(Err(StreamErrorIncoming::ConnectionErrorIncoming {
+                    connection_error,
+                })) => return Err(self.handle_connection_error(connection_error)),
+                Poll::Ready(Err(e)) => {
+                    break InternalConnectionError::new(
+                        Code::H3_CLOSED_CRITICAL_STREAM,
+                        format!("QPACK encoder stream failed: {}", e),
+                    )
+                }
+            }
+        };
+        Err(self.handle_connection_error(error))
     }
 
     /// Waits for the control stream to be received and reads subsequent frames.
@@ -822,11 +907,14 @@ pub struct RequestStream<S, B> {
 impl<S, B> RequestStream<S, B> {
     #[allow(missing_docs)]
     pub fn new(
-        stream: FrameStream<S, B>,
+        mut stream: FrameStream<S, B>,
         max_field_section_size: u64,
         conn_state: Arc<SharedState>,
         grease: bool,
     ) -> Self {
+        // Weir patch (bounded frames): trailers (or a response's HEADERS) larger than the
+        // field-section limit are refused from the frame header, never buffered.
+        stream.set_max_field_section_size(max_field_section_size);
         Self {
             stream,
             conn_state,
@@ -845,6 +933,24 @@ impl<S, B> ConnectionState for RequestStream<S, B> {
 
 impl<S, B> CloseStream for RequestStream<S, B> {}
 
+impl<S: quic::RecvStream, B> RequestStream<S, B> {
+    /// Weir patch (bounded frames): a HEADERS frame (trailers) declaring more than the
+    /// field-section limit is a stream error (the peer is asked to stop sending with
+    /// H3_EXCESSIVE_LOAD), not a connection error; other frame errors are handled as before.
+    fn recv_frame_error(&mut self, error: FrameStreamError) -> StreamError {
+        match error {
+            FrameStreamError::Proto(FrameProtocolError::HeadersTooLarge { len, max }) => {
+                self.stream.stop_sending(Code::H3_EXCESSIVE_LOAD);
+                StreamError::HeaderTooBig {
+                    actual_size: len,
+                    max_size: max,
+                }
+            }
+            error => self.handle_frame_stream_error_on_request_stream(error),
+        }
+    }
+}
+
 impl<S, B> RequestStream<S, B>
 where
     S: quic::RecvStream,
@@ -858,9 +964,7 @@ where
         if !self.stream.has_data() {
             match ready!(self.stream.poll_next(cx)) {
                 Err(frame_stream_error) => {
-                    return Poll::Ready(Err(
-                        self.handle_frame_stream_error_on_request_stream(frame_stream_error)
-                    ))
+                    return Poll::Ready(Err(self.recv_frame_error(frame_stream_error)))
                 }
                 Ok(None) => return Poll::Ready(Ok(None)),
                 Ok(Some(Frame::Headers(encoded))) => {
@@ -905,7 +1009,7 @@ where
 
         self.stream
             .poll_data(cx)
-            .map_err(|error| self.handle_frame_stream_error_on_request_stream(error))
+            .map_err(|error| self.recv_frame_error(error))
     }
 
     /// Poll receive trailers.
@@ -919,9 +1023,7 @@ where
         } else {
             match ready!(self.stream.poll_next(cx)) {
                 Err(frame_stream_error) => {
-                    return Poll::Ready(Err(
-                        self.handle_frame_stream_error_on_request_stream(frame_stream_error)
-                    ))
+                    return Poll::Ready(Err(self.recv_frame_error(frame_stream_error)))
                 }
                 Ok(None) => return Poll::Ready(Ok(None)),
                 Ok(Some(Frame::Headers(encoded))) => encoded,
@@ -967,9 +1069,7 @@ where
 
             match self.stream.poll_next(cx) {
                 Poll::Ready(Err(frame_stream_error)) => {
-                    return Poll::Ready(Err(
-                        self.handle_frame_stream_error_on_request_stream(frame_stream_error)
-                    ))
+                    return Poll::Ready(Err(self.recv_frame_error(frame_stream_error)))
                 }
                 Poll::Ready(Ok(Some(trailing_frame))) => {
                     // Received a known frame after trailers -> fail.

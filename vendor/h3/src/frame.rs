@@ -6,7 +6,7 @@ use bytes::Buf;
 use tracing::trace;
 
 use crate::error::Code;
-use crate::proto::frame::SettingsError;
+use crate::proto::frame::{FrameHeaderAction, FrameType, SettingsError};
 use crate::proto::push::InvalidPushId;
 use crate::quic::{InvalidStreamId, StreamErrorIncoming};
 use crate::stream::{BufRecvStream, WriteBuf};
@@ -34,6 +34,13 @@ impl<S, B> FrameStream<S, B> {
             decoder: FrameDecoder::default(),
             remaining_data: 0,
         }
+    }
+
+    /// Weir patch (bounded frames): the largest HEADERS / PUSH_PROMISE payload this stream
+    /// buffers, normally the connection's `max_field_section_size`. A larger declared length
+    /// is refused as soon as the frame header is read.
+    pub(crate) fn set_max_field_section_size(&mut self, max: u64) {
+        self.decoder.max_field_section = max;
     }
 
     /// Unwraps the Framed streamer and returns the underlying stream **without** data loss for
@@ -77,7 +84,7 @@ where
                     Poll::Ready(false) => continue,
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(true) => {
-                        if self.stream.buf_mut().has_remaining() {
+                        if self.stream.buf_mut().has_remaining() || self.decoder.skip > 0 {
                             // Reached the end of receive stream, but there is still some data:
                             // The frame is incomplete.
                             Poll::Ready(Err(FrameStreamError::UnexpectedEnd))
@@ -202,9 +209,29 @@ where
     }
 }
 
-#[derive(Default)]
+/// Weir patch (bounded frames): the largest payload buffered for a control-stream frame
+/// (SETTINGS, GOAWAY, MAX_PUSH_ID, CANCEL_PUSH). The last three hold one varint (at most 8
+/// bytes); a SETTINGS frame from a real peer is tens of bytes. Also the default limit for
+/// HEADERS on streams that carry no field sections (control and push streams).
+pub const MAX_CONTROL_FRAME_LEN: u64 = 16 * 1024;
+
 pub struct FrameDecoder {
     expected: Option<usize>,
+    /// Weir patch: payload bytes of an unknown frame still to be discarded as they arrive.
+    skip: u64,
+    /// Weir patch: limit on a HEADERS / PUSH_PROMISE payload (see
+    /// [`FrameStream::set_max_field_section_size`]).
+    max_field_section: u64,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self {
+            expected: None,
+            skip: 0,
+            max_field_section: MAX_CONTROL_FRAME_LEN,
+        }
+    }
 }
 
 impl FrameDecoder {
@@ -215,6 +242,17 @@ impl FrameDecoder {
         // Decode in a loop since we ignore unknown frames, and there may be
         // other frames already in our BufList.
         loop {
+            // Weir patch: the rest of an unknown frame is dropped as it arrives, so a peer
+            // declaring a huge unknown frame costs no memory (it was buffered whole before).
+            if self.skip > 0 {
+                let n = src.remaining().min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                src.advance(n);
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return Ok(None);
+                }
+            }
+
             if !src.has_remaining() {
                 return Ok(None);
             }
@@ -222,6 +260,54 @@ impl FrameDecoder {
             if let Some(min) = self.expected {
                 if src.remaining() < min {
                     return Ok(None);
+                }
+            }
+
+            // Weir patch: decide from the frame header alone whether the payload may be
+            // buffered, before waiting for any of it.
+            let Some((ty, len, header_len)) = FrameType::peek_header(&mut src.cursor()) else {
+                return Ok(None);
+            };
+            match ty.header_action() {
+                FrameHeaderAction::Stream => {}
+                FrameHeaderAction::Forbidden => {
+                    //= https://www.rfc-editor.org/rfc/rfc9114#section-7.2.8
+                    //# These frame
+                    //# types MUST NOT be sent, and their receipt MUST be treated as a
+                    //# connection error of type H3_FRAME_UNEXPECTED.
+                    return Err(FrameStreamError::Proto(FrameProtocolError::ForbiddenFrame(
+                        ty.value(),
+                    )));
+                }
+                FrameHeaderAction::Skip => {
+                    //= https://www.rfc-editor.org/rfc/rfc9114#section-7.2.8
+                    //# Endpoints MUST
+                    //# NOT consider these frames to have any meaning upon receipt.
+                    #[cfg(feature = "tracing")]
+                    trace!("skipping unknown frame type {:#x}", ty.value());
+                    src.advance(header_len);
+                    self.skip = len.unwrap_or(0);
+                    self.expected = None;
+                    continue;
+                }
+                FrameHeaderAction::Buffer { field_section } => {
+                    let len = len.unwrap_or(0);
+                    let max = if field_section {
+                        self.max_field_section
+                    } else {
+                        MAX_CONTROL_FRAME_LEN
+                    };
+                    if len > max {
+                        return Err(FrameStreamError::Proto(if ty == FrameType::HEADERS {
+                            FrameProtocolError::HeadersTooLarge { len, max }
+                        } else {
+                            FrameProtocolError::FrameTooLarge {
+                                ty: ty.value(),
+                                len,
+                                max,
+                            }
+                        }));
+                    }
                 }
             }
 
@@ -301,6 +387,11 @@ pub enum FrameProtocolError {
     Settings(SettingsError),
     InvalidStreamId(InvalidStreamId),
     InvalidPushId(InvalidPushId),
+    /// Weir patch: a HEADERS frame declaring more than the field-section limit; refused when
+    /// its header is read (on a request stream: 431, see `server::RequestResolver`).
+    HeadersTooLarge { len: u64, max: u64 },
+    /// Weir patch: another buffered frame type declaring more than [`MAX_CONTROL_FRAME_LEN`].
+    FrameTooLarge { ty: u64, len: u64, max: u64 },
 }
 
 #[cfg(test)]
@@ -383,6 +474,58 @@ mod tests {
             Ok(Some(Frame::Data(PayloadLen(4))))
         );
         assert_matches!(decoder.decode(&mut buf), Ok(None));
+    }
+
+    // Weir patch: bounded frames.
+
+    #[test]
+    fn unknown_frame_skipped_as_it_arrives() {
+        use crate::proto::varint::BufMutExt as _;
+        let mut decoder = FrameDecoder::default();
+        let mut buf = BufList::new();
+        let mut head = BytesMut::new();
+        FrameType::RESERVED.encode(&mut head);
+        head.write_var(1 << 30);
+        buf.push(head.freeze());
+        buf.push(Bytes::from(vec![0u8; 4096]));
+        assert_matches!(decoder.decode(&mut buf), Ok(None));
+        assert_eq!(buf.remaining(), 0, "payload dropped, not kept");
+        assert_eq!(decoder.skip, (1 << 30) - 4096);
+        decoder.skip = 3;
+        let mut rest = BytesMut::from(&[0u8; 3][..]);
+        Frame::headers(&b"salut"[..]).encode_with_payload(&mut rest);
+        buf.push(rest.freeze());
+        assert_matches!(decoder.decode(&mut buf), Ok(Some(Frame::Headers(_))));
+    }
+
+    #[test]
+    fn oversized_frames_refused_from_their_header() {
+        use crate::proto::varint::BufMutExt as _;
+        let cases = [
+            (FrameType::HEADERS, 101, FrameProtocolError::HeadersTooLarge { len: 101, max: 100 }),
+            (
+                FrameType::SETTINGS,
+                MAX_CONTROL_FRAME_LEN + 1,
+                FrameProtocolError::FrameTooLarge {
+                    ty: 0x4,
+                    len: MAX_CONTROL_FRAME_LEN + 1,
+                    max: MAX_CONTROL_FRAME_LEN,
+                },
+            ),
+            (FrameType::H2_PING, 8, FrameProtocolError::ForbiddenFrame(0x6)),
+        ];
+        for (ty, len, expected) in cases {
+            let mut decoder = FrameDecoder::default();
+            decoder.max_field_section = 100;
+            let mut head = BytesMut::new();
+            ty.encode(&mut head);
+            head.write_var(len);
+            let mut buf = BufList::from(head);
+            match decoder.decode(&mut buf) {
+                Err(FrameStreamError::Proto(e)) => assert_eq!(e, expected),
+                other => panic!("{:?}: {:?}", ty, other.map(|_| ())),
+            }
+        }
     }
 
     // FrameStream
@@ -577,6 +720,22 @@ mod tests {
         assert_poll_matches!(
             |cx| to_bytes(stream.poll_data(cx)),
             Ok(Some(b)) if &*b == b"dy"
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_ending_inside_an_unknown_frame_is_unexpected_end() {
+        use crate::proto::varint::BufMutExt as _;
+        let mut recv = FakeRecv::default();
+        let mut buf = BytesMut::new();
+        FrameType::RESERVED.encode(&mut buf);
+        buf.write_var(10);
+        buf.put_slice(b"12345");
+        recv.chunk(buf.freeze());
+        let mut stream: FrameStream<_, ()> = FrameStream::new(BufRecvStream::new(recv));
+        assert_poll_matches!(
+            |cx| stream.poll_next(cx),
+            Err(FrameStreamError::UnexpectedEnd)
         );
     }
 

@@ -57,6 +57,16 @@ impl InternalConnectionError {
             //# after the identified fields or a frame payload that terminates before
             //# the end of the identified fields MUST be treated as a connection
             //# error of type H3_FRAME_ERROR.
+            // Weir patch (bounded frames): a declared length over the limit is refused before
+            // any of the payload is buffered.
+            FrameProtocolError::HeadersTooLarge { len, max } => InternalConnectionError {
+                code: Code::H3_EXCESSIVE_LOAD,
+                message: format!("HEADERS frame of {} bytes exceeds the limit of {}", len, max),
+            },
+            FrameProtocolError::FrameTooLarge { ty, len, max } => InternalConnectionError {
+                code: Code::H3_EXCESSIVE_LOAD,
+                message: format!("frame 0x{:x} of {} bytes exceeds the limit of {}", ty, len, max),
+            },
             FrameProtocolError::InvalidFrameValue | FrameProtocolError::Malformed => InternalConnectionError {
                 code: Code::H3_FRAME_ERROR,
                 message: "frame payload that contains additional bytes after the identified fields or a frame payload that terminates before the end of the identified fields".to_string(),

@@ -322,6 +322,62 @@ impl FrameType {
 #[derive(Copy, Clone, Eq, PartialEq, Debug)]
 pub struct FrameType(u64);
 
+/// Weir patch (bounded frames): what the frame decoder does with a frame once its header
+/// (type and declared length) has been read, before any of its payload is buffered.
+#[derive(Debug, PartialEq)]
+pub(crate) enum FrameHeaderAction {
+    /// DATA or a WebTransport stream header: the payload is streamed, never buffered here.
+    Stream,
+    /// A known frame whose payload is buffered whole and then decoded.
+    Buffer {
+        /// HEADERS or PUSH_PROMISE: a field section, limited by the field-section size.
+        field_section: bool,
+    },
+    /// An HTTP/2 frame type reserved in HTTP/3 (RFC 9114 §7.2.8): refused at once.
+    Forbidden,
+    /// Unknown or reserved ("grease") type: the payload is discarded as it arrives.
+    Skip,
+}
+
+impl FrameType {
+    /// The frame type's numeric value.
+    pub(crate) fn value(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn header_action(self) -> FrameHeaderAction {
+        match self {
+            FrameType::DATA | FrameType::WEBTRANSPORT_BI_STREAM => FrameHeaderAction::Stream,
+            FrameType::HEADERS | FrameType::PUSH_PROMISE => FrameHeaderAction::Buffer {
+                field_section: true,
+            },
+            FrameType::SETTINGS
+            | FrameType::CANCEL_PUSH
+            | FrameType::GOAWAY
+            | FrameType::MAX_PUSH_ID => FrameHeaderAction::Buffer {
+                field_section: false,
+            },
+            FrameType::H2_PRIORITY
+            | FrameType::H2_PING
+            | FrameType::H2_WINDOW_UPDATE
+            | FrameType::H2_CONTINUATION => FrameHeaderAction::Forbidden,
+            _ => FrameHeaderAction::Skip,
+        }
+    }
+
+    /// Reads a frame header (type, and the declared payload length unless the type has none)
+    /// without consuming anything; `None` while the header is incomplete.
+    pub(crate) fn peek_header<B: Buf>(buf: &mut B) -> Option<(FrameType, Option<u64>, usize)> {
+        let start = buf.remaining();
+        let ty = FrameType::decode(buf).ok()?;
+        if ty == FrameType::WEBTRANSPORT_BI_STREAM {
+            return Some((ty, None, start - buf.remaining()));
+        }
+        let len = buf.get_var().ok()?;
+        Some((ty, Some(len), start - buf.remaining()))
+    }
+}
+
 impl FrameType {
     fn decode<B: Buf>(buf: &mut B) -> Result<Self, UnexpectedEnd> {
         Ok(FrameType(buf.get_var()?))

@@ -59,6 +59,17 @@ impl Header {
     pub fn into_request_parts(
         self,
     ) -> Result<(Method, Uri, Option<Protocol>, HeaderMap), HeaderError> {
+        // Weir patch (malformed requests, RFC 9114 §4.3.1 / §4.4, as h2 checks for HTTP/2):
+        // `:protocol` only on CONNECT; a plain CONNECT has neither `:scheme` nor `:path`;
+        // every other request has both.
+        let is_connect = self.pseudo.method.as_ref() == Some(&Method::CONNECT);
+        if self.pseudo.protocol.is_some() && !is_connect {
+            return Err(HeaderError::Malformed(":protocol without CONNECT"));
+        }
+        let plain_connect = is_connect && self.pseudo.protocol.is_none();
+        let has_method = self.pseudo.method.is_some();
+        let (has_scheme, has_path) = (self.pseudo.scheme.is_some(), self.pseudo.path.is_some());
+
         let mut uri = Uri::builder();
 
         if let Some(path) = self.pseudo.path {
@@ -92,13 +103,25 @@ impl Header {
             (Some(_), Some(h)) => uri = uri.authority(h.as_bytes()),
         }
 
+        // When empty host field is built into an uri it fails
+        //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
+        //# If these fields are present, they MUST NOT be
+        //# empty.
+        let uri = uri.build().map_err(HeaderError::InvalidRequest)?;
+        // Weir patch (checked after the authority and URI, whose errors upstream reports first).
+        if plain_connect && (has_scheme || has_path) {
+            return Err(HeaderError::Malformed(":scheme or :path in a CONNECT request"));
+        }
+        if !plain_connect && has_method && !has_scheme {
+            return Err(HeaderError::Malformed("missing :scheme"));
+        }
+        if !plain_connect && has_method && !has_path {
+            return Err(HeaderError::Malformed("missing :path"));
+        }
+
         Ok((
             self.pseudo.method.ok_or(HeaderError::MissingMethod)?,
-            // When empty host field is built into an uri it fails
-            //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
-            //# If these fields are present, they MUST NOT be
-            //# empty.
-            uri.build().map_err(HeaderError::InvalidRequest)?,
+            uri,
             self.pseudo.protocol,
             self.fields,
         ))
@@ -207,37 +230,56 @@ impl TryFrom<Vec<HeaderField>> for Header {
         let mut fields = HeaderMap::with_capacity(headers.len());
         let mut pseudo = Pseudo::default();
 
+        // Weir patch (malformed messages): RFC 9114 §4.3 "all pseudo-header fields MUST appear
+        // in the header section before regular header fields" and each at most once; §4.2
+        // connection-specific fields make a message malformed. Upstream kept the last value
+        // of a repeated pseudo-header and accepted both (h2 refuses them for HTTP/2).
+        fn once<T>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), HeaderError> {
+            match slot.replace(value) {
+                Some(_) => Err(HeaderError::Malformed(name)),
+                None => Ok(()),
+            }
+        }
+        let mut regular_seen = false;
         for field in headers.into_iter() {
             let (name, value) = field.into_inner();
-            match Field::parse(name, value)? {
-                Field::Method(m) => {
-                    pseudo.method = Some(m);
-                    pseudo.len += 1;
-                }
-                Field::Scheme(s) => {
-                    pseudo.scheme = Some(s);
-                    pseudo.len += 1;
-                }
-                Field::Authority(a) => {
-                    pseudo.authority = Some(a);
-                    pseudo.len += 1;
-                }
-                Field::Path(p) => {
-                    pseudo.path = Some(p);
-                    pseudo.len += 1;
-                }
-                Field::Status(s) => {
-                    pseudo.status = Some(s);
-                    pseudo.len += 1;
-                }
+            let field = Field::parse(name, value)?;
+            if regular_seen && !matches!(field, Field::Header(_)) {
+                return Err(HeaderError::Malformed("pseudo-header after a regular field"));
+            }
+            match field {
+                Field::Method(m) => once(&mut pseudo.method, m, "repeated :method")?,
+                Field::Scheme(s) => once(&mut pseudo.scheme, s, "repeated :scheme")?,
+                Field::Authority(a) => once(&mut pseudo.authority, a, "repeated :authority")?,
+                Field::Path(p) => once(&mut pseudo.path, p, "repeated :path")?,
+                Field::Status(s) => once(&mut pseudo.status, s, "repeated :status")?,
+                Field::Protocol(p) => once(&mut pseudo.protocol, p, "repeated :protocol")?,
                 Field::Header((n, v)) => {
+                    regular_seen = true;
+                    //= https://www.rfc-editor.org/rfc/rfc9114#section-4.2
+                    //# An endpoint MUST NOT generate an HTTP/3 field section containing
+                    //# connection-specific fields; any message containing
+                    //# connection-specific fields MUST be treated as malformed.
+                    if n == header::CONNECTION
+                        || n == header::UPGRADE
+                        || n == header::TRANSFER_ENCODING
+                        || n.as_str() == "keep-alive"
+                        || n.as_str() == "proxy-connection"
+                    {
+                        return Err(HeaderError::Malformed("connection-specific field"));
+                    }
+                    //= https://www.rfc-editor.org/rfc/rfc9114#section-4.2
+                    //# The only exception to this is the TE header field, which MAY be
+                    //# present in an HTTP/3 request header; when it is, it MUST NOT
+                    //# contain any value other than "trailers".
+                    if n == header::TE && v != "trailers" {
+                        return Err(HeaderError::Malformed("te other than \"trailers\""));
+                    }
                     fields.append(n, v);
-                }
-                Field::Protocol(p) => {
-                    pseudo.protocol = Some(p);
-                    pseudo.len += 1;
+                    continue;
                 }
             }
+            pseudo.len += 1;
         }
 
         Ok(Header { pseudo, fields })
@@ -294,6 +336,10 @@ impl Field {
             //# If these fields are present, they MUST NOT be
             //# empty.
             b":authority" => Field::Authority(try_value(name, value)?),
+            // Weir patch: RFC 9114 §4.3.1 "This pseudo-header field MUST NOT be empty".
+            b":path" if value.as_ref().is_empty() => {
+                return Err(HeaderError::Malformed("empty :path"))
+            }
             b":path" => Field::Path(try_value(name, value)?),
             b":method" => Field::Method(
                 Method::from_bytes(value.as_ref())
@@ -438,6 +484,8 @@ pub enum HeaderError {
     MissingStatus,
     MissingAuthority,
     ContradictedAuthority,
+    /// Weir patch: a message RFC 9114 §4.2 / §4.3 calls malformed (what is wrong).
+    Malformed(&'static str),
 }
 
 impl HeaderError {
@@ -475,6 +523,7 @@ impl fmt::Display for HeaderError {
             HeaderError::ContradictedAuthority => {
                 write!(f, "uri and authority field are in contradiction")
             }
+            HeaderError::Malformed(what) => write!(f, "malformed: {}", what),
         }
     }
 }
@@ -483,6 +532,60 @@ impl fmt::Display for HeaderError {
 mod tests {
     use super::*;
     use assert_matches::assert_matches;
+
+    // Weir patch: malformed messages (RFC 9114 §4.2, §4.3, §4.3.1).
+    fn request(extra: &[(&'static str, &'static str)]) -> Result<Header, HeaderError> {
+        let mut fields: Vec<HeaderField> = vec![
+            (":method", "GET").into(),
+            (":scheme", "https").into(),
+            (":authority", "x.test").into(),
+            (":path", "/").into(),
+        ];
+        fields.extend(extra.iter().map(|(n, v)| HeaderField::from((*n, *v))));
+        Header::try_from(fields)
+    }
+
+    #[test]
+    fn weir_valid_request_and_te_trailers() {
+        assert_matches!(request(&[]).and_then(|h| h.into_request_parts()), Ok(_));
+        assert_matches!(
+            request(&[("te", "trailers")]).and_then(|h| h.into_request_parts()),
+            Ok(_)
+        );
+    }
+
+    #[test]
+    fn weir_malformed_requests() {
+        for extra in [
+            &[(":path", "/again")][..],
+            &[(":method", "POST")],
+            &[("user-agent", "x"), (":status", "200")],
+            &[("connection", "close")],
+            &[("keep-alive", "5")],
+            &[("proxy-connection", "x")],
+            &[("upgrade", "websocket")],
+            &[("transfer-encoding", "chunked")],
+            &[("te", "gzip")],
+        ] {
+            assert_matches!(request(extra), Err(HeaderError::Malformed(_)), "{:?}", extra);
+        }
+        assert_matches!(
+            request(&[(":protocol", "websocket")]).and_then(|h| h.into_request_parts()),
+            Err(HeaderError::Malformed(_))
+        );
+        let no_path = Header::try_from(vec![
+            (":method", "GET").into(),
+            (":scheme", "https").into(),
+            (":authority", "x.test").into(),
+        ])
+        .unwrap();
+        // The URI cannot be built without a path: refused as an invalid request.
+        assert_matches!(no_path.into_request_parts(), Err(_));
+        assert_matches!(
+            Header::try_from(vec![(":method", "GET").into(), (":path", "").into()]),
+            Err(HeaderError::Malformed(_))
+        );
+    }
 
     #[test]
     fn request_has_no_authority_nor_host() {
@@ -542,6 +645,9 @@ mod tests {
         //# Host header field.
         let headers = Header::try_from(vec![
             (b":method", Method::GET.as_str()).into(),
+            // Weir patch: a complete request has :scheme and :path (RFC 9114 §4.3.1).
+            (b":scheme", b"https").into(),
+            (b":path", b"/").into(),
             (b":authority", b"test.com").into(),
         ])
         .unwrap();
@@ -558,6 +664,9 @@ mod tests {
         //# Host header field.
         let headers = Header::try_from(vec![
             (b":method", Method::GET.as_str()).into(),
+            // Weir patch: a complete request has :scheme and :path (RFC 9114 §4.3.1).
+            (b":scheme", b"https").into(),
+            (b":path", b"/").into(),
             (b"host", b"test.com").into(),
         ])
         .unwrap();
@@ -572,6 +681,9 @@ mod tests {
         //# If both fields are present, they MUST contain the same value.
         let headers = Header::try_from(vec![
             (b":method", Method::GET.as_str()).into(),
+            // Weir patch: a complete request has :scheme and :path (RFC 9114 §4.3.1).
+            (b":scheme", b"https").into(),
+            (b":path", b"/").into(),
             (b":authority", b"test.com").into(),
             (b"host", b"test.com").into(),
         ])

@@ -15,7 +15,7 @@ mod vas;
 mod decoder;
 mod encoder;
 
-mod prefix_int;
+pub(crate) mod prefix_int; // Weir patch: read by the encoder-stream check in connection.rs
 mod prefix_string;
 
 #[cfg(test)]

@@ -142,8 +142,11 @@ where
 
     fn create_resolver_internal(
         &self,
-        stream: FrameStream<C::BidiStream, B>,
+        mut stream: FrameStream<C::BidiStream, B>,
     ) -> RequestResolver<C, B> {
+        // Weir patch (bounded frames): the request's HEADERS frame is refused (431) as soon as
+        // its header declares more than the field-section limit, instead of being buffered.
+        stream.set_max_field_section_size(self.max_field_section_size);
         RequestResolver {
             frame_stream: stream,
             request_end_send: self.request_end_send.clone(),

@@ -14,7 +14,7 @@ use crate::{
         internal_error::InternalConnectionError,
         Code, StreamError,
     },
-    frame::{FrameStream, FrameStreamError},
+    frame::{FrameProtocolError, FrameStream, FrameStreamError},
     proto::{
         frame::{Frame, PayloadLen},
         headers::Header,
@@ -87,6 +87,13 @@ where
         let mut encoded = match frame {
             Ok(Some(Frame::Headers(h))) => h,
 
+            // Weir patch (bounded frames): the HEADERS frame declares more than the
+            // field-section limit. Nothing of it was buffered; answer 431 (as for a field
+            // section that decodes too large) and ask the client to stop sending the rest.
+            Err(FrameStreamError::Proto(FrameProtocolError::HeadersTooLarge { len, max })) => {
+                return Ok(ResolvedRequest::new(self.into_request_stream(), Err(len), max));
+            }
+
             //= https://www.rfc-editor.org/rfc/rfc9114#section-4.1
             //# If a client-initiated
             //# stream terminates without enough of the HTTP message to provide a
@@ -141,7 +148,16 @@ where
             }
         };
 
-        let request_stream = RequestStream {
+        let max_field_section_size = self.max_field_section_size;
+        Ok(ResolvedRequest::new(
+            self.into_request_stream(),
+            decoded,
+            max_field_section_size,
+        ))
+    }
+
+    fn into_request_stream(self) -> RequestStream<C::BidiStream, B> {
+        RequestStream {
             request_end: Arc::new(RequestEnd {
                 request_end: self.request_end_send.clone(),
                 stream_id: self.frame_stream.send_id(),
@@ -152,13 +168,7 @@ where
                 self.shared.clone(),
                 self.send_grease_frame,
             ),
-        };
-
-        Ok(ResolvedRequest::new(
-            request_stream,
-            decoded,
-            self.max_field_section_size,
-        ))
+        }
     }
 }
 
@@ -207,6 +217,9 @@ where
                             .expect("header too big response"),
                     )
                     .await?;
+                // Weir patch: the rest of the request is not wanted (RFC 9114 §4.1: after a
+                // complete response the server may abort reading with H3_NO_ERROR).
+                self.request_stream.stop_sending(Code::H3_NO_ERROR);
 
                 return Err(StreamError::HeaderTooBig {
                     actual_size: cancel_size,
