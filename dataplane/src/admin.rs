@@ -74,30 +74,18 @@ fn text(status: StatusCode, s: &'static str) -> Response<ProxyBody> {
     r
 }
 
-/// `GET /ui`: the status page, with headers that keep it self-contained and uncached.
+/// `GET /ui`: the status page, uncached (its CSP is a `<meta>` in the document).
 fn ui_page() -> Response<ProxyBody> {
     let mut r = Response::new(full(crate::ui::PAGE));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        header::HeaderValue::from_static(crate::ui::CONTENT_SECURITY_POLICY),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        header::HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        header::HeaderValue::from_static("nosniff"),
-    );
+    for (k, v) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        r.headers_mut()
+            .insert(k, header::HeaderValue::from_static(v));
+    }
     r
 }
 

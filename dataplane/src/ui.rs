@@ -1,5 +1,5 @@
 //! The status page on the admin listener: `GET /ui` serves one self-contained HTML document
-//! (markup, script and style in `ui/status.html`, compiled into the binary); the page reads
+//! (markup, script and style in `ui/common.html` + `ui/status.html`, compiled into the binary); the page reads
 //! `GET /ui/state` with the admin token every few seconds.
 //!
 //! The page holds no data itself, so it is served without the token; everything it shows
@@ -13,14 +13,13 @@ use crate::metrics::{metrics, LATENCY_BOUNDS};
 use crate::runtime::Runtime;
 use weir_config::AdvertisedPort;
 
-/// The page: HTML, script and style in one document (no external assets; the
-/// `Content-Security-Policy` it is served with forbids loading any).
-pub const PAGE: &str = include_str!("ui/status.html");
-
-/// Sent with the page: only inline script/style of this document, fetches to this origin only.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
-     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
-     form-action 'none'; frame-ancestors 'none'";
+/// The page: HTML, script and style in one document (no external assets; its
+/// `Content-Security-Policy` forbids loading any). `ui/common.html` holds the
+/// head, style and DOM helpers shared with the operator's page.
+pub const PAGE: &str = concat!(
+    include_str!("ui/common.html"),
+    include_str!("ui/status.html")
+);
 
 fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()

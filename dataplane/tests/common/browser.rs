@@ -118,12 +118,23 @@ pub fn screenshot(url: &str, out: &Path) {
 }
 
 /// The value of attribute `attr` on the element whose attribute `key` is `value`, in a DOM
-/// dump (attributes as the page sets them: `key` first, then `attr`).
+/// dump (both in the same start tag).
 pub fn attr_after(dom: &str, key: &str, value: &str, attr: &str) -> Option<String> {
-    let start = format!("{key}=\"{value}\" {attr}=\"");
-    let i = dom.find(&start)? + start.len();
-    let len = dom[i..].find('"')?;
-    Some(dom[i..i + len].to_string())
+    let at = dom.find(&format!("{key}=\"{value}\""))?;
+    let start = dom[..at].rfind('<')?;
+    let end = at + dom[at..].find('>')?;
+    let tag = &dom[start..end];
+    let from = format!(" {attr}=\"");
+    let i = tag.find(&from)? + from.len();
+    let len = tag[i..].find('"')?;
+    Some(tag[i..i + len].to_string())
+}
+
+/// A table row of a DOM dump, from its attribute `key="value"` to its `</tr>`.
+pub fn row<'a>(dom: &'a str, key: &str, value: &str) -> Option<&'a str> {
+    let i = dom.find(&format!("{key}=\"{value}\""))?;
+    let end = dom[i..].find("</tr>").map_or(dom.len(), |e| i + e);
+    Some(&dom[i..end])
 }
 
 /// Whether the element with `id` is present and not `hidden` in a DOM dump.
