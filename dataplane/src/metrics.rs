@@ -929,6 +929,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn route_totals_sum_over_backends_methods_and_protocols() {
+        // Route names of their own: the registry is process-wide and tests run in parallel.
+        let finished = |protocol, status, ms| Finished {
+            protocol,
+            method: method_index(&Method::GET),
+            status,
+            duration: Duration::from_millis(ms),
+            bytes_in: 0,
+            bytes_out: 0,
+            error: None,
+            body_error: false,
+        };
+        let a = RouteMetrics::new("totals-test", "b1");
+        let b = RouteMetrics::new("totals-test", "b2");
+        a.record(&finished(0, 200, 3));
+        a.record(&finished(2, 503, 40));
+        b.record(&finished(1, 404, 700));
+        RouteMetrics::new("totals-other", "b1").record(&finished(0, 500, 1));
+        let totals = metrics().route_totals();
+        let t = &totals["totals-test"];
+        assert_eq!((t.requests, t.errors, t.latency_count), (3, 1, 3));
+        let le = |bound: f64| {
+            let i = LATENCY_BOUNDS.iter().position(|b| *b == bound).unwrap();
+            t.latency_buckets[i]
+        };
+        // Cumulative, like Prometheus buckets: 3 ms <= 5 ms; 40 ms <= 50 ms; 700 ms <= 1 s.
+        assert_eq!(
+            (le(0.001), le(0.005), le(0.05), le(0.5), le(1.0)),
+            (0, 1, 2, 2, 3)
+        );
+        assert_eq!(totals["totals-other"].errors, 1);
+    }
+
+    #[test]
     fn indexes() {
         assert_eq!(METHODS[method_index(&Method::GET)], "GET");
         assert_eq!(
