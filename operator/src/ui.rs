@@ -149,3 +149,110 @@ pub fn state() -> serde_json::Value {
         "telemetrySinks": objects(&s.sinks),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Condition, ProxyRouteSpec, ProxyRouteStatus};
+    use crate::push::PodState;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use kube::runtime::{reflector, watcher};
+    use std::sync::Arc;
+
+    #[test]
+    fn state_joins_pods_with_the_pushers_view_and_lists_conditions() {
+        let (routes, mut rw) = reflector::store::<ProxyRoute>();
+        let mut r = ProxyRoute::new("bad", ProxyRouteSpec::default());
+        r.metadata.namespace = Some("apps".into());
+        r.status = Some(ProxyRouteStatus {
+            conditions: vec![Condition {
+                type_: "Accepted".into(),
+                status: "False".into(),
+                observed_generation: Some(1),
+                last_transition_time: "2026-01-01T00:00:00Z".into(),
+                reason: "Invalid".into(),
+                message: "spec.rules[0]: bad".into(),
+            }],
+            ..Default::default()
+        });
+        rw.apply_watcher_event(&watcher::Event::Apply(r));
+        let (pods, mut pw) = reflector::store::<Pod>();
+        for (name, ready) in [("dp-0", "True"), ("dp-1", "False")] {
+            let mut p = Pod::default();
+            p.metadata.name = Some(name.into());
+            p.metadata.namespace = Some("weir".into());
+            p.status = Some(PodStatus {
+                pod_ip: Some("10.0.0.1".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: ready.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            });
+            pw.apply_watcher_event(&watcher::Event::Apply(p));
+        }
+        let states: PodStates = Default::default();
+        states.lock().unwrap().insert(
+            "weir/dp-0".into(),
+            PodState {
+                acked: Some("v2".into()),
+                polled: true,
+                ..Default::default()
+            },
+        );
+        states.lock().unwrap().insert(
+            "weir/dp-1".into(),
+            PodState {
+                acked: Some("v1".into()),
+                last_error: Some("connect: refused".into()),
+                polled: true,
+                ..Default::default()
+            },
+        );
+        let snapshot: weir_config::Snapshot =
+            serde_json::from_value(serde_json::json!({"version": "v2"})).unwrap();
+        let (_tx, desired) = watch::channel(Desired {
+            leader: true,
+            snapshot: Some(Arc::new(snapshot)),
+            pods: vec![],
+        });
+        publish(Sources {
+            routes,
+            backends: reflector::store().0,
+            sinks: reflector::store().0,
+            pods,
+            states,
+            desired,
+        });
+        let s = state();
+        assert_eq!(s["desiredVersion"], "v2");
+        let p0 = &s["pods"][0];
+        assert_eq!(
+            (
+                &p0["pod"],
+                &p0["ready"],
+                &p0["runningVersion"],
+                &p0["upToDate"]
+            ),
+            (
+                &"weir/dp-0".into(),
+                &true.into(),
+                &"v2".into(),
+                &true.into()
+            )
+        );
+        let p1 = &s["pods"][1];
+        assert_eq!(
+            (&p1["ready"], &p1["upToDate"], &p1["lastError"]),
+            (&false.into(), &false.into(), &"connect: refused".into())
+        );
+        let route = &s["proxyRoutes"][0];
+        assert_eq!(route["name"], "bad");
+        assert_eq!(route["status"]["conditions"][0]["status"], "False");
+        assert_eq!(
+            route["status"]["conditions"][0]["message"],
+            "spec.rules[0]: bad"
+        );
+    }
+}
