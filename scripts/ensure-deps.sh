@@ -10,6 +10,8 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v gtlsclient >/dev/null 2>&1 || need_apt+=(ngtcp2-client)
 # promtool (from Debian's prometheus): checks the /metrics exposition in the tests.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# chromium: headless browser for the status page tests (dataplane /ui, operator /ui).
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need_apt+=(chromium)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -1,6 +1,7 @@
 //! The admin listener: probes, `/health`, `/metrics`, config read/replace, `/backends`,
-//! `/sinks`, `/logging`. Everything but the probes, `/health` and `/metrics` needs the bearer token when
-//! one is configured.
+//! `/sinks`, `/logging`, the status page `/ui` and its data `/ui/state`. Everything but the
+//! probes, `/health`, `/metrics` and the page itself (which holds no data) needs the bearer
+//! token when one is configured.
 
 use crate::body::{full, ProxyBody};
 use crate::runtime::Runtime;
@@ -73,6 +74,21 @@ fn text(status: StatusCode, s: &'static str) -> Response<ProxyBody> {
     r
 }
 
+/// `GET /ui`: the status page, uncached (its CSP is a `<meta>` in the document).
+fn ui_page() -> Response<ProxyBody> {
+    let mut r = Response::new(full(crate::ui::PAGE));
+    for (k, v) in [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        r.headers_mut()
+            .insert(k, header::HeaderValue::from_static(v));
+    }
+    r
+}
+
 /// Constant-time comparison so the token cannot be guessed byte by byte from timings.
 fn token_matches(given: &[u8], want: &[u8]) -> bool {
     if given.len() != want.len() {
@@ -111,6 +127,7 @@ impl Admin {
                 };
             }
             "/health" => return self.health(),
+            "/ui" => return ui_page(),
             "/metrics" => {
                 let rt = self.dataplane.runtime();
                 let body = crate::metrics::metrics().render(rt.as_deref());
@@ -155,6 +172,17 @@ impl Admin {
                 ),
             },
             (Method::GET, "/sinks") => json(StatusCode::OK, crate::shipper::report()),
+            (Method::GET, "/ui/state") => {
+                let mut r = json(
+                    StatusCode::OK,
+                    crate::ui::state(self.dataplane.runtime().as_deref()),
+                );
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("no-store"),
+                );
+                r
+            }
             (Method::GET, "/logging") => self.logging_json(),
             (Method::PUT, "/logging") | (Method::POST, "/logging") => self.set_logging(&req),
             (_, "/logging") => json(

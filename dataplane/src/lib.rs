@@ -40,5 +40,6 @@ mod sink_h3;
 pub mod sinkenc;
 pub mod tls;
 pub mod tracecontext;
+pub mod ui;
 pub mod upstream;
 pub mod websocket;

@@ -21,6 +21,7 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -515,6 +516,53 @@ impl Metrics {
         }
     }
 
+    /// Per-route totals since the process started, for the status page: responses, 5xx
+    /// responses and the request-duration histogram, summed over backends, methods and
+    /// protocols. Read from the same families `/metrics` serves (no extra bookkeeping on the
+    /// request path); the page turns two polls into rates and quantiles.
+    pub fn route_totals(&self) -> BTreeMap<String, RouteTotals> {
+        fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value())
+        }
+        let mut out: BTreeMap<String, RouteTotals> = BTreeMap::new();
+        for f in self.requests.collect() {
+            for m in f.get_metric() {
+                let Some(route) = label(m, "route") else {
+                    continue;
+                };
+                let n = m.get_counter().get_value() as u64;
+                let t = out.entry(route.to_string()).or_default();
+                t.requests += n;
+                if label(m, "status_class") == Some("5xx") {
+                    t.errors += n;
+                }
+            }
+        }
+        for f in self.duration.collect() {
+            for m in f.get_metric() {
+                let Some(route) = label(m, "route") else {
+                    continue;
+                };
+                let t = out.entry(route.to_string()).or_default();
+                let h = m.get_histogram();
+                t.latency_count += h.get_sample_count();
+                let finite = h
+                    .get_bucket()
+                    .iter()
+                    .filter(|b| b.upper_bound().is_finite());
+                for (i, b) in finite.enumerate() {
+                    if let Some(c) = t.latency_buckets.get_mut(i) {
+                        *c += b.cumulative_count();
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The text exposition of every family, with the state families read from `rt` now.
     pub fn render(&self, rt: Option<&Runtime>) -> Vec<u8> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
@@ -662,6 +710,23 @@ impl Metrics {
 
 /// Pre-resolved request handles of one (route, backend) pair; label sets are created on first
 /// use, then each request is a relaxed atomic add per family.
+/// One route's totals for the status page (see [`Metrics::route_totals`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteTotals {
+    /// Responses (any status).
+    pub requests: u64,
+    /// 5xx responses (the proxy's own and the upstream's).
+    pub errors: u64,
+    /// Requests in the duration histogram.
+    pub latency_count: u64,
+    /// Cumulative counts per bound of [`LATENCY_BOUNDS`].
+    pub latency_buckets: [u64; LATENCY_BUCKETS.len()],
+}
+
+/// Upper bounds (seconds) of the request-duration histogram, for the status page.
+pub const LATENCY_BOUNDS: [f64; LATENCY_BUCKETS.len()] = LATENCY_BUCKETS;
+
 pub struct RouteMetrics {
     pub route: Arc<str>,
     pub backend: Arc<str>,
@@ -862,6 +927,40 @@ impl Drop for ConnGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_totals_sum_over_backends_methods_and_protocols() {
+        // Route names of their own: the registry is process-wide and tests run in parallel.
+        let finished = |protocol, status, ms| Finished {
+            protocol,
+            method: method_index(&Method::GET),
+            status,
+            duration: Duration::from_millis(ms),
+            bytes_in: 0,
+            bytes_out: 0,
+            error: None,
+            body_error: false,
+        };
+        let a = RouteMetrics::new("totals-test", "b1");
+        let b = RouteMetrics::new("totals-test", "b2");
+        a.record(&finished(0, 200, 3));
+        a.record(&finished(2, 503, 40));
+        b.record(&finished(1, 404, 700));
+        RouteMetrics::new("totals-other", "b1").record(&finished(0, 500, 1));
+        let totals = metrics().route_totals();
+        let t = &totals["totals-test"];
+        assert_eq!((t.requests, t.errors, t.latency_count), (3, 1, 3));
+        let le = |bound: f64| {
+            let i = LATENCY_BOUNDS.iter().position(|b| *b == bound).unwrap();
+            t.latency_buckets[i]
+        };
+        // Cumulative, like Prometheus buckets: 3 ms <= 5 ms; 40 ms <= 50 ms; 700 ms <= 1 s.
+        assert_eq!(
+            (le(0.001), le(0.005), le(0.05), le(0.5), le(1.0)),
+            (0, 1, 2, 2, 3)
+        );
+        assert_eq!(totals["totals-other"].errors, 1);
+    }
 
     #[test]
     fn indexes() {

@@ -42,6 +42,9 @@ pub struct QuicRt {
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     pub version: String,
+    /// When this version was first applied; a re-apply of the same version (a certificate
+    /// reload) keeps it, so the status page says how long the config has been running.
+    pub applied_at: std::time::SystemTime,
     pub router: Router,
     pub backends: HashMap<String, Arc<BackendRt>>,
     pub listeners: Vec<ListenerRt>,
@@ -204,9 +207,13 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
     };
     errs.into_result()?;
     let version = snapshot.effective_version();
+    let applied_at = prev
+        .filter(|p| p.version == version)
+        .map_or_else(std::time::SystemTime::now, |p| p.applied_at);
     Ok(Runtime {
         snapshot: Arc::new(snapshot),
         version,
+        applied_at,
         router,
         backends,
         listeners,

@@ -719,6 +719,14 @@ pub async fn run(
         states.clone(),
         progress.clone(),
     ));
+    crate::ui::publish(crate::ui::Sources {
+        routes: routes.clone(),
+        backends: backends.clone(),
+        sinks: sinks.clone(),
+        pods: pods.clone(),
+        states: states.clone(),
+        desired: desired_tx.subscribe(),
+    });
 
     let lkg_api: Api<Secret> = Api::namespaced(client.clone(), &s.dataplane_namespace);
     let mut lkg_written: Option<String> = None;

@@ -6,7 +6,8 @@
 //! - [`push`]: `PUT /config` to every ready dataplane pod, tracking acknowledged versions.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
 //! - [`controller`]: watches, the debounced compile loop, ConfigMap and status writes.
-//! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`, and the status page of [`ui`].
+//! - [`ui`]: the operator's status page (`/ui`): pods, resources and their conditions, push errors.
 
 pub mod compile;
 pub mod controller;
@@ -15,3 +16,4 @@ pub mod lease;
 pub mod metrics;
 pub mod push;
 pub mod status;
+pub mod ui;

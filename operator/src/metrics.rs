@@ -1,5 +1,5 @@
 //! Operator metrics in the Prometheus text format on `/metrics`, plus `/healthz` and
-//! `/readyz` probes, on `--metrics-address`. Plain atomics: a handful of counters does not
+//! `/readyz` probes and the status page `/ui`, on `--metrics-address`. Plain atomics: a handful of counters does not
 //! need a metrics library.
 
 use bytes::Bytes;
@@ -155,7 +155,23 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` (ready once the caches synced) until dropped.
+/// The status page, uncached (its CSP is a `<meta>` in the document).
+fn page(html: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(html.as_bytes())));
+    let h = r.headers_mut();
+    for (k, v) in [
+        (http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (http::header::CACHE_CONTROL, "no-store"),
+        (http::header::REFERRER_POLICY, "no-referrer"),
+        (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        h.insert(k, http::HeaderValue::from_static(v));
+    }
+    r
+}
+
+/// Serves `/metrics`, `/healthz`, `/readyz` (ready once the caches synced) and the status page
+/// (`/ui`, `/ui/state`, see [`crate::ui`]) until dropped.
 pub async fn serve(listener: tokio::net::TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -165,6 +181,18 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             let svc = hyper::service::service_fn(
                 |req: http::Request<hyper::body::Incoming>| async move {
                     let (status, body) = match req.uri().path() {
+                        "/ui" => return Ok(page(crate::ui::PAGE)),
+                        "/ui/state" => {
+                            let mut body =
+                                serde_json::to_vec(&crate::ui::state()).unwrap_or_default();
+                            body.push(b'\n');
+                            let mut r = Response::new(Full::new(Bytes::from(body)));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            return Ok(r);
+                        }
                         "/metrics" => (StatusCode::OK, METRICS.render()),
                         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
                         "/readyz" if METRICS.synced.load(Relaxed) => {

@@ -18,6 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use weir_operator::crd::{Backend, ProxyRoute, TelemetrySink};
 
+#[path = "../../dataplane/tests/common/browser.rs"]
+mod browser;
+
 const TOKEN: &str = "e2e-admin-token";
 const DP_TOKEN: &str = "e2e-dataplane-token";
 const DP_NS: &str = "weir-system";
@@ -487,6 +490,7 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
     )
     .unwrap();
 
+    let operator_metrics = free_port();
     let mut operator = Proc::spawn(
         "operator-1",
         dir,
@@ -495,7 +499,7 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
             &listeners,
             admin_port,
             "operator-1",
-            free_port(),
+            operator_metrics,
         ),
     );
 
@@ -761,6 +765,7 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
         (route_json("api").await?["status"]["healthy"] == "1/2").then_some(())
     })
     .await;
+    operator_page(operator_metrics, &echo_b).await;
     for ip in dp_ips {
         for _ in 0..4 {
             assert_eq!(
@@ -1447,6 +1452,63 @@ fn serve_sink_conn(conn: std::net::TcpStream, keys: &std::sync::Mutex<Vec<String
 
 /// The rows (cells as strings) the API server's Table output gives for a weir kind in NS,
 /// i.e. what `kubectl get` prints.
+/// The operator's status page in headless Chromium while endpoint `down` is unhealthy: both
+/// dataplane pods ready and running the desired version, the invalid route's `Accepted=False`,
+/// the unhealthy endpoint with its reason; a screenshot goes to the test's output directory.
+async fn operator_page(metrics_port: u16, down: &str) {
+    let url = format!("http://127.0.0.1:{metrics_port}/ui");
+    let dom = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || browser::dump_dom(&url)
+    })
+    .await
+    .expect("browser task");
+    let desired = dom
+        .split_once("<code id=\"desired\">")
+        .and_then(|(_, rest)| rest.split_once('<'))
+        .map(|(v, _)| v.to_string())
+        .unwrap_or_else(|| panic!("no desired version on the operator page:\n{dom}"));
+    for i in 0..2 {
+        let pod = format!("{DP_NS}/dataplane-{i}");
+        assert_eq!(
+            browser::attr_after(&dom, "data-pod", &pod, "data-ready").as_deref(),
+            Some("true"),
+            "{pod} not shown ready:\n{dom}"
+        );
+        assert_eq!(
+            browser::attr_after(&dom, "data-pod", &pod, "data-version").as_deref(),
+            Some(desired.as_str()),
+            "{pod} not shown running the desired version {desired}:\n{dom}"
+        );
+    }
+    let bad = browser::row(&dom, "data-route", &format!("{NS}/bad"))
+        .unwrap_or_else(|| panic!("no row for route {NS}/bad:\n{dom}"));
+    assert!(
+        bad.contains("data-condition=\"Accepted\" data-status=\"False\"")
+            && bad.contains("spec.rules[0].matches[0].path"),
+        "route bad not shown Accepted=False with the field path: {bad}"
+    );
+    let echo = browser::row(&dom, "data-backend", &format!("{NS}/echo"))
+        .unwrap_or_else(|| panic!("no row for backend {NS}/echo:\n{dom}"));
+    assert!(
+        echo.contains(&format!("{down}: ")) && echo.contains("1/2"),
+        "backend echo does not show {down} unhealthy: {echo}"
+    );
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("status-page")
+        .join("operator-ui.png");
+    tokio::task::spawn_blocking({
+        let out = out.clone();
+        move || browser::screenshot(&url, &out)
+    })
+    .await
+    .expect("browser task");
+    eprintln!(
+        "e2e: operator status page checked; screenshot: {}",
+        out.display()
+    );
+}
+
 async fn table_rows(client: &Client, plural: &str) -> Vec<Vec<String>> {
     let req = http::Request::get(format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/{plural}"))
         .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
