@@ -36,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => return,
     };
     let Ok(cond) = FieldCond::new(&m) else {
-        assert!(steps.is_err() || flags & 1 != 0, "only a bad path or regex is refused");
+        assert!(
+            steps.is_err() || flags & 1 != 0,
+            "only a bad path or regex is refused"
+        );
         return;
     };
     let mut headers = HeaderMap::new();
@@ -49,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
     let view = BodyView::new(body.clone(), complete);
     let verdict = eval(std::slice::from_ref(&cond), &headers, Some(&view));
     if complete {
-        assert!(!matches!(verdict, Verdict::NeedBody), "a complete body decides");
+        assert!(
+            !matches!(verdict, Verdict::NeedBody),
+            "a complete body decides"
+        );
     }
     let _ = eval(std::slice::from_ref(&cond), &headers, None);
     // Exact match on the extracted value, body only, complete: eval agrees with first_value.

@@ -15,7 +15,8 @@ fn check(s: Snapshot) {
     let json = serde_json::to_vec(&s).expect("a valid snapshot serialises to JSON");
     let back = weir_config::parse_json(&json).expect("the JSON of a valid snapshot parses");
     assert_eq!(back, s, "JSON round trip changed the snapshot");
-    back.validate().expect("the round-tripped snapshot still validates");
+    back.validate()
+        .expect("the round-tripped snapshot still validates");
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -31,7 +31,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut results = Vec::new();
     for (g, (_, idx)) in groups.iter().enumerate() {
-        let sub: Value = serde_json::from_slice(&sub_query(&query, idx)).expect("sub-query is JSON");
+        let sub: Value =
+            serde_json::from_slice(&sub_query(&query, idx)).expect("sub-query is JSON");
         let sub_names = metric_names(&sub).expect("sub-query has metrics[].name");
         let want: Vec<&String> = idx.iter().map(|i| &names[*i]).collect();
         assert_eq!(sub_names.iter().collect::<Vec<_>>(), want);

@@ -10,6 +10,9 @@ fuzz_target!(|path: &str| {
     let twice = normalize_path(&once);
     assert_eq!(once, twice, "normalize_path is not idempotent on {path:?}");
     if path.starts_with('/') {
-        assert!(once.starts_with('/'), "{path:?} lost its leading slash: {once:?}");
+        assert!(
+            once.starts_with('/'),
+            "{path:?} lost its leading slash: {once:?}"
+        );
     }
 });

@@ -81,8 +81,10 @@ fuzz_target!(|data: &[u8]| {
         let method = Method::from_bytes(req.method.as_bytes()).unwrap_or(Method::GET);
         let mut headers = HeaderMap::new();
         for (n, v) in &req.headers {
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v))
-            {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
                 headers.append(n, v);
             }
         }

@@ -44,6 +44,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(flags, f & 1, "the sampled flag is kept");
             assert_eq!(out.get("tracestate"), headers.get("tracestate"));
         }
-        None => assert!(out.get("tracestate").is_none(), "a new trace drops tracestate"),
+        None => assert!(
+            out.get("tracestate").is_none(),
+            "a new trace drops tracestate"
+        ),
     }
 });
