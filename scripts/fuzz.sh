@@ -30,6 +30,9 @@ export RUSTC_BOOTSTRAP=1
 
 fuzz() { cargo fuzz "$1" --fuzz-dir fuzz "${@:2}"; }
 
+# The fuzz crate is outside the main workspace, so `cargo fmt --all` does not see it.
+cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
+
 targets="${FUZZ_TARGETS:-$(fuzz list)}"
 echo "fuzz: building $(echo $targets | wc -w) targets into $BUILD_DIR" >&2
 if [ -z "${FUZZ_TARGETS:-}" ]; then
