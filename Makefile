@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test deps build release lint fmt check-example crds e2e bench clean manifests chart-check chart-dryrun
+.PHONY: run test deps build release lint fmt check-example crds e2e bench clean manifests chart-check chart-dryrun fuzz fuzz-smoke soak
 
 ## run: release build, two demo backends, the dataplane on examples/standalone.yaml
 run: deps release
@@ -64,6 +64,23 @@ chart-dryrun:
 ## peers; release build, then ~16 min of runs; BENCH_QUICK=1 for a short run). See BENCHMARKS.md
 bench:
 	bench/scripts/bench.sh
+
+## fuzz: every libFuzzer target in fuzz/ for FUZZ_SECONDS each (default 300), seeds from fuzz/seeds,
+## the growing corpus and crash artifacts under $(CARGO_TARGET_DIR)/fuzz-work (see fuzz/README.md)
+FUZZ_SECONDS ?= 300
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+## fuzz-smoke: each fuzz target for a few seconds (CI)
+fuzz-smoke: deps
+	FUZZ_SECONDS=5 scripts/fuzz.sh
+
+## soak: one dataplane under mixed h1/h2/h3 load for SOAK_MINUTES (default 30) with config swaps,
+## endpoint restarts, a sink outage, abandoned WebSockets and vanishing clients; RSS, fds, tasks
+## (not in CI; see BENCHMARKS.md "Soak")
+SOAK_MINUTES ?= 30
+soak: deps release
+	SOAK_MINUTES=$(SOAK_MINUTES) scripts/soak.sh
 
 clean:
 	$(CARGO) clean

@@ -234,6 +234,12 @@ impl Breaker {
         }
     }
 
+    /// The state as last moved by a request (unlike [`Breaker::view`], an elapsed open period
+    /// does not turn into half-open here).
+    pub fn mode(&self) -> Mode {
+        self.lock().mode
+    }
+
     /// Ends the open period now (tests).
     #[cfg(test)]
     fn expire_open(&self) {

@@ -8,6 +8,7 @@
 //! gets that status, the body (up to 64 KiB) and the allowed headers.
 
 use crate::body::{full, ProxyBody};
+use crate::breaker::{Breaker, Mode};
 use crate::proxy::{error_response, ProxyError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -17,9 +18,9 @@ use hyper_util::rt::TokioExecutor;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use weir_config::{ExtAuth, FailureMode};
+use weir_config::{CircuitBreaker, ExtAuth, FailureMode};
 
 /// Header added upstream when a request was let through by `failOpen`.
 pub const FAILURE_MODE_HEADER: &str = "x-weir-auth-failure-mode-allowed";
@@ -135,13 +136,6 @@ struct Cache {
     order: VecDeque<[u8; 32]>,
 }
 
-#[derive(Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
-    probing: bool,
-}
-
 /// One compiled `extAuth`.
 pub struct ExtAuthRt {
     route: String,
@@ -154,8 +148,10 @@ pub struct ExtAuthRt {
     status_on_error: StatusCode,
     cache_ttl: Option<(Duration, usize)>,
     cache: Mutex<Cache>,
-    breaker_cfg: Option<(u32, Duration)>,
-    breaker: Mutex<Breaker>,
+    /// The backends' breaker with one half-open probe: its [`Ticket`] frees the probe slot
+    /// when a check is dropped mid-call (the client went away), which a hand-kept `probing`
+    /// flag did not (issue #19).
+    breaker: Option<Arc<Breaker>>,
     client: Result<AuthClient, String>,
     m: Handles,
 }
@@ -207,11 +203,18 @@ impl ExtAuthRt {
                 .as_ref()
                 .map(|c| (c.ttl.get(), c.max_entries as usize)),
             cache: Mutex::new(Cache::default()),
-            breaker_cfg: cfg
-                .circuit_breaker
-                .as_ref()
-                .map(|b| (b.consecutive_failures, b.open_for.get())),
-            breaker: Mutex::new(Breaker::default()),
+            breaker: cfg.circuit_breaker.as_ref().map(|b| {
+                Arc::new(Breaker::new(
+                    &format!("extAuth {route}"),
+                    &CircuitBreaker {
+                        consecutive_failures: b.consecutive_failures,
+                        error_ratio: None,
+                        open_duration: b.open_for,
+                        half_open_probes: 1,
+                        ..CircuitBreaker::default()
+                    },
+                ))
+            }),
             client,
             m: Handles {
                 allowed: c(&f.requests, "allowed"),
@@ -262,12 +265,23 @@ impl ExtAuthRt {
             }
             self.m.miss.inc();
         }
-        if !self.breaker_admits() {
-            return self.failure("the authorization webhook's circuit breaker is open");
+        let ticket = match &self.breaker {
+            Some(b) => match b.try_acquire() {
+                Some(t) => {
+                    self.show_state(b);
+                    Some(t)
+                }
+                None => return self.failure("the authorization webhook's circuit breaker is open"),
+            },
+            None => None,
+        };
+        let result = self.call(method, pq, host, sent).await;
+        if let (Some(t), Some(b)) = (ticket, &self.breaker) {
+            t.record(result.is_err());
+            self.show_state(b);
         }
-        match self.call(method, pq, host, sent).await {
+        match result {
             Ok(v) => {
-                self.breaker_result(true);
                 match &v {
                     Verdict::Allow(_) => self.m.allowed.inc(),
                     Verdict::Deny { .. } => self.m.denied.inc(),
@@ -278,7 +292,6 @@ impl ExtAuthRt {
                 self.apply(v)
             }
             Err(why) => {
-                self.breaker_result(false);
                 self.m.failed.inc();
                 tracing::warn!(route = %self.route, webhook = %self.base, error = %why, "external authorization failed");
                 self.failure(&format!("the authorization webhook failed: {why}"))
@@ -417,44 +430,104 @@ impl ExtAuthRt {
             .len()
     }
 
-    fn set_state(&self, v: i64) {
+    fn show_state(&self, b: &Breaker) {
         if let Some(g) = &self.m.breaker {
-            g.set(v);
+            g.set(match b.mode() {
+                Mode::Closed => 0,
+                Mode::Open => 1,
+                Mode::HalfOpen => 2,
+            });
         }
     }
+}
 
-    fn breaker_admits(&self) -> bool {
-        let Some(_) = self.breaker_cfg else {
-            return true;
-        };
-        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        match b.open_until {
-            None => true,
-            Some(t) if Instant::now() < t => false,
-            Some(_) if b.probing => false,
-            Some(_) => {
-                b.probing = true;
-                self.set_state(2);
-                true
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// A webhook on loopback that answers its calls in turn: the first `503`, the second
+    /// never (it reports that the call arrived and holds the connection), the rest `200`.
+    async fn scripted_webhook() -> (String, mpsc::UnboundedReceiver<usize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let calls = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (tx, calls) = (tx.clone(), calls.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _ = tx.send(n);
+                    let status = match n {
+                        1 => "503 Service Unavailable",
+                        2 => {
+                            // Hold the call until the client goes away.
+                            let _ = s.read(&mut buf).await;
+                            return;
+                        }
+                        _ => "200 OK",
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
             }
-        }
+        });
+        (url, rx)
     }
 
-    fn breaker_result(&self, ok: bool) {
-        let Some((threshold, open_for)) = self.breaker_cfg else {
-            return;
-        };
-        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        if ok {
-            *b = Breaker::default();
-            self.set_state(0);
-            return;
+    fn allowed(o: &Outcome) -> bool {
+        matches!(o, Outcome::Allow(h) if h.is_empty())
+    }
+
+    /// Issue #19 bug 2: the half-open probe's future is dropped mid-call (the client went
+    /// away). The breaker must let the next request probe; it used to refuse every request
+    /// until the next config change.
+    #[tokio::test]
+    async fn dropped_probe_frees_the_breaker() {
+        let (url, mut calls) = scripted_webhook().await;
+        let cfg: ExtAuth = serde_json::from_value(serde_json::json!({
+            "url": url,
+            "timeout": "1h",
+            "failureMode": "failClosed",
+            "circuitBreaker": {"consecutiveFailures": 1, "openFor": "200ms"},
+        }))
+        .expect("config");
+        let rt = ExtAuthRt::new("issue19-probe", &cfg);
+        let (m, h) = (Method::GET, HeaderMap::new());
+        let check = || rt.check(&m, "/", "x.test", &h);
+
+        // The 503 opens the breaker; while open, no call goes out.
+        assert!(!allowed(&check().await), "503 is a failure");
+        assert_eq!(calls.recv().await, Some(1));
+        assert!(!allowed(&check().await), "open: refused");
+        assert!(calls.try_recv().is_err(), "open: the webhook is not called");
+
+        // After openFor the probe goes out; its client vanishes while the webhook holds it.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            _ = check() => panic!("the webhook never answers the probe"),
+            n = calls.recv() => assert_eq!(n, Some(2)),
         }
-        b.failures = b.failures.saturating_add(1);
-        if b.probing || b.failures >= threshold {
-            b.probing = false;
-            b.open_until = Some(Instant::now() + open_for);
-            self.set_state(1);
-        }
+
+        // The dropped probe freed its slot: the next request probes, succeeds, closes.
+        let o = check().await;
+        assert!(allowed(&o), "the next probe must reach the webhook");
+        assert_eq!(calls.recv().await, Some(3));
+        assert!(allowed(&check().await), "closed again");
+        assert_eq!(calls.recv().await, Some(4));
     }
 }

@@ -147,13 +147,7 @@ impl KairosRt {
             }
         };
         let query: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let names: Option<Vec<String>> = query.as_ref().and_then(|q| {
-            q.get("metrics")?
-                .as_array()?
-                .iter()
-                .map(|m| m.get("name")?.as_str().map(str::to_string))
-                .collect()
-        });
+        let names = query.as_ref().and_then(metric_names);
         let header_name = parts
             .headers
             .get(&METRIC_HEADER)
@@ -258,17 +252,10 @@ impl KairosRt {
             HeaderValue::from_static("application/json"),
         );
         let sem = Arc::new(tokio::sync::Semaphore::new(self.max_concurrency));
-        let metrics = query
-            .get("metrics")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
         // Owned futures built in a loop (no borrowing closures: they upset `Send` inference).
         let mut calls = Vec::with_capacity(groups.len());
         for (b, idx) in &groups {
-            let mut sub = query.clone();
-            sub["metrics"] = Value::Array(idx.iter().map(|i| metrics[*i].clone()).collect());
-            let body = Bytes::from(sub.to_string());
+            let body = sub_query(&query, idx);
             let headers = headers.clone();
             let method = parts.method.clone();
             let pq = pq.clone();
@@ -297,33 +284,16 @@ impl KairosRt {
             .map(|r| r.unwrap_or_else(|e| Err(format!("backend task failed: {e}"))))
             .collect();
 
-        let mut merged: Vec<Value> = vec![Value::Null; names.len()];
-        let mut errors = Vec::new();
-        let mut missing = Vec::new();
-        for ((_, idx), res) in groups.iter().zip(results) {
-            match res {
-                Ok(queries) => {
-                    for (j, i) in idx.iter().enumerate() {
-                        merged[*i] = queries[j].clone();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "KairosDB backend failed");
-                    errors.push(e);
-                    for i in idx {
-                        missing.push(names[*i].clone());
-                        merged[*i] = json!({
-                            "sample_size": 0,
-                            "results": [{ "name": names[*i], "group_by": [], "tags": {}, "values": [] }]
-                        });
-                    }
-                }
-            }
-        }
+        let idxs: Vec<Vec<usize>> = groups.iter().map(|(_, idx)| idx.clone()).collect();
+        let Merged {
+            queries,
+            errors,
+            missing,
+        } = merge(&names, &idxs, results);
         if !errors.is_empty() && !self.allow_partial {
             return kairos_error(StatusCode::BAD_GATEWAY, errors);
         }
-        let mut resp = Response::new(full(Bytes::from(json!({ "queries": merged }).to_string())));
+        let mut resp = Response::new(full(Bytes::from(json!({ "queries": queries }).to_string())));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -385,8 +355,39 @@ async fn query_backend(
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
         return Err(format!("status {}: {text}", status.as_u16()));
     }
-    let v: Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("answer is not JSON: {e}"))?;
+    answer_queries(&bytes, n)
+}
+
+/// The metric names of a KairosDB query (`metrics[].name`), in request order; `None` when the
+/// query has no such array or a metric has no string name.
+pub fn metric_names(query: &Value) -> Option<Vec<String>> {
+    query
+        .get("metrics")?
+        .as_array()?
+        .iter()
+        .map(|m| m.get("name")?.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The sub-query one backend gets: `query` with only the metrics at `idx` (indexes into its
+/// `metrics`, as [`metric_names`] numbered them).
+pub fn sub_query(query: &Value, idx: &[usize]) -> Bytes {
+    let metrics = query.get("metrics").and_then(Value::as_array);
+    let picked = idx
+        .iter()
+        .filter_map(|i| metrics.and_then(|m| m.get(*i)).cloned())
+        .collect();
+    let mut sub = query.clone();
+    if let Some(o) = sub.as_object_mut() {
+        o.insert("metrics".to_string(), Value::Array(picked));
+    }
+    Bytes::from(sub.to_string())
+}
+
+/// A backend's answer to a sub-query of `n` metrics: its `queries`, which must have `n`
+/// entries.
+pub fn answer_queries(bytes: &[u8], n: usize) -> Result<Vec<Value>, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("answer is not JSON: {e}"))?;
     let queries = v
         .get("queries")
         .and_then(Value::as_array)
@@ -398,6 +399,58 @@ async fn query_backend(
         ));
     }
     Ok(queries.clone())
+}
+
+/// The answers of a split query put back together.
+#[derive(Debug)]
+pub struct Merged {
+    /// One entry per requested metric, in request order.
+    pub queries: Vec<Value>,
+    /// Why the failed groups failed.
+    pub errors: Vec<String>,
+    /// Names of the metrics whose backend failed (they got empty results).
+    pub missing: Vec<String>,
+}
+
+/// Merges per-group answers: `groups[g]` lists the metric indexes (into `names`) group `g`
+/// asked for and `results[g]` is its [`answer_queries`] outcome. A failed group's metrics get
+/// empty results.
+pub fn merge(
+    names: &[String],
+    groups: &[Vec<usize>],
+    results: Vec<Result<Vec<Value>, String>>,
+) -> Merged {
+    let mut queries: Vec<Value> = vec![Value::Null; names.len()];
+    let mut errors = Vec::new();
+    let mut missing = Vec::new();
+    for (idx, res) in groups.iter().zip(results) {
+        match res {
+            Ok(answers) => {
+                for (i, a) in idx.iter().zip(answers) {
+                    if let Some(slot) = queries.get_mut(*i) {
+                        *slot = a;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "KairosDB backend failed");
+                errors.push(e);
+                for i in idx {
+                    let Some(name) = names.get(*i) else { continue };
+                    missing.push(name.clone());
+                    queries[*i] = json!({
+                        "sample_size": 0,
+                        "results": [{ "name": name, "group_by": [], "tags": {}, "values": [] }]
+                    });
+                }
+            }
+        }
+    }
+    Merged {
+        queries,
+        errors,
+        missing,
+    }
 }
 
 async fn collect_text(body: ProxyBody) -> String {

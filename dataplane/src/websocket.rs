@@ -18,9 +18,12 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use weir_config::WebSocketConfig;
 
@@ -278,50 +281,118 @@ impl Upgrade {
     }
 }
 
+/// When bytes last moved through a tunnel, in nanoseconds after `origin`; shared by the two
+/// [`IdleIo`] ends of one tunnel.
+struct Activity {
+    origin: tokio::time::Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            origin: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Completes once nothing moved for `idle`. It runs beside the copy rather than between
+    /// its steps, so a write blocked on a peer that stopped reading cannot hold it off.
+    async fn expired(&self, idle: Duration) {
+        loop {
+            let deadline = self.last() + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// One end of a tunnel that notes every read or write that moved bytes.
+struct IdleIo<'a, T> {
+    io: T,
+    activity: &'a Activity,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<'_, T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<'_, T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Copies bytes both ways until both directions ended (a side's EOF shuts the other side's
-/// write half down, so a close is propagated) or nothing moved for `idle`.
+/// write half down, so a close is propagated) or nothing moved for `idle`; returns the bytes
+/// copied a → b and b → a.
+///
+/// `copy_bidirectional` drives both directions independently, so a peer that stops reading
+/// only stalls the direction towards it, and the idle timer runs beside the copy: such a
+/// peer pins the tunnel (its task, buffers and both connections) for `idle` at most.
 pub async fn tunnel<A, B>(a: A, b: B, idle: Duration) -> std::io::Result<(u64, u64)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
-    let mut abuf = vec![0u8; 16 * 1024];
-    let mut bbuf = vec![0u8; 16 * 1024];
-    let (mut a_done, mut b_done) = (false, false);
-    let (mut a_to_b, mut b_to_a) = (0u64, 0u64);
-    while !(a_done && b_done) {
-        tokio::select! {
-            r = ar.read(&mut abuf), if !a_done => {
-                let n = r?;
-                if n == 0 {
-                    a_done = true;
-                    let _ = bw.shutdown().await;
-                } else {
-                    bw.write_all(&abuf[..n]).await?;
-                    bw.flush().await?;
-                    a_to_b += n as u64;
-                }
-            }
-            r = br.read(&mut bbuf), if !b_done => {
-                let n = r?;
-                if n == 0 {
-                    b_done = true;
-                    let _ = aw.shutdown().await;
-                } else {
-                    aw.write_all(&bbuf[..n]).await?;
-                    aw.flush().await?;
-                    b_to_a += n as u64;
-                }
-            }
-            _ = tokio::time::sleep(idle) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "WebSocket tunnel idle timeout"));
-            }
-        }
+    let activity = Activity::new();
+    let mut a = IdleIo {
+        io: a,
+        activity: &activity,
+    };
+    let mut b = IdleIo {
+        io: b,
+        activity: &activity,
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, TUNNEL_BUF, TUNNEL_BUF) => r,
+        () = activity.expired(idle) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "WebSocket tunnel idle timeout",
+        )),
     }
-    Ok((a_to_b, b_to_a))
 }
+
+/// Per-direction copy buffer of a tunnel (the size the hand-written loop used).
+const TUNNEL_BUF: usize = 16 * 1024;
 
 /// Standard base64 with padding (for `Sec-WebSocket-Key`).
 fn base64(bytes: &[u8]) -> String {
@@ -345,6 +416,94 @@ fn base64(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Only turns a hang into a failure (the bugs these tests pin down hang forever); no
+    /// test asserts how fast anything is.
+    const HANG_GUARD: Duration = Duration::from_secs(30);
+
+    /// A connected loopback TCP pair: (the peer's end, the tunnel's end).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (peer, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (peer.expect("connect"), accepted.expect("accept").0)
+    }
+
+    /// Issue #19 bug 1: a peer that stops reading while the other keeps sending used to pin
+    /// the tunnel forever (the loop sat in `write_all` and never polled its idle timer).
+    #[tokio::test]
+    async fn tunnel_honours_idle_timeout_when_a_peer_stops_reading() {
+        let (mut sender, a) = tcp_pair().await;
+        let (mut stalled, b) = tcp_pair().await;
+        let writer = tokio::spawn(async move {
+            let chunk = vec![7u8; 64 * 1024];
+            loop {
+                if let Err(e) = sender.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        });
+        let r = tokio::time::timeout(HANG_GUARD, tunnel(a, b, Duration::from_millis(300)))
+            .await
+            .expect("the tunnel must end on its idle timeout, not hang");
+        let err = r.expect_err("stalled tunnel must time out");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        // The tunnel dropped both connections: the sender's writes now fail, and the stalled
+        // peer reads what was buffered, then the end of the stream.
+        let e = tokio::time::timeout(HANG_GUARD, writer)
+            .await
+            .expect("the sender must see the connection closed")
+            .expect("writer task");
+        assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{e:?}"
+        );
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(HANG_GUARD, stalled.read_to_end(&mut sink))
+            .await
+            .expect("the stalled peer must see the connection closed");
+    }
+
+    /// Issue #19 bug 1: both peers write 8 MiB before reading anything. The pipes stand for
+    /// the socket buffers on either side of the proxy: each holds 5 MiB, so a path of two
+    /// hops holds the 8 MiB but one hop does not. The old loop, blocked writing to one peer,
+    /// stopped reading the other, leaving one hop per direction: both peers stalled for good.
+    #[tokio::test]
+    async fn tunnel_carries_8_mib_each_way_when_both_peers_write_before_reading() {
+        const SIZE: usize = 8 * 1024 * 1024;
+        const HOP: usize = 5 * 1024 * 1024;
+        let (peer_a, a) = tokio::io::duplex(HOP);
+        let (peer_b, b) = tokio::io::duplex(HOP);
+        fn pattern(seed: u8) -> Vec<u8> {
+            (0..SIZE).map(|i| (i % 251) as u8 ^ seed).collect()
+        }
+        async fn write_then_read(mut io: tokio::io::DuplexStream, seed: u8) -> Vec<u8> {
+            io.write_all(&pattern(seed)).await.expect("write");
+            io.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            io.read_to_end(&mut got).await.expect("read");
+            got
+        }
+        let run = async {
+            tokio::join!(
+                write_then_read(peer_a, 1),
+                write_then_read(peer_b, 2),
+                tunnel(a, b, Duration::from_secs(3600)),
+            )
+        };
+        let (got_a, got_b, copied) = tokio::time::timeout(HANG_GUARD, run)
+            .await
+            .expect("both peers must get each other's 8 MiB (no deadlock)");
+        assert_eq!(copied.expect("tunnel"), (SIZE as u64, SIZE as u64));
+        assert!(got_a == pattern(2), "a got b's bytes, in order");
+        assert!(got_b == pattern(1), "b got a's bytes, in order");
+    }
 
     #[test]
     fn base64_matches_rfc4648() {
