@@ -71,9 +71,9 @@ FUZZ_SECONDS ?= 300
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
-## fuzz-smoke: each fuzz target for a few seconds (CI)
+## fuzz-smoke: each fuzz target for a few seconds (CI), dev profile without a sanitizer
 fuzz-smoke: deps
-	FUZZ_SECONDS=5 scripts/fuzz.sh
+	FUZZ_SECONDS=5 FUZZ_BUILD_FLAGS="--sanitizer none --dev" scripts/fuzz.sh
 
 ## soak: one dataplane under mixed h1/h2/h3 load for SOAK_MINUTES (default 30) with config swaps,
 ## endpoint restarts, a sink outage, abandoned WebSockets and vanishing clients; RSS, fds, tasks
