@@ -145,13 +145,15 @@ def bench_report(p, what):
 
 
 def counts(rep):
-    """(sent, failed) from a weir-bench JSON report."""
-    ok = rep.get("requests", 0)
-    errors = rep.get("errors") or {}
-    failed = sum(errors.values()) if isinstance(errors, dict) else int(errors)
-    statuses = rep.get("statuses") or {}
-    bad = sum(v for k, v in statuses.items() if not str(k).startswith("2"))
-    return ok + failed, failed + bad, rep
+    """(sent, failed, report) from a weir-bench JSON report: every error (connection attempts
+    included) and every non-2xx response counts as failed."""
+    errors = (rep.get("errors") or {}).get("total", 0)
+    bad = sum(v for k, v in (rep.get("status") or {}).items() if not k.startswith("2"))
+    return rep.get("requests", 0), errors + bad, rep
+
+
+def failure_text(rep):
+    return f"status {rep.get('status')}, errors {rep.get('first_errors')}"
 
 
 # Scenarios ---------------------------------------------------------------------------------
@@ -197,28 +199,207 @@ def rolling_update(c):
     h3 = c.load(f"https://{HOST}/v1/load", "h3", f"{c.vip}:443", secs, 2, 4)
     time.sleep(3)
     t0 = time.time()
-    vals = json.loads(json.dumps(BASE_VALUES))
-    vals["dataplane"]["podAnnotations"] = {"weir.dev/rollout": str(int(t0))}
-    c.helm.upgrade(CHART, "weir", vals, namespace=NS, timeout=60)
+    upgrade(c, podAnnotations={"weir.dev/rollout": str(int(t0))})
     print("     helm upgrade (dataplane.podAnnotations changed) under load")
-
-    def rolled():
-        now = r.pods_of(NS, "weir-dataplane")
-        with r.lock:
-            terminating = [p for p in r.pods.values() if p.owner == f"{NS}/weir-dataplane" and p.terminating]
-        return len(now) == 2 and not ({p.name for p in now} & before) and all(p.ready for p in now) and not terminating
-    eventually("the rollout to finish", rolled, secs + 60)
+    wait_rollout(c, "weir-dataplane", before, secs + 60)
     print(f"ok   rollout finished in {time.time() - t0:.1f}s: {sorted(p.name for p in r.pods_of(NS, 'weir-dataplane'))}")
     s1, f1, rep1 = counts(bench_report(h1, "HTTP/1.1 load"))
     s3, f3, rep3 = counts(bench_report(h3, "HTTP/3 load"))
-    print(f"     HTTP/1.1 through {c.vip}:80: {s1} sent, {f1} failed; HTTP/3 through {c.vip}:443/UDP: {s3} sent, {f3} failed")
-    if f1 or f3 or not s1 or not s3:
-        raise RuntimeError(f"rolling update: failed requests (HTTP/1.1 {rep1.get('errors')} {rep1.get('statuses')}; "
-                           f"HTTP/3 {rep3.get('errors')} {rep3.get('statuses')})")
-    print("ok   rolling update under load: 0 failed requests")
+    print(f"     HTTP/1.1 through {c.vip}:80: {s1} sent, {f1} failed ({rep1.get('retried', 0)} retried on a new connection); "
+          f"HTTP/3 through {c.vip}:443/UDP: {s3} sent, {f3} failed ({rep3.get('retried', 0)} retried on a new connection)")
+    if c.check(not f1 and not f3 and s1 and s3, f"rolling update: failed requests (HTTP/1.1 {failure_text(rep1)}; HTTP/3 {failure_text(rep3)})"):
+        print("ok   rolling update under load: 0 failed requests")
 
 
-SCENARIOS = [("traffic", traffic), ("rolling-update", rolling_update)]
+def wait_rollout(c, deploy, before, secs=120):
+    """Until every pod of `deploy` is new (not in `before`), ready, and no old pod is left."""
+    r = c.runner
+
+    def rolled():
+        now = r.pods_of(NS, deploy)
+        with r.lock:
+            terminating = [p for p in r.pods.values() if p.owner == f"{NS}/{deploy}" and p.terminating]
+        want = r.api.get(f"/apis/apps/v1/namespaces/{NS}/deployments/{deploy}")["spec"].get("replicas", 1)
+        return (len(now) == want and not ({p.name for p in now} & before) and all(p.ready for p in now)
+                and not terminating)
+    eventually(f"the rollout of {deploy}", rolled, secs)
+
+
+def upgrade(c, **dataplane):
+    vals = json.loads(json.dumps(BASE_VALUES))
+    vals["dataplane"].update(dataplane)
+    c.values = vals
+    c.helm.upgrade(CHART, "weir", vals, namespace=NS, timeout=60)
+
+
+def make_cert(c, name, cn):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", f"{c.tmp}/{name}.key", "-out", f"{c.tmp}/{name}.crt", "-days", "2", "-subj", f"/CN={cn}",
+                    "-addext", f"subjectAltName=DNS:{HOST}",
+                    # A leaf that trusts itself: rustls refuses a CA certificate as the server certificate.
+                    "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=digitalSignature",
+                    "-addext", "extendedKeyUsage=serverAuth"], check=True, capture_output=True)
+    return f"{c.tmp}/{name}.crt", f"{c.tmp}/{name}.key"
+
+
+def tls_secret(c, crt, key):
+    text = c.k("-n", NS, "create", "secret", "tls", "weir-tls", f"--cert={crt}", f"--key={key}", "--dry-run=client", "-o", "yaml")
+    c.k("apply", "-f", "-", input=text)
+
+
+def served_with(c, ca, why=None):
+    """(TCP ok, QUIC ok): the Service serves a certificate that `ca` (a self-signed cert) verifies."""
+    tcp = c.runner.client("curl", "-sS", "-o", "/dev/null", "--max-time", "5", "--cacert", ca, "--resolve", f"{HOST}:443:{c.vip}",
+                          f"https://{HOST}/v1/tls")
+    quic = c.runner.client(f"{c.bindir}/weir-bench", "-n", "1", "-v", "-p", "h3", "--cacert", ca, "--timeout", "5s",
+                           "--connect-to", f"{c.vip}:443", f"https://{HOST}/v1/tls")
+    if why is not None:
+        why[:] = [tcp.stderr.strip()[-300:], (quic.stdout + quic.stderr).strip()[-300:]]
+    return tcp.returncode == 0, quic.returncode == 0
+
+
+def cert_rotation(c):
+    """dataplane.tls.secretName, then the Secret updated: the `..data` swap reaches TCP and QUIC."""
+    r = c.runner
+    crt1, key1 = make_cert(c, "cert1", "weir-rotation-1")
+    crt2, key2 = make_cert(c, "cert2", "weir-rotation-2")
+    tls_secret(c, crt1, key1)
+    before = {p.name for p in r.pods_of(NS, "weir-dataplane")}
+    upgrade(c, tls={"secretName": "weir-tls"})
+    wait_rollout(c, "weir-dataplane", before)
+    why = []
+    try:
+        eventually("the mounted certificate served on TCP and QUIC", lambda: all(served_with(c, crt1, why)), 60)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}: {why}") from None
+    pods = {p.name: [ctr.restarts for ctr in p.containers] for p in r.pods_of(NS, "weir-dataplane")}
+    print(f"ok   helm upgrade --set dataplane.tls.secretName=weir-tls: CN=weir-rotation-1 served on 443/TCP and 443/UDP by {sorted(pods)}")
+    t0 = time.time()
+    tls_secret(c, crt2, key2)
+    seen = {}
+
+    def rotated():
+        tcp, quic = served_with(c, crt2)
+        for k, v in (("tcp", tcp), ("quic", quic)):
+            if v and k not in seen:
+                seen[k] = time.time() - t0
+        return tcp and quic
+    eventually("the rotated certificate on TCP and QUIC", rotated, 120)
+    after = {p.name: [ctr.restarts for ctr in p.containers] for p in r.pods_of(NS, "weir-dataplane")}
+    print(f"     Secret weir-tls updated (CN=weir-rotation-2): served on TCP after {seen['tcp']:.1f}s, on QUIC after {seen['quic']:.1f}s "
+          "(kubelet-style ..data swap within ~1 s, then the dataplane's 2 s certificate check)")
+    c.check(after == pods, f"certificate rotation restarted or replaced dataplane pods: {pods} -> {after}")
+    c.check(not any(served_with(c, crt1)), "the old certificate is still served after the rotation")
+    print("ok   certificate rotated without a restart (same pods, 0 container restarts)")
+
+
+def restart_operator_down(c):
+    """A dataplane pod replaced while no operator runs boots from the mounted snapshot Secret."""
+    r = c.runner
+    c.k("-n", NS, "scale", "deployment", "weir-operator", "--replicas=0")
+    eventually("operator pods gone", lambda: not any(p.owner == f"{NS}/weir-operator" for p in list(r.pods.values())), 90)
+    before = {p.name for p in r.pods_of(NS, "weir-dataplane")}
+    old = sorted(before)[0]
+    c.k("-n", NS, "delete", "pod", old, "--wait=false")
+    print(f"     operator scaled to 0; deleted dataplane pod {old}")
+    new = eventually("a replacement dataplane pod", lambda: next((p for p in r.ready_pods(NS, "weir-dataplane")
+                                                                    if p.name not in before), None), 90)
+    out = subprocess.run(["curl", "-sS", "--max-time", "5", "-H", f"Host: {HOST}", f"http://{new.ip}:8080/v1/direct"],
+                         capture_output=True, text=True)
+    body = json.loads(out.stdout or "{}")
+    if not body.get("server", "").startswith("api"):
+        raise RuntimeError(f"the replacement pod {new.name} does not route {HOST}/v1 with the operator down: {out.stdout}{out.stderr}")
+    print(f"ok   replacement pod {new.name} booted from the snapshot Secret with the operator down and routes {HOST}/v1 -> {body['server']}")
+    got = json.loads(c.curl("-H", f"Host: {HOST}", f"http://{c.vip}/v1/hello"))
+    print(f"ok   through the Service meanwhile -> {got.get('server')}")
+    c.k("-n", NS, "scale", "deployment", "weir-operator", "--replicas=2")
+    eventually("operator pods back", lambda: len(r.ready_pods(NS, "weir-operator")) == 2, 90)
+    print("     operator scaled back to 2")
+
+
+def lease_spec(c):
+    lease = c.runner.api.get_or_none(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/weir-operator") or {}
+    return lease.get("spec") or {}
+
+
+def lease_holder(c):
+    return lease_spec(c).get("holderIdentity")
+
+
+def route_change_lands(c, path, secs=90):
+    """Adds a rule for `path` to ProxyRoute shop/api; returns when traffic to it works through the
+    Service and the route's status shows the new generation Programmed."""
+    route = json.loads(c.k("-n", "shop", "get", "proxyroute", "api", "-o", "json"))
+    rules = route["spec"]["rules"]
+    rules.insert(0, {"matches": [{"path": {"type": "PathPrefix", "value": path}}], "backendRefs": [{"name": "api"}]})
+    c.k("-n", "shop", "patch", "proxyroute", "api", "--type=merge", "-p", json.dumps({"spec": {"rules": rules}}))
+    gen = json.loads(c.k("-n", "shop", "get", "proxyroute", "api", "-o", "json"))["metadata"]["generation"]
+    t0 = time.time()
+
+    def served():
+        body = json.loads(c.curl("-H", f"Host: {HOST}", f"http://{c.vip}{path}/x"))
+        return body.get("uri") == f"{path}/x"
+    eventually(f"{path} served through the Service", served, secs)
+    t_served = time.time() - t0
+
+    def status():
+        st = json.loads(c.k("-n", "shop", "get", "proxyroute", "api", "-o", "json")).get("status") or {}
+        conds = {x["type"]: x for x in st.get("conditions") or []}
+        p = conds.get("Programmed") or {}
+        return p.get("status") == "True" and p.get("observedGeneration") == gen
+    eventually(f"ProxyRoute shop/api status Programmed for generation {gen}", status, secs)
+    return t_served, time.time() - t0
+
+
+def failover(c):
+    """The leader operator pod killed: the standby takes the Lease and status writes resume."""
+    r = c.runner
+    names = {p.name for p in r.pods_of(NS, "weir-operator")}
+    leader = eventually("a running operator pod holding the Lease", lambda: (lambda h: h if h in names else None)(lease_holder(c)), 90)
+    # Kill right after a renewal, so the standby has to wait out the whole lease.
+    renewed = lease_spec(c).get("renewTime")
+    eventually("a Lease renewal", lambda: lease_spec(c).get("renewTime") != renewed, 60, every=0.1)
+    t0 = time.time()
+    c.k("-n", NS, "delete", "pod", leader, "--grace-period=0", "--force", "--wait=false", check=False)
+    print(f"     killed the leader {leader} (force delete: SIGKILL, no Lease release)")
+    new = eventually("another pod holds the Lease", lambda: (lambda h: h if h and h != leader else None)(lease_holder(c)), 120)
+    takeover = time.time() - t0
+    print(f"ok   {new} took over the Lease {takeover:.1f}s after the kill (killed just after a renewal; "
+          f"leaseDuration {lease_spec(c).get('leaseDurationSeconds')}s, retry 5s)")
+    t_served, t_status = route_change_lands(c, "/failover")
+    print(f"ok   after the failover a route change is served in {t_served:.1f}s and its status written in {t_status:.1f}s")
+
+
+def apiserver_cutoff(c):
+    """The operator pods cut off from the API server for 60 s: traffic keeps flowing; afterwards a
+    route change lands and status catches up."""
+    r = c.runner
+    ops = [p.ip for p in r.pods_of(NS, "weir-operator")]
+    secs = 60
+    h1 = c.load(f"http://{HOST}/v1/cut", "h1", f"{c.vip}:80", secs + 10, 2)
+    h3 = c.load(f"https://{HOST}/v1/cut", "h3", f"{c.vip}:443", secs + 10, 1, 4)
+    rule = (f"table ip weir_cutoff {{ chain input {{ type filter hook input priority 0; policy accept; "
+            f"ip saddr {{ {', '.join(ops)} }} tcp dport {r.apiserver_port} drop; }} }}\n")
+    subprocess.run(["nft", "-f", "-"], input=rule, text=True, check=True)
+    t0 = time.time()
+    print(f"     dropping operator pods {ops} -> API server for {secs}s (nft input rule in the node namespace)")
+    try:
+        time.sleep(secs)
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", "weir_cutoff"], check=False)
+    print(f"     link back after {time.time() - t0:.0f}s")
+    s1, f1, rep1 = counts(bench_report(h1, "HTTP/1.1 load"))
+    s3, f3, rep3 = counts(bench_report(h3, "HTTP/3 load"))
+    print(f"     during the cut: HTTP/1.1 {s1} sent, {f1} failed ({rep1.get('retried', 0)} retried); "
+          f"HTTP/3 {s3} sent, {f3} failed ({rep3.get('retried', 0)} retried)")
+    if c.check(not f1 and not f3 and s1 and s3, f"API server cut-off: failed requests (HTTP/1.1 {failure_text(rep1)}; HTTP/3 {failure_text(rep3)})"):
+        print("ok   API server cut off for 60 s: 0 failed requests")
+    t_served, t_status = route_change_lands(c, "/after-cut", 120)
+    print(f"ok   after the cut a route change is served in {t_served:.1f}s and its status caught up in {t_status:.1f}s")
+
+
+SCENARIOS = [("traffic", traffic), ("rolling-update", rolling_update), ("cert-rotation", cert_rotation),
+             ("restart-operator-down", restart_operator_down), ("failover", failover), ("apiserver-cutoff", apiserver_cutoff)]
 
 
 def main():
