@@ -44,6 +44,37 @@ HOST = "api.example.com"
 BASE_VALUES = {"dataplane": {"service": {"type": "ClusterIP"}}}
 
 
+def on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def own_signals():
+    """Ctrl-C and SIGTERM go to Python's handlers. Helm's Go runtime installs its own handlers for
+    them (os/signal) when it is loaded and during its actions, and would swallow both."""
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+
+class HelmCalls:
+    """The Helm library's install/upgrade, taking the signal handlers back after each call."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def install(self, *a, **kw):
+        try:
+            return self.cfg.install(*a, **kw)
+        finally:
+            own_signals()
+
+    def upgrade(self, *a, **kw):
+        try:
+            return self.cfg.upgrade(*a, **kw)
+        finally:
+            own_signals()
+
+
 class Cluster:
     def __init__(self, tmp, bindir):
         self.tmp, self.bindir = tmp, bindir
@@ -82,7 +113,8 @@ class Cluster:
         r.start()
         # Helm's Go runtime starts threads when loaded: import it only now, inside the node namespace.
         import helm_python as helm
-        self.helm = helm.Config(kubeconfig_path=self.kc, namespace=NS)
+        self.helm = HelmCalls(helm.Config(kubeconfig_path=self.kc, namespace=NS))
+        own_signals()
         self.k("create", "namespace", NS)
         rel = self.helm.install(CHART, "weir", BASE_VALUES, namespace=NS, timeout=60)
         print(f"ok   helm install weir charts/weir ({rel.get('manifest', '').count('kind:')} objects)")
@@ -411,10 +443,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="weir-cluster-")
     c = Cluster(tmp, bindir)
 
-    def on_signal(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    own_signals()
     ok = False
     t_start = time.time()
     try:
@@ -446,8 +475,8 @@ def main():
         if os.environ.get("WEIR_CLUSTER_KEEP") == "1" and sys.stdin.isatty():
             input(f"cluster kept (kubeconfig {c.kc}); Enter to clean up ")
         # Cleanup must not be cut short by a second Ctrl-C.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         c.down()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"cluster: {'passed' if ok else 'FAILED'} in {time.time() - t_start:.0f}s")

@@ -10,6 +10,10 @@ command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v gtlsclient >/dev/null 2>&1 || need_apt+=(ngtcp2-client)
 # promtool (from Debian's prometheus): checks the /metrics exposition in the tests.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+# The pod runner (make cluster, part of make e2e): network namespaces, veths, nftables DNAT.
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

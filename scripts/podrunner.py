@@ -69,7 +69,8 @@ def pid_alive(pid):
 
 
 def remove_stale_namespaces(prefix="weirc"):
-    """Namespaces left by a runner that was SIGKILLed (its pid is in the name and is gone)."""
+    """Namespaces (and the processes in them) left by a runner that was SIGKILLed: its pid is in
+    the names and is gone."""
     removed = []
     for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
         if name.startswith(prefix) and "-" in name:
@@ -78,6 +79,12 @@ def remove_stale_namespaces(prefix="weirc"):
             except ValueError:
                 continue
             if not pid_alive(pid):
+                # Its processes (pods, the API server in the node namespace, clients) outlive it.
+                for p in sh("ip", "netns", "pids", name, check=False).split():
+                    try:
+                        os.kill(int(p), signal.SIGKILL)
+                    except (ProcessLookupError, ValueError):
+                        pass
                 sh("ip", "netns", "del", name, check=False)
                 removed.append(name)
     return removed
@@ -297,6 +304,16 @@ class Runner:
                         except subprocess.TimeoutExpired:
                             c.proc.kill()
                             c.proc.wait()
+            # Whatever else runs in the pod and client namespaces (clients started by scenarios).
+            for name in self.namespaces:
+                if name == self.node_ns:
+                    continue
+                for pid in sh("ip", "netns", "pids", name, check=False).split():
+                    if int(pid) != os.getpid():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
             for name in reversed(self.namespaces):
                 sh("ip", "netns", "del", name, check=False)
             self.namespaces = []
