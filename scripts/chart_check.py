@@ -121,6 +121,109 @@ def check_notes(name, notes, docs):
         ok(f"NOTES.txt [{name}]: {len(text.splitlines())} lines, names {len(want)} expected items")
 
 
+def client_ports(svc, nodeport_fixed):
+    """(protocol, port) -> the port a client outside the pod connects to for that Service port."""
+    out = {}
+    for p in svc["spec"]["ports"]:
+        port = p.get("nodePort") if svc["spec"]["type"] == "NodePort" and nodeport_fixed else p["port"]
+        out[(p["protocol"], p["name"])] = port
+    return out
+
+
+def check_advertised_port():
+    """Over every Service type, fixed node port or not, and the https/http3 switches: the port
+    the https listener's Alt-Svc names (operator ConfigMap and bootstrap snapshot alike) is the
+    UDP port clients connect to, that UDP Service port exists and targets the listener's port,
+    and values that cannot work fail the install naming the value."""
+    n = 0
+    for stype in ("ClusterIP", "NodePort", "LoadBalancer"):
+        for node_port in (None, 30443):
+            for https in (True, False):
+                for http3 in (None, True, False):
+                    for svc_port in (443, 8443):
+                        values = {"dataplane": {"listeners": {"https": {"enabled": https, "http3": http3}},
+                                                "service": {"type": stype, "ports": {"https": svc_port},
+                                                            "nodePorts": {"https": node_port}}}}
+                        name = f"advertised-port {stype} nodePort={node_port} https={https} http3={http3} port={svc_port}"
+                        if http3 is True and not https:
+                            expect_render_failure(name, values, "dataplane.listeners.https.http3")
+                            continue
+                        try:
+                            docs = render(values)
+                        except helm.HelmError as e:
+                            fail(f"[{name}]: {e}")
+                            continue
+                        n += 1
+                        check_listener_ports(name, docs, https and http3 is not False,
+                                             stype == "NodePort" and node_port is not None)
+    for bad, value in ((70000, "advertisedPort"), (-1, "advertisedPort"), ("on", "advertisedPort")):
+        expect_render_failure(f"advertisedPort={bad!r}",
+                              {"dataplane": {"listeners": {"https": {"advertisedPort": bad}}}}, value)
+    for explicit, want in ((9443, 9443), (0, 0), ("off", 0)):
+        docs = render({"dataplane": {"listeners": {"https": {"advertisedPort": explicit}}}})
+        got = {rendered_listeners(d).get("advertisedPort") for d in listener_docs(docs)}
+        if got != {want}:
+            fail(f"advertisedPort={explicit!r}: listeners advertise {got}, want {want}")
+    docs = render({"sidecar": {"enabled": True}})
+    got = {rendered_listeners(d).get("advertisedPort", "unset") for d in listener_docs(docs)}
+    if got != {"unset"}:
+        fail(f"sidecar mode (no Service): advertisedPort should be unset (own port), got {got}")
+    ok(f"Alt-Svc port = client UDP port in {n} Service/switch combinations; bad values refused")
+
+
+def expect_render_failure(name, values, needle):
+    try:
+        render(values)
+    except helm.HelmError as e:
+        if needle in str(e):
+            return
+        fail(f"[{name}]: install fails, but the error does not name {needle}: {e}")
+        return
+    fail(f"[{name}]: renders, but cannot work; it must fail naming {needle}")
+
+
+def listener_docs(docs):
+    """The operator's listeners ConfigMap and the bootstrap snapshot Secret."""
+    out = []
+    for _, d in docs:
+        if d["kind"] == "ConfigMap" and "listeners.yaml" in d.get("data", {}):
+            out.append(yaml.safe_load(d["data"]["listeners.yaml"]))
+        if d["kind"] == "Secret" and "snapshot.json" in d.get("stringData", {}):
+            out.append(json.loads(d["stringData"]["snapshot.json"])["listeners"])
+    return out
+
+
+def rendered_listeners(listeners):
+    """The https listener's http3 section ({} when there is none)."""
+    https = [l for l in listeners if l["protocol"] == "https"]
+    return (https[0].get("http3") or {}) if https else {}
+
+
+def check_listener_ports(name, docs, h3_on, nodeport_fixed):
+    lists = listener_docs(docs)
+    svc = [d for _, d in docs if d["kind"] == "Service" and d["metadata"]["name"].endswith("-dataplane")]
+    work = [d for _, d in docs if d["kind"] in ("Deployment", "DaemonSet") and "dataplane" in d["metadata"]["name"]]
+    if len(lists) != 2 or len(svc) != 1 or len(work) != 1:
+        fail(f"[{name}]: expected listeners in ConfigMap + snapshot, one Service, one workload; got {len(lists)}, {len(svc)}, {len(work)}")
+        return
+    ports = client_ports(svc[0], nodeport_fixed)
+    udp = [p for p in svc[0]["spec"]["ports"] if p["protocol"] == "UDP"]
+    container = {(p["protocol"], p["name"]): p["containerPort"]
+                 for c in work[0]["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+    for listeners in lists:
+        https = [l for l in listeners if l["protocol"] == "https"]
+        h3 = rendered_listeners(listeners)
+        if not h3_on:
+            if udp or (https and h3.get("enabled", True)):
+                fail(f"[{name}]: HTTP/3 off, yet UDP Service ports {udp} / listener http3 {h3}")
+            continue
+        listen_port = int(https[0]["address"].rsplit(":", 1)[1])
+        if ports.get(("UDP", "h3")) is None or udp[0]["targetPort"] != "h3" or container.get(("UDP", "h3")) != listen_port:
+            fail(f"[{name}]: UDP Service port {udp} does not reach the listener's UDP {listen_port} (container ports {container})")
+        if h3.get("advertisedPort") != ports.get(("UDP", "h3")) or not h3.get("enabled"):
+            fail(f"[{name}]: Alt-Svc advertises {h3.get('advertisedPort', listen_port)}, clients connect to UDP {ports.get(('UDP', 'h3'))}")
+
+
 def check_crds():
     top = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "crds", "*.yaml")))
     mine = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CHART, "crds", "*.yaml")))
@@ -207,6 +310,19 @@ def check_metric_names(where, expr, known):
             fail(f"{where}: metric {m} is neither in docs/metrics.md nor in operator/src/metrics.rs")
 
 
+def recorded_names(docs):
+    """Series the chart's PrometheusRule records (`weir:…`)."""
+    return {r["record"] for _, d in docs if d["kind"] == "PrometheusRule"
+            for g in d["spec"]["groups"] for r in g["rules"] if "record" in r}
+
+
+def check_recorded(where, expr, recorded):
+    """A `weir:…` name in a query must be one the chart's recording rules produce."""
+    for m in set(re.findall(r"\b(weir:[a-z0-9_:]+)", expr)):
+        if m not in recorded:
+            fail(f"{where}: {m} is not recorded by the chart's PrometheusRule")
+
+
 def promtool(*args, cwd=None):
     p = subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True)
     return p.returncode, p.stdout + p.stderr
@@ -219,9 +335,12 @@ def check_rules(docs, known, tmp):
         return
     spec = rules[0]["spec"]
     alerts = [r["alert"] for g in spec["groups"] for r in g["rules"] if "alert" in r]
+    recorded = recorded_names(docs)
     for g in spec["groups"]:
         for r in g["rules"]:
-            check_metric_names(f"alert {r.get('alert')}", r["expr"], known)
+            where = f"alert {r['alert']}" if "alert" in r else f"record {r['record']}"
+            check_metric_names(where, r["expr"], known)
+            check_recorded(where, r["expr"], recorded)
     with open(os.path.join(tmp, "rules.yaml"), "w") as f:
         yaml.safe_dump(spec, f, sort_keys=False)
     shutil.copy(os.path.join(CHART, "tests", "alerts_test.yaml"), tmp)
@@ -247,6 +366,7 @@ def check_rules(docs, known, tmp):
 def check_dashboards(docs, known, tmp):
     cms = [d for _, d in docs if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"].get("labels", {})]
     files = sorted(glob.glob(os.path.join(CHART, "dashboards", "*.json")))
+    recorded = recorded_names(docs)
     if len(cms) != len(files) or not files:
         fail(f"{len(files)} dashboards but {len(cms)} dashboard ConfigMaps with the sidecar label")
     rules, n = [], 0
@@ -257,10 +377,12 @@ def check_dashboards(docs, known, tmp):
                 expr = t["expr"]
                 n += 1
                 check_metric_names(f"{os.path.basename(f)} panel {p['title']!r}", expr, known)
-                e = expr.replace("$__rate_interval", "5m").replace("$namespace", ".*")
+                check_recorded(f"{os.path.basename(f)} panel {p['title']!r}", expr, recorded)
+                e = expr.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$route", ".*")
                 rules.append({"record": f"weir:dashboard_check:{n}", "expr": e})
         for v in dash.get("templating", {}).get("list", []):
             if v.get("type") == "query":
+                check_recorded(f"{os.path.basename(f)} variable {v['name']}", v["query"], recorded)
                 m = re.match(r"label_values\((\w+)", v["query"])
                 if m:
                     check_metric_names(f"{os.path.basename(f)} variable {v['name']}", m.group(1), known)
@@ -362,6 +484,103 @@ def check_bootstrap_snapshot(docs, tmp):
         ok("bootstrap snapshot passes `weir-dataplane check`")
 
 
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_slo_live(docs, tmp):
+    """The chart's SLO rules in a real Prometheus scraping a real dataplane: a route answering
+    half its requests 503 records an availability error ratio of about 0.5, the objectives are
+    there, WeirErrorBudgetBurnFast fires for it, and a healthy route records every SLI with no
+    availability or error-rate burn. (The label `le="0.1"` the latency SLI reads is the
+    dataplane's own exposition here, not a copy in a test file.)"""
+    import urllib.parse
+    import urllib.request
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/weir/target"))
+    bins = {b: os.path.join(target, "debug", b) for b in ("weir-dataplane", "weir-echo")}
+    missing = [b for b in bins.values() if not os.access(b, os.X_OK)]
+    if missing or not shutil.which("prometheus"):
+        print(f"skip SLO rules in a real Prometheus ({missing or 'no prometheus binary'})")
+        return
+    spec = [d for _, d in docs if d["kind"] == "PrometheusRule"][0]["spec"]
+    with open(os.path.join(tmp, "slo-rules.yaml"), "w") as f:
+        yaml.safe_dump(spec, f, sort_keys=False)
+    echo, http, admin, prom = (free_port() for _ in range(4))
+    with open(os.path.join(tmp, "slo-dp.yaml"), "w") as f:
+        f.write(f"""listeners: [{{ name: http, address: "127.0.0.1:{http}", protocol: http }}]
+backends: {{ api: {{ endpoints: ["127.0.0.1:{echo}"] }} }}
+routes:
+  - {{ name: shop/flaky, hostnames: [flaky.test], rules: [{{ backendRefs: [{{ name: api }}] }}] }}
+  - {{ name: shop/fine, hostnames: [fine.test], rules: [{{ backendRefs: [{{ name: api }}] }}] }}
+""")
+    with open(os.path.join(tmp, "prometheus.yml"), "w") as f:
+        f.write(f"""global: {{ scrape_interval: 1s, evaluation_interval: 1s }}
+rule_files: [slo-rules.yaml]
+scrape_configs:
+  - job_name: dp
+    static_configs: [{{ targets: ["127.0.0.1:{admin}"], labels: {{ namespace: {NS} }} }}]
+""")
+    procs = []
+    try:
+        log = open(os.path.join(tmp, "slo-procs.log"), "w")
+        procs.append(subprocess.Popen([bins["weir-echo"], "--listen", f"127.0.0.1:{echo}", "--name", "api"], stdout=log, stderr=log))
+        procs.append(subprocess.Popen([bins["weir-dataplane"], "--config", os.path.join(tmp, "slo-dp.yaml"),
+                                       "--admin-address", f"127.0.0.1:{admin}"], stdout=log, stderr=log))
+        procs.append(subprocess.Popen(["prometheus", f"--config.file={tmp}/prometheus.yml",
+                                       f"--storage.tsdb.path={tmp}/tsdb", f"--web.listen-address=127.0.0.1:{prom}"],
+                                      stdout=log, stderr=log))
+
+        def get(url, headers=None):
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+            except OSError:
+                return None, b""
+
+        def query(q):
+            st, body = get(f"http://127.0.0.1:{prom}/api/v1/query?" + urllib.parse.urlencode({"query": q}))
+            return json.loads(body)["data"]["result"] if st == 200 else []
+
+        deadline = time.time() + 60
+        fired, ratio = [], None
+        while time.time() < deadline and not fired:
+            for i in range(20):
+                get(f"http://127.0.0.1:{http}/x" + ("?status=503" if i % 2 else ""), {"Host": "flaky.test"})
+                get(f"http://127.0.0.1:{http}/x", {"Host": "fine.test"})
+            time.sleep(1)
+            r = query('weir:slo_errors:ratio_rate5m{sli="availability",route="shop/flaky"}')
+            ratio = float(r[0]["value"][1]) if r else None
+            fired = query('ALERTS{alertname="WeirErrorBudgetBurnFast",alertstate="firing"}')
+        fine = query('weir:slo_errors:ratio_rate5m{route="shop/fine"}')
+        objectives = {x["metric"]["sli"]: float(x["value"][1]) for x in query("weir:slo_objective")}
+        labels = [(a["metric"].get("route"), a["metric"].get("sli")) for a in fired]
+        # Latency is left loose: a debug build on a loaded CI machine may well be slow.
+        wrong = [x for x in labels if x[1] != "latency" and x != ("shop/flaky", "availability")]
+        fine_ratios = {x["metric"]["sli"]: float(x["value"][1]) for x in fine}
+        if ("shop/flaky", "availability") not in labels or wrong or ratio is None or abs(ratio - 0.5) > 0.1:
+            fail(f"SLO rules in Prometheus: flaky route ratio {ratio}, firing {labels}, want ~0.5 and ('shop/flaky', 'availability') only")
+        elif set(fine_ratios) != {"availability", "latency", "errors"} or fine_ratios["availability"] or fine_ratios["errors"]:
+            fail(f"SLO rules in Prometheus: the healthy route should record every SLI, availability and errors 0; got {fine_ratios}")
+        elif objectives != {"availability": 0.999, "latency": 0.99, "errors": 0.999}:
+            fail(f"SLO rules in Prometheus: objectives {objectives}")
+        else:
+            ok(f"SLO rules in a real Prometheus {subprocess.run(['prometheus', '--version'], capture_output=True, text=True).stdout.split()[2]}: "
+               f"flaky route availability error ratio {ratio:.2f}, fast burn alert firing for it, healthy route recorded, 0 errors")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def write():
     for f in glob.glob(os.path.join(CHART, "crds", "*.yaml")):
         os.remove(f)
@@ -384,6 +603,7 @@ def main():
     print(f"kubernetes-validate schemas: {versions[0]} (lowest shipped) and {versions[-1]}")
     known = known_metrics()
     check_crds()
+    check_advertised_port()
     with tempfile.TemporaryDirectory() as tmp:
         for name, values in COMBOS.items():
             check_lint(name, values)
@@ -403,6 +623,7 @@ def main():
                 check_bootstrap_snapshot(docs, tmp)
             if name == "monitoring":
                 check_rules(docs, known, tmp)
+                check_slo_live(docs, tmp)
                 check_dashboards(docs, known, tmp)
         inst = os.path.join(ROOT, "manifests", "install.yaml")
         want = install_yaml()

@@ -29,7 +29,21 @@ def panel(title, exprs, unit="short", kind="timeseries", legend=None, w=12, h=8)
     }
 
 
-def dashboard(uid, title, panels):
+def query_var(name, label, query):
+    """A multi-value template variable (with "All") filled by a Prometheus query."""
+    return {
+        "name": name,
+        "type": "query",
+        "label": label,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "query": query,
+        "includeAll": True,
+        "multi": True,
+        "current": {"text": "All", "value": "$__all"},
+    }
+
+
+def dashboard(uid, title, panels, variables=()):
     x = y = 0
     for i, p in enumerate(panels):
         p["id"] = i + 1
@@ -49,16 +63,8 @@ def dashboard(uid, title, panels):
         "templating": {
             "list": [
                 {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
-                {
-                    "name": "namespace",
-                    "type": "query",
-                    "label": "Namespace",
-                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "query": "label_values(weir_config_info, namespace)",
-                    "includeAll": True,
-                    "multi": True,
-                    "current": {"text": "All", "value": "$__all"},
-                },
+                query_var("namespace", "Namespace", "label_values(weir_config_info, namespace)"),
+                *variables,
             ]
         },
         "panels": panels,
@@ -67,6 +73,25 @@ def dashboard(uid, title, panels):
 
 def q(s):
     return s.replace("SEL", SEL).replace("RI", R)
+
+
+# The SLO dashboard reads the chart's recording rules (charts/weir/templates/_alerts.tpl,
+# "weir.sloGroups"); dividing by the recorded objective keeps it right for any values.
+SLO_SEL = 'namespace=~"$namespace",route=~"$route"'
+ROUTE_VAR = query_var("route", "Route", 'label_values(weir:slo_errors:ratio_rate1h{namespace=~"$namespace"}, route)')
+BUDGET = "(1 - weir:slo_objective{namespace=~\"$namespace\"})"
+
+
+def slo(s):
+    return s.replace("SEL", SLO_SEL).replace("BUDGET", BUDGET)
+
+
+def sli_panel(sli, title):
+    return panel(title, [
+        slo(f'1 - weir:slo_errors:ratio_rate1h{{SEL,sli="{sli}"}}'),
+        slo(f'1 - weir:slo_errors:ratio_period{{SEL,sli="{sli}"}}'),
+        slo(f'weir:slo_objective{{namespace=~"$namespace",sli="{sli}"}}'),
+    ], "percentunit", legend=["{{route}} (1h)", "{{route}} (budget period)", "objective"], w=8)
 
 
 DASHBOARDS = {
@@ -123,6 +148,14 @@ DASHBOARDS = {
         panel("Queued items", q('max by (sink) (weir_sink_queue_items{SEL})'), legend=["{{sink}}"]),
         panel("Seconds since the last successful send", q('time() - max by (sink) (weir_sink_last_success_timestamp_seconds{SEL})'), "s", legend=["{{sink}}"]),
     ]),
+    "weir-slo": dashboard("weir-slo", "Weir / SLOs and error budget", [
+        panel("Error budget left over the period, by route and SLI", slo('1 - weir:slo_errors:ratio_period{SEL} / on (namespace, sli) group_left () BUDGET'), "percentunit", legend=["{{route}} {{sli}}"], w=24),
+        panel("Burn rate over 1h (fast alert above 14.4 with the 5m window)", slo('weir:slo_errors:ratio_rate1h{SEL} / on (namespace, sli) group_left () BUDGET'), legend=["{{route}} {{sli}}"]),
+        panel("Burn rate over 6h (slow alert above 6 with the 30m window)", slo('weir:slo_errors:ratio_rate6h{SEL} / on (namespace, sli) group_left () BUDGET'), legend=["{{route}} {{sli}}"]),
+        sli_panel("availability", "Availability: requests not answered 5xx"),
+        sli_panel("latency", "Latency: requests within the threshold"),
+        sli_panel("errors", "Errors: requests without a failure on Weir's side"),
+    ], variables=(ROUTE_VAR,)),
     "weir-operator": dashboard("weir-operator", "Weir / Operator and config", [
         panel("Leader (1 = holds the Lease)", q('weir_operator_leader{SEL}'), legend=["{{pod}}"]),
         panel("Dataplane pods ready / programmed", [q('max(weir_operator_pods_ready{SEL})'), q('max(weir_operator_pods_programmed{SEL} and on (pod) weir_operator_leader{SEL} == 1)')], legend=["ready", "programmed"]),

@@ -76,6 +76,12 @@ pub struct Http3Config {
     /// `ma` of the `Alt-Svc: h3=":port"` header added on the TCP side (default 24h).
     #[serde(default = "default_alt_svc_max_age")]
     pub alt_svc_max_age: Duration,
+    /// The port `Alt-Svc` names: the UDP port clients reach this listener on. Defaults to the
+    /// listener's own port; behind a Service or load balancer that maps 443 to 8443 it must be
+    /// the outside port (443), or browsers try a port nothing answers on and stay on HTTP/2.
+    /// `0` or `"off"` stops advertising (HTTP/3 is still served, for clients that know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_port: Option<AdvertisedPort>,
     /// Concurrent QUIC connections accepted; more are refused (default 10000).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
@@ -108,6 +114,7 @@ impl Default for Http3Config {
         Http3Config {
             enabled: true,
             alt_svc_max_age: default_alt_svc_max_age(),
+            advertised_port: None,
             max_connections: default_max_connections(),
             max_concurrent_streams: default_max_streams(),
             idle_timeout: default_quic_idle(),
@@ -116,6 +123,31 @@ impl Default for Http3Config {
             send_window: default_conn_window(),
             udp_receive_buffer: default_udp_buffer(),
             udp_send_buffer: default_udp_buffer(),
+        }
+    }
+}
+
+/// `listeners[].http3.advertisedPort` as written: a number or a word. Kept as written so that
+/// `validate()` can name the field when it is out of range or an unknown word (a typed `u16`
+/// would fail in serde with a message that has no field path).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AdvertisedPort {
+    /// `1`–`65535`, or `0` for off.
+    Number(i64),
+    /// `"off"`.
+    Word(String),
+}
+
+impl AdvertisedPort {
+    /// The port to advertise for a listener bound to `listener_port`: `None` when advertising
+    /// is off or the value is invalid (which `validate()` reports).
+    pub fn resolve(value: Option<&AdvertisedPort>, listener_port: u16) -> Option<u16> {
+        match value {
+            None => Some(listener_port),
+            Some(AdvertisedPort::Number(n)) => u16::try_from(*n).ok().filter(|p| *p != 0),
+            Some(AdvertisedPort::Word(_)) => None,
         }
     }
 }

@@ -90,6 +90,21 @@ fn validate_listeners(listeners: &[Listener], errs: &mut Errors) {
             if h.idle_timeout.get().is_zero() {
                 errs.push(format!("{hp}.idleTimeout"), "must be greater than 0");
             }
+            match &h.advertised_port {
+                None => {}
+                Some(AdvertisedPort::Number(n)) if (0..=65535).contains(n) => {}
+                Some(AdvertisedPort::Word(w)) if w == "off" => {}
+                Some(other) => errs.push(
+                    format!("{hp}.advertisedPort"),
+                    format!(
+                        "{} is not a port: use 1-65535, or 0 or \"off\" to stop advertising HTTP/3",
+                        match other {
+                            AdvertisedPort::Number(n) => n.to_string(),
+                            AdvertisedPort::Word(w) => format!("{w:?}"),
+                        }
+                    ),
+                ),
+            }
         }
         match (&l.protocol, &l.tls) {
             (ListenerProtocol::Http, Some(_)) => {

@@ -197,3 +197,43 @@ fn content_hash_ignores_version_and_tracks_content() {
 fn empty_document_is_an_empty_snapshot() {
     assert_eq!(load(b"{}").expect("empty json"), Snapshot::default());
 }
+
+#[test]
+fn advertised_http3_port_is_a_port_or_off() {
+    let with = |v: &str| {
+        format!(
+            "listeners:\n  - {{ name: https, address: \"0.0.0.0:8443\", protocol: https, http3: {{ advertisedPort: {v} }} }}\n"
+        )
+    };
+    for (v, want) in [
+        ("443", Some(443)),
+        ("8443", Some(8443)),
+        ("0", None),
+        ("off", None),
+    ] {
+        let s = load(with(v).as_bytes()).unwrap_or_else(|e| panic!("{v}: {e}"));
+        let h3 = s.listeners[0].http3_settings().expect("http3 on");
+        assert_eq!(
+            weir_config::AdvertisedPort::resolve(h3.advertised_port.as_ref(), 8443),
+            want,
+            "{v}"
+        );
+    }
+    // Unset: the listener's own port.
+    let s = load(b"listeners: [{ name: https, address: \"0.0.0.0:8443\", protocol: https }]\n")
+        .expect("valid");
+    let h3 = s.listeners[0].http3_settings().expect("http3 on");
+    assert_eq!(
+        weir_config::AdvertisedPort::resolve(h3.advertised_port.as_ref(), 8443),
+        Some(8443)
+    );
+    for v in ["65536", "-1", "\"on\"", "\"443x\""] {
+        let err = load(with(v).as_bytes()).expect_err(v);
+        assert_eq!(err.errors.len(), 1, "{v}: {err}");
+        assert_eq!(
+            err.errors[0].path, "listeners[0].http3.advertisedPort",
+            "{v}"
+        );
+        assert!(err.errors[0].message.contains("1-65535"), "{v}: {err}");
+    }
+}

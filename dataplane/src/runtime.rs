@@ -99,12 +99,15 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         {
             match crate::h3::server_config(rustls_cfg, &settings) {
                 Ok(server_config) => {
-                    let v = format!(
-                        "h3=\":{}\"; ma={}",
+                    // The port clients reach us on (a Service may map 443 to our 8443).
+                    alt_svc = weir_config::AdvertisedPort::resolve(
+                        settings.advertised_port.as_ref(),
                         address.port(),
-                        settings.alt_svc_max_age.get().as_secs()
-                    );
-                    alt_svc = http::HeaderValue::from_str(&v).ok();
+                    )
+                    .and_then(|port| {
+                        let ma = settings.alt_svc_max_age.get().as_secs();
+                        http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma={ma}")).ok()
+                    });
                     quic = Some(QuicRt {
                         server_config,
                         settings,

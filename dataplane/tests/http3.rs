@@ -152,7 +152,7 @@ async fn alt_svc_on_tcp_tls_only() {
         "    protocol: https\n",
         &format!("    protocol: https\n    http3: {{ altSvcMaxAge: 1h }}\n{rest}"),
     );
-    let _dp = Dataplane::start(&cfg).await;
+    let dp = Dataplane::start(&cfg).await;
     let mut curl = std::process::Command::new("curl");
     curl.args(["-sk", "--max-time", "60", "-D", "-", "-o", "/dev/null"])
         .arg(format!("https://127.0.0.1:{port}/?x=1"));
@@ -167,6 +167,45 @@ async fn alt_svc_on_tcp_tls_only() {
     let r = conn.request(get("https://x.test/")).await.expect("h3");
     assert!(r.headers.get("alt-svc").is_none());
     conn.close().await;
+
+    // Behind a Service mapping 443 to this port, Alt-Svc names the port clients use; 0 and
+    // "off" stop advertising; an impossible port is refused with its field path and the last
+    // good config keeps serving.
+    let alt_svc = || async {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sk", "--max-time", "60", "-D", "-", "-o", "/dev/null"])
+            .arg(format!("https://127.0.0.1:{port}/"));
+        let out = run(curl).await;
+        let headers = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        assert!(headers.starts_with("http/"), "{headers}");
+        headers
+            .lines()
+            .find_map(|l| l.strip_prefix("alt-svc: ").map(str::to_string))
+    };
+    let with = |v: &str| {
+        cfg.replace(
+            "http3: { altSvcMaxAge: 1h }",
+            &format!("http3: {{ altSvcMaxAge: 1h, advertisedPort: {v} }}"),
+        )
+    };
+    let (status, body) = dp.put_config(with("443")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(alt_svc().await.as_deref(), Some("h3=\":443\"; ma=3600"));
+    for off in ["0", "off"] {
+        let (status, body) = dp.put_config(with(off)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(alt_svc().await, None, "advertisedPort: {off}");
+    }
+    let (status, body) = dp.put_config(with("443")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = dp.put_config(with("70000")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string()
+            .contains("listeners[0].http3.advertisedPort"),
+        "{body}"
+    );
+    assert_eq!(alt_svc().await.as_deref(), Some("h3=\":443\"; ma=3600"));
 }
 
 /// 256 MiB up and 256 MiB down through HTTP/3, checked by checksum, memory flat.

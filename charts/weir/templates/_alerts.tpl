@@ -126,4 +126,76 @@ groups:
         annotations:
           summary: "{{`{{ $value }}`}} operator replicas hold the Lease (want exactly 1)"
           description: "No operator replica leads (nothing pushes config or writes status), or more than one claims to."
+{{- if .Values.prometheusRule.slo.enabled }}
+{{ include "weir.sloGroups" . | indent 2 }}
+{{- end }}
+{{- end -}}
+
+
+{{/*
+Per-route SLOs (docs/slo.md): for each SLI, the error ratio (bad requests / requests) per
+(namespace, route) over the alert windows, the bad and total request rates over 5m (summed over
+the budget period for the budget left; no bad series yet reads as 0, not absent, so healthy
+routes show a full budget), and the objective itself as a series, so that the
+"SLOs and error budget" dashboard (static JSON) follows the values. Alerts are the multi-window,
+multi-burn-rate kind of the SRE workbook: the long window says the budget burns fast enough to
+matter, the short one that it still does (so the alert resolves soon after a fix).
+*/}}
+{{- define "weir.sloGroups" -}}
+{{- $slo := .Values.prometheusRule.slo -}}
+{{- $r := `route!="-"` -}}
+{{- $kinds := "no_config|no_backend|no_endpoint|no_healthy_endpoint|circuit_open|backend_overloaded|upstream_connect_error|upstream_error|upstream_timeout|upstream_body_error|ext_auth_error|kairos_error|websocket_unsupported|websocket_not_upgraded" -}}
+{{- $slis := list
+  (dict "sli" "availability" "objective" $slo.availability "what" "Requests answered 5xx"
+    "bad" (printf `sum by (namespace, route) (rate(weir_requests_total{%s,status_class="5xx"}[WINDOW]))` $r)
+    "total" (printf `sum by (namespace, route) (rate(weir_requests_total{%s}[WINDOW]))` $r))
+  (dict "sli" "latency" "objective" $slo.latency "what" (printf "Requests slower than %vs" $slo.latencyThresholdSeconds)
+    "bad" (printf `(sum by (namespace, route) (rate(weir_request_duration_seconds_count{%s}[WINDOW])) - sum by (namespace, route) (rate(weir_request_duration_seconds_bucket{%s,le="%v"}[WINDOW])))` $r $r $slo.latencyThresholdSeconds)
+    "total" (printf `sum by (namespace, route) (rate(weir_request_duration_seconds_count{%s}[WINDOW]))` $r))
+  (dict "sli" "errors" "objective" $slo.errorRate "what" "Requests failed on Weir's side"
+    "bad" (printf `sum by (namespace, route) (rate(weir_proxy_errors_total{%s,kind=~"%s"}[WINDOW]))` $r $kinds)
+    "total" (printf `sum by (namespace, route) (rate(weir_requests_total{%s}[WINDOW]))` $r))
+-}}
+- name: weir-slo-recording
+  rules:
+{{- range $s := $slis }}
+{{- $bad := .bad }}{{- $total := .total }}
+    - record: weir:slo_objective
+      labels: { sli: {{ .sli }}, namespace: {{ $.Release.Namespace }} }
+      expr: vector({{ .objective }})
+{{- range list "5m" "30m" "1h" "6h" }}
+    - record: weir:slo_errors:ratio_rate{{ . }}
+      labels: { sli: {{ $s.sli }} }
+      expr: |
+        ({{ replace "WINDOW" . $bad }}
+          or {{ replace "WINDOW" . $total }} * 0)
+        / {{ replace "WINDOW" . $total }}
+{{- end }}
+    - record: weir:slo_bad:rate5m
+      labels: { sli: {{ .sli }} }
+      expr: {{ replace "WINDOW" "5m" $bad }} or {{ replace "WINDOW" "5m" $total }} * 0
+    - record: weir:slo_total:rate5m
+      labels: { sli: {{ .sli }} }
+      expr: {{ replace "WINDOW" "5m" $total }}
+    - record: weir:slo_errors:ratio_period
+      labels: { sli: {{ .sli }}, period: {{ $slo.period }} }
+      expr: |
+        sum_over_time(weir:slo_bad:rate5m{sli="{{ .sli }}"}[{{ $slo.period }}])
+          / sum_over_time(weir:slo_total:rate5m{sli="{{ .sli }}"}[{{ $slo.period }}])
+{{- end }}
+- name: weir-slo-alerts
+  rules:
+{{- range $s := $slis }}
+{{- range list (list "Fast" "1h" "5m" $slo.burnRates.fast "critical") (list "Slow" "6h" "30m" $slo.burnRates.slow "warning") }}
+{{- $speed := index . 0 }}{{- $long := index . 1 }}{{- $short := index . 2 }}{{- $rate := index . 3 }}
+    - alert: WeirErrorBudgetBurn{{ $speed }}
+      expr: |
+        (weir:slo_errors:ratio_rate{{ $long }}{sli="{{ $s.sli }}"} / (1 - {{ $s.objective }})) > {{ $rate }}
+          and (weir:slo_errors:ratio_rate{{ $short }}{sli="{{ $s.sli }}"} / (1 - {{ $s.objective }})) > {{ $rate }}
+      labels: { severity: {{ index . 4 }}, sli: {{ $s.sli }} }
+      annotations:
+        summary: "Route {{`{{ $labels.route }}`}}: {{ $s.sli }} error budget burns {{`{{ $value | printf \"%.1f\" }}`}}x too fast"
+        description: "{{ $s.what }} over {{ $long }} and {{ $short }}: the {{ $s.objective }} {{ $s.sli }} objective's {{ $slo.period }} budget runs out {{ $rate }}x+ faster than it accrues (docs/slo.md)."
+{{- end }}
+{{- end }}
 {{- end -}}

@@ -65,6 +65,7 @@ app.kubernetes.io/name=weir-dataplane,app.kubernetes.io/instance={{ .Release.Nam
 {{/* The listeners the operator programs (the snapshot's `listeners`). */}}
 {{- define "weir.listeners" -}}
 {{- $l := .Values.dataplane.listeners -}}
+{{- $http3 := include "weir.http3" . -}}{{- /* fails the install on http3 without https */ -}}
 - name: http
   address: "0.0.0.0:{{ $l.http.port }}"
   protocol: http
@@ -79,8 +80,41 @@ app.kubernetes.io/name=weir-dataplane,app.kubernetes.io/instance={{ .Release.Nam
         keyFile: /etc/weir/tls/tls.key
   {{- end }}
   http3:
-    enabled: {{ $l.https.http3 }}
+    enabled: {{ eq (include "weir.http3" .) "true" }}
+    {{- with include "weir.advertisedPort" . }}
+    advertisedPort: {{ . }}
+    {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* "true" when the https listener also serves HTTP/3 on its UDP port. `http3` unset follows
+`https.enabled`; `http3: true` without the https listener cannot work and fails the install. */}}
+{{- define "weir.http3" -}}
+{{- $l := .Values.dataplane.listeners -}}
+{{- if and (not $l.https.enabled) (eq (toString $l.https.http3) "true") -}}
+{{- fail "dataplane.listeners.https.http3=true needs dataplane.listeners.https.enabled=true: HTTP/3 is served on the https listener's UDP port" -}}
+{{- end -}}
+{{- if and $l.https.enabled (ne (toString $l.https.http3) "false") -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{/* The port the https listener's `Alt-Svc: h3=":port"` names: the UDP port clients connect to.
+An explicit dataplane.listeners.https.advertisedPort wins (0 = do not advertise). Behind the
+chart's Service it is the Service port, or the fixed node port of a NodePort Service; without a
+Service (sidecar mode, kind none) it is empty: the dataplane then advertises its own port. */}}
+{{- define "weir.advertisedPort" -}}
+{{- $d := .Values.dataplane -}}
+{{- $v := $d.listeners.https.advertisedPort -}}
+{{- if not (kindIs "invalid" $v) -}}
+{{- if and (kindIs "string" $v) (ne $v "off") -}}
+{{- fail (printf "dataplane.listeners.https.advertisedPort: %q is not a port (1-65535, or 0 / off)" $v) -}}
+{{- end -}}
+{{- if eq (toString $v) "off" -}}0{{- else -}}{{ $v | int }}{{- end -}}
+{{- else if or .Values.sidecar.enabled (eq $d.kind "none") -}}
+{{- else if and (eq $d.service.type "NodePort") $d.service.nodePorts.https -}}
+{{ $d.service.nodePorts.https | int }}
+{{- else -}}
+{{ $d.service.ports.https | int }}
+{{- end -}}
 {{- end -}}
 
 {{- define "weir.restrictedContainerSecurityContext" -}}
