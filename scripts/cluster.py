@@ -391,11 +391,14 @@ def failover(c):
     # Kill right after a renewal, so the standby has to wait out the whole lease.
     renewed = lease_spec(c).get("renewTime")
     eventually("a Lease renewal", lambda: lease_spec(c).get("renewTime") != renewed, 60, every=0.1)
+    # A crash of the leader's node: SIGKILL, no Lease release, and nothing restarts it there.
+    pod = next(p for p in r.pods_of(NS, "weir-operator") if p.name == leader)
     t0 = time.time()
-    c.k("-n", NS, "delete", "pod", leader, "--grace-period=0", "--force", "--wait=false", check=False)
-    print(f"     killed the leader {leader} (force delete: SIGKILL, no Lease release)")
+    r.crash(pod)
+    print(f"     leader {leader} crashed (SIGKILL right after a Lease renewal, not restarted)")
     new = eventually("another pod holds the Lease", lambda: (lambda h: h if h and h != leader else None)(lease_holder(c)), 120)
     takeover = time.time() - t0
+    c.k("-n", NS, "delete", "pod", leader, "--wait=false")
     print(f"ok   {new} took over the Lease {takeover:.1f}s after the kill (killed just after a renewal; "
           f"leaseDuration {lease_spec(c).get('leaseDurationSeconds')}s, retry 5s)")
     t_served, t_status = route_change_lands(c, "/failover")
@@ -410,8 +413,8 @@ def apiserver_cutoff(c):
     secs = 60
     h1 = c.load(f"http://{HOST}/v1/cut", "h1", f"{c.vip}:80", secs + 10, 2)
     h3 = c.load(f"https://{HOST}/v1/cut", "h3", f"{c.vip}:443", secs + 10, 1, 4)
-    rule = (f"table ip weir_cutoff {{ chain input {{ type filter hook input priority 0; policy accept; "
-            f"ip saddr {{ {', '.join(ops)} }} tcp dport {r.apiserver_port} drop; }} }}\n")
+    rule = (f"table ip weir_cutoff {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n"
+            f"    ip saddr {{ {', '.join(ops)} }} tcp dport {r.apiserver_port} drop\n  }}\n}}\n")
     subprocess.run(["nft", "-f", "-"], input=rule, text=True, check=True)
     t0 = time.time()
     print(f"     dropping operator pods {ops} -> API server for {secs}s (nft input rule in the node namespace)")

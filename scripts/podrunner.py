@@ -195,6 +195,7 @@ class Pod:
         self.reported = None
         self.started = False
         self.error = None
+        self.crashed = False
         self.created = time.time()
 
     def labels(self):
@@ -763,6 +764,9 @@ class Runner:
         for pod in list(self.pods.values()):
             if pod.terminating:
                 continue
+            if pod.crashed:
+                self._patch_status(pod)
+                continue
             if not pod.started:
                 try:
                     if not pod.volumes:
@@ -928,6 +932,17 @@ class Runner:
 
     def ready_pods(self, ns, deploy):
         return [p for p in self.pods_of(ns, deploy) if p.ready]
+
+    def crash(self, pod):
+        """SIGKILL every container and never restart them (the pod's node is gone); the Pod
+        object stays, not ready, until it is deleted through the API."""
+        with self.lock:
+            pod.crashed = True
+            pod.ready = False
+            for c in pod.containers:
+                c.ready = False
+                if c.proc and c.proc.poll() is None:
+                    c.proc.kill()
 
     def kill(self, pod, sig=signal.SIGKILL):
         with self.lock:
