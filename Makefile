@@ -50,10 +50,12 @@ chart-check:
 	scripts/chart-check.sh
 
 ## e2e: etcd + a real kube-apiserver on loopback, the operator and two dataplanes (see tests/README.md),
-## then the Helm chart against the same kube-apiserver (chart-dryrun)
+## then the Helm chart against the same kube-apiserver (chart-dryrun), then the chart's own pods
+## and the scenarios through the Service (cluster)
 e2e: deps
 	scripts/e2e.sh
 	scripts/chart-dryrun.sh
+	scripts/cluster.sh
 
 ## cluster: the chart's own pods run like a kubelet would (network + mount namespaces, probes,
 ## rollouts, EndpointSlices, nftables Service DNAT) on the e2e kube-apiserver, and scenarios
