@@ -188,6 +188,16 @@ def failure_text(rep):
     return f"status {rep.get('status')}, errors {rep.get('first_errors')}"
 
 
+def no_failures(c, h1, h3, what):
+    """Waits for the HTTP/1.1 and HTTP/3 load runs, prints sent/failed/retried, checks 0 failed."""
+    s1, f1, rep1 = counts(bench_report(h1, "HTTP/1.1 load"))
+    s3, f3, rep3 = counts(bench_report(h3, "HTTP/3 load"))
+    print(f"     {what}: HTTP/1.1 through {c.vip}:80: {s1} sent, {f1} failed ({rep1.get('retried', 0)} retried on a new "
+          f"connection); HTTP/3 through {c.vip}:443/UDP: {s3} sent, {f3} failed ({rep3.get('retried', 0)} retried)")
+    return c.check(not f1 and not f3 and s1 and s3,
+                   f"{what}: failed requests (HTTP/1.1 {failure_text(rep1)}; HTTP/3 {failure_text(rep3)})")
+
+
 # Scenarios ---------------------------------------------------------------------------------
 def traffic(c):
     """HTTP/1.1 on 80, HTTP/2 on 443/TCP, HTTP/3 on 443/UDP through the Service address."""
@@ -235,11 +245,7 @@ def rolling_update(c):
     print("     helm upgrade (dataplane.podAnnotations changed) under load")
     wait_rollout(c, "weir-dataplane", before, secs + 60)
     print(f"ok   rollout finished in {time.time() - t0:.1f}s: {sorted(p.name for p in r.pods_of(NS, 'weir-dataplane'))}")
-    s1, f1, rep1 = counts(bench_report(h1, "HTTP/1.1 load"))
-    s3, f3, rep3 = counts(bench_report(h3, "HTTP/3 load"))
-    print(f"     HTTP/1.1 through {c.vip}:80: {s1} sent, {f1} failed ({rep1.get('retried', 0)} retried on a new connection); "
-          f"HTTP/3 through {c.vip}:443/UDP: {s3} sent, {f3} failed ({rep3.get('retried', 0)} retried on a new connection)")
-    if c.check(not f1 and not f3 and s1 and s3, f"rolling update: failed requests (HTTP/1.1 {failure_text(rep1)}; HTTP/3 {failure_text(rep3)})"):
+    if no_failures(c, h1, h3, "rolling update"):
         print("ok   rolling update under load: 0 failed requests")
 
 
@@ -423,11 +429,7 @@ def apiserver_cutoff(c):
     finally:
         subprocess.run(["nft", "delete", "table", "ip", "weir_cutoff"], check=False)
     print(f"     link back after {time.time() - t0:.0f}s")
-    s1, f1, rep1 = counts(bench_report(h1, "HTTP/1.1 load"))
-    s3, f3, rep3 = counts(bench_report(h3, "HTTP/3 load"))
-    print(f"     during the cut: HTTP/1.1 {s1} sent, {f1} failed ({rep1.get('retried', 0)} retried); "
-          f"HTTP/3 {s3} sent, {f3} failed ({rep3.get('retried', 0)} retried)")
-    if c.check(not f1 and not f3 and s1 and s3, f"API server cut-off: failed requests (HTTP/1.1 {failure_text(rep1)}; HTTP/3 {failure_text(rep3)})"):
+    if no_failures(c, h1, h3, "API server cut-off"):
         print("ok   API server cut off for 60 s: 0 failed requests")
     t_served, t_status = route_change_lands(c, "/after-cut", 120)
     print(f"ok   after the cut a route change is served in {t_served:.1f}s and its status caught up in {t_status:.1f}s")

@@ -7,10 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-venv=${WEIR_VENV:-$HOME/.cache/weir/venv}
-[ -x "$venv/bin/python" ] || scripts/chart-check.sh >/dev/null
-apiserver=$HOME/.cache/weir/kube-apiserver
-"$apiserver" --version 2>/dev/null | grep -q '^Kubernetes v1\.20\.' || { echo "cluster: run make e2e once (it fetches kube-apiserver)" >&2; exit 1; }
+. scripts/kube-env.sh
 [ "$(id -u)" -eq 0 ] || { echo "cluster: needs root (network and mount namespaces, nftables)" >&2; exit 1; }
 for t in etcd openssl kubectl curl gtlsclient ip nft setpriv unshare nsenter chroot; do
   command -v $t >/dev/null || { echo "cluster: needs $t (scripts/ensure-deps.sh and make e2e install it)" >&2; exit 1; }
