@@ -2,7 +2,7 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/weir/target
 CARGO ?= cargo
 
-.PHONY: run test deps build release lint fmt check-example crds e2e bench clean manifests chart-check chart-dryrun fuzz fuzz-smoke soak
+.PHONY: run test deps build release lint fmt check-example crds e2e bench clean manifests chart-check chart-dryrun cluster fuzz fuzz-smoke soak
 
 ## run: release build, two demo backends, the dataplane on examples/standalone.yaml
 run: deps release
@@ -50,10 +50,18 @@ chart-check:
 	scripts/chart-check.sh
 
 ## e2e: etcd + a real kube-apiserver on loopback, the operator and two dataplanes (see tests/README.md),
-## then the Helm chart against the same kube-apiserver (chart-dryrun)
+## then the Helm chart against the same kube-apiserver (chart-dryrun), then the chart's own pods
+## and the scenarios through the Service (cluster)
 e2e: deps
 	scripts/e2e.sh
 	scripts/chart-dryrun.sh
+	scripts/cluster.sh
+
+## cluster: the chart's own pods run like a kubelet would (network + mount namespaces, probes,
+## rollouts, EndpointSlices, nftables Service DNAT) on the e2e kube-apiserver, and scenarios
+## through the Service (see scripts/cluster.py, tests/README.md). Needs root.
+cluster: deps
+	scripts/cluster.sh
 
 ## chart-dryrun: helm install --dry-run=server, a real install and upgrade, and the operator running
 ## with only the chart's RBAC, against the e2e kube-apiserver (see scripts/chart_dryrun.py)

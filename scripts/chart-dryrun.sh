@@ -5,10 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
-venv=${WEIR_VENV:-$HOME/.cache/weir/venv}
-[ -x "$venv/bin/python" ] || scripts/chart-check.sh >/dev/null
-apiserver=$HOME/.cache/weir/kube-apiserver
-"$apiserver" --version 2>/dev/null | grep -q '^Kubernetes v1\.20\.' || { echo "chart-dryrun: run make e2e once (it fetches kube-apiserver)" >&2; exit 1; }
+. scripts/kube-env.sh
 for t in etcd openssl; do command -v $t >/dev/null || { echo "chart-dryrun: needs $t (make e2e installs it)" >&2; exit 1; }; done
 if ! command -v kubectl >/dev/null; then
   echo "chart-dryrun: SKIPPED, kubectl is not installed (Debian package kubectl from the Kubernetes apt repository)" >&2

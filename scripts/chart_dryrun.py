@@ -19,8 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,36 +32,25 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 CHART = os.path.join(ROOT, "charts", "weir")
 NS = "weir-system"
 ADMIN, OP = "admin-token-e2e", "operator-token-e2e"
-procs = []
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+sys.path.insert(0, os.path.dirname(__file__))
+from kubeharness import ControlPlane, Procs, eventually, free_port, write_kubeconfig  # noqa: E402
+from kubeharness import kubectl  # noqa: E402,F401 - used below
+
+procs = None
 
 
 def spawn(name, args, tmp, env=None):
-    log = open(os.path.join(tmp, name + ".log"), "w")
-    p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-    procs.append((name, p))
-    return p
+    return procs.spawn(name, args, env)
 
 
 def tail(tmp, name, n=30):
-    try:
-        return "".join(open(os.path.join(tmp, name + ".log")).readlines()[-n:])
-    except OSError:
-        return ""
+    return procs.tail(name, n)
 
 
-def kubectl(kc, *args, check=True, input=None):
-    r = subprocess.run(["kubectl", "--kubeconfig", kc, *args], capture_output=True, text=True, input=input)
-    if check and r.returncode:
-        raise RuntimeError(f"kubectl {' '.join(args)}: {r.stdout}{r.stderr}")
-    return r.stdout
+def kubeconfig(path, port, token):
+    write_kubeconfig(path, f"https://127.0.0.1:{port}", token)
 
 
 def snapshot_text(kc, check=True):
@@ -74,36 +61,6 @@ def snapshot_text(kc, check=True):
         return base64.b64decode(b64).decode()
     except ValueError:
         return ""
-
-
-def kubeconfig(path, port, token):
-    open(path, "w").write(f"""apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster: {{server: "https://127.0.0.1:{port}", insecure-skip-tls-verify: true}}
-users:
-- name: u
-  user: {{token: {token}}}
-contexts:
-- name: e2e
-  context: {{cluster: e2e, user: u}}
-current-context: e2e
-""")
-
-
-def eventually(what, fn, secs=60):
-    t = time.time()
-    last = None
-    while time.time() - t < secs:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as e:  # noqa: BLE001 - retried
-            last = e
-        time.sleep(0.5)
-    raise RuntimeError(f"timed out waiting for {what} ({last})")
 
 
 PERMISSIVE = """apiVersion: apiextensions.k8s.io/v1
@@ -216,33 +173,15 @@ def main():
     tmp = tempfile.mkdtemp(prefix="weir-chart-dryrun-")
     ok = False
     try:
-        cport, pport, aport = free_port(), free_port(), free_port()
-        spawn("etcd", [etcd, "--data-dir", f"{tmp}/etcd",
-                       "--listen-client-urls", f"http://127.0.0.1:{cport}",
-                       "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-                       "--listen-peer-urls", f"http://127.0.0.1:{pport}",
-                       "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-                       "--initial-cluster", f"default=http://127.0.0.1:{pport}"], tmp)
-        subprocess.run(["openssl", "genrsa", "-out", f"{tmp}/sa.key", "2048"], check=True, capture_output=True)
-        subprocess.run(["openssl", "rsa", "-pubout", "-in", f"{tmp}/sa.key", "-out", f"{tmp}/sa.pub"], check=True, capture_output=True)
-        open(f"{tmp}/tokens.csv", "w").write(f"{ADMIN},admin,admin,system:masters\n{OP},weir-op,weir-op\n")
-        os.makedirs(f"{tmp}/certs")
-        spawn("kube-apiserver", [apiserver, f"--etcd-servers=http://127.0.0.1:{cport}",
-                                 "--bind-address=127.0.0.1", f"--secure-port={aport}",
-                                 f"--cert-dir={tmp}/certs", f"--token-auth-file={tmp}/tokens.csv",
-                                 "--authorization-mode=RBAC",
-                                 f"--service-account-key-file={tmp}/sa.pub",
-                                 f"--service-account-signing-key-file={tmp}/sa.key",
-                                 "--service-account-issuer=https://kubernetes.default.svc",
-                                 "--service-cluster-ip-range=10.96.0.0/24",
-                                 "--advertise-address=127.0.0.1",
-                                 "--disable-admission-plugins=ServiceAccount"], tmp)
+        global procs
+        procs = Procs(tmp)
+        cp = ControlPlane(procs, tmp, apiserver, etcd, [(ADMIN, "admin", ["system:masters"]), (OP, "weir-op", [])])
+        aport = cp.port
         kc, opkc = f"{tmp}/admin.kubeconfig", f"{tmp}/operator.kubeconfig"
         kubeconfig(kc, aport, ADMIN)
         kubeconfig(opkc, aport, OP)
-        t0 = time.time()
-        eventually("kube-apiserver /readyz", lambda: kubectl(kc, "get", "--raw", "/readyz").strip() == "ok", 90)
-        print(f"ok   kube-apiserver {kubectl(kc, 'version', '-o', 'json', check=False) and json.loads(kubectl(kc, 'version', '-o', 'json', check=False))['serverVersion']['gitVersion']} ready in {time.time() - t0:.1f}s")
+        version, secs = cp.wait_ready(kc)
+        print(f"ok   kube-apiserver {version} ready in {secs:.1f}s")
 
         for plural, singular, kind in [("servicemonitors", "servicemonitor", "ServiceMonitor"),
                                        ("prometheusrules", "prometheusrule", "PrometheusRule")]:
@@ -338,16 +277,11 @@ def main():
         ok = True
     except Exception as e:  # noqa: BLE001
         print(f"FAIL {e}", file=sys.stderr)
-        for name, _ in procs:
+        for name in (procs.names() if procs else []):
             print(f"--- {name} log (tail)\n{tail(tmp, name)}", file=sys.stderr)
     finally:
-        for _, p in reversed(procs):
-            p.send_signal(signal.SIGTERM)
-        for _, p in reversed(procs):
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if procs:
+            procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"chart-dryrun: {'passed' if ok else 'FAILED'}")
     return 0 if ok else 1

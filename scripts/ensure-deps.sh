@@ -12,6 +12,10 @@ command -v gtlsclient >/dev/null 2>&1 || need_apt+=(ngtcp2-client)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # chromium: headless browser for the status page tests (dataplane /ui, operator /ui).
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need_apt+=(chromium)
+# The pod runner (make cluster, part of make e2e): network namespaces, veths, nftables DNAT.
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v setpriv >/dev/null 2>&1 || need_apt+=(util-linux)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

@@ -155,6 +155,13 @@ impl Shared {
         }
     }
 
+    /// Returns a request claimed with `take` that was not sent, so another connection sends it.
+    fn give_back(&self) {
+        if self.limit.is_some() {
+            self.issued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Whether more requests may be issued.
     fn more(&self) -> bool {
         let expired = matches!(self.deadline, Some(d) if Instant::now() >= d);
@@ -319,23 +326,43 @@ async fn h1_worker(sh: Arc<Shared>, st: SharedStats) {
         };
         failures = 0;
         st.borrow_mut().record_connection();
+        let mut reused = false;
         loop {
             if sender.ready().await.is_err() {
                 break; // closed by the server: reconnect
             }
             let Some(start) = sh.take() else { return };
             let fut = async {
-                let resp = sender
-                    .send_request(sh.template.h1_request())
-                    .await
-                    .map_err(Error::from_hyper)?;
+                let resp = match sender.send_request(sh.template.h1_request()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Canceled: never written; Reset: the connection closed before any
+                        // response byte.
+                        let canceled = e.is_canceled();
+                        let e = Error::from_hyper(e);
+                        return Err((canceled || matches!(e, Error::Reset(_)), e));
+                    }
+                };
                 let status = resp.status().as_u16();
                 let mut body = resp.into_body();
-                let n = crate::h1client::drain(&mut body).await?;
+                let n = crate::h1client::drain(&mut body)
+                    .await
+                    .map_err(|e| (false, e))?;
                 Ok((status, n))
             };
             let r = timeout(sh.timeout, fut).await;
-            if !finish(&st, start, r, sh.timeout) {
+            // A server closes an idle keep-alive connection (idle timeout, graceful shutdown)
+            // whenever it likes, so a request written at that moment gets no response at all.
+            // RFC 9112 §9.3.1.1 lets a client send an idempotent request again; browsers do.
+            // Only that case is retried (reused connection, no response head, idempotent
+            // method), on a new connection, and counted in `retried`.
+            if reused && sh.template.idempotent() && matches!(&r, Ok(Err((true, _)))) {
+                sh.give_back();
+                st.borrow_mut().record_retry();
+                break;
+            }
+            reused = true;
+            if !finish(&st, start, r.map(|x| x.map_err(|(_, e)| e)), sh.timeout) {
                 break; // the connection state is unknown after an error
             }
         }
@@ -449,8 +476,10 @@ async fn h3_stream(
             return;
         }
         let Some(start) = sh.take() else { return };
+        let mut opened = false;
         let fut = async {
             let mut s = sender.send_request(sh.template.h3_request()).await?;
+            opened = true;
             let body = sh.template.body();
             if !body.is_empty() {
                 s.send_data(body.clone()).await?;
@@ -464,6 +493,19 @@ async fn h3_stream(
             Ok::<_, h3::error::StreamError>((resp.status().as_u16(), n))
         };
         let r = timeout(sh.timeout, fut).await;
+        // After the server's GOAWAY the h3 client refuses to open new streams, and the server
+        // resets streams above the GOAWAY id with H3_REQUEST_REJECTED: neither request was
+        // processed, so it is sent on a new connection (RFC 9114 §4.1.1, §5.2) and counted in
+        // `retried`, not as an error.
+        let rejected = matches!(&r, Ok(Err(h3::error::StreamError::RemoteTerminate { code, .. }))
+            if *code == h3::error::Code::H3_REQUEST_REJECTED);
+        if rejected
+            || (!opened && matches!(&r, Ok(Err(h3::error::StreamError::RemoteClosing { .. }))))
+        {
+            sh.give_back();
+            st.borrow_mut().record_retry();
+            return;
+        }
         // GOAWAY or a dead connection: stop this stream; the worker reconnects.
         let fatal = matches!(
             &r,

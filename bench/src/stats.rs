@@ -21,6 +21,7 @@ pub struct Stats {
     responses: u64,
     bytes: u64,
     connections: u64,
+    retried: u64,
     last: Option<Instant>,
 }
 
@@ -41,6 +42,7 @@ impl Stats {
             errors: [0; KINDS],
             first_error: Default::default(),
             responses: 0,
+            retried: 0,
             bytes: 0,
             connections: 0,
             last: None,
@@ -79,6 +81,12 @@ impl Stats {
         self.connections += 1;
     }
 
+    /// Records a request sent again on a new connection because the server provably did not
+    /// process it (see `load.rs`); it is not an error, but it is reported.
+    pub fn record_retry(&mut self) {
+        self.retried += 1;
+    }
+
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: &Stats) {
         let _ = self.hist.add(&other.hist);
@@ -92,6 +100,7 @@ impl Stats {
             }
         }
         self.responses += other.responses;
+        self.retried += other.retried;
         self.bytes += other.bytes;
         self.connections += other.connections;
         self.last = self.last.max(other.last);
@@ -137,6 +146,7 @@ impl Stats {
             info: meta,
             elapsed,
             responses: self.responses,
+            retried: self.retried,
             bytes: self.bytes,
             connections: self.connections,
             status,
@@ -190,6 +200,9 @@ pub struct Report {
     pub elapsed: Duration,
     /// Completed responses (any status).
     pub responses: u64,
+    /// Requests retried on a new connection after the server closed an idle keep-alive
+    /// connection or sent GOAWAY before the request was processed.
+    pub retried: u64,
     /// Response body bytes read.
     pub bytes: u64,
     /// Connections established.
@@ -254,6 +267,7 @@ impl Report {
             "duration_s": self.elapsed.as_secs_f64(),
             "requests": self.responses + self.total_errors_excluding_connect(),
             "responses": self.responses,
+            "retried": self.retried,
             "rps": self.rps(),
             "bytes": self.bytes,
             "bytes_per_s": self.bytes_per_sec(),
@@ -293,6 +307,13 @@ impl Report {
             self.total_errors(),
             self.elapsed.as_secs_f64()
         );
+        if self.retried > 0 {
+            let _ = writeln!(
+                s,
+                "retried     {} (not processed by the server: idle keep-alive close or GOAWAY)",
+                self.retried
+            );
+        }
         let _ = writeln!(s, "requests/s  {:.1}", self.rps());
         let _ = writeln!(
             s,

@@ -148,6 +148,11 @@ pub struct Template {
 }
 
 impl Template {
+    /// Whether the request may be sent again when the server provably did not process it.
+    pub fn idempotent(&self) -> bool {
+        self.method.is_idempotent()
+    }
+
     /// Builds the template for `target` and `protocol`.
     pub fn new(
         target: &Target,

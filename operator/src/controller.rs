@@ -990,13 +990,16 @@ async fn write_snapshot_secret(
     if written.as_deref() == Some(text.as_str()) {
         return;
     }
+    // No `app.kubernetes.io/managed-by` label: the chart installs this Secret with
+    // `managed-by: Helm`, and a forced apply of another value takes that field from Helm, so
+    // every later `helm upgrade` (server-side apply in Helm 4) fails with a conflict. Found by
+    // the pod runner's rolling-update scenario (scripts/cluster.py).
     let patch = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": {
             "name": name,
-            "labels": { "app.kubernetes.io/managed-by": FIELD_MANAGER },
             "annotations": { "weir.dev/snapshot-version": snapshot.version },
         },
         "data": { SNAPSHOT_KEY: k8s_openapi::ByteString(text.clone().into_bytes()) },
@@ -1348,6 +1351,8 @@ mod tests {
             body["metadata"]["annotations"]["weir.dev/snapshot-version"],
             snap.version.as_str()
         );
+        // No labels: the chart's Helm labels on this Secret stay Helm's (see write_snapshot_secret).
+        assert!(body["metadata"].get("labels").is_none(), "{body}");
         // The snapshot is in `data` (base64), complete with the credential, and nowhere else.
         let b64 = body["data"][SNAPSHOT_KEY].as_str().unwrap();
         let text = String::from_utf8(

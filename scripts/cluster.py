@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""make cluster: the chart's own pods on a real kube-apiserver (v1.20) + etcd, run by the pod
+runner (scripts/podrunner.py), and scenarios through the dataplane Service.
+
+1. creates the node and client network namespaces and moves into the node namespace; starts
+   etcd + kube-apiserver there (the pods reach it through the `kubernetes` Service, 10.96.0.1:443);
+2. `helm install` (real Helm library) of charts/weir, then manifests/examples 01-04 and the demo
+   backends of tests/cluster/; the runner runs every Deployment's pods;
+3. scenarios (each prints its figures):
+   - traffic through the Service from the client namespace: port 80 HTTP/1.1, 443/TCP HTTP/2,
+     443/UDP HTTP/3 with gtlsclient (ngtcp2) and weir-bench; Alt-Svc names 443;
+     `kubectl get proxyroutes,backends` shows Programmed and healthy counts;
+   - rolling update (`helm upgrade` changing the dataplane's pod template) under HTTP/1.1 and
+     HTTP/3 load through the Service: 0 failed requests;
+   - ... (see SCENARIOS below).
+Everything (namespaces, nft tables inside them, processes, mounts) is removed on exit, also after
+a failure or Ctrl-C. Needs root, ip, nft, setpriv, unshare, nsenter, kubectl, curl, gtlsclient.
+Env: WEIR_E2E_APISERVER, WEIR_E2E_ETCD, WEIR_CLUSTER_BIN_DIR (release binaries),
+WEIR_CLUSTER_ONLY (comma-separated scenario names), WEIR_CLUSTER_KEEP=1 (stop before cleanup
+and wait for Enter, to look around).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from kubeharness import Api, ControlPlane, Procs, eventually, kubectl, write_kubeconfig  # noqa: E402
+from podrunner import Runner, images_from, remove_stale_namespaces  # noqa: E402
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
+CHART = os.path.join(ROOT, "charts", "weir")
+NS = "weir-system"
+ADMIN = "admin-token-cluster"
+HOST = "api.example.com"
+# Kubernetes 1.20 refuses a LoadBalancer Service with TCP and UDP on one port (mixed protocols
+# are beta from 1.24), so the runner plays the load balancer: the client reaches the Service's
+# cluster address through the node, as an external client reaches a load balancer address.
+BASE_VALUES = {"dataplane": {"service": {"type": "ClusterIP"}}}
+
+
+def on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def own_signals():
+    """Ctrl-C and SIGTERM go to Python's handlers. Helm's Go runtime installs its own handlers for
+    them (os/signal) when it is loaded and during its actions, and would swallow both."""
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+
+class HelmCalls:
+    """The Helm library's install/upgrade, taking the signal handlers back after each call."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def install(self, *a, **kw):
+        try:
+            return self.cfg.install(*a, **kw)
+        finally:
+            own_signals()
+
+    def upgrade(self, *a, **kw):
+        try:
+            return self.cfg.upgrade(*a, **kw)
+        finally:
+            own_signals()
+
+
+class Cluster:
+    def __init__(self, tmp, bindir):
+        self.tmp, self.bindir = tmp, bindir
+        self.runner = Runner(tmp, None, images_from(ROOT, bindir), log=lambda m: print(f"     {m}", flush=True))
+        self.procs = Procs(tmp)
+        self.kc = f"{tmp}/admin.kubeconfig"
+        self.helm = None
+        self.vip = None
+        self.failures = []
+
+    def check(self, ok, msg):
+        """A failed check is recorded and reported at the end; the scenarios go on."""
+        if not ok:
+            self.failures.append(msg)
+            print(f"FAIL {msg}", flush=True)
+        return ok
+
+    def k(self, *args, **kw):
+        return kubectl(self.kc, *args, **kw)
+
+    def up(self):
+        r = self.runner
+        gone = remove_stale_namespaces()
+        if gone:
+            print(f"     removed namespaces of an earlier runner that was killed: {gone}")
+        r.setup_node()
+        cp = ControlPlane(self.procs, self.tmp, os.environ["WEIR_E2E_APISERVER"], os.environ.get("WEIR_E2E_ETCD", "etcd"),
+                          [(ADMIN, "admin", ["system:masters"])], bind="0.0.0.0", advertise=r.node_ip)
+        write_kubeconfig(self.kc, cp.server, ADMIN)
+        version, secs = cp.wait_ready(self.kc)
+        print(f"ok   kube-apiserver {version} ready in {secs:.1f}s in node namespace {r.node_ns} ({r.node_ip})")
+        r.api = Api(cp.server, ADMIN)
+        r.apiserver_port = cp.port
+        r.ca_file = cp.ca_file()
+        eventually("the kubernetes Service", lambda: r.api.get_or_none("/api/v1/namespaces/default/services/kubernetes"), 60)
+        r.start()
+        # Helm's Go runtime starts threads when loaded: import it only now, inside the node namespace.
+        import helm_python as helm
+        self.helm = HelmCalls(helm.Config(kubeconfig_path=self.kc, namespace=NS))
+        own_signals()
+        self.k("create", "namespace", NS)
+        rel = self.helm.install(CHART, "weir", BASE_VALUES, namespace=NS, timeout=60)
+        print(f"ok   helm install weir charts/weir ({rel.get('manifest', '').count('kind:')} objects)")
+        for f in sorted(os.listdir(f"{ROOT}/manifests/examples")):
+            if f[:2] in ("01", "02", "03", "04"):
+                self.k("apply", "-f", f"{ROOT}/manifests/examples/{f}")
+        self.k("apply", "-f", f"{ROOT}/tests/cluster/demo-backends.yaml")
+        print("ok   kubectl apply manifests/examples/01..04 and tests/cluster/demo-backends.yaml")
+        t0 = time.time()
+        for ns, d, n in [(NS, "weir-operator", 2), (NS, "weir-dataplane", 2), ("shop", "api", 2), ("shop", "api-canary", 2)]:
+            eventually(f"{ns}/{d}: {n} ready pods", lambda: len(r.ready_pods(ns, d)) == n, 90)
+        print(f"ok   all pods ready in {time.time() - t0:.1f}s:")
+        print(indent(self.k("get", "pods", "-A", "-o", "wide")))
+        self.vip = r.api.get(f"/api/v1/namespaces/{NS}/services/weir-dataplane")["spec"]["clusterIP"]
+
+    def down(self):
+        self.runner.shutdown()
+        self.procs.stop_all()
+
+    # Clients in the client namespace -----------------------------------------------------
+    def curl(self, *args):
+        r = self.runner.client("curl", "-sS", "--max-time", "10", *args)
+        if r.returncode:
+            raise RuntimeError(f"curl {' '.join(args)}: exit {r.returncode}: {r.stderr.strip()}")
+        return r.stdout
+
+    def bench_once(self, url, proto, connect):
+        r = self.runner.client(f"{self.bindir}/weir-bench", "-n", "1", "-v", "-p", proto, "-k", "--connect-to", connect, url)
+        if r.returncode:
+            raise RuntimeError(f"weir-bench -p {proto} {url} via {connect}: exit {r.returncode}: {r.stdout[-500:]}{r.stderr[-500:]}")
+        return r.stdout
+
+    def gtls(self, path):
+        d = tempfile.mkdtemp(dir=self.tmp)
+        r = self.runner.client("gtlsclient", "--exit-on-all-streams-close", "--quiet", f"--download={d}",
+                               self.vip, "443", f"https://{HOST}{path}", timeout=30)
+        name = os.path.basename(path) or "index.html"
+        body = open(os.path.join(d, name)).read() if os.path.exists(os.path.join(d, name)) else ""
+        if r.returncode or not body:
+            raise RuntimeError(f"gtlsclient {self.vip} 443 https://{HOST}{path}: exit {r.returncode}, body {body!r}: {r.stderr[-800:]}")
+        return body
+
+    def load(self, url, proto, connect, secs, conns, streams=1):
+        args = [f"{self.bindir}/weir-bench", "-p", proto, "-c", str(conns), "-m", str(streams), "-d", f"{secs}s",
+                "-k", "--connect-to", connect, "--json", url]
+        return self.runner.client_popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def indent(text):
+    return "\n".join("     " + ln for ln in text.rstrip().splitlines())
+
+
+def bench_report(p, what):
+    out, err = p.communicate(timeout=300)
+    try:
+        rep = json.loads(out)
+    except ValueError:
+        raise RuntimeError(f"{what}: weir-bench printed no report (exit {p.returncode}): {out[-500:]}{err[-500:]}") from None
+    return rep
+
+
+def counts(rep):
+    """(sent, failed, report) from a weir-bench JSON report: every error (connection attempts
+    included) and every non-2xx response counts as failed."""
+    errors = (rep.get("errors") or {}).get("total", 0)
+    bad = sum(v for k, v in (rep.get("status") or {}).items() if not k.startswith("2"))
+    return rep.get("requests", 0), errors + bad, rep
+
+
+def failure_text(rep):
+    return f"status {rep.get('status')}, errors {rep.get('first_errors')}"
+
+
+def no_failures(c, h1, h3, what):
+    """Waits for the HTTP/1.1 and HTTP/3 load runs, prints sent/failed/retried, checks 0 failed."""
+    s1, f1, rep1 = counts(bench_report(h1, "HTTP/1.1 load"))
+    s3, f3, rep3 = counts(bench_report(h3, "HTTP/3 load"))
+    print(f"     {what}: HTTP/1.1 through {c.vip}:80: {s1} sent, {f1} failed ({rep1.get('retried', 0)} retried on a new "
+          f"connection); HTTP/3 through {c.vip}:443/UDP: {s3} sent, {f3} failed ({rep3.get('retried', 0)} retried)")
+    return c.check(not f1 and not f3 and s1 and s3,
+                   f"{what}: failed requests (HTTP/1.1 {failure_text(rep1)}; HTTP/3 {failure_text(rep3)})")
+
+
+# Scenarios ---------------------------------------------------------------------------------
+def traffic(c):
+    """HTTP/1.1 on 80, HTTP/2 on 443/TCP, HTTP/3 on 443/UDP through the Service address."""
+    r = c.runner
+    print(f"     client namespace {r.client_ns} ({r.client_ip}) -> Service weir-system/weir-dataplane {c.vip}")
+
+    def routed():
+        body = c.curl("-H", f"Host: {HOST}", f"http://{c.vip}/v1/hello")
+        return json.loads(body)
+    got = eventually("HTTP/1.1 through the Service reaches an api pod", routed, 90)
+    print(f"ok   HTTP/1.1 http://{c.vip}:80/v1/hello (Host {HOST}) -> {got.get('server')} saw {got.get('uri')}")
+    # Each request may land on either dataplane pod and either backend of the 90/10 split, and
+    # the operator programs them one after the other: every protocol waits for its first 200.
+    def h2():
+        out = c.curl("--http2", "-k", "-D", "-", "-o", "/dev/null", "--resolve", f"{HOST}:443:{c.vip}", f"https://{HOST}/v1/hello")
+        return out if out.startswith("HTTP/2 200") else None
+    hdrs = eventually(f"HTTP/2 200 on {c.vip}:443", h2, 60)
+    status = hdrs.splitlines()[0]
+    alt = next((ln.split(":", 1)[1].strip() for ln in hdrs.splitlines() if ln.lower().startswith("alt-svc:")), "")
+    print(f"ok   HTTP/2 https://{HOST}/v1/hello via {c.vip}:443/TCP -> {status.strip()}, Alt-Svc: {alt}")
+    m = re.search(r'h3=":(\d+)"', alt)
+    if c.check(m and m.group(1) == "443", f"Alt-Svc must name the Service port 443 (clients connect there), got {alt!r}"):
+        print("ok   Alt-Svc names 443, the port clients reach over UDP")
+    body = eventually("HTTP/3 reply of an api pod from gtlsclient",
+                      lambda: (lambda b: b if b.get("server") else None)(json.loads(c.gtls("/v1/hello"))), 60)
+    print(f"ok   HTTP/3 (gtlsclient, ngtcp2) {c.vip}:443/UDP -> {body.get('server')} saw {body.get('uri')}")
+    out = eventually("HTTP/3 200 from weir-bench", lambda: (lambda o: o if o.startswith("HTTP/3 200") else None)(
+        c.bench_once(f"https://{HOST}/v1/hello", "h3", f"{c.vip}:443")), 60)
+    print(f"ok   HTTP/3 (weir-bench) {c.vip}:443/UDP -> {out.splitlines()[0] if out else ''}")
+
+    def programmed():
+        out = c.k("get", "proxyroutes,backends", "-A")
+        api_route = next((ln for ln in out.splitlines() if "proxyroute.weir.dev/api " in ln), "")
+        return out if (" True " in api_route and "4/4" in api_route) else None
+    out = eventually("kubectl get proxyroutes: api Programmed True, 4/4 healthy", programmed, 90)
+    print("ok   kubectl get proxyroutes,backends -A:")
+    print(indent(out))
+
+
+def rolling_update(c):
+    """helm upgrade changing the dataplane pod template under HTTP/1.1 + HTTP/3 load: 0 failures."""
+    r = c.runner
+    before = {p.name for p in r.pods_of(NS, "weir-dataplane")}
+    secs = 45
+    h1 = c.load(f"http://{HOST}/v1/load", "h1", f"{c.vip}:80", secs, 4)
+    h3 = c.load(f"https://{HOST}/v1/load", "h3", f"{c.vip}:443", secs, 2, 4)
+    time.sleep(3)
+    t0 = time.time()
+    upgrade(c, podAnnotations={"weir.dev/rollout": str(int(t0))})
+    print("     helm upgrade (dataplane.podAnnotations changed) under load")
+    wait_rollout(c, "weir-dataplane", before, secs + 60)
+    print(f"ok   rollout finished in {time.time() - t0:.1f}s: {sorted(p.name for p in r.pods_of(NS, 'weir-dataplane'))}")
+    if no_failures(c, h1, h3, "rolling update"):
+        print("ok   rolling update under load: 0 failed requests")
+
+
+def wait_rollout(c, deploy, before, secs=120):
+    """Until every pod of `deploy` is new (not in `before`), ready, and no old pod is left."""
+    r = c.runner
+
+    def rolled():
+        now = r.pods_of(NS, deploy)
+        with r.lock:
+            terminating = [p for p in r.pods.values() if p.owner == f"{NS}/{deploy}" and p.terminating]
+        want = r.api.get(f"/apis/apps/v1/namespaces/{NS}/deployments/{deploy}")["spec"].get("replicas", 1)
+        return (len(now) == want and not ({p.name for p in now} & before) and all(p.ready for p in now)
+                and not terminating)
+    eventually(f"the rollout of {deploy}", rolled, secs)
+
+
+def upgrade(c, **dataplane):
+    vals = json.loads(json.dumps(BASE_VALUES))
+    vals["dataplane"].update(dataplane)
+    c.values = vals
+    c.helm.upgrade(CHART, "weir", vals, namespace=NS, timeout=60)
+
+
+def make_cert(c, name, cn):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", f"{c.tmp}/{name}.key", "-out", f"{c.tmp}/{name}.crt", "-days", "2", "-subj", f"/CN={cn}",
+                    "-addext", f"subjectAltName=DNS:{HOST}",
+                    # A leaf that trusts itself: rustls refuses a CA certificate as the server certificate.
+                    "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "keyUsage=digitalSignature",
+                    "-addext", "extendedKeyUsage=serverAuth"], check=True, capture_output=True)
+    return f"{c.tmp}/{name}.crt", f"{c.tmp}/{name}.key"
+
+
+def tls_secret(c, crt, key):
+    text = c.k("-n", NS, "create", "secret", "tls", "weir-tls", f"--cert={crt}", f"--key={key}", "--dry-run=client", "-o", "yaml")
+    c.k("apply", "-f", "-", input=text)
+
+
+def served_with(c, ca, why=None, addr=None):
+    """(TCP ok, QUIC ok): the Service (from the client namespace), or one pod's `addr` (from the
+    node), serves a certificate that `ca` (a self-signed cert) verifies."""
+    run = c.runner.client if addr is None else (lambda *a: subprocess.run(list(a), capture_output=True, text=True))
+    ip, port = (c.vip, 443) if addr is None else addr
+    tcp = run("curl", "-sS", "-o", "/dev/null", "--max-time", "5", "--cacert", ca, "--resolve", f"{HOST}:{port}:{ip}",
+              f"https://{HOST}:{port}/v1/tls")
+    quic = run(f"{c.bindir}/weir-bench", "-n", "1", "-v", "-p", "h3", "--cacert", ca, "--timeout", "5s",
+               "--connect-to", f"{ip}:{port}", f"https://{HOST}/v1/tls")
+    if why is not None:
+        why[:] = [tcp.stderr.strip()[-300:], (quic.stdout + quic.stderr).strip()[-300:]]
+    return tcp.returncode == 0, quic.returncode == 0
+
+
+def cert_rotation(c):
+    """dataplane.tls.secretName, then the Secret updated: the `..data` swap reaches TCP and QUIC."""
+    r = c.runner
+    crt1, key1 = make_cert(c, "cert1", "weir-rotation-1")
+    crt2, key2 = make_cert(c, "cert2", "weir-rotation-2")
+    tls_secret(c, crt1, key1)
+    before = {p.name for p in r.pods_of(NS, "weir-dataplane")}
+    upgrade(c, tls={"secretName": "weir-tls"})
+    wait_rollout(c, "weir-dataplane", before)
+    why = []
+    try:
+        eventually("the mounted certificate served on TCP and QUIC", lambda: all(served_with(c, crt1, why)), 60)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}: {why}") from None
+    pods = {p.name: [ctr.restarts for ctr in p.containers] for p in r.pods_of(NS, "weir-dataplane")}
+    print(f"ok   helm upgrade --set dataplane.tls.secretName=weir-tls: CN=weir-rotation-1 served on 443/TCP and 443/UDP by {sorted(pods)}")
+    t0 = time.time()
+    tls_secret(c, crt2, key2)
+    seen = {}
+    # Every pod on its own (each checks its files every 2 s), so a Service request cannot land
+    # on one that has not rotated yet.
+    targets = [(p.name, p.ip) for p in r.pods_of(NS, "weir-dataplane")]
+
+    def rotated():
+        for name, ip in targets:
+            tcp, quic = served_with(c, crt2, addr=(ip, 8443))
+            for k, v in (("tcp", tcp), ("quic", quic)):
+                if v and (name, k) not in seen:
+                    seen[(name, k)] = time.time() - t0
+        return len(seen) == 2 * len(targets)
+    eventually("the rotated certificate on TCP and QUIC of every dataplane pod", rotated, 120)
+    after = {p.name: [ctr.restarts for ctr in p.containers] for p in r.pods_of(NS, "weir-dataplane")}
+    print(f"     Secret weir-tls updated (CN=weir-rotation-2): served by every pod on TCP after "
+          f"{max(v for (_, k), v in seen.items() if k == 'tcp'):.1f}s, on QUIC after "
+          f"{max(v for (_, k), v in seen.items() if k == 'quic'):.1f}s "
+          "(kubelet-style ..data swap within ~1 s, then the dataplane's 2 s certificate check)")
+    c.check(after == pods, f"certificate rotation restarted or replaced dataplane pods: {pods} -> {after}")
+    c.check(all(served_with(c, crt2)) and not any(served_with(c, crt1)),
+            "through the Service the old certificate is still served after the rotation")
+    print("ok   certificate rotated without a restart (same pods, 0 container restarts)")
+
+
+def restart_operator_down(c):
+    """A dataplane pod replaced while no operator runs boots from the mounted snapshot Secret."""
+    r = c.runner
+    c.k("-n", NS, "scale", "deployment", "weir-operator", "--replicas=0")
+    eventually("operator pods gone", lambda: not any(p.owner == f"{NS}/weir-operator" for p in list(r.pods.values())), 90)
+    before = {p.name for p in r.pods_of(NS, "weir-dataplane")}
+    old = sorted(before)[0]
+    c.k("-n", NS, "delete", "pod", old, "--wait=false")
+    print(f"     operator scaled to 0; deleted dataplane pod {old}")
+    new = eventually("a replacement dataplane pod", lambda: next((p for p in r.ready_pods(NS, "weir-dataplane")
+                                                                    if p.name not in before), None), 90)
+    out = subprocess.run(["curl", "-sS", "--max-time", "5", "-H", f"Host: {HOST}", f"http://{new.ip}:8080/v1/direct"],
+                         capture_output=True, text=True)
+    body = json.loads(out.stdout or "{}")
+    if not body.get("server", "").startswith("api"):
+        raise RuntimeError(f"the replacement pod {new.name} does not route {HOST}/v1 with the operator down: {out.stdout}{out.stderr}")
+    print(f"ok   replacement pod {new.name} booted from the snapshot Secret with the operator down and routes {HOST}/v1 -> {body['server']}")
+    got = json.loads(c.curl("-H", f"Host: {HOST}", f"http://{c.vip}/v1/hello"))
+    print(f"ok   through the Service meanwhile -> {got.get('server')}")
+    c.k("-n", NS, "scale", "deployment", "weir-operator", "--replicas=2")
+    eventually("operator pods back", lambda: len(r.ready_pods(NS, "weir-operator")) == 2, 90)
+    print("     operator scaled back to 2")
+
+
+def lease_spec(c):
+    lease = c.runner.api.get_or_none(f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/weir-operator") or {}
+    return lease.get("spec") or {}
+
+
+def lease_holder(c):
+    return lease_spec(c).get("holderIdentity")
+
+
+def route_change_lands(c, path, secs=90):
+    """Adds a rule for `path` to ProxyRoute shop/api; returns when traffic to it works through the
+    Service and the route's status shows the new generation Programmed."""
+    route = json.loads(c.k("-n", "shop", "get", "proxyroute", "api", "-o", "json"))
+    rules = route["spec"]["rules"]
+    rules.insert(0, {"matches": [{"path": {"type": "PathPrefix", "value": path}}], "backendRefs": [{"name": "api"}]})
+    c.k("-n", "shop", "patch", "proxyroute", "api", "--type=merge", "-p", json.dumps({"spec": {"rules": rules}}))
+    gen = json.loads(c.k("-n", "shop", "get", "proxyroute", "api", "-o", "json"))["metadata"]["generation"]
+    t0 = time.time()
+
+    def served():
+        body = json.loads(c.curl("-H", f"Host: {HOST}", f"http://{c.vip}{path}/x"))
+        return body.get("uri") == f"{path}/x"
+    eventually(f"{path} served through the Service", served, secs)
+    t_served = time.time() - t0
+
+    def status():
+        st = json.loads(c.k("-n", "shop", "get", "proxyroute", "api", "-o", "json")).get("status") or {}
+        conds = {x["type"]: x for x in st.get("conditions") or []}
+        p = conds.get("Programmed") or {}
+        return p.get("status") == "True" and p.get("observedGeneration") == gen
+    eventually(f"ProxyRoute shop/api status Programmed for generation {gen}", status, secs)
+    return t_served, time.time() - t0
+
+
+def failover(c):
+    """The leader operator pod killed: the standby takes the Lease and status writes resume."""
+    r = c.runner
+    names = {p.name for p in r.pods_of(NS, "weir-operator")}
+    leader = eventually("a running operator pod holding the Lease", lambda: (lambda h: h if h in names else None)(lease_holder(c)), 90)
+    # Kill right after a renewal, so the standby has to wait out the whole lease.
+    renewed = lease_spec(c).get("renewTime")
+    eventually("a Lease renewal", lambda: lease_spec(c).get("renewTime") != renewed, 60, every=0.1)
+    # A crash of the leader's node: SIGKILL, no Lease release, and nothing restarts it there.
+    pod = next(p for p in r.pods_of(NS, "weir-operator") if p.name == leader)
+    t0 = time.time()
+    r.crash(pod)
+    print(f"     leader {leader} crashed (SIGKILL right after a Lease renewal, not restarted)")
+    new = eventually("another pod holds the Lease", lambda: (lambda h: h if h and h != leader else None)(lease_holder(c)), 120)
+    takeover = time.time() - t0
+    c.k("-n", NS, "delete", "pod", leader, "--wait=false")
+    print(f"ok   {new} took over the Lease {takeover:.1f}s after the kill (killed just after a renewal; "
+          f"leaseDuration {lease_spec(c).get('leaseDurationSeconds')}s, retry 5s)")
+    t_served, t_status = route_change_lands(c, "/failover")
+    print(f"ok   after the failover a route change is served in {t_served:.1f}s and its status written in {t_status:.1f}s")
+
+
+def apiserver_cutoff(c):
+    """The operator pods cut off from the API server for 60 s: traffic keeps flowing; afterwards a
+    route change lands and status catches up."""
+    r = c.runner
+    ops = [p.ip for p in r.pods_of(NS, "weir-operator")]
+    secs = 60
+    h1 = c.load(f"http://{HOST}/v1/cut", "h1", f"{c.vip}:80", secs + 10, 2)
+    h3 = c.load(f"https://{HOST}/v1/cut", "h3", f"{c.vip}:443", secs + 10, 1, 4)
+    rule = (f"table ip weir_cutoff {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n"
+            f"    ip saddr {{ {', '.join(ops)} }} tcp dport {r.apiserver_port} drop\n  }}\n}}\n")
+    subprocess.run(["nft", "-f", "-"], input=rule, text=True, check=True)
+    t0 = time.time()
+    print(f"     dropping operator pods {ops} -> API server for {secs}s (nft input rule in the node namespace)")
+    try:
+        time.sleep(secs)
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", "weir_cutoff"], check=False)
+    print(f"     link back after {time.time() - t0:.0f}s")
+    if no_failures(c, h1, h3, "API server cut-off"):
+        print("ok   API server cut off for 60 s: 0 failed requests")
+    t_served, t_status = route_change_lands(c, "/after-cut", 120)
+    print(f"ok   after the cut a route change is served in {t_served:.1f}s and its status caught up in {t_status:.1f}s")
+
+
+SCENARIOS = [("traffic", traffic), ("rolling-update", rolling_update), ("cert-rotation", cert_rotation),
+             ("restart-operator-down", restart_operator_down), ("failover", failover), ("apiserver-cutoff", apiserver_cutoff)]
+
+
+def main():
+    if os.geteuid() != 0:
+        print("cluster: needs root (network namespaces, mounts, nftables)", file=sys.stderr)
+        return 1
+    bindir = os.environ["WEIR_CLUSTER_BIN_DIR"]
+    only = [s for s in os.environ.get("WEIR_CLUSTER_ONLY", "").split(",") if s]
+    tmp = tempfile.mkdtemp(prefix="weir-cluster-")
+    c = Cluster(tmp, bindir)
+
+    own_signals()
+    ok = False
+    t_start = time.time()
+    try:
+        c.up()
+        for name, fn in SCENARIOS:
+            if only and name not in only:
+                continue
+            t0 = time.time()
+            print(f"---- {name}", flush=True)
+            fn(c)
+            print(f"     ({name}: {time.time() - t0:.1f}s)", flush=True)
+        for f in c.failures:
+            print(f"FAIL {f}", file=sys.stderr)
+        ok = not c.failures
+    except KeyboardInterrupt as e:
+        print(f"FAIL interrupted ({e or 'Ctrl-C'}); cleaning up", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001
+        print(f"FAIL {e}", file=sys.stderr)
+        for name in c.procs.names():
+            print(f"--- {name} log (tail)\n{c.procs.tail(name)}", file=sys.stderr)
+        for pod in list(c.runner.pods.values()):
+            for ctr in pod.containers:
+                try:
+                    lines = open(ctr.log).readlines()[-15:]
+                except OSError:
+                    lines = []
+                print(f"--- pod {pod.name} container {ctr.name} log (tail)\n{''.join(lines)}", file=sys.stderr)
+    finally:
+        if os.environ.get("WEIR_CLUSTER_KEEP") == "1" and sys.stdin.isatty():
+            input(f"cluster kept (kubeconfig {c.kc}); Enter to clean up ")
+        # Cleanup must not be cut short by a second Ctrl-C.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        c.down()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"cluster: {'passed' if ok else 'FAILED'} in {time.time() - t_start:.0f}s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
