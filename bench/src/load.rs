@@ -477,6 +477,7 @@ async fn h3_stream(
         }
         let Some(start) = sh.take() else { return };
         let mut opened = false;
+        let mut answered = false;
         let fut = async {
             let mut s = sender.send_request(sh.template.h3_request()).await?;
             opened = true;
@@ -486,6 +487,7 @@ async fn h3_stream(
             }
             s.finish().await?;
             let resp = s.recv_response().await?;
+            answered = true;
             let mut n = 0u64;
             while let Some(b) = s.recv_data().await? {
                 n += b.remaining() as u64;
@@ -499,7 +501,14 @@ async fn h3_stream(
         // `retried`, not as an error.
         let rejected = matches!(&r, Ok(Err(h3::error::StreamError::RemoteTerminate { code, .. }))
             if *code == h3::error::Code::H3_REQUEST_REJECTED);
+        // A graceful close (H3_NO_ERROR) comes after the server's GOAWAY, and a server that
+        // closes gracefully has answered every stream below the GOAWAY id (§5.2): a stream it
+        // closed unanswered was one it never processed (opened as the GOAWAY crossed it).
+        // This trusts the server's drain; Weir's own drain is covered by its lifecycle tests.
+        let closed_unanswered = !answered
+            && matches!(&r, Ok(Err(e @ h3::error::StreamError::ConnectionError { .. })) if e.is_h3_no_error());
         if rejected
+            || closed_unanswered
             || (!opened && matches!(&r, Ok(Err(h3::error::StreamError::RemoteClosing { .. }))))
         {
             sh.give_back();
