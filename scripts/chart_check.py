@@ -31,6 +31,8 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from kubeharness import free_port
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
 CHART = os.path.join(ROOT, "charts", "weir")
 NS = "weir-system"
@@ -482,13 +484,6 @@ def check_bootstrap_snapshot(docs, tmp):
         fail(f"bootstrap snapshot rejected by weir-dataplane check: {r.stdout}{r.stderr}")
     else:
         ok("bootstrap snapshot passes `weir-dataplane check`")
-
-
-def free_port():
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def check_slo_live(docs, tmp):

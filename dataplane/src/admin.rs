@@ -173,10 +173,13 @@ impl Admin {
             },
             (Method::GET, "/sinks") => json(StatusCode::OK, crate::shipper::report()),
             (Method::GET, "/ui/state") => {
-                let mut r = json(
-                    StatusCode::OK,
-                    crate::ui::state(self.dataplane.runtime().as_deref()),
-                );
+                let rt = self.dataplane.runtime();
+                let view = rt.as_deref().map(|rt| crate::ui::RuntimeView {
+                    rt,
+                    health: health_summary(rt).status,
+                    backends: backends_json(rt),
+                });
+                let mut r = json(StatusCode::OK, crate::ui::state(view));
                 r.headers_mut().insert(
                     header::CACHE_CONTROL,
                     header::HeaderValue::from_static("no-store"),

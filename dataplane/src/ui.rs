@@ -25,12 +25,27 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// What the admin API already computes for its own endpoints, handed in so that this module
+/// renders and never calls back up into `admin` (which routes to it).
+pub struct RuntimeView<'a> {
+    pub rt: &'a Runtime,
+    /// `GET /health`'s verdict.
+    pub health: &'static str,
+    /// `GET /backends`'s document.
+    pub backends: serde_json::Value,
+}
+
 /// The `GET /ui/state` document: everything the page shows, in one poll.
-pub fn state(rt: Option<&Runtime>) -> serde_json::Value {
+pub fn state(view: Option<RuntimeView<'_>>) -> serde_json::Value {
     let now = rfc3339(std::time::SystemTime::now());
     let totals = metrics().route_totals();
     let sinks = crate::shipper::report();
-    let Some(rt) = rt else {
+    let Some(RuntimeView {
+        rt,
+        health,
+        backends,
+    }) = view
+    else {
         return serde_json::json!({
             "now": now,
             "version": null,
@@ -58,15 +73,14 @@ pub fn state(rt: Option<&Runtime>) -> serde_json::Value {
         .collect();
     // Routes as configured, with credentials (ext-auth headers and the like) blanked.
     let routes = rt.snapshot.redacted().routes;
-    let health = crate::admin::health_summary(rt);
     serde_json::json!({
         "now": now,
         "version": rt.version,
         "appliedAt": rfc3339(rt.applied_at),
-        "health": health.status,
+        "health": health,
         "listeners": listeners,
         "routes": routes,
-        "backends": crate::admin::backends_json(rt)["backends"],
+        "backends": backends["backends"],
         "routeTotals": totals,
         "latencyBounds": LATENCY_BOUNDS,
         "sinks": sinks["sinks"],
