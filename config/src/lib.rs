@@ -62,7 +62,7 @@ fn parse_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> Config
 
 /// Parses a YAML snapshot (no validation beyond types and unknown fields).
 pub fn parse_yaml(text: &str) -> Result<Snapshot, ConfigError> {
-    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(parse_error)
 }
 

@@ -55,7 +55,7 @@ fn yaml_and_json_round_trip_to_the_same_snapshot() {
     let json = serde_json::to_vec(&snap).expect("serialize");
     let back = parse_json(&json).expect("json parses");
     assert_eq!(snap, back);
-    let yaml = serde_yaml_ng::to_string(&snap).expect("yaml");
+    let yaml = yaml_serde::to_string(&snap).expect("yaml");
     assert_eq!(parse_yaml(&yaml).expect("yaml parses"), snap);
     assert_eq!(load(&json).expect("load json"), snap);
 }

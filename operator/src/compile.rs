@@ -793,7 +793,7 @@ mod tests {
     use crate::crd::*;
 
     fn route(ns: &str, name: &str, yaml: &str) -> ProxyRoute {
-        let spec: ProxyRouteSpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let spec: ProxyRouteSpec = yaml_serde::from_str(yaml).unwrap();
         let mut r = ProxyRoute::new(name, spec);
         r.metadata.namespace = Some(ns.into());
         r.metadata.generation = Some(1);
@@ -801,7 +801,7 @@ mod tests {
     }
 
     fn backend(ns: &str, name: &str, yaml: &str) -> Backend {
-        let spec: BackendSpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let spec: BackendSpec = yaml_serde::from_str(yaml).unwrap();
         let mut b = Backend::new(name, spec);
         b.metadata.namespace = Some(ns.into());
         b.metadata.generation = Some(3);
@@ -809,7 +809,7 @@ mod tests {
     }
 
     fn listeners() -> Vec<weir_config::Listener> {
-        serde_yaml_ng::from_str("[{name: http, address: '0.0.0.0:8080', protocol: http}]").unwrap()
+        yaml_serde::from_str("[{name: http, address: '0.0.0.0:8080', protocol: http}]").unwrap()
     }
 
     fn run(routes: &[ProxyRoute], backends: &[Backend], services: &ServiceIndex) -> Compiled {
@@ -1103,7 +1103,7 @@ mod tests {
     }
 
     fn sink(ns: &str, name: &str, yaml: &str) -> TelemetrySink {
-        let spec: TelemetrySinkSpec = serde_yaml_ng::from_str(yaml).unwrap();
+        let spec: TelemetrySinkSpec = yaml_serde::from_str(yaml).unwrap();
         let mut s = TelemetrySink::new(name, spec);
         s.metadata.namespace = Some(ns.into());
         s.metadata.generation = Some(1);
@@ -1129,7 +1129,7 @@ mod tests {
                 &format!("{{endpoints: [{{address: 'a:1'}}], credential: {{header: authorization, secretKeyRef: {{name: {secret}, key: {k}}}}}}}"),
             )
         };
-        let https: Vec<weir_config::Listener> = serde_yaml_ng::from_str(
+        let https: Vec<weir_config::Listener> = yaml_serde::from_str(
             "[{name: http, address: '0.0.0.0:8080', protocol: http}, {name: https, address: '0.0.0.0:8443', protocol: https}]",
         )
         .unwrap();

@@ -166,10 +166,10 @@ async fn run(a: RunArgs) -> Result<(), String> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
         }
         // Parsed rather than built, so new optional listener fields need no change here.
-        None => serde_yaml_ng::from_str("[{name: http, address: '0.0.0.0:8080', protocol: http}]")
+        None => yaml_serde::from_str("[{name: http, address: '0.0.0.0:8080', protocol: http}]")
             .map_err(|e| format!("default listeners: {e}"))?,
     };
     let metrics = tokio::net::TcpListener::bind(a.metrics_address)

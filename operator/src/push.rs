@@ -553,7 +553,7 @@ mod tests {
 
     #[test]
     fn pod_ip_is_substituted_and_version_kept() {
-        let mut s: Snapshot = serde_yaml_ng::from_str(
+        let mut s: Snapshot = yaml_serde::from_str(
             "listeners: [{name: http, address: '$(POD_IP):8080', protocol: http}]",
         )
         .unwrap();

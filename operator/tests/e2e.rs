@@ -424,7 +424,7 @@ async fn checks(client: &Client, dir: &Path, kubeconfig: &Path) {
             continue;
         }
         let crd: CustomResourceDefinition =
-            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            yaml_serde::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let name = crd.metadata.name.clone().unwrap();
         apply(&crds, &name, serde_json::to_value(&crd).unwrap()).await;
         names.push(name);

@@ -101,7 +101,7 @@ mod tests {
     async fn snapshot_secret_is_applied_once_per_content() {
         let (client, log) = secret_mock();
         let api: Api<Secret> = Api::namespaced(client, "ns");
-        let mut snap: weir_config::Snapshot = serde_yaml_ng::from_str(
+        let mut snap: weir_config::Snapshot = yaml_serde::from_str(
             "backends: {b: {endpoints: ['a:1'], credential: {header: authorization, value: 'Bearer s3cret'}}}",
         )
         .unwrap();
