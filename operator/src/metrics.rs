@@ -1,157 +1,154 @@
 //! Operator metrics in the Prometheus text format on `/metrics`, plus `/healthz` and
-//! `/readyz` probes and the status page `/ui`, on `--metrics-address`. Plain atomics: a handful of counters does not
-//! need a metrics library.
+//! `/readyz` probes and the status page `/ui`, on `--metrics-address`. The families live in a
+//! `prometheus` registry, the same metrics stack as the dataplane's: one text encoder (label
+//! escaping included) and the standard `process_*` metrics.
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::LazyLock;
 
 /// Upper bounds (seconds) of the reconcile duration histogram.
 const BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
+/// `result` values of `weir_operator_pushes_total`, all exported from the start (at 0) so
+/// `rate()` and the chart's alerts see every series before the first push.
+const PUSH_RESULTS: [&str; 3] = ["ok", "rejected", "error"];
+
 pub struct Metrics {
-    pub reconciles: AtomicU64,
-    reconcile_buckets: [AtomicU64; BUCKETS.len()],
-    reconcile_micros_sum: AtomicU64,
-    pub push_ok: AtomicU64,
-    pub push_rejected: AtomicU64,
-    pub push_error: AtomicU64,
-    pub status_writes: AtomicU64,
-    pub status_write_errors: AtomicU64,
-    pub configmap_writes: AtomicU64,
-    pub pods_ready: AtomicU64,
-    pub pods_programmed: AtomicU64,
-    pub routes_invalid: AtomicU64,
-    pub leader: AtomicBool,
+    registry: Registry,
+    pub reconciles: IntCounter,
+    reconcile_duration: Histogram,
+    pub push_ok: IntCounter,
+    pub push_rejected: IntCounter,
+    pub push_error: IntCounter,
+    pub status_writes: IntCounter,
+    pub status_write_errors: IntCounter,
+    pub configmap_writes: IntCounter,
+    pub pods_ready: IntGauge,
+    pub pods_programmed: IntGauge,
+    pub routes_invalid: IntGauge,
+    pub leader: IntGauge,
+    /// Readiness (`/readyz`), not a metric.
     pub synced: AtomicBool,
 }
 
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: AtomicU64 = AtomicU64::new(0);
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-pub static METRICS: Metrics = Metrics {
-    reconciles: ZERO,
-    reconcile_buckets: [ZERO; BUCKETS.len()],
-    reconcile_micros_sum: ZERO,
-    push_ok: ZERO,
-    push_rejected: ZERO,
-    push_error: ZERO,
-    status_writes: ZERO,
-    status_write_errors: ZERO,
-    configmap_writes: ZERO,
-    pods_ready: ZERO,
-    pods_programmed: ZERO,
-    routes_invalid: ZERO,
-    leader: AtomicBool::new(false),
-    synced: AtomicBool::new(false),
-};
+fn register<C: Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "cannot register a metric family");
+    }
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(
+        r,
+        IntCounter::new(name, help).expect("valid metric definition"),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    register(
+        r,
+        IntGauge::new(name, help).expect("valid metric definition"),
+    )
+}
 
 impl Metrics {
-    pub fn observe_reconcile(&self, d: std::time::Duration) {
-        self.reconciles.fetch_add(1, Relaxed);
-        self.reconcile_micros_sum
-            .fetch_add(d.as_micros() as u64, Relaxed);
-        let s = d.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if s <= *b {
-                self.reconcile_buckets[i].fetch_add(1, Relaxed);
-            }
+    fn new() -> Self {
+        let r = Registry::new();
+        let reconcile_duration = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "weir_operator_reconcile_duration_seconds",
+                    "Time to compile and write one reconcile.",
+                )
+                .buckets(BUCKETS.to_vec()),
+            )
+            .expect("valid metric definition"),
+        );
+        let pushes = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "weir_operator_pushes_total",
+                    "PUT /config calls to dataplane pods by result.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric definition"),
+        );
+        let [push_ok, push_rejected, push_error] =
+            PUSH_RESULTS.map(|res| pushes.with_label_values(&[res]));
+        let m = Metrics {
+            reconciles: counter(&r, "weir_operator_reconciles_total", "Reconciles run."),
+            reconcile_duration,
+            push_ok,
+            push_rejected,
+            push_error,
+            status_writes: counter(
+                &r,
+                "weir_operator_status_writes_total",
+                "Status patches sent.",
+            ),
+            status_write_errors: counter(
+                &r,
+                "weir_operator_status_write_errors_total",
+                "Status patches that failed.",
+            ),
+            configmap_writes: counter(
+                &r,
+                "weir_operator_configmap_writes_total",
+                "Writes of the last-known-good snapshot (a Secret since the snapshot holds credentials; the name is kept for dashboards).",
+            ),
+            pods_ready: gauge(&r, "weir_operator_pods_ready", "Ready dataplane pods."),
+            pods_programmed: gauge(
+                &r,
+                "weir_operator_pods_programmed",
+                "Ready dataplane pods running the current snapshot.",
+            ),
+            routes_invalid: gauge(
+                &r,
+                "weir_operator_routes_invalid",
+                "ProxyRoutes left out of the snapshot.",
+            ),
+            leader: gauge(
+                &r,
+                "weir_operator_leader",
+                "1 when this replica holds the Lease.",
+            ),
+            synced: AtomicBool::new(false),
+            registry: r,
+        };
+        #[cfg(target_os = "linux")]
+        if let Err(e) = m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::error!(error = %e, "cannot register the process metrics");
         }
+        m
+    }
+
+    pub fn observe_reconcile(&self, d: std::time::Duration) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(d.as_secs_f64());
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut o = String::new();
-        let c = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        let g = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let n = "weir_operator_reconcile_duration_seconds";
-        let _ = writeln!(
-            o,
-            "# HELP {n} Time to compile and write one reconcile.\n# TYPE {n} histogram"
-        );
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "{n}_bucket{{le=\"{b}\"}} {}",
-                self.reconcile_buckets[i].load(Relaxed)
-            );
-        }
-        let count = self.reconciles.load(Relaxed);
-        let _ = writeln!(o, "{n}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            o,
-            "{n}_sum {}",
-            self.reconcile_micros_sum.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(o, "{n}_count {count}");
-        c(
-            &mut o,
-            "weir_operator_reconciles_total",
-            "Reconciles run.",
-            count,
-        );
-        let p = "weir_operator_pushes_total";
-        let _ = writeln!(
-            o,
-            "# HELP {p} PUT /config calls to dataplane pods by result.\n# TYPE {p} counter"
-        );
-        for (r, v) in [
-            ("ok", &self.push_ok),
-            ("rejected", &self.push_rejected),
-            ("error", &self.push_error),
-        ] {
-            let _ = writeln!(o, "{p}{{result=\"{r}\"}} {}", v.load(Relaxed));
-        }
-        c(
-            &mut o,
-            "weir_operator_status_writes_total",
-            "Status patches sent.",
-            self.status_writes.load(Relaxed),
-        );
-        c(
-            &mut o,
-            "weir_operator_status_write_errors_total",
-            "Status patches that failed.",
-            self.status_write_errors.load(Relaxed),
-        );
-        c(
-            &mut o,
-            "weir_operator_configmap_writes_total",
-            "Writes of the last-known-good snapshot (a Secret since the snapshot holds credentials; the name is kept for dashboards).",
-            self.configmap_writes.load(Relaxed),
-        );
-        g(
-            &mut o,
-            "weir_operator_pods_ready",
-            "Ready dataplane pods.",
-            self.pods_ready.load(Relaxed),
-        );
-        g(
-            &mut o,
-            "weir_operator_pods_programmed",
-            "Ready dataplane pods running the current snapshot.",
-            self.pods_programmed.load(Relaxed),
-        );
-        g(
-            &mut o,
-            "weir_operator_routes_invalid",
-            "ProxyRoutes left out of the snapshot.",
-            self.routes_invalid.load(Relaxed),
-        );
-        g(
-            &mut o,
-            "weir_operator_leader",
-            "1 when this replica holds the Lease.",
-            self.leader.load(Relaxed) as u64,
-        );
-        o
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot encode the metrics");
+                String::new()
+            })
     }
 }
 
@@ -227,5 +224,75 @@ mod tests {
         assert!(t.contains("weir_operator_reconcile_duration_seconds_bucket{le=\"0.005\"} "));
         assert!(t.contains("weir_operator_pushes_total{result=\"ok\"} "));
         assert!(t.contains("# TYPE weir_operator_leader gauge"));
+    }
+
+    /// Every family the hand-written exposition had keeps its name and type (dashboards,
+    /// alerts and chart-check read them), every push result is there before the first push,
+    /// and the process metrics come along.
+    #[test]
+    fn keeps_every_family_and_adds_process_metrics() {
+        let t = METRICS.render();
+        for (name, kind) in [
+            ("weir_operator_reconcile_duration_seconds", "histogram"),
+            ("weir_operator_reconciles_total", "counter"),
+            ("weir_operator_pushes_total", "counter"),
+            ("weir_operator_status_writes_total", "counter"),
+            ("weir_operator_status_write_errors_total", "counter"),
+            ("weir_operator_configmap_writes_total", "counter"),
+            ("weir_operator_pods_ready", "gauge"),
+            ("weir_operator_pods_programmed", "gauge"),
+            ("weir_operator_routes_invalid", "gauge"),
+            ("weir_operator_leader", "gauge"),
+        ] {
+            assert!(
+                t.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}:\n{t}"
+            );
+        }
+        for r in PUSH_RESULTS {
+            assert!(t.contains(&format!("weir_operator_pushes_total{{result=\"{r}\"}} ")));
+        }
+        assert!(t.contains("weir_operator_reconcile_duration_seconds_bucket{le=\"+Inf\"} "));
+        #[cfg(target_os = "linux")]
+        assert!(
+            t.contains("# TYPE process_resident_memory_bytes gauge"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn promtool_accepts_the_exposition() {
+        if std::env::var("WEIR_SKIP_PROMTOOL").as_deref() == Ok("1") {
+            eprintln!("WEIR_SKIP_PROMTOOL=1: skipping the promtool check");
+            return;
+        }
+        use std::io::Write;
+        METRICS.observe_reconcile(std::time::Duration::from_millis(30));
+        let child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            panic!(
+                "promtool not found: install Debian's `prometheus` package (scripts/ensure-deps.sh \
+                 does), or set WEIR_SKIP_PROMTOOL=1 to skip this test"
+            );
+        };
+        let text = METRICS.render();
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(text.as_bytes())
+            .expect("write to promtool");
+        let out = child.wait_with_output().expect("promtool runs");
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

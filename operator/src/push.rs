@@ -15,7 +15,6 @@ use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -393,7 +392,7 @@ async fn sync_pod(
     let body = body_for(snapshot, &target.ip);
     match put(client, &base, token, body, cfg.request_timeout).await {
         Outcome::Running(v) => {
-            METRICS.push_ok.fetch_add(1, Relaxed);
+            METRICS.push_ok.inc();
             tracing::info!(pod = %target.key, version = %v, "pushed snapshot");
             state.acked = Some(v);
             state.rejected = None;
@@ -401,20 +400,20 @@ async fn sync_pod(
             (state, false, false)
         }
         Outcome::Rejected { current, errors } => {
-            METRICS.push_rejected.fetch_add(1, Relaxed);
+            METRICS.push_rejected.inc();
             tracing::warn!(pod = %target.key, version = %want, errors = ?errors, "pod rejected the snapshot");
             state.acked = current;
             state.rejected = Some((want.clone(), errors));
             (state, false, false)
         }
         Outcome::Unauthorized => {
-            METRICS.push_error.fetch_add(1, Relaxed);
+            METRICS.push_error.inc();
             state.last_error = Some("401 unauthorized: check the admin token".into());
             (state, true, true)
         }
         Outcome::Empty => (state, true, false),
         Outcome::Failed(e) => {
-            METRICS.push_error.fetch_add(1, Relaxed);
+            METRICS.push_error.inc();
             tracing::debug!(pod = %target.key, error = %e, "push failed");
             state.last_error = Some(e);
             (state, true, false)

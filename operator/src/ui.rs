@@ -117,16 +117,16 @@ fn pods_json(s: &Sources, desired: Option<&str>) -> Vec<serde_json::Value> {
 pub fn state() -> serde_json::Value {
     let now = crate::controller::now_rfc3339();
     let operator = serde_json::json!({
-        "leader": METRICS.leader.load(Relaxed),
+        "leader": METRICS.leader.get() == 1,
         "synced": METRICS.synced.load(Relaxed),
         "pushes": {
-            "ok": METRICS.push_ok.load(Relaxed),
-            "rejected": METRICS.push_rejected.load(Relaxed),
-            "error": METRICS.push_error.load(Relaxed),
+            "ok": METRICS.push_ok.get(),
+            "rejected": METRICS.push_rejected.get(),
+            "error": METRICS.push_error.get(),
         },
-        "statusWrites": METRICS.status_writes.load(Relaxed),
-        "statusWriteErrors": METRICS.status_write_errors.load(Relaxed),
-        "routesInvalid": METRICS.routes_invalid.load(Relaxed),
+        "statusWrites": METRICS.status_writes.get(),
+        "statusWriteErrors": METRICS.status_write_errors.get(),
+        "routesInvalid": METRICS.routes_invalid.get(),
     });
     let guard = SOURCES.read().unwrap_or_else(|e| e.into_inner());
     let Some(s) = guard.as_ref() else {

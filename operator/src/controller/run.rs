@@ -203,7 +203,7 @@ pub async fn run(
             }
         }
         let leader = *leader_rx.borrow_and_update();
-        METRICS.leader.store(leader, Relaxed);
+        METRICS.leader.set(i64::from(leader));
         if leader != was_leader {
             // New term: forget what we think we wrote; re-read the world.
             term += 1;
@@ -355,11 +355,10 @@ pub async fn run(
         });
         last_key = Some(key);
         METRICS.observe_reconcile(t0.elapsed());
-        METRICS.routes_invalid.store(
-            compiled.routes.values().filter(|r| !r.included).count() as u64,
-            Relaxed,
-        );
-        METRICS.pods_ready.store(targets.len() as u64, Relaxed);
+        METRICS
+            .routes_invalid
+            .set(compiled.routes.values().filter(|r| !r.included).count() as i64);
+        METRICS.pods_ready.set(targets.len() as i64);
         {
             let st = states.lock().unwrap_or_else(|e| e.into_inner());
             let programmed = targets
@@ -368,7 +367,7 @@ pub async fn run(
                     st.get(&t.key).and_then(|p| p.acked.as_deref()) == Some(version.as_str())
                 })
                 .count();
-            METRICS.pods_programmed.store(programmed as u64, Relaxed);
+            METRICS.pods_programmed.set(programmed as i64);
         }
         tracing::debug!(elapsed = ?t0.elapsed(), "reconciled");
 

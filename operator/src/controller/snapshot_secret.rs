@@ -4,7 +4,6 @@ use super::{FIELD_MANAGER, SNAPSHOT_KEY};
 use crate::metrics::METRICS;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use std::sync::atomic::Ordering::Relaxed;
 
 /// Writes the last-known-good snapshot to the Secret `name` (server-side apply, only when it
 /// changed). The snapshot holds resolved credentials, API keys and TLS keys, so it lives in a
@@ -62,7 +61,7 @@ pub(super) async fn write_snapshot_secret(
         .await
     {
         Ok(_) => {
-            METRICS.configmap_writes.fetch_add(1, Relaxed);
+            METRICS.configmap_writes.inc();
             tracing::info!(secret = name, version = %snapshot.version, "wrote last-known-good snapshot");
             *written = Some(text);
         }

@@ -16,7 +16,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -144,7 +143,7 @@ impl StatusWriter {
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => false,
                 Err(e) => {
-                    METRICS.status_write_errors.fetch_add(1, Relaxed);
+                    METRICS.status_write_errors.inc();
                     tracing::warn!(object = %kkey, error = %e, "status write failed");
                     false
                 }
@@ -157,7 +156,7 @@ impl StatusWriter {
     fn record(&mut self, kkey: String, value: serde_json::Value, ok: bool) {
         if ok {
             self.writes += 1;
-            METRICS.status_writes.fetch_add(1, Relaxed);
+            METRICS.status_writes.inc();
             tracing::info!(object = %kkey, "status updated");
             self.written.insert(kkey, value);
         }
@@ -360,6 +359,7 @@ mod tests {
     use kube::runtime::events::Reporter;
     use kube::runtime::{reflector, watcher};
     use std::collections::BTreeMap;
+    use std::sync::atomic::Ordering::Relaxed;
 
     fn status_patches(log: &Log) -> Vec<(String, String, serde_json::Value)> {
         log.lock()
