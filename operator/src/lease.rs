@@ -122,6 +122,7 @@ pub async fn run(
                 tx.send_if_modified(|v| std::mem::replace(v, false));
             }
             Err(e) => {
+                let e = crate::error::Error::Lease(e).counted();
                 tracing::warn!(error = %e, "lease renewal failed");
                 // Step down before the lease can expire under us.
                 if last_renew.is_some_and(|t| t.elapsed() + cfg.retry >= cfg.duration) {

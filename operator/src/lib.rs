@@ -6,12 +6,14 @@
 //! - [`push`]: `PUT /config` to every ready dataplane pod, tracking acknowledged versions.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
 //! - [`controller`]: watches, the debounced compile loop, ConfigMap and status writes.
+//! - [`error`]: the operator's typed error, one `weir_operator_errors_total` kind per variant.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`, and the status page of [`ui`].
 //! - [`ui`]: the operator's status page (`/ui`): pods, resources and their conditions, push errors.
 
 pub mod compile;
 pub mod controller;
 pub mod crd;
+pub mod error;
 pub mod lease;
 pub mod metrics;
 pub mod push;

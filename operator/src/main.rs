@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use weir_operator::controller::{self, Settings};
+use weir_operator::error::Error;
 use weir_operator::lease::LeaseConfig;
 use weir_operator::push::{PusherConfig, TokenSource};
 
@@ -125,7 +126,8 @@ fn main() -> ExitCode {
             match rt.block_on(run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
+                    let e = e.counted();
+                    tracing::error!(kind = e.kind(), "{e}");
                     ExitCode::FAILURE
                 }
             }
@@ -161,24 +163,32 @@ fn crdgen(out: Option<PathBuf>, check: bool) -> ExitCode {
     }
 }
 
-async fn run(a: RunArgs) -> Result<(), String> {
+async fn run(a: RunArgs) -> Result<(), Error> {
     let listeners: Vec<weir_config::Listener> = match &a.listeners {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            yaml_serde::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            let text = std::fs::read_to_string(p).map_err(|source| Error::ListenersRead {
+                path: p.clone(),
+                source,
+            })?;
+            yaml_serde::from_str(&text).map_err(|source| Error::ListenersParse {
+                path: p.clone(),
+                source,
+            })?
         }
         // Parsed rather than built, so new optional listener fields need no change here.
         None => yaml_serde::from_str("[{name: http, address: '0.0.0.0:8080', protocol: http}]")
-            .map_err(|e| format!("default listeners: {e}"))?,
+            .map_err(Error::DefaultListeners)?,
     };
     let metrics = tokio::net::TcpListener::bind(a.metrics_address)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", a.metrics_address))?;
+        .map_err(|source| Error::MetricsListen {
+            addr: a.metrics_address,
+            source,
+        })?;
     tokio::spawn(weir_operator::metrics::serve(metrics));
     let client = kube::Client::try_default()
         .await
-        .map_err(|e| format!("cannot reach the Kubernetes API: {e}"))?;
+        .map_err(Error::KubeClient)?;
     let token = if let Some(f) = a.admin_token_file {
         TokenSource::File(f)
     } else if let Ok(t) = std::env::var("WEIR_ADMIN_TOKEN") {

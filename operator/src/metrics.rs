@@ -33,6 +33,8 @@ pub struct Metrics {
     pub pods_programmed: IntGauge,
     pub routes_invalid: IntGauge,
     pub leader: IntGauge,
+    /// `weir_operator_errors_total{kind}`: see [`crate::error::Error::kind`].
+    pub errors: IntCounterVec,
     /// Readiness (`/readyz`), not a metric.
     pub synced: AtomicBool,
 }
@@ -87,6 +89,20 @@ impl Metrics {
         );
         let [push_ok, push_rejected, push_error] =
             PUSH_RESULTS.map(|res| pushes.with_label_values(&[res]));
+        let errors = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "weir_operator_errors_total",
+                    "Operator errors by kind (one kind per variant of the operator's error type).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric definition"),
+        );
+        for kind in crate::error::Error::KINDS {
+            errors.with_label_values(&[kind]);
+        }
         let m = Metrics {
             reconciles: counter(&r, "weir_operator_reconciles_total", "Reconciles run."),
             reconcile_duration,
@@ -124,6 +140,7 @@ impl Metrics {
                 "weir_operator_leader",
                 "1 when this replica holds the Lease.",
             ),
+            errors,
             synced: AtomicBool::new(false),
             registry: r,
         };
@@ -243,6 +260,7 @@ mod tests {
             ("weir_operator_pods_programmed", "gauge"),
             ("weir_operator_routes_invalid", "gauge"),
             ("weir_operator_leader", "gauge"),
+            ("weir_operator_errors_total", "counter"),
         ] {
             assert!(
                 t.contains(&format!("# TYPE {name} {kind}\n")),

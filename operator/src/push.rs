@@ -8,6 +8,7 @@
 //! run with bounded concurrency; failures are retried with exponential backoff; a snapshot a
 //! pod rejects (422) is not retried until the desired version changes.
 
+use crate::error::Error;
 use crate::metrics::METRICS;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -169,24 +170,31 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    async fn read(&self) -> Result<Option<String>, String> {
+    async fn read(&self) -> Result<Option<String>, Error> {
         match self {
             TokenSource::None => Ok(None),
             TokenSource::Static(t) => Ok(Some(t.clone())),
             TokenSource::File(p) => tokio::fs::read_to_string(p)
                 .await
                 .map(|t| Some(t.trim().to_string()))
-                .map_err(|e| format!("cannot read token file {}: {e}", p.display())),
+                .map_err(|source| Error::AdminTokenFile {
+                    path: p.clone(),
+                    source,
+                }),
             TokenSource::Secret { api, name, key } => {
                 let s = api
                     .get(name)
                     .await
-                    .map_err(|e| format!("cannot read Secret {name}: {e}"))?;
-                let v = s
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .ok_or_else(|| format!("Secret {name} has no key {key}"))?;
+                    .map_err(|source| Error::AdminTokenSecret {
+                        name: name.clone(),
+                        source,
+                    })?;
+                let v = s.data.as_ref().and_then(|d| d.get(key)).ok_or_else(|| {
+                    Error::AdminTokenKey {
+                        name: name.clone(),
+                        key: key.clone(),
+                    }
+                })?;
                 Ok(Some(String::from_utf8_lossy(&v.0).trim().to_string()))
             }
         }
@@ -225,7 +233,7 @@ enum Outcome {
         errors: Vec<FieldError>,
     },
     Unauthorized,
-    Failed(String),
+    Failed(Error),
 }
 
 enum Poll {
@@ -233,18 +241,22 @@ enum Poll {
     /// The dataplane has no `GET /backends` (older build) or no config yet.
     NotFound,
     Unauthorized,
-    Failed(String),
+    Failed(Error),
 }
 
 async fn get_backends(client: &HttpClient, url: &str, token: Option<&str>, t: Duration) -> Poll {
     match call(client, Method::GET, url, token, None, t).await {
         Ok((StatusCode::OK, v)) => match parse_backends_report(&v) {
             Some((ver, h)) => Poll::Report(ver, h),
-            None => Poll::Failed("GET /backends: unexpected document".into()),
+            None => Poll::Failed(Error::PodBadReport),
         },
         Ok((StatusCode::NOT_FOUND, _)) => Poll::NotFound,
         Ok((StatusCode::UNAUTHORIZED, _)) => Poll::Unauthorized,
-        Ok((s, v)) => Poll::Failed(format!("GET /backends: {s} {v}")),
+        Ok((status, body)) => Poll::Failed(Error::PodStatus {
+            what: "GET /backends",
+            status,
+            body,
+        }),
         Err(e) => Poll::Failed(e),
     }
 }
@@ -256,7 +268,7 @@ async fn call(
     token: Option<&str>,
     body: Option<Vec<u8>>,
     timeout: Duration,
-) -> Result<(StatusCode, serde_json::Value), String> {
+) -> Result<(StatusCode, serde_json::Value), Error> {
     let mut req = Request::builder().method(method).uri(url);
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -266,33 +278,37 @@ async fn call(
     }
     let req = req
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| e.to_string())?;
+        .map_err(Error::PodRequest)?;
     let fut = async {
-        let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+        let resp = client.request(req).await.map_err(Error::PodUnreachable)?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(Error::PodBody)?
             .to_bytes();
         let v = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         Ok((status, v))
     };
     tokio::time::timeout(timeout, fut)
         .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|_| Error::PodTimeout(timeout))?
 }
 
 async fn get_version(client: &HttpClient, url: &str, token: Option<&str>, t: Duration) -> Outcome {
     match call(client, Method::GET, url, token, None, t).await {
         Ok((StatusCode::OK, v)) => match v.get("version").and_then(|v| v.as_str()) {
             Some(ver) => Outcome::Running(ver.to_string()),
-            None => Outcome::Failed("GET /config answered without a version".into()),
+            None => Outcome::Failed(Error::PodNoVersion("GET /config")),
         },
         Ok((StatusCode::NOT_FOUND, _)) => Outcome::Empty,
         Ok((StatusCode::UNAUTHORIZED, _)) => Outcome::Unauthorized,
-        Ok((s, v)) => Outcome::Failed(format!("GET /config: {s} {v}")),
+        Ok((status, body)) => Outcome::Failed(Error::PodStatus {
+            what: "GET /config",
+            status,
+            body,
+        }),
         Err(e) => Outcome::Failed(e),
     }
 }
@@ -307,7 +323,7 @@ async fn put(
     match call(client, Method::PUT, url, token, Some(body), t).await {
         Ok((StatusCode::OK, v)) => match v.get("version").and_then(|v| v.as_str()) {
             Some(ver) => Outcome::Running(ver.to_string()),
-            None => Outcome::Failed("PUT /config answered without a version".into()),
+            None => Outcome::Failed(Error::PodNoVersion("PUT /config")),
         },
         Ok((StatusCode::UNPROCESSABLE_ENTITY, v)) => Outcome::Rejected {
             current: v
@@ -321,7 +337,11 @@ async fn put(
                 .unwrap_or_default(),
         },
         Ok((StatusCode::UNAUTHORIZED, _)) => Outcome::Unauthorized,
-        Ok((s, v)) => Outcome::Failed(format!("PUT /config: {s} {v}")),
+        Ok((status, body)) => Outcome::Failed(Error::PodStatus {
+            what: "PUT /config",
+            status,
+            body,
+        }),
         Err(e) => Outcome::Failed(e),
     }
 }
@@ -356,7 +376,7 @@ async fn sync_pod(
             Poll::Unauthorized => unauthorized = true,
             Poll::Failed(e) => {
                 state.health = None;
-                state.last_error = Some(e);
+                state.last_error = Some(e.counted().to_string());
                 return (state, true, false);
             }
         }
@@ -376,7 +396,7 @@ async fn sync_pod(
             Outcome::Empty => state.acked = None,
             Outcome::Unauthorized => unauthorized = true,
             Outcome::Failed(e) => {
-                state.last_error = Some(e);
+                state.last_error = Some(e.counted().to_string());
                 return (state, true, false);
             }
             Outcome::Rejected { .. } => {}
@@ -408,14 +428,15 @@ async fn sync_pod(
         }
         Outcome::Unauthorized => {
             METRICS.push_error.inc();
-            state.last_error = Some("401 unauthorized: check the admin token".into());
+            state.last_error = Some(Error::PodUnauthorized.counted().to_string());
             (state, true, true)
         }
         Outcome::Empty => (state, true, false),
         Outcome::Failed(e) => {
             METRICS.push_error.inc();
+            let e = e.counted();
             tracing::debug!(pod = %target.key, error = %e, "push failed");
-            state.last_error = Some(e);
+            state.last_error = Some(e.to_string());
             (state, true, false)
         }
     }
@@ -467,7 +488,8 @@ pub async fn run(
             match cfg.token.read().await {
                 Ok(t) => token = Some(t),
                 Err(e) => {
-                    tracing::warn!(error = %e, "no admin token");
+                    let e = e.counted();
+                    tracing::warn!(error = %e, kind = e.kind(), "no admin token");
                     token = Some(None);
                 }
             }

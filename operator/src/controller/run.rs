@@ -9,6 +9,7 @@ use super::watch::{
 use super::{Settings, FIELD_MANAGER, SERVICE_NAME_LABEL};
 use crate::compile::{self, Compiled};
 use crate::crd::{Backend, ProxyRoute, TelemetrySink};
+use crate::error::Error;
 use crate::lease;
 use crate::metrics::METRICS;
 use crate::push::{self, Desired, PodStates};
@@ -30,7 +31,7 @@ pub async fn run(
     client: Client,
     s: Settings,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let notify = Arc::new(Notify::new());
     let wc = watcher::Config::default().any_semantic();
     let (routes_api, backends_api, sinks_api, services_api): (
@@ -54,7 +55,7 @@ pub async fn run(
     };
     let slice_ar = endpoint_slice_resource(&client)
         .await
-        .map_err(|e| format!("cannot discover EndpointSlices: {e}"))?;
+        .map_err(Error::Discovery)?;
     tracing::info!(version = %slice_ar.api_version, "EndpointSlice API");
     let slices_api: Api<DynamicObject> = match &s.watch_namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &slice_ar),
@@ -251,7 +252,8 @@ pub async fn run(
         let targets = ready_pods(&pods.state());
         let snapshot_ok = compiled.global.is_empty();
         if !snapshot_ok {
-            tracing::error!(errors = ?compiled.global, "operator settings are invalid; not pushing");
+            let e = Error::InvalidSettings(compiled.global.clone()).counted();
+            tracing::error!(errors = ?compiled.global, kind = e.kind(), "operator settings are invalid; not pushing");
         }
         desired_tx.send_if_modified(|d| {
             let same = d.leader == leader

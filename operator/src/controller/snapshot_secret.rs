@@ -1,6 +1,7 @@
 //! The last-known-good snapshot, kept in a Secret the dataplane can start from.
 
 use super::{FIELD_MANAGER, SNAPSHOT_KEY};
+use crate::error::Error;
 use crate::metrics::METRICS;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -15,8 +16,13 @@ pub(super) async fn write_snapshot_secret(
     snapshot: &weir_config::Snapshot,
     written: &mut Option<String>,
 ) {
-    let Ok(mut text) = serde_json::to_string_pretty(snapshot) else {
-        return;
+    let mut text = match serde_json::to_string_pretty(snapshot) {
+        Ok(text) => text,
+        Err(e) => {
+            let e = Error::SnapshotEncode(e).counted();
+            tracing::warn!(error = %e, "cannot write the snapshot Secret");
+            return;
+        }
     };
     text.push('\n');
     if written.is_none() {
@@ -30,6 +36,7 @@ pub(super) async fn write_snapshot_secret(
                 )
             }
             Err(e) => {
+                let e = Error::SnapshotSecretRead(e).counted();
                 tracing::warn!(error = %e, "cannot read the snapshot Secret");
                 return;
             }
@@ -66,7 +73,10 @@ pub(super) async fn write_snapshot_secret(
             *written = Some(text);
         }
         // The API error describes the request, not the Secret's data.
-        Err(e) => tracing::warn!(error = %e, "cannot write the snapshot Secret"),
+        Err(e) => {
+            let e = Error::SnapshotSecretWrite(e).counted();
+            tracing::warn!(error = %e, "cannot write the snapshot Secret");
+        }
     }
 }
 
@@ -143,6 +153,45 @@ mod tests {
         snap.backends.clear();
         snap.version = snap.content_hash();
         write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        let methods: Vec<String> = log.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+        assert_eq!(methods, vec!["GET", "PATCH", "PATCH"]);
+    }
+
+    /// A failed write is a typed error counted under its kind, and is not remembered as
+    /// written: the next round tries again.
+    #[tokio::test]
+    async fn a_failed_write_is_counted_and_retried() {
+        let (client, log) = recording_client(|method| {
+            // `get_opt` reads a 404 as "absent" only with reason NotFound.
+            let (code, reason) = if method == http::Method::GET {
+                (404, "NotFound")
+            } else {
+                (500, "InternalError")
+            };
+            (
+                code,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                   "reason": reason, "code": code, "message": "boom"}),
+            )
+        });
+        let api: Api<Secret> = Api::namespaced(client, "ns");
+        let mut snap = weir_config::Snapshot::default();
+        snap.version = snap.content_hash();
+        let failures = || {
+            METRICS
+                .errors
+                .with_label_values(&["snapshot_secret_write"])
+                .get()
+        };
+        let before = failures();
+        let mut written = None;
+        write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        eprintln!("DEBUG {:?} {:?}", log.lock().unwrap(), written);
+        assert_eq!(failures(), before + 1);
+        // Read once (nothing there), the write failed: what is known is "empty", not the text.
+        assert_eq!(written.as_deref(), Some(""));
+        write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        assert_eq!(failures(), before + 2);
         let methods: Vec<String> = log.lock().unwrap().iter().map(|r| r.0.clone()).collect();
         assert_eq!(methods, vec!["GET", "PATCH", "PATCH"]);
     }

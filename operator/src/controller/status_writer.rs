@@ -4,6 +4,7 @@
 use super::{now_rfc3339, FIELD_MANAGER};
 use crate::compile::{self, Compiled};
 use crate::crd::{Backend, ProxyRoute, TelemetrySink};
+use crate::error::Error;
 use crate::metrics::METRICS;
 use crate::status::{self, PodProgress};
 use futures_util::StreamExt;
@@ -44,7 +45,12 @@ pub(super) async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&ev, reference).await {
+    if let Err(source) = recorder.publish(&ev, reference).await {
+        let e = Error::EventPublish {
+            reason: t.reason,
+            source,
+        }
+        .counted();
         tracing::debug!(error = %e, reason = t.reason, "cannot publish event");
     }
 }
@@ -142,8 +148,13 @@ impl StatusWriter {
                     true
                 }
                 Err(kube::Error::Api(e)) if e.code == 404 => false,
-                Err(e) => {
+                Err(source) => {
                     METRICS.status_write_errors.inc();
+                    let e = Error::StatusWrite {
+                        object: kkey.clone(),
+                        source,
+                    }
+                    .counted();
                     tracing::warn!(object = %kkey, error = %e, "status write failed");
                     false
                 }

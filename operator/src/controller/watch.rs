@@ -3,6 +3,7 @@
 
 use super::SERVICE_NAME_LABEL;
 use crate::compile::{self, ServiceIndex, ServicePort, Slice};
+use crate::error::Error;
 use crate::push::PodTarget;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
@@ -48,7 +49,14 @@ where
                     Some(poke) if !seen.observe(&ev) => poke.notify_one(),
                     _ => notify.notify_one(),
                 },
-                Err(e) => tracing::warn!(watch = what, error = %e, "watch error (retrying)"),
+                Err(source) => {
+                    let e = Error::Watch {
+                        watch: what,
+                        source,
+                    }
+                    .counted();
+                    tracing::warn!(watch = what, error = %e, "watch error (retrying)");
+                }
             }
         }
     });
@@ -155,17 +163,22 @@ impl SecretWatches {
                         Ok(watcher::Event::InitDone) => Some(listing.take()),
                         Ok(watcher::Event::Apply(s)) => Some(secret_data(&s)),
                         Ok(watcher::Event::Delete(_)) => Some(None),
-                        Err(e) => {
-                            // The error names the Secret, never its data.
-                            tracing::warn!(secret = %key, error = %e, "secret watch error (retrying)");
+                        Err(source) => {
                             // Not allowed to read it (RBAC): count it as not found, so the
                             // referencing object reports it and everything else goes on.
                             let forbidden = matches!(
-                                &e,
+                                &source,
                                 watcher::Error::InitialListFailed(kube::Error::Api(ae))
                                     | watcher::Error::WatchStartFailed(kube::Error::Api(ae))
                                     if ae.code == 403
                             );
+                            // The error names the Secret, never its data.
+                            let e = Error::SecretWatch {
+                                secret: key.clone(),
+                                source,
+                            }
+                            .counted();
+                            tracing::warn!(secret = %key, error = %e, "secret watch error (retrying)");
                             let known = known.lock().unwrap_or_else(|e| e.into_inner());
                             (forbidden && !known.contains_key(&key)).then_some(None)
                         }
