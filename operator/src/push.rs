@@ -10,6 +10,7 @@
 
 use crate::error::Error;
 use crate::metrics::METRICS;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, Method, Request, StatusCode};
@@ -222,6 +223,23 @@ pub fn body_for(snapshot: &Snapshot, pod_ip: &str) -> Vec<u8> {
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// How soon pods that failed are tried again: 400 ms, doubling per round that still has a
+/// failure, at most 30 s, never giving up (the pods are still wanted); reset by a round
+/// without failures. Jitter is added on top (see [`retry_delay`]).
+pub const RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(400))
+    .with_factor(2.0)
+    .with_max_delay(Duration::from_secs(30))
+    .without_max_times();
+
+/// The next delay of `backoff` plus up to a quarter of it at random, so a fleet of operators
+/// (or one operator's many pods) failing together does not retry in lockstep. backon's own
+/// jitter adds up to the whole delay; a quarter keeps the retry as prompt as before.
+fn retry_delay(backoff: &mut ExponentialBackoff) -> Duration {
+    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+    delay + delay.mul_f64(fastrand::f64() / 4.0)
+}
 
 enum Outcome {
     /// The pod runs this version now.
@@ -463,7 +481,8 @@ pub async fn run(
     http.set_nodelay(true);
     let client: HttpClient = Client::builder(hyper_util::rt::TokioExecutor::new()).build(http);
     let mut token: Option<Option<String>> = None;
-    let mut failures: u32 = 0;
+    // Some while a round has failed pods; `None` starts the policy over.
+    let mut backoff: Option<ExponentialBackoff> = None;
     let mut next_verify = tokio::time::Instant::now() + cfg.verify_interval;
     let mut wake = tokio::time::Instant::now();
     loop {
@@ -555,14 +574,11 @@ pub async fn run(
             progress.notify_one();
         }
         if any_retry {
-            failures = failures.saturating_add(1);
-            let ms = (200u64 << failures.min(8)).min(30_000);
-            let jitter = fastrand::u64(0..=ms / 4);
+            let delay = retry_delay(backoff.get_or_insert_with(|| RETRY.build()));
             // Retry the failing pods soon, but keep polling the others on schedule.
-            wake =
-                (tokio::time::Instant::now() + Duration::from_millis(ms + jitter)).min(next_verify);
+            wake = (tokio::time::Instant::now() + delay).min(next_verify);
         } else {
-            failures = 0;
+            backoff = None;
             wake = next_verify;
         }
     }
@@ -571,6 +587,30 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policy keeps the pusher's former schedule: 200 ms << failures (at most 8), capped
+    /// at 30 s, plus up to a quarter of jitter. (backon multiplies in f32, so a delay may be
+    /// some microseconds off the exact doubling.)
+    #[test]
+    fn retry_policy_keeps_the_former_schedule() {
+        let close = |a: Duration, b: Duration| a.abs_diff(b) < Duration::from_millis(1);
+        let mut plain = RETRY.build();
+        let mut jittered = RETRY.build();
+        for failures in 1u32..=20 {
+            let before = Duration::from_millis((200u64 << failures.min(8)).min(30_000));
+            let got = plain.next().expect("never gives up");
+            assert!(
+                close(got, before),
+                "after {failures} failed rounds: {got:?}"
+            );
+            let d = retry_delay(&mut jittered);
+            assert!(
+                d + Duration::from_millis(1) > before
+                    && d < before + before / 4 + Duration::from_millis(1),
+                "{d:?} vs {before:?}"
+            );
+        }
+    }
 
     #[test]
     fn pod_ip_is_substituted_and_version_kept() {
