@@ -18,7 +18,7 @@ mod status_writer;
 mod watch;
 
 pub use run::run;
-pub use watch::{endpoint_slice_resource, ready_pods};
+pub use watch::{endpoint_slice_resource, ready_pods, service_index_of};
 
 use crate::lease::LeaseConfig;
 use crate::push::PusherConfig;

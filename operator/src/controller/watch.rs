@@ -268,8 +268,15 @@ pub(super) fn service_index(
     services: &Store<Service>,
     slices: &Store<DynamicObject>,
 ) -> ServiceIndex {
+    service_index_of(&services.state(), &slices.state())
+}
+
+/// What compile needs of Services and EndpointSlices (v1 or v1beta1, as dynamic objects), in
+/// an order that does not depend on the watch order. Public for the golden tests of compile,
+/// which read the same objects from YAML.
+pub fn service_index_of(services: &[Arc<Service>], slices: &[Arc<DynamicObject>]) -> ServiceIndex {
     let mut idx = ServiceIndex::default();
-    for s in services.state() {
+    for s in services {
         let ports = s
             .spec
             .as_ref()
@@ -288,7 +295,7 @@ pub(super) fn service_index(
             ports,
         );
     }
-    for s in slices.state() {
+    for s in slices {
         let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) else {
             continue;
         };
