@@ -12,7 +12,8 @@ Environment:
   BENCH_ROUNDS=N        rounds (default 3; quick 1)
   BENCH_DURATION=S      seconds per measured load run (default 8; quick 2)
   BENCH_PEERS=a,b       subset of weir,nginx,haproxy,caddy,traefik,direct
-  BENCH_SCENARIOS=a,b   subset of h1-wrk,h1,h2,h3,h1-many,h2-many,bulk,idle,reload,operator
+  BENCH_SCENARIOS=a,b   subset of h1-wrk,h1,h2,h3,h1-many,h2-many,bulk,idle,reload,operator,
+                        operator-scale
   BENCH_BULK=SIZE       bulk transfer size (default 1g; quick 64m)
   BENCH_IDLE_CONNS=N    idle HTTP/3 connections held (default 10000; quick 1000)
   BENCH_OUT=DIR         where the JSON and Markdown go (default bench/results)
@@ -55,7 +56,8 @@ IDLE_CONNS = int(os.environ.get("BENCH_IDLE_CONNS", "1000" if QUICK else "10000"
 CPU_LOAD = os.environ.get("BENCH_CPU_LOAD", "1")
 CPU_PROXY = os.environ.get("BENCH_CPU_PROXY", "0")
 ALL_PEERS = ["weir", "nginx", "haproxy", "caddy", "traefik", "direct"]
-ALL_SCEN = ["h1-wrk", "h1", "h2", "h3", "h1-many", "h2-many", "bulk", "idle", "reload", "operator"]
+ALL_SCEN = ["h1-wrk", "h1", "h2", "h3", "h1-many", "h2-many", "bulk", "idle", "reload", "operator",
+            "operator-scale"]
 # More requests in flight than the pool's old idle bound (128), where it churned.
 H1_MANY_CONNS = 256
 H2_MANY_CONNS, H2_MANY_STREAMS = 16, 10

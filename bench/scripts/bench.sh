@@ -39,7 +39,7 @@ else
   echo "bench: release build" >&2
   $CARGO build -q --release -p weir-dataplane -p weir-bench --bins
   case ",${BENCH_SCENARIOS:-operator}," in
-    *,operator,*) $CARGO build -q --release -p weir-operator --bins ;;
+    *,operator,*|*,operator-scale,*) $CARGO build -q --release -p weir-operator --bins ;;
   esac
 fi
 

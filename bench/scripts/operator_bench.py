@@ -119,16 +119,165 @@ def header_value(route: dict | None) -> str | None:
         return None
 
 
-def run(b, env, results: dict) -> None:
+def missing_parts(b) -> list[str]:
     api_bin, etcd = apiserver_bin(), shutil.which("etcd")
     op_bin = b.BINS / "weir-operator"
-    missing = [n for n, p in (("kube-apiserver (run `make e2e` once: it builds or unpacks it "
-                               "into ~/.cache/weir)", api_bin), ("etcd", etcd),
-                              ("weir-operator build", op_bin if op_bin.exists() else None))
-               if not p]
+    return [n for n, p in (("kube-apiserver (run `make e2e` once: it builds or unpacks it "
+                            "into ~/.cache/weir)", api_bin), ("etcd", etcd),
+                           ("weir-operator build", op_bin if op_bin.exists() else None))
+            if not p]
+
+
+def skipped(b, results: dict, key: str) -> bool:
+    """Records and logs a skip when the API server, etcd or the operator build is missing."""
+    missing = missing_parts(b)
     if missing:
-        results["operator"] = {"skipped": "missing " + ", ".join(missing)}
-        b.log(f"operator: skipped, missing {', '.join(missing)}")
+        results[key] = {"skipped": "missing " + ", ".join(missing)}
+        b.log(f"{key}: skipped, missing {', '.join(missing)}")
+    return bool(missing)
+
+
+def start_apiserver(b, d: Path, procs: list) -> tuple[Api, int]:
+    """etcd + kube-apiserver (as `make e2e` starts them), the CRDs, the two namespaces."""
+    etcd = shutil.which("etcd")
+    cport, pport, aport = b.free_port(), b.free_port(), b.free_port()
+    procs.append(b.Proc("etcd", [etcd, "--data-dir", str(d / "etcd"),
+                                 "--listen-client-urls", f"http://127.0.0.1:{cport}",
+                                 "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+                                 "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+                                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+                                 "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
+                        "0-1", logdir=d))
+    subprocess.run(["openssl", "genrsa", "-out", str(d / "sa.key"), "2048"], check=True,
+                   capture_output=True)
+    subprocess.run(["openssl", "rsa", "-pubout", "-in", str(d / "sa.key"), "-out",
+                    str(d / "sa.pub")], check=True, capture_output=True)
+    (d / "tokens.csv").write_text(f"{TOKEN},admin,admin,system:masters\n")
+    (d / "certs").mkdir(exist_ok=True)
+    procs.append(b.Proc("kube-apiserver", [
+        str(apiserver_bin()), f"--etcd-servers=http://127.0.0.1:{cport}", "--bind-address=127.0.0.1",
+        f"--secure-port={aport}", f"--cert-dir={d / 'certs'}",
+        f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
+        f"--service-account-key-file={d / 'sa.pub'}",
+        f"--service-account-signing-key-file={d / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        "--service-cluster-ip-range=10.96.0.0/24", "--advertise-address=127.0.0.1",
+        "--disable-admission-plugins=ServiceAccount"], "0-1", logdir=d))
+    api = Api(aport)
+
+    def ready():
+        try:
+            s, body = api.call("GET", "/readyz")
+            return s == 200
+        except OSError:
+            return False
+    wait("kube-apiserver /readyz", ready, 90, 0.2)
+
+    for f in sorted((b.ROOT / "crds").glob("*.yaml")):
+        name = f.name[:-len(".yaml")]
+        s, body = api.call("PATCH", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+                                    f"{name}?fieldManager=bench&force=true",
+                           f.read_bytes(), "application/apply-patch+yaml")
+        if s >= 300:
+            raise RuntimeError(f"apply CRD {name}: {s} {body}")
+
+    def established(name: str):
+        s, body = api.call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        return s == 200 and any(c.get("type") == "Established" and c.get("status") == "True"
+                                for c in (body.get("status") or {}).get("conditions") or [])
+    for f in (b.ROOT / "crds").glob("*.yaml"):
+        wait(f"CRD {f.stem}", lambda: established(f.name[:-5]), 30, 0.2)
+    for ns in (DP_NS, NS):
+        api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                "metadata": {"name": ns}})
+    return api, aport
+
+
+def start_dataplanes(b, env, d: Path, api: Api, n: int, procs: list) -> tuple[list[str], int, int]:
+    """`n` dataplanes on 127.0.0.2, 127.0.0.3, ..., each registered as a ready Pod; all on the
+    same admin and listener ports (the operator has one `--admin-port`). Returns the IPs and
+    the two ports."""
+    admin, listen = b.free_port(), b.free_port()
+    ips = [f"127.0.{(2 + i) // 256}.{(2 + i) % 256}" for i in range(n)]
+    for i, ip in enumerate(ips):
+        procs.append(b.Proc(f"dataplane-{i}", [str(b.BINS / "weir-dataplane"), "--admin-address",
+                                               f"{ip}:{admin}", "--access-log", "off"],
+                            b.CPU_PROXY, env={"WEIR_ADMIN_TOKEN": env.token, "RUST_LOG": "warn"},
+                            logdir=d))
+        s, body = api.call("POST", f"/api/v1/namespaces/{DP_NS}/pods", {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"dataplane-{i}",
+                         "labels": {"app.kubernetes.io/name": "weir-dataplane"}},
+            "spec": {"containers": [{"name": "dataplane", "image": "weir-dataplane:bench"}]}})
+        if s >= 300:
+            raise RuntimeError(f"create pod: {s} {body}")
+        api.call("PATCH", f"/api/v1/namespaces/{DP_NS}/pods/dataplane-{i}/status", {"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}]}}, "application/merge-patch+json")
+    (d / "listeners.yaml").write_text(f"- {{name: http, address: '$(POD_IP):{listen}', protocol: http}}\n")
+    return ips, admin, listen
+
+
+def start_operator(b, env, d: Path, aport: int, admin: int, procs: list) -> int:
+    """The operator (default flags) and the bench Backend; returns the operator's metrics port."""
+    (d / "kubeconfig").write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n"
+        f"    server: https://127.0.0.1:{aport}\n    insecure-skip-tls-verify: true\n"
+        f"users:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: b\n"
+        "  context: {cluster: b, user: admin}\ncurrent-context: b\n")
+    mport = b.free_port()
+    procs.append(b.Proc("operator", [str(b.BINS / "weir-operator"), "run", "--namespace", DP_NS,
+                                     "--listeners", str(d / "listeners.yaml"), "--admin-port",
+                                     str(admin), "--metrics-address", f"127.0.0.1:{mport}"],
+                        "0-1", env={"KUBECONFIG": str(d / "kubeconfig"),
+                                    "WEIR_ADMIN_TOKEN": env.token,
+                                    "RUST_LOG": os.environ.get("WEIR_BENCH_OPERATOR_LOG", "warn")},
+                        logdir=d))
+    return mport
+
+
+def create_backend(api: Api, env) -> None:
+    s, body = api.call("POST", f"/apis/weir.dev/v1alpha1/namespaces/{NS}/backends", {
+        "apiVersion": "weir.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "bench"},
+        "spec": {"endpoints": [{"address": f"127.0.0.1:{env.backend_port}"}]}})
+    if s >= 300:
+        raise RuntimeError(f"create backend: {s} {body}")
+
+
+def route(i: int, value: str = "0") -> dict:
+    return {"apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute",
+            "metadata": {"name": f"r{i}"},
+            "spec": {"hostnames": [f"r{i}.bench.test"],
+                     "rules": [{"filters": {"responseHeaders": {"set": [
+                         {"name": "x-bench", "value": value}]}},
+                         "backendRefs": [{"name": "bench"}]}]}}
+
+
+def create_routes(api: Api, n_routes: int, threads: int = 8) -> tuple[float, float]:
+    """`n_routes` ProxyRoutes from `threads` client threads; returns (first, last) create time."""
+    base = f"/apis/weir.dev/v1alpha1/namespaces/{NS}"
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    last = [t0]
+
+    def creator(k: int) -> None:
+        for i in range(k, n_routes, threads):
+            s, body = api.call("POST", f"{base}/proxyroutes", route(i))
+            if s >= 300:
+                errors.append(f"r{i}: {s} {body.get('message', '')}")
+        last[0] = max(last[0], time.perf_counter())
+    ts = [threading.Thread(target=creator, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} ProxyRoutes rejected, first: {errors[0]}")
+    return t0, last[0]
+
+
+def run(b, env, results: dict) -> None:
+    if skipped(b, results, "operator"):
         return
     n_routes = int(os.environ.get("WEIR_BENCH_ROUTES") or (200 if b.QUICK else 1000))
     n_changes = int(os.environ.get("WEIR_BENCH_CHANGES") or (6 if b.QUICK else 31))
@@ -136,120 +285,18 @@ def run(b, env, results: dict) -> None:
     d.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
-        cport, pport, aport = b.free_port(), b.free_port(), b.free_port()
-        procs.append(b.Proc("etcd", [etcd, "--data-dir", str(d / "etcd"),
-                                     "--listen-client-urls", f"http://127.0.0.1:{cport}",
-                                     "--advertise-client-urls", f"http://127.0.0.1:{cport}",
-                                     "--listen-peer-urls", f"http://127.0.0.1:{pport}",
-                                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
-                                     "--initial-cluster", f"default=http://127.0.0.1:{pport}"],
-                            "0-1", logdir=d))
-        subprocess.run(["openssl", "genrsa", "-out", str(d / "sa.key"), "2048"], check=True,
-                       capture_output=True)
-        subprocess.run(["openssl", "rsa", "-pubout", "-in", str(d / "sa.key"), "-out",
-                        str(d / "sa.pub")], check=True, capture_output=True)
-        (d / "tokens.csv").write_text(f"{TOKEN},admin,admin,system:masters\n")
-        (d / "certs").mkdir(exist_ok=True)
-        procs.append(b.Proc("kube-apiserver", [
-            str(api_bin), f"--etcd-servers=http://127.0.0.1:{cport}", "--bind-address=127.0.0.1",
-            f"--secure-port={aport}", f"--cert-dir={d / 'certs'}",
-            f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
-            f"--service-account-key-file={d / 'sa.pub'}",
-            f"--service-account-signing-key-file={d / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc",
-            "--service-cluster-ip-range=10.96.0.0/24", "--advertise-address=127.0.0.1",
-            "--disable-admission-plugins=ServiceAccount"], "0-1", logdir=d))
-        api = Api(aport)
-
-        def ready():
-            try:
-                s, body = api.call("GET", "/readyz")
-                return s == 200
-            except OSError:
-                return False
-        wait("kube-apiserver /readyz", ready, 90, 0.2)
-
-        for f in sorted((b.ROOT / "crds").glob("*.yaml")):
-            name = f.name[:-len(".yaml")]
-            s, body = api.call("PATCH", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
-                                        f"{name}?fieldManager=bench&force=true",
-                               f.read_bytes(), "application/apply-patch+yaml")
-            if s >= 300:
-                raise RuntimeError(f"apply CRD {name}: {s} {body}")
-
-        def established(name: str):
-            s, body = api.call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            return s == 200 and any(c.get("type") == "Established" and c.get("status") == "True"
-                                    for c in (body.get("status") or {}).get("conditions") or [])
-        for f in (b.ROOT / "crds").glob("*.yaml"):
-            wait(f"CRD {f.stem}", lambda: established(f.name[:-5]), 30, 0.2)
-        for ns in (DP_NS, NS):
-            api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                    "metadata": {"name": ns}})
-
+        api, aport = start_apiserver(b, d, procs)
         # One dataplane, registered as a ready Pod on 127.0.0.2.
-        ip, admin, listen = "127.0.0.2", b.free_port(), b.free_port()
+        [ip], admin, _ = start_dataplanes(b, env, d, api, 1, procs)
         dp_token = env.token
-        procs.append(b.Proc("dataplane", [str(b.BINS / "weir-dataplane"), "--admin-address",
-                                          f"{ip}:{admin}", "--access-log", "off"],
-                            b.CPU_PROXY, env={"WEIR_ADMIN_TOKEN": dp_token, "RUST_LOG": "warn"},
-                            logdir=d))
-        s, body = api.call("POST", f"/api/v1/namespaces/{DP_NS}/pods", {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "dataplane-0", "labels": {"app.kubernetes.io/name": "weir-dataplane"}},
-            "spec": {"containers": [{"name": "dataplane", "image": "weir-dataplane:bench"}]}})
-        if s >= 300:
-            raise RuntimeError(f"create pod: {s} {body}")
-        api.call("PATCH", f"/api/v1/namespaces/{DP_NS}/pods/dataplane-0/status", {"status": {
-            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": "True"}]}}, "application/merge-patch+json")
-        (d / "listeners.yaml").write_text(f"- {{name: http, address: '$(POD_IP):{listen}', protocol: http}}\n")
-        (d / "kubeconfig").write_text(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n"
-            f"    server: https://127.0.0.1:{aport}\n    insecure-skip-tls-verify: true\n"
-            f"users:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: b\n"
-            "  context: {cluster: b, user: admin}\ncurrent-context: b\n")
-        procs.append(b.Proc("operator", [str(op_bin), "run", "--namespace", DP_NS, "--listeners",
-                                         str(d / "listeners.yaml"), "--admin-port", str(admin),
-                                         "--metrics-address", f"127.0.0.1:{b.free_port()}"],
-                            "0-1", env={"KUBECONFIG": str(d / "kubeconfig"),
-                                        "WEIR_ADMIN_TOKEN": dp_token,
-                                        "RUST_LOG": os.environ.get("WEIR_BENCH_OPERATOR_LOG", "warn")},
-                            logdir=d))
+        start_operator(b, env, d, aport, admin, procs)
         base = f"/apis/weir.dev/v1alpha1/namespaces/{NS}"
-        s, body = api.call("POST", f"{base}/backends", {
-            "apiVersion": "weir.dev/v1alpha1", "kind": "Backend", "metadata": {"name": "bench"},
-            "spec": {"endpoints": [{"address": f"127.0.0.1:{env.backend_port}"}]}})
-        if s >= 300:
-            raise RuntimeError(f"create backend: {s} {body}")
-
-        def route(i: int, value: str = "0") -> dict:
-            return {"apiVersion": "weir.dev/v1alpha1", "kind": "ProxyRoute",
-                    "metadata": {"name": f"r{i}"},
-                    "spec": {"hostnames": [f"r{i}.bench.test"],
-                             "rules": [{"filters": {"responseHeaders": {"set": [
-                                 {"name": "x-bench", "value": value}]}},
-                                 "backendRefs": [{"name": "bench"}]}]}}
+        create_backend(api, env)
 
         # (1) n_routes ProxyRoutes at once, from 8 client threads.
         b.log(f"operator: creating {n_routes} ProxyRoutes")
-        errors: list[str] = []
-        t0 = time.perf_counter()
-        last = [t0]
-
-        def creator(k: int) -> None:
-            for i in range(k, n_routes, 8):
-                s, body = api.call("POST", f"{base}/proxyroutes", route(i))
-                if s >= 300:
-                    errors.append(f"r{i}: {s} {body.get('message', '')}")
-            last[0] = max(last[0], time.perf_counter())
-        ts = [threading.Thread(target=creator, args=(k,)) for k in range(8)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        if errors:
-            raise RuntimeError(f"{len(errors)} ProxyRoutes rejected, first: {errors[0]}")
+        t0, last_create = create_routes(api, n_routes)
+        last = [last_create]
 
         def all_there():
             c = dp_config(ip, admin, dp_token)
@@ -305,6 +352,193 @@ def run(b, env, results: dict) -> None:
             p.stop()
 
 
+def prom(text: str) -> dict[str, float]:
+    """Prometheus text -> {"name{labels}": value} (enough for counters and gauges)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, _, v = line.rpartition(" ")
+            try:
+                out[k] = float(v)
+            except ValueError:
+                pass
+    return out
+
+
+def operator_metrics(port: int) -> dict[str, float]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        return prom(c.getresponse().read().decode())
+    finally:
+        c.close()
+
+
+def apiserver_requests(api: Api) -> dict[str, float]:
+    """`apiserver_request_total` by verb and resource (summed over codes and other labels)."""
+    c = api.conn()
+    c.request("GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    r = c.getresponse()
+    text = r.read().decode()
+    out: dict[str, float] = {}
+    for k, v in prom(text).items():
+        if not k.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(p.split("=", 1) for p in k[k.index("{") + 1:-1].split(",") if "=" in p)
+        key = f"{labels.get('verb', '').strip(chr(34))} {labels.get('resource', '').strip(chr(34))}"
+        out[key] = out.get(key, 0) + v
+    return out
+
+
+def served_value(ip: str, port: int, host: str) -> str | None:
+    """The `x-bench` header a dataplane answers `host` with (None when it does not route it)."""
+    c = http.client.HTTPConnection(ip, port, timeout=5)
+    try:
+        c.request("GET", "/", headers={"Host": host})
+        r = c.getresponse()
+        r.read()
+        return r.getheader("x-bench")
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        c.close()
+
+
+def versions(ips: list[str], admin: int, token: str) -> set[str | None]:
+    """The config version every pod runs (`GET /backends`, small, unlike `GET /config`)."""
+    out = set()
+    for ip in ips:
+        c = http.client.HTTPConnection(ip, admin, timeout=5)
+        try:
+            c.request("GET", "/backends", headers={"Authorization": f"Bearer {token}"})
+            r = c.getresponse()
+            raw = r.read()
+            out.add(json.loads(raw).get("version") if r.status == 200 else None)
+        except (OSError, http.client.HTTPException, json.JSONDecodeError):
+            out.add(None)
+        finally:
+            c.close()
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process from /proc (clock ticks; the operator's own
+    `process_cpu_seconds_total` counts whole seconds only)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(len(xs) * q))], 3)
+
+
+def run_scale(b, env, results: dict) -> None:
+    """The control plane at scale (issue #18 part 4): N ProxyRoutes, P dataplanes registered as
+    Pods; per single-route change: time until every pod serves it (asked through each pod's
+    listener), operator pushes and bytes, API-server requests, operator CPU and RSS."""
+    if skipped(b, results, "operator-scale"):
+        return
+    n_routes = int(os.environ.get("WEIR_BENCH_SCALE_ROUTES") or (2000 if b.QUICK else 10000))
+    n_pods = int(os.environ.get("WEIR_BENCH_SCALE_PODS") or (10 if b.QUICK else 50))
+    n_changes = int(os.environ.get("WEIR_BENCH_SCALE_CHANGES") or (4 if b.QUICK else 11))
+    d = env.dir / "operator-scale"
+    d.mkdir(parents=True, exist_ok=True)
+    procs = []
+    try:
+        api, aport = start_apiserver(b, d, procs)
+        b.log(f"operator-scale: {n_pods} dataplanes")
+        ips, admin, listen = start_dataplanes(b, env, d, api, n_pods, procs)
+        mport = start_operator(b, env, d, aport, admin, procs)
+        create_backend(api, env)
+        b.log(f"operator-scale: creating {n_routes} ProxyRoutes")
+        t0, last = create_routes(api, n_routes, threads=16)
+        probe = f"r{n_routes - 1}.bench.test"
+        wait(f"every pod serving {probe}",
+             lambda: all(served_value(ip, listen, probe) == "0" for ip in ips), 600, 0.5)
+        t_all = time.perf_counter()
+        # Settle: every pod on one version, and the status writes of the burst done.
+        wait("every pod on one version",
+             lambda: len(v := versions(ips, admin, env.token)) == 1 and None not in v, 300, 0.5)
+        time.sleep(10.0)
+        cfg = dp_config(ips[0], admin, env.token) or {}
+        snap_bytes = len(json.dumps(cfg.get("snapshot", {}), separators=(",", ":")))
+        res = {
+            "routes": n_routes, "pods": n_pods,
+            "create_all_s": round(last - t0, 1),
+            "all_pods_serving_after_last_create_s": round(t_all - last, 1),
+            "snapshot_json_bytes": snap_bytes,
+        }
+        b.log(f"operator-scale: {n_routes} routes on {n_pods} pods "
+              f"{res['all_pods_serving_after_last_create_s']} s after the last create")
+
+        op_pid = next(p.pid for p in procs if p.name == "operator")
+        m0, a0, c0 = operator_metrics(mport), apiserver_requests(api), cpu_seconds(op_pid)
+        rss = [m0.get("process_resident_memory_bytes", 0)]
+        base = f"/apis/weir.dev/v1alpha1/namespaces/{NS}"
+        all_pods, per_pod = [], []
+        for k in range(n_changes):
+            i = (k * 7919) % n_routes
+            value = f"v{k + 1}"
+            host = f"r{i}.bench.test"
+            done: dict[str, float] = {}
+
+            def watch(ip: str, t1: float) -> None:
+                end = t1 + 120
+                while time.perf_counter() < end:
+                    if served_value(ip, listen, host) == value:
+                        done[ip] = time.perf_counter() - t1
+                        return
+                    time.sleep(0.01)
+            t1 = time.perf_counter()
+            s, body = api.call("PATCH", f"{base}/proxyroutes/r{i}",
+                               {"spec": route(i, value)["spec"]}, "application/merge-patch+json")
+            if s >= 300:
+                raise RuntimeError(f"patch r{i}: {s} {body}")
+            ts = [threading.Thread(target=watch, args=(ip, t1)) for ip in ips]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            if len(done) < len(ips):
+                raise RuntimeError(f"change {k}: {len(ips) - len(done)} pods never served {host}={value}")
+            all_pods.append(max(done.values()))
+            per_pod.extend(done.values())
+            b.log(f"operator-scale: change {k + 1}/{n_changes}: every pod after {all_pods[-1]:.3f} s")
+            # Let the status writes of this change finish, so changes do not overlap.
+            time.sleep(3.0)
+            rss.append(operator_metrics(mport).get("process_resident_memory_bytes", 0))
+        m1, a1, c1 = operator_metrics(mport), apiserver_requests(api), cpu_seconds(op_pid)
+        pushes = m1.get('weir_operator_pushes_total{result="ok"}', 0) - m0.get('weir_operator_pushes_total{result="ok"}', 0)
+        reqs = {k: a1.get(k, 0) - a0.get(k, 0) for k in a1}
+        reqs = {k: round(v / n_changes, 1) for k, v in sorted(reqs.items(), key=lambda kv: -kv[1]) if v > 0}
+        res.update({
+            "changes": n_changes,
+            "change_all_pods_p50_s": pct(all_pods, 0.5),
+            "change_all_pods_p99_s": pct(all_pods, 0.99),
+            "change_all_pods_max_s": round(max(all_pods), 3),
+            "change_each_pod_p50_s": pct(per_pod, 0.5),
+            "change_each_pod_p99_s": pct(per_pod, 0.99),
+            "pushes_per_change": round(pushes / n_changes, 1),
+            # Every push is the whole snapshot (PUT /config), so bytes = pushes x snapshot size.
+            "bytes_pushed_per_change": int(pushes / n_changes * snap_bytes),
+            # Includes the status writes and the 3 s pause after each change (idle cost).
+            "operator_cpu_s_per_change": round((c1 - c0) / n_changes, 3),
+            "operator_rss_mib": round(m1.get("process_resident_memory_bytes", 0) / 2**20, 1),
+            "operator_rss_max_mib": round(max(rss) / 2**20, 1),
+            # The bench's own PATCH is one of them (`PATCH proxyroutes`).
+            "apiserver_requests_per_change": round(sum(reqs.values()), 1),
+            "apiserver_requests_per_change_by_verb_resource": reqs,
+        })
+        b.log(f"operator-scale: single change -> every pod p50 {res['change_all_pods_p50_s']} s, "
+              f"p99 {res['change_all_pods_p99_s']} s; {res['bytes_pushed_per_change']} bytes pushed, "
+              f"{res['apiserver_requests_per_change']} API requests per change")
+        results["operator-scale"] = res
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
 def main() -> int:
     import argparse
     import sys
@@ -320,6 +554,9 @@ def main() -> int:
     ap.add_argument("--routes", type=int, help="ProxyRoutes in the burst (default 1000)")
     ap.add_argument("--changes", type=int, help="single-route changes (default 31)")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--scale", action="store_true",
+                    help="the operator-scale scenario instead (WEIR_BENCH_SCALE_ROUTES, "
+                         "WEIR_BENCH_SCALE_PODS, WEIR_BENCH_SCALE_CHANGES)")
     a = ap.parse_args()
     if a.routes:
         os.environ["WEIR_BENCH_ROUTES"] = str(a.routes)
@@ -332,14 +569,15 @@ def main() -> int:
     results: dict = {"bins": a.bins}
     try:
         env.start_backend()
-        run(b, env, results)
+        (run_scale if a.scale else run)(b, env, results)
     finally:
         env.close()
     out = json.dumps(results, indent=1)
     print(out)
     if a.out:
         Path(a.out).write_text(out + "\n")
-    return 0 if "skipped" not in results.get("operator", {}) else 1
+    key = "operator-scale" if a.scale else "operator"
+    return 0 if "skipped" not in results.get(key, {}) else 1
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ def markdown(res: dict) -> str:
     out += idle_table(res.get("idle_h3", {}), res.get("settings", {}).get("idle_conns"))
     out += reload_table(res.get("reload", {}))
     out += operator_table(res.get("operator"))
+    out += operator_scale_table(res.get("operator-scale"))
     out += extra
     for f in res.get("failures", []):
         out.append(f"- failure: {f}")
@@ -214,6 +215,45 @@ def operator_table(op) -> list[str]:
     return out
 
 
+def operator_scale_table(op) -> list[str]:
+    if not op:
+        return []
+    if op.get("skipped"):
+        return ["### Control plane at scale", "", f"Skipped: {op['skipped']}", ""]
+    out = [f"### Control plane at scale ({op.get('routes')} ProxyRoutes, {op.get('pods')} dataplane "
+           "pods on loopback, real kube-apiserver + etcd)", "", "| what | value |", "|---|---:|"]
+    labels = {
+        "create_all_s": "time to create the routes (16 client threads), s",
+        "all_pods_serving_after_last_create_s": "last create → every pod serves the last route, s",
+        "snapshot_json_bytes": "snapshot size, bytes of JSON",
+        "changes": "single-route changes (merge patch of one route, 3 s apart)",
+        "change_all_pods_p50_s": "single change → every pod serves it, p50 s",
+        "change_all_pods_p99_s": "single change → every pod serves it, p99 s",
+        "change_all_pods_max_s": "single change → every pod serves it, max s",
+        "change_each_pod_p50_s": "single change → one pod serves it, p50 s",
+        "change_each_pod_p99_s": "single change → one pod serves it, p99 s",
+        "pushes_per_change": "PUT /config per change",
+        "bytes_pushed_per_change": "bytes pushed per change (pushes × snapshot)",
+        "operator_cpu_s_per_change": "operator CPU per change, s",
+        "operator_rss_mib": "operator RSS after the changes, MiB",
+        "operator_rss_max_mib": "operator RSS, max seen, MiB",
+        "apiserver_requests_per_change": "API-server requests per change (all clients)",
+    }
+    for k, v in op.items():
+        if k in ("routes", "pods") or isinstance(v, (list, dict)):
+            continue
+        if isinstance(v, float):
+            v = f"{v:.3f}"
+        out.append(f"| {labels.get(k, k)} | {v} |")
+    by = op.get("apiserver_requests_per_change_by_verb_resource") or {}
+    if by:
+        out.append("")
+        out.append("API-server requests per change by verb and resource: " +
+                   ", ".join(f"{k} {v}" for k, v in by.items()))
+    out.append("")
+    return out
+
+
 def targets_table(res: dict) -> list[str]:
     """Issue #9's targets, as ratios within this run (medians over rounds)."""
     small = res.get("small", {})
@@ -254,6 +294,10 @@ def targets_table(res: dict) -> list[str]:
     if op.get("single_change_p99_s") is not None:
         add("single-route change → dataplane, p99 s", op["single_change_p99_s"], 1.0, "{:.2f}",
             less=True)
+    scale = res.get("operator-scale") or {}
+    if scale.get("change_all_pods_p99_s") is not None:
+        add(f"{scale.get('routes')} routes × {scale.get('pods')} pods: single change → every pod, p99 s",
+            scale["change_all_pods_p99_s"], 1.0, "{:.2f}", less=True)
     if not rows:
         return []
     return ["### Issue #9 targets in this run", "", "| target | this run | goal | |",

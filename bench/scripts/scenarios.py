@@ -14,7 +14,8 @@ import peers as P
 
 
 def run_all(b, env, results: dict) -> None:
-    for name, fn in (("bulk", bulk), ("idle", idle), ("reload", reload), ("operator", operator)):
+    for name, fn in (("bulk", bulk), ("idle", idle), ("reload", reload), ("operator", operator),
+                     ("operator-scale", operator_scale)):
         if name not in b.SCENARIOS:
             continue
         b.log(f"scenario {name}")
@@ -184,3 +185,9 @@ def operator(b, env, results: dict) -> None:
     import operator_bench
 
     operator_bench.run(b, env, results)
+
+
+def operator_scale(b, env, results: dict) -> None:
+    import operator_bench
+
+    operator_bench.run_scale(b, env, results)
