@@ -442,6 +442,9 @@ def run_scale(b, env, results: dict) -> None:
     n_routes = int(os.environ.get("WEIR_BENCH_SCALE_ROUTES") or (2000 if b.QUICK else 10000))
     n_pods = int(os.environ.get("WEIR_BENCH_SCALE_PODS") or (10 if b.QUICK else 50))
     n_changes = int(os.environ.get("WEIR_BENCH_SCALE_CHANGES") or (4 if b.QUICK else 11))
+    # How long one change may take to reach every pod; a pod still behind then is counted in
+    # `pods_late` (and the change's time is at least this), so a slow run still reports.
+    limit = float(os.environ.get("WEIR_BENCH_SCALE_TIMEOUT") or 120)
     d = env.dir / "operator-scale"
     d.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -476,7 +479,7 @@ def run_scale(b, env, results: dict) -> None:
         m0, a0, c0 = operator_metrics(mport), apiserver_requests(api), cpu_seconds(op_pid)
         rss = [m0.get("process_resident_memory_bytes", 0)]
         base = f"/apis/weir.dev/v1alpha1/namespaces/{NS}"
-        all_pods, per_pod = [], []
+        all_pods, per_pod, late = [], [], []
         for k in range(n_changes):
             i = (k * 7919) % n_routes
             value = f"v{k + 1}"
@@ -484,7 +487,7 @@ def run_scale(b, env, results: dict) -> None:
             done: dict[str, float] = {}
 
             def watch(ip: str, t1: float) -> None:
-                end = t1 + 120
+                end = t1 + limit
                 while time.perf_counter() < end:
                     if served_value(ip, listen, host) == value:
                         done[ip] = time.perf_counter() - t1
@@ -500,9 +503,8 @@ def run_scale(b, env, results: dict) -> None:
                 t.start()
             for t in ts:
                 t.join()
-            if len(done) < len(ips):
-                raise RuntimeError(f"change {k}: {len(ips) - len(done)} pods never served {host}={value}")
-            all_pods.append(max(done.values()))
+            late.append(len(ips) - len(done))
+            all_pods.append(limit if late[-1] else max(done.values()))
             per_pod.extend(done.values())
             b.log(f"operator-scale: change {k + 1}/{n_changes}: every pod after {all_pods[-1]:.3f} s")
             # Let the status writes of this change finish, so changes do not overlap.
@@ -517,6 +519,10 @@ def run_scale(b, env, results: dict) -> None:
             "change_all_pods_p50_s": pct(all_pods, 0.5),
             "change_all_pods_p99_s": pct(all_pods, 0.99),
             "change_all_pods_max_s": round(max(all_pods), 3),
+            # Per change: pods not serving it `limit` s after the patch (their time is not in
+            # the per-pod figures; the change's all-pods time is then the limit, a lower bound).
+            "pods_late": late,
+            "late_limit_s": limit,
             "change_each_pod_p50_s": pct(per_pod, 0.5),
             "change_each_pod_p99_s": pct(per_pod, 0.99),
             "pushes_per_change": round(pushes / n_changes, 1),
@@ -530,6 +536,8 @@ def run_scale(b, env, results: dict) -> None:
             "apiserver_requests_per_change": round(sum(reqs.values()), 1),
             "apiserver_requests_per_change_by_verb_resource": reqs,
         })
+        if any(late):
+            b.log(f"operator-scale: pods still behind {limit} s after a change: {late}")
         b.log(f"operator-scale: single change -> every pod p50 {res['change_all_pods_p50_s']} s, "
               f"p99 {res['change_all_pods_p99_s']} s; {res['bytes_pushed_per_change']} bytes pushed, "
               f"{res['apiserver_requests_per_change']} API requests per change")

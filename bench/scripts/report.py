@@ -238,6 +238,7 @@ def operator_scale_table(op) -> list[str]:
         "operator_rss_mib": "operator RSS after the changes, MiB",
         "operator_rss_max_mib": "operator RSS, max seen, MiB",
         "apiserver_requests_per_change": "API-server requests per change (all clients)",
+        "late_limit_s": "limit per change, s",
     }
     for k, v in op.items():
         if k in ("routes", "pods") or isinstance(v, (list, dict)):
@@ -245,6 +246,9 @@ def operator_scale_table(op) -> list[str]:
         if isinstance(v, float):
             v = f"{v:.3f}"
         out.append(f"| {labels.get(k, k)} | {v} |")
+    if any(op.get("pods_late") or []):
+        out.append(f"| pods not serving a change after {op.get('late_limit_s')} s, per change "
+                   f"(that change's time is a lower bound) | {op['pods_late']} |")
     by = op.get("apiserver_requests_per_change_by_verb_resource") or {}
     if by:
         out.append("")
