@@ -7,11 +7,13 @@
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
 //! - [`controller`]: watches, the debounced compile loop, ConfigMap and status writes.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`, and the status page of [`ui`].
+//! - [`inject`]: the sidecar injector (mutating admission webhook) and its audit.
 //! - [`ui`]: the operator's status page (`/ui`): pods, resources and their conditions, push errors.
 
 pub mod compile;
 pub mod controller;
 pub mod crd;
+pub mod inject;
 pub mod lease;
 pub mod metrics;
 pub mod push;
