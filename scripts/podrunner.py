@@ -257,6 +257,10 @@ class Runner:
         sh(*n, "addr", "add", f"{self.node_ip}/{POD_CIDR.prefixlen}", "dev", "wbr0")
         sh(*n, "link", "set", "wbr0", "up")
         sh("ip", "netns", "exec", self.node_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # A node reaches Service addresses itself (the API server calling an admission webhook
+        # by Service reference dials its ClusterIP): a route is needed before the output hook's
+        # DNAT; a real node has its default route for that.
+        sh(*n, "route", "add", "10.96.0.0/24", "dev", "wbr0")
         # The client: outside the cluster, it reaches Service addresses through the node only.
         sh(*n, "link", "add", "wclient", "type", "veth", "peer", "name", "eth0", "netns", self.client_ns)
         sh(*n, "addr", "add", f"{self.gw_client}/{CLIENT_CIDR.prefixlen}", "dev", "wclient")
