@@ -133,6 +133,7 @@ class Cluster:
         print(f"ok   all pods ready in {time.time() - t0:.1f}s:")
         print(indent(self.k("get", "pods", "-A", "-o", "wide")))
         self.vip = r.api.get(f"/api/v1/namespaces/{NS}/services/weir-dataplane")["spec"]["clusterIP"]
+        self.ca_bundle = injector_ca(self)
 
     def down(self):
         self.runner.shutdown()
@@ -455,6 +456,13 @@ def apiserver_cutoff(c):
     print(f"ok   after the cut a route change is served in {t_served:.1f}s and its status caught up in {t_status:.1f}s")
 
 
+def injector_ca(c):
+    """The webhook's caBundles and the serving Secret's ca.crt (all equal when in sync)."""
+    hook = c.runner.api.get("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/weir-injector")
+    sec = c.runner.api.get(f"/api/v1/namespaces/{NS}/secrets/weir-injector-tls")
+    return sorted({w["clientConfig"].get("caBundle") for w in hook["webhooks"]} | {sec["data"]["ca.crt"]})
+
+
 def containers_of(c, ns, deploy):
     """{pod name: [container names]} as the API server stored the pods (after admission)."""
     pods = c.runner.api.get(f"/api/v1/namespaces/{ns}/pods")["items"]
@@ -468,6 +476,11 @@ def sidecar(c):
     sidecar and its Service answers HTTP/1.1, HTTP/2 and HTTP/3 through it; an unlabelled
     namespace is untouched."""
     r = c.runner
+    now = injector_ca(c)
+    # Earlier scenarios ran `helm upgrade`: the generated CA must have been kept (lookup).
+    if c.check(len(now) == 1 and now == c.ca_bundle,
+               f"the injector's caBundle and Secret must agree and survive upgrades: {len(c.ca_bundle)} -> {len(now)} values, same {now == c.ca_bundle}"):
+        print("ok   the injector's CA: caBundle == Secret ca.crt, unchanged since helm install")
     c.k("apply", "-f", f"{ROOT}/tests/cluster/sidecar-demo.yaml")
     t0 = time.time()
     eventually(f"{MESH}/echo: 2 ready pods", lambda: len(r.ready_pods(MESH, "echo")) == 2, 120)
