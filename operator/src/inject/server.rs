@@ -312,6 +312,103 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn write_pair(dir: &Path, name: &str) -> CertificateDer<'static> {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("rcgen");
+        std::fs::write(dir.join("tls.crt"), ck.cert.pem()).expect("write crt");
+        std::fs::write(dir.join("tls.key"), ck.signing_key.serialize_pem()).expect("write key");
+        ck.cert.der().clone()
+    }
+
+    /// One HTTP/1.1 request over TLS to `addr`, trusting only `ca` for `name`.
+    async fn request(
+        addr: std::net::SocketAddr,
+        ca: &CertificateDer<'static>,
+        name: &str,
+        raw: &str,
+    ) -> Result<String, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).map_err(|e| e.to_string())?;
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let sni =
+            rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(sni, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(raw.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// The real listener on a real socket: TLS with the mounted pair, a malformed review is a
+    /// 400 (so the API server applies the failure policy), and a rotated pair is served after
+    /// `reload` without a restart while a broken one keeps the old.
+    #[tokio::test]
+    async fn serves_tls_rejects_bad_reviews_and_reloads_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = write_pair(dir.path(), "weir-injector.weir-system.svc");
+        let certs = CertStore::load(dir.path().to_path_buf()).expect("load");
+        // Never contacted: a malformed review is refused before any API call.
+        let config = kube::Config::new("https://127.0.0.1:9".parse().expect("uri"));
+        let client = kube::Client::try_from(config).expect("client");
+        let settings: Settings =
+            serde_json::from_value(json!({"image": "weir-dataplane"})).expect("settings");
+        let injector = Arc::new(Injector { settings, client });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(serve(listener, certs.clone(), injector, stop_rx));
+        let name = "weir-injector.weir-system.svc";
+
+        let health = "GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        let got = request(addr, &first, name, health)
+            .await
+            .expect("healthz over TLS");
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        let body = "{\"request\": {}}";
+        let bad = format!("POST /mutate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+        let got = request(addr, &first, name, &bad)
+            .await
+            .expect("mutate over TLS");
+        assert!(
+            got.starts_with("HTTP/1.1 400") && got.contains("request.uid"),
+            "{got}"
+        );
+
+        let second = write_pair(dir.path(), name);
+        certs.reload();
+        assert!(
+            request(addr, &first, name, health).await.is_err(),
+            "old certificate still served"
+        );
+        let got = request(addr, &second, name, health)
+            .await
+            .expect("rotated certificate");
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+
+        std::fs::write(dir.path().join("tls.key"), "not a key").expect("write");
+        certs.reload();
+        let got = request(addr, &second, name, health)
+            .await
+            .expect("kept after a bad rotation");
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    }
 
     #[test]
     fn denial_names_the_annotation_and_patch_is_base64_json() {
