@@ -14,6 +14,7 @@ docs/metrics.md or exported by operator/src/metrics.rs; manifests/install.yaml a
 dashboards are fresh; manifests/examples/*.yaml validate against the CRD schemas; the chart's
 bootstrap snapshot passes `weir-dataplane check` (when the binary is built).
 """
+import base64
 import copy
 import filecmp
 import glob
@@ -59,6 +60,10 @@ COMBOS = {
         "dataplane": {"admin": {"existingSecret": "my-token"}},
         "operator": {"watchNamespace": "shop", "replicas": 1},
         "networkPolicy": {"enabled": False}},
+    "injector": {"injector": {"enabled": True}},
+    "injector-cert-manager-fail": {"injector": {"enabled": True, "failurePolicy": "Fail",
+                                                "certManager": {"enabled": True},
+                                                "inboundProtocol": "https", "nativeSidecar": True}},
     "everything": {"dataplane": {"autoscaling": {"enabled": True}, "tls": {"secretName": "t"}},
                    "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                    "dashboards": {"enabled": True}},
@@ -277,10 +282,74 @@ def check_security(name, docs):
                 fail(f"[{name}] {d['kind']}/{d['metadata']['name']} container {c['name']}: missing {probs}")
 
 
+def check_injector(name, docs, tmp):
+    """The sidecar injector's objects fit together: the webhook calls the rendered Service on
+    the operator's `injector` port, the caBundle is the CA that signed the mounted serving
+    certificate (valid for the Service's DNS name), the settings file is what the operator
+    reads (operator/src/inject/settings.rs), and the operator mounts both."""
+    by = {(d["kind"], d["metadata"]["name"]): d for _, d in docs}
+    hooks = [d for _, d in docs if d["kind"] == "MutatingWebhookConfiguration"]
+    if len(hooks) != 1:
+        fail(f"[{name}] injector: {len(hooks)} MutatingWebhookConfigurations rendered, want 1")
+        return
+    hook = hooks[0]
+    svc_name = hook["webhooks"][0]["clientConfig"]["service"]["name"]
+    svc = by.get(("Service", svc_name))
+    op = next((d for _, d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")), None)
+    if svc is None or op is None:
+        fail(f"[{name}] injector: Service {svc_name} or the operator Deployment not rendered")
+        return
+    c = op["spec"]["template"]["spec"]["containers"][0]
+    if not any(p.get("name") == svc["spec"]["ports"][0]["targetPort"] for p in c.get("ports", [])):
+        fail(f"[{name}] injector: Service {svc_name} targets a port the operator does not declare")
+    args = " ".join(c.get("args", []))
+    for want in ("--injector-address=", "--injector-tls-dir=/etc/weir/injector-tls", "--injector-settings=/etc/weir/injector/settings.json"):
+        if want not in args:
+            fail(f"[{name}] injector: operator args lack {want}")
+    vols = {v["name"]: v for v in op["spec"]["template"]["spec"]["volumes"]}
+    secret_name = vols.get("injector-tls", {}).get("secret", {}).get("secretName")
+    cm_name = vols.get("injector-settings", {}).get("configMap", {}).get("name")
+    cm = by.get(("ConfigMap", cm_name))
+    if cm is None:
+        fail(f"[{name}] injector: settings ConfigMap {cm_name} not rendered")
+    else:
+        settings = json.loads(cm["data"]["settings.json"])
+        allowed = {"image", "imagePullPolicy", "containerName", "inboundPort", "adminPort", "inboundProtocol",
+                   "logLevel", "logFormat", "drainTimeout", "resources", "runAsUser", "nativeSidecar"}
+        if set(settings) - allowed or not settings.get("image"):
+            fail(f"[{name}] injector settings: unknown keys {set(settings) - allowed} or no image")
+    for w in hook["webhooks"]:
+        if w["failurePolicy"] not in ("Ignore", "Fail") or w["sideEffects"] != "None":
+            fail(f"[{name}] injector: webhook {w['name']} failurePolicy/sideEffects")
+    dns = f"{svc_name}.{NS}.svc"
+    if "cert-manager.io/inject-ca-from" in hook["metadata"].get("annotations", {}):
+        cert = by.get(("Certificate", svc_name))
+        if cert is None or cert["spec"]["secretName"] != secret_name or dns not in cert["spec"]["dnsNames"]:
+            fail(f"[{name}] injector: cert-manager Certificate does not issue {secret_name} for {dns}")
+        if any("caBundle" in w["clientConfig"] for w in hook["webhooks"]):
+            fail(f"[{name}] injector: caBundle rendered although cert-manager injects it")
+        return
+    sec = by.get(("Secret", secret_name))
+    if sec is None:
+        fail(f"[{name}] injector: Secret {secret_name} not rendered")
+        return
+    if any(w["clientConfig"].get("caBundle") != sec["data"]["ca.crt"] for w in hook["webhooks"]):
+        fail(f"[{name}] injector: caBundle differs from the Secret's ca.crt")
+    for k in ("ca.crt", "tls.crt"):
+        with open(os.path.join(tmp, f"inj-{k}"), "wb") as f:
+            f.write(base64.b64decode(sec["data"][k]))
+    r = subprocess.run(["openssl", "verify", "-CAfile", os.path.join(tmp, "inj-ca.crt"),
+                        "-verify_hostname", dns, os.path.join(tmp, "inj-tls.crt")], capture_output=True, text=True)
+    if r.returncode != 0:
+        fail(f"[{name}] injector: serving certificate does not verify for {dns}: {r.stdout}{r.stderr}")
+    else:
+        ok(f"[{name}] injector: webhook -> Service {svc_name} -> operator port, certificate valid for {dns}")
+
+
 def check_validate(name, docs, versions):
     n = 0
     for path, d in docs:
-        if d["apiVersion"].startswith(("monitoring.coreos.com/", "weir.dev/")):
+        if d["apiVersion"].startswith(("monitoring.coreos.com/", "weir.dev/", "cert-manager.io/")):
             continue
         for v in versions:
             try:
@@ -616,6 +685,8 @@ def main():
                 ok(f"helm template [{name}]: {len(docs)} objects, {n} validated on {versions}")
             if name == "default":
                 check_bootstrap_snapshot(docs, tmp)
+            if name.startswith("injector"):
+                check_injector(name, docs, tmp)
             if name == "monitoring":
                 check_rules(docs, known, tmp)
                 check_slo_live(docs, tmp)

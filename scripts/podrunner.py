@@ -175,6 +175,15 @@ class Container:
         return f"{self.pod.name}: container `{self.name}`: {field}"
 
 
+class _VolumeField:
+    """Names a downwardAPI volume item in `_field`'s errors, as Container.where names a container's."""
+    def __init__(self, pod, volume, index):
+        self.pod, self.volume, self.index = pod, volume, index
+
+    def where(self, field):
+        return f"{self.pod.name}: volume `{self.volume}`: items[{self.index}]: {field}"
+
+
 class Pod:
     def __init__(self, runner, obj, owner, tmpl_hash, ip, index):
         self.runner = runner
@@ -248,6 +257,10 @@ class Runner:
         sh(*n, "addr", "add", f"{self.node_ip}/{POD_CIDR.prefixlen}", "dev", "wbr0")
         sh(*n, "link", "set", "wbr0", "up")
         sh("ip", "netns", "exec", self.node_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # A node reaches Service addresses itself (the API server calling an admission webhook
+        # by Service reference dials its ClusterIP): a route is needed before the output hook's
+        # DNAT; a real node has its default route for that.
+        sh(*n, "route", "add", "10.96.0.0/24", "dev", "wbr0")
         # The client: outside the cluster, it reaches Service addresses through the node only.
         sh(*n, "link", "add", "wclient", "type", "veth", "peer", "name", "eth0", "netns", self.client_ns)
         sh(*n, "addr", "add", f"{self.gw_client}/{CLIENT_CIDR.prefixlen}", "dev", "wclient")
@@ -395,7 +408,19 @@ class Runner:
             else:
                 files = {k: (v, mode) for k, v in data.items()}
             return kind, oname, files, obj["metadata"]["resourceVersion"]
-        raise RunnerError(f"{pod.name}: volume `{name}`: only secret, configMap and emptyDir volumes are supported")
+        if "downwardAPI" in vol:
+            # The kubelet writes each item's field (labels/annotations are refreshed on change;
+            # the sidecar injector's snapshot annotation never changes, so no refresh here).
+            src = vol["downwardAPI"]
+            mode = src.get("defaultMode", 0o644)
+            files = {}
+            for i, it in enumerate(src.get("items") or []):
+                if "fieldRef" not in it:
+                    raise RunnerError(f"{pod.name}: volume `{name}`: items[{i}]: only fieldRef is supported by the runner")
+                files[it["path"]] = (self._field(pod, it["fieldRef"]["fieldPath"], _VolumeField(pod, name, i)).encode(),
+                                     it.get("mode", mode))
+            return "DownwardAPI", None, files, None
+        raise RunnerError(f"{pod.name}: volume `{name}`: only secret, configMap, downwardAPI and emptyDir volumes are supported")
 
     def _atomic_write(self, d, files, gid):
         """The kubelet's atomic writer: files in a fresh `..<timestamp>` dir, `..data` swapped to it

@@ -34,6 +34,9 @@ pub enum Error {
     KubeClient(#[source] kube::Error),
     #[error("cannot discover EndpointSlices: {0}")]
     Discovery(#[source] kube::Error),
+    /// The sidecar injector could not start (settings, certificate, listen address).
+    #[error(transparent)]
+    Injector(#[from] crate::inject::InjectError),
 
     // Watches: the watcher retries with its backoff.
     #[error("{watch} watch: {source}")]
@@ -122,6 +125,7 @@ impl Error {
         "metrics_listen",
         "kube_client",
         "discovery",
+        "injector_start",
         "watch",
         "secret_watch",
         "status_write",
@@ -153,6 +157,7 @@ impl Error {
             Error::MetricsListen { .. } => "metrics_listen",
             Error::KubeClient(_) => "kube_client",
             Error::Discovery(_) => "discovery",
+            Error::Injector(_) => "injector_start",
             Error::Watch { .. } => "watch",
             Error::SecretWatch { .. } => "secret_watch",
             Error::StatusWrite { .. } => "status_write",

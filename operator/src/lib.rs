@@ -8,12 +8,14 @@
 //! - [`controller`]: watches, the debounced compile loop, ConfigMap and status writes.
 //! - [`error`]: the operator's typed error, one `weir_operator_errors_total` kind per variant.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`, and the status page of [`ui`].
+//! - [`inject`]: the sidecar injector (mutating admission webhook) and its audit.
 //! - [`ui`]: the operator's status page (`/ui`): pods, resources and their conditions, push errors.
 
 pub mod compile;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod inject;
 pub mod lease;
 pub mod metrics;
 pub mod push;

@@ -98,6 +98,19 @@ struct RunArgs {
     /// Address for `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "WEIR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: std::net::SocketAddr,
+    /// Serve the sidecar injector (mutating admission webhook, HTTPS) on this address; off
+    /// when unset.
+    #[arg(long, env = "WEIR_INJECTOR_ADDRESS")]
+    injector_address: Option<std::net::SocketAddr>,
+    /// Directory with the injector's `tls.crt` and `tls.key` (re-read when they change).
+    #[arg(long, default_value = "/etc/weir/injector-tls")]
+    injector_tls_dir: PathBuf,
+    /// The injector's settings (JSON or YAML, the chart's `injector.*` values).
+    #[arg(long, default_value = "/etc/weir/injector/settings.json")]
+    injector_settings: PathBuf,
+    /// How often pods that asked for the sidecar and lack it are looked for.
+    #[arg(long, default_value = "30s")]
+    injector_audit_interval: weir_config::Duration,
 }
 
 fn main() -> ExitCode {
@@ -206,6 +219,19 @@ async fn run(a: RunArgs) -> Result<(), Error> {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "weir-operator".into());
         format!("{host}-{}", std::process::id())
     });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(address) = a.injector_address {
+        let cfg = weir_operator::inject::InjectorConfig {
+            address,
+            tls_dir: a.injector_tls_dir,
+            settings: a.injector_settings,
+            audit_interval: a.injector_audit_interval.get(),
+            instance: identity.clone(),
+        };
+        weir_operator::inject::start(client.clone(), cfg, stop_rx.clone())
+            .await
+            .map_err(|e| weir_operator::error::Error::from(e).counted())?;
+    }
     let settings = Settings {
         watch_namespace: a.watch_namespace,
         dataplane_namespace: a.namespace,
@@ -228,7 +254,6 @@ async fn run(a: RunArgs) -> Result<(), Error> {
             token,
         },
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

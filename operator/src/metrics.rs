@@ -207,7 +207,10 @@ pub async fn serve(listener: tokio::net::TcpListener) {
                             );
                             return Ok(r);
                         }
-                        "/metrics" => (StatusCode::OK, METRICS.render()),
+                        "/metrics" => (
+                            StatusCode::OK,
+                            METRICS.render() + &crate::inject::metrics::render_if_enabled(),
+                        ),
                         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
                         "/readyz" if METRICS.synced.load(Relaxed) => {
                             (StatusCode::OK, "ready\n".to_string())

@@ -145,3 +145,29 @@ seccompProfile:
 {{- define "weir.pdbApiVersion" -}}
 {{- if semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version -}}policy/v1{{- else -}}policy/v1beta1{{- end -}}
 {{- end -}}
+
+{{/* Sidecar injector: its Service (and webhook, certificate, ConfigMap) name. */}}
+{{- define "weir.injectorName" -}}{{ include "weir.fullname" . | trunc 54 | trimSuffix "-" }}-injector{{- end -}}
+
+{{/* The injector's settings file (operator/src/inject/settings.rs). */}}
+{{- define "weir.injectorSettings" -}}
+{{- $i := .Values.injector -}}
+{{- $native := $i.nativeSidecar -}}
+{{- if eq (toString $native) "auto" -}}
+{{- $native = semverCompare ">=1.29-0" .Capabilities.KubeVersion.Version -}}
+{{- end -}}
+{{- $image := .Values.dataplane.image -}}
+{{- if $i.image.repository -}}{{- $image = $i.image -}}{{- end -}}
+{{- dict
+  "image" (include "weir.image" (dict "image" $image "appVersion" .Chart.AppVersion))
+  "imagePullPolicy" $image.pullPolicy
+  "inboundPort" ($i.inboundPort | int)
+  "adminPort" ($i.adminPort | int)
+  "inboundProtocol" $i.inboundProtocol
+  "logLevel" $i.logLevel
+  "logFormat" .Values.dataplane.logFormat
+  "drainTimeout" $i.drainTimeout
+  "resources" $i.resources
+  "nativeSidecar" $native
+  | toPrettyJson }}
+{{- end -}}

@@ -1,0 +1,210 @@
+//! Golden tests: each `testdata/<case>.yaml` holds a pod, its namespace's labels, the
+//! namespace's Services and settings; `testdata/<case>.out.json` the outcome (the patch, the
+//! skip reason or the denial). `WEIR_UPDATE_GOLDEN=1` rewrites the outputs (review the diff).
+//! Every patch is also applied to its pod and the result checked for the invariants the
+//! injector promises (port rename, idempotence).
+
+use super::*;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Case {
+    pod: Pod,
+    #[serde(default)]
+    namespace_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    services: Vec<Service>,
+    #[serde(default)]
+    settings: Option<serde_json::Value>,
+}
+
+const CASES: &[&str] = &[
+    "namespace-labelled",
+    "pod-label-https-service",
+    "pod-annotation-existing-volumes",
+    "already-injected",
+    "unlabelled",
+    "opt-out",
+    "native-sidecar",
+    "bad-protocol",
+    "bad-memory",
+    "bad-inject-value",
+    "no-named-port",
+    "unknown-inbound-port",
+];
+
+fn dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/inject/testdata")
+}
+
+fn load(name: &str) -> (Case, Settings) {
+    let text = std::fs::read_to_string(dir().join(format!("{name}.yaml")))
+        .unwrap_or_else(|e| panic!("{name}.yaml: {e}"));
+    let case: Case = yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{name}.yaml: {e}"));
+    let mut settings = json!({"image": "ghcr.io/weir-dev/weir-dataplane:0.1.0"});
+    if let Some(serde_json::Value::Object(extra)) = &case.settings {
+        for (k, v) in extra {
+            settings[k] = v.clone();
+        }
+    }
+    let settings: Settings = serde_json::from_value(settings).expect("settings");
+    (case, settings)
+}
+
+fn run(case: &Case, settings: &Settings) -> Result<Outcome, Denial> {
+    decide(&Input {
+        pod: &case.pod,
+        namespace_labels: &case.namespace_labels,
+        services: &case.services,
+        settings,
+        token: "test-token",
+    })
+}
+
+fn render(out: &Result<Outcome, Denial>) -> serde_json::Value {
+    match out {
+        Ok(Outcome::Skip(why)) => json!({"skip": why}),
+        Ok(Outcome::Patch(ops)) => json!({"patch": ops}),
+        Err(d) => json!({"deny": {"field": d.field, "message": d.message}}),
+    }
+}
+
+#[test]
+fn golden() {
+    let update = std::env::var_os("WEIR_UPDATE_GOLDEN").is_some();
+    let mut failed = Vec::new();
+    for name in CASES {
+        let (case, settings) = load(name);
+        let got = render(&run(&case, &settings));
+        let path = dir().join(format!("{name}.out.json"));
+        let text = serde_json::to_string_pretty(&got).expect("json") + "\n";
+        if update {
+            std::fs::write(&path, &text).expect("write golden");
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if want != text {
+            failed.push(format!("{name}: got\n{text}"));
+        }
+    }
+    assert!(failed.is_empty(), "golden mismatch:\n{}", failed.join("\n"));
+}
+
+/// Applies each patch to its pod: the result is a valid Pod whose Service-facing port name
+/// now belongs to the sidecar, whose snapshot is a valid Weir config, and on which a second
+/// admission changes nothing.
+#[test]
+fn patched_pods_keep_the_promises() {
+    let mut patched = 0;
+    for name in CASES {
+        let (case, settings) = load(name);
+        let Ok(Outcome::Patch(ops)) = run(&case, &settings) else {
+            continue;
+        };
+        let mut doc = serde_json::to_value(&case.pod).expect("pod json");
+        let patch: json_patch::Patch =
+            serde_json::from_value(serde_json::Value::Array(ops)).expect("patch parses");
+        json_patch::patch(&mut doc, &patch).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let pod: Pod = serde_json::from_value(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let spec = pod.spec.as_ref().expect("spec");
+        let all: Vec<&Container> = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .collect();
+        let sidecar = all
+            .iter()
+            .find(|c| c.name == settings.container_name)
+            .unwrap_or_else(|| panic!("{name}: no sidecar"));
+        let injected =
+            pod.metadata.annotations.as_ref().expect("annotations")[ANN_INJECTED].clone();
+        let (port_name, number) = injected.split_once('=').expect("name=number");
+        // The name the Service targets is now the sidecar's, on the inbound port.
+        let owners: Vec<&str> = all
+            .iter()
+            .filter(|c| {
+                c.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.name.as_deref() == Some(port_name))
+            })
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(owners, vec![sidecar.name.as_str()], "{name}");
+        // The app still declares its port number, under another name.
+        assert!(
+            spec.containers.iter().any(|c| c.name != sidecar.name
+                && c.ports
+                    .iter()
+                    .flatten()
+                    .any(|p| p.container_port.to_string() == number)),
+            "{name}"
+        );
+        // No port name twice in the pod (the API server refuses that).
+        let mut names: Vec<&str> = all
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| p.name.as_deref())
+            .collect();
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(n, names.len(), "{name}: duplicate port names");
+        let snap = &pod.metadata.annotations.as_ref().expect("annotations")[ANN_SNAPSHOT];
+        let cfg = weir_config::load(snap.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: sidecar snapshot invalid: {e}"));
+        let eps: Vec<&str> = cfg.backends["app"]
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        assert_eq!(eps, vec![format!("127.0.0.1:{number}")], "{name}");
+        let again = decide(&Input {
+            pod: &pod,
+            namespace_labels: &case.namespace_labels,
+            services: &case.services,
+            settings: &settings,
+            token: "other",
+        });
+        assert_eq!(again, Ok(Outcome::Skip("already injected")), "{name}");
+        patched += 1;
+    }
+    assert!(patched >= 4, "only {patched} cases injected");
+}
+
+#[test]
+fn port_names() {
+    assert_eq!(derived_port_name("app-", "http"), "app-http");
+    assert_eq!(
+        derived_port_name("app-", "abcdefghijk-xyz"),
+        "app-abcdefghijk"
+    );
+    assert_eq!(
+        derived_port_name("h3-", "abcdefghijk-xyz"),
+        "h3-abcdefghijk"
+    );
+    assert_eq!(
+        derived_port_name("app-", "abcdefghij-xyz"),
+        "app-abcdefghij"
+    );
+    for n in ["app-http", "h3-web", "weir-admin"] {
+        assert!(is_port_name(n), "{n}");
+    }
+    for n in ["", "-a", "a-", "a--b", "1234", "UPPER", "abcdefghijklmnop"] {
+        assert!(!is_port_name(n), "{n}");
+    }
+}
+
+#[test]
+fn quantities_and_log_levels() {
+    for q in ["100m", "64Mi", "1", "1.5", "2G"] {
+        assert!(is_quantity(q), "{q}");
+    }
+    for q in ["", "lots", "64MB", "m", "1..2"] {
+        assert!(!is_quantity(q), "{q}");
+    }
+    assert!(is_log_directive("info,weir=debug"));
+    assert!(!is_log_directive("info; rm -rf"));
+    assert!(!is_log_directive(""));
+}
