@@ -130,7 +130,8 @@ impl Admin {
             "/ui" => return ui_page(),
             "/metrics" => {
                 let rt = self.dataplane.runtime();
-                let body = crate::metrics::metrics().render(rt.as_deref());
+                let state = rt.as_deref().map(|r| r as &dyn crate::metrics::StateSource);
+                let body = crate::metrics::metrics().render(state);
                 let mut r = Response::new(full(Bytes::from(body)));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

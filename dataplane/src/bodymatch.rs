@@ -318,7 +318,7 @@ where
             let (bytes, rest) = match read_prefix(Box::pin(body), router.body_cap()).await {
                 Ok(x) => x,
                 Err(e) => {
-                    return Err(crate::proxy::error_response(
+                    return Err(crate::http::reply::error_response(
                         StatusCode::BAD_REQUEST,
                         "body_not_json",
                         &format!("reading the request body failed: {e}"),
@@ -358,7 +358,9 @@ fn finish<B>(l: crate::router::Lookup, req: Request<Replay<B>>) -> Routed<B> {
     match l {
         Lookup::Rule(r) => Ok((Some(r), req)),
         Lookup::None | Lookup::NeedBody => Ok((None, req)),
-        Lookup::Reject(status, code, msg) => Err(crate::proxy::error_response(status, code, &msg)),
+        Lookup::Reject(status, code, msg) => {
+            Err(crate::http::reply::error_response(status, code, &msg))
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 
 use crate::body::{full, ProxyBody};
 use crate::breaker::{Breaker, Mode};
-use crate::proxy::{error_response, ProxyError};
+use crate::http::reply::{error_response, ProxyError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};

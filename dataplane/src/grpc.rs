@@ -6,7 +6,7 @@
 //! HTTP/2 (or HTTP/3) proxying to an `h2c` backend.
 
 use crate::body::{empty, ProxyBody};
-use crate::proxy::ProxyError;
+use crate::http::reply::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use std::time::Duration;
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn proxy_errors_become_grpc_statuses() {
-        let r = local_error(crate::proxy::error_response(
+        let r = local_error(crate::http::reply::error_response(
             StatusCode::NOT_FOUND,
             "no_route",
             "x",
@@ -164,13 +164,13 @@ mod tests {
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "12");
         assert_eq!(r.headers()["content-type"], "application/grpc");
-        let r = local_error(crate::proxy::error_response(
+        let r = local_error(crate::http::reply::error_response(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",
             "x",
         ));
         assert_eq!(r.headers()["grpc-status"], "4");
-        let r = local_error(crate::proxy::error_response(
+        let r = local_error(crate::http::reply::error_response(
             StatusCode::BAD_GATEWAY,
             "upstream_connect_error",
             "x",

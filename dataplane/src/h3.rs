@@ -8,10 +8,11 @@
 //! that fails midway resets the stream with `H3_INTERNAL_ERROR` instead of finishing it.
 
 use crate::body::BoxError;
+use crate::http::conn::ConnInfo;
+use crate::listen::live::Live;
 use crate::metrics::Handshake;
-use crate::proxy::{self, ConnInfo};
+use crate::proxy;
 use crate::runtime::ListenerRt;
-use crate::server::Dataplane;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -26,29 +27,6 @@ use weir_config::Http3Config;
 
 type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-
-/// quinn server config from a rustls config (TLS 1.3, ALPN h3) and the listener's settings.
-pub fn server_config(
-    rustls_cfg: Arc<rustls::ServerConfig>,
-    s: &Http3Config,
-) -> Result<quinn::ServerConfig, String> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_cfg)
-        .map_err(|e| format!("TLS config unusable for QUIC: {e}"))?;
-    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(s.max_concurrent_streams))
-        // Control, QPACK encoder/decoder, plus room for extensions.
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
-        .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(s.idle_timeout.get())
-                .map_err(|e| format!("idleTimeout: {e}"))?,
-        ))
-        .stream_receive_window(quinn::VarInt::from_u32(s.stream_receive_window))
-        .receive_window(quinn::VarInt::from_u32(s.receive_window))
-        .send_window(u64::from(s.send_window));
-    cfg.transport_config(Arc::new(t));
-    Ok(cfg)
-}
 
 /// Binds the UDP socket (with the requested buffer sizes) and starts a quinn endpoint on it.
 pub fn bind_endpoint(
@@ -144,7 +122,7 @@ impl Drop for CountGuard {
 
 /// Accepts QUIC connections until `stop` fires or the endpoint closes.
 pub async fn accept_loop(
-    dp: Arc<Dataplane>,
+    dp: Arc<Live>,
     endpoint: quinn::Endpoint,
     settings: Arc<arc_swap::ArcSwap<ListenerRt>>,
     mut stop: watch::Receiver<bool>,
@@ -190,7 +168,7 @@ pub async fn accept_loop(
 }
 
 async fn serve_connection(
-    dp: Arc<Dataplane>,
+    dp: Arc<Live>,
     incoming: quinn::Incoming,
     l: Arc<ListenerRt>,
     mut drain: watch::Receiver<bool>,
@@ -311,7 +289,7 @@ async fn serve_connection(
 
 /// Serves one request stream; true when its response was sent complete.
 async fn serve_request(
-    dp: &Arc<Dataplane>,
+    dp: &Arc<Live>,
     info: &ConnInfo,
     quic: &quinn::Connection,
     req: Request<()>,

@@ -13,8 +13,9 @@
 //!
 //! The h3 crate only accepts `:protocol websocket` with Weir's patch (vendor/h3/WEIR-PATCH.md).
 
-use crate::proxy::{self, ConnInfo};
-use crate::server::Dataplane;
+use crate::http::conn::ConnInfo;
+use crate::listen::live::Live;
+use crate::proxy;
 use crate::websocket::StreamUpgrade;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response};
@@ -41,7 +42,7 @@ pub fn is_websocket_connect<B>(req: &Request<B>) -> bool {
 /// Serves one extended CONNECT request stream: the handshake through the proxy pipeline, then
 /// (on success) a detached task bridging the stream to the tunnel.
 pub async fn serve(
-    dp: &Arc<Dataplane>,
+    dp: &Arc<Live>,
     info: &ConnInfo,
     quic: &quinn::Connection,
     req: Request<()>,

@@ -15,7 +15,9 @@
 
 use crate::body::{full, BoxError, ProxyBody};
 use crate::filters::HeaderOps;
-use crate::proxy::{add_forwarding, error_response, strip_hop_by_hop, ConnInfo, ProxyError};
+use crate::http::conn::ConnInfo;
+use crate::http::headers::{add_forwarding, strip_hop_by_hop};
+use crate::http::reply::{error_response, ProxyError};
 use crate::upstream::BackendRt;
 use bytes::Bytes;
 use http::uri::PathAndQuery;

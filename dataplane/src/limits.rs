@@ -7,7 +7,7 @@
 //! limits are checked here, the same way for every protocol, before routing.
 
 use crate::body::{BoxError, ProxyBody};
-use crate::proxy::error_response;
+use crate::http::reply::error_response;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};

@@ -9,12 +9,13 @@
 //!   no lock;
 //! - **state** families (endpoint health, ejections, in-flight, breaker state, …) are read from
 //!   the running config's backend state when scraped ([`Metrics::render`]), so they never lag
-//!   and endpoints that left the config disappear from the next scrape.
+//!   and endpoints that left the config disappear from the next scrape. The registry does not
+//!   walk that state itself: the caller hands a [`StateSource`] (upstream exports its own
+//!   gauges), so telemetry stays below the runtime in the layer order.
 //!
 //! Label values are config names (routes, backends, listeners, endpoints) and fixed enums;
 //! never paths, hosts or client addresses.
 
-use crate::runtime::Runtime;
 use http::{Method, Version};
 use prometheus::core::Collector;
 use prometheus::{
@@ -162,6 +163,13 @@ fn histogram_vec(
     )
 }
 
+/// Something that sets the scrape-time state families (backend and endpoint gauges) on
+/// [`Metrics`] after they were reset. The runtime implements it by asking upstream to export
+/// its own gauges, so this registry (layer 1) never reads the runtime (layer 3).
+pub trait StateSource {
+    fn export_state(&self, m: &Metrics);
+}
+
 pub struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
@@ -176,20 +184,20 @@ pub struct Metrics {
     retries_exhausted: IntCounterVec,
     overloaded: IntCounterVec,
 
-    endpoint_healthy: IntGaugeVec,
-    endpoint_available: IntGaugeVec,
-    endpoint_available_since: prometheus::GaugeVec,
-    health_checks: IntCounterVec,
-    ejections: IntCounterVec,
-    endpoint_in_flight: IntGaugeVec,
-    endpoint_requests: IntCounterVec,
-    connections_created: IntCounterVec,
-    requests_resent: IntCounterVec,
-    connections_open: IntGaugeVec,
-    breaker_state: IntGaugeVec,
-    breaker_opens: IntCounterVec,
-    concurrency_in_use: IntGaugeVec,
-    concurrency_limit: IntGaugeVec,
+    pub(crate) endpoint_healthy: IntGaugeVec,
+    pub(crate) endpoint_available: IntGaugeVec,
+    pub(crate) endpoint_available_since: prometheus::GaugeVec,
+    pub(crate) health_checks: IntCounterVec,
+    pub(crate) ejections: IntCounterVec,
+    pub(crate) endpoint_in_flight: IntGaugeVec,
+    pub(crate) endpoint_requests: IntCounterVec,
+    pub(crate) connections_created: IntCounterVec,
+    pub(crate) requests_resent: IntCounterVec,
+    pub(crate) connections_open: IntGaugeVec,
+    pub(crate) breaker_state: IntGaugeVec,
+    pub(crate) breaker_opens: IntCounterVec,
+    pub(crate) concurrency_in_use: IntGaugeVec,
+    pub(crate) concurrency_limit: IntGaugeVec,
 
     conn_total: IntCounterVec,
     conn_active: IntGaugeVec,
@@ -564,7 +572,7 @@ impl Metrics {
     }
 
     /// The text exposition of every family, with the state families read from `rt` now.
-    pub fn render(&self, rt: Option<&Runtime>) -> Vec<u8> {
+    pub fn render(&self, rt: Option<&dyn StateSource>) -> Vec<u8> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh(rt);
         let mut out = Vec::with_capacity(64 * 1024);
@@ -575,7 +583,7 @@ impl Metrics {
     }
 
     /// Every family with the state families read from `rt` now (the `httpJson` sinks ship this).
-    pub fn gather(&self, rt: Option<&Runtime>) -> Vec<prometheus::proto::MetricFamily> {
+    pub fn gather(&self, rt: Option<&dyn StateSource>) -> Vec<prometheus::proto::MetricFamily> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh(rt);
         self.registry.gather()
@@ -614,7 +622,7 @@ impl Metrics {
         }
     }
 
-    fn refresh(&self, rt: Option<&Runtime>) {
+    fn refresh(&self, rt: Option<&dyn StateSource>) {
         self.refresh_sinks();
         self.endpoint_available_since.reset();
         for g in [
@@ -638,67 +646,8 @@ impl Metrics {
         ] {
             c.reset();
         }
-        let Some(rt) = rt else { return };
-        for (name, b) in &rt.backends {
-            let active = b.config.health_check.is_some();
-            for ep in &b.endpoints {
-                let v = ep.state.view();
-                let labels = [name.as_str(), ep.authority.as_str()];
-                self.endpoint_healthy
-                    .with_label_values(&labels)
-                    .set(i64::from(v.healthy));
-                self.endpoint_available
-                    .with_label_values(&labels)
-                    .set(i64::from(v.healthy && v.ejected_until.is_none()));
-                self.endpoint_available_since
-                    .with_label_values(&labels)
-                    .set(v.available_since_ms as f64 / 1000.0);
-                self.connections_open
-                    .with_label_values(&labels)
-                    .set(b.connections_open(&ep.authority) as i64);
-                if active {
-                    for (result, n) in [("success", v.checks.passed), ("failure", v.checks.failed)]
-                    {
-                        self.health_checks
-                            .with_label_values(&[labels[0], labels[1], result])
-                            .inc_by(n);
-                    }
-                }
-                self.ejections
-                    .with_label_values(&labels)
-                    .inc_by(v.ejections);
-                self.endpoint_in_flight
-                    .with_label_values(&labels)
-                    .set(v.in_flight as i64);
-                self.endpoint_requests
-                    .with_label_values(&labels)
-                    .inc_by(v.requests);
-                self.connections_created
-                    .with_label_values(&labels)
-                    .inc_by(b.connections_created(&ep.authority));
-                self.requests_resent
-                    .with_label_values(&labels)
-                    .inc_by(b.requests_resent(&ep.authority));
-            }
-            if let Some(v) = b.breaker_view() {
-                let state = match v.mode {
-                    crate::breaker::Mode::Closed => 0,
-                    crate::breaker::Mode::Open => 1,
-                    crate::breaker::Mode::HalfOpen => 2,
-                };
-                self.breaker_state.with_label_values(&[name]).set(state);
-                self.breaker_opens
-                    .with_label_values(&[name])
-                    .inc_by(v.times_opened);
-            }
-            if let Some((in_use, max)) = b.concurrency() {
-                self.concurrency_in_use
-                    .with_label_values(&[name])
-                    .set(i64::from(in_use));
-                self.concurrency_limit
-                    .with_label_values(&[name])
-                    .set(i64::from(max));
-            }
+        if let Some(rt) = rt {
+            rt.export_state(self);
         }
     }
 

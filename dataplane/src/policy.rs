@@ -4,8 +4,9 @@
 
 use crate::body::{BoxError, ProxyBody};
 use crate::extauth::{ExtAuthRt, Outcome as AuthOutcome};
+use crate::http::conn::ConnInfo;
+use crate::http::reply::error_response;
 use crate::kairos::KairosRt;
-use crate::proxy::{error_response, ConnInfo};
 use crate::ratelimit::{Decision, RateLimiter};
 use crate::redirect::{DirectRt, RedirectInput, RedirectRt};
 use crate::upstream::BackendRt;

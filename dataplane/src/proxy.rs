@@ -2,203 +2,28 @@
 //! route, pick, transform, forward, respond; the exchange is measured and logged when its
 //! response body ends (see [`crate::observe`]).
 
-use crate::body::{boxed, full, BoxError, ProxyBody};
+use crate::body::{boxed, BoxError, ProxyBody};
 use crate::filters::rewrite_path;
+use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop};
+use crate::http::reply::{error_response, ProxyError};
 use crate::metrics::{self, RouteMetrics};
 use crate::observe::{access_log_enabled, CountingBody, Exchange, InFlightGuard, ObservedBody};
 use crate::runtime::Runtime;
 use crate::tracecontext::TraceContext;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_config::UpstreamProtocol;
 
-/// What the proxy knows about the client connection a request came in on.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub remote: SocketAddr,
-    pub listener: Arc<str>,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub scheme: &'static str,
-    /// `Alt-Svc` advertising HTTP/3, set on TLS TCP listeners whose port also serves QUIC.
-    pub alt_svc: Option<HeaderValue>,
-    /// The listener's request limits (URI length, header count and size).
-    pub limits: crate::limits::RequestLimits,
-}
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Marks a reply the proxy made itself (as a response extension); the value is its `error`
-/// code, counted by `weir_proxy_errors_total{kind}` and logged as the access log's `error`.
-#[derive(Debug, Clone, Copy)]
-pub struct ProxyError(pub &'static str);
-
-/// A JSON error reply made by the proxy itself.
-pub fn error_response(
-    status: StatusCode,
-    code: &'static str,
-    message: &str,
-) -> Response<ProxyBody> {
-    let body = serde_json::json!({ "status": status.as_u16(), "error": code, "message": message });
-    let mut resp = Response::new(full(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.extensions_mut().insert(ProxyError(code));
-    resp
-}
-
-/// The request's host, lowercase and without a port.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => req.headers().get(header::HOST)?.to_str().ok()?,
-    };
-    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
-    let host = if let Some(v6) = raw.strip_prefix('[') {
-        &raw[..v6.find(']').map_or(raw.len(), |i| i + 2)]
-    } else {
-        raw.split(':').next().unwrap_or(raw)
-    };
-    Some(host.to_ascii_lowercase())
-}
-
-/// RFC 3986 §5.2.4 `remove_dot_segments`, also treating `%2e`/`%2E` as a dot. Paths without
-/// dot segments (nearly all) are returned as they are, without copying.
-pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
-    let is_dot = |seg: &str| seg == "." || seg.eq_ignore_ascii_case("%2e");
-    let is_dotdot = |seg: &str| {
-        seg == ".."
-            || seg.eq_ignore_ascii_case("%2e%2e")
-            || seg.eq_ignore_ascii_case(".%2e")
-            || seg.eq_ignore_ascii_case("%2e.")
-    };
-    if !path.split('/').any(|s| is_dot(s) || is_dotdot(s)) {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segs: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-    let last = segs.len().saturating_sub(1);
-    let mut trailing_slash = false;
-    for (i, seg) in segs.iter().enumerate() {
-        if is_dot(seg) {
-            trailing_slash = i == last;
-        } else if is_dotdot(seg) {
-            out.pop();
-            trailing_slash = i == last;
-        } else {
-            out.push(seg);
-            trailing_slash = false;
-        }
-    }
-    let mut s = String::with_capacity(path.len());
-    for seg in &out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if trailing_slash || s.is_empty() {
-        s.push('/');
-    }
-    std::borrow::Cow::Owned(s)
-}
-
-/// Removes hop-by-hop headers, including the ones a `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over the names beats nine hashed removals.
-    let is_hop = |n: &HeaderName| {
-        *n == header::CONNECTION
-            || *n == KEEP_ALIVE
-            || *n == PROXY_CONNECTION
-            || *n == header::PROXY_AUTHENTICATE
-            || *n == header::PROXY_AUTHORIZATION
-            || *n == header::TE
-            || *n == header::TRAILER
-            || *n == header::TRANSFER_ENCODING
-            || *n == header::UPGRADE
-    };
-    if !headers.keys().any(is_hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        headers.remove(n);
-    }
-}
-
-/// Sets `X-Forwarded-For/Proto/Host` and `Forwarded` (also used by [`crate::kairos`]).
-pub(crate) fn add_forwarding(
-    headers: &mut HeaderMap,
-    conn: &ConnInfo,
-    host_header: Option<&HeaderValue>,
-) {
-    use crate::fastfmt::{append_to_list, push_ip};
-    let ip = conn.remote.ip();
-    // Built in one buffer each, without `format!` (this ran at ~13% of a request's
-    // instructions when it collected and joined `Vec<String>`s); one hashed lookup per header,
-    // and room for the four made at most once.
-    headers.reserve(4);
-    append_to_list(headers, &X_FORWARDED_FOR, 16, |s| push_ip(s, ip));
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(conn.scheme),
-    );
-    if let Some(h) = host_header {
-        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-    }
-    append_to_list(headers, &FORWARDED, 64, |fwd| {
-        fwd.push_str("for=");
-        if ip.is_ipv6() {
-            fwd.push_str("\"[");
-            push_ip(fwd, ip);
-            fwd.push_str("]\"");
-        } else {
-            push_ip(fwd, ip);
-        }
-        fwd.push_str(";proto=");
-        fwd.push_str(conn.scheme);
-        if let Some(h) = host_header.and_then(|h| h.to_str().ok()) {
-            if h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-            {
-                fwd.push_str(";host=\"");
-                fwd.push_str(h);
-                fwd.push('"');
-            }
-        }
-    });
-}
+// Moved to layer 0 (`crate::http`); re-exported here because tests and fuzz targets name them
+// by their old paths.
+pub use crate::http::conn::ConnInfo;
+pub use crate::http::headers::normalize_path;
 
 /// Serves one request against the current runtime: trace context, routing and forwarding,
 /// then the response body is wrapped so the exchange is measured and logged when it ends.
@@ -464,61 +289,5 @@ where
         metrics: target.metrics.clone(),
         upstream: sent.upstream,
         attempts: sent.attempts,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_forms() {
-        let r = |h: &str| Request::builder().header("host", h).body(()).unwrap();
-        assert_eq!(
-            request_host(&r("Example.COM:8080")).as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(request_host(&r("[::1]:8080")).as_deref(), Some("[::1]"));
-        assert_eq!(
-            request_host(&r("api.example.com")).as_deref(),
-            Some("api.example.com")
-        );
-        let abs = Request::builder()
-            .uri("https://h2.example.com:8443/x")
-            .body(())
-            .unwrap();
-        assert_eq!(request_host(&abs).as_deref(), Some("h2.example.com"));
-    }
-
-    #[test]
-    fn dot_segments_resolved() {
-        for (input, want) in [
-            ("/api/users", "/api/users"),
-            ("/api/../admin", "/admin"),
-            ("/api/%2e%2e/admin", "/admin"),
-            ("/api/%2E./admin/", "/admin/"),
-            ("/a/./b", "/a/b"),
-            ("/a/b/..", "/a/"),
-            ("/..", "/"),
-            ("/../../x", "/x"),
-            ("/", "/"),
-            ("/a//b", "/a//b"),
-            ("/a/..b/c", "/a/..b/c"),
-        ] {
-            assert_eq!(normalize_path(input), want, "{input}");
-        }
-    }
-
-    #[test]
-    fn hop_by_hop_removed() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
     }
 }

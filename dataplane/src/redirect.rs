@@ -1,7 +1,7 @@
 //! Redirects (Gateway API `RequestRedirect`) and fixed direct responses.
 
 use crate::body::{full, ProxyBody};
-use crate::router::prefix_matches;
+use crate::http::headers::prefix_matches;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 use weir_config::{DirectResponse, RedirectPathType, RequestRedirect};

@@ -65,17 +65,8 @@ impl PathCond {
     }
 }
 
-/// Segment-aware prefix match: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.
-pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return true;
-    }
-    let p = prefix.trim_end_matches('/');
-    match path.strip_prefix(p) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/'),
-        None => false,
-    }
-}
+// Lives in layer 0 so redirects (a policy, below the router) share it.
+pub use crate::http::headers::prefix_matches;
 
 #[derive(Debug)]
 enum ValueCond {

@@ -100,7 +100,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         let mut alt_svc = None;
         if let (Some(settings), Some(rustls_cfg)) = (h3, tls.as_ref().and_then(|t| t.quic.clone()))
         {
-            match crate::h3::server_config(rustls_cfg, &settings) {
+            match crate::tls::quic_server_config(rustls_cfg, &settings) {
                 Ok(server_config) => {
                     // The port clients reach us on (a Service may map 443 to our 8443).
                     alt_svc = weir_config::AdvertisedPort::resolve(
@@ -220,4 +220,10 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         cert_stamps,
         policies: policy_carry.finish(),
     })
+}
+
+impl crate::metrics::StateSource for Runtime {
+    fn export_state(&self, m: &crate::metrics::Metrics) {
+        crate::upstream::export_gauges(&self.backends, m);
+    }
 }

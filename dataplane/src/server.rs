@@ -1,9 +1,11 @@
 //! The running dataplane: the current runtime, its listeners, reload and graceful shutdown.
 
+use crate::http::conn::ConnInfo;
+use crate::listen::live::Live;
 use crate::metrics::{metrics, Handshake};
-use crate::proxy::{self, ConnInfo};
+use crate::proxy;
 use crate::runtime::{cert_stamps, compile, CertStamp, ListenerRt, Runtime};
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::HashMap;
@@ -43,14 +45,11 @@ impl RunningQuic {
 
 /// One dataplane process's serving state.
 pub struct Dataplane {
-    runtime: ArcSwapOption<Runtime>,
+    /// The runtime serving now and the drain signal, shared with the front doors.
+    live: Arc<Live>,
     /// Held while a config is applied, so applies never interleave.
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, RunningListener>>,
     graceful: Mutex<Option<GracefulShutdown>>,
-    /// Drain signal for QUIC connections and their requests (the TCP side uses `graceful`);
-    /// every connection and request holds a receiver, so `closed()` means "all done".
-    quic_drain: watch::Sender<bool>,
-    shutting_down: AtomicBool,
     /// The file SIGHUP re-reads, when started with one.
     pub config_path: Option<PathBuf>,
 }
@@ -58,31 +57,29 @@ pub struct Dataplane {
 impl Dataplane {
     pub fn new(config_path: Option<PathBuf>) -> Arc<Dataplane> {
         Arc::new(Dataplane {
-            runtime: ArcSwapOption::empty(),
+            live: Arc::new(Live::default()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             graceful: Mutex::new(Some(GracefulShutdown::new())),
-            quic_drain: watch::channel(false).0,
-            shutting_down: AtomicBool::new(false),
             config_path,
         })
     }
 
     /// The runtime serving now, if a config was loaded.
     pub fn runtime(&self) -> Option<Arc<Runtime>> {
-        self.runtime.load_full()
+        self.live.runtime()
     }
 
     pub fn is_ready(&self) -> bool {
-        self.runtime.load().is_some() && !self.shutting_down.load(Ordering::Relaxed)
+        self.live.runtime().is_some() && !self.live.is_shutting_down()
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
+        self.live.is_shutting_down()
     }
 
     /// A drain receiver for a new QUIC connection, `None` once shutdown has begun.
     pub fn drain_watcher(&self) -> Option<watch::Receiver<bool>> {
-        (!self.is_shutting_down()).then(|| self.quic_drain.subscribe())
+        self.live.drain_watcher()
     }
 
     /// Validates, compiles and swaps in `snapshot`; on any error nothing changes and every
@@ -100,7 +97,7 @@ impl Dataplane {
         expected: &Arc<Runtime>,
     ) -> Result<bool, ConfigError> {
         let mut listeners = self.listeners.lock().await;
-        match self.runtime.load_full() {
+        match self.live.runtime() {
             Some(current) if Arc::ptr_eq(&current, expected) => {
                 self.apply_locked(&mut listeners, (*current.snapshot).clone())?;
                 Ok(true)
@@ -154,7 +151,7 @@ impl Dataplane {
         listeners: &mut HashMap<SocketAddr, RunningListener>,
         snapshot: Snapshot,
     ) -> Result<String, ConfigError> {
-        let prev = self.runtime.load_full();
+        let prev = self.live.runtime();
         let rt = compile(snapshot, prev.as_deref())?;
 
         // Bind every new socket first: if one fails, nothing has changed.
@@ -192,14 +189,15 @@ impl Dataplane {
         errs.into_result()?;
 
         let rt = Arc::new(rt);
-        self.runtime.store(Some(rt.clone()));
+        self.live.store(rt.clone());
         let dp = Arc::downgrade(self);
         crate::otel::configure(rt.snapshot.tracing.as_ref());
         crate::shipper::reconcile(
             &rt.snapshot.sinks,
             Arc::new(move || {
                 let rt = dp.upgrade().and_then(|d| d.runtime());
-                crate::metrics::metrics().gather(rt.as_deref())
+                crate::metrics::metrics()
+                    .gather(rt.as_deref().map(|r| r as &dyn crate::metrics::StateSource))
             }),
         );
         for l in &rt.listeners {
@@ -310,7 +308,7 @@ impl Dataplane {
     ) -> RunningQuic {
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(crate::h3::accept_loop(
-            self.clone(),
+            self.live.clone(),
             endpoint.clone(),
             settings,
             stop_rx,
@@ -408,7 +406,7 @@ impl Dataplane {
     /// Stops accepting, lets in-flight requests finish (HTTP/1.1 keep-alives close after their
     /// current response, HTTP/2 gets GOAWAY) for up to `drain`, then returns.
     pub async fn shutdown(&self, drain: Duration) {
-        self.shutting_down.store(true, Ordering::Relaxed);
+        self.live.begin_shutdown();
         let mut listeners = self.listeners.lock().await;
         let mut endpoints = Vec::new();
         for (_, l) in listeners.drain() {
@@ -422,16 +420,16 @@ impl Dataplane {
         }
         let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
         let tcp_open = graceful.as_ref().map_or(0, |g| g.count());
-        let quic_open = self.quic_drain.receiver_count();
+        let quic_open = self.live.drain().receiver_count();
         tracing::info!(tcp_connections = tcp_open, quic_connections_and_requests = quic_open, deadline = ?drain, "draining");
         // QUIC connections answer this with GOAWAY and finish their accepted requests.
-        let _ = self.quic_drain.send(true);
+        let _ = self.live.drain().send(true);
         let tcp_done = async {
             if let Some(g) = graceful {
                 g.shutdown().await;
             }
         };
-        let quic_done = self.quic_drain.closed();
+        let quic_done = self.live.drain().closed();
         match tokio::time::timeout(drain, futures_util::future::join(tcp_done, quic_done)).await {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("drain deadline reached; closing the remaining connections"),

@@ -305,6 +305,31 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
+/// quinn server config from a rustls config (TLS 1.3, ALPN h3) and the listener's settings.
+/// Built here, with the other TLS material, so compiling a snapshot does not call into the
+/// QUIC front door.
+pub fn quic_server_config(
+    rustls_cfg: Arc<rustls::ServerConfig>,
+    s: &weir_config::Http3Config,
+) -> Result<quinn::ServerConfig, String> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(rustls_cfg)
+        .map_err(|e| format!("TLS config unusable for QUIC: {e}"))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(s.max_concurrent_streams))
+        // Control, QPACK encoder/decoder, plus room for extensions.
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(s.idle_timeout.get())
+                .map_err(|e| format!("idleTimeout: {e}"))?,
+        ))
+        .stream_receive_window(quinn::VarInt::from_u32(s.stream_receive_window))
+        .receive_window(quinn::VarInt::from_u32(s.receive_window))
+        .send_window(u64::from(s.send_window));
+    cfg.transport_config(Arc::new(t));
+    Ok(cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,11 @@
 
 use crate::balancer::Balancer;
 use crate::body::{boxed, BoxError, ProxyBody};
-use crate::breaker::{Breaker, BreakerView};
+use crate::breaker::{Breaker, BreakerView, Mode};
 use crate::health::{clock_ms, EndpointState, InFlight, Outcome};
-use crate::metrics::BackendMetrics;
+use crate::http::reply::error_response;
+use crate::metrics::{BackendMetrics, Metrics};
 use crate::pool::{Checkin, Pool, PoolError, PoolSettings};
-use crate::proxy::error_response;
 use crate::retry::{backoff, is_idempotent, Budget, Replay};
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
@@ -920,4 +920,67 @@ fn build_client(config: &Backend) -> (HttpClient, ConnCounts) {
         builder.http2_only(true);
     }
     (builder.build(connector), counts)
+}
+/// Sets the scrape-time backend and endpoint gauges of `m` from the live backend table (the
+/// registry resets them first). Upstream exports its own state so the metrics registry never
+/// walks the runtime.
+pub fn export_gauges(backends: &HashMap<String, Arc<BackendRt>>, m: &Metrics) {
+    for (name, b) in backends {
+        let active = b.config.health_check.is_some();
+        for ep in &b.endpoints {
+            let v = ep.state.view();
+            let labels = [name.as_str(), ep.authority.as_str()];
+            m.endpoint_healthy
+                .with_label_values(&labels)
+                .set(i64::from(v.healthy));
+            m.endpoint_available
+                .with_label_values(&labels)
+                .set(i64::from(v.healthy && v.ejected_until.is_none()));
+            m.endpoint_available_since
+                .with_label_values(&labels)
+                .set(v.available_since_ms as f64 / 1000.0);
+            m.connections_open
+                .with_label_values(&labels)
+                .set(b.connections_open(&ep.authority) as i64);
+            if active {
+                for (result, n) in [("success", v.checks.passed), ("failure", v.checks.failed)] {
+                    m.health_checks
+                        .with_label_values(&[labels[0], labels[1], result])
+                        .inc_by(n);
+                }
+            }
+            m.ejections.with_label_values(&labels).inc_by(v.ejections);
+            m.endpoint_in_flight
+                .with_label_values(&labels)
+                .set(v.in_flight as i64);
+            m.endpoint_requests
+                .with_label_values(&labels)
+                .inc_by(v.requests);
+            m.connections_created
+                .with_label_values(&labels)
+                .inc_by(b.connections_created(&ep.authority));
+            m.requests_resent
+                .with_label_values(&labels)
+                .inc_by(b.requests_resent(&ep.authority));
+        }
+        if let Some(v) = b.breaker_view() {
+            let state = match v.mode {
+                Mode::Closed => 0,
+                Mode::Open => 1,
+                Mode::HalfOpen => 2,
+            };
+            m.breaker_state.with_label_values(&[name]).set(state);
+            m.breaker_opens
+                .with_label_values(&[name])
+                .inc_by(v.times_opened);
+        }
+        if let Some((in_use, max)) = b.concurrency() {
+            m.concurrency_in_use
+                .with_label_values(&[name])
+                .set(i64::from(in_use));
+            m.concurrency_limit
+                .with_label_values(&[name])
+                .set(i64::from(max));
+        }
+    }
 }

@@ -11,8 +11,8 @@
 //! `weir_websocket_tunnels_open{protocol}`.
 
 use crate::body::{empty, ProxyBody};
+use crate::http::reply::error_response;
 use crate::metrics::{metrics, PROTOCOLS};
-use crate::proxy::error_response;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
@@ -226,7 +226,7 @@ impl Upgrade {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             if resp
                 .extensions()
-                .get::<crate::proxy::ProxyError>()
+                .get::<crate::http::reply::ProxyError>()
                 .is_some()
             {
                 count(self.protocol, "failed");

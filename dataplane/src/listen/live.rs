@@ -1,0 +1,60 @@
+//! The small handle a front door holds: the runtime serving now and the drain signal. The
+//! `Dataplane` (layer 8) owns one and swaps runtimes into it; front doors only read it, so they
+//! do not import the server that starts them.
+
+use crate::runtime::Runtime;
+use arc_swap::ArcSwapOption;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The live runtime and the drain signal, shared by the `Dataplane` and its front doors.
+pub struct Live {
+    runtime: ArcSwapOption<Runtime>,
+    /// Drain signal for QUIC connections and their requests (the TCP side uses hyper's
+    /// `GracefulShutdown`); every connection and request holds a receiver, so `closed()` means
+    /// "all done".
+    drain: watch::Sender<bool>,
+    shutting_down: AtomicBool,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            runtime: ArcSwapOption::empty(),
+            drain: watch::channel(false).0,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Live {
+    /// The runtime serving now, if a config was loaded.
+    pub fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime.load_full()
+    }
+
+    /// Makes `rt` the runtime every new request is served with.
+    pub fn store(&self, rt: Arc<Runtime>) {
+        self.runtime.store(Some(rt));
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// A drain receiver for a new QUIC connection, `None` once shutdown has begun.
+    pub fn drain_watcher(&self) -> Option<watch::Receiver<bool>> {
+        (!self.is_shutting_down()).then(|| self.drain.subscribe())
+    }
+
+    /// Refuses new connections from now on ([`Live::drain_watcher`] returns `None`).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// The drain sender: `send(true)` asks every holder to finish, `closed()` waits for them.
+    pub fn drain(&self) -> &watch::Sender<bool> {
+        &self.drain
+    }
+}

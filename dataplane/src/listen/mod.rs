@@ -1,0 +1,5 @@
+//! Layer 7: the front doors. Each one accepts connections and hands requests to the pipeline
+//! through a [`live::Live`] handle (the runtime serving now and the drain signal), never
+//! through the `Dataplane` that owns them.
+
+pub mod live;
