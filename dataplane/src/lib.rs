@@ -6,42 +6,25 @@
 //! hot swaps and graceful shutdown; [`admin`] is the control API; [`echo`] is the demo backend.
 
 pub mod admin;
-pub mod balancer;
-pub mod body;
-pub mod bodymatch;
-pub mod breaker;
-pub mod cors;
 pub mod echo;
-pub mod extauth;
-pub mod fastfmt;
-pub mod filters;
-pub mod grpc;
-pub mod h3;
-pub mod h3_websocket;
-pub mod health;
 pub mod http;
-pub mod kairos;
-pub mod limits;
 pub mod listen;
-pub mod metrics;
-pub mod observe;
-pub mod otel;
-pub mod pod_ip;
+pub mod pipeline;
 pub mod policy;
-pub mod pool;
-pub mod protocol;
-pub mod proxy;
-pub mod ratelimit;
-pub mod redirect;
-pub mod retry;
-pub mod router;
+pub mod route;
 pub mod runtime;
 pub mod server;
-pub mod shipper;
-mod sink_h3;
-pub mod sinkenc;
-pub mod tls;
-pub mod tracecontext;
+pub mod telemetry;
 pub mod ui;
 pub mod upstream;
-pub mod websocket;
+
+// The modules' paths before they moved into layer folders.
+pub use self::http::{body, fastfmt, grpc, limits, tls, tracecontext};
+pub use listen::{h3, h3_websocket};
+pub use pipeline::proxy;
+pub use policy::{cors, extauth, filters, kairos, protocol, ratelimit, redirect, websocket};
+pub use route::{bodymatch, router};
+pub use runtime::pod_ip;
+pub(crate) use telemetry::sink_h3;
+pub use telemetry::{metrics, observe, otel, shipper, sinkenc};
+pub use upstream::{balancer, breaker, health, pool, retry};

@@ -930,7 +930,7 @@ mod tests {
     /// Every family this file defines has a row in docs/metrics.md.
     #[test]
     fn every_family_is_documented() {
-        let doc = include_str!("../../docs/metrics.md");
+        let doc = include_str!("../../../docs/metrics.md");
         let src = include_str!("metrics.rs");
         let mut n = 0;
         for name in src.split('"').filter(|s| {
