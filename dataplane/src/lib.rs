@@ -18,13 +18,10 @@ pub mod telemetry;
 pub mod ui;
 pub mod upstream;
 
-// The modules' paths before they moved into layer folders.
-pub use self::http::{body, fastfmt, grpc, limits, tls, tracecontext};
-pub use listen::{h3, h3_websocket};
+// Paths that integration tests, benches and fuzz targets name (from before the modules moved
+// into layer folders).
+pub use self::http::tracecontext;
+pub use listen::h3;
 pub use pipeline::proxy;
-pub use policy::{cors, extauth, filters, kairos, protocol, ratelimit, redirect, websocket};
+pub use policy::{kairos, ratelimit};
 pub use route::{bodymatch, router};
-pub use runtime::pod_ip;
-pub(crate) use telemetry::sink_h3;
-pub use telemetry::{metrics, observe, otel, shipper, sinkenc};
-pub use upstream::{balancer, breaker, health, pool, retry};

@@ -2,9 +2,9 @@
 
 use crate::http::conn::ConnInfo;
 use crate::listen::live::Live;
-use crate::metrics::{metrics, Handshake};
-use crate::proxy;
+use crate::pipeline::proxy;
 use crate::runtime::{cert_stamps, compile, CertStamp, ListenerRt, Runtime};
+use crate::telemetry::metrics::{metrics, Handshake};
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -173,8 +173,11 @@ impl Dataplane {
             }
             if let Some(q) = &l.quic {
                 if running.is_none_or(|r| r.quic.is_none()) {
-                    match crate::h3::bind_endpoint(l.address, &q.settings, q.server_config.clone())
-                    {
+                    match crate::listen::h3::bind_endpoint(
+                        l.address,
+                        &q.settings,
+                        q.server_config.clone(),
+                    ) {
                         Ok(ep) => {
                             fresh_quic.insert(l.address, ep);
                         }
@@ -191,13 +194,15 @@ impl Dataplane {
         let rt = Arc::new(rt);
         self.live.store(rt.clone());
         let dp = Arc::downgrade(self);
-        crate::otel::configure(rt.snapshot.tracing.as_ref());
-        crate::shipper::reconcile(
+        crate::telemetry::otel::configure(rt.snapshot.tracing.as_ref());
+        crate::telemetry::shipper::reconcile(
             &rt.snapshot.sinks,
             Arc::new(move || {
                 let rt = dp.upgrade().and_then(|d| d.runtime());
-                crate::metrics::metrics()
-                    .gather(rt.as_deref().map(|r| r as &dyn crate::metrics::StateSource))
+                crate::telemetry::metrics::metrics().gather(
+                    rt.as_deref()
+                        .map(|r| r as &dyn crate::telemetry::metrics::StateSource),
+                )
             }),
         );
         for l in &rt.listeners {
@@ -256,7 +261,9 @@ impl Dataplane {
         let snap = tokio::fs::read(path)
             .await
             .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))
-            .and_then(|bytes| crate::pod_ip::expand(bytes, std::env::var("POD_IP").ok().as_deref()))
+            .and_then(|bytes| {
+                crate::runtime::pod_ip::expand(bytes, std::env::var("POD_IP").ok().as_deref())
+            })
             .and_then(|bytes| weir_config::load(&bytes));
         match snap {
             Ok(snap) => self.apply(snap).await,
@@ -307,7 +314,7 @@ impl Dataplane {
         settings: Arc<ArcSwap<ListenerRt>>,
     ) -> RunningQuic {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(crate::h3::accept_loop(
+        let task = tokio::spawn(crate::listen::h3::accept_loop(
             self.live.clone(),
             endpoint.clone(),
             settings,
@@ -328,7 +335,7 @@ impl Dataplane {
     ) {
         let _ = stream.set_nodelay(true);
         // Connections silent for the listener's idleTimeout are closed (TLS handshake included).
-        let stream = crate::limits::IdleIo::new(stream, l.limits.idle_timeout.get());
+        let stream = crate::http::limits::IdleIo::new(stream, l.limits.idle_timeout.get());
         let Some(watcher) = self
             .graceful
             .lock()
@@ -367,8 +374,12 @@ impl Dataplane {
                 let conn = l
                     .http
                     .serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                crate::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
-                    .await
+                crate::http::limits::first_request_deadline(
+                    watcher.watch(conn),
+                    seen,
+                    header_timeout,
+                )
+                .await
             }
             Some(cfg) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
@@ -394,8 +405,12 @@ impl Dataplane {
                 let conn = l
                     .http
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                crate::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
-                    .await
+                crate::http::limits::first_request_deadline(
+                    watcher.watch(conn),
+                    seen,
+                    header_timeout,
+                )
+                .await
             }
         };
         if let Err(e) = result {
@@ -439,7 +454,7 @@ impl Dataplane {
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }
         // The drained requests' access logs are queued by now; give the sinks a moment.
-        crate::shipper::shutdown(crate::shipper::SHUTDOWN_FLUSH).await;
+        crate::telemetry::shipper::shutdown(crate::telemetry::shipper::SHUTDOWN_FLUSH).await;
     }
 }
 

@@ -15,5 +15,5 @@ pub struct ConnInfo {
     /// `Alt-Svc` advertising HTTP/3, set on TLS TCP listeners whose port also serves QUIC.
     pub alt_svc: Option<HeaderValue>,
     /// The listener's request limits (URI length, header count and size).
-    pub limits: crate::limits::RequestLimits,
+    pub limits: crate::http::limits::RequestLimits,
 }

@@ -5,7 +5,7 @@
 //! Everything else — streaming in all four shapes, trailers from the upstream — is plain
 //! HTTP/2 (or HTTP/3) proxying to an `h2c` backend.
 
-use crate::body::{empty, ProxyBody};
+use crate::http::body::{empty, ProxyBody};
 use crate::http::reply::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};

@@ -108,13 +108,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For/Proto/Host` and `Forwarded` (also used by [`crate::kairos`]).
+/// Sets `X-Forwarded-For/Proto/Host` and `Forwarded` (also used by [`crate::policy::kairos`]).
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     conn: &ConnInfo,
     host_header: Option<&HeaderValue>,
 ) {
-    use crate::fastfmt::{append_to_list, push_ip};
+    use crate::http::fastfmt::{append_to_list, push_ip};
     let ip = conn.remote.ip();
     // Built in one buffer each, without `format!` (this ran at ~13% of a request's
     // instructions when it collected and joined `Vec<String>`s); one hashed lookup per header,

@@ -6,7 +6,7 @@
 //! HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`, HTTP/3 `SETTINGS_MAX_FIELD_SECTION_SIZE`); the exact
 //! limits are checked here, the same way for every protocol, before routing.
 
-use crate::body::{BoxError, ProxyBody};
+use crate::http::body::{BoxError, ProxyBody};
 use crate::http::reply::error_response;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -412,7 +412,7 @@ mod tests {
             panic!("limit not applied")
         };
         assert!(req.into_body().collect().await.is_err());
-        let r = trip.outcome(Response::new(crate::body::empty()));
+        let r = trip.outcome(Response::new(crate::http::body::empty()));
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

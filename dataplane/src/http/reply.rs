@@ -2,7 +2,7 @@
 //! (limits, routing, policies, upstream errors) uses this, so none of them reaches up into the
 //! pipeline for it.
 
-use crate::body::{full, ProxyBody};
+use crate::http::body::{full, ProxyBody};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};

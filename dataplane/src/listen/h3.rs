@@ -1,5 +1,5 @@
 //! The HTTP/3 front door: a QUIC endpoint (quinn + h3) feeding the same request pipeline as the
-//! TCP listeners ([`crate::proxy::handle`]).
+//! TCP listeners ([`crate::pipeline::proxy::handle`]).
 //!
 //! Per connection: the handshake runs in its own task (the accept loop never waits for one),
 //! then requests are accepted until the client or a drain ends the connection; each request
@@ -7,12 +7,12 @@
 //! completion (never raced against anything, so a frame is never cut in half); an upstream body
 //! that fails midway resets the stream with `H3_INTERNAL_ERROR` instead of finishing it.
 
-use crate::body::BoxError;
+use crate::http::body::BoxError;
 use crate::http::conn::ConnInfo;
 use crate::listen::live::Live;
-use crate::metrics::Handshake;
-use crate::proxy;
-use crate::runtime::ListenerRt;
+use crate::pipeline::proxy;
+use crate::runtime::compile::ListenerRt;
+use crate::telemetry::metrics::Handshake;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -190,12 +190,12 @@ async fn serve_connection(
         m.handshake(Handshake::Ok(started.elapsed()));
     }
     let mut h3c = match h3::server::builder()
-        // Backstop (RFC 9114 counts 32 bytes per field); exact limits in crate::limits.
+        // Backstop (RFC 9114 counts 32 bytes per field); exact limits in crate::http::limits.
         .max_field_section_size(
             u64::from(l.limits.max_request_header_bytes)
                 + 32 * u64::from(l.limits.max_request_headers),
         )
-        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over HTTP/3 (crate::h3_websocket).
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over HTTP/3 (crate::listen::h3_websocket).
         .enable_extended_connect(true)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
         .await
@@ -295,8 +295,8 @@ async fn serve_request(
     req: Request<()>,
     stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
 ) -> bool {
-    if crate::h3_websocket::is_websocket_connect(&req) {
-        crate::h3_websocket::serve(dp, info, quic, req, stream).await;
+    if crate::listen::h3_websocket::is_websocket_connect(&req) {
+        crate::listen::h3_websocket::serve(dp, info, quic, req, stream).await;
         return false; // a tunnel, not a response (not counted for the reset flood)
     }
     let (mut send, mut recv) = stream.split();

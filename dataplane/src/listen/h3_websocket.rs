@@ -1,7 +1,7 @@
 //! WebSockets over HTTP/3 (RFC 9220): an extended CONNECT with `:protocol websocket` on an
-//! HTTP/3 request stream. The request goes through [`crate::proxy::handle`] like any other
+//! HTTP/3 request stream. The request goes through [`crate::pipeline::proxy::handle`] like any other
 //! (routing, policies, the rule's `websocket` switch), which sends it upstream as an HTTP/1.1
-//! upgrade ([`crate::websocket`]). When the upstream switched protocols, the client gets
+//! upgrade ([`crate::policy::websocket`]). When the upstream switched protocols, the client gets
 //! `200` and the stream's DATA frames are bridged, through an in-memory pipe, to the same
 //! tunnel the HTTP/1.1 and HTTP/2 paths use (idle timeout, close propagation, metrics with
 //! `protocol="h3"`).
@@ -15,8 +15,8 @@
 
 use crate::http::conn::ConnInfo;
 use crate::listen::live::Live;
-use crate::proxy;
-use crate::websocket::StreamUpgrade;
+use crate::pipeline::proxy;
+use crate::policy::websocket::StreamUpgrade;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;

@@ -2,7 +2,7 @@
 //! `Dataplane` (layer 8) owns one and swaps runtimes into it; front doors only read it, so they
 //! do not import the server that starts them.
 
-use crate::runtime::Runtime;
+use crate::runtime::compile::Runtime;
 use arc_swap::ArcSwapOption;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

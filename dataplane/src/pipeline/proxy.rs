@@ -1,15 +1,17 @@
 //! The request pipeline shared by every front door (HTTP/1.1, HTTP/2, HTTP/3): trace context,
 //! route, pick, transform, forward, respond; the exchange is measured and logged when its
-//! response body ends (see [`crate::observe`]).
+//! response body ends (see [`crate::telemetry::observe`]).
 
-use crate::body::{boxed, BoxError, ProxyBody};
-use crate::filters::rewrite_path;
+use crate::http::body::{boxed, BoxError, ProxyBody};
 use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop};
 use crate::http::reply::{error_response, ProxyError};
-use crate::metrics::{self, RouteMetrics};
-use crate::observe::{access_log_enabled, CountingBody, Exchange, InFlightGuard, ObservedBody};
-use crate::runtime::Runtime;
-use crate::tracecontext::TraceContext;
+use crate::http::tracecontext::TraceContext;
+use crate::policy::filters::rewrite_path;
+use crate::runtime::compile::Runtime;
+use crate::telemetry::metrics::{self, RouteMetrics};
+use crate::telemetry::observe::{
+    access_log_enabled, CountingBody, Exchange, InFlightGuard, ObservedBody,
+};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -41,22 +43,22 @@ where
     let in_flight = InFlightGuard::new(protocol);
     let mut trace = TraceContext::from_headers(req.headers());
     // Sampling (when spans are exported) sets the flags sent upstream.
-    let mut span = crate::otel::start(&mut trace);
+    let mut span = crate::telemetry::otel::start(&mut trace);
     trace.inject(req.headers_mut());
     let method = req.method().clone();
-    let (host, path) = if access_log_enabled() || crate::shipper::shipping_logs() || span.is_some()
-    {
-        (request_host(&req), Some(req.uri().path().to_string()))
-    } else {
-        (None, None)
-    };
+    let (host, path) =
+        if access_log_enabled() || crate::telemetry::shipper::shipping_logs() || span.is_some() {
+            (request_host(&req), Some(req.uri().path().to_string()))
+        } else {
+            (None, None)
+        };
     let bytes_in = Arc::new(AtomicU64::new(0));
     let req = req.map(|b| CountingBody::new(b, bytes_in.clone()));
-    let grpc = crate::grpc::is_grpc(req.headers());
+    let grpc = crate::http::grpc::is_grpc(req.headers());
     let out = forward(runtime, conn, req, span.as_deref_mut()).await;
     let mut resp = out.response;
     if grpc {
-        resp = crate::grpc::local_error(resp);
+        resp = crate::http::grpc::local_error(resp);
     }
     // An upstream's Alt-Svc describes the upstream, not us; ours replaces it.
     resp.headers_mut().remove(header::ALT_SVC);
@@ -111,7 +113,7 @@ async fn forward<B>(
     runtime: Option<Arc<Runtime>>,
     conn: &ConnInfo,
     req: Request<B>,
-    mut span: Option<&mut crate::otel::RequestSpan>,
+    mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
 ) -> Outcome
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -125,7 +127,7 @@ where
         );
         return Outcome::local(r, metrics::metrics().no_route());
     };
-    if let Some(r) = crate::limits::check_head(&conn.limits, &req) {
+    if let Some(r) = crate::http::limits::check_head(&conn.limits, &req) {
         return Outcome::local(r, metrics::metrics().no_route());
     }
     let Some(host) = request_host(&req) else {
@@ -136,8 +138,8 @@ where
     // neither slip past a `/api` prefix rule nor reach a backend that resolves it itself.
     let path = normalize_path(req.uri().path()).into_owned();
     let route_start = span.as_ref().map(|s| s.now());
-    // Reads the body only when a body-field match is reached (see crate::bodymatch).
-    let (rule, req) = match crate::bodymatch::route(&rt.router, &host, &path, req).await {
+    // Reads the body only when a body-field match is reached (see crate::route::bodymatch).
+    let (rule, req) = match crate::route::bodymatch::route(&rt.router, &host, &path, req).await {
         Ok(x) => x,
         Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
     };
@@ -150,16 +152,16 @@ where
         return Outcome::local(r, metrics::metrics().no_route());
     };
     // CORS preflights are answered before auth and rate limits (browsers send no credentials).
-    if let Some(r) = crate::cors::preflight(rule.protocol.cors.as_ref(), &req) {
+    if let Some(r) = crate::policy::cors::preflight(rule.protocol.cors.as_ref(), &req) {
         return Outcome::local(r, rule.no_backend_metrics.clone());
     }
     // Protocol hooks: body limit, WebSocket handshake, CORS headers (see their modules).
     let rp = &rule.protocol;
     // Replies the proxy makes from here on (429, auth denials, redirects, 413, …) carry the
     // CORS headers too, so browsers can read them (as Envoy does for local replies).
-    let cors_origin = crate::cors::allowed_origin(rp.cors.as_ref(), &req);
+    let cors_origin = crate::policy::cors::allowed_origin(rp.cors.as_ref(), &req);
     let local = |mut r: Response<ProxyBody>, m: &Arc<RouteMetrics>| {
-        crate::cors::decorate(rp.cors.as_ref(), cors_origin.clone(), &mut r);
+        crate::policy::cors::decorate(rp.cors.as_ref(), cors_origin.clone(), &mut r);
         Outcome::local(r, m.clone())
     };
     // Rate limit, external auth, redirect / direct response, KairosDB (crate::policy).
@@ -181,12 +183,13 @@ where
         return local(r, &rule.no_backend_metrics);
     };
     let backend = &target.backend;
-    let (mut req, body_trip) = match crate::limits::limit_body(rp.max_body, req) {
+    let (mut req, body_trip) = match crate::http::limits::limit_body(rp.max_body, req) {
         Ok(r) => r,
         Err(r) => return local(r, &target.metrics),
     };
     let upstream_h2 = backend.config.protocol == UpstreamProtocol::H2c;
-    let upgrade = match crate::websocket::take(rp.websocket.as_ref(), upstream_h2, &mut req) {
+    let upgrade = match crate::policy::websocket::take(rp.websocket.as_ref(), upstream_h2, &mut req)
+    {
         Ok(u) => u,
         Err(r) => return local(r, &target.metrics),
     };
@@ -254,7 +257,7 @@ where
     let timeout = rule
         .timeout
         .unwrap_or(backend.config.timeouts.request.get());
-    let timeout = crate::grpc::deadline(&parts.headers, timeout);
+    let timeout = crate::http::grpc::deadline(&parts.headers, timeout);
     // Balancing, health, breaker, concurrency limit, retries, credential: see upstream.rs.
     let sent = backend
         .dispatch(
@@ -283,7 +286,7 @@ where
     if let Some(u) = upgrade {
         resp = u.finish(resp);
     }
-    crate::cors::decorate(rp.cors.as_ref(), cors_origin, &mut resp);
+    crate::policy::cors::decorate(rp.cors.as_ref(), cors_origin, &mut resp);
     Outcome {
         response: resp,
         metrics: target.metrics.clone(),

@@ -3,7 +3,7 @@
 //! response. Requests from other origins pass through without CORS headers, so the browser
 //! blocks them (as Envoy and Traefik do).
 
-use crate::body::ProxyBody;
+use crate::http::body::ProxyBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use weir_config::{CorsPolicy, StringMatchType};
@@ -103,7 +103,7 @@ pub fn preflight<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<Response<
     {
         return None;
     }
-    let mut resp = Response::new(crate::body::empty());
+    let mut resp = Response::new(crate::http::body::empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let out = resp.headers_mut();
     out.insert(header::VARY, HeaderValue::from_static("Origin"));

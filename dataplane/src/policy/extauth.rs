@@ -7,9 +7,9 @@
 //! failure is a failure, decided by `failureMode`; any other status denies, and the client
 //! gets that status, the body (up to 64 KiB) and the allowed headers.
 
-use crate::body::{full, ProxyBody};
-use crate::breaker::{Breaker, Mode};
+use crate::http::body::{full, ProxyBody};
 use crate::http::reply::{error_response, ProxyError};
+use crate::upstream::breaker::{Breaker, Mode};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -35,7 +35,8 @@ fn client_for(cfg: &ExtAuth) -> Result<AuthClient, String> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.timeout.get()));
     http.enforce_http(false);
-    let tls = crate::tls::client_config(cfg.ca_file.as_deref(), cfg.url.starts_with("https://"))?;
+    let tls =
+        crate::http::tls::client_config(cfg.ca_file.as_deref(), cfg.url.starts_with("https://"))?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -54,7 +55,7 @@ struct Families {
 fn families() -> &'static Families {
     static F: OnceLock<Families> = OnceLock::new();
     F.get_or_init(|| {
-        let r = &crate::metrics::metrics().registry;
+        let r = &crate::telemetry::metrics::metrics().registry;
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &prometheus::Registry, c: C) -> C {
             if let Err(e) = r.register(Box::new(c.clone())) {
                 tracing::error!(error = %e, "cannot register a metric family");
@@ -180,7 +181,7 @@ impl ExtAuthRt {
             .as_ref()
             .map(|_| f.breaker.with_label_values(&[route]));
         // A new breaker (first config, or a changed `extAuth`) starts closed; an unchanged one
-        // is carried over a reload with its state (see crate::policy::PolicyCarry).
+        // is carried over a reload with its state (see crate::policy::stages::PolicyCarry).
         if let Some(g) = &breaker {
             g.set(0);
         }

@@ -1,7 +1,7 @@
 //! Compiled rule actions: weighted backend choice, header transforms and path rewrites.
 
-use crate::metrics::RouteMetrics;
-use crate::upstream::BackendRt;
+use crate::telemetry::metrics::RouteMetrics;
+use crate::upstream::backend::BackendRt;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +22,10 @@ pub struct RuleRt {
     pub path: Option<PathRewrite>,
     pub timeout: Option<Duration>,
     /// Body limit, WebSocket switch, CORS.
-    pub protocol: crate::protocol::RuleProtocol,
+    pub protocol: crate::policy::protocol::RuleProtocol,
     /// Rate limit, external auth, redirect / direct response, KairosDB mode (see
     /// [`crate::policy`]); `None` when the rule has none.
-    pub policy: Option<Arc<crate::policy::PolicyRt>>,
+    pub policy: Option<Arc<crate::policy::stages::PolicyRt>>,
 }
 
 /// One weighted backend of a rule.

@@ -13,12 +13,12 @@
 //!   A failed backend fails the whole query with a 502 naming its status and metrics, unless
 //!   `allowPartial`: then its metrics get empty results and `x-weir-partial` lists them.
 
-use crate::body::{full, BoxError, ProxyBody};
-use crate::filters::HeaderOps;
+use crate::http::body::{full, BoxError, ProxyBody};
 use crate::http::conn::ConnInfo;
 use crate::http::headers::{add_forwarding, strip_hop_by_hop};
 use crate::http::reply::{error_response, ProxyError};
-use crate::upstream::BackendRt;
+use crate::policy::filters::HeaderOps;
+use crate::upstream::backend::BackendRt;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{
@@ -167,7 +167,7 @@ impl KairosRt {
                 }
             },
         };
-        // Backend requests carry what forwarded requests do (see crate::proxy::forward): the
+        // Backend requests carry what forwarded requests do (see crate::pipeline::proxy::forward): the
         // client's host, X-Forwarded-* / Forwarded, then the rule's request header filters.
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);

@@ -1,7 +1,7 @@
 //! A rule's compiled protocol settings (`rules[].maxRequestBodyBytes`, `websocket`, `cors`);
-//! see [`crate::limits`], [`crate::websocket`] and [`crate::cors`].
+//! see [`crate::http::limits`], [`crate::policy::websocket`] and [`crate::policy::cors`].
 
-use crate::cors::CorsRt;
+use crate::policy::cors::CorsRt;
 use weir_config::{Rule, WebSocketConfig};
 
 #[derive(Debug, Default)]

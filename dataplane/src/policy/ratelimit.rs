@@ -68,7 +68,7 @@ pub enum Decision {
 fn families() -> &'static (IntCounterVec, IntCounterVec) {
     static F: OnceLock<(IntCounterVec, IntCounterVec)> = OnceLock::new();
     F.get_or_init(|| {
-        let r = &crate::metrics::metrics().registry;
+        let r = &crate::telemetry::metrics::metrics().registry;
         let mk = |name: &str, help: &str| {
             let c = IntCounterVec::new(prometheus::Opts::new(name, help), &["route"])
                 .expect("valid metric definition");

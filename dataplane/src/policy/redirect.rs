@@ -1,6 +1,6 @@
 //! Redirects (Gateway API `RequestRedirect`) and fixed direct responses.
 
-use crate::body::{full, ProxyBody};
+use crate::http::body::{full, ProxyBody};
 use crate::http::headers::prefix_matches;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Response, StatusCode};

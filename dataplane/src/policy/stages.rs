@@ -2,14 +2,14 @@
 //! rate limit (429), external authorization (deny / fail closed), then the rule's action when
 //! it is not forwarding: redirect, direct response, or KairosDB query handling.
 
-use crate::body::{BoxError, ProxyBody};
-use crate::extauth::{ExtAuthRt, Outcome as AuthOutcome};
+use crate::http::body::{BoxError, ProxyBody};
 use crate::http::conn::ConnInfo;
 use crate::http::reply::error_response;
-use crate::kairos::KairosRt;
-use crate::ratelimit::{Decision, RateLimiter};
-use crate::redirect::{DirectRt, RedirectInput, RedirectRt};
-use crate::upstream::BackendRt;
+use crate::policy::extauth::{ExtAuthRt, Outcome as AuthOutcome};
+use crate::policy::kairos::KairosRt;
+use crate::policy::ratelimit::{Decision, RateLimiter};
+use crate::policy::redirect::{DirectRt, RedirectInput, RedirectRt};
+use crate::upstream::backend::BackendRt;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! WebSockets through the proxy: an HTTP/1.1 `Upgrade: websocket` handshake, or an RFC 8441
 //! extended CONNECT (`:protocol websocket`) over HTTP/2, is routed like any request and sent
 //! upstream as an HTTP/1.1 upgrade. RFC 9220 extended CONNECT over HTTP/3 takes the same
-//! path; its client side is a byte pipe handed over by `crate::h3_websocket` ([`StreamUpgrade`])
+//! path; its client side is a byte pipe handed over by `crate::listen::h3_websocket` ([`StreamUpgrade`])
 //! instead of a hyper upgrade. When the upstream answers `101`, both sides are upgraded
 //! and bytes are copied both ways until either side closes (the close is propagated by
 //! shutting down the other side's write half) or nothing flows for the rule's
@@ -10,9 +10,9 @@
 //! Metrics: `weir_websocket_upgrades_total{protocol,result}` and
 //! `weir_websocket_tunnels_open{protocol}`.
 
-use crate::body::{empty, ProxyBody};
+use crate::http::body::{empty, ProxyBody};
 use crate::http::reply::error_response;
-use crate::metrics::{metrics, PROTOCOLS};
+use crate::telemetry::metrics::{metrics, PROTOCOLS};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
@@ -112,7 +112,7 @@ enum Client {
 }
 
 impl Client {
-    async fn resolve(self) -> Result<Box<dyn TunnelIo>, crate::body::BoxError> {
+    async fn resolve(self) -> Result<Box<dyn TunnelIo>, crate::http::body::BoxError> {
         match self {
             Client::Hyper(u) => Ok(Box::new(TokioIo::new(u.await?))),
             Client::Stream(rx) => Ok(rx.await?),
@@ -165,7 +165,7 @@ pub fn take<B>(
     let Some(kind) = kind(req) else {
         return Ok(None);
     };
-    let protocol = crate::metrics::protocol_index(req.version());
+    let protocol = crate::telemetry::metrics::protocol_index(req.version());
     let default = WebSocketConfig::default();
     let config = config.unwrap_or(&default);
     if !config.enabled {

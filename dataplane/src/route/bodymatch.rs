@@ -6,9 +6,9 @@
 //! requests that are decided before any body-matching candidate keep streaming. The bytes read
 //! are replayed upstream unchanged, followed by whatever was not read ([`Replay`]).
 
-use crate::body::{BoxError, ProxyBody};
-use crate::filters::RuleRt;
-use crate::router::{RequestView, Router};
+use crate::http::body::{BoxError, ProxyBody};
+use crate::policy::filters::RuleRt;
+use crate::route::router::{RequestView, Router};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -313,7 +313,7 @@ where
         body: None,
     });
     let verdict = match first {
-        crate::router::Lookup::NeedBody => {
+        crate::route::router::Lookup::NeedBody => {
             let (parts, body) = req.into_parts();
             let (bytes, rest) = match read_prefix(Box::pin(body), router.body_cap()).await {
                 Ok(x) => x,
@@ -353,8 +353,8 @@ where
 
 // The error is the reply itself, moved once per request that gets one.
 #[allow(clippy::result_large_err)]
-fn finish<B>(l: crate::router::Lookup, req: Request<Replay<B>>) -> Routed<B> {
-    use crate::router::Lookup;
+fn finish<B>(l: crate::route::router::Lookup, req: Request<Replay<B>>) -> Routed<B> {
+    use crate::route::router::Lookup;
     match l {
         Lookup::Rule(r) => Ok((Some(r), req)),
         Lookup::None | Lookup::NeedBody => Ok((None, req)),

@@ -17,10 +17,10 @@
 //!
 //! `fields` conditions are checked last within an entry, and an entry that needs a body field
 //! is only reached when every entry before it failed: then the body is read once (see
-//! [`crate::bodymatch`]) and the walk resumes from the start with it. Entries decided before
+//! [`crate::route::bodymatch`]) and the walk resumes from the start with it. Entries decided before
 //! any body-matching entry never buffer the body.
 
-use crate::filters::RuleRt;
+use crate::policy::filters::RuleRt;
 use http::{HeaderMap, Method};
 use regex::Regex;
 use std::collections::HashMap;
@@ -97,7 +97,7 @@ pub struct RequestView<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     /// The body read so far, once an entry needed a body field.
-    pub body: Option<&'a crate::bodymatch::BodyView>,
+    pub body: Option<&'a crate::route::bodymatch::BodyView>,
 }
 
 /// The outcome of [`Router::lookup`].
@@ -336,11 +336,13 @@ impl Router {
             if e.cond.fields.is_empty() {
                 return Lookup::Rule(e.rule.clone());
             }
-            match crate::bodymatch::eval(&e.cond.fields, req.headers, req.body) {
-                crate::bodymatch::Verdict::Yes => return Lookup::Rule(e.rule.clone()),
-                crate::bodymatch::Verdict::No => {}
-                crate::bodymatch::Verdict::NeedBody => return Lookup::NeedBody,
-                crate::bodymatch::Verdict::Reject(s, c, m) => return Lookup::Reject(s, c, m),
+            match crate::route::bodymatch::eval(&e.cond.fields, req.headers, req.body) {
+                crate::route::bodymatch::Verdict::Yes => return Lookup::Rule(e.rule.clone()),
+                crate::route::bodymatch::Verdict::No => {}
+                crate::route::bodymatch::Verdict::NeedBody => return Lookup::NeedBody,
+                crate::route::bodymatch::Verdict::Reject(s, c, m) => {
+                    return Lookup::Reject(s, c, m)
+                }
             }
         }
         Lookup::None
@@ -358,7 +360,7 @@ struct MatchCond {
     method: Option<Method>,
     headers: Vec<(http::HeaderName, ValueCond)>,
     query: Vec<(String, ValueCond)>,
-    fields: Vec<crate::bodymatch::FieldCond>,
+    fields: Vec<crate::route::bodymatch::FieldCond>,
 }
 
 impl MatchCond {
@@ -438,7 +440,7 @@ impl MatchCond {
         }
         let mut fields = Vec::new();
         for (i, f) in m.fields.iter().enumerate() {
-            match crate::bodymatch::FieldCond::new(f) {
+            match crate::route::bodymatch::FieldCond::new(f) {
                 Ok(c) => fields.push(c),
                 Err(e) => errs.push(format!("{p}.fields[{i}]"), e),
             }
@@ -525,7 +527,7 @@ routes:
 "#;
 
     fn find(
-        rt: &crate::runtime::Runtime,
+        rt: &crate::runtime::compile::Runtime,
         host: &str,
         method: &str,
         uri: &str,

@@ -1,9 +1,9 @@
 //! `Snapshot -> Runtime`: the compiled tables one config version serves with.
 
-use crate::filters::{HeaderOps, RuleRt, Target};
-use crate::metrics::{metrics, ListenerMetrics, RouteMetrics};
-use crate::router::Router;
-use crate::upstream::BackendRt;
+use crate::policy::filters::{HeaderOps, RuleRt, Target};
+use crate::route::router::Router;
+use crate::telemetry::metrics::{metrics, ListenerMetrics, RouteMetrics};
+use crate::upstream::backend::BackendRt;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ pub struct ListenerRt {
     pub tcp_metrics: ListenerMetrics,
     /// Connection metric handles of the QUIC side, when HTTP/3 is on.
     pub quic_metrics: Option<ListenerMetrics>,
-    /// Request limits and timeouts (see [`crate::limits`]).
+    /// Request limits and timeouts (see [`crate::http::limits`]).
     pub limits: weir_config::ListenerLimits,
     /// HTTP/1.1 + HTTP/2 connection builder configured with `limits`.
     pub http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
@@ -51,7 +51,7 @@ pub struct Runtime {
     /// The certificate files as they were when this runtime read them.
     pub cert_stamps: Vec<CertStamp>,
     /// Rate-limit and ext-auth state, carried into the next version where unchanged.
-    pub policies: crate::policy::PolicyState,
+    pub policies: crate::policy::stages::PolicyState,
 }
 
 /// (path, length and modification time) of a certificate or key file.
@@ -93,14 +93,14 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         let tls = match l.protocol {
             ListenerProtocol::Http => None,
             ListenerProtocol::Https => {
-                crate::tls::listener_tls(l.tls.as_ref(), &path, h3.is_some(), &mut errs)
+                crate::http::tls::listener_tls(l.tls.as_ref(), &path, h3.is_some(), &mut errs)
             }
         };
         let mut quic = None;
         let mut alt_svc = None;
         if let (Some(settings), Some(rustls_cfg)) = (h3, tls.as_ref().and_then(|t| t.quic.clone()))
         {
-            match crate::tls::quic_server_config(rustls_cfg, &settings) {
+            match crate::http::tls::quic_server_config(rustls_cfg, &settings) {
                 Ok(server_config) => {
                     // The port clients reach us on (a Service may map 443 to our 8443).
                     alt_svc = weir_config::AdvertisedPort::resolve(
@@ -136,7 +136,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
             ),
             quic_metrics,
             limits: l.limits.clone(),
-            http: crate::limits::http_builder(&l.limits),
+            http: crate::http::limits::http_builder(&l.limits),
         });
     }
 
@@ -161,11 +161,11 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
             .clone()
     };
     // Rate-limit buckets and ext-auth caches/breakers of unchanged policies are kept.
-    let mut policy_carry = crate::policy::PolicyCarry::new(prev.map(|p| &p.policies));
+    let mut policy_carry = crate::policy::stages::PolicyCarry::new(prev.map(|p| &p.policies));
     for route in &snapshot.routes {
         let route_name: Arc<str> = route.name.as_str().into();
         let mut per_route = Vec::new();
-        let route_policy = crate::policy::RoutePolicy::new(route, &mut policy_carry);
+        let route_policy = crate::policy::stages::RoutePolicy::new(route, &mut policy_carry);
         for (ui, rule) in route.rules.iter().enumerate() {
             let mut cum = 0u64;
             let mut targets = Vec::new();
@@ -186,13 +186,13 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 route: route_name.clone(),
                 rule_index: ui,
                 backends: targets,
-                no_backend_metrics: pair(&route.name, crate::metrics::NONE),
+                no_backend_metrics: pair(&route.name, crate::telemetry::metrics::NONE),
                 total_weight: cum,
                 request_headers: HeaderOps::compile(&rule.filters.request_headers),
                 response_headers: HeaderOps::compile(&rule.filters.response_headers),
                 path: rule.filters.path.clone(),
                 timeout: rule.timeout.map(|t| t.get()),
-                protocol: crate::protocol::RuleProtocol::compile(rule),
+                protocol: crate::policy::protocol::RuleProtocol::compile(rule),
                 policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
             }));
         }
@@ -222,8 +222,8 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
     })
 }
 
-impl crate::metrics::StateSource for Runtime {
-    fn export_state(&self, m: &crate::metrics::Metrics) {
-        crate::upstream::export_gauges(&self.backends, m);
+impl crate::telemetry::metrics::StateSource for Runtime {
+    fn export_state(&self, m: &crate::telemetry::metrics::Metrics) {
+        crate::upstream::backend::export_gauges(&self.backends, m);
     }
 }

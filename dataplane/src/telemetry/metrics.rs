@@ -595,7 +595,7 @@ impl Metrics {
         self.sink_attempts.reset();
         self.sink_queue.reset();
         self.sink_last_success.reset();
-        for h in crate::shipper::handles() {
+        for h in crate::telemetry::shipper::handles() {
             let s = &h.stats;
             let n = h.name.as_str();
             for (result, c) in [

@@ -6,9 +6,9 @@
 //! upstream body error, or when the server drops the body early (the client went away).
 //! Nothing here buffers: bodies are wrapped and bytes counted as frames pass.
 
-use crate::body::{BoxError, ProxyBody};
-use crate::metrics::{metrics, Finished, RouteMetrics, PROTOCOLS};
-use crate::tracecontext::TraceContext;
+use crate::http::body::{BoxError, ProxyBody};
+use crate::http::tracecontext::TraceContext;
+use crate::telemetry::metrics::{metrics, Finished, RouteMetrics, PROTOCOLS};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use prometheus::IntGauge;
@@ -106,8 +106,8 @@ pub struct Exchange {
     pub attempts: u32,
     pub error: Option<&'static str>,
     pub trace: TraceContext,
-    /// The request's span when it is sampled and exported ([`crate::otel`]).
-    pub span: Option<Box<crate::otel::RequestSpan>>,
+    /// The request's span when it is sampled and exported ([`crate::telemetry::otel`]).
+    pub span: Option<Box<crate::telemetry::otel::RequestSpan>>,
     pub bytes_in: Arc<AtomicU64>,
     pub in_flight: InFlightGuard,
 }
@@ -135,12 +135,14 @@ impl Exchange {
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
         self.metrics.record(&Finished {
             protocol: self.protocol,
-            method: crate::metrics::method_index(&self.method),
+            method: crate::telemetry::metrics::method_index(&self.method),
             status: self.status,
             duration,
             bytes_in,
             bytes_out,
-            error: self.error.and_then(crate::metrics::error_kind_index),
+            error: self
+                .error
+                .and_then(crate::telemetry::metrics::error_kind_index),
             body_error: end == End::UpstreamError,
         });
         if access_log_enabled() {
@@ -168,9 +170,9 @@ impl Exchange {
             );
         }
         if let Some(span) = self.span {
-            crate::otel::finish(
+            crate::telemetry::otel::finish(
                 span,
-                crate::otel::Ended {
+                crate::telemetry::otel::Ended {
                     method: &self.method,
                     host: self.host.as_deref(),
                     path: self.path.as_deref(),
@@ -187,9 +189,9 @@ impl Exchange {
                 },
             );
         }
-        if crate::shipper::shipping_logs() {
+        if crate::telemetry::shipper::shipping_logs() {
             // Captured, not formatted (the sinks' tasks encode); the strings are moved.
-            crate::shipper::ship_access(crate::shipper::AccessEvent {
+            crate::telemetry::shipper::ship_access(crate::telemetry::shipper::AccessEvent {
                 time: std::time::SystemTime::now(),
                 listener: self.listener,
                 client: self.client,

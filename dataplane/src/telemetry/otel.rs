@@ -21,8 +21,8 @@
 //!
 //! The OpenTelemetry SDK is not used: see README "Tracing" for why.
 
-use crate::shipper::{Gather, Queue, SinkHandle};
-use crate::tracecontext::TraceContext;
+use crate::http::tracecontext::TraceContext;
+use crate::telemetry::shipper::{Gather, Queue, SinkHandle};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -262,7 +262,7 @@ fn env_sink() -> Option<&'static EnvSink> {
 }
 
 /// Shutdown: the `OTEL_*` exporter sends the spans still queued and ends; the caller waits on
-/// the task (bounded, see [`crate::shipper::shutdown`]).
+/// the task (bounded, see [`crate::telemetry::shipper::shutdown`]).
 pub(crate) fn close_env() -> Option<tokio::task::JoinHandle<()>> {
     let s = ENV_SINK.get()?.as_ref()?;
     let _ = s.close.send(true);
@@ -275,13 +275,13 @@ pub fn env_handle() -> Option<Arc<SinkHandle>> {
 }
 
 /// Records a snapshot's `tracing` section; it takes effect with the [`set_trace_sinks`] that
-/// follows in the same config apply (from [`crate::shipper::reconcile`]).
+/// follows in the same config apply (from [`crate::telemetry::shipper::reconcile`]).
 pub fn configure(tracing: Option<&TracingConfig>) {
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
     st.tracing = tracing.cloned();
 }
 
-/// The sinks that take spans, from [`crate::shipper::reconcile`]; applies the sampler and
+/// The sinks that take spans, from [`crate::telemetry::shipper::reconcile`]; applies the sampler and
 /// resource too. Needs a Tokio runtime (starts the `OTEL_*` exporter when first needed).
 pub fn set_trace_sinks(sinks: Vec<Arc<SinkHandle>>) {
     let mut st = STATE.lock().unwrap_or_else(|e| e.into_inner());
@@ -458,8 +458,8 @@ impl RequestSpan {
     ) {
         let span_id = nonzero_u64();
         headers.insert(
-            crate::tracecontext::TRACEPARENT.clone(),
-            crate::fastfmt::traceparent(self.trace_id, span_id, 0x01),
+            crate::http::tracecontext::TRACEPARENT.clone(),
+            crate::http::fastfmt::traceparent(self.trace_id, span_id, 0x01),
         );
         let start = self.now();
         self.attempts.push(Attempt {
@@ -513,7 +513,7 @@ impl FinishedSpan {
     }
 }
 
-/// What the exchange knew when it ended (see [`crate::observe`]).
+/// What the exchange knew when it ended (see [`crate::telemetry::observe`]).
 pub struct Ended<'a> {
     pub method: &'a http::Method,
     pub host: Option<&'a str>,
@@ -820,7 +820,9 @@ struct SpanOut<'a> {
 impl SpanOut<'_> {
     /// Writes the span's fields around `attrs` (field 9, already encoded).
     fn write(&self, out: &mut Vec<u8>, attrs: &[u8]) {
-        use crate::sinkenc::{bytes_field, fixed64, key, varint, varint_field, I32, LEN};
+        use crate::telemetry::sinkenc::{
+            bytes_field, fixed64, key, varint, varint_field, I32, LEN,
+        };
         bytes_field(out, 1, self.trace_id);
         bytes_field(out, 2, &self.span_id.to_be_bytes());
         if let Some(p) = self.parent {
@@ -848,7 +850,7 @@ impl SpanOut<'_> {
             let mlen = if m.is_empty() {
                 0
             } else {
-                1 + crate::sinkenc::varint_len(m.len() as u64) + m.len()
+                1 + crate::telemetry::sinkenc::varint_len(m.len() as u64) + m.len()
             };
             key(out, 15, LEN);
             varint(out, (mlen + 2) as u64);
@@ -869,9 +871,9 @@ fn encode_spans(
     out: &mut Vec<u8>,
     f: &FinishedSpan,
     route_id: impl FnOnce() -> u64,
-    sc: &mut crate::sinkenc::Scratch,
+    sc: &mut crate::telemetry::sinkenc::Scratch,
 ) {
-    use crate::sinkenc::{bytes_field, kv, Val};
+    use crate::telemetry::sinkenc::{bytes_field, kv, Val};
     const ATTR: u8 = 9;
     let s = &f.span;
     let trace_id = s.trace_id.to_be_bytes();
@@ -886,7 +888,7 @@ fn encode_spans(
         sc.text.push(' ');
         sc.text.push_str(r);
     }
-    crate::sinkenc::set_ip(&mut sc.ip, f.client.ip());
+    crate::telemetry::sinkenc::set_ip(&mut sc.ip, f.client.ip());
     attrs.clear();
     kv(&mut attrs, ATTR, "http.request.method", Val::Str(method));
     kv(
@@ -1059,12 +1061,12 @@ fn encode_trace_request_with(
     resource: &Resource,
     mut route_id: impl FnMut() -> u64,
 ) -> Vec<u8> {
-    let mut sc = crate::sinkenc::Scratch::default();
+    let mut sc = crate::telemetry::sinkenc::Scratch::default();
     let mut spans = Vec::with_capacity(batch.len() * 1200);
     for f in batch {
         encode_spans(&mut spans, f, &mut route_id, &mut sc);
     }
-    crate::sinkenc::envelope(resource, &scope(), &spans)
+    crate::telemetry::sinkenc::envelope(resource, &scope(), &spans)
 }
 
 fn start_nanos() -> u64 {
@@ -1216,7 +1218,7 @@ pub fn signal_url(endpoint: &str, signal: Signal, grpc: bool) -> String {
 /// once `close` is set (logs, traces), and the others (metrics).
 pub fn start_sink(
     handle: &Arc<SinkHandle>,
-    logs: Option<mpsc::Receiver<Arc<crate::shipper::AccessEvent>>>,
+    logs: Option<mpsc::Receiver<Arc<crate::telemetry::shipper::AccessEvent>>>,
     traces: Option<mpsc::Receiver<Arc<FinishedSpan>>>,
     close: watch::Receiver<bool>,
     gather: Option<Gather>,
@@ -1255,7 +1257,7 @@ pub fn start_sink(
 
 /// Sends encoded export requests of one signal to one destination.
 struct Poster {
-    client: Result<crate::shipper::HttpClient, String>,
+    client: Result<crate::telemetry::shipper::HttpClient, String>,
     uri: Result<http::Uri, String>,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
     grpc: bool,
@@ -1291,7 +1293,7 @@ impl Poster {
             })
             .collect();
         Poster {
-            client: crate::shipper::client_for(&sink, grpc),
+            client: crate::telemetry::shipper::client_for(&sink, grpc),
             uri: url.parse().map_err(|e| format!("url {url:?}: {e}")),
             headers,
             grpc,
@@ -1426,7 +1428,8 @@ async fn log_task(h: Arc<SinkHandle>, mut q: Queue, poster: Poster) {
     let c = &h.config;
     while let Some(batch) = q.next_batch(c.batch_size(), c.flush_interval()).await {
         // Records written straight into the body (see `sinkenc`): no per-event prost message.
-        let body = crate::sinkenc::otlp_logs_request(&batch, &current_resource(), &scope());
+        let body =
+            crate::telemetry::sinkenc::otlp_logs_request(&batch, &current_resource(), &scope());
         let n = batch.len() as u64;
         drop(batch);
         match poster.post(&h, Bytes::from(body)).await {

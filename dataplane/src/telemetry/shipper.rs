@@ -13,7 +13,7 @@
 //! - `syslog`: each access log as one RFC 5424 message, one per UDP datagram or octet-counted
 //!   on TCP (reconnecting after a failure).
 //! - `otlp`: access logs, metrics and request spans over OTLP/HTTP protobuf, see
-//!   [`crate::otel`].
+//!   [`crate::telemetry::otel`].
 //!
 //! [`reconcile`] runs after every config apply: sinks whose name and settings are unchanged
 //! keep running (and their counters); changed ones are replaced, removed ones stopped (items
@@ -37,7 +37,7 @@ use weir_config::{Sink, SinkSignal, SinkType, SyslogTransport};
 
 /// One finished request, as handed to the log sinks: captured on the request path without
 /// formatting (the strings are moved out of the exchange); each sink's task encodes it (see
-/// [`crate::sinkenc`]).
+/// [`crate::telemetry::sinkenc`]).
 #[derive(Debug, Clone)]
 pub struct AccessEvent {
     pub time: SystemTime,
@@ -97,7 +97,7 @@ pub struct SinkHandle {
     pub stats: SinkStats,
     logs: Option<mpsc::Sender<Arc<AccessEvent>>>,
     /// Finished request spans (`otlp` sinks shipping traces).
-    traces: Option<mpsc::Sender<Arc<crate::otel::FinishedSpan>>>,
+    traces: Option<mpsc::Sender<Arc<crate::telemetry::otel::FinishedSpan>>>,
 }
 
 impl SinkHandle {
@@ -105,7 +105,7 @@ impl SinkHandle {
         name: &str,
         config: &Sink,
         logs: Option<mpsc::Sender<Arc<AccessEvent>>>,
-        traces: Option<mpsc::Sender<Arc<crate::otel::FinishedSpan>>>,
+        traces: Option<mpsc::Sender<Arc<crate::telemetry::otel::FinishedSpan>>>,
     ) -> SinkHandle {
         SinkHandle {
             name: name.to_string(),
@@ -133,7 +133,7 @@ impl SinkHandle {
     }
 
     /// Queues a finished request span; never waits. A full queue drops it and counts.
-    pub(crate) fn queue_span(&self, span: Arc<crate::otel::FinishedSpan>) {
+    pub(crate) fn queue_span(&self, span: Arc<crate::telemetry::otel::FinishedSpan>) {
         if let Some(tx) = &self.traces {
             let n = span.span_count();
             if tx.try_send(span).is_err() {
@@ -207,7 +207,7 @@ pub fn reconcile(sinks: &BTreeMap<String, Sink>, gather: Gather) {
         .collect();
     SHIPPING_LOGS.store(!logs.is_empty(), Ordering::Relaxed);
     LOG_SINKS.store((!logs.is_empty()).then(|| Arc::new(logs)));
-    crate::otel::set_trace_sinks(
+    crate::telemetry::otel::set_trace_sinks(
         running
             .values()
             .filter(|r| r.handle.traces.is_some())
@@ -231,7 +231,7 @@ pub async fn shutdown(grace: Duration) {
         waits.append(&mut r.flush);
         // `r` drops here: its other tasks (metrics) stop.
     }
-    waits.extend(crate::otel::close_env());
+    waits.extend(crate::telemetry::otel::close_env());
     if waits.is_empty() {
         return;
     }
@@ -251,7 +251,7 @@ pub fn handles() -> Vec<Arc<SinkHandle>> {
         .unwrap_or_else(|e| e.into_inner())
         .values()
         .map(|r| r.handle.clone())
-        .chain(crate::otel::env_handle())
+        .chain(crate::telemetry::otel::env_handle())
         .collect()
 }
 
@@ -319,7 +319,8 @@ fn start(name: &str, sink: &Sink, gather: Gather) -> Running {
     match sink.kind {
         SinkType::Otlp => {
             let gather = sink.ships(SinkSignal::Metrics).then_some(gather);
-            let (f, t) = crate::otel::start_sink(&handle, rx, traces_rx, close_rx, gather);
+            let (f, t) =
+                crate::telemetry::otel::start_sink(&handle, rx, traces_rx, close_rx, gather);
             flush = f;
             tasks = t;
         }
@@ -361,12 +362,14 @@ pub(crate) type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>,
 #[derive(Clone)]
 pub(crate) enum SinkClient {
     Http(Box<HttpClient>),
-    H3(Arc<crate::sink_h3::H3Client>),
+    H3(Arc<crate::telemetry::sink_h3::H3Client>),
 }
 
 fn sink_client(sink: &Sink) -> Result<SinkClient, String> {
     Ok(match sink.transport() {
-        SyslogTransport::Http3 => SinkClient::H3(Arc::new(crate::sink_h3::H3Client::new(sink)?)),
+        SyslogTransport::Http3 => {
+            SinkClient::H3(Arc::new(crate::telemetry::sink_h3::H3Client::new(sink)?))
+        }
         _ => SinkClient::Http(Box::new(http_client(sink)?)),
     })
 }
@@ -417,9 +420,9 @@ pub(crate) fn client_for(sink: &Sink, h2: bool) -> Result<HttpClient, String> {
     let https_needed =
         sink.endpoint.starts_with("https://") || sink.metrics_endpoint().starts_with("https://");
     let tls = if sink.tls_verify() {
-        crate::tls::client_config(sink.ca_file.as_deref(), https_needed)?
+        crate::http::tls::client_config(sink.ca_file.as_deref(), https_needed)?
     } else {
-        crate::tls::client_config_no_verify()?
+        crate::http::tls::client_config_no_verify()?
     };
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -528,7 +531,10 @@ async fn http_logs(
     let mut q = Queue::new(rx, close);
     while let Some(batch) = q.next_batch(c.batch_size(), c.flush_interval()).await {
         // Written straight into the body: no per-event `serde_json::Value`.
-        let body = Bytes::from(crate::sinkenc::ecs_batch(&batch, c.source_name()));
+        let body = Bytes::from(crate::telemetry::sinkenc::ecs_batch(
+            &batch,
+            c.source_name(),
+        ));
         let n = batch.len() as u64;
         drop(batch);
         match post(&h, &client, &uri, body).await {
@@ -669,7 +675,7 @@ pub fn metric_objects(families: &[MetricFamily], now_ms: u64) -> Vec<serde_json:
 pub fn syslog_message(e: &AccessEvent, sink: &Sink) -> String {
     let ip = e.client.ip().to_string();
     let mut line = String::with_capacity(128);
-    crate::sinkenc::access_line(&mut line, e, &ip);
+    crate::telemetry::sinkenc::access_line(&mut line, e, &ip);
     let severity = if e.status >= 500 { 3 } else { 6 };
     let pri = u32::from(sink.facility()) * 8 + severity;
     let sd_escape = |v: &str| {
@@ -688,7 +694,7 @@ pub fn syslog_message(e: &AccessEvent, sink: &Sink) -> String {
         e.status,
         sd_escape(e.method.as_str()),
         e.duration.as_secs_f64() * 1000.0,
-        crate::tracecontext::TraceId(e.trace_id),
+        crate::http::tracecontext::TraceId(e.trace_id),
         line
     )
 }
@@ -837,9 +843,11 @@ mod tests {
 
     #[test]
     fn ecs_fields() {
-        let d: serde_json::Value =
-            serde_json::from_slice(&crate::sinkenc::ecs_batch(&[Arc::new(event())], "edge"))
-                .unwrap();
+        let d: serde_json::Value = serde_json::from_slice(&crate::telemetry::sinkenc::ecs_batch(
+            &[Arc::new(event())],
+            "edge",
+        ))
+        .unwrap();
         let d = &d[0];
         assert_eq!(d["@timestamp"], "2023-11-14T22:13:20.123Z");
         assert_eq!(d["ecs"]["version"], "8.0.0");

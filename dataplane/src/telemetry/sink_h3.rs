@@ -1,7 +1,7 @@
 //! HTTP/3 transport of `httpJson` sinks (`transport: http3`): batches are POSTed over QUIC +
 //! HTTP/3 (quinn, h3). One connection per endpoint authority is kept and reused for every
 //! batch; a connection that failed or closed is replaced on the next send. Retries, backoff
-//! and counters are the shipper's (see [`crate::shipper`]).
+//! and counters are the shipper's (see [`crate::telemetry::shipper`]).
 
 use bytes::{Buf, Bytes};
 use std::collections::HashMap;
@@ -40,9 +40,9 @@ impl H3Client {
     /// TLS from `caFile` / system roots, or no verification with `tlsVerify: false`; ALPN h3.
     pub(crate) fn new(sink: &Sink) -> Result<H3Client, String> {
         let mut tls = if sink.tls_verify() {
-            crate::tls::client_config(sink.ca_file.as_deref(), true)?
+            crate::http::tls::client_config(sink.ca_file.as_deref(), true)?
         } else {
-            crate::tls::client_config_no_verify()?
+            crate::http::tls::client_config_no_verify()?
         };
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)

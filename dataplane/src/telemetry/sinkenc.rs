@@ -8,7 +8,7 @@
 //! are the same as serializing the equivalent `serde_json::Value` (keys sorted, compact) or
 //! prost message (fields by tag, proto3 defaults omitted); the tests compare both.
 
-use crate::shipper::AccessEvent;
+use crate::telemetry::shipper::AccessEvent;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
@@ -141,7 +141,7 @@ pub(crate) fn http_version(protocol: &str) -> &'static str {
 
 pub(crate) fn set_ip(s: &mut String, ip: IpAddr) {
     s.clear();
-    crate::fastfmt::push_ip(s, ip);
+    crate::http::fastfmt::push_ip(s, ip);
 }
 
 /// The access line of an ECS document's `message` (and of syslog messages):
@@ -542,7 +542,7 @@ mod tests {
     use std::time::Duration;
 
     fn event(i: u64) -> AccessEvent {
-        crate::shipper::sample_event(i)
+        crate::telemetry::shipper::sample_event(i)
     }
 
     /// Events covering every optional field and odd characters.
@@ -636,7 +636,7 @@ mod tests {
         doc
     }
 
-    use crate::otel::{kv_int, kv_str};
+    use crate::telemetry::otel::{kv_int, kv_str};
 
     fn old_log_record(e: &AccessEvent) -> LogRecord {
         let t = unix_nanos(e.time);

@@ -4,14 +4,14 @@
 //! concurrency limit → retry loop { circuit breaker → balancer → try (per-try timeout) →
 //! outlier detection } with a retry budget and backoff.
 
-use crate::balancer::Balancer;
-use crate::body::{boxed, BoxError, ProxyBody};
-use crate::breaker::{Breaker, BreakerView, Mode};
-use crate::health::{clock_ms, EndpointState, InFlight, Outcome};
+use crate::http::body::{boxed, BoxError, ProxyBody};
 use crate::http::reply::error_response;
-use crate::metrics::{BackendMetrics, Metrics};
-use crate::pool::{Checkin, Pool, PoolError, PoolSettings};
-use crate::retry::{backoff, is_idempotent, Budget, Replay};
+use crate::telemetry::metrics::{BackendMetrics, Metrics};
+use crate::upstream::balancer::Balancer;
+use crate::upstream::breaker::{Breaker, BreakerView, Mode};
+use crate::upstream::health::{clock_ms, EndpointState, InFlight, Outcome};
+use crate::upstream::pool::{Checkin, Pool, PoolError, PoolSettings};
+use crate::upstream::retry::{backoff, is_idempotent, Budget, Replay};
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{
@@ -322,7 +322,7 @@ impl BackendRt {
                 connect_timeout: config.timeouts.connect.get(),
                 idle_timeout: config.pool.idle_timeout.get(),
                 max_idle: config.pool.max_idle_per_endpoint,
-                excess_idle_grace: crate::pool::EXCESS_IDLE_GRACE,
+                excess_idle_grace: crate::upstream::pool::EXCESS_IDLE_GRACE,
             };
             let prev_pools = match warm.map(|p| (&p.endpoints, &p.conns)) {
                 Some((eps, Conns::H1(pools))) => Some((eps, pools)),
@@ -455,14 +455,14 @@ impl BackendRt {
         mut headers: HeaderMap,
         body: ProxyBody,
         timeout: Duration,
-        mut span: Option<&mut crate::otel::RequestSpan>,
+        mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
     ) -> Dispatched {
         let deadline = Instant::now() + timeout;
         // A placeholder, cheap to make: every path below replaces it (the loop runs at least
         // once, and each try sets `last` or an error reply). Building the JSON error reply up
         // front cost about a tenth of a proxied request's instructions.
         let mut out = Dispatched {
-            response: Err(Response::new(crate::body::empty())),
+            response: Err(Response::new(crate::http::body::empty())),
             upstream: None,
             attempts: 0,
         };
@@ -576,7 +576,7 @@ impl BackendRt {
             };
             let body = match &replay {
                 Some(r) => r.attempt(),
-                None => only_body.take().unwrap_or_else(crate::body::empty),
+                None => only_body.take().unwrap_or_else(crate::http::body::empty),
             };
             let mut req = Request::new(body);
             *req.method_mut() = method.clone();

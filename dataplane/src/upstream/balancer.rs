@@ -4,7 +4,7 @@
 //! Every pick takes an eligibility predicate (available, not tried yet) so the caller decides
 //! what is in rotation; the policies only choose among eligible endpoints.
 
-use crate::upstream::EndpointRt;
+use crate::upstream::backend::EndpointRt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -120,7 +120,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::EndpointState;
+    use crate::upstream::health::EndpointState;
     use std::sync::Arc;
 
     fn eps(weights: &[u32]) -> Vec<EndpointRt> {

@@ -28,8 +28,8 @@
 //!
 //! The pool's mutex is held only to push or pop; nothing awaits under it.
 
-use crate::body::ProxyBody;
-use crate::upstream::CountedIo;
+use crate::http::body::ProxyBody;
+use crate::upstream::backend::CountedIo;
 use http::uri::Authority;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -518,7 +518,7 @@ mod tests {
     fn get() -> Request<ProxyBody> {
         Request::builder()
             .uri("/")
-            .body(crate::body::empty())
+            .body(crate::http::body::empty())
             .unwrap()
     }
 
@@ -764,7 +764,7 @@ mod tests {
 
     impl http_body::Body for ChanBody {
         type Data = bytes::Bytes;
-        type Error = crate::body::BoxError;
+        type Error = crate::http::body::BoxError;
 
         fn poll_frame(
             mut self: std::pin::Pin<&mut Self>,
@@ -834,7 +834,7 @@ mod tests {
         let (body_tx, body_rx) = tokio::sync::mpsc::unbounded_channel();
         body_tx.send(bytes::Bytes::from_static(b"hello")).unwrap();
         let req = Request::post("/")
-            .body(crate::body::boxed(ChanBody(body_rx)))
+            .body(crate::http::body::boxed(ChanBody(body_rx)))
             .unwrap();
         let (resp, checkin) = pool.send(req).await.unwrap();
         body_is_ok(resp).await;

@@ -1,7 +1,7 @@
 //! Retry helpers: the replayable request body, the retry budget, backoff, idempotency.
 
-use crate::body::{BoxError, ProxyBody};
-use crate::breaker::Window;
+use crate::http::body::{BoxError, ProxyBody};
+use crate::upstream::breaker::Window;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
@@ -240,7 +240,7 @@ impl Body for AttemptBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::body::{boxed, full};
+    use crate::http::body::{boxed, full};
     use futures_util::stream;
     use http_body_util::StreamBody;
 
@@ -284,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn empty_body_ends_at_once() {
-        let r = Replay::new(crate::body::empty());
+        let r = Replay::new(crate::http::body::empty());
         let a = r.attempt();
         assert!(a.is_end_stream());
         assert_eq!(a.size_hint().exact(), Some(0));
