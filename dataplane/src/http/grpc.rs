@@ -8,7 +8,7 @@
 use crate::http::body::{empty, ProxyBody};
 use crate::http::reply::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::Response;
 use std::time::Duration;
 
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -72,21 +72,6 @@ pub fn deadline(headers: &HeaderMap, timeout: Duration) -> Duration {
     }
 }
 
-/// The gRPC status for a reply the proxy made itself.
-fn status_for(status: StatusCode, error: &str) -> u8 {
-    match (status.as_u16(), error) {
-        (_, "upstream_timeout") => code::DEADLINE_EXCEEDED,
-        (400, _) => code::INTERNAL,
-        (401, _) => code::UNAUTHENTICATED,
-        (403, _) => code::PERMISSION_DENIED,
-        (404, _) => code::UNIMPLEMENTED,
-        (413 | 414 | 431, _) => code::RESOURCE_EXHAUSTED,
-        (504, _) => code::DEADLINE_EXCEEDED,
-        (429 | 502 | 503, _) => code::UNAVAILABLE,
-        _ => code::UNKNOWN,
-    }
-}
-
 /// For a gRPC request, turns a reply the proxy made itself into a trailers-only gRPC
 /// response (HTTP 200, `grpc-status` and `grpc-message` headers, no body); other responses
 /// are returned untouched.
@@ -114,7 +99,7 @@ pub fn local_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     );
     h.insert(
         GRPC_STATUS.clone(),
-        HeaderValue::from(u16::from(status_for(status, err.0))),
+        HeaderValue::from(u16::from(err.0.grpc_code(status))),
     );
     let msg = format!("weir: {} ({})", err.0, status.as_u16());
     if let Ok(v) = HeaderValue::from_str(&msg) {
@@ -126,6 +111,8 @@ pub fn local_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::reply::ErrorKind;
+    use http::StatusCode;
 
     #[test]
     fn timeouts_parse() {
@@ -158,7 +145,7 @@ mod tests {
     fn proxy_errors_become_grpc_statuses() {
         let r = local_error(crate::http::reply::error_response(
             StatusCode::NOT_FOUND,
-            "no_route",
+            ErrorKind::NoRoute,
             "x",
         ));
         assert_eq!(r.status(), StatusCode::OK);
@@ -166,13 +153,13 @@ mod tests {
         assert_eq!(r.headers()["content-type"], "application/grpc");
         let r = local_error(crate::http::reply::error_response(
             StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
+            ErrorKind::UpstreamTimeout,
             "x",
         ));
         assert_eq!(r.headers()["grpc-status"], "4");
         let r = local_error(crate::http::reply::error_response(
             StatusCode::BAD_GATEWAY,
-            "upstream_connect_error",
+            ErrorKind::UpstreamConnectError,
             "x",
         ));
         assert_eq!(r.headers()["grpc-status"], "14");

@@ -7,7 +7,7 @@
 //! limits are checked here, the same way for every protocol, before routing.
 
 use crate::http::body::{BoxError, ProxyBody};
-use crate::http::reply::error_response;
+use crate::http::reply::{error_response, ErrorKind};
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -86,7 +86,7 @@ pub fn check_head<B>(limits: &RequestLimits, req: &Request<B>) -> Option<Respons
     if uri_len > limits.max_uri_bytes {
         return Some(error_response(
             StatusCode::URI_TOO_LONG,
-            "uri_too_long",
+            ErrorKind::UriTooLong,
             &format!(
                 "request target is {uri_len} bytes; the limit is {}",
                 limits.max_uri_bytes
@@ -97,7 +97,7 @@ pub fn check_head<B>(limits: &RequestLimits, req: &Request<B>) -> Option<Respons
     if headers.len() > limits.max_headers {
         return Some(error_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "too_many_headers",
+            ErrorKind::TooManyHeaders,
             &format!(
                 "request has {} header fields; the limit is {}",
                 headers.len(),
@@ -113,7 +113,7 @@ pub fn check_head<B>(limits: &RequestLimits, req: &Request<B>) -> Option<Respons
     if size > limits.max_header_bytes {
         return Some(error_response(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
+            ErrorKind::HeadersTooLarge,
             &format!(
                 "request headers are {size} bytes; the limit is {}",
                 limits.max_header_bytes
@@ -126,7 +126,7 @@ pub fn check_head<B>(limits: &RequestLimits, req: &Request<B>) -> Option<Respons
 fn body_too_large(max: u64) -> Response<ProxyBody> {
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        ErrorKind::BodyTooLarge,
         &format!("request body is larger than the route's limit of {max} bytes"),
     )
 }

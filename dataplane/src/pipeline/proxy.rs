@@ -4,7 +4,7 @@
 
 use crate::http::body::{boxed, BoxError, ProxyBody};
 use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop};
-use crate::http::reply::{error_response, ProxyError};
+use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::http::tracecontext::TraceContext;
 use crate::policy::filters::rewrite_path;
 use crate::runtime::compile::Runtime;
@@ -122,7 +122,7 @@ where
     let Some(rt) = runtime else {
         let r = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no_config",
+            ErrorKind::NoConfig,
             "no configuration loaded yet",
         );
         return Outcome::local(r, metrics::metrics().no_route());
@@ -131,7 +131,11 @@ where
         return Outcome::local(r, metrics::metrics().no_route());
     }
     let Some(host) = request_host(&req) else {
-        let r = error_response(StatusCode::BAD_REQUEST, "no_host", "request has no Host");
+        let r = error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::NoHost,
+            "request has no Host",
+        );
         return Outcome::local(r, metrics::metrics().no_route());
     };
     // Route on, and forward, the path with dot segments resolved, so `/api/../admin` can
@@ -148,7 +152,7 @@ where
     }
     let Some(rule) = rule else {
         let msg = format!("no route for host {host:?} and path {path:?}");
-        let r = error_response(StatusCode::NOT_FOUND, "no_route", &msg);
+        let r = error_response(StatusCode::NOT_FOUND, ErrorKind::NoRoute, &msg);
         return Outcome::local(r, metrics::metrics().no_route());
     };
     // CORS preflights are answered before auth and rate limits (browsers send no credentials).
@@ -177,7 +181,7 @@ where
     let Some(target) = rule.pick_backend() else {
         let r = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no_backend",
+            ErrorKind::NoBackend,
             "route has no backend with weight",
         );
         return local(r, &rule.no_backend_metrics);
@@ -211,7 +215,7 @@ where
     let pq = match pq {
         Ok(pq) => pq,
         Err(e) => {
-            let r = error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string());
+            let r = error_response(StatusCode::BAD_REQUEST, ErrorKind::BadPath, &e.to_string());
             return local(r, &target.metrics);
         }
     };

@@ -8,7 +8,7 @@
 //! gets that status, the body (up to 64 KiB) and the allowed headers.
 
 use crate::http::body::{full, ProxyBody};
-use crate::http::reply::{error_response, ProxyError};
+use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::upstream::breaker::{Breaker, Mode};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -311,7 +311,11 @@ impl ExtAuthRt {
             }
             FailureMode::FailClosed => {
                 self.m.fm_denied.inc();
-                Outcome::Respond(error_response(self.status_on_error, "ext_auth_error", why))
+                Outcome::Respond(error_response(
+                    self.status_on_error,
+                    ErrorKind::ExtAuthError,
+                    why,
+                ))
             }
         }
     }
@@ -329,7 +333,8 @@ impl ExtAuthRt {
                 for (n, v) in headers {
                     resp.headers_mut().append(n, v);
                 }
-                resp.extensions_mut().insert(ProxyError("ext_auth_denied"));
+                resp.extensions_mut()
+                    .insert(ProxyError(ErrorKind::ExtAuthDenied));
                 Outcome::Respond(resp)
             }
         }

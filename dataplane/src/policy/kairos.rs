@@ -16,7 +16,7 @@
 use crate::http::body::{full, BoxError, ProxyBody};
 use crate::http::conn::ConnInfo;
 use crate::http::headers::{add_forwarding, strip_hop_by_hop};
-use crate::http::reply::{error_response, ProxyError};
+use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::policy::filters::HeaderOps;
 use crate::upstream::backend::BackendRt;
 use bytes::Bytes;
@@ -68,7 +68,8 @@ fn kairos_error(status: StatusCode, msgs: Vec<String>) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    r.extensions_mut().insert(ProxyError("kairos_error"));
+    r.extensions_mut()
+        .insert(ProxyError(ErrorKind::KairosError));
     r
 }
 
@@ -163,7 +164,11 @@ impl KairosRt {
             }) {
                 Ok(pq) => pq,
                 Err(e) => {
-                    return error_response(StatusCode::BAD_REQUEST, "bad_path", &e.to_string())
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        ErrorKind::BadPath,
+                        &e.to_string(),
+                    )
                 }
             },
         };

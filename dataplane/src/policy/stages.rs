@@ -4,7 +4,7 @@
 
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::conn::ConnInfo;
-use crate::http::reply::error_response;
+use crate::http::reply::{error_response, ErrorKind};
 use crate::policy::extauth::{ExtAuthRt, Outcome as AuthOutcome};
 use crate::policy::kairos::KairosRt;
 use crate::policy::ratelimit::{Decision, RateLimiter};
@@ -172,7 +172,7 @@ impl PolicyRt {
             {
                 let mut r = error_response(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
+                    ErrorKind::RateLimited,
                     &format!("rate limit exceeded; retry in {retry_after_secs}s"),
                 );
                 r.headers_mut()

@@ -11,7 +11,7 @@
 //! `weir_websocket_tunnels_open{protocol}`.
 
 use crate::http::body::{empty, ProxyBody};
-use crate::http::reply::error_response;
+use crate::http::reply::{error_response, ErrorKind};
 use crate::telemetry::metrics::{metrics, PROTOCOLS};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -172,7 +172,7 @@ pub fn take<B>(
         count(protocol, "disabled");
         return Err(error_response(
             StatusCode::FORBIDDEN,
-            "websocket_disabled",
+            ErrorKind::WebsocketDisabled,
             "WebSockets are turned off for this route",
         ));
     }
@@ -180,7 +180,7 @@ pub fn take<B>(
         count(protocol, "failed");
         return Err(error_response(
             StatusCode::BAD_GATEWAY,
-            "websocket_unsupported",
+            ErrorKind::WebsocketUnsupported,
             "the route's backend speaks h2c; WebSockets need an http1 backend",
         ));
     }
@@ -236,7 +236,7 @@ impl Upgrade {
             if resp.status().is_success() {
                 return error_response(
                     StatusCode::BAD_GATEWAY,
-                    "websocket_not_upgraded",
+                    ErrorKind::WebsocketNotUpgraded,
                     "the upstream answered the WebSocket handshake without switching protocols",
                 );
             }

@@ -7,6 +7,7 @@
 //! are replayed upstream unchanged, followed by whatever was not read ([`Replay`]).
 
 use crate::http::body::{BoxError, ProxyBody};
+use crate::http::reply::ErrorKind;
 use crate::policy::filters::RuleRt;
 use crate::route::router::{RequestView, Router};
 use bytes::{Bytes, BytesMut};
@@ -107,7 +108,7 @@ pub enum Verdict {
     No,
     NeedBody,
     /// `onBodyError: reject`: answer this status, error code and message.
-    Reject(StatusCode, &'static str, String),
+    Reject(StatusCode, ErrorKind, String),
 }
 
 /// Scalars as their text (strings without quotes); objects, arrays and null are no value.
@@ -148,7 +149,7 @@ pub fn eval(fields: &[FieldCond], headers: &HeaderMap, body: Option<&BodyView>) 
         let Some(body) = body else {
             return Verdict::NeedBody;
         };
-        let fail = |status: StatusCode, code: &'static str, msg: String| {
+        let fail = |status: StatusCode, code: ErrorKind, msg: String| {
             if f.reject {
                 Verdict::Reject(status, code, msg)
             } else {
@@ -158,7 +159,7 @@ pub fn eval(fields: &[FieldCond], headers: &HeaderMap, body: Option<&BodyView>) 
         if !body.complete || body.bytes.len() > f.max {
             return fail(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                ErrorKind::BodyTooLarge,
                 format!(
                     "routing reads at most {} body bytes and this body is larger",
                     f.max
@@ -168,7 +169,7 @@ pub fn eval(fields: &[FieldCond], headers: &HeaderMap, body: Option<&BodyView>) 
         let Some(json) = body.json() else {
             return fail(
                 StatusCode::BAD_REQUEST,
-                "body_not_json",
+                ErrorKind::BodyNotJson,
                 "routing needs a JSON body and this one does not parse".into(),
             );
         };
@@ -178,7 +179,7 @@ pub fn eval(fields: &[FieldCond], headers: &HeaderMap, body: Option<&BodyView>) 
             None => {
                 return fail(
                     StatusCode::BAD_REQUEST,
-                    "body_not_json",
+                    ErrorKind::BodyNotJson,
                     "routing needs a JSON body field that this body does not have".into(),
                 )
             }
@@ -320,7 +321,7 @@ where
                 Err(e) => {
                     return Err(crate::http::reply::error_response(
                         StatusCode::BAD_REQUEST,
-                        "body_not_json",
+                        ErrorKind::BodyNotJson,
                         &format!("reading the request body failed: {e}"),
                     ))
                 }

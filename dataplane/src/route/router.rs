@@ -109,7 +109,7 @@ pub enum Lookup {
     /// An entry needs a JSON body field; look up again with `body` set.
     NeedBody,
     /// A `fields` condition with `onBodyError: reject` rejected the body.
-    Reject(http::StatusCode, &'static str, String),
+    Reject(http::StatusCode, crate::http::reply::ErrorKind, String),
 }
 
 impl MatchCond {

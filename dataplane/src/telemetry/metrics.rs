@@ -16,6 +16,7 @@
 //! Label values are config names (routes, backends, listeners, endpoints) and fixed enums;
 //! never paths, hosts or client addresses.
 
+use crate::http::reply::ErrorKind;
 use http::{Method, Version};
 use prometheus::core::Collector;
 use prometheus::{
@@ -35,36 +36,9 @@ pub const METHODS: [&str; 10] = [
 /// `status_class` label values.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `kind` label values of `weir_proxy_errors_total`: the `error` codes of the JSON replies
-/// the proxy makes, plus `upstream_body_error` (an upstream body that failed midway).
-pub const ERROR_KINDS: [&str; 25] = [
-    "no_config",
-    "no_host",
-    "no_route",
-    "no_backend",
-    "bad_path",
-    "no_endpoint",
-    "no_healthy_endpoint",
-    "circuit_open",
-    "backend_overloaded",
-    "upstream_connect_error",
-    "upstream_error",
-    "upstream_timeout",
-    "upstream_body_error",
-    // Limits and WebSockets (limits.rs, websocket.rs).
-    "uri_too_long",
-    "too_many_headers",
-    "headers_too_large",
-    "body_too_large",
-    "websocket_disabled",
-    "websocket_unsupported",
-    "websocket_not_upgraded",
-    // Policies (ratelimit.rs, extauth.rs, bodymatch.rs, kairos.rs).
-    "rate_limited",
-    "ext_auth_denied",
-    "ext_auth_error",
-    "body_not_json",
-    "kairos_error",
-];
+/// the proxy makes, plus `upstream_body_error` (an upstream body that failed midway); indexed
+/// by [`ErrorKind::index`].
+pub const ERROR_KINDS: [&str; ErrorKind::CODES.len()] = ErrorKind::CODES;
 /// `transport` label values of the connection families.
 pub const TRANSPORTS: [&str; 3] = ["tcp", "tls", "quic"];
 /// Label value for "none" (no route matched, no backend chosen).
@@ -118,8 +92,9 @@ pub fn status_class_index(status: u16) -> usize {
     (usize::from(status / 100)).clamp(1, 5) - 1
 }
 
+/// The metric index of an `error` code (the request path uses [`ErrorKind::index`] directly).
 pub fn error_kind_index(kind: &str) -> Option<usize> {
-    ERROR_KINDS.iter().position(|k| *k == kind)
+    ErrorKind::from_code(kind).map(ErrorKind::index)
 }
 
 /// The process-wide metrics.
@@ -770,9 +745,7 @@ impl RouteMetrics {
         }
         if f.body_error {
             // By name: kinds were appended after it (limits, WebSockets, policies).
-            if let Some(kind) = error_kind_index("upstream_body_error") {
-                self.error(kind);
-            }
+            self.error(ErrorKind::UpstreamBodyError.index());
         }
     }
 }

@@ -7,6 +7,7 @@
 //! Nothing here buffers: bodies are wrapped and bytes counted as frames pass.
 
 use crate::http::body::{BoxError, ProxyBody};
+use crate::http::reply::ErrorKind;
 use crate::http::tracecontext::TraceContext;
 use crate::telemetry::metrics::{metrics, Finished, RouteMetrics, PROTOCOLS};
 use bytes::Bytes;
@@ -104,7 +105,7 @@ pub struct Exchange {
     pub metrics: Arc<RouteMetrics>,
     pub upstream: Option<String>,
     pub attempts: u32,
-    pub error: Option<&'static str>,
+    pub error: Option<ErrorKind>,
     pub trace: TraceContext,
     /// The request's span when it is sampled and exported ([`crate::telemetry::otel`]).
     pub span: Option<Box<crate::telemetry::otel::RequestSpan>>,
@@ -140,9 +141,7 @@ impl Exchange {
             duration,
             bytes_in,
             bytes_out,
-            error: self
-                .error
-                .and_then(crate::telemetry::metrics::error_kind_index),
+            error: self.error.map(ErrorKind::index),
             body_error: end == End::UpstreamError,
         });
         if access_log_enabled() {
@@ -162,7 +161,7 @@ impl Exchange {
                 backend = &*self.metrics.backend,
                 upstream = self.upstream.as_deref().unwrap_or("-"),
                 attempts = self.attempts,
-                error = self.error.unwrap_or("-"),
+                error = self.error.map_or("-", ErrorKind::code),
                 end = end.as_str(),
                 trace_id = %self.trace.trace_id(),
                 span_id = %self.trace.span_id(),
@@ -182,7 +181,7 @@ impl Exchange {
                     backend: &self.metrics.backend,
                     listener: &self.listener,
                     client: self.client,
-                    error: self.error,
+                    error: self.error.map(ErrorKind::code),
                     end: end.as_str(),
                     bytes_in,
                     bytes_out,
@@ -207,7 +206,7 @@ impl Exchange {
                 backend: self.metrics.backend.clone(),
                 upstream: self.upstream,
                 attempts: self.attempts,
-                error: self.error,
+                error: self.error.map(ErrorKind::code),
                 end: end.as_str(),
                 trace_id: self.trace.trace_id,
                 span_id: self.trace.span_id,

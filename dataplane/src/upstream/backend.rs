@@ -5,7 +5,7 @@
 //! outlier detection } with a retry budget and backoff.
 
 use crate::http::body::{boxed, BoxError, ProxyBody};
-use crate::http::reply::error_response;
+use crate::http::reply::{error_response, ErrorKind};
 use crate::telemetry::metrics::{BackendMetrics, Metrics};
 use crate::upstream::balancer::Balancer;
 use crate::upstream::breaker::{Breaker, BreakerView, Mode};
@@ -469,7 +469,7 @@ impl BackendRt {
         if self.endpoints.is_empty() {
             out.response = Err(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "no_endpoint",
+                ErrorKind::NoEndpoint,
                 &format!("backend {:?} has no endpoints", self.name),
             ));
             return out;
@@ -487,7 +487,7 @@ impl BackendRt {
                         self.metrics.overloaded.inc();
                         out.response = Err(error_response(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "backend_overloaded",
+                            ErrorKind::BackendOverloaded,
                             &format!(
                                 "backend {:?} is at maxConcurrentRequests ({}) and no slot freed within {:?}",
                                 self.name,
@@ -531,7 +531,7 @@ impl BackendRt {
                         if last.is_none() {
                             out.response = Err(error_response(
                                 StatusCode::SERVICE_UNAVAILABLE,
-                                "circuit_open",
+                                ErrorKind::CircuitOpen,
                                 &format!("the circuit breaker of backend {:?} is open", self.name),
                             ));
                         }
@@ -543,7 +543,7 @@ impl BackendRt {
                 if last.is_none() {
                     out.response = Err(error_response(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "no_healthy_endpoint",
+                        ErrorKind::NoHealthyEndpoint,
                         &format!("backend {:?} has no healthy endpoint", self.name),
                     ));
                 }
@@ -567,7 +567,7 @@ impl BackendRt {
                     Err(e) => {
                         out.response = Err(error_response(
                             StatusCode::BAD_REQUEST,
-                            "bad_path",
+                            ErrorKind::BadPath,
                             &e.to_string(),
                         ));
                         return out;
@@ -647,11 +647,15 @@ impl BackendRt {
                     let (failure, code, what) = if e.is_connect() {
                         (
                             Failure::Connect,
-                            "upstream_connect_error",
+                            ErrorKind::UpstreamConnectError,
                             "cannot connect to",
                         )
                     } else {
-                        (Failure::Reset, "upstream_error", "request failed at")
+                        (
+                            Failure::Reset,
+                            ErrorKind::UpstreamError,
+                            "request failed at",
+                        )
                     };
                     last = Some(Last::Local(error_response(
                         StatusCode::BAD_GATEWAY,
@@ -669,7 +673,7 @@ impl BackendRt {
                     }
                     last = Some(Last::Local(error_response(
                         StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
+                        ErrorKind::UpstreamTimeout,
                         &format!("upstream {} did not answer within {limit:?}", ep.authority),
                     )));
                     if per_try.is_none() {
