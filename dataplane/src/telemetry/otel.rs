@@ -109,22 +109,11 @@ pub struct EnvConfig {
 }
 
 fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(hi), Some(lo)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    // Malformed escapes stay as they are and invalid UTF-8 becomes U+FFFD, as the W3C baggage
+    // format asks of a lenient reader.
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `k1=v1,k2=v2` (W3C baggage-like, values percent-decoded), as `OTEL_RESOURCE_ATTRIBUTES`
@@ -1470,6 +1459,23 @@ async fn metrics_task(h: Arc<SinkHandle>, gather: Gather, poster: Poster) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pairs_are_percent_decoded_leniently() {
+        let got =
+            parse_pairs("service.name=edge%20proxy, team = a%2Cb ,bad=%zz%4,=x,utf=%C3%A9%FF");
+        let want = [
+            ("service.name", "edge proxy"),
+            ("team", "a,b"),
+            ("bad", "%zz%4"),
+            ("utf", "\u{e9}\u{fffd}"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn env_precedence_and_parsing() {
