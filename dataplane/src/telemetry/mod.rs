@@ -1,6 +1,7 @@
 //! Layer 1: the metrics registry and its handles, request observation (access log, spans),
 //! OTLP export and the telemetry sinks with their encoders.
 
+pub mod backoff;
 pub mod metrics;
 pub mod observe;
 pub mod otel;

@@ -1305,15 +1305,14 @@ impl Poster {
         let client = self.client.as_ref().map_err(|e| e.clone())?;
         let uri = self.uri.as_ref().map_err(|e| e.clone())?;
         let timeout = h.config.timeout();
-        let mut backoff = Duration::from_millis(100);
         let mut last = String::new();
         const ATTEMPTS: u32 = 3;
+        let mut waits = crate::telemetry::backoff::send_waits(ATTEMPTS);
         for attempt in 1..=ATTEMPTS {
             if attempt > 1 {
-                let jitter =
-                    Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                if let Some(wait) = waits.next() {
+                    tokio::time::sleep(wait).await;
+                }
             }
             let mut req =
                 http::Request::post(uri.clone()).header(http::header::USER_AGENT, "weir-dataplane");

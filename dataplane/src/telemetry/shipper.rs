@@ -443,12 +443,8 @@ pub(crate) struct Queue<T = Arc<AccessEvent>> {
     close: watch::Receiver<bool>,
     closing: bool,
     /// The wait after the next batch that cannot be sent.
-    pause: Duration,
+    pause: crate::telemetry::backoff::Pause,
 }
-
-/// Waits after a batch that could not be sent, doubling up to the maximum; reset by a success.
-const FIRST_PAUSE: Duration = Duration::from_secs(1);
-const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 impl<T> Queue<T> {
     pub(crate) fn new(rx: mpsc::Receiver<T>, close: watch::Receiver<bool>) -> Queue<T> {
@@ -456,7 +452,7 @@ impl<T> Queue<T> {
             rx,
             close,
             closing: false,
-            pause: FIRST_PAUSE,
+            pause: Default::default(),
         }
     }
 
@@ -467,17 +463,16 @@ impl<T> Queue<T> {
         if self.closing {
             return;
         }
-        let pause = self.pause;
-        self.pause = (pause * 2).min(MAX_PAUSE);
+        let pause = self.pause.next_pause();
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = self.close.changed() => self.closing = true,
         }
     }
 
-    /// A batch was sent: the next failure waits [`FIRST_PAUSE`] again.
+    /// A batch was sent: the next failure waits the first pause again.
     pub(crate) fn succeeded(&mut self) {
-        self.pause = FIRST_PAUSE;
+        self.pause.reset();
     }
 
     /// The next event; once closing, only what is already queued, then `None`.
@@ -592,13 +587,13 @@ async fn post(
 ) -> Result<(), String> {
     let c = &h.config;
     let client = client.as_ref().map_err(|e| e.clone())?;
-    let mut backoff = Duration::from_millis(100);
+    let mut waits = crate::telemetry::backoff::send_waits(MAX_ATTEMPTS);
     let mut last = String::new();
     for attempt in 1..=MAX_ATTEMPTS {
         if attempt > 1 {
-            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
-            tokio::time::sleep(backoff + jitter).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            if let Some(wait) = waits.next() {
+                tokio::time::sleep(wait).await;
+            }
         }
         let mut req = http::Request::post(uri.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
