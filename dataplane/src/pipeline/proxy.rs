@@ -6,7 +6,7 @@ use crate::http::body::{boxed, BoxError, ProxyBody};
 use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop};
 use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::http::tracecontext::TraceContext;
-use crate::policy::filters::rewrite_path;
+use crate::policy::filters::{rewrite_path, RuleRt, Target};
 use crate::runtime::compile::Runtime;
 use crate::telemetry::metrics::{self, RouteMetrics};
 use crate::telemetry::observe::{
@@ -109,6 +109,20 @@ impl Outcome {
     }
 }
 
+/// The request stages, in the order [`forward`] runs them. Each returns the request (or what
+/// the next stage needs) or the reply to send instead; a new stage goes where its inputs exist
+/// (README, "Where do I add X").
+///
+/// 1. [`admit`]: a config is loaded, the head is within the listener's limits, there is a host.
+/// 2. route: the router picks the rule ([`crate::route::bodymatch::route`] reads the body only
+///    when a body-field condition is reached).
+/// 3. rule stages: CORS preflight ([`crate::policy::cors`]), the rule's policy stages
+///    ([`crate::policy::stages::PolicyRt::apply`]: rate limit, external auth, redirect / direct
+///    response, KairosDB), the backend pick, the body limit and the WebSocket handshake.
+/// 4. [`upstream_request`]: path rewrite, hop-by-hop and forwarding headers, request filters.
+/// 5. dispatch: [`crate::upstream::backend::BackendRt::dispatch`] (balancing, health, breaker,
+///    concurrency limit, retries).
+/// 6. [`respond`]: response filters, body-limit outcome, WebSocket switch, CORS headers.
 async fn forward<B>(
     runtime: Option<Arc<Runtime>>,
     conn: &ConnInfo,
@@ -119,30 +133,15 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let Some(rt) = runtime else {
-        let r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::NoConfig,
-            "no configuration loaded yet",
-        );
-        return Outcome::local(r, metrics::metrics().no_route());
+    // 1. Admit.
+    let (rt, host) = match admit(runtime, conn, &req) {
+        Ok(x) => x,
+        Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
     };
-    if let Some(r) = crate::http::limits::check_head(&conn.limits, &req) {
-        return Outcome::local(r, metrics::metrics().no_route());
-    }
-    let Some(host) = request_host(&req) else {
-        let r = error_response(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::NoHost,
-            "request has no Host",
-        );
-        return Outcome::local(r, metrics::metrics().no_route());
-    };
-    // Route on, and forward, the path with dot segments resolved, so `/api/../admin` can
-    // neither slip past a `/api` prefix rule nor reach a backend that resolves it itself.
+    // 2. Route, on the path with dot segments resolved, so `/api/../admin` can neither slip
+    // past a `/api` prefix rule nor reach a backend that resolves it itself.
     let path = normalize_path(req.uri().path()).into_owned();
     let route_start = span.as_ref().map(|s| s.now());
-    // Reads the body only when a body-field match is reached (see crate::route::bodymatch).
     let (rule, req) = match crate::route::bodymatch::route(&rt.router, &host, &path, req).await {
         Ok(x) => x,
         Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
@@ -155,11 +154,11 @@ where
         let r = error_response(StatusCode::NOT_FOUND, ErrorKind::NoRoute, &msg);
         return Outcome::local(r, metrics::metrics().no_route());
     };
-    // CORS preflights are answered before auth and rate limits (browsers send no credentials).
+    // 3. Rule stages. CORS preflights are answered before auth and rate limits (browsers send
+    // no credentials).
     if let Some(r) = crate::policy::cors::preflight(rule.protocol.cors.as_ref(), &req) {
         return Outcome::local(r, rule.no_backend_metrics.clone());
     }
-    // Protocol hooks: body limit, WebSocket handshake, CORS headers (see their modules).
     let rp = &rule.protocol;
     // Replies the proxy makes from here on (429, auth denials, redirects, 413, …) carry the
     // CORS headers too, so browsers can read them (as Envoy does for local replies).
@@ -168,9 +167,9 @@ where
         crate::policy::cors::decorate(rp.cors.as_ref(), cors_origin.clone(), &mut r);
         Outcome::local(r, m.clone())
     };
-    // Rate limit, external auth, redirect / direct response, KairosDB (crate::policy).
     // Boxed: its future (~6.5 KiB, for external auth and KairosDB) would otherwise be part of
-    // every request's future, copied whole when an HTTP/3 request's future is boxed.
+    // every request's future, copied whole when an HTTP/3 request's future is boxed. Free when
+    // the rule has no policy stage (`None`).
     let req = match &rule.policy {
         None => req,
         Some(p) => match Box::pin(p.apply(conn, &host, &path, rule.timeout, req)).await {
@@ -198,7 +197,85 @@ where
         Err(r) => return local(r, &target.metrics),
     };
 
+    // 4. The upstream request.
     let (mut parts, body) = req.into_parts();
+    let (pq, version) =
+        match upstream_request(&rule, target, conn, path, &mut parts, upgrade.as_ref()) {
+            Ok(x) => x,
+            Err(r) => return local(r, &target.metrics),
+        };
+    let timeout = rule
+        .timeout
+        .unwrap_or(backend.config.timeouts.request.get());
+    let timeout = crate::http::grpc::deadline(&parts.headers, timeout);
+    // 5. Dispatch: balancing, health, breaker, concurrency limit, retries, credential.
+    let sent = backend
+        .dispatch(
+            parts.method,
+            pq,
+            version,
+            parts.headers,
+            boxed(body),
+            timeout,
+            span,
+        )
+        .await;
+    // 6. Respond.
+    let resp = respond(&rule, sent.response, body_trip, upgrade, cors_origin);
+    Outcome {
+        response: resp,
+        metrics: target.metrics.clone(),
+        upstream: sent.upstream,
+        attempts: sent.attempts,
+    }
+}
+
+/// Stage 1: the runtime serving now and the request's host, or the reply when there is no
+/// config yet, the head breaks the listener's limits, or there is no host.
+// The Err is the reply itself, made on the rare path and moved out once; as the other
+// stages that answer locally (limits::limit_body, websocket::take) do, it is not boxed.
+#[allow(clippy::result_large_err)]
+fn admit<B>(
+    runtime: Option<Arc<Runtime>>,
+    conn: &ConnInfo,
+    req: &Request<B>,
+) -> Result<(Arc<Runtime>, String), Response<ProxyBody>> {
+    let Some(rt) = runtime else {
+        return Err(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoConfig,
+            "no configuration loaded yet",
+        ));
+    };
+    if let Some(r) = crate::http::limits::check_head(&conn.limits, req) {
+        return Err(r);
+    }
+    let Some(host) = request_host(req) else {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::NoHost,
+            "request has no Host",
+        ));
+    };
+    Ok((rt, host))
+}
+
+/// Stage 4: turns the client's request head into the upstream's: rewritten path (with the
+/// query), hop-by-hop headers removed, forwarding headers and `Host`, `TE: trailers` for h2c
+/// gRPC, the rule's request filters, the WebSocket handshake headers. Returns the path and
+/// query and the HTTP version to send, or a `400 bad_path` reply.
+// The Err is the reply itself, made on the rare path and moved out once; as the other
+// stages that answer locally (limits::limit_body, websocket::take) do, it is not boxed.
+#[allow(clippy::result_large_err)]
+fn upstream_request(
+    rule: &RuleRt,
+    target: &Target,
+    conn: &ConnInfo,
+    path: String,
+    parts: &mut http::request::Parts,
+    upgrade: Option<&crate::policy::websocket::Upgrade>,
+) -> Result<(PathAndQuery, Version), Response<ProxyBody>> {
+    let backend = &target.backend;
     let path = match &rule.path {
         Some(rw) => rewrite_path(rw, &path),
         None => path,
@@ -215,8 +292,11 @@ where
     let pq = match pq {
         Ok(pq) => pq,
         Err(e) => {
-            let r = error_response(StatusCode::BAD_REQUEST, ErrorKind::BadPath, &e.to_string());
-            return local(r, &target.metrics);
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::BadPath,
+                &e.to_string(),
+            ));
         }
     };
     // The host the client asked for goes upstream unchanged. A request-target authority
@@ -249,7 +329,7 @@ where
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     rule.request_headers.apply(&mut parts.headers);
-    if let Some(u) = &upgrade {
+    if let Some(u) = upgrade {
         u.prepare(&mut parts.method, &mut parts.headers);
     }
     let version = if h2 {
@@ -257,24 +337,20 @@ where
     } else {
         Version::HTTP_11
     };
+    Ok((pq, version))
+}
 
-    let timeout = rule
-        .timeout
-        .unwrap_or(backend.config.timeouts.request.get());
-    let timeout = crate::http::grpc::deadline(&parts.headers, timeout);
-    // Balancing, health, breaker, concurrency limit, retries, credential: see upstream.rs.
-    let sent = backend
-        .dispatch(
-            parts.method,
-            pq,
-            version,
-            parts.headers,
-            boxed(body),
-            timeout,
-            span,
-        )
-        .await;
-    let resp = match sent.response {
+/// Stage 6: the client's response from what dispatch returned (the upstream's response with
+/// hop-by-hop headers removed and the rule's response filters applied, or the proxy's own
+/// reply), then the body limit's outcome, the WebSocket switch and the CORS headers.
+fn respond(
+    rule: &RuleRt,
+    sent: Result<Response<ProxyBody>, Response<ProxyBody>>,
+    body_trip: Option<crate::http::limits::BodyTrip>,
+    upgrade: Option<crate::policy::websocket::Upgrade>,
+    cors_origin: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    let resp = match sent {
         Err(local) => local,
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
@@ -290,11 +366,6 @@ where
     if let Some(u) = upgrade {
         resp = u.finish(resp);
     }
-    crate::policy::cors::decorate(rp.cors.as_ref(), cors_origin, &mut resp);
-    Outcome {
-        response: resp,
-        metrics: target.metrics.clone(),
-        upstream: sent.upstream,
-        attempts: sent.attempts,
-    }
+    crate::policy::cors::decorate(rule.protocol.cors.as_ref(), cors_origin, &mut resp);
+    resp
 }
