@@ -15,17 +15,8 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
-/// gRPC status codes used here.
-pub mod code {
-    pub const UNKNOWN: u8 = 2;
-    pub const DEADLINE_EXCEEDED: u8 = 4;
-    pub const PERMISSION_DENIED: u8 = 7;
-    pub const RESOURCE_EXHAUSTED: u8 = 8;
-    pub const UNIMPLEMENTED: u8 = 12;
-    pub const INTERNAL: u8 = 13;
-    pub const UNAVAILABLE: u8 = 14;
-    pub const UNAUTHENTICATED: u8 = 16;
-}
+/// gRPC status codes used here (declared with the local replies they are chosen for).
+pub use crate::http::reply::grpc_code as code;
 
 /// Whether the request is gRPC (`application/grpc`, `application/grpc+proto`, …).
 pub fn is_grpc(headers: &HeaderMap) -> bool {

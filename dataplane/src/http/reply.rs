@@ -7,10 +7,21 @@
 //! the reply's status, the gRPC status a gRPC client gets instead ([`ErrorKind::grpc_code`]).
 
 use crate::http::body::{full, ProxyBody};
-use crate::http::grpc::code;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
+
+/// gRPC status codes a local reply can map to (see [`ErrorKind::grpc_code`]).
+pub mod grpc_code {
+    pub const UNKNOWN: u8 = 2;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
+}
 
 /// Declares [`ErrorKind`] with its codes in one list, so a code, its variant and its metric
 /// index cannot drift apart.
@@ -83,6 +94,7 @@ impl ErrorKind {
 
     /// The gRPC status for a reply of this kind sent with `status`.
     pub fn grpc_code(self, status: StatusCode) -> u8 {
+        use grpc_code as code;
         if self == ErrorKind::UpstreamTimeout {
             return code::DEADLINE_EXCEEDED;
         }
