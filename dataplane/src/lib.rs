@@ -18,10 +18,10 @@
 //! - 4 `route`: the router and body-field conditions
 //! - 5 `runtime`: compiling a snapshot into rules, backends and listeners; reload carry-over
 //! - 6 `pipeline`: [`pipeline::proxy::handle`], the request path every front door uses
-//! - 7 `listen`: the front doors (QUIC/HTTP-3, HTTP/3 WebSocket) and their [`listen::live::Live`]
-//!   handle
-//! - 8 `server` `admin` `ui` `echo`: the running dataplane (TCP listeners, reload, shutdown),
-//!   the admin API and status page, the demo backend
+//! - 7 `listen`: the front doors (TCP plain/TLS, QUIC/HTTP-3, HTTP/3 WebSocket) and their
+//!   [`listen::live::Live`] handle
+//! - 8 `server` `admin` `ui` `echo`: the running dataplane (binding listeners, reload,
+//!   shutdown), the admin API and status page, the demo backend
 //! <!-- layers: end -->
 
 pub mod admin;

@@ -1,26 +1,18 @@
-//! The running dataplane: the current runtime, its listeners, reload and graceful shutdown.
+//! The running dataplane: the current runtime, its listeners (bound here, served by the front
+//! doors in [`crate::listen`]), reload and graceful shutdown.
 
-use crate::http::conn::ConnInfo;
 use crate::listen::live::Live;
-use crate::pipeline::proxy;
 use crate::runtime::{cert_stamps, compile, CertStamp, ListenerRt, Runtime};
-use crate::telemetry::metrics::{metrics, Handshake};
+use crate::telemetry::metrics::metrics;
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
-use weir_config::{ConfigError, Errors, ListenerProtocol, Snapshot};
-
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use weir_config::{ConfigError, Errors, Snapshot};
 
 struct RunningListener {
     settings: Arc<ArcSwap<ListenerRt>>,
@@ -49,7 +41,6 @@ pub struct Dataplane {
     live: Arc<Live>,
     /// Held while a config is applied, so applies never interleave.
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, RunningListener>>,
-    graceful: Mutex<Option<GracefulShutdown>>,
     /// The file SIGHUP re-reads, when started with one.
     pub config_path: Option<PathBuf>,
 }
@@ -59,7 +50,6 @@ impl Dataplane {
         Arc::new(Dataplane {
             live: Arc::new(Live::default()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
-            graceful: Mutex::new(Some(GracefulShutdown::new())),
             config_path,
         })
     }
@@ -276,30 +266,13 @@ impl Dataplane {
 
     fn spawn_listener(self: &Arc<Self>, l: ListenerRt, sock: TcpListener) -> RunningListener {
         let settings = Arc::new(ArcSwap::from_pointee(l));
-        let (stop, mut stop_rx) = watch::channel(false);
-        let dp = self.clone();
-        let s = settings.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = stop_rx.changed() => break,
-                    accepted = sock.accept() => match accepted {
-                        Ok((stream, remote)) => {
-                            let dp = dp.clone();
-                            let l = s.load_full();
-                            tokio::spawn(async move { dp.serve_connection(stream, remote, l).await });
-                        }
-                        Err(e) => {
-                            // Usually EMFILE; back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            s.load().tcp_metrics.rejected("accept_error");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                }
-            }
-        });
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(crate::listen::tcp::accept_loop(
+            self.live.clone(),
+            sock,
+            settings.clone(),
+            stop_rx,
+        ));
         RunningListener {
             settings,
             stop,
@@ -327,97 +300,6 @@ impl Dataplane {
         }
     }
 
-    async fn serve_connection(
-        self: Arc<Self>,
-        stream: TcpStream,
-        remote: SocketAddr,
-        l: Arc<ListenerRt>,
-    ) {
-        let _ = stream.set_nodelay(true);
-        // Connections silent for the listener's idleTimeout are closed (TLS handshake included).
-        let stream = crate::http::limits::IdleIo::new(stream, l.limits.idle_timeout.get());
-        let Some(watcher) = self
-            .graceful
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().map(|g| g.watcher()))
-        else {
-            l.tcp_metrics.rejected("shutting_down");
-            return;
-        };
-        let _open = l.tcp_metrics.accepted();
-        let info = Arc::new(ConnInfo {
-            remote,
-            listener: l.name.as_str().into(),
-            scheme: match l.protocol {
-                ListenerProtocol::Http => "http",
-                ListenerProtocol::Https => "https",
-            },
-            alt_svc: l.alt_svc.clone(),
-            limits: (&l.limits).into(),
-        });
-        let dp = self.clone();
-        // Set once a request head is complete (see limits::first_request_deadline).
-        let seen = Arc::new(AtomicBool::new(false));
-        let seen_svc = seen.clone();
-        let header_timeout = l.limits.header_read_timeout.get();
-        let svc = hyper::service::service_fn(move |req| {
-            let dp = dp.clone();
-            let info = info.clone();
-            if !seen_svc.load(Ordering::Relaxed) {
-                seen_svc.store(true, Ordering::Relaxed);
-            }
-            async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), &info, req).await) }
-        });
-        let result = match &l.tls {
-            None => {
-                let conn = l
-                    .http
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                crate::http::limits::first_request_deadline(
-                    watcher.watch(conn),
-                    seen,
-                    header_timeout,
-                )
-                .await
-            }
-            Some(cfg) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
-                let started = std::time::Instant::now();
-                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(s)) => {
-                        l.tcp_metrics.handshake(Handshake::Ok(started.elapsed()));
-                        s
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
-                        l.tcp_metrics.handshake(Handshake::Failed);
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(client = %remote, "TLS handshake timed out");
-                        l.tcp_metrics.handshake(Handshake::TimedOut);
-                        return;
-                    }
-                };
-                let conn = l
-                    .http
-                    .serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                crate::http::limits::first_request_deadline(
-                    watcher.watch(conn),
-                    seen,
-                    header_timeout,
-                )
-                .await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(client = %remote, error = %e, "connection ended with error");
-        }
-    }
-
     /// Stops accepting, lets in-flight requests finish (HTTP/1.1 keep-alives close after their
     /// current response, HTTP/2 gets GOAWAY) for up to `drain`, then returns.
     pub async fn shutdown(&self, drain: Duration) {
@@ -433,7 +315,7 @@ impl Dataplane {
                 endpoints.push(q.endpoint);
             }
         }
-        let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
+        let graceful = self.live.take_tcp_drain();
         let tcp_open = graceful.as_ref().map_or(0, |g| g.count());
         let quic_open = self.live.drain().receiver_count();
         tracing::info!(tcp_connections = tcp_open, quic_connections_and_requests = quic_open, deadline = ?drain, "draining");

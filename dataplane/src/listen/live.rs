@@ -4,18 +4,21 @@
 
 use crate::runtime::compile::Runtime;
 use arc_swap::ArcSwapOption;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// The live runtime and the drain signal, shared by the `Dataplane` and its front doors.
 pub struct Live {
     runtime: ArcSwapOption<Runtime>,
-    /// Drain signal for QUIC connections and their requests (the TCP side uses hyper's
-    /// `GracefulShutdown`); every connection and request holds a receiver, so `closed()` means
-    /// "all done".
+    /// Drain signal for QUIC connections and their requests; every connection and request
+    /// holds a receiver, so `closed()` means "all done".
     drain: watch::Sender<bool>,
     shutting_down: AtomicBool,
+    /// Drain signal of TCP connections (HTTP/1.1 keep-alives close after their response,
+    /// HTTP/2 gets GOAWAY); taken at shutdown.
+    tcp_drain: Mutex<Option<GracefulShutdown>>,
 }
 
 impl Default for Live {
@@ -24,6 +27,7 @@ impl Default for Live {
             runtime: ArcSwapOption::empty(),
             drain: watch::channel(false).0,
             shutting_down: AtomicBool::new(false),
+            tcp_drain: Mutex::new(Some(GracefulShutdown::new())),
         }
     }
 }
@@ -56,5 +60,18 @@ impl Live {
     /// The drain sender: `send(true)` asks every holder to finish, `closed()` waits for them.
     pub fn drain(&self) -> &watch::Sender<bool> {
         &self.drain
+    }
+
+    /// A drain watcher for a new TCP connection, `None` once shutdown has taken the signal.
+    pub fn tcp_watcher(&self) -> Option<Watcher> {
+        self.tcp_drain
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|g| g.watcher()))
+    }
+
+    /// The TCP drain signal, for shutdown (new connections are refused from then on).
+    pub fn take_tcp_drain(&self) -> Option<GracefulShutdown> {
+        self.tcp_drain.lock().ok().and_then(|mut g| g.take())
     }
 }

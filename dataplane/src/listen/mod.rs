@@ -5,3 +5,4 @@
 pub mod h3;
 pub mod h3_websocket;
 pub mod live;
+pub mod tcp;
