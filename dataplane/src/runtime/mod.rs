@@ -1,0 +1,7 @@
+//! Layer 5: compiling a snapshot into rules, backends and listeners, and the state carried over
+//! across reloads.
+
+pub mod compile;
+pub mod pod_ip;
+
+pub use compile::*;
