@@ -155,6 +155,7 @@ mod tests {
                 to: t.into(),
             }),
             add_prefix: add.map(str::to_string),
+            ..PathRewrite::default()
         }
     }
 

@@ -80,6 +80,7 @@ pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
 pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, ConfigError> {
     snapshot.validate()?;
     let mut errs = Errors::default();
+    crate::gateway::reject_unimplemented(&snapshot, &mut errs);
     // Taken before the files are read, so a change during the read is seen later.
     let cert_stamps = cert_stamps(&snapshot);
 
