@@ -2,16 +2,45 @@
 //! ReplaceFullPath, hostname rewrite, per-backendRef filters, invalid backendRefs, per-try
 //! timeouts, request mirrors).
 
-use weir_config::{Errors, Snapshot};
+use crate::filters::RuleRt;
+use crate::router::Router;
+use std::collections::HashMap;
+use std::sync::Arc;
+use weir_config::{ConfigError, Errors, Snapshot};
+
+/// One router per listener when some route is bound to listeners (`routes[].listeners`), each
+/// built from the routes served there; empty when no route is bound, and the one router of
+/// every route serves all listeners (no extra tables for configs that do not use this).
+///
+/// Separate tables rather than a listener check per candidate: a route bound elsewhere must
+/// not shadow the candidates behind it, and lookups stay what they were.
+pub fn listener_routers(
+    snap: &Snapshot,
+    rules: &[Vec<Arc<RuleRt>>],
+) -> Result<HashMap<String, Router>, ConfigError> {
+    let mut out = HashMap::new();
+    if snap.routes.iter().all(|r| r.listeners.is_empty()) {
+        return Ok(out);
+    }
+    for l in &snap.listeners {
+        let (routes, rules): (Vec<_>, Vec<_>) = snap
+            .routes
+            .iter()
+            .zip(rules)
+            .filter(|(route, _)| route.listeners.is_empty() || route.listeners.contains(&l.name))
+            .map(|(route, rules)| (route.clone(), rules.clone()))
+            .unzip();
+        // Declaration order is kept, so precedence ties break as in the full table.
+        out.insert(l.name.clone(), Router::build(&routes, &rules)?);
+    }
+    Ok(out)
+}
 
 /// Rejects, with their field paths, the fields this dataplane does not serve yet: a config
 /// that uses them is refused whole rather than served without them.
 pub fn reject_unimplemented(snap: &Snapshot, errs: &mut Errors) {
     const WHY: &str = "not implemented by this dataplane version";
     for (i, route) in snap.routes.iter().enumerate() {
-        if !route.listeners.is_empty() {
-            errs.push(format!("routes[{i}].listeners"), WHY);
-        }
         for (r, rule) in route.rules.iter().enumerate() {
             let rp = format!("routes[{i}].rules[{r}]");
             if rule.backend_request_timeout.is_some() {

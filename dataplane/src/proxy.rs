@@ -312,10 +312,11 @@ where
     let path = normalize_path(req.uri().path()).into_owned();
     let route_start = span.as_ref().map(|s| s.now());
     // Reads the body only when a body-field match is reached (see crate::bodymatch).
-    let (rule, req) = match crate::bodymatch::route(&rt.router, &host, &path, req).await {
-        Ok(x) => x,
-        Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
-    };
+    let (rule, req) =
+        match crate::bodymatch::route(rt.router_for(&conn.listener), &host, &path, req).await {
+            Ok(x) => x,
+            Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
+        };
     if let (Some(s), Some(t)) = (span.as_deref_mut(), route_start) {
         s.route_selected(t, rule.is_some());
     }

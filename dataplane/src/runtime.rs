@@ -46,12 +46,22 @@ pub struct Runtime {
     /// reload) keeps it, so the status page says how long the config has been running.
     pub applied_at: std::time::SystemTime,
     pub router: Router,
+    /// Per-listener routers, only when some route is bound to listeners (`routes[].listeners`);
+    /// empty otherwise and `router` serves every listener.
+    pub listener_routers: HashMap<String, Router>,
     pub backends: HashMap<String, Arc<BackendRt>>,
     pub listeners: Vec<ListenerRt>,
     /// The certificate files as they were when this runtime read them.
     pub cert_stamps: Vec<CertStamp>,
     /// Rate-limit and ext-auth state, carried into the next version where unchanged.
     pub policies: crate::policy::PolicyState,
+}
+
+impl Runtime {
+    /// The routing table of the routes served on `listener`.
+    pub fn router_for(&self, listener: &str) -> &Router {
+        self.listener_routers.get(listener).unwrap_or(&self.router)
+    }
 }
 
 /// (path, length and modification time) of a certificate or key file.
@@ -206,6 +216,11 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
             Router::default()
         }
     };
+    // Built only from routes that compiled: their errors are reported once, above.
+    let listener_routers = match errs.is_empty() {
+        true => crate::gateway::listener_routers(&snapshot, &rules)?,
+        false => HashMap::new(),
+    };
     errs.into_result()?;
     let version = snapshot.effective_version();
     let applied_at = prev
@@ -216,6 +231,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         version,
         applied_at,
         router,
+        listener_routers,
         backends,
         listeners,
         cert_stamps,

@@ -1,0 +1,109 @@
+//! The dataplane features the Gateway API needs, through the real binary and real sockets:
+//! listener-bound routes, ReplaceFullPath, hostname rewrite, per-backendRef header filters,
+//! invalid backendRefs (500), per-try backend timeouts, request mirroring.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+
+/// `x-route` of the response, or the status when it is not 200.
+fn served_by(status: StatusCode, route: Option<&str>) -> String {
+    match (status, route) {
+        (StatusCode::OK, Some(r)) => r.to_string(),
+        (s, _) => s.as_u16().to_string(),
+    }
+}
+
+/// Routes bound to listeners answer only there; elsewhere the request falls through to the
+/// routes that are served there (a bound route never shadows them), or 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_served_only_on_their_listeners() {
+    let echo = echo("gw").await;
+    let (http, side, tls) = (free_port(), free_port(), free_port());
+    let tag = |name: &str| {
+        format!("filters: {{ responseHeaders: {{ set: [{{ name: x-route, value: {name} }}] }} }}")
+    };
+    let config = format!(
+        r#"
+listeners:
+  - {{ name: http, address: "127.0.0.1:{http}", protocol: http }}
+  - {{ name: side, address: "127.0.0.1:{side}", protocol: http }}
+  - {{ name: https, address: "127.0.0.1:{tls}", protocol: https }}
+backends:
+  echo: {{ endpoints: ["{echo}"] }}
+routes:
+  - name: everywhere
+    hostnames: [app.test]
+    rules: [{{ {everywhere}, backendRefs: [{{ name: echo }}] }}]
+  - name: http-only
+    hostnames: [app.test]
+    listeners: [http]
+    rules:
+      - matches: [{{ path: {{ type: PathPrefix, value: /bound }} }}]
+        {http_only}
+        backendRefs: [{{ name: echo }}]
+  - name: https-only
+    hostnames: [app.test]
+    listeners: [https]
+    rules:
+      - matches: [{{ path: {{ type: PathPrefix, value: /tls }} }}]
+        {https_only}
+        backendRefs: [{{ name: echo }}]
+  - name: plain-host
+    hostnames: [plain.test]
+    listeners: [http, side]
+    rules: [{{ {plain}, backendRefs: [{{ name: echo }}] }}]
+"#,
+        everywhere = tag("everywhere"),
+        http_only = tag("http-only"),
+        https_only = tag("https-only"),
+        plain = tag("plain-host"),
+    );
+    let dp = Dataplane::start(&config).await;
+    let c = client();
+    let tcp = |port: u16, host: &'static str, path: &'static str| {
+        let c = c.clone();
+        async move {
+            let r = send(
+                &c,
+                get_req(&format!("http://127.0.0.1:{port}{path}"), &[("host", host)]),
+            )
+            .await;
+            served_by(r.status, r.header("x-route"))
+        }
+    };
+    assert_eq!(tcp(http, "app.test", "/bound/x").await, "http-only");
+    assert_eq!(tcp(side, "app.test", "/bound/x").await, "everywhere");
+    assert_eq!(tcp(http, "app.test", "/tls").await, "everywhere");
+    assert_eq!(tcp(http, "plain.test", "/x").await, "plain-host");
+    assert_eq!(tcp(side, "plain.test", "/x").await, "plain-host");
+
+    // The https listener (its QUIC side here) serves its own route and the unbound one only.
+    let conn = h3_conn(tls).await;
+    for (host, path, want) in [
+        ("app.test", "/bound/x", "everywhere"),
+        ("app.test", "/tls/y", "https-only"),
+        ("plain.test", "/x", "404"),
+    ] {
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Bytes::new())
+            .unwrap();
+        let r = conn.request(req).await.expect("h3 request");
+        let route = r.headers.get("x-route").and_then(|v| v.to_str().ok());
+        assert_eq!(served_by(r.status, route), want, "h3 {host}{path}");
+    }
+    conn.close().await;
+
+    // An unknown listener name is rejected with its path; the last good config keeps serving.
+    let bad = config.replace("listeners: [http, side]", "listeners: [http, nope]");
+    let (status, body) = dp.put_config(bad).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(
+        body["errors"][0]["path"], "routes[3].listeners[1]",
+        "{body}"
+    );
+    assert_eq!(body["errors"].as_array().map(Vec::len), Some(1), "{body}");
+    assert_eq!(tcp(side, "plain.test", "/x").await, "plain-host");
+}
