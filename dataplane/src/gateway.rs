@@ -47,9 +47,6 @@ pub fn reject_unimplemented(snap: &Snapshot, errs: &mut Errors) {
                 errs.push(format!("{rp}.backendRequestTimeout"), WHY);
             }
             let f = &rule.filters;
-            if f.path.as_ref().is_some_and(|p| p.replace_full.is_some()) {
-                errs.push(format!("{rp}.filters.path.replaceFull"), WHY);
-            }
             if f.host_rewrite.is_some() {
                 errs.push(format!("{rp}.filters.hostRewrite"), WHY);
             }

@@ -107,3 +107,84 @@ routes:
     assert_eq!(body["errors"].as_array().map(Vec::len), Some(1), "{body}");
     assert_eq!(tcp(side, "plain.test", "/x").await, "plain-host");
 }
+
+/// The echo backend's view of a request: (uri, headers).
+fn echoed(r: &Resp) -> (String, serde_json::Value) {
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let j = r.json();
+    (
+        j["uri"].as_str().unwrap_or_default().to_string(),
+        j["headers"].clone(),
+    )
+}
+
+/// HTTPRouteRewritePath: ReplaceFullPath (replaceFull) and ReplacePrefixMatch (replacePrefix),
+/// with header modifiers beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_rewrites_as_the_gateway_api_conformance_test() {
+    let echo = echo("rw").await;
+    let port = free_port();
+    let config = format!(
+        r#"
+listeners: [{{ name: http, address: "127.0.0.1:{port}", protocol: http }}]
+backends:
+  echo: {{ endpoints: ["{echo}"] }}
+routes:
+  - name: rewrite-path
+    rules:
+      - matches: [{{ path: {{ type: PathPrefix, value: /prefix/one }} }}]
+        filters: {{ path: {{ replacePrefix: {{ from: /prefix/one, to: /one }} }} }}
+        backendRefs: [{{ name: echo }}]
+      - matches: [{{ path: {{ type: PathPrefix, value: /strip-prefix }} }}]
+        filters: {{ path: {{ replacePrefix: {{ from: /strip-prefix, to: / }} }} }}
+        backendRefs: [{{ name: echo }}]
+      - matches: [{{ path: {{ type: PathPrefix, value: /full/one }} }}]
+        filters: {{ path: {{ replaceFull: /one }} }}
+        backendRefs: [{{ name: echo }}]
+      - matches: [{{ path: {{ type: PathPrefix, value: /full/rewrite-path-and-modify-headers }} }}]
+        filters:
+          path: {{ replaceFull: /test }}
+          requestHeaders:
+            set: [{{ name: X-Header-Set, value: set-overwrites-values }}]
+            add: [{{ name: X-Header-Add, value: header-val-1 }}, {{ name: X-Header-Add-Append, value: header-val-2 }}]
+            remove: [X-Header-Remove]
+        backendRefs: [{{ name: echo }}]
+"#
+    );
+    let _dp = Dataplane::start(&config).await;
+    let c = client();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    for (path, want) in [
+        ("/prefix/one/two", "/one/two"),
+        ("/strip-prefix/three", "/three"),
+        ("/strip-prefix", "/"),
+        ("/full/one/two", "/one"),
+        ("/full/one/two?keep=1", "/one?keep=1"),
+    ] {
+        let (uri, _) = echoed(&get(&c, &url(path)).await);
+        assert_eq!(uri, want, "{path}");
+    }
+    let r = send(
+        &c,
+        get_req(
+            &url("/full/rewrite-path-and-modify-headers/test"),
+            &[
+                ("x-header-remove", "remove-val"),
+                ("x-header-add-append", "append-val-1"),
+                ("x-header-set", "set-val"),
+            ],
+        ),
+    )
+    .await;
+    let (uri, h) = echoed(&r);
+    assert_eq!(uri, "/test");
+    assert_eq!(h["x-header-add"], "header-val-1");
+    assert_eq!(h["x-header-add-append"], "append-val-1, header-val-2");
+    assert_eq!(h["x-header-set"], "set-overwrites-values");
+    assert!(h.get("x-header-remove").is_none(), "{h}");
+}
