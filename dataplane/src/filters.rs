@@ -26,6 +26,8 @@ pub struct RuleRt {
     /// Rate limit, external auth, redirect / direct response, KairosDB mode (see
     /// [`crate::policy`]); `None` when the rule has none.
     pub policy: Option<Arc<crate::policy::PolicyRt>>,
+    /// Host rewrite, per-try timeout, mirrors, invalid backendRefs (see [`crate::gateway`]).
+    pub gateway: crate::gateway::RuleGateway,
 }
 
 /// One weighted backend of a rule.

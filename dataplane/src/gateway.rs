@@ -4,9 +4,30 @@
 
 use crate::filters::RuleRt;
 use crate::router::Router;
+use http::HeaderValue;
 use std::collections::HashMap;
 use std::sync::Arc;
-use weir_config::{ConfigError, Errors, Snapshot};
+use weir_config::{ConfigError, Errors, Rule, Snapshot};
+
+/// What a rule does for the Gateway API beyond the ProxyRoute filters.
+#[derive(Debug, Default)]
+pub struct RuleGateway {
+    /// `filters.hostRewrite`: the `Host` sent upstream.
+    pub host_rewrite: Option<HeaderValue>,
+}
+
+impl RuleGateway {
+    pub fn compile(rule: &Rule) -> RuleGateway {
+        RuleGateway {
+            // Validation checked it is a hostname, so it is a valid header value.
+            host_rewrite: rule
+                .filters
+                .host_rewrite
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok()),
+        }
+    }
+}
 
 /// One router per listener when some route is bound to listeners (`routes[].listeners`), each
 /// built from the routes served there; empty when no route is bound, and the one router of
@@ -47,9 +68,6 @@ pub fn reject_unimplemented(snap: &Snapshot, errs: &mut Errors) {
                 errs.push(format!("{rp}.backendRequestTimeout"), WHY);
             }
             let f = &rule.filters;
-            if f.host_rewrite.is_some() {
-                errs.push(format!("{rp}.filters.hostRewrite"), WHY);
-            }
             if !f.mirrors.is_empty() {
                 errs.push(format!("{rp}.filters.mirrors"), WHY);
             }

@@ -408,7 +408,8 @@ where
         });
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, conn, host_value.as_ref());
-    if let Some(h) = host_value {
+    // `hostRewrite` replaces the host sent upstream; X-Forwarded-Host keeps the client's.
+    if let Some(h) = rule.gateway.host_rewrite.clone().or(host_value) {
         parts.headers.insert(header::HOST, h);
     }
     let h2 = backend.config.protocol == UpstreamProtocol::H2c;

@@ -205,6 +205,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 timeout: rule.timeout.map(|t| t.get()),
                 protocol: crate::protocol::RuleProtocol::compile(rule),
                 policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
+                gateway: crate::gateway::RuleGateway::compile(rule),
             }));
         }
         rules.push(per_route);

@@ -188,3 +188,66 @@ routes:
     assert_eq!(h["x-header-set"], "set-overwrites-values");
     assert!(h.get("x-header-remove").is_none(), "{h}");
 }
+
+/// HTTPRouteRewriteHost: the host sent upstream is rewritten (HTTP/1.1 and h2c backends), the
+/// client's stays in X-Forwarded-Host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rewrite_as_the_gateway_api_conformance_test() {
+    let (v1, v2) = (echo("v1").await, echo("v2").await);
+    let port = free_port();
+    let config = format!(
+        r#"
+listeners: [{{ name: http, address: "127.0.0.1:{port}", protocol: http }}]
+backends:
+  v1: {{ endpoints: ["{v1}"] }}
+  v2: {{ endpoints: ["{v2}"], protocol: h2c }}
+routes:
+  - name: rewrite-host
+    hostnames: [rewrite.example]
+    rules:
+      - matches: [{{ path: {{ type: PathPrefix, value: /one }} }}]
+        filters: {{ hostRewrite: one.example.org }}
+        backendRefs: [{{ name: v1 }}]
+      - filters: {{ hostRewrite: example.org }}
+        backendRefs: [{{ name: v2 }}]
+      - matches: [{{ path: {{ type: PathPrefix, value: /rewrite-host-and-modify-headers }} }}]
+        filters:
+          hostRewrite: test.example.org
+          requestHeaders:
+            set: [{{ name: X-Header-Set, value: set-overwrites-values }}]
+            remove: [X-Header-Remove]
+        backendRefs: [{{ name: v2 }}]
+  - name: untouched
+    hostnames: [plain.example]
+    rules: [{{ backendRefs: [{{ name: v1 }}] }}]
+"#
+    );
+    let _dp = Dataplane::start(&config).await;
+    let c = client();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    for (host, path, server, want) in [
+        ("rewrite.example", "/one", "v1", "one.example.org"),
+        ("rewrite.example", "/", "v2", "example.org"),
+        (
+            "rewrite.example",
+            "/rewrite-host-and-modify-headers",
+            "v2",
+            "test.example.org",
+        ),
+        ("plain.example", "/", "v1", "plain.example"),
+    ] {
+        let r = send(
+            &c,
+            get_req(&url(path), &[("host", host), ("x-header-remove", "r")]),
+        )
+        .await;
+        assert_eq!(r.header("x-echo-server"), Some(server), "{host}{path}");
+        let (_, h) = echoed(&r);
+        assert_eq!(h["host"], want, "{host}{path}: {h}");
+        assert_eq!(h["x-forwarded-host"], host, "{host}{path}: {h}");
+        if path.starts_with("/rewrite-host-and") {
+            assert_eq!(h["x-header-set"], "set-overwrites-values");
+            assert!(h.get("x-header-remove").is_none(), "{h}");
+        }
+    }
+}
