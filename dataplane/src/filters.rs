@@ -38,6 +38,9 @@ pub struct Target {
     pub cum: u64,
     /// Request metric handles of this (route, backend) pair.
     pub metrics: Arc<RouteMetrics>,
+    /// The backendRef's own header filters, applied after the rule's.
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
 }
 
 impl RuleRt {

@@ -72,9 +72,6 @@ pub fn reject_unimplemented(snap: &Snapshot, errs: &mut Errors) {
                 errs.push(format!("{rp}.filters.mirrors"), WHY);
             }
             for (b, br) in rule.backend_refs.iter().enumerate() {
-                if !br.filters.is_empty() {
-                    errs.push(format!("{rp}.backendRefs[{b}].filters"), WHY);
-                }
                 if br.invalid.is_some() {
                     errs.push(format!("{rp}.backendRefs[{b}].invalid"), WHY);
                 }

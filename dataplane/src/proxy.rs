@@ -419,6 +419,7 @@ where
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     rule.request_headers.apply(&mut parts.headers);
+    target.request_headers.apply(&mut parts.headers);
     if let Some(u) = &upgrade {
         u.prepare(&mut parts.method, &mut parts.headers);
     }
@@ -450,6 +451,7 @@ where
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             rule.response_headers.apply(&mut parts.headers);
+            target.response_headers.apply(&mut parts.headers);
             Response::from_parts(parts, body)
         }
     };

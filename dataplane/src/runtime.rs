@@ -190,6 +190,8 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                         backend: b.clone(),
                         cum,
                         metrics: pair(&route.name, &br.name),
+                        request_headers: HeaderOps::compile(&br.filters.request_headers),
+                        response_headers: HeaderOps::compile(&br.filters.response_headers),
                     });
                 }
             }

@@ -8,6 +8,18 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 
+/// A config with one http listener on `port`, `backends` as (name, address, extra fields)
+/// and `routes` (YAML, the `routes:` key included).
+fn config(port: u16, backends: &[(&str, std::net::SocketAddr, &str)], routes: &str) -> String {
+    let mut out = format!(
+        "listeners: [{{ name: http, address: \"127.0.0.1:{port}\", protocol: http }}]\nbackends:\n"
+    );
+    for (name, addr, extra) in backends {
+        out.push_str(&format!("  {name}: {{ endpoints: [\"{addr}\"]{extra} }}\n"));
+    }
+    out + routes
+}
+
 /// `x-route` of the response, or the status when it is not 200.
 fn served_by(status: StatusCode, route: Option<&str>) -> String {
     match (status, route) {
@@ -195,32 +207,31 @@ routes:
 async fn host_rewrite_as_the_gateway_api_conformance_test() {
     let (v1, v2) = (echo("v1").await, echo("v2").await);
     let port = free_port();
-    let config = format!(
-        r#"
-listeners: [{{ name: http, address: "127.0.0.1:{port}", protocol: http }}]
-backends:
-  v1: {{ endpoints: ["{v1}"] }}
-  v2: {{ endpoints: ["{v2}"], protocol: h2c }}
+    let routes = r#"
 routes:
   - name: rewrite-host
     hostnames: [rewrite.example]
     rules:
-      - matches: [{{ path: {{ type: PathPrefix, value: /one }} }}]
-        filters: {{ hostRewrite: one.example.org }}
-        backendRefs: [{{ name: v1 }}]
-      - filters: {{ hostRewrite: example.org }}
-        backendRefs: [{{ name: v2 }}]
-      - matches: [{{ path: {{ type: PathPrefix, value: /rewrite-host-and-modify-headers }} }}]
+      - matches: [{ path: { type: PathPrefix, value: /one } }]
+        filters: { hostRewrite: one.example.org }
+        backendRefs: [{ name: v1 }]
+      - filters: { hostRewrite: example.org }
+        backendRefs: [{ name: v2 }]
+      - matches: [{ path: { type: PathPrefix, value: /rewrite-host-and-modify-headers } }]
         filters:
           hostRewrite: test.example.org
           requestHeaders:
-            set: [{{ name: X-Header-Set, value: set-overwrites-values }}]
+            set: [{ name: X-Header-Set, value: set-overwrites-values }]
             remove: [X-Header-Remove]
-        backendRefs: [{{ name: v2 }}]
+        backendRefs: [{ name: v2 }]
   - name: untouched
     hostnames: [plain.example]
-    rules: [{{ backendRefs: [{{ name: v1 }}] }}]
-"#
+    rules: [{ backendRefs: [{ name: v1 }] }]
+"#;
+    let config = config(
+        port,
+        &[("v1", v1, ""), ("v2", v2, ", protocol: h2c")],
+        routes,
     );
     let _dp = Dataplane::start(&config).await;
     let c = client();
@@ -250,4 +261,55 @@ routes:
             assert!(h.get("x-header-remove").is_none(), "{h}");
         }
     }
+}
+
+/// HTTPRouteRequestHeaderModifierBackendWeights: each backendRef's header filters apply only
+/// to the requests sent to it, after the rule's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_ref_header_filters_follow_the_picked_backend() {
+    let (v1, v2) = (echo("v1").await, echo("v2").await);
+    let port = free_port();
+    let routes = r#"
+routes:
+  - name: weights
+    rules:
+      - filters:
+          requestHeaders: { set: [{ name: x-order, value: rule }, { name: x-rule, value: "yes" }] }
+          responseHeaders: { set: [{ name: x-resp, value: rule }] }
+        backendRefs:
+          - name: v1
+            weight: 10
+            filters:
+              requestHeaders: { set: [{ name: backend, value: v1 }, { name: x-order, value: ref-v1 }] }
+              responseHeaders: { set: [{ name: x-resp, value: ref-v1 }] }
+          - name: v2
+            weight: 10
+            filters:
+              requestHeaders: { set: [{ name: backend, value: v2 }], remove: [x-rule] }
+"#;
+    let config = config(port, &[("v1", v1, ""), ("v2", v2, "")], routes);
+    let _dp = Dataplane::start(&config).await;
+    let c = client();
+    let mut seen = std::collections::BTreeSet::new();
+    // 60 requests at 50/50: both are picked unless the odds (2^-59) say otherwise.
+    for _ in 0..60 {
+        let r = get(&c, &format!("http://127.0.0.1:{port}/")).await;
+        let (_, h) = echoed(&r);
+        let server = r.header("x-echo-server").unwrap_or_default().to_string();
+        assert_eq!(h["backend"], server.as_str(), "{h}");
+        match server.as_str() {
+            "v1" => {
+                assert_eq!(h["x-order"], "ref-v1", "ref filters run after the rule's");
+                assert_eq!(h["x-rule"], "yes");
+                assert_eq!(r.header("x-resp"), Some("ref-v1"));
+            }
+            _ => {
+                assert_eq!(h["x-order"], "rule");
+                assert!(h.get("x-rule").is_none(), "{h}");
+                assert_eq!(r.header("x-resp"), Some("rule"));
+            }
+        }
+        seen.insert(server);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
 }
