@@ -43,21 +43,6 @@ pub struct Target {
     pub response_headers: HeaderOps,
 }
 
-impl RuleRt {
-    /// Picks a backend in proportion to the weights.
-    pub fn pick_backend(&self) -> Option<&Target> {
-        if self.total_weight == 0 {
-            return None;
-        }
-        let x = if self.backends.len() == 1 {
-            0
-        } else {
-            fastrand::u64(0..self.total_weight)
-        };
-        self.backends.iter().find(|t| x < t.cum)
-    }
-}
-
 /// Header add/set/remove, validated and pre-parsed.
 #[derive(Debug, Default)]
 pub struct HeaderOps {

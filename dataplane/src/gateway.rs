@@ -2,7 +2,7 @@
 //! ReplaceFullPath, hostname rewrite, per-backendRef filters, invalid backendRefs, per-try
 //! timeouts, request mirrors).
 
-use crate::filters::RuleRt;
+use crate::filters::{RuleRt, Target};
 use crate::router::Router;
 use http::HeaderValue;
 use std::collections::HashMap;
@@ -14,11 +14,66 @@ use weir_config::{ConfigError, Errors, Rule, Snapshot};
 pub struct RuleGateway {
     /// `filters.hostRewrite`: the `Host` sent upstream.
     pub host_rewrite: Option<HeaderValue>,
+    /// `backendRefs[]` with `invalid` set, in the same cumulative weight space as
+    /// [`RuleRt::backends`].
+    pub invalid: Vec<InvalidRef>,
+}
+
+/// A backendRef the operator could not resolve: requests picked for it get 500.
+#[derive(Debug)]
+pub struct InvalidRef {
+    /// Cumulative weight up to and including this entry (see [`crate::filters::Target`]).
+    pub cum: u64,
+    pub reason: Arc<str>,
+}
+
+impl InvalidRef {
+    pub fn new(cum: u64, reason: &str) -> InvalidRef {
+        InvalidRef {
+            cum,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The outcome of the weighted choice of a rule's backendRefs.
+#[derive(Debug)]
+pub enum Pick<'a> {
+    Backend(&'a Target),
+    /// An invalid backendRef was picked; the reason.
+    Invalid(&'a str),
+    /// Every weight is 0.
+    None,
+}
+
+impl RuleRt {
+    /// Picks a backendRef in proportion to the weights, invalid ones included.
+    pub fn pick(&self) -> Pick<'_> {
+        if self.total_weight == 0 {
+            return Pick::None;
+        }
+        let x = if self.backends.len() + self.gateway.invalid.len() == 1 {
+            0
+        } else {
+            fastrand::u64(0..self.total_weight)
+        };
+        // Both lists are in declaration order with rising `cum`: the entry picked is the one
+        // with the smallest `cum` above `x` across the two.
+        let target = self.backends.iter().find(|t| x < t.cum);
+        let invalid = self.gateway.invalid.iter().find(|i| x < i.cum);
+        match (target, invalid) {
+            (Some(t), Some(i)) if i.cum < t.cum => Pick::Invalid(&i.reason),
+            (Some(t), _) => Pick::Backend(t),
+            (None, Some(i)) => Pick::Invalid(&i.reason),
+            (None, None) => Pick::None,
+        }
+    }
 }
 
 impl RuleGateway {
-    pub fn compile(rule: &Rule) -> RuleGateway {
+    pub fn compile(rule: &Rule, invalid: Vec<InvalidRef>) -> RuleGateway {
         RuleGateway {
+            invalid,
             // Validation checked it is a hostname, so it is a valid header value.
             host_rewrite: rule
                 .filters
@@ -70,11 +125,6 @@ pub fn reject_unimplemented(snap: &Snapshot, errs: &mut Errors) {
             let f = &rule.filters;
             if !f.mirrors.is_empty() {
                 errs.push(format!("{rp}.filters.mirrors"), WHY);
-            }
-            for (b, br) in rule.backend_refs.iter().enumerate() {
-                if br.invalid.is_some() {
-                    errs.push(format!("{rp}.backendRefs[{b}].invalid"), WHY);
-                }
             }
         }
     }

@@ -348,13 +348,20 @@ where
             Err(r) => return local(r, &rule.no_backend_metrics),
         },
     };
-    let Some(target) = rule.pick_backend() else {
-        let r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_backend",
-            "route has no backend with weight",
-        );
-        return local(r, &rule.no_backend_metrics);
+    let target = match rule.pick() {
+        crate::gateway::Pick::Backend(t) => t,
+        crate::gateway::Pick::Invalid(why) => {
+            let r = error_response(StatusCode::INTERNAL_SERVER_ERROR, "invalid_backend", why);
+            return local(r, &rule.no_backend_metrics);
+        }
+        crate::gateway::Pick::None => {
+            let r = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_backend",
+                "route has no backend with weight",
+            );
+            return local(r, &rule.no_backend_metrics);
+        }
     };
     let backend = &target.backend;
     let (mut req, body_trip) = match crate::limits::limit_body(rp.max_body, req) {

@@ -313,3 +313,78 @@ routes:
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
+
+/// HTTPRouteInvalidNonExistentBackendRef / InvalidCrossNamespaceBackendRef and partially
+/// invalid weights: requests picked for an invalid backendRef get 500 with its reason, in
+/// proportion to its weight; the valid refs keep serving their share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_backend_refs_answer_500_by_weight() {
+    let v1 = echo("v1").await;
+    let port = free_port();
+    let routes = r#"
+routes:
+  - name: all-invalid
+    hostnames: [gone.test]
+    rules:
+      - backendRefs: [{ name: "ns/missing", invalid: "backendRef Service ns/missing not found" }]
+  - name: half-invalid
+    hostnames: [half.test]
+    rules:
+      - backendRefs:
+          - { name: "other/svc", weight: 1, invalid: "backendRef to other/svc not permitted by any ReferenceGrant" }
+          - { name: v1, weight: 1 }
+"#;
+    let dp = Dataplane::start(&config(port, &[("v1", v1, "")], routes)).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    for _ in 0..5 {
+        let r = send(&c, get_req(&url, &[("host", "gone.test")])).await;
+        assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(r.json()["error"], "invalid_backend");
+        assert_eq!(
+            r.json()["message"],
+            "backendRef Service ns/missing not found"
+        );
+    }
+    let (mut ok, mut failed) = (0, 0);
+    // 60 requests at 50/50: both outcomes show unless the odds (2^-59) say otherwise.
+    for _ in 0..60 {
+        let r = send(&c, get_req(&url, &[("host", "half.test")])).await;
+        match r.status {
+            StatusCode::OK => {
+                assert_eq!(r.header("x-echo-server"), Some("v1"));
+                ok += 1;
+            }
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                let msg = r.json()["message"].as_str().unwrap_or_default().to_string();
+                assert!(msg.contains("not permitted by any ReferenceGrant"), "{msg}");
+                failed += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(ok > 0 && failed > 0, "ok {ok}, failed {failed}");
+    let line = format!(
+        "weir_proxy_errors_total{{backend=\"-\",kind=\"invalid_backend\",route=\"half-invalid\"}} {failed}"
+    );
+    metrics_line(&dp, &line).await;
+}
+
+/// Polls `/metrics` until `line` shows up (an exchange is counted when its response body
+/// ends, which may be just after the client has read it); the hang guard ends a wrong wait.
+async fn metrics_line(dp: &Dataplane, line: &str) {
+    let c = client();
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let m = get(&c, &dp.admin_url("/metrics")).await;
+        let text = String::from_utf8_lossy(&m.body);
+        if text.contains(line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line} in\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
