@@ -14,6 +14,9 @@ use weir_config::{ConfigError, Errors, Rule, Snapshot};
 pub struct RuleGateway {
     /// `filters.hostRewrite`: the `Host` sent upstream.
     pub host_rewrite: Option<HeaderValue>,
+    /// `backendRequestTimeout`: the limit of each upstream try (`0` = none), instead of the
+    /// backend's `retries.perTryTimeout`.
+    pub per_try_timeout: Option<std::time::Duration>,
     /// `backendRefs[]` with `invalid` set, in the same cumulative weight space as
     /// [`RuleRt::backends`].
     pub invalid: Vec<InvalidRef>,
@@ -74,6 +77,7 @@ impl RuleGateway {
     pub fn compile(rule: &Rule, invalid: Vec<InvalidRef>) -> RuleGateway {
         RuleGateway {
             invalid,
+            per_try_timeout: rule.backend_request_timeout.map(|t| t.get()),
             // Validation checked it is a hostname, so it is a valid header value.
             host_rewrite: rule
                 .filters
@@ -119,9 +123,6 @@ pub fn reject_unimplemented(snap: &Snapshot, errs: &mut Errors) {
     for (i, route) in snap.routes.iter().enumerate() {
         for (r, rule) in route.rules.iter().enumerate() {
             let rp = format!("routes[{i}].rules[{r}]");
-            if rule.backend_request_timeout.is_some() {
-                errs.push(format!("{rp}.backendRequestTimeout"), WHY);
-            }
             let f = &rule.filters;
             if !f.mirrors.is_empty() {
                 errs.push(format!("{rp}.filters.mirrors"), WHY);

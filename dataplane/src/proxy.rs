@@ -442,7 +442,7 @@ where
     let timeout = crate::grpc::deadline(&parts.headers, timeout);
     // Balancing, health, breaker, concurrency limit, retries, credential: see upstream.rs.
     let sent = backend
-        .dispatch(
+        .dispatch_per_try(
             parts.method,
             pq,
             version,
@@ -450,6 +450,7 @@ where
             boxed(body),
             timeout,
             span,
+            rule.gateway.per_try_timeout,
         )
         .await;
     let resp = match sent.response {

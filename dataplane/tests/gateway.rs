@@ -388,3 +388,70 @@ async fn metrics_line(dp: &Dataplane, line: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Requests an echo backend has counted (its own `stats=1`, asked directly).
+async fn echo_requests(addr: std::net::SocketAddr) -> u64 {
+    let r = get(&client(), &format!("http://{addr}/?stats=1")).await;
+    r.json()["requests"].as_u64().unwrap_or_default()
+}
+
+/// HTTPRouteTimeoutBackendRequest: `backendRequestTimeout` limits each upstream try (retries
+/// get their own), replaces the backend's perTryTimeout for the rule, and `0s` turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_request_timeout_limits_each_try() {
+    let slow = echo("slow").await;
+    let port = free_port();
+    let routes = r#"
+routes:
+  - name: backend-request-timeout
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /backend-timeout } }]
+        backendRefs: [{ name: slow }]
+        backendRequestTimeout: 500ms
+      - matches: [{ path: { type: PathPrefix, value: /disable-backend-timeout } }]
+        backendRefs: [{ name: slow }]
+        backendRequestTimeout: 0s
+      - matches: [{ path: { type: PathPrefix, value: /backend-default } }]
+        backendRefs: [{ name: slow }]
+"#;
+    let retries = ", retries: { attempts: 2, perTryTimeout: 200ms, retryOn: { timeout: true } }";
+    let _dp = Dataplane::start(&config(port, &[("slow", slow, retries)], routes)).await;
+    let c = client();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+
+    let before = echo_requests(slow).await;
+    let r = get(&c, &url("/backend-timeout?delay_ms=3000")).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("500ms"),
+        "{}",
+        r.json()
+    );
+    // Two tries, each cut at 500ms: the limit is per try, not per request.
+    assert_eq!(echo_requests(slow).await - before, 2);
+
+    // `0s`: no per-try limit for this rule, not even the backend's 200ms.
+    let r = get(&c, &url("/disable-backend-timeout?delay_ms=600")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // Without the field the backend's perTryTimeout applies.
+    let r = get(&c, &url("/backend-default?delay_ms=600")).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("200ms"),
+        "{}",
+        r.json()
+    );
+}
