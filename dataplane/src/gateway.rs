@@ -4,10 +4,11 @@
 
 use crate::filters::{RuleRt, Target};
 use crate::router::Router;
+use crate::upstream::BackendRt;
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::sync::Arc;
-use weir_config::{ConfigError, Errors, Rule, Snapshot};
+use weir_config::{ConfigError, Rule, Snapshot};
 
 /// What a rule does for the Gateway API beyond the ProxyRoute filters.
 #[derive(Debug, Default)]
@@ -17,6 +18,8 @@ pub struct RuleGateway {
     /// `backendRequestTimeout`: the limit of each upstream try (`0` = none), instead of the
     /// backend's `retries.perTryTimeout`.
     pub per_try_timeout: Option<std::time::Duration>,
+    /// `filters.mirrors`.
+    pub mirrors: Vec<Arc<crate::mirror::MirrorRt>>,
     /// `backendRefs[]` with `invalid` set, in the same cumulative weight space as
     /// [`RuleRt::backends`].
     pub invalid: Vec<InvalidRef>,
@@ -74,9 +77,17 @@ impl RuleRt {
 }
 
 impl RuleGateway {
-    pub fn compile(rule: &Rule, invalid: Vec<InvalidRef>) -> RuleGateway {
+    pub fn compile(
+        route: &str,
+        rule: &Rule,
+        invalid: Vec<InvalidRef>,
+        backends: &HashMap<String, Arc<BackendRt>>,
+    ) -> RuleGateway {
         RuleGateway {
             invalid,
+            mirrors: (rule.filters.mirrors.iter())
+                .filter_map(|m| crate::mirror::MirrorRt::compile(route, m, backends))
+                .collect(),
             per_try_timeout: rule.backend_request_timeout.map(|t| t.get()),
             // Validation checked it is a hostname, so it is a valid header value.
             host_rewrite: rule
@@ -114,19 +125,4 @@ pub fn listener_routers(
         out.insert(l.name.clone(), Router::build(&routes, &rules)?);
     }
     Ok(out)
-}
-
-/// Rejects, with their field paths, the fields this dataplane does not serve yet: a config
-/// that uses them is refused whole rather than served without them.
-pub fn reject_unimplemented(snap: &Snapshot, errs: &mut Errors) {
-    const WHY: &str = "not implemented by this dataplane version";
-    for (i, route) in snap.routes.iter().enumerate() {
-        for (r, rule) in route.rules.iter().enumerate() {
-            let rp = format!("routes[{i}].rules[{r}]");
-            let f = &rule.filters;
-            if !f.mirrors.is_empty() {
-                errs.push(format!("{rp}.filters.mirrors"), WHY);
-            }
-        }
-    }
 }

@@ -426,6 +426,12 @@ where
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     rule.request_headers.apply(&mut parts.headers);
+    // Copies see the request as the rule's filters made it, not the picked backendRef's
+    // own filters; upgrades (WebSocket) are not mirrored.
+    let mirror = match &upgrade {
+        None => crate::mirror::Pending::new(&rule.gateway.mirrors, &parts.method, &parts.headers),
+        Some(_) => None,
+    };
     target.request_headers.apply(&mut parts.headers);
     if let Some(u) = &upgrade {
         u.prepare(&mut parts.method, &mut parts.headers);
@@ -441,13 +447,17 @@ where
         .unwrap_or(backend.config.timeouts.request.get());
     let timeout = crate::grpc::deadline(&parts.headers, timeout);
     // Balancing, health, breaker, concurrency limit, retries, credential: see upstream.rs.
+    let body = match mirror {
+        None => boxed(body),
+        Some(m) => m.start(pq.clone(), boxed(body)),
+    };
     let sent = backend
         .dispatch_per_try(
             parts.method,
             pq,
             version,
             parts.headers,
-            boxed(body),
+            body,
             timeout,
             span,
             rule.gateway.per_try_timeout,

@@ -90,7 +90,6 @@ pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
 pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, ConfigError> {
     snapshot.validate()?;
     let mut errs = Errors::default();
-    crate::gateway::reject_unimplemented(&snapshot, &mut errs);
     // Taken before the files are read, so a change during the read is seen later.
     let cert_stamps = cert_stamps(&snapshot);
 
@@ -214,7 +213,12 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 timeout: rule.timeout.map(|t| t.get()),
                 protocol: crate::protocol::RuleProtocol::compile(rule),
                 policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
-                gateway: crate::gateway::RuleGateway::compile(rule, invalid),
+                gateway: crate::gateway::RuleGateway::compile(
+                    &route.name,
+                    rule,
+                    invalid,
+                    &backends,
+                ),
             }));
         }
         rules.push(per_route);

@@ -455,3 +455,273 @@ routes:
         r.json()
     );
 }
+
+/// What a mirror backend received.
+#[derive(Debug)]
+struct Copy {
+    path: String,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+/// A mirror backend: answers 200 and hands every request it got to the test.
+async fn recorder() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Copy>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes())?;
+                        let _ = tx.send(Copy {
+                            path: parts.uri.to_string(),
+                            headers: parts.headers,
+                            body,
+                        });
+                        Ok::<_, hyper::Error>(http::Response::new(full("mirror-answer")))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A backend that accepts connections and never answers.
+async fn black_hole() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+async fn next_copy(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Copy>) -> Copy {
+    tokio::time::timeout(HANG_GUARD, rx.recv())
+        .await
+        .expect("hang guard: no mirrored copy")
+        .expect("recorder gone")
+}
+
+/// HTTPRouteRequestMirror / RequestMultipleMirrors: the client gets the answer of the
+/// backendRef; each mirror gets a copy with the rule's request filters applied (not the
+/// backendRef's own) and the request body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_get_a_filtered_copy_of_the_request() {
+    let v1 = echo("v1").await;
+    let (m2, mut rx2) = recorder().await;
+    let (m3, mut rx3) = recorder().await;
+    let port = free_port();
+    let routes = r#"
+routes:
+  - name: request-mirror
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /mirror } }]
+        filters: { mirrors: [{ backend: m2 }] }
+        backendRefs: [{ name: v1 }]
+      - matches: [{ path: { type: PathPrefix, value: /multi-mirror-and-modify-request-headers } }]
+        filters:
+          requestHeaders:
+            set: [{ name: X-Header-Set, value: set-overwrites-values }]
+            add: [{ name: X-Header-Add-Append, value: header-val-2 }]
+            remove: [X-Header-Remove]
+          path: { replacePrefix: { from: /multi-mirror-and-modify-request-headers, to: /m } }
+          mirrors: [{ backend: m2 }, { backend: m3, percent: 100 }]
+        backendRefs:
+          - name: v1
+            filters: { requestHeaders: { set: [{ name: x-only-v1, value: "1" }] } }
+"#;
+    let backends = [("v1", v1, ""), ("m2", m2, ""), ("m3", m3, "")];
+    let dp = Dataplane::start(&config(port, &backends, routes)).await;
+    let c = client();
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+
+    let r = get(&c, &url("/mirror/x?q=1")).await;
+    assert_eq!(
+        r.header("x-echo-server"),
+        Some("v1"),
+        "the client gets v1's answer"
+    );
+    let copy = next_copy(&mut rx2).await;
+    assert_eq!(copy.path, "/mirror/x?q=1");
+    assert!(copy.body.is_empty());
+
+    let req = Request::post(url("/multi-mirror-and-modify-request-headers/a"))
+        .header("x-header-remove", "remove-val")
+        .header("x-header-add-append", "append-val-1")
+        .header("x-header-set", "set-val")
+        .body(full(vec![b'p'; 3000]))
+        .unwrap();
+    let r = send(&c, req).await;
+    let (uri, h) = echoed(&r);
+    assert_eq!(uri, "/m/a");
+    assert_eq!(h["x-only-v1"], "1");
+    assert_eq!(r.json()["bodyBytes"], 3000);
+    for rx in [&mut rx2, &mut rx3] {
+        let copy = next_copy(rx).await;
+        assert_eq!(copy.path, "/m/a");
+        let hv = |n: &str| {
+            copy.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hv("x-header-set"), ["set-overwrites-values"]);
+        assert_eq!(hv("x-header-add-append"), ["append-val-1", "header-val-2"]);
+        assert!(hv("x-header-remove").is_empty());
+        assert!(
+            hv("x-only-v1").is_empty(),
+            "backendRef filters stay with v1"
+        );
+        assert_eq!(copy.body.as_ref(), &[b'p'; 3000][..]);
+    }
+    for (backend, n) in [("m2", 2), ("m3", 1)] {
+        let line = format!(
+            "weir_mirror_requests_total{{backend=\"{backend}\",result=\"sent\",route=\"request-mirror\"}} {n}"
+        );
+        metrics_line(&dp, &line).await;
+    }
+}
+
+/// A mirror never delays or fails the request: a mirror backend that never answers, or that
+/// refuses connections, leaves the client's requests served; copies beyond the in-flight cap
+/// and bodies over the size cap are dropped and counted; percent 0 sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_are_fire_and_forget_and_bounded() {
+    let v1 = echo("v1").await;
+    let hole = black_hole().await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (rec, mut rx) = recorder().await;
+    let port = free_port();
+    let routes = r#"
+routes:
+  - name: hole
+    hostnames: [hole.test]
+    rules: [{ filters: { mirrors: [{ backend: hole }] }, backendRefs: [{ name: v1 }] }]
+  - name: refused
+    hostnames: [refused.test]
+    rules: [{ filters: { mirrors: [{ backend: refused }] }, backendRefs: [{ name: v1 }] }]
+  - name: never
+    hostnames: [never.test]
+    rules: [{ filters: { mirrors: [{ backend: rec, percent: 0 }] }, backendRefs: [{ name: v1 }] }]
+  - name: big
+    hostnames: [big.test]
+    rules: [{ filters: { mirrors: [{ backend: rec }] }, backendRefs: [{ name: v1 }] }]
+"#;
+    let backends = [
+        ("v1", v1, ""),
+        // Copies stay in flight for the whole test.
+        (
+            "hole",
+            hole,
+            ", timeouts: { request: 10m }, retries: { attempts: 1 }",
+        ),
+        ("refused", refused, ", retries: { attempts: 1 }"),
+        ("rec", rec, ""),
+    ];
+    let dp = Dataplane::start(&config(port, &backends, routes)).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/");
+    for _ in 0..3 {
+        let r = send(&c, get_req(&url, &[("host", "refused.test")])).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    for _ in 0..50 {
+        let r = send(&c, get_req(&url, &[("host", "never.test")])).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // Over the size cap: forwarded whole, not mirrored. Under it: mirrored.
+    let post = |n: usize| {
+        Request::post(&url)
+            .header("host", "big.test")
+            .body(full(vec![b'b'; n]))
+            .unwrap()
+    };
+    let r = send(&c, post(weir_dataplane::mirror::MAX_BODY + 1)).await;
+    assert_eq!(r.json()["bodyBytes"], weir_dataplane::mirror::MAX_BODY + 1);
+    // Streamed without a length: cut off at the cap as it passes, and forwarded whole.
+    let chunk = Bytes::from(vec![b's'; 16 * 1024]);
+    let req = Request::post(&url)
+        .header("host", "big.test")
+        .body(streamed(vec![chunk; 5]))
+        .unwrap();
+    let r = send(&c, req).await;
+    assert_eq!(r.json()["bodyBytes"], 5 * 16 * 1024);
+    // A streamed body under the cap is copied whole.
+    let chunk = Bytes::from(vec![b'c'; 1000]);
+    let req = Request::post(&url)
+        .header("host", "big.test")
+        .body(streamed(vec![chunk; 3]))
+        .unwrap();
+    let r = send(&c, req).await;
+    assert_eq!(r.json()["bodyBytes"], 3000);
+    let r = send(&c, post(10)).await;
+    assert_eq!(r.json()["bodyBytes"], 10);
+    // Copies run in their own tasks: they may arrive in either order.
+    let mut copies = [next_copy(&mut rx).await.body, next_copy(&mut rx).await.body];
+    copies.sort_by_key(|b| b.len());
+    assert_eq!(copies[0].as_ref(), &[b'b'; 10][..]);
+    assert_eq!(copies[1].as_ref(), &[b'c'; 3000][..]);
+    metrics_line(
+        &dp,
+        "weir_mirror_requests_total{backend=\"refused\",result=\"failed\",route=\"refused\"} 3",
+    )
+    .await;
+    metrics_line(
+        &dp,
+        "weir_mirror_requests_total{backend=\"rec\",result=\"dropped\",route=\"big\"} 2",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&get(&c, &dp.admin_url("/metrics")).await.body).into_owned();
+    for result in ["sent", "failed", "dropped"] {
+        let line = format!(
+            "weir_mirror_requests_total{{backend=\"rec\",result=\"{result}\",route=\"never\"}} 0\n"
+        );
+        assert!(text.contains(&line), "percent 0 made copies:\n{text}");
+    }
+    assert!(rx.try_recv().is_err(), "nothing else reached the recorder");
+
+    // Last, as the unanswered copies hold every in-flight slot of the process from then on.
+    let extra = 20;
+    for _ in 0..weir_dataplane::mirror::MAX_IN_FLIGHT + extra {
+        let r = send(&c, get_req(&url, &[("host", "hole.test")])).await;
+        assert_eq!(r.header("x-echo-server"), Some("v1"));
+    }
+    metrics_line(
+        &dp,
+        &format!("weir_mirror_requests_total{{backend=\"hole\",result=\"dropped\",route=\"hole\"}} {extra}"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&get(&c, &dp.admin_url("/metrics")).await.body).into_owned();
+    assert!(
+        text.contains(
+            "weir_mirror_requests_total{backend=\"hole\",result=\"sent\",route=\"hole\"} 0\n"
+        ),
+        "the black hole answered?\n{text}"
+    );
+}
