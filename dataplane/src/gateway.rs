@@ -63,6 +63,11 @@ impl RuleRt {
         } else {
             fastrand::u64(0..self.total_weight)
         };
+        self.pick_at(x)
+    }
+
+    /// The entry whose share of `0..total_weight` holds `x`.
+    fn pick_at(&self, x: u64) -> Pick<'_> {
         // Both lists are in declaration order with rising `cum`: the entry picked is the one
         // with the smallest `cum` above `x` across the two.
         let target = self.backends.iter().find(|t| x < t.cum);
@@ -103,8 +108,8 @@ impl RuleGateway {
 /// built from the routes served there; empty when no route is bound, and the one router of
 /// every route serves all listeners (no extra tables for configs that do not use this).
 ///
-/// Separate tables rather than a listener check per candidate: a route bound elsewhere must
-/// not shadow the candidates behind it, and lookups stay what they were.
+/// Separate tables rather than a listener check on every candidate: lookups stay what they
+/// were, and a route bound elsewhere is simply absent, never shadowing the candidates behind it.
 pub fn listener_routers(
     snap: &Snapshot,
     rules: &[Vec<Arc<RuleRt>>],
@@ -125,4 +130,61 @@ pub fn listener_routers(
         out.insert(l.name.clone(), Router::build(&routes, &rules)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pick;
+    use http::{HeaderMap, Method};
+
+    /// Valid and invalid refs share one weight space, in declaration order.
+    #[test]
+    fn weights_cover_valid_and_invalid_refs_in_order() {
+        let snap = weir_config::load(
+            br#"
+backends: { a: { endpoints: ["127.0.0.1:1"] }, b: { endpoints: ["127.0.0.1:2"] } }
+routes:
+  - name: r
+    rules:
+      - backendRefs:
+          - { name: a, weight: 1 }
+          - { name: gone, weight: 2, invalid: "not found" }
+          - { name: b, weight: 0 }
+          - { name: b, weight: 3 }
+          - { name: a, weight: 0, invalid: "zero" }
+"#,
+        )
+        .expect("valid");
+        let rt = crate::runtime::compile(snap, None).expect("compiles");
+        let headers = HeaderMap::new();
+        let rule = rt
+            .router
+            .find(&crate::router::RequestView {
+                host: "x",
+                method: &Method::GET,
+                path: "/",
+                query: None,
+                headers: &headers,
+                body: None,
+            })
+            .expect("the rule");
+        assert_eq!(rule.total_weight, 6);
+        let name = |x| match rule.pick_at(x) {
+            Pick::Backend(t) => t.backend.name.to_string(),
+            Pick::Invalid(why) => format!("invalid: {why}"),
+            Pick::None => "none".into(),
+        };
+        let got: Vec<String> = (0..6).map(name).collect();
+        assert_eq!(
+            got,
+            [
+                "a",
+                "invalid: not found",
+                "invalid: not found",
+                "b",
+                "b",
+                "b"
+            ]
+        );
+    }
 }
