@@ -169,8 +169,7 @@ mod tests {
             (rw(None, None, Some("/internal")), "/x", "/internal/x"),
             (rw(None, None, Some("/internal")), "/", "/internal/"),
             (rw(Some("/api"), None, Some("/svc")), "/api/a/b", "/svc/a/b"),
-            // Gateway API ReplacePrefixMatch, the spec's table (an empty replacement is
-            // written "/").
+            // Gateway API ReplacePrefixMatch, the spec's table.
             (
                 rw(None, Some(("/foo", "/xyz")), None),
                 "/foo/bar",
@@ -196,6 +195,9 @@ mod tests {
             (rw(None, Some(("/foo", "/")), None), "/foo/bar", "/bar"),
             (rw(None, Some(("/foo", "/")), None), "/foo/", "/"),
             (rw(None, Some(("/foo", "/")), None), "/foo", "/"),
+            (rw(None, Some(("/foo", "")), None), "/foo/bar", "/bar"),
+            (rw(None, Some(("/foo", "")), None), "/foo/", "/"),
+            (rw(None, Some(("/foo", "")), None), "/foo", "/"),
             // The conformance test HTTPRouteRewritePath.
             (
                 rw(None, Some(("/prefix/one", "/one")), None),
