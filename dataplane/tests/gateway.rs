@@ -486,7 +486,11 @@ async fn recorder() -> (
                         let (parts, body) = req.into_parts();
                         let body = body.collect().await.map(|b| b.to_bytes())?;
                         let _ = tx.send(Copy {
-                            path: parts.uri.to_string(),
+                            // Origin form whatever the protocol (h2 gives an absolute URI).
+                            path: parts
+                                .uri
+                                .path_and_query()
+                                .map_or_else(String::new, |pq| pq.to_string()),
                             headers: parts.headers,
                             body,
                         });
@@ -723,5 +727,47 @@ routes:
             "weir_mirror_requests_total{backend=\"hole\",result=\"sent\",route=\"hole\"} 0\n"
         ),
         "the black hole answered?\n{text}"
+    );
+}
+
+/// Requests over HTTP/3 are mirrored too, body included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_requests_are_mirrored() {
+    let v1 = echo("v1").await;
+    let (rec, mut rx) = recorder().await;
+    let tls = free_port();
+    let config = format!(
+        r#"
+listeners: [{{ name: https, address: "127.0.0.1:{tls}", protocol: https }}]
+backends:
+  v1: {{ endpoints: ["{v1}"] }}
+  rec: {{ endpoints: ["{rec}"], protocol: h2c }}
+routes:
+  - name: h3-mirror
+    rules: [{{ filters: {{ mirrors: [{{ backend: rec }}] }}, backendRefs: [{{ name: v1 }}] }}]
+"#
+    );
+    let _dp = Dataplane::start(&config).await;
+    let conn = h3_conn(tls).await;
+    let get = Request::get("https://h3.test/get")
+        .body(Bytes::new())
+        .unwrap();
+    let r = conn.request(get).await.expect("h3 get");
+    assert_eq!(r.status, StatusCode::OK);
+    let post = Request::post("https://h3.test/post")
+        .body(Bytes::from(vec![b'q'; 2000]))
+        .unwrap();
+    let r = conn.request(post).await.expect("h3 post");
+    assert_eq!(r.status, StatusCode::OK);
+    conn.close().await;
+    let mut copies = [next_copy(&mut rx).await, next_copy(&mut rx).await];
+    copies.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(copies[0].path, "/get");
+    assert!(copies[0].body.is_empty());
+    assert_eq!(copies[1].path, "/post");
+    assert_eq!(copies[1].body.as_ref(), &[b'q'; 2000][..]);
+    assert_eq!(
+        copies[1].headers.get("host").and_then(|v| v.to_str().ok()),
+        Some("h3.test")
     );
 }
