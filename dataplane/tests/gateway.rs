@@ -333,6 +333,10 @@ routes:
       - backendRefs:
           - { name: "other/svc", weight: 1, invalid: "backendRef to other/svc not permitted by any ReferenceGrant" }
           - { name: v1, weight: 1 }
+  - name: grpc-invalid
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /pkg.Svc } }]
+        backendRefs: [{ name: "ns/grpc", invalid: "backendRef Service ns/grpc not found" }]
 "#;
     let dp = Dataplane::start(&config(port, &[("v1", v1, "")], routes)).await;
     let c = client();
@@ -346,6 +350,14 @@ routes:
             "backendRef Service ns/missing not found"
         );
     }
+    // GRPCRoute: a gRPC request picked for an invalid backendRef gets UNAVAILABLE (14).
+    let grpc = Request::post(format!("http://127.0.0.1:{port}/pkg.Svc/Call"))
+        .header("content-type", "application/grpc")
+        .body(full(Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .unwrap();
+    let r = send(&h2c_client(), grpc).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("grpc-status"), Some("14"));
     let (mut ok, mut failed) = (0, 0);
     // 60 requests at 50/50: both outcomes show unless the odds (2^-59) say otherwise.
     for _ in 0..60 {
