@@ -1,14 +1,15 @@
-//! Dataplane side of the contract fields the Gateway API needs (listener-bound routes,
-//! ReplaceFullPath, hostname rewrite, per-backendRef filters, invalid backendRefs, per-try
-//! timeouts, request mirrors).
+//! Per-rule settings of the contract fields the Gateway API needs: hostname rewrite,
+//! per-try timeouts, request mirrors ([`crate::mirror`]) and invalid backendRefs in the
+//! weighted choice. Listener-bound routes are in [`crate::listener_routes`]; ReplaceFullPath
+//! in [`crate::filters::rewrite_path`]; per-backendRef header filters on
+//! [`crate::filters::Target`].
 
 use crate::filters::{RuleRt, Target};
-use crate::router::Router;
 use crate::upstream::BackendRt;
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::sync::Arc;
-use weir_config::{ConfigError, Rule, Snapshot};
+use weir_config::Rule;
 
 /// What a rule does for the Gateway API beyond the ProxyRoute filters.
 #[derive(Debug, Default)]
@@ -102,34 +103,6 @@ impl RuleGateway {
                 .and_then(|h| HeaderValue::from_str(h).ok()),
         }
     }
-}
-
-/// One router per listener when some route is bound to listeners (`routes[].listeners`), each
-/// built from the routes served there; empty when no route is bound, and the one router of
-/// every route serves all listeners (no extra tables for configs that do not use this).
-///
-/// Separate tables rather than a listener check on every candidate: lookups stay what they
-/// were, and a route bound elsewhere is simply absent, never shadowing the candidates behind it.
-pub fn listener_routers(
-    snap: &Snapshot,
-    rules: &[Vec<Arc<RuleRt>>],
-) -> Result<HashMap<String, Router>, ConfigError> {
-    let mut out = HashMap::new();
-    if snap.routes.iter().all(|r| r.listeners.is_empty()) {
-        return Ok(out);
-    }
-    for l in &snap.listeners {
-        let (routes, rules): (Vec<_>, Vec<_>) = snap
-            .routes
-            .iter()
-            .zip(rules)
-            .filter(|(route, _)| route.listeners.is_empty() || route.listeners.contains(&l.name))
-            .map(|(route, rules)| (route.clone(), rules.clone()))
-            .unzip();
-        // Declaration order is kept, so precedence ties break as in the full table.
-        out.insert(l.name.clone(), Router::build(&routes, &rules)?);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod h3_websocket;
 pub mod health;
 pub mod kairos;
 pub mod limits;
+pub mod listener_routes;
 pub mod metrics;
 pub mod mirror;
 pub mod observe;

@@ -232,7 +232,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
     };
     // Built only from routes that compiled: their errors are reported once, above.
     let listener_routers = match errs.is_empty() {
-        true => crate::gateway::listener_routers(&snapshot, &rules)?,
+        true => crate::listener_routes::listener_routers(&snapshot, &rules)?,
         false => HashMap::new(),
     };
     errs.into_result()?;
