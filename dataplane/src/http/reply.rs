@@ -71,6 +71,8 @@ error_kinds! {
     ExtAuthError = "ext_auth_error",
     BodyNotJson = "body_not_json",
     KairosError = "kairos_error",
+    /// Gateway API: a backendRef the operator could not resolve (500; gRPC UNAVAILABLE).
+    InvalidBackend = "invalid_backend",
 }
 
 impl ErrorKind {
@@ -97,6 +99,10 @@ impl ErrorKind {
         use grpc_code as code;
         if self == ErrorKind::UpstreamTimeout {
             return code::DEADLINE_EXCEEDED;
+        }
+        // GRPCRoute: requests picked for an invalid backendRef get UNAVAILABLE (HTTP: 500).
+        if self == ErrorKind::InvalidBackend {
+            return code::UNAVAILABLE;
         }
         match status.as_u16() {
             400 => code::INTERNAL,

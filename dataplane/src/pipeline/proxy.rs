@@ -142,7 +142,14 @@ where
     // past a `/api` prefix rule nor reach a backend that resolves it itself.
     let path = normalize_path(req.uri().path()).into_owned();
     let route_start = span.as_ref().map(|s| s.now());
-    let (rule, req) = match crate::route::bodymatch::route(&rt.router, &host, &path, req).await {
+    let (rule, req) = match crate::route::bodymatch::route(
+        rt.router_for(&conn.listener),
+        &host,
+        &path,
+        req,
+    )
+    .await
+    {
         Ok(x) => x,
         Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
     };
@@ -177,13 +184,24 @@ where
             Err(r) => return local(r, &rule.no_backend_metrics),
         },
     };
-    let Some(target) = rule.pick_backend() else {
-        let r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::NoBackend,
-            "route has no backend with weight",
-        );
-        return local(r, &rule.no_backend_metrics);
+    let target = match rule.pick() {
+        crate::policy::gateway::Pick::Backend(t) => t,
+        crate::policy::gateway::Pick::Invalid(why) => {
+            let r = error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorKind::InvalidBackend,
+                why,
+            );
+            return local(r, &rule.no_backend_metrics);
+        }
+        crate::policy::gateway::Pick::None => {
+            let r = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::NoBackend,
+                "route has no backend with weight",
+            );
+            return local(r, &rule.no_backend_metrics);
+        }
     };
     let backend = &target.backend;
     let (mut req, body_trip) = match crate::http::limits::limit_body(rp.max_body, req) {
@@ -199,7 +217,7 @@ where
 
     // 4. The upstream request.
     let (mut parts, body) = req.into_parts();
-    let (pq, version) =
+    let (pq, version, mirror) =
         match upstream_request(&rule, target, conn, path, &mut parts, upgrade.as_ref()) {
             Ok(x) => x,
             Err(r) => return local(r, &target.metrics),
@@ -209,19 +227,31 @@ where
         .unwrap_or(backend.config.timeouts.request.get());
     let timeout = crate::http::grpc::deadline(&parts.headers, timeout);
     // 5. Dispatch: balancing, health, breaker, concurrency limit, retries, credential.
+    let body = match mirror {
+        None => boxed(body),
+        Some(m) => m.start(pq.clone(), boxed(body)),
+    };
     let sent = backend
-        .dispatch(
+        .dispatch_per_try(
             parts.method,
             pq,
             version,
             parts.headers,
-            boxed(body),
+            body,
             timeout,
             span,
+            rule.gateway.per_try_timeout,
         )
         .await;
     // 6. Respond.
-    let resp = respond(&rule, sent.response, body_trip, upgrade, cors_origin);
+    let resp = respond(
+        &rule,
+        target,
+        sent.response,
+        body_trip,
+        upgrade,
+        cors_origin,
+    );
     Outcome {
         response: resp,
         metrics: target.metrics.clone(),
@@ -263,7 +293,7 @@ fn admit<B>(
 /// Stage 4: turns the client's request head into the upstream's: rewritten path (with the
 /// query), hop-by-hop headers removed, forwarding headers and `Host`, `TE: trailers` for h2c
 /// gRPC, the rule's request filters, the WebSocket handshake headers. Returns the path and
-/// query and the HTTP version to send, or a `400 bad_path` reply.
+/// query, the HTTP version to send and the request's mirror copies, or a `400 bad_path` reply.
 // The Err is the reply itself, made on the rare path and moved out once; as the other
 // stages that answer locally (limits::limit_body, websocket::take) do, it is not boxed.
 #[allow(clippy::result_large_err)]
@@ -274,7 +304,14 @@ fn upstream_request(
     path: String,
     parts: &mut http::request::Parts,
     upgrade: Option<&crate::policy::websocket::Upgrade>,
-) -> Result<(PathAndQuery, Version), Response<ProxyBody>> {
+) -> Result<
+    (
+        PathAndQuery,
+        Version,
+        Option<crate::policy::mirror::Pending>,
+    ),
+    Response<ProxyBody>,
+> {
     let backend = &target.backend;
     let path = match &rule.path {
         Some(rw) => rewrite_path(rw, &path),
@@ -319,7 +356,8 @@ fn upstream_request(
         });
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, conn, host_value.as_ref());
-    if let Some(h) = host_value {
+    // `hostRewrite` replaces the host sent upstream; X-Forwarded-Host keeps the client's.
+    if let Some(h) = rule.gateway.host_rewrite.clone().or(host_value) {
         parts.headers.insert(header::HOST, h);
     }
     let h2 = backend.config.protocol == UpstreamProtocol::H2c;
@@ -329,6 +367,17 @@ fn upstream_request(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     rule.request_headers.apply(&mut parts.headers);
+    // Copies see the request as the rule's filters made it, not the picked backendRef's
+    // own filters; upgrades (WebSocket) are not mirrored.
+    let mirror = match upgrade {
+        None => crate::policy::mirror::Pending::new(
+            &rule.gateway.mirrors,
+            &parts.method,
+            &parts.headers,
+        ),
+        Some(_) => None,
+    };
+    target.request_headers.apply(&mut parts.headers);
     if let Some(u) = upgrade {
         u.prepare(&mut parts.method, &mut parts.headers);
     }
@@ -337,7 +386,7 @@ fn upstream_request(
     } else {
         Version::HTTP_11
     };
-    Ok((pq, version))
+    Ok((pq, version, mirror))
 }
 
 /// Stage 6: the client's response from what dispatch returned (the upstream's response with
@@ -345,6 +394,7 @@ fn upstream_request(
 /// reply), then the body limit's outcome, the WebSocket switch and the CORS headers.
 fn respond(
     rule: &RuleRt,
+    target: &Target,
     sent: Result<Response<ProxyBody>, Response<ProxyBody>>,
     body_trip: Option<crate::http::limits::BodyTrip>,
     upgrade: Option<crate::policy::websocket::Upgrade>,
@@ -356,6 +406,7 @@ fn respond(
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             rule.response_headers.apply(&mut parts.headers);
+            target.response_headers.apply(&mut parts.headers);
             Response::from_parts(parts, body)
         }
     };

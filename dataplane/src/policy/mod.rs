@@ -4,7 +4,9 @@
 pub mod cors;
 pub mod extauth;
 pub mod filters;
+pub mod gateway;
 pub mod kairos;
+pub mod mirror;
 pub mod protocol;
 pub mod ratelimit;
 pub mod redirect;

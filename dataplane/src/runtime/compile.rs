@@ -46,12 +46,22 @@ pub struct Runtime {
     /// reload) keeps it, so the status page says how long the config has been running.
     pub applied_at: std::time::SystemTime,
     pub router: Router,
+    /// Per-listener routers, only when some route is bound to listeners (`routes[].listeners`);
+    /// empty otherwise and `router` serves every listener.
+    pub listener_routers: HashMap<String, Router>,
     pub backends: HashMap<String, Arc<BackendRt>>,
     pub listeners: Vec<ListenerRt>,
     /// The certificate files as they were when this runtime read them.
     pub cert_stamps: Vec<CertStamp>,
     /// Rate-limit and ext-auth state, carried into the next version where unchanged.
     pub policies: crate::policy::stages::PolicyState,
+}
+
+impl Runtime {
+    /// The routing table of the routes served on `listener`.
+    pub fn router_for(&self, listener: &str) -> &Router {
+        self.listener_routers.get(listener).unwrap_or(&self.router)
+    }
 }
 
 /// (path, length and modification time) of a certificate or key file.
@@ -169,8 +179,15 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         for (ui, rule) in route.rules.iter().enumerate() {
             let mut cum = 0u64;
             let mut targets = Vec::new();
+            let mut invalid = Vec::new();
             for br in &rule.backend_refs {
                 if br.weight == 0 {
+                    continue;
+                }
+                if let Some(why) = &br.invalid {
+                    // Keeps its share of the weight: those requests get 500 (Gateway API).
+                    cum += u64::from(br.weight);
+                    invalid.push(crate::policy::gateway::InvalidRef::new(cum, why));
                     continue;
                 }
                 if let Some(b) = backends.get(&br.name) {
@@ -179,6 +196,8 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                         backend: b.clone(),
                         cum,
                         metrics: pair(&route.name, &br.name),
+                        request_headers: HeaderOps::compile(&br.filters.request_headers),
+                        response_headers: HeaderOps::compile(&br.filters.response_headers),
                     });
                 }
             }
@@ -194,6 +213,12 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 timeout: rule.timeout.map(|t| t.get()),
                 protocol: crate::policy::protocol::RuleProtocol::compile(rule),
                 policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
+                gateway: crate::policy::gateway::RuleGateway::compile(
+                    &route.name,
+                    rule,
+                    invalid,
+                    &backends,
+                ),
             }));
         }
         rules.push(per_route);
@@ -205,6 +230,11 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
             Router::default()
         }
     };
+    // Built only from routes that compiled: their errors are reported once, above.
+    let listener_routers = match errs.is_empty() {
+        true => crate::runtime::listener_routes::listener_routers(&snapshot, &rules)?,
+        false => HashMap::new(),
+    };
     errs.into_result()?;
     let version = snapshot.effective_version();
     let applied_at = prev
@@ -215,6 +245,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         version,
         applied_at,
         router,
+        listener_routers,
         backends,
         listeners,
         cert_stamps,

@@ -2,6 +2,7 @@
 //! across reloads.
 
 pub mod compile;
+pub mod listener_routes;
 pub mod pod_ip;
 
 pub use compile::*;
