@@ -1,0 +1,150 @@
+//! The last-known-good snapshot, kept in a Secret the dataplane can start from.
+
+use super::{FIELD_MANAGER, SNAPSHOT_KEY};
+use crate::metrics::METRICS;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Writes the last-known-good snapshot to the Secret `name` (server-side apply, only when it
+/// changed). The snapshot holds resolved credentials, API keys and TLS keys, so it lives in a
+/// Secret; logs name only its version.
+#[tracing::instrument(level = "debug", skip_all, fields(version = %snapshot.version))]
+pub(super) async fn write_snapshot_secret(
+    api: &Api<Secret>,
+    name: &str,
+    snapshot: &weir_config::Snapshot,
+    written: &mut Option<String>,
+) {
+    let Ok(mut text) = serde_json::to_string_pretty(snapshot) else {
+        return;
+    };
+    text.push('\n');
+    if written.is_none() {
+        match api.get_opt(name).await {
+            Ok(sec) => {
+                *written = Some(
+                    sec.and_then(|c| c.data)
+                        .and_then(|d| d.get(SNAPSHOT_KEY).cloned())
+                        .and_then(|b| String::from_utf8(b.0).ok())
+                        .unwrap_or_default(),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the snapshot Secret");
+                return;
+            }
+        }
+    }
+    if written.as_deref() == Some(text.as_str()) {
+        return;
+    }
+    // No `app.kubernetes.io/managed-by` label: the chart installs this Secret with
+    // `managed-by: Helm`, and a forced apply of another value takes that field from Helm, so
+    // every later `helm upgrade` (server-side apply in Helm 4) fails with a conflict. Found by
+    // the pod runner's rolling-update scenario (scripts/cluster.py).
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "annotations": { "weir.dev/snapshot-version": snapshot.version },
+        },
+        "data": { SNAPSHOT_KEY: k8s_openapi::ByteString(text.clone().into_bytes()) },
+    });
+    match api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            METRICS.configmap_writes.fetch_add(1, Relaxed);
+            tracing::info!(secret = name, version = %snapshot.version, "wrote last-known-good snapshot");
+            *written = Some(text);
+        }
+        // The API error describes the request, not the Secret's data.
+        Err(e) => tracing::warn!(error = %e, "cannot write the snapshot Secret"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{recording_client, Log};
+    use super::*;
+    use kube::Client;
+
+    /// A client whose API server records every request and answers GETs with 404 and writes
+    /// with an empty Secret.
+    fn secret_mock() -> (Client, Log) {
+        recording_client(|method| {
+            if method == http::Method::GET {
+                (
+                    404,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                       "reason": "NotFound", "code": 404, "message": "not found"}),
+                )
+            } else {
+                (
+                    200,
+                    serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                                       "metadata": {"name": "weir-snapshot", "namespace": "ns"}}),
+                )
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn snapshot_secret_is_applied_once_per_content() {
+        let (client, log) = secret_mock();
+        let api: Api<Secret> = Api::namespaced(client, "ns");
+        let mut snap: weir_config::Snapshot = serde_yaml_ng::from_str(
+            "backends: {b: {endpoints: ['a:1'], credential: {header: authorization, value: 'Bearer s3cret'}}}",
+        )
+        .unwrap();
+        snap.version = snap.content_hash();
+        let mut written = None;
+        write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        // Same content again: nothing sent at all (not even a read).
+        write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        let reqs = log.lock().unwrap().clone();
+        let methods: Vec<&str> = reqs.iter().map(|(m, _, _, _)| m.as_str()).collect();
+        assert_eq!(methods, vec!["GET", "PATCH"], "{reqs:?}");
+        let (_, url, _, body) = &reqs[1];
+        assert!(
+            url.starts_with("/api/v1/namespaces/ns/secrets/weir-snapshot?")
+                && url.contains("fieldManager=weir-operator"),
+            "{url}"
+        );
+        assert_eq!(body["kind"], "Secret");
+        assert_eq!(body["type"], "Opaque");
+        assert_eq!(
+            body["metadata"]["annotations"]["weir.dev/snapshot-version"],
+            snap.version.as_str()
+        );
+        // No labels: the chart's Helm labels on this Secret stay Helm's (see write_snapshot_secret).
+        assert!(body["metadata"].get("labels").is_none(), "{body}");
+        // The snapshot is in `data` (base64), complete with the credential, and nowhere else.
+        let b64 = body["data"][SNAPSHOT_KEY].as_str().unwrap();
+        let text = String::from_utf8(
+            serde_json::from_value::<k8s_openapi::ByteString>(b64.into())
+                .unwrap()
+                .0,
+        )
+        .unwrap();
+        assert_eq!(weir_config::parse_json(text.as_bytes()).unwrap(), snap);
+        assert!(
+            !body.to_string().contains("s3cret"),
+            "only base64 in the request"
+        );
+        // A change: one more apply, no read.
+        snap.backends.clear();
+        snap.version = snap.content_hash();
+        write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        let methods: Vec<String> = log.lock().unwrap().iter().map(|r| r.0.clone()).collect();
+        assert_eq!(methods, vec!["GET", "PATCH", "PATCH"]);
+    }
+}
