@@ -26,6 +26,8 @@ pub struct RuleRt {
     /// Rate limit, external auth, redirect / direct response, KairosDB mode (see
     /// [`crate::policy`]); `None` when the rule has none.
     pub policy: Option<Arc<crate::policy::PolicyRt>>,
+    /// Host rewrite, per-try timeout, mirrors, invalid backendRefs (see [`crate::gateway`]).
+    pub gateway: crate::gateway::RuleGateway,
 }
 
 /// One weighted backend of a rule.
@@ -36,6 +38,9 @@ pub struct Target {
     pub cum: u64,
     /// Request metric handles of this (route, backend) pair.
     pub metrics: Arc<RouteMetrics>,
+    /// The backendRef's own header filters, applied after the rule's.
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
 }
 
 impl RuleRt {
@@ -99,9 +104,13 @@ impl HeaderOps {
     }
 }
 
-/// Applies stripPrefix, replacePrefix, addPrefix in that order. Prefixes match on segment
-/// boundaries; the result always starts with `/`.
+/// Applies stripPrefix, replacePrefix, addPrefix in that order, or replaceFull (validation
+/// keeps it apart from the other three). Prefixes match on segment boundaries; the result
+/// always starts with `/`.
 pub fn rewrite_path(rw: &PathRewrite, path: &str) -> String {
+    if let Some(full) = &rw.replace_full {
+        return full.clone();
+    }
     let mut out = path.to_string();
     if let Some(p) = &rw.strip_prefix {
         if let Some(rest) = strip_segment_prefix(&out, p) {
@@ -155,6 +164,7 @@ mod tests {
                 to: t.into(),
             }),
             add_prefix: add.map(str::to_string),
+            ..PathRewrite::default()
         }
     }
 
@@ -174,6 +184,57 @@ mod tests {
             (rw(None, None, Some("/internal")), "/x", "/internal/x"),
             (rw(None, None, Some("/internal")), "/", "/internal/"),
             (rw(Some("/api"), None, Some("/svc")), "/api/a/b", "/svc/a/b"),
+            // Gateway API ReplacePrefixMatch, the spec's table (an empty replacement is
+            // written "/").
+            (
+                rw(None, Some(("/foo", "/xyz")), None),
+                "/foo/bar",
+                "/xyz/bar",
+            ),
+            (
+                rw(None, Some(("/foo", "/xyz/")), None),
+                "/foo/bar",
+                "/xyz/bar",
+            ),
+            (
+                rw(None, Some(("/foo/", "/xyz")), None),
+                "/foo/bar",
+                "/xyz/bar",
+            ),
+            (
+                rw(None, Some(("/foo/", "/xyz/")), None),
+                "/foo/bar",
+                "/xyz/bar",
+            ),
+            (rw(None, Some(("/foo", "/xyz")), None), "/foo", "/xyz"),
+            (rw(None, Some(("/foo", "/xyz")), None), "/foo/", "/xyz/"),
+            (rw(None, Some(("/foo", "/")), None), "/foo/bar", "/bar"),
+            (rw(None, Some(("/foo", "/")), None), "/foo/", "/"),
+            (rw(None, Some(("/foo", "/")), None), "/foo", "/"),
+            // The conformance test HTTPRouteRewritePath.
+            (
+                rw(None, Some(("/prefix/one", "/one")), None),
+                "/prefix/one/two",
+                "/one/two",
+            ),
+            (
+                rw(None, Some(("/strip-prefix", "/")), None),
+                "/strip-prefix/three",
+                "/three",
+            ),
+            (
+                rw(None, Some(("/strip-prefix", "/")), None),
+                "/strip-prefix",
+                "/",
+            ),
+            (
+                PathRewrite {
+                    replace_full: Some("/one".into()),
+                    ..PathRewrite::default()
+                },
+                "/full/one/two",
+                "/one",
+            ),
         ];
         for (r, input, want) in cases {
             assert_eq!(rewrite_path(&r, input), want, "input {input}");

@@ -15,6 +15,7 @@ pub mod echo;
 pub mod extauth;
 pub mod fastfmt;
 pub mod filters;
+pub mod gateway;
 pub mod grpc;
 pub mod h3;
 pub mod h3_websocket;

@@ -312,10 +312,11 @@ where
     let path = normalize_path(req.uri().path()).into_owned();
     let route_start = span.as_ref().map(|s| s.now());
     // Reads the body only when a body-field match is reached (see crate::bodymatch).
-    let (rule, req) = match crate::bodymatch::route(&rt.router, &host, &path, req).await {
-        Ok(x) => x,
-        Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
-    };
+    let (rule, req) =
+        match crate::bodymatch::route(rt.router_for(&conn.listener), &host, &path, req).await {
+            Ok(x) => x,
+            Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
+        };
     if let (Some(s), Some(t)) = (span.as_deref_mut(), route_start) {
         s.route_selected(t, rule.is_some());
     }
@@ -407,7 +408,8 @@ where
         });
     strip_hop_by_hop(&mut parts.headers);
     add_forwarding(&mut parts.headers, conn, host_value.as_ref());
-    if let Some(h) = host_value {
+    // `hostRewrite` replaces the host sent upstream; X-Forwarded-Host keeps the client's.
+    if let Some(h) = rule.gateway.host_rewrite.clone().or(host_value) {
         parts.headers.insert(header::HOST, h);
     }
     let h2 = backend.config.protocol == UpstreamProtocol::H2c;
@@ -417,6 +419,7 @@ where
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     rule.request_headers.apply(&mut parts.headers);
+    target.request_headers.apply(&mut parts.headers);
     if let Some(u) = &upgrade {
         u.prepare(&mut parts.method, &mut parts.headers);
     }
@@ -448,6 +451,7 @@ where
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             rule.response_headers.apply(&mut parts.headers);
+            target.response_headers.apply(&mut parts.headers);
             Response::from_parts(parts, body)
         }
     };

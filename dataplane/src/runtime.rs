@@ -46,12 +46,22 @@ pub struct Runtime {
     /// reload) keeps it, so the status page says how long the config has been running.
     pub applied_at: std::time::SystemTime,
     pub router: Router,
+    /// Per-listener routers, only when some route is bound to listeners (`routes[].listeners`);
+    /// empty otherwise and `router` serves every listener.
+    pub listener_routers: HashMap<String, Router>,
     pub backends: HashMap<String, Arc<BackendRt>>,
     pub listeners: Vec<ListenerRt>,
     /// The certificate files as they were when this runtime read them.
     pub cert_stamps: Vec<CertStamp>,
     /// Rate-limit and ext-auth state, carried into the next version where unchanged.
     pub policies: crate::policy::PolicyState,
+}
+
+impl Runtime {
+    /// The routing table of the routes served on `listener`.
+    pub fn router_for(&self, listener: &str) -> &Router {
+        self.listener_routers.get(listener).unwrap_or(&self.router)
+    }
 }
 
 /// (path, length and modification time) of a certificate or key file.
@@ -80,6 +90,7 @@ pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
 pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, ConfigError> {
     snapshot.validate()?;
     let mut errs = Errors::default();
+    crate::gateway::reject_unimplemented(&snapshot, &mut errs);
     // Taken before the files are read, so a change during the read is seen later.
     let cert_stamps = cert_stamps(&snapshot);
 
@@ -179,6 +190,8 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                         backend: b.clone(),
                         cum,
                         metrics: pair(&route.name, &br.name),
+                        request_headers: HeaderOps::compile(&br.filters.request_headers),
+                        response_headers: HeaderOps::compile(&br.filters.response_headers),
                     });
                 }
             }
@@ -194,6 +207,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 timeout: rule.timeout.map(|t| t.get()),
                 protocol: crate::protocol::RuleProtocol::compile(rule),
                 policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
+                gateway: crate::gateway::RuleGateway::compile(rule),
             }));
         }
         rules.push(per_route);
@@ -205,6 +219,11 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
             Router::default()
         }
     };
+    // Built only from routes that compiled: their errors are reported once, above.
+    let listener_routers = match errs.is_empty() {
+        true => crate::gateway::listener_routers(&snapshot, &rules)?,
+        false => HashMap::new(),
+    };
     errs.into_result()?;
     let version = snapshot.effective_version();
     let applied_at = prev
@@ -215,6 +234,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         version,
         applied_at,
         router,
+        listener_routers,
         backends,
         listeners,
         cert_stamps,
