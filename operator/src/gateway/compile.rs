@@ -1034,6 +1034,72 @@ fn timeout(v: &str, path: &str, errs: &mut Vec<FieldError>) -> Option<Value> {
     }
 }
 
+/// What a rule's parts need to know about it.
+struct RuleCtx<'a> {
+    kind: &'static str,
+    ns: &'a str,
+    /// `spec.rules[i]`.
+    p: &'a str,
+    grpc: bool,
+}
+
+/// Where a rule's problems go: unresolved references (ResolvedRefs), spec errors.
+type Problems<'a> = (&'a mut Vec<(&'static str, String)>, &'a mut Vec<FieldError>);
+
+/// `requestMirror.percent`, or `fraction` as a percentage; absent: every request.
+fn mirror_percent(m: &RequestMirror, p: &str) -> Result<f64, FieldError> {
+    match (m.percent, &m.fraction) {
+        (Some(_), Some(_)) => Err(FieldError::new(p, "set percent or fraction, not both")),
+        (Some(pct), None) if (0..=100).contains(&pct) => Ok(f64::from(pct)),
+        (Some(_), None) => Err(FieldError::new(format!("{p}.percent"), "must be 0-100")),
+        (None, Some(f)) => {
+            let d = f.denominator.unwrap_or(100);
+            if d <= 0 || f.numerator < 0 || f.numerator > d {
+                Err(FieldError::new(
+                    format!("{p}.fraction"),
+                    "needs 0 <= numerator <= denominator, denominator > 0",
+                ))
+            } else {
+                Ok(f64::from(f.numerator) * 100.0 / f64::from(d))
+            }
+        }
+        (None, None) => Ok(100.0),
+    }
+}
+
+/// A backendRef's own filters: only the header modifiers (what the contract carries there).
+fn backend_ref_filters(filters: &[HTTPRouteFilter], bp: &str, errs: &mut Vec<FieldError>) -> Value {
+    let mut f = serde_json::Map::new();
+    for (k, flt) in filters.iter().enumerate() {
+        let fp = format!("{bp}.filters[{k}]");
+        let (field, h) = match flt.type_.as_str() {
+            "RequestHeaderModifier" => ("requestHeaders", &flt.request_header_modifier),
+            "ResponseHeaderModifier" => ("responseHeaders", &flt.response_header_modifier),
+            other => {
+                errs.push(FieldError::new(
+                    format!("{fp}.type"),
+                    format!("{other} is not supported on a backendRef (the header modifiers are)"),
+                ));
+                continue;
+            }
+        };
+        match h {
+            Some(h) if !f.contains_key(field) => {
+                f.insert(field.into(), header_filter(h));
+            }
+            Some(_) => errs.push(FieldError::new(
+                format!("{fp}.type"),
+                format!("{} may appear only once", flt.type_),
+            )),
+            None => errs.push(FieldError::new(
+                fp.clone(),
+                format!("the {} settings are missing", flt.type_),
+            )),
+        }
+    }
+    Value::Object(f)
+}
+
 /// A rule as far as it is compiled: its contract rule, the backendRefs problems
 /// (ResolvedRefs), and spec problems (the rule is dropped).
 struct RuleOut {
@@ -1047,17 +1113,18 @@ impl Ctx<'_> {
     /// modifiers and RequestMirror are allowed, as the GRPCRoute CRD says).
     fn filters(
         &mut self,
+        rc: &RuleCtx<'_>,
         filters: &[HTTPRouteFilter],
         matches: &[Value],
-        p: &str,
-        grpc: bool,
         rule: &mut serde_json::Map<String, Value>,
-        errs: &mut Vec<FieldError>,
+        (unresolved, errs): Problems<'_>,
     ) {
+        let (p, grpc) = (rc.p, rc.grpc);
         let mut f = serde_json::Map::new();
         let mut seen = BTreeSet::new();
         let mut has_redirect = false;
         let mut has_rewrite_path = false;
+        let mut mirrors = Vec::new();
         for (j, flt) in filters.iter().enumerate() {
             let fp = format!("{p}.filters[{j}]");
             let t = flt.type_.as_str();
@@ -1128,11 +1195,8 @@ impl Ctx<'_> {
                 },
                 "URLRewrite" => match &flt.url_rewrite {
                     Some(u) => {
-                        if u.hostname.is_some() {
-                            errs.push(FieldError::new(
-                                format!("{fp}.urlRewrite.hostname"),
-                                "not supported yet by this Weir version",
-                            ));
+                        if let Some(h) = &u.hostname {
+                            f.insert("hostRewrite".into(), h.clone().into());
                         }
                         if let Some(pm) = &u.path {
                             has_rewrite_path = true;
@@ -1152,10 +1216,11 @@ impl Ctx<'_> {
                                         );
                                     }
                                 }
-                                _ => errs.push(FieldError::new(
-                                    format!("{pp}.type"),
-                                    "ReplaceFullPath is not supported yet by this Weir version",
-                                )),
+                                _ => {
+                                    if let Some(v) = path_modifier(pm, matches, &pp, errs) {
+                                        f.insert("path".into(), json!({"replaceFull": v}));
+                                    }
+                                }
                             }
                         }
                     }
@@ -1167,10 +1232,21 @@ impl Ctx<'_> {
                     }
                     None => missing("cors", errs),
                 },
-                "RequestMirror" => errs.push(FieldError::new(
-                    format!("{fp}.type"),
-                    "RequestMirror is not supported yet by this Weir version",
-                )),
+                "RequestMirror" => match &flt.request_mirror {
+                    Some(m) => {
+                        let mp = format!("{fp}.requestMirror");
+                        let bp = format!("{mp}.backendRef");
+                        match self.backend(rc.kind, rc.ns, &m.backend_ref, &bp, false) {
+                            Ok(name) => match mirror_percent(m, &mp) {
+                                Ok(pct) => mirrors.push(json!({"backend": name, "percent": pct})),
+                                Err(e) => errs.push(e),
+                            },
+                            // The spec: the request itself is still served.
+                            Err(e) => unresolved.push(e),
+                        }
+                    }
+                    None => missing("requestMirror", errs),
+                },
                 "ExtensionRef" => errs.push(FieldError::new(
                     format!("{fp}.type"),
                     "ExtensionRef filters are not supported",
@@ -1187,6 +1263,9 @@ impl Ctx<'_> {
                 "RequestRedirect and URLRewrite with a path may not be used together",
             ));
         }
+        if !mirrors.is_empty() {
+            f.insert("mirrors".into(), mirrors.into());
+        }
         if !f.is_empty() {
             rule.insert("filters".into(), Value::Object(f));
         }
@@ -1197,39 +1276,39 @@ impl Ctx<'_> {
     #[allow(clippy::too_many_arguments)]
     fn backend_refs(
         &mut self,
-        kind: &'static str,
-        ns: &str,
+        rc: &RuleCtx<'_>,
         refs: &[RouteBackendRef],
-        p: &str,
-        grpc: bool,
         rule: &mut serde_json::Map<String, Value>,
-        unresolved: &mut Vec<(&'static str, String)>,
-        errs: &mut Vec<FieldError>,
+        (unresolved, errs): Problems<'_>,
     ) {
+        let (kind, ns, p) = (rc.kind, rc.ns, rc.p);
         let mut out = Vec::new();
+        let mut resolved_weight = 0;
         for (j, br) in refs.iter().enumerate() {
             let bp = format!("{p}.backendRefs[{j}]");
-            if !br.filters.is_empty() {
-                errs.push(FieldError::new(
-                    format!("{bp}.filters"),
-                    "filters on a backendRef are not supported yet by this Weir version",
-                ));
-                continue;
-            }
             let weight = br.backend.weight.unwrap_or(1);
             if weight < 0 {
                 errs.push(FieldError::new(format!("{bp}.weight"), "must be 0 or more"));
                 continue;
             }
-            match self.backend(kind, ns, &br.backend, &bp, grpc) {
-                Ok(name) => out.push(json!({"name": name, "weight": weight})),
-                Err(e) => unresolved.push(e),
+            let filters = backend_ref_filters(&br.filters, &bp, errs);
+            match self.backend(kind, ns, &br.backend, &bp, rc.grpc) {
+                Ok(name) => {
+                    resolved_weight += weight;
+                    out.push(json!({"name": name, "weight": weight, "filters": filters}));
+                }
+                Err((reason, msg)) => {
+                    // Its share of the requests answers 500 with the reason (the spec).
+                    out.push(json!({
+                        "name": format!("invalid/{j}"),
+                        "weight": weight,
+                        "invalid": msg.clone(),
+                    }));
+                    unresolved.push((reason, msg));
+                }
             }
         }
-        let any_weight = out
-            .iter()
-            .any(|b| b.get("weight").and_then(Value::as_i64).unwrap_or(0) > 0);
-        if any_weight {
+        if resolved_weight > 0 {
             rule.insert("backendRefs".into(), out.into());
         } else if !rule.contains_key("redirect") {
             let why = if refs.is_empty() {
@@ -1253,6 +1332,12 @@ impl Ctx<'_> {
     fn http_rule(&mut self, ns: &str, rule: &HTTPRouteRule, p: &str) -> RuleOut {
         let mut errs = Vec::new();
         let mut unresolved = Vec::new();
+        let rc = RuleCtx {
+            kind: "HTTPRoute",
+            ns,
+            p,
+            grpc: false,
+        };
         let default_match = [HTTPRouteMatch::default()];
         let ms = if rule.matches.is_empty() {
             &default_match[..]
@@ -1265,7 +1350,13 @@ impl Ctx<'_> {
             .map(|(j, m)| http_match(m, &format!("{p}.matches[{j}]"), &mut errs))
             .collect();
         let mut r = serde_json::Map::new();
-        self.filters(&rule.filters, &matches, p, false, &mut r, &mut errs);
+        self.filters(
+            &rc,
+            &rule.filters,
+            &matches,
+            &mut r,
+            (&mut unresolved, &mut errs),
+        );
         r.insert("matches".into(), matches.into());
         if let Some(t) = &rule.timeouts {
             if let Some(v) = t
@@ -1275,22 +1366,30 @@ impl Ctx<'_> {
             {
                 r.insert("timeout".into(), v);
             }
-            if t.backend_request.is_some() {
-                errs.push(FieldError::new(
-                    format!("{p}.timeouts.backendRequest"),
-                    "not supported yet by this Weir version",
-                ));
+            let bp = format!("{p}.timeouts.backendRequest");
+            if let Some(v) = t
+                .backend_request
+                .as_deref()
+                .and_then(|v| timeout(v, &bp, &mut errs))
+            {
+                r.insert("backendRequestTimeout".into(), v);
+            }
+            // CEL: backendRequest must not exceed request.
+            let parse = |v: &Option<String>| v.as_deref()?.parse::<weir_config::Duration>().ok();
+            if let (Some(req), Some(be)) = (parse(&t.request), parse(&t.backend_request)) {
+                if !req.get().is_zero() && be.get() > req.get() {
+                    errs.push(FieldError::new(
+                        bp,
+                        "must not be longer than timeouts.request",
+                    ));
+                }
             }
         }
         self.backend_refs(
-            "HTTPRoute",
-            ns,
+            &rc,
             &rule.backend_refs,
-            p,
-            false,
             &mut r,
-            &mut unresolved,
-            &mut errs,
+            (&mut unresolved, &mut errs),
         );
         RuleOut {
             rule: errs.is_empty().then_some(Value::Object(r)),
@@ -1302,6 +1401,12 @@ impl Ctx<'_> {
     fn grpc_rule(&mut self, ns: &str, rule: &GRPCRouteRule, p: &str) -> RuleOut {
         let mut errs = Vec::new();
         let mut unresolved = Vec::new();
+        let rc = RuleCtx {
+            kind: "GRPCRoute",
+            ns,
+            p,
+            grpc: true,
+        };
         let mut matches = Vec::new();
         for (j, m) in rule.matches.iter().enumerate() {
             let mp = format!("{p}.matches[{j}]");
@@ -1326,17 +1431,19 @@ impl Ctx<'_> {
             matches.push(Value::Object(o));
         }
         let mut r = serde_json::Map::new();
-        self.filters(&rule.filters, &matches, p, true, &mut r, &mut errs);
+        self.filters(
+            &rc,
+            &rule.filters,
+            &matches,
+            &mut r,
+            (&mut unresolved, &mut errs),
+        );
         r.insert("matches".into(), matches.into());
         self.backend_refs(
-            "GRPCRoute",
-            ns,
+            &rc,
             &rule.backend_refs,
-            p,
-            true,
             &mut r,
-            &mut unresolved,
-            &mut errs,
+            (&mut unresolved, &mut errs),
         );
         RuleOut {
             rule: errs.is_empty().then_some(Value::Object(r)),
@@ -1579,6 +1686,9 @@ impl Ctx<'_> {
                 let doc = json!({
                     "name": format!("{}:{}@{fleet}", view.kind.to_ascii_lowercase(), view.key),
                     "hostnames": hosts.clone().unwrap_or_default(),
+                    // Only where the route attached: a route of a Gateway's HTTP listener
+                    // does not answer on its HTTPS one.
+                    "listeners": [fleet],
                     "rules": [],
                 });
                 if let Ok(mut r) = serde_json::from_value::<weir_config::Route>(doc) {
