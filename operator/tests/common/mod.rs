@@ -255,6 +255,16 @@ pub fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<(u16, String)> {
+    request_full(addr, host, path, headers).map(|(st, _, body)| (st, body))
+}
+
+/// A GET with a Host header and extra headers; (status, response head, body).
+pub fn request_full(
+    addr: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String, String)> {
     let mut s =
         std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -271,8 +281,8 @@ pub fn request(
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
-    Some((status, body))
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((status, head.to_string(), body.to_string()))
 }
 
 /// The echo server that answered (`server` field), when the proxy answered 200.
