@@ -330,6 +330,48 @@ const CASES: &[Case] = &[
         skip: None,
     },
     Case {
+        name: "HTTPRouteHeaderMatching",
+        manifest: "httproute-header-matching.yaml",
+        conditions: &[accepted(INFRA, "header-matching", "same-namespace")],
+        requests: &[
+            get_with(
+                "example.com",
+                "/",
+                &[("version", "one")],
+                "infra-backend-v1",
+            ),
+            get_with(
+                "example.com",
+                "/",
+                &[("version", "two")],
+                "infra-backend-v2",
+            ),
+            get_with(
+                "example.com",
+                "/",
+                &[("version", "two"), ("color", "orange")],
+                "infra-backend-v1",
+            ),
+            get_with("example.com", "/", &[("color", "blue")], "infra-backend-v1"),
+            get_with(
+                "example.com",
+                "/",
+                &[("color", "green")],
+                "infra-backend-v1",
+            ),
+            get_with("example.com", "/", &[("color", "red")], "infra-backend-v2"),
+            get_with(
+                "example.com",
+                "/",
+                &[("color", "yellow")],
+                "infra-backend-v2",
+            ),
+            status("/", 404),
+        ],
+        listeners: &[],
+        skip: None,
+    },
+    Case {
         name: "HTTPRouteInvalidBackendRefUnknownKind",
         manifest: "httproute-invalid-backendref-unknown-kind.yaml",
         conditions: &[
@@ -414,6 +456,41 @@ const CASES: &[Case] = &[
             "NoMatchingParent",
         )],
         requests: &[status("/", 404)],
+        listeners: &[],
+        skip: None,
+    },
+    Case {
+        name: "HTTPRouteListenerHostnameMatching",
+        manifest: "httproute-listener-hostname-matching.yaml",
+        conditions: &[
+            accepted(INFRA, "backend-v1", "httproute-listener-hostname-matching"),
+            accepted(INFRA, "backend-v2", "httproute-listener-hostname-matching"),
+            accepted(INFRA, "backend-v3", "httproute-listener-hostname-matching"),
+        ],
+        requests: &[
+            get_with("bar.com", "/", &[], "infra-backend-v1"),
+            get_with("foo.bar.com", "/", &[], "infra-backend-v2"),
+            get_with("baz.bar.com", "/", &[], "infra-backend-v3"),
+            get_with("boo.bar.com", "/", &[], "infra-backend-v3"),
+            get_with("multiple.prefixes.bar.com", "/", &[], "infra-backend-v3"),
+            get_with("multiple.prefixes.foo.com", "/", &[], "infra-backend-v3"),
+            Expect {
+                host: "foo.com",
+                path: "/",
+                headers: &[],
+                status: 404,
+                backend: None,
+                location: None,
+            },
+            Expect {
+                host: "no.matching.host",
+                path: "/",
+                headers: &[],
+                status: 404,
+                backend: None,
+                location: None,
+            },
+        ],
         listeners: &[],
         skip: None,
     },
@@ -905,7 +982,35 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
             }
         );
     }
-    // 4. The ProxyRoute kept serving beside them, on the same dataplane.
+    // 4. HTTP/3 on a Gateway HTTPS listener, to an independent client (ngtcp2's gtlsclient).
+    let h3_route = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "h3", "namespace": INFRA},
+        "spec": {"parentRefs": [{"name": "same-namespace-with-https-listener", "sectionName": "https"}],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/h3"}}],
+                            "backendRefs": [{"name": "infra-backend-v2", "port": 8080}]}]},
+    });
+    apply_any(client, &h3_route).await;
+    let h3 = eventually(
+        60,
+        "an HTTP/3 answer on the Gateway's HTTPS listener",
+        || {
+            let dir = dir.join("h3");
+            async move {
+                let body = h3_get(&dir, ip, https_port, "/h3/check")?;
+                // Until the route is programmed the answer is the dataplane's 404.
+                body.contains("infra-backend").then_some(body)
+            }
+        },
+    )
+    .await;
+    assert!(
+        h3.contains("\"server\": \"infra-backend-v2\""),
+        "HTTP/3 answer from the wrong backend: {h3}"
+    );
+    eprintln!("gateway e2e: HTTP/3 (gtlsclient) served on the Gateway's HTTPS listener");
+
+    // 5. The ProxyRoute kept serving beside them, on the same dataplane.
     matches(&addr, &proxy_route).unwrap_or_else(|e| panic!("ProxyRoute beside HTTPRoutes: {e}"));
     eprintln!(
         "gateway e2e: GATEWAY-HTTP core (35 tests at v1.6.1): {} passed, {} failed, {} skipped ({} ported but not runnable here, {} not ported yet)",
@@ -945,6 +1050,24 @@ async fn get_json_cluster(client: &Client, plural: &str, name: &str) -> Option<V
     };
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     serde_json::to_value(api.get(name).await.ok()?).ok()
+}
+
+/// One request over HTTP/3 with ngtcp2's gtlsclient (`ngtcp2-client`, installed by `make deps`);
+/// the body it downloaded, when the request succeeded.
+fn h3_get(dir: &Path, ip: &str, port: u16, path: &str) -> Option<String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).ok()?;
+    let out = Command::new("timeout")
+        .args(["20", "gtlsclient", "--quiet", "--exit-on-all-streams-close"])
+        .arg(format!("--download={}", dir.display()))
+        .args([ip, &port.to_string(), &format!("https://{ip}:{port}{path}")])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let file = std::fs::read_dir(dir).ok()?.next()?.ok()?;
+    std::fs::read_to_string(file.path()).ok()
 }
 
 /// Applies every CustomResourceDefinition in the YAML files of `dir`.
