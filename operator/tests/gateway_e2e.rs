@@ -935,6 +935,14 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
                         && c["status"] == "True"
                         && c["observedGeneration"] == class["metadata"]["generation"]
                 });
+            // supportedFeatures: exactly what the cases below pass.
+            let features: Vec<&str> = class
+                .pointer("/status/supportedFeatures")?
+                .as_array()?
+                .iter()
+                .filter_map(|f| f["name"].as_str())
+                .collect();
+            let features_ok = features == weir_operator::gateway::compile::SUPPORTED_FEATURES;
             let g = get_json(client, "gateways", INFRA, "same-namespace").await?;
             let programmed = g
                 .pointer("/status/conditions")?
@@ -942,7 +950,7 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
                 .iter()
                 .any(|c| c["type"] == "Programmed" && c["status"] == "True");
             let address = g.pointer("/status/addresses/0/value")? == svc_ip.as_str();
-            (accepted && programmed && address).then_some(())
+            (accepted && features_ok && programmed && address).then_some(())
         },
     )
     .await;
