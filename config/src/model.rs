@@ -453,6 +453,7 @@ pub struct PathRewrite {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrefixReplace {
     pub from: String,
+    /// The replacement; empty or `/` removes the prefix (`/foo/bar` -> `/bar`).
     pub to: String,
 }
 

@@ -632,7 +632,10 @@ fn validate_filters(p: &str, f: &Filters, snap: &Snapshot, errs: &mut Errors) {
         }
         if let Some(r) = &rw.replace_prefix {
             check(format!("{rp}.replacePrefix.from"), &r.from, errs);
-            check(format!("{rp}.replacePrefix.to"), &r.to, errs);
+            // Empty is allowed: the Gateway API's ReplacePrefixMatch "" (`/foo/bar` -> `/bar`).
+            if !r.to.is_empty() {
+                check(format!("{rp}.replacePrefix.to"), &r.to, errs);
+            }
         }
         if let Some(v) = &rw.add_prefix {
             check(format!("{rp}.addPrefix"), v, errs);

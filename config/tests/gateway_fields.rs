@@ -29,6 +29,7 @@ routes:
         timeout: 10s
         backendRequestTimeout: 500ms
       - matches: [{ path: { type: PathPrefix, value: /off } }]
+        filters: { path: { replacePrefix: { from: /off, to: "" } } }
         backendRefs: [{ name: v1 }]
         backendRequestTimeout: 0s
 "#;

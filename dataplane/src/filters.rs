@@ -43,21 +43,6 @@ pub struct Target {
     pub response_headers: HeaderOps,
 }
 
-impl RuleRt {
-    /// Picks a backend in proportion to the weights.
-    pub fn pick_backend(&self) -> Option<&Target> {
-        if self.total_weight == 0 {
-            return None;
-        }
-        let x = if self.backends.len() == 1 {
-            0
-        } else {
-            fastrand::u64(0..self.total_weight)
-        };
-        self.backends.iter().find(|t| x < t.cum)
-    }
-}
-
 /// Header add/set/remove, validated and pre-parsed.
 #[derive(Debug, Default)]
 pub struct HeaderOps {
@@ -184,8 +169,7 @@ mod tests {
             (rw(None, None, Some("/internal")), "/x", "/internal/x"),
             (rw(None, None, Some("/internal")), "/", "/internal/"),
             (rw(Some("/api"), None, Some("/svc")), "/api/a/b", "/svc/a/b"),
-            // Gateway API ReplacePrefixMatch, the spec's table (an empty replacement is
-            // written "/").
+            // Gateway API ReplacePrefixMatch, the spec's table.
             (
                 rw(None, Some(("/foo", "/xyz")), None),
                 "/foo/bar",
@@ -211,6 +195,9 @@ mod tests {
             (rw(None, Some(("/foo", "/")), None), "/foo/bar", "/bar"),
             (rw(None, Some(("/foo", "/")), None), "/foo/", "/"),
             (rw(None, Some(("/foo", "/")), None), "/foo", "/"),
+            (rw(None, Some(("/foo", "")), None), "/foo/bar", "/bar"),
+            (rw(None, Some(("/foo", "")), None), "/foo/", "/"),
+            (rw(None, Some(("/foo", "")), None), "/foo", "/"),
             // The conformance test HTTPRouteRewritePath.
             (
                 rw(None, Some(("/prefix/one", "/one")), None),

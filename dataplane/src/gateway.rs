@@ -2,23 +2,98 @@
 //! ReplaceFullPath, hostname rewrite, per-backendRef filters, invalid backendRefs, per-try
 //! timeouts, request mirrors).
 
-use crate::filters::RuleRt;
+use crate::filters::{RuleRt, Target};
 use crate::router::Router;
+use crate::upstream::BackendRt;
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::sync::Arc;
-use weir_config::{ConfigError, Errors, Rule, Snapshot};
+use weir_config::{ConfigError, Rule, Snapshot};
 
 /// What a rule does for the Gateway API beyond the ProxyRoute filters.
 #[derive(Debug, Default)]
 pub struct RuleGateway {
     /// `filters.hostRewrite`: the `Host` sent upstream.
     pub host_rewrite: Option<HeaderValue>,
+    /// `backendRequestTimeout`: the limit of each upstream try (`0` = none), instead of the
+    /// backend's `retries.perTryTimeout`.
+    pub per_try_timeout: Option<std::time::Duration>,
+    /// `filters.mirrors`.
+    pub mirrors: Vec<Arc<crate::mirror::MirrorRt>>,
+    /// `backendRefs[]` with `invalid` set, in the same cumulative weight space as
+    /// [`RuleRt::backends`].
+    pub invalid: Vec<InvalidRef>,
+}
+
+/// A backendRef the operator could not resolve: requests picked for it get 500.
+#[derive(Debug)]
+pub struct InvalidRef {
+    /// Cumulative weight up to and including this entry (see [`crate::filters::Target`]).
+    pub cum: u64,
+    pub reason: Arc<str>,
+}
+
+impl InvalidRef {
+    pub fn new(cum: u64, reason: &str) -> InvalidRef {
+        InvalidRef {
+            cum,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The outcome of the weighted choice of a rule's backendRefs.
+#[derive(Debug)]
+pub enum Pick<'a> {
+    Backend(&'a Target),
+    /// An invalid backendRef was picked; the reason.
+    Invalid(&'a str),
+    /// Every weight is 0.
+    None,
+}
+
+impl RuleRt {
+    /// Picks a backendRef in proportion to the weights, invalid ones included.
+    pub fn pick(&self) -> Pick<'_> {
+        if self.total_weight == 0 {
+            return Pick::None;
+        }
+        let x = if self.backends.len() + self.gateway.invalid.len() == 1 {
+            0
+        } else {
+            fastrand::u64(0..self.total_weight)
+        };
+        self.pick_at(x)
+    }
+
+    /// The entry whose share of `0..total_weight` holds `x`.
+    fn pick_at(&self, x: u64) -> Pick<'_> {
+        // Both lists are in declaration order with rising `cum`: the entry picked is the one
+        // with the smallest `cum` above `x` across the two.
+        let target = self.backends.iter().find(|t| x < t.cum);
+        let invalid = self.gateway.invalid.iter().find(|i| x < i.cum);
+        match (target, invalid) {
+            (Some(t), Some(i)) if i.cum < t.cum => Pick::Invalid(&i.reason),
+            (Some(t), _) => Pick::Backend(t),
+            (None, Some(i)) => Pick::Invalid(&i.reason),
+            (None, None) => Pick::None,
+        }
+    }
 }
 
 impl RuleGateway {
-    pub fn compile(rule: &Rule) -> RuleGateway {
+    pub fn compile(
+        route: &str,
+        rule: &Rule,
+        invalid: Vec<InvalidRef>,
+        backends: &HashMap<String, Arc<BackendRt>>,
+    ) -> RuleGateway {
         RuleGateway {
+            invalid,
+            mirrors: (rule.filters.mirrors.iter())
+                .filter_map(|m| crate::mirror::MirrorRt::compile(route, m, backends))
+                .collect(),
+            per_try_timeout: rule.backend_request_timeout.map(|t| t.get()),
             // Validation checked it is a hostname, so it is a valid header value.
             host_rewrite: rule
                 .filters
@@ -33,8 +108,8 @@ impl RuleGateway {
 /// built from the routes served there; empty when no route is bound, and the one router of
 /// every route serves all listeners (no extra tables for configs that do not use this).
 ///
-/// Separate tables rather than a listener check per candidate: a route bound elsewhere must
-/// not shadow the candidates behind it, and lookups stay what they were.
+/// Separate tables rather than a listener check on every candidate: lookups stay what they
+/// were, and a route bound elsewhere is simply absent, never shadowing the candidates behind it.
 pub fn listener_routers(
     snap: &Snapshot,
     rules: &[Vec<Arc<RuleRt>>],
@@ -57,25 +132,59 @@ pub fn listener_routers(
     Ok(out)
 }
 
-/// Rejects, with their field paths, the fields this dataplane does not serve yet: a config
-/// that uses them is refused whole rather than served without them.
-pub fn reject_unimplemented(snap: &Snapshot, errs: &mut Errors) {
-    const WHY: &str = "not implemented by this dataplane version";
-    for (i, route) in snap.routes.iter().enumerate() {
-        for (r, rule) in route.rules.iter().enumerate() {
-            let rp = format!("routes[{i}].rules[{r}]");
-            if rule.backend_request_timeout.is_some() {
-                errs.push(format!("{rp}.backendRequestTimeout"), WHY);
-            }
-            let f = &rule.filters;
-            if !f.mirrors.is_empty() {
-                errs.push(format!("{rp}.filters.mirrors"), WHY);
-            }
-            for (b, br) in rule.backend_refs.iter().enumerate() {
-                if br.invalid.is_some() {
-                    errs.push(format!("{rp}.backendRefs[{b}].invalid"), WHY);
-                }
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::Pick;
+    use http::{HeaderMap, Method};
+
+    /// Valid and invalid refs share one weight space, in declaration order.
+    #[test]
+    fn weights_cover_valid_and_invalid_refs_in_order() {
+        let snap = weir_config::load(
+            br#"
+backends: { a: { endpoints: ["127.0.0.1:1"] }, b: { endpoints: ["127.0.0.1:2"] } }
+routes:
+  - name: r
+    rules:
+      - backendRefs:
+          - { name: a, weight: 1 }
+          - { name: gone, weight: 2, invalid: "not found" }
+          - { name: b, weight: 0 }
+          - { name: b, weight: 3 }
+          - { name: a, weight: 0, invalid: "zero" }
+"#,
+        )
+        .expect("valid");
+        let rt = crate::runtime::compile(snap, None).expect("compiles");
+        let headers = HeaderMap::new();
+        let rule = rt
+            .router
+            .find(&crate::router::RequestView {
+                host: "x",
+                method: &Method::GET,
+                path: "/",
+                query: None,
+                headers: &headers,
+                body: None,
+            })
+            .expect("the rule");
+        assert_eq!(rule.total_weight, 6);
+        let name = |x| match rule.pick_at(x) {
+            Pick::Backend(t) => t.backend.name.to_string(),
+            Pick::Invalid(why) => format!("invalid: {why}"),
+            Pick::None => "none".into(),
+        };
+        let got: Vec<String> = (0..6).map(name).collect();
+        assert_eq!(
+            got,
+            [
+                "a",
+                "invalid: not found",
+                "invalid: not found",
+                "b",
+                "b",
+                "b"
+            ]
+        );
     }
 }

@@ -76,6 +76,8 @@ pub fn deadline(headers: &HeaderMap, timeout: Duration) -> Duration {
 fn status_for(status: StatusCode, error: &str) -> u8 {
     match (status.as_u16(), error) {
         (_, "upstream_timeout") => code::DEADLINE_EXCEEDED,
+        // GRPCRoute: requests picked for an invalid backendRef get UNAVAILABLE (HTTP: 500).
+        (_, "invalid_backend") => code::UNAVAILABLE,
         (400, _) => code::INTERNAL,
         (401, _) => code::UNAUTHENTICATED,
         (403, _) => code::PERMISSION_DENIED,

@@ -23,6 +23,7 @@ pub mod health;
 pub mod kairos;
 pub mod limits;
 pub mod metrics;
+pub mod mirror;
 pub mod observe;
 pub mod otel;
 pub mod pod_ip;

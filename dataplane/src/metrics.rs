@@ -35,7 +35,7 @@ pub const METHODS: [&str; 10] = [
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `kind` label values of `weir_proxy_errors_total`: the `error` codes of the JSON replies
 /// the proxy makes, plus `upstream_body_error` (an upstream body that failed midway).
-pub const ERROR_KINDS: [&str; 25] = [
+pub const ERROR_KINDS: [&str; 26] = [
     "no_config",
     "no_host",
     "no_route",
@@ -63,6 +63,8 @@ pub const ERROR_KINDS: [&str; 25] = [
     "ext_auth_error",
     "body_not_json",
     "kairos_error",
+    // Gateway API (gateway.rs): a backendRef the operator could not resolve.
+    "invalid_backend",
 ];
 /// `transport` label values of the connection families.
 pub const TRANSPORTS: [&str; 3] = ["tcp", "tls", "quic"];

@@ -348,13 +348,20 @@ where
             Err(r) => return local(r, &rule.no_backend_metrics),
         },
     };
-    let Some(target) = rule.pick_backend() else {
-        let r = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_backend",
-            "route has no backend with weight",
-        );
-        return local(r, &rule.no_backend_metrics);
+    let target = match rule.pick() {
+        crate::gateway::Pick::Backend(t) => t,
+        crate::gateway::Pick::Invalid(why) => {
+            let r = error_response(StatusCode::INTERNAL_SERVER_ERROR, "invalid_backend", why);
+            return local(r, &rule.no_backend_metrics);
+        }
+        crate::gateway::Pick::None => {
+            let r = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_backend",
+                "route has no backend with weight",
+            );
+            return local(r, &rule.no_backend_metrics);
+        }
     };
     let backend = &target.backend;
     let (mut req, body_trip) = match crate::limits::limit_body(rp.max_body, req) {
@@ -419,6 +426,12 @@ where
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     rule.request_headers.apply(&mut parts.headers);
+    // Copies see the request as the rule's filters made it, not the picked backendRef's
+    // own filters; upgrades (WebSocket) are not mirrored.
+    let mirror = match &upgrade {
+        None => crate::mirror::Pending::new(&rule.gateway.mirrors, &parts.method, &parts.headers),
+        Some(_) => None,
+    };
     target.request_headers.apply(&mut parts.headers);
     if let Some(u) = &upgrade {
         u.prepare(&mut parts.method, &mut parts.headers);
@@ -434,15 +447,20 @@ where
         .unwrap_or(backend.config.timeouts.request.get());
     let timeout = crate::grpc::deadline(&parts.headers, timeout);
     // Balancing, health, breaker, concurrency limit, retries, credential: see upstream.rs.
+    let body = match mirror {
+        None => boxed(body),
+        Some(m) => m.start(pq.clone(), boxed(body)),
+    };
     let sent = backend
-        .dispatch(
+        .dispatch_per_try(
             parts.method,
             pq,
             version,
             parts.headers,
-            boxed(body),
+            body,
             timeout,
             span,
+            rule.gateway.per_try_timeout,
         )
         .await;
     let resp = match sent.response {

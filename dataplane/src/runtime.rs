@@ -90,7 +90,6 @@ pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
 pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, ConfigError> {
     snapshot.validate()?;
     let mut errs = Errors::default();
-    crate::gateway::reject_unimplemented(&snapshot, &mut errs);
     // Taken before the files are read, so a change during the read is seen later.
     let cert_stamps = cert_stamps(&snapshot);
 
@@ -180,8 +179,15 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         for (ui, rule) in route.rules.iter().enumerate() {
             let mut cum = 0u64;
             let mut targets = Vec::new();
+            let mut invalid = Vec::new();
             for br in &rule.backend_refs {
                 if br.weight == 0 {
+                    continue;
+                }
+                if let Some(why) = &br.invalid {
+                    // Keeps its share of the weight: those requests get 500 (Gateway API).
+                    cum += u64::from(br.weight);
+                    invalid.push(crate::gateway::InvalidRef::new(cum, why));
                     continue;
                 }
                 if let Some(b) = backends.get(&br.name) {
@@ -207,7 +213,12 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 timeout: rule.timeout.map(|t| t.get()),
                 protocol: crate::protocol::RuleProtocol::compile(rule),
                 policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
-                gateway: crate::gateway::RuleGateway::compile(rule),
+                gateway: crate::gateway::RuleGateway::compile(
+                    &route.name,
+                    rule,
+                    invalid,
+                    &backends,
+                ),
             }));
         }
         rules.push(per_route);

@@ -452,10 +452,29 @@ impl BackendRt {
         method: Method,
         pq: PathAndQuery,
         version: Version,
+        headers: HeaderMap,
+        body: ProxyBody,
+        timeout: Duration,
+        span: Option<&mut crate::otel::RequestSpan>,
+    ) -> Dispatched {
+        self.dispatch_per_try(method, pq, version, headers, body, timeout, span, None)
+            .await
+    }
+
+    /// [`BackendRt::dispatch`] with the limit of each try set by the rule
+    /// (`backendRequestTimeout`) instead of `retries.perTryTimeout`: `Some(0)` is no per-try
+    /// limit, `None` the backend's own.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dispatch_per_try(
+        &self,
+        method: Method,
+        pq: PathAndQuery,
+        version: Version,
         mut headers: HeaderMap,
         body: ProxyBody,
         timeout: Duration,
         mut span: Option<&mut crate::otel::RequestSpan>,
+        rule_per_try: Option<Duration>,
     ) -> Dispatched {
         let deadline = Instant::now() + timeout;
         // A placeholder, cheap to make: every path below replaces it (the loop runs at least
@@ -594,10 +613,12 @@ impl BackendRt {
             let in_flight = ep.state.start();
             let started = Instant::now();
             let remaining = deadline.saturating_duration_since(started);
-            let per_try = policy
-                .per_try_timeout
-                .map(|t| t.get())
-                .filter(|t| *t < remaining);
+            let per_try = match rule_per_try {
+                Some(t) if t.is_zero() => None,
+                Some(t) => Some(t),
+                None => policy.per_try_timeout.map(|t| t.get()),
+            }
+            .filter(|t| *t < remaining);
             let limit = per_try.unwrap_or(remaining);
             let result = tokio::time::timeout(limit, self.send(idx, req)).await;
             if let Some(s) = span.as_deref_mut() {
