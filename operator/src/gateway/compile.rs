@@ -1266,8 +1266,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// Weighted backendRefs of a rule: resolved ones into `rule.backendRefs`; all invalid (or
-    /// all weights 0) -> a 500 direct response, as the spec says.
+    /// Weighted backendRefs of a rule into `rule.backendRefs`, the unresolved ones marked
+    /// `invalid`; no backendRefs or all weights 0 -> a 500 direct response, as the spec says.
     #[allow(clippy::too_many_arguments)]
     fn backend_refs(
         &mut self,
@@ -1278,7 +1278,7 @@ impl Ctx<'_> {
     ) {
         let (kind, ns, p) = (rc.kind, rc.ns, rc.p);
         let mut out = Vec::new();
-        let mut resolved_weight = 0;
+        let mut total_weight = 0;
         for (j, br) in refs.iter().enumerate() {
             let bp = format!("{p}.backendRefs[{j}]");
             let weight = br.backend.weight.unwrap_or(1);
@@ -1289,10 +1289,11 @@ impl Ctx<'_> {
             let filters = backend_ref_filters(&br.filters, &bp, errs);
             match self.backend(kind, ns, &br.backend, &bp, rc.grpc) {
                 Ok(name) => {
-                    resolved_weight += weight;
+                    total_weight += weight;
                     out.push(json!({"name": name, "weight": weight, "filters": filters}));
                 }
                 Err((reason, msg)) => {
+                    total_weight += weight;
                     // Its share of the requests answers 500 with the reason (the spec).
                     out.push(json!({
                         "name": format!("invalid/{j}"),
@@ -1303,19 +1304,17 @@ impl Ctx<'_> {
                 }
             }
         }
-        if resolved_weight > 0 {
+        if rule.contains_key("redirect") {
+            // The redirect answers; backendRefs are not used.
+        } else if total_weight > 0 {
+            // Unresolved refs stay in, marked invalid: their share (all of it when none
+            // resolved) answers 500 (gRPC: UNAVAILABLE) with the reason.
             rule.insert("backendRefs".into(), out.into());
-        } else if !rule.contains_key("redirect") {
+        } else {
             let why = if refs.is_empty() {
-                "no backendRefs".to_string()
-            } else if unresolved.is_empty() {
-                "every backendRef has weight 0".to_string()
+                "no backendRefs"
             } else {
-                unresolved
-                    .iter()
-                    .map(|(_, m)| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                "every backendRef has weight 0"
             };
             rule.insert(
                 "directResponse".into(),
