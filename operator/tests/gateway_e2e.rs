@@ -743,6 +743,17 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// A `gateway.networking.k8s.io/v1` resource by its plural.
+fn gateway_resource(plural: &str) -> kube::api::ApiResource {
+    kube::api::ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: String::new(),
+        plural: plural.into(),
+    }
+}
+
 /// A JSON merge patch of a Gateway API object's spec.
 async fn mutate(
     client: &Client,
@@ -751,13 +762,7 @@ async fn mutate(
     name: &str,
     patch: &str,
 ) -> Result<(), String> {
-    let ar = kube::api::ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: String::new(),
-        plural: plural.into(),
-    };
+    let ar = gateway_resource(plural);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     let v: Value = serde_json::from_str(patch).map_err(|e| e.to_string())?;
     api.patch(name, &PatchParams::default(), &Patch::Merge(&v))
@@ -767,13 +772,7 @@ async fn mutate(
 }
 
 async fn get_json(client: &Client, plural: &str, ns: &str, name: &str) -> Option<Value> {
-    let ar = kube::api::ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: String::new(),
-        plural: plural.into(),
-    };
+    let ar = gateway_resource(plural);
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
     serde_json::to_value(api.get(name).await.ok()?).ok()
 }
@@ -1194,13 +1193,7 @@ async fn dyn_api_opt(client: &Client, v: &Value) -> Option<Api<DynamicObject>> {
 }
 
 async fn get_json_cluster(client: &Client, plural: &str, name: &str) -> Option<Value> {
-    let ar = kube::api::ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "gateway.networking.k8s.io/v1".into(),
-        kind: String::new(),
-        plural: plural.into(),
-    };
+    let ar = gateway_resource(plural);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     serde_json::to_value(api.get(name).await.ok()?).ok()
 }
