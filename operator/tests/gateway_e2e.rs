@@ -25,6 +25,7 @@ use common::*;
 const DP_TOKEN: &str = "gateway-e2e-dataplane-token";
 const INFRA: &str = "gateway-conformance-infra";
 const DP_SERVICE: &str = "weir-dataplane";
+const GRPC_SERVICE: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
 
 fn upstream_dir() -> Option<PathBuf> {
     let manifest_dir =
@@ -1162,8 +1163,39 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
     );
     eprintln!("gateway e2e: HTTP/3 (gtlsclient) served on the Gateway's HTTPS listener");
 
-    // 5. The ProxyRoute kept serving beside them, on the same dataplane.
-    matches(&addr, &proxy_route).unwrap_or_else(|e| panic!("ProxyRoute beside HTTPRoutes: {e}"));
+    // 5. A ProxyRoute, an HTTPRoute and a GRPCRoute served side by side by the same dataplane.
+    let side = [
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "side-by-side", "namespace": INFRA},
+            "spec": {"parentRefs": [{"name": "same-namespace"}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/side"}}],
+                                "backendRefs": [{"name": "infra-backend-v1", "port": 8080}]}]},
+        }),
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+            "metadata": {"name": "side-by-side", "namespace": INFRA},
+            "spec": {"parentRefs": [{"name": "same-namespace"}],
+                     "rules": [{"matches": [{"method": {"service": GRPC_SERVICE, "method": "Echo"}}],
+                                "backendRefs": [{"name": "grpc-infra-backend-v1", "port": 8080}]}]},
+        }),
+    ];
+    for o in &side {
+        apply_any(client, o).await;
+    }
+    let side_http = get("/side/x", "infra-backend-v1");
+    eventually(
+        60,
+        "HTTPRoute, GRPCRoute and ProxyRoute side by side",
+        || async {
+            matches(&addr, &side_http).ok()?;
+            matches(&addr, &proxy_route).ok()?;
+            let served = grpc_call(&addr, &format!("/{GRPC_SERVICE}/Echo")).await?;
+            (served == "grpc-infra-backend-v1").then_some(())
+        },
+    )
+    .await;
+    eprintln!("gateway e2e: a ProxyRoute, an HTTPRoute and a GRPCRoute (h2c) served side by side");
     eprintln!(
         "gateway e2e: GATEWAY-HTTP core (35 tests at v1.6.1): {} passed, {} failed, {} skipped ({} ported but not runnable here, {} not ported yet)",
         passed.len(),
@@ -1196,6 +1228,34 @@ async fn get_json_cluster(client: &Client, plural: &str, name: &str) -> Option<V
     let ar = gateway_resource(plural);
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     serde_json::to_value(api.get(name).await.ok()?).ok()
+}
+
+/// A unary gRPC-shaped request (HTTP/2 prior knowledge, `content-type: application/grpc`, an
+/// empty message) through the dataplane's plain listener; the name of the echo backend that
+/// answered (its JSON reply names it: the route, not the gRPC codec, is what is checked).
+async fn grpc_call(addr: &str, path: &str) -> Option<String> {
+    use http_body_util::{BodyExt, Full};
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0])))
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    if resp.status() != 200 {
+        return None;
+    }
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let v: Value = serde_json::from_str(&text[text.find('{')?..]).ok()?;
+    v["server"].as_str().map(str::to_string)
 }
 
 /// One request over HTTP/3 with ngtcp2's gtlsclient (`ngtcp2-client`, installed by `make deps`);
