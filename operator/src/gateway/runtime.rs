@@ -622,3 +622,70 @@ async fn write<K, S>(
         Err(e) => tracing::warn!(kind, name, error = %e, "status write failed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listeners() -> Vec<weir_config::Listener> {
+        serde_json::from_value(serde_json::json!([
+            {"name": "http", "address": "0.0.0.0:8080", "protocol": "http"},
+            {"name": "https", "address": "$(POD_IP):8443", "protocol": "https"},
+        ]))
+        .unwrap()
+    }
+
+    fn service(extra: serde_json::Value) -> Service {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "weir-dataplane", "namespace": "weir-system"},
+            "spec": {"clusterIP": "10.96.0.7", "ports": [
+                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                {"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"},
+                {"name": "h3", "port": 443, "targetPort": 8443, "protocol": "UDP"},
+                {"name": "other", "port": 9000, "targetPort": 9999, "protocol": "TCP"},
+            ]},
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            for (k, x) in e {
+                o.insert(k.clone(), x.clone());
+            }
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn fleet_ports_follow_target_ports_and_addresses_prefer_the_load_balancer() {
+        let (ports, addrs) = fleet(Some(&service(serde_json::json!({}))), &listeners());
+        let got: Vec<(u16, &str)> = ports
+            .iter()
+            .map(|p| (p.port, p.listener.as_str()))
+            .collect();
+        // By container port name, by number; UDP and unmatched target ports left out.
+        assert_eq!(got, [(80, "http"), (443, "https")]);
+        assert_eq!(addrs.len(), 1);
+        assert_eq!(addrs[0].value, "10.96.0.7");
+
+        let lb = service(serde_json::json!({"status": {"loadBalancer": {"ingress": [
+            {"ip": "203.0.113.5"}, {"hostname": "lb.example.com"}]}}}));
+        let (_, addrs) = fleet(Some(&lb), &listeners());
+        let got: Vec<(&str, &str)> = addrs
+            .iter()
+            .map(|a| (a.type_.as_deref().unwrap_or_default(), a.value.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [("IPAddress", "203.0.113.5"), ("Hostname", "lb.example.com")]
+        );
+    }
+
+    #[test]
+    fn without_the_service_each_listener_is_its_own_port_and_there_is_no_address() {
+        let (ports, addrs) = fleet(None, &listeners());
+        let got: Vec<(u16, &str)> = ports
+            .iter()
+            .map(|p| (p.port, p.listener.as_str()))
+            .collect();
+        assert_eq!(got, [(8080, "http"), (8443, "https")]);
+        assert!(addrs.is_empty());
+    }
+}
