@@ -62,7 +62,7 @@ fn gateway_fields_parse_validate_and_round_trip() {
 
     let json = serde_json::to_vec(&snap).expect("serialize");
     assert_eq!(parse_json(&json).expect("json parses"), snap);
-    let yaml = serde_yaml_ng::to_string(&snap).expect("yaml");
+    let yaml = yaml_serde::to_string(&snap).expect("yaml");
     assert_eq!(parse_yaml(&yaml).expect("yaml parses"), snap);
 }
 
