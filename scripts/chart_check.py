@@ -64,6 +64,7 @@ COMBOS = {
     "injector-cert-manager-fail": {"injector": {"enabled": True, "failurePolicy": "Fail",
                                                 "certManager": {"enabled": True},
                                                 "inboundProtocol": "https", "nativeSidecar": True}},
+    "no-gateway-api": {"gatewayAPI": {"enabled": False}},
     "everything": {"dataplane": {"autoscaling": {"enabled": True}, "tls": {"secretName": "t"}},
                    "serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
                    "dashboards": {"enabled": True}},
@@ -87,6 +88,21 @@ def fail(msg):
 
 def ok(msg):
     print(f"ok   {msg}")
+
+
+def check_gateway_switch(name, docs, on):
+    """gatewayAPI.enabled: the operator's Gateway API RBAC and --gateway-api flag follow it."""
+    rules = [r for _, d in docs if d.get("kind") == "ClusterRole"
+             for r in d.get("rules", []) if "gateway.networking.k8s.io" in r.get("apiGroups", [])]
+    args = [a for _, d in docs if d.get("kind") == "Deployment" and "operator" in d["metadata"]["name"]
+            for c in d["spec"]["template"]["spec"]["containers"] for a in c.get("args", [])]
+    want_flag = f"--gateway-api={'true' if on else 'false'}"
+    has_status = any("gateways/status" in r.get("resources", []) for r in rules)
+    if bool(rules) != on or has_status != on or want_flag not in args \
+            or any(a.startswith("--dataplane-service=") for a in args) != on:
+        fail(f"gatewayAPI [{name}]: RBAC rules {len(rules)}, args {args}")
+    else:
+        ok(f"gatewayAPI [{name}]: RBAC and operator flags follow gatewayAPI.enabled={on}")
 
 
 def render(values, notes=None):
@@ -683,6 +699,8 @@ def main():
             n = check_validate(name, docs, versions)
             if len(failures) == before:
                 ok(f"helm template [{name}]: {len(docs)} objects, {n} validated on {versions}")
+            if name in ("default", "no-gateway-api"):
+                check_gateway_switch(name, docs, name == "default")
             if name == "default":
                 check_bootstrap_snapshot(docs, tmp)
             if name.startswith("injector"):

@@ -247,6 +247,22 @@ def main():
             print("\n".join(ln for ln in tail(tmp, "operator", 10000).splitlines() if "event" in ln.lower())[:3000], file=sys.stderr)
             raise
         print(f"ok   operator published {ev} events (events.k8s.io)")
+        # The Gateway API with the chart's RBAC: once the upstream CRDs appear (the v1.20 copy
+        # in ../shared, when there), the operator watches them and writes a GatewayClass status.
+        gw_crds = os.path.join(ROOT, "..", "shared", "gateway-api", "v1.6.1", "crds-for-k8s-1.20")
+        if os.path.isdir(gw_crds):
+            for f in sorted(glob.glob(f"{gw_crds}/*.yaml")):
+                kubectl(kc, "apply", "--server-side", "-f", f)
+            cls = ("apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\n"
+                   "spec: {controllerName: weir.dev/gateway-controller}\n")
+            open(f"{tmp}/gatewayclass.yaml", "w").write(cls)
+            eventually("GatewayClass created", lambda: kubectl(kc, "apply", "-f", f"{tmp}/gatewayclass.yaml") or True, 30)
+            eventually("GatewayClass Accepted by the operator (chart RBAC)",
+                       lambda: "True" in kubectl(kc, "get", "gatewayclass", "weir", "-o",
+                                                 "jsonpath={.status.conditions[?(@.type=='Accepted')].status}"), 60)
+            print("ok   Gateway API CRDs picked up; GatewayClass status written with the chart's RBAC")
+        else:
+            print("skip Gateway API RBAC: no ../shared/gateway-api (the upstream CRDs)")
         log = tail(tmp, "operator", 10000)
         forbidden = [line for line in log.splitlines() if "forbidden" in line.lower()]
         if forbidden:

@@ -235,6 +235,11 @@ pub struct Route {
     /// External authorization for every rule of the route that has none of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext_auth: Option<crate::ExtAuth>,
+    /// Names of the snapshot `listeners` this route is served on. Empty means every listener.
+    /// (A Gateway API route attached to a Gateway's HTTP listener only must not answer on its
+    /// HTTPS listener.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<String>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -252,9 +257,15 @@ pub struct Rule {
     /// with `redirect` or `directResponse`.
     #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
-    /// Overrides the backend's request timeout for this rule.
+    /// Overrides the backend's request timeout for this rule: the whole request, retries
+    /// included (Gateway API `timeouts.request`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// Limit of each upstream try of this rule, retries each getting their own (Gateway API
+    /// `timeouts.backendRequest`); replaces the backend's `retries.perTryTimeout`. `0s` turns
+    /// the per-try limit off for this rule. Exceeded gives 504. At most `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_request_timeout: Option<Duration>,
     /// Largest request body, bytes: `413` up front from `Content-Length`, or when a streamed
     /// body grows past it. Absent: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -352,15 +363,41 @@ pub struct Filters {
     /// Applied to the response before it goes back to the client.
     #[serde(default, skip_serializing_if = "HeaderFilter::is_empty")]
     pub response_headers: HeaderFilter,
-    /// Path rewrite, applied in order: stripPrefix, replacePrefix, addPrefix.
+    /// Path rewrite, applied in order: stripPrefix, replacePrefix, addPrefix; or replaceFull
+    /// alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathRewrite>,
+    /// The host sent upstream (`Host` / `:authority`) instead of the client's (Gateway API
+    /// URLRewrite `hostname`). `X-Forwarded-Host` still carries the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite: Option<String>,
+    /// Copies of the request sent to other backends, fire-and-forget (Gateway API
+    /// RequestMirror): their responses are discarded, and they never delay or fail the
+    /// request itself. The request filters above apply to the copies too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
 }
 
 impl Filters {
     pub fn is_empty(&self) -> bool {
-        self.request_headers.is_empty() && self.response_headers.is_empty() && self.path.is_none()
+        self.request_headers.is_empty()
+            && self.response_headers.is_empty()
+            && self.path.is_none()
+            && self.host_rewrite.is_none()
+            && self.mirrors.is_empty()
     }
+}
+
+/// A request mirror: a copy of a share of the requests goes to `backend`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mirror {
+    /// Name of a backend in `backends`.
+    pub backend: String,
+    /// Share of the requests mirrored, 0-100 (fractions allowed, e.g. `0.5`). Absent: 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -405,6 +442,10 @@ pub struct PathRewrite {
     /// Put in front of the path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_prefix: Option<String>,
+    /// Replaces the whole path (the query is kept); Gateway API ReplaceFullPath. Not together
+    /// with the other three.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_full: Option<String>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -412,6 +453,7 @@ pub struct PathRewrite {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PrefixReplace {
     pub from: String,
+    /// The replacement; empty or `/` removes the prefix (`/foo/bar` -> `/bar`).
     pub to: String,
 }
 
@@ -419,11 +461,20 @@ pub struct PrefixReplace {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendRef {
-    /// Name of a backend in `backends`.
+    /// Name of a backend in `backends` (free text when `invalid` is set).
     pub name: String,
     /// Relative weight; 0 takes the backend out of rotation for this rule.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Header filters applied after the rule's when this backend is picked (only
+    /// `requestHeaders` and `responseHeaders`).
+    #[serde(default, skip_serializing_if = "Filters::is_empty")]
+    pub filters: Filters,
+    /// Why this reference could not be resolved (set by the operator for a Gateway API
+    /// backendRef to a missing Service, an unknown kind, or a namespace no ReferenceGrant
+    /// allows). Requests picked for it, in proportion to its weight, get `500` with this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 fn default_weight() -> u32 {

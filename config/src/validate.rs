@@ -370,6 +370,15 @@ fn validate_route(p: &str, route: &Route, snap: &Snapshot, errs: &mut Errors) {
             );
         }
     }
+    let mut seen_listeners = HashSet::new();
+    for (i, l) in route.listeners.iter().enumerate() {
+        let lp = format!("{p}.listeners[{i}]");
+        if !snap.listeners.iter().any(|x| x.name == *l) {
+            errs.push(lp, format!("listener {l:?} is not defined in listeners"));
+        } else if !seen_listeners.insert(l.as_str()) {
+            errs.push(lp, format!("listener {l:?} is listed twice"));
+        }
+    }
     if route.rules.is_empty() {
         errs.push(format!("{p}.rules"), "a route needs at least one rule");
     }
@@ -378,7 +387,7 @@ fn validate_route(p: &str, route: &Route, snap: &Snapshot, errs: &mut Errors) {
         for (m, mat) in rule.matches.iter().enumerate() {
             validate_match(&format!("{rp}.matches[{m}]"), mat, errs);
         }
-        validate_filters(&format!("{rp}.filters"), &rule.filters, errs);
+        validate_filters(&format!("{rp}.filters"), &rule.filters, snap, errs);
         if rule.backend_refs.is_empty() && rule.redirect.is_none() && rule.direct_response.is_none()
         {
             errs.push(
@@ -389,12 +398,20 @@ fn validate_route(p: &str, route: &Route, snap: &Snapshot, errs: &mut Errors) {
         let mut total: u64 = 0;
         for (b, br) in rule.backend_refs.iter().enumerate() {
             total += u64::from(br.weight);
-            if !snap.backends.contains_key(&br.name) {
-                errs.push(
-                    format!("{rp}.backendRefs[{b}].name"),
+            let bp = format!("{rp}.backendRefs[{b}]");
+            match &br.invalid {
+                // An unresolvable reference answers 500; its name is only a label then.
+                Some(why) if why.trim().is_empty() => {
+                    errs.push(format!("{bp}.invalid"), "must say why (not empty)")
+                }
+                Some(_) => {}
+                None if !snap.backends.contains_key(&br.name) => errs.push(
+                    format!("{bp}.name"),
                     format!("backend {:?} is not defined in backends", br.name),
-                );
+                ),
+                None => {}
             }
+            validate_backend_ref_filters(&format!("{bp}.filters"), &br.filters, snap, errs);
         }
         if !rule.backend_refs.is_empty() && total == 0 {
             errs.push(
@@ -405,6 +422,15 @@ fn validate_route(p: &str, route: &Route, snap: &Snapshot, errs: &mut Errors) {
         if let Some(t) = rule.timeout {
             if t.get().is_zero() {
                 errs.push(format!("{rp}.timeout"), "must be greater than 0");
+            }
+        }
+        // `0s` is allowed: the Gateway API's way to turn the per-try limit off.
+        if let (Some(t), Some(per_try)) = (rule.timeout, rule.backend_request_timeout) {
+            if per_try > t {
+                errs.push(
+                    format!("{rp}.backendRequestTimeout"),
+                    format!("{per_try} is longer than the rule's timeout {t}"),
+                );
             }
         }
         crate::protocol::validate_rule_protocol(
@@ -502,7 +528,25 @@ fn check_value_match(p: &str, m: &ValueMatch, errs: &mut Errors) {
     }
 }
 
-fn validate_filters(p: &str, f: &Filters, errs: &mut Errors) {
+/// A backendRef's filters: header filters only (the Gateway API leaves the other kinds on a
+/// backendRef implementation-specific, and none of them is implemented per backend here).
+fn validate_backend_ref_filters(p: &str, f: &Filters, snap: &Snapshot, errs: &mut Errors) {
+    validate_filters(p, f, snap, errs);
+    for (field, set) in [
+        ("path", f.path.is_some()),
+        ("hostRewrite", f.host_rewrite.is_some()),
+        ("mirrors", !f.mirrors.is_empty()),
+    ] {
+        if set {
+            errs.push(
+                format!("{p}.{field}"),
+                "not supported on a backendRef: only requestHeaders and responseHeaders (put it in the rule's filters)",
+            );
+        }
+    }
+}
+
+fn validate_filters(p: &str, f: &Filters, snap: &Snapshot, errs: &mut Errors) {
     for (which, hf) in [
         ("requestHeaders", &f.request_headers),
         ("responseHeaders", &f.response_headers),
@@ -538,12 +582,42 @@ fn validate_filters(p: &str, f: &Filters, errs: &mut Errors) {
             }
         }
     }
+    if let Some(h) = &f.host_rewrite {
+        // A precise hostname (no wildcard), as the Gateway API's URLRewrite hostname.
+        if h.starts_with('*') || !is_valid_hostname_pattern(h) {
+            errs.push(
+                format!("{p}.hostRewrite"),
+                format!("{h:?} is not a hostname (api.example.com)"),
+            );
+        }
+    }
+    for (i, m) in f.mirrors.iter().enumerate() {
+        let mp = format!("{p}.mirrors[{i}]");
+        if !snap.backends.contains_key(&m.backend) {
+            errs.push(
+                format!("{mp}.backend"),
+                format!("backend {:?} is not defined in backends", m.backend),
+            );
+        }
+        if let Some(pc) = m.percent {
+            if !(0.0..=100.0).contains(&pc) {
+                errs.push(format!("{mp}.percent"), "must be between 0 and 100");
+            }
+        }
+    }
     if let Some(rw) = &f.path {
         let rp = format!("{p}.path");
-        if rw.strip_prefix.is_none() && rw.replace_prefix.is_none() && rw.add_prefix.is_none() {
+        let prefixes =
+            rw.strip_prefix.is_some() || rw.replace_prefix.is_some() || rw.add_prefix.is_some();
+        if !prefixes && rw.replace_full.is_none() {
             errs.push(
                 rp.clone(),
-                "set at least one of stripPrefix, replacePrefix, addPrefix",
+                "set at least one of stripPrefix, replacePrefix, addPrefix, or replaceFull",
+            );
+        } else if prefixes && rw.replace_full.is_some() {
+            errs.push(
+                format!("{rp}.replaceFull"),
+                "replaces the whole path: not together with stripPrefix, replacePrefix or addPrefix",
             );
         }
         let check = |field: String, v: &str, errs: &mut Errors| {
@@ -558,10 +632,16 @@ fn validate_filters(p: &str, f: &Filters, errs: &mut Errors) {
         }
         if let Some(r) = &rw.replace_prefix {
             check(format!("{rp}.replacePrefix.from"), &r.from, errs);
-            check(format!("{rp}.replacePrefix.to"), &r.to, errs);
+            // Empty is allowed: the Gateway API's ReplacePrefixMatch "" (`/foo/bar` -> `/bar`).
+            if !r.to.is_empty() {
+                check(format!("{rp}.replacePrefix.to"), &r.to, errs);
+            }
         }
         if let Some(v) = &rw.add_prefix {
             check(format!("{rp}.addPrefix"), v, errs);
+        }
+        if let Some(v) = &rw.replace_full {
+            check(format!("{rp}.replaceFull"), v, errs);
         }
     }
 }

@@ -3,10 +3,10 @@
 //! probes, `/health`, `/metrics` and the page itself (which holds no data) needs the bearer
 //! token when one is configured.
 
-use crate::body::{full, ProxyBody};
-use crate::runtime::Runtime;
+use crate::http::body::{full, ProxyBody};
+use crate::runtime::compile::Runtime;
 use crate::server::Dataplane;
-use crate::upstream::BackendRt;
+use crate::upstream::backend::BackendRt;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -130,11 +130,16 @@ impl Admin {
             "/ui" => return ui_page(),
             "/metrics" => {
                 let rt = self.dataplane.runtime();
-                let body = crate::metrics::metrics().render(rt.as_deref());
+                let state = rt
+                    .as_deref()
+                    .map(|r| r as &dyn crate::telemetry::metrics::StateSource);
+                let body = crate::telemetry::metrics::metrics().render(state);
                 let mut r = Response::new(full(Bytes::from(body)));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(crate::metrics::Metrics::content_type()),
+                    header::HeaderValue::from_static(
+                        crate::telemetry::metrics::Metrics::content_type(),
+                    ),
                 );
                 return r;
             }
@@ -171,7 +176,7 @@ impl Admin {
                     serde_json::json!({"error": "no_config", "message": "no configuration loaded yet"}),
                 ),
             },
-            (Method::GET, "/sinks") => json(StatusCode::OK, crate::shipper::report()),
+            (Method::GET, "/sinks") => json(StatusCode::OK, crate::telemetry::shipper::report()),
             (Method::GET, "/ui/state") => {
                 let rt = self.dataplane.runtime();
                 let view = rt.as_deref().map(|rt| crate::ui::RuntimeView {
@@ -207,7 +212,7 @@ impl Admin {
         let level = self.log_level.lock().map(|l| l.clone()).unwrap_or_default();
         json(
             StatusCode::OK,
-            serde_json::json!({ "level": level, "accessLog": crate::observe::access_log_enabled() }),
+            serde_json::json!({ "level": level, "accessLog": crate::telemetry::observe::access_log_enabled() }),
         )
     }
 
@@ -253,7 +258,7 @@ impl Admin {
             }
         }
         if let Some(on) = access {
-            crate::observe::set_access_log(on);
+            crate::telemetry::observe::set_access_log(on);
             tracing::info!(access_log = on, "access log switched via the admin API");
         }
         self.logging_json()
@@ -313,7 +318,7 @@ impl Admin {
         let result = match weir_config::load(&body) {
             Ok(snap) => self.dataplane.apply(snap).await,
             Err(e) => {
-                crate::metrics::metrics().config_applied(Err(()));
+                crate::telemetry::metrics::metrics().config_applied(Err(()));
                 Err(e)
             }
         };
@@ -344,7 +349,7 @@ fn backend_status(b: &BackendRt) -> (&'static str, usize) {
     let available = b.available_endpoints();
     let open = b
         .breaker_view()
-        .is_some_and(|v| v.mode == crate::breaker::Mode::Open);
+        .is_some_and(|v| v.mode == crate::upstream::breaker::Mode::Open);
     let status = if available == 0 || open {
         "unhealthy"
     } else if available < b.endpoints.len() {

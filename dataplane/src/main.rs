@@ -63,7 +63,7 @@ fn main() -> ExitCode {
         return check(&file);
     }
     let logging = init_logging(&cli.run.log_format);
-    weir_dataplane::observe::set_access_log(cli.run.access_log == "on");
+    weir_dataplane::telemetry::observe::set_access_log(cli.run.access_log == "on");
     let rt = match runtime_builder(cli.run.worker_threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

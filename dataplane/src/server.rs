@@ -1,24 +1,18 @@
-//! The running dataplane: the current runtime, its listeners, reload and graceful shutdown.
+//! The running dataplane: the current runtime, its listeners (bound here, served by the front
+//! doors in [`crate::listen`]), reload and graceful shutdown.
 
-use crate::metrics::{metrics, Handshake};
-use crate::proxy::{self, ConnInfo};
+use crate::listen::live::Live;
 use crate::runtime::{cert_stamps, compile, CertStamp, ListenerRt, Runtime};
-use arc_swap::{ArcSwap, ArcSwapOption};
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use crate::telemetry::metrics::metrics;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
-use weir_config::{ConfigError, Errors, ListenerProtocol, Snapshot};
-
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use weir_config::{ConfigError, Errors, Snapshot};
 
 struct RunningListener {
     settings: Arc<ArcSwap<ListenerRt>>,
@@ -43,14 +37,10 @@ impl RunningQuic {
 
 /// One dataplane process's serving state.
 pub struct Dataplane {
-    runtime: ArcSwapOption<Runtime>,
+    /// The runtime serving now and the drain signal, shared with the front doors.
+    live: Arc<Live>,
     /// Held while a config is applied, so applies never interleave.
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, RunningListener>>,
-    graceful: Mutex<Option<GracefulShutdown>>,
-    /// Drain signal for QUIC connections and their requests (the TCP side uses `graceful`);
-    /// every connection and request holds a receiver, so `closed()` means "all done".
-    quic_drain: watch::Sender<bool>,
-    shutting_down: AtomicBool,
     /// The file SIGHUP re-reads, when started with one.
     pub config_path: Option<PathBuf>,
 }
@@ -58,31 +48,28 @@ pub struct Dataplane {
 impl Dataplane {
     pub fn new(config_path: Option<PathBuf>) -> Arc<Dataplane> {
         Arc::new(Dataplane {
-            runtime: ArcSwapOption::empty(),
+            live: Arc::new(Live::default()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
-            graceful: Mutex::new(Some(GracefulShutdown::new())),
-            quic_drain: watch::channel(false).0,
-            shutting_down: AtomicBool::new(false),
             config_path,
         })
     }
 
     /// The runtime serving now, if a config was loaded.
     pub fn runtime(&self) -> Option<Arc<Runtime>> {
-        self.runtime.load_full()
+        self.live.runtime()
     }
 
     pub fn is_ready(&self) -> bool {
-        self.runtime.load().is_some() && !self.shutting_down.load(Ordering::Relaxed)
+        self.live.runtime().is_some() && !self.live.is_shutting_down()
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
+        self.live.is_shutting_down()
     }
 
     /// A drain receiver for a new QUIC connection, `None` once shutdown has begun.
     pub fn drain_watcher(&self) -> Option<watch::Receiver<bool>> {
-        (!self.is_shutting_down()).then(|| self.quic_drain.subscribe())
+        self.live.drain_watcher()
     }
 
     /// Validates, compiles and swaps in `snapshot`; on any error nothing changes and every
@@ -100,7 +87,7 @@ impl Dataplane {
         expected: &Arc<Runtime>,
     ) -> Result<bool, ConfigError> {
         let mut listeners = self.listeners.lock().await;
-        match self.runtime.load_full() {
+        match self.live.runtime() {
             Some(current) if Arc::ptr_eq(&current, expected) => {
                 self.apply_locked(&mut listeners, (*current.snapshot).clone())?;
                 Ok(true)
@@ -154,7 +141,7 @@ impl Dataplane {
         listeners: &mut HashMap<SocketAddr, RunningListener>,
         snapshot: Snapshot,
     ) -> Result<String, ConfigError> {
-        let prev = self.runtime.load_full();
+        let prev = self.live.runtime();
         let rt = compile(snapshot, prev.as_deref())?;
 
         // Bind every new socket first: if one fails, nothing has changed.
@@ -176,8 +163,11 @@ impl Dataplane {
             }
             if let Some(q) = &l.quic {
                 if running.is_none_or(|r| r.quic.is_none()) {
-                    match crate::h3::bind_endpoint(l.address, &q.settings, q.server_config.clone())
-                    {
+                    match crate::listen::h3::bind_endpoint(
+                        l.address,
+                        &q.settings,
+                        q.server_config.clone(),
+                    ) {
                         Ok(ep) => {
                             fresh_quic.insert(l.address, ep);
                         }
@@ -192,14 +182,17 @@ impl Dataplane {
         errs.into_result()?;
 
         let rt = Arc::new(rt);
-        self.runtime.store(Some(rt.clone()));
+        self.live.store(rt.clone());
         let dp = Arc::downgrade(self);
-        crate::otel::configure(rt.snapshot.tracing.as_ref());
-        crate::shipper::reconcile(
+        crate::telemetry::otel::configure(rt.snapshot.tracing.as_ref());
+        crate::telemetry::shipper::reconcile(
             &rt.snapshot.sinks,
             Arc::new(move || {
                 let rt = dp.upgrade().and_then(|d| d.runtime());
-                crate::metrics::metrics().gather(rt.as_deref())
+                crate::telemetry::metrics::metrics().gather(
+                    rt.as_deref()
+                        .map(|r| r as &dyn crate::telemetry::metrics::StateSource),
+                )
             }),
         );
         for l in &rt.listeners {
@@ -258,7 +251,9 @@ impl Dataplane {
         let snap = tokio::fs::read(path)
             .await
             .map_err(|e| ConfigError::single("", format!("cannot read {}: {e}", path.display())))
-            .and_then(|bytes| crate::pod_ip::expand(bytes, std::env::var("POD_IP").ok().as_deref()))
+            .and_then(|bytes| {
+                crate::runtime::pod_ip::expand(bytes, std::env::var("POD_IP").ok().as_deref())
+            })
             .and_then(|bytes| weir_config::load(&bytes));
         match snap {
             Ok(snap) => self.apply(snap).await,
@@ -271,30 +266,13 @@ impl Dataplane {
 
     fn spawn_listener(self: &Arc<Self>, l: ListenerRt, sock: TcpListener) -> RunningListener {
         let settings = Arc::new(ArcSwap::from_pointee(l));
-        let (stop, mut stop_rx) = watch::channel(false);
-        let dp = self.clone();
-        let s = settings.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = stop_rx.changed() => break,
-                    accepted = sock.accept() => match accepted {
-                        Ok((stream, remote)) => {
-                            let dp = dp.clone();
-                            let l = s.load_full();
-                            tokio::spawn(async move { dp.serve_connection(stream, remote, l).await });
-                        }
-                        Err(e) => {
-                            // Usually EMFILE; back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            s.load().tcp_metrics.rejected("accept_error");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    },
-                }
-            }
-        });
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(crate::listen::tcp::accept_loop(
+            self.live.clone(),
+            sock,
+            settings.clone(),
+            stop_rx,
+        ));
         RunningListener {
             settings,
             stop,
@@ -309,8 +287,8 @@ impl Dataplane {
         settings: Arc<ArcSwap<ListenerRt>>,
     ) -> RunningQuic {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(crate::h3::accept_loop(
-            self.clone(),
+        let task = tokio::spawn(crate::listen::h3::accept_loop(
+            self.live.clone(),
             endpoint.clone(),
             settings,
             stop_rx,
@@ -322,93 +300,10 @@ impl Dataplane {
         }
     }
 
-    async fn serve_connection(
-        self: Arc<Self>,
-        stream: TcpStream,
-        remote: SocketAddr,
-        l: Arc<ListenerRt>,
-    ) {
-        let _ = stream.set_nodelay(true);
-        // Connections silent for the listener's idleTimeout are closed (TLS handshake included).
-        let stream = crate::limits::IdleIo::new(stream, l.limits.idle_timeout.get());
-        let Some(watcher) = self
-            .graceful
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().map(|g| g.watcher()))
-        else {
-            l.tcp_metrics.rejected("shutting_down");
-            return;
-        };
-        let _open = l.tcp_metrics.accepted();
-        let info = Arc::new(ConnInfo {
-            remote,
-            listener: l.name.as_str().into(),
-            scheme: match l.protocol {
-                ListenerProtocol::Http => "http",
-                ListenerProtocol::Https => "https",
-            },
-            alt_svc: l.alt_svc.clone(),
-            limits: (&l.limits).into(),
-        });
-        let dp = self.clone();
-        // Set once a request head is complete (see limits::first_request_deadline).
-        let seen = Arc::new(AtomicBool::new(false));
-        let seen_svc = seen.clone();
-        let header_timeout = l.limits.header_read_timeout.get();
-        let svc = hyper::service::service_fn(move |req| {
-            let dp = dp.clone();
-            let info = info.clone();
-            if !seen_svc.load(Ordering::Relaxed) {
-                seen_svc.store(true, Ordering::Relaxed);
-            }
-            async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), &info, req).await) }
-        });
-        let result = match &l.tls {
-            None => {
-                let conn = l
-                    .http
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                crate::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
-                    .await
-            }
-            Some(cfg) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
-                let started = std::time::Instant::now();
-                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(s)) => {
-                        l.tcp_metrics.handshake(Handshake::Ok(started.elapsed()));
-                        s
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
-                        l.tcp_metrics.handshake(Handshake::Failed);
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(client = %remote, "TLS handshake timed out");
-                        l.tcp_metrics.handshake(Handshake::TimedOut);
-                        return;
-                    }
-                };
-                let conn = l
-                    .http
-                    .serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                crate::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
-                    .await
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(client = %remote, error = %e, "connection ended with error");
-        }
-    }
-
     /// Stops accepting, lets in-flight requests finish (HTTP/1.1 keep-alives close after their
     /// current response, HTTP/2 gets GOAWAY) for up to `drain`, then returns.
     pub async fn shutdown(&self, drain: Duration) {
-        self.shutting_down.store(true, Ordering::Relaxed);
+        self.live.begin_shutdown();
         let mut listeners = self.listeners.lock().await;
         let mut endpoints = Vec::new();
         for (_, l) in listeners.drain() {
@@ -420,18 +315,18 @@ impl Dataplane {
                 endpoints.push(q.endpoint);
             }
         }
-        let graceful = self.graceful.lock().ok().and_then(|mut g| g.take());
+        let graceful = self.live.take_tcp_drain();
         let tcp_open = graceful.as_ref().map_or(0, |g| g.count());
-        let quic_open = self.quic_drain.receiver_count();
+        let quic_open = self.live.drain().receiver_count();
         tracing::info!(tcp_connections = tcp_open, quic_connections_and_requests = quic_open, deadline = ?drain, "draining");
         // QUIC connections answer this with GOAWAY and finish their accepted requests.
-        let _ = self.quic_drain.send(true);
+        let _ = self.live.drain().send(true);
         let tcp_done = async {
             if let Some(g) = graceful {
                 g.shutdown().await;
             }
         };
-        let quic_done = self.quic_drain.closed();
+        let quic_done = self.live.drain().closed();
         match tokio::time::timeout(drain, futures_util::future::join(tcp_done, quic_done)).await {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("drain deadline reached; closing the remaining connections"),
@@ -441,7 +336,7 @@ impl Dataplane {
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }
         // The drained requests' access logs are queued by now; give the sinks a moment.
-        crate::shipper::shutdown(crate::shipper::SHUTDOWN_FLUSH).await;
+        crate::telemetry::shipper::shutdown(crate::telemetry::shipper::SHUTDOWN_FLUSH).await;
     }
 }
 

@@ -9,8 +9,8 @@
 //! from a history kept here: the dataplane does no work and holds no memory for the page while
 //! nobody has it open, at the price of charts that start when the page is opened.
 
-use crate::metrics::{metrics, LATENCY_BOUNDS};
-use crate::runtime::Runtime;
+use crate::runtime::compile::Runtime;
+use crate::telemetry::metrics::{metrics, LATENCY_BOUNDS};
 use weir_config::AdvertisedPort;
 
 /// The page: HTML, script and style in one document (no external assets; its
@@ -39,7 +39,7 @@ pub struct RuntimeView<'a> {
 pub fn state(view: Option<RuntimeView<'_>>) -> serde_json::Value {
     let now = rfc3339(std::time::SystemTime::now());
     let totals = metrics().route_totals();
-    let sinks = crate::shipper::report();
+    let sinks = crate::telemetry::shipper::report();
     let Some(RuntimeView {
         rt,
         health,

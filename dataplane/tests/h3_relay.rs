@@ -1,5 +1,5 @@
 //! HTTP/3 request bodies relayed to an HTTP/1.1 upstream: data already received is merged into
-//! larger chunks (dataplane/src/h3.rs `H3Body`), which must never hold back a streaming body,
+//! larger chunks (dataplane/src/listen/h3.rs `H3Body`), which must never hold back a streaming body,
 //! and a body cut off while it waits for client data must not take the request down with it.
 
 mod common;

@@ -1,4 +1,4 @@
-//! Weir's HTTP/1.1 upstream pool (`dataplane/src/pool.rs`) through the real binary, against a
+//! Weir's HTTP/1.1 upstream pool (`dataplane/src/upstream/pool.rs`) through the real binary, against a
 //! raw TCP backend whose connection handling each test controls: connections closed by the
 //! backend after an answer, `maxIdlePerEndpoint`, `idleTimeout`, bodiless responses, a
 //! `Connection: close` answer and a truncated body.

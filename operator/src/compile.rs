@@ -76,7 +76,7 @@ pub struct Inputs<'a> {
 }
 
 /// Reads `key` of Secret `ns/name` as UTF-8; the error names the Secret and key, never a value.
-fn secret_value(
+pub(crate) fn secret_value(
     secrets: &SecretIndex,
     ns: &str,
     name: &str,
@@ -103,7 +103,7 @@ fn secret_value(
 
 /// Parses a PEM certificate chain and private key and checks that they belong together, so a
 /// bad Secret is reported on its route instead of making every pod reject the snapshot.
-fn check_tls_pair(cert_pem: &str, key_pem: &str) -> Result<(), String> {
+pub(crate) fn check_tls_pair(cert_pem: &str, key_pem: &str) -> Result<(), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -242,7 +242,7 @@ fn host_port(addr: &str, port: u16) -> String {
 }
 
 /// Resolves a Service port to the ready endpoints' `ip:targetPort` addresses.
-fn resolve_service(
+pub(crate) fn resolve_service(
     ns: &str,
     svc: &crd::ServiceRef,
     index: &ServiceIndex,

@@ -2,6 +2,7 @@
 //!
 //! - [`crd`]: `ProxyRoute`, `Backend`, `TelemetrySink` (`weir.dev/v1alpha1`) and `crdgen`.
 //! - [`compile`]: the pure `(CRDs, Service endpoints, listeners) -> Snapshot` function.
+//! - [`gateway`]: the Gateway API front end: types, its pure compile step into the same Snapshot.
 //! - [`status`]: pure status computation and condition merging.
 //! - [`push`]: `PUT /config` to every ready dataplane pod, tracking acknowledged versions.
 //! - [`lease`]: leader election on a `coordination.k8s.io/v1` Lease.
@@ -15,6 +16,7 @@ pub mod compile;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod gateway;
 pub mod inject;
 pub mod lease;
 pub mod metrics;

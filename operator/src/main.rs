@@ -95,6 +95,14 @@ struct RunArgs {
     /// (`GET /backends`, or `GET /config` on dataplanes without it).
     #[arg(long, default_value = "5s")]
     verify_interval: weir_config::Duration,
+    /// Watch and compile the Gateway API kinds (GatewayClass, Gateway, HTTPRoute, GRPCRoute,
+    /// ReferenceGrant) once their CRDs are installed.
+    #[arg(long, env = "WEIR_GATEWAY_API", default_value_t = true, action = clap::ArgAction::Set)]
+    gateway_api: bool,
+    /// The dataplane Service (in --namespace): the ports Gateway listeners may use and the
+    /// address in every Gateway's status.
+    #[arg(long, env = "WEIR_DATAPLANE_SERVICE")]
+    dataplane_service: Option<String>,
     /// Address for `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, env = "WEIR_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: std::net::SocketAddr,
@@ -252,6 +260,11 @@ async fn run(a: RunArgs) -> Result<(), Error> {
             verify_interval: a.verify_interval.get(),
             request_timeout: Duration::from_secs(5),
             token,
+        },
+        gateway: weir_operator::gateway::GatewaySettings {
+            enabled: a.gateway_api,
+            dataplane_service: a.dataplane_service,
+            ..Default::default()
         },
     };
     tokio::spawn(async move {

@@ -87,7 +87,13 @@ impl PodProgress {
     }
 }
 
-fn cond(type_: &str, ok: bool, gen: Option<i64>, reason: &str, message: String) -> Condition {
+pub(crate) fn cond(
+    type_: &str,
+    ok: bool,
+    gen: Option<i64>,
+    reason: &str,
+    message: String,
+) -> Condition {
     Condition {
         type_: type_.to_string(),
         status: if ok { "True" } else { "False" }.to_string(),

@@ -83,6 +83,25 @@ fn ephemeral_port() -> u16 {
         .port()
 }
 
+/// An HTTP/3 connection (weir-bench's client, certificate not verified) to 127.0.0.1:`port`.
+pub async fn h3_conn(port: u16) -> weir_bench::h3client::H3Conn {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    tokio::time::timeout(HANG_GUARD, weir_bench::h3client::connect(addr, None, true))
+        .await
+        .expect("connect hang")
+        .expect("HTTP/3 connect")
+}
+
+/// A request body sent as these chunks, without a length (chunked on HTTP/1.1).
+pub fn streamed(chunks: Vec<Bytes>) -> Body {
+    let s = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, BoxError>(hyper::body::Frame::data(c))),
+    );
+    BodyExt::boxed(http_body_util::StreamBody::new(s))
+}
+
 /// Starts an in-process echo backend; returns its address.
 pub async fn echo(name: &str) -> SocketAddr {
     weir_dataplane::echo::spawn("127.0.0.1:0", name)

@@ -18,6 +18,7 @@ mod status_writer;
 mod watch;
 
 pub use run::run;
+pub(crate) use watch::spawn_reflector;
 pub use watch::{endpoint_slice_resource, ready_pods, service_index_of};
 
 use crate::lease::LeaseConfig;
@@ -46,6 +47,8 @@ pub struct Settings {
     pub debounce: Duration,
     pub lease: LeaseConfig,
     pub pusher: PusherConfig,
+    /// The Gateway API input (watched once its CRDs are installed).
+    pub gateway: crate::gateway::GatewaySettings,
 }
 
 /// RFC 3339, whole seconds (what `metav1.Time` stores).

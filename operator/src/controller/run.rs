@@ -63,6 +63,14 @@ pub async fn run(
     };
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), &s.dataplane_namespace);
 
+    let mut gateway = crate::gateway::GatewayApi::start(
+        client.clone(),
+        &s.gateway,
+        &s.dataplane_namespace,
+        s.watch_namespace.as_deref(),
+        notify.clone(),
+    );
+
     // Status-only updates of our own kinds poke the status task, not the compile loop.
     let status_poke = Arc::new(Notify::new());
     let sp = Some(status_poke.clone());
@@ -218,7 +226,7 @@ pub async fn run(
         let sink_objs: Vec<TelemetrySink> = sinks.state().iter().map(|r| (**r).clone()).collect();
         let idx = service_index(&services, &slices);
         let secrets_idx = secret_watches.index();
-        let compiled: Compiled = compile::compile(compile::Inputs {
+        let mut compiled: Compiled = compile::compile(compile::Inputs {
             routes: &route_objs,
             backends: &backend_objs,
             sinks: &sink_objs,
@@ -226,6 +234,13 @@ pub async fn run(
             secrets: &secrets_idx,
             listeners: &s.listeners,
         });
+        // The Gateway API routes go into the same snapshot, after the ProxyRoutes.
+        let gw = gateway.compile(&services.state(), &idx, &secrets_idx, &s.listeners);
+        if let Some(g) = &gw {
+            compiled.secret_refs.extend(g.secret_refs.iter().cloned());
+            g.merge_into(&mut compiled.snapshot);
+        }
+        gateway.publish(leader, gw);
         secret_watches.sync(&compiled.secret_refs);
         if !secret_watches.all_known(&compiled.secret_refs) {
             // A referenced Secret has not been read yet: this snapshot would lack a credential

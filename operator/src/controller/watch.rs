@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 /// (a status write, often our own echoing back) pokes `status_only` (the status task) instead:
 /// compile reads only spec, name, namespace, generation and the creation time, so it has
 /// nothing to redo, and a burst of status writes cannot keep the compile loop's debounce open.
-pub(super) fn spawn_reflector<K>(
+pub(crate) fn spawn_reflector<K>(
     api: Api<K>,
     cfg: watcher::Config,
     dyntype: K::DynamicType,

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# callgrind.sh BINDIR [h1|h3|both] — instructions per request of the dataplane, measured as
+# BENCHMARKS.md ("Profile findings") describes: the dataplane in BINDIR under
+# `valgrind --tool=callgrind --instr-atstart=no`, one worker thread, access log off,
+# instrumentation switched on only around 10,000 HTTP/1.1 requests (`-c 64`) and 5,000 HTTP/3
+# requests (`-c 10 -m 10`) to a `weir-bench serve` backend; prints user-space instructions
+# (callgrind's Ir, the dump's `totals:` line) divided by requests. Uses BINDIR/weir-bench for the backend and the load.
+set -euo pipefail
+bins=$(cd "$1" && pwd)
+which=${2:-both}
+d=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$d"' EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+B=$(port); H=$(port); S=$(port); A=$(port)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+  -keyout "$d/key.pem" -out "$d/cert.pem" 2>/dev/null
+cat > "$d/weir.json" <<JSON
+{"version": "cg", "listeners": [
+  {"name": "http", "address": "127.0.0.1:$H", "protocol": "http"},
+  {"name": "https", "address": "127.0.0.1:$S", "protocol": "https",
+   "tls": {"certificates": [{"certFile": "$d/cert.pem", "keyFile": "$d/key.pem"}]}}],
+ "backends": {"b": {"endpoints": ["127.0.0.1:$B"]}},
+ "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "b"}]}]}]}
+JSON
+"$bins/weir-bench" serve --listen "127.0.0.1:$B" --threads 1 >"$d/backend.log" 2>&1 &
+RUST_LOG=warn WEIR_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no \
+  --callgrind-out-file="$d/cg.%p" "$bins/weir-dataplane" --config "$d/weir.json" \
+  --admin-address "127.0.0.1:$A" --access-log off >"$d/weir.log" 2>&1 &
+vg=$!
+for _ in $(seq 1 300); do
+  "$bins/weir-bench" -n 1 "http://127.0.0.1:$H/" >/dev/null 2>&1 && break; sleep 0.2
+done
+measure() { # name, requests, load args...
+  local name=$1 n=$2; shift 2
+  "$bins/weir-bench" "$@" -n 200 >/dev/null 2>&1 # warm-up (connections, pool)
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  callgrind_control -i on "$vg" >/dev/null 2>&1
+  "$bins/weir-bench" "$@" -n "$n" >"$d/load-$name.txt" 2>&1
+  callgrind_control -i off "$vg" >/dev/null 2>&1
+  callgrind_control -d "$name" "$vg" >/dev/null 2>&1
+  local f="" ir
+  for _ in $(seq 1 100); do
+    f=$(ls "$d"/cg.*.* 2>/dev/null | head -1) && [ -n "$f" ] && break; sleep 0.1
+  done
+  ir=$(awk '/^totals:/ {print $2; exit}' "$f")
+  rm -f "$d"/cg.*
+  echo "$name: $ir instructions / $n requests = $((ir / n)) per request"
+}
+if [ "$which" = h1 ] || [ "$which" = both ]; then measure h1 10000 -c 64 "http://127.0.0.1:$H/"; fi
+if [ "$which" = h3 ] || [ "$which" = both ]; then
+  measure h3 5000 -p h3 --insecure -c 10 -m 10 "https://127.0.0.1:$S/"
+fi

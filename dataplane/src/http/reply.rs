@@ -1,0 +1,159 @@
+//! Replies the proxy makes itself (layer 0): every stage that answers a request locally
+//! (limits, routing, policies, upstream errors) uses this, so none of them reaches up into the
+//! pipeline for it.
+//!
+//! One typed error: [`ErrorKind`] is the `error` code of the JSON body, the `kind` label of
+//! `weir_proxy_errors_total` (its discriminant is the metric index, no string search) and, with
+//! the reply's status, the gRPC status a gRPC client gets instead ([`ErrorKind::grpc_code`]).
+
+use crate::http::body::{full, ProxyBody};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+/// gRPC status codes a local reply can map to (see [`ErrorKind::grpc_code`]).
+pub mod grpc_code {
+    pub const UNKNOWN: u8 = 2;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
+}
+
+/// Declares [`ErrorKind`] with its codes in one list, so a code, its variant and its metric
+/// index cannot drift apart.
+macro_rules! error_kinds {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal,)*) => {
+        /// Why the proxy answered a request itself.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorKind {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in metric-index order.
+            pub const ALL: [ErrorKind; [$($code),*].len()] = [$(ErrorKind::$variant,)*];
+            /// The `error` codes, in metric-index order (the `kind` label values).
+            pub const CODES: [&'static str; [$($code),*].len()] = [$($code,)*];
+        }
+    };
+}
+
+error_kinds! {
+    NoConfig = "no_config",
+    NoHost = "no_host",
+    NoRoute = "no_route",
+    NoBackend = "no_backend",
+    BadPath = "bad_path",
+    NoEndpoint = "no_endpoint",
+    NoHealthyEndpoint = "no_healthy_endpoint",
+    CircuitOpen = "circuit_open",
+    BackendOverloaded = "backend_overloaded",
+    UpstreamConnectError = "upstream_connect_error",
+    UpstreamError = "upstream_error",
+    UpstreamTimeout = "upstream_timeout",
+    /// An upstream body that failed midway (counted; the reply was already under way).
+    UpstreamBodyError = "upstream_body_error",
+    // Limits and WebSockets (limits.rs, websocket.rs).
+    UriTooLong = "uri_too_long",
+    TooManyHeaders = "too_many_headers",
+    HeadersTooLarge = "headers_too_large",
+    BodyTooLarge = "body_too_large",
+    WebsocketDisabled = "websocket_disabled",
+    WebsocketUnsupported = "websocket_unsupported",
+    WebsocketNotUpgraded = "websocket_not_upgraded",
+    // Policies (ratelimit.rs, extauth.rs, bodymatch.rs, kairos.rs).
+    RateLimited = "rate_limited",
+    ExtAuthDenied = "ext_auth_denied",
+    ExtAuthError = "ext_auth_error",
+    BodyNotJson = "body_not_json",
+    KairosError = "kairos_error",
+    /// Gateway API: a backendRef the operator could not resolve (500; gRPC UNAVAILABLE).
+    InvalidBackend = "invalid_backend",
+}
+
+impl ErrorKind {
+    /// The `error` code (JSON body, access log, metric label).
+    pub const fn code(self) -> &'static str {
+        Self::CODES[self as usize]
+    }
+
+    /// The index of this kind in `weir_proxy_errors_total`'s per-route handles.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind whose code is `code`.
+    pub fn from_code(code: &str) -> Option<ErrorKind> {
+        Self::CODES
+            .iter()
+            .position(|c| *c == code)
+            .map(|i| Self::ALL[i])
+    }
+
+    /// The gRPC status for a reply of this kind sent with `status`.
+    pub fn grpc_code(self, status: StatusCode) -> u8 {
+        use grpc_code as code;
+        if self == ErrorKind::UpstreamTimeout {
+            return code::DEADLINE_EXCEEDED;
+        }
+        // GRPCRoute: requests picked for an invalid backendRef get UNAVAILABLE (HTTP: 500).
+        if self == ErrorKind::InvalidBackend {
+            return code::UNAVAILABLE;
+        }
+        match status.as_u16() {
+            400 => code::INTERNAL,
+            401 => code::UNAUTHENTICATED,
+            403 => code::PERMISSION_DENIED,
+            404 => code::UNIMPLEMENTED,
+            413 | 414 | 431 => code::RESOURCE_EXHAUSTED,
+            504 => code::DEADLINE_EXCEEDED,
+            429 | 502 | 503 => code::UNAVAILABLE,
+            _ => code::UNKNOWN,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// Marks a reply the proxy made itself (as a response extension): its kind, counted by
+/// `weir_proxy_errors_total{kind}` and logged as the access log's `error`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyError(pub ErrorKind);
+
+/// A JSON error reply made by the proxy itself (a gRPC request gets it as a gRPC status, see
+/// [`crate::http::grpc::local_error`]).
+pub fn error_response(status: StatusCode, kind: ErrorKind, message: &str) -> Response<ProxyBody> {
+    let body =
+        serde_json::json!({ "status": status.as_u16(), "error": kind.code(), "message": message });
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.extensions_mut().insert(ProxyError(kind));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_index_in_order() {
+        for (i, k) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+            assert_eq!(ErrorKind::from_code(k.code()), Some(*k));
+            assert_eq!(k.to_string(), ErrorKind::CODES[i]);
+        }
+        assert_eq!(ErrorKind::from_code("nope"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! The TCP front door: HTTP/1.1 and h2c on plain listeners, HTTP/1.1 and HTTP/2 over TLS
+//! (ALPN), with the listener's idle, header-read and handshake timeouts. It serves through a
+//! [`Live`] handle (runtime + drain signal), like the QUIC door, not through the `Dataplane`.
+
+use crate::http::conn::ConnInfo;
+use crate::listen::live::Live;
+use crate::pipeline::proxy;
+use crate::runtime::compile::ListenerRt;
+use crate::telemetry::metrics::Handshake;
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use weir_config::ListenerProtocol;
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections on `sock` until `stop` fires; each is served with the listener's
+/// settings as they are when it is accepted.
+pub async fn accept_loop(
+    live: Arc<Live>,
+    sock: TcpListener,
+    settings: Arc<ArcSwap<ListenerRt>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = sock.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let live = live.clone();
+                    let l = settings.load_full();
+                    tokio::spawn(serve_connection(live, stream, remote, l));
+                }
+                Err(e) => {
+                    // Usually EMFILE; back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    settings.load().tcp_metrics.rejected("accept_error");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_connection(
+    live: Arc<Live>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    l: Arc<ListenerRt>,
+) {
+    let _ = stream.set_nodelay(true);
+    // Connections silent for the listener's idleTimeout are closed (TLS handshake included).
+    let stream = crate::http::limits::IdleIo::new(stream, l.limits.idle_timeout.get());
+    let Some(watcher) = live.tcp_watcher() else {
+        l.tcp_metrics.rejected("shutting_down");
+        return;
+    };
+    let _open = l.tcp_metrics.accepted();
+    let info = Arc::new(ConnInfo {
+        remote,
+        listener: l.name.as_str().into(),
+        scheme: match l.protocol {
+            ListenerProtocol::Http => "http",
+            ListenerProtocol::Https => "https",
+        },
+        alt_svc: l.alt_svc.clone(),
+        limits: (&l.limits).into(),
+    });
+    let dp = live;
+    // Set once a request head is complete (see limits::first_request_deadline).
+    let seen = Arc::new(AtomicBool::new(false));
+    let seen_svc = seen.clone();
+    let header_timeout = l.limits.header_read_timeout.get();
+    let svc = hyper::service::service_fn(move |req| {
+        let dp = dp.clone();
+        let info = info.clone();
+        if !seen_svc.load(Ordering::Relaxed) {
+            seen_svc.store(true, Ordering::Relaxed);
+        }
+        async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), &info, req).await) }
+    });
+    let result = match &l.tls {
+        None => {
+            let conn = l
+                .http
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
+                .await
+        }
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
+            let started = std::time::Instant::now();
+            let tls =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => {
+                        l.tcp_metrics.handshake(Handshake::Ok(started.elapsed()));
+                        s
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+                        l.tcp_metrics.handshake(Handshake::Failed);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %remote, "TLS handshake timed out");
+                        l.tcp_metrics.handshake(Handshake::TimedOut);
+                        return;
+                    }
+                };
+            let conn = l
+                .http
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %remote, error = %e, "connection ended with error");
+    }
+}

@@ -1,0 +1,422 @@
+//! The request pipeline shared by every front door (HTTP/1.1, HTTP/2, HTTP/3): trace context,
+//! route, pick, transform, forward, respond; the exchange is measured and logged when its
+//! response body ends (see [`crate::telemetry::observe`]).
+
+use crate::http::body::{boxed, BoxError, ProxyBody};
+use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop};
+use crate::http::reply::{error_response, ErrorKind, ProxyError};
+use crate::http::tracecontext::TraceContext;
+use crate::policy::filters::{rewrite_path, RuleRt, Target};
+use crate::runtime::compile::Runtime;
+use crate::telemetry::metrics::{self, RouteMetrics};
+use crate::telemetry::observe::{
+    access_log_enabled, CountingBody, Exchange, InFlightGuard, ObservedBody,
+};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+use weir_config::UpstreamProtocol;
+
+// Moved to layer 0 (`crate::http`); re-exported here because tests and fuzz targets name them
+// by their old paths.
+pub use crate::http::conn::ConnInfo;
+pub use crate::http::headers::normalize_path;
+
+/// Serves one request against the current runtime: trace context, routing and forwarding,
+/// then the response body is wrapped so the exchange is measured and logged when it ends.
+pub async fn handle<B>(
+    runtime: Option<Arc<Runtime>>,
+    conn: &ConnInfo,
+    mut req: Request<B>,
+) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let start = Instant::now();
+    let protocol = metrics::protocol_index(req.version());
+    let in_flight = InFlightGuard::new(protocol);
+    let mut trace = TraceContext::from_headers(req.headers());
+    // Sampling (when spans are exported) sets the flags sent upstream.
+    let mut span = crate::telemetry::otel::start(&mut trace);
+    trace.inject(req.headers_mut());
+    let method = req.method().clone();
+    let (host, path) =
+        if access_log_enabled() || crate::telemetry::shipper::shipping_logs() || span.is_some() {
+            (request_host(&req), Some(req.uri().path().to_string()))
+        } else {
+            (None, None)
+        };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let req = req.map(|b| CountingBody::new(b, bytes_in.clone()));
+    let grpc = crate::http::grpc::is_grpc(req.headers());
+    let out = forward(runtime, conn, req, span.as_deref_mut()).await;
+    let mut resp = out.response;
+    if grpc {
+        resp = crate::http::grpc::local_error(resp);
+    }
+    // An upstream's Alt-Svc describes the upstream, not us; ours replaces it.
+    resp.headers_mut().remove(header::ALT_SVC);
+    if let Some(v) = &conn.alt_svc {
+        resp.headers_mut().insert(header::ALT_SVC, v.clone());
+    }
+    let (parts, body) = resp.into_parts();
+    let exchange = Exchange {
+        start,
+        protocol,
+        method,
+        listener: conn.listener.clone(),
+        client: conn.remote,
+        host,
+        path,
+        status: parts.status.as_u16(),
+        metrics: out.metrics,
+        upstream: out.upstream,
+        attempts: out.attempts,
+        error: parts.extensions.get::<ProxyError>().map(|e| e.0),
+        trace,
+        span,
+        bytes_in,
+        in_flight,
+    };
+    Response::from_parts(parts, ObservedBody::new(body, exchange).boxed_unsync())
+}
+
+/// What forwarding produced, for metrics and the access log.
+struct Outcome {
+    response: Response<ProxyBody>,
+    /// Handles of the (route, backend) pair; `-` for what is unknown.
+    metrics: Arc<RouteMetrics>,
+    /// The endpoint of the last upstream try.
+    upstream: Option<String>,
+    /// Upstream tries, retries included.
+    attempts: u32,
+}
+
+impl Outcome {
+    fn local(response: Response<ProxyBody>, metrics: Arc<RouteMetrics>) -> Outcome {
+        Outcome {
+            response,
+            metrics,
+            upstream: None,
+            attempts: 0,
+        }
+    }
+}
+
+/// The request stages, in the order [`forward`] runs them. Each returns the request (or what
+/// the next stage needs) or the reply to send instead; a new stage goes where its inputs exist
+/// (README, "Where do I add X").
+///
+/// 1. [`admit`]: a config is loaded, the head is within the listener's limits, there is a host.
+/// 2. route: the router picks the rule ([`crate::route::bodymatch::route`] reads the body only
+///    when a body-field condition is reached).
+/// 3. rule stages: CORS preflight ([`crate::policy::cors`]), the rule's policy stages
+///    ([`crate::policy::stages::PolicyRt::apply`]: rate limit, external auth, redirect / direct
+///    response, KairosDB), the backend pick, the body limit and the WebSocket handshake.
+/// 4. [`upstream_request`]: path rewrite, hop-by-hop and forwarding headers, request filters.
+/// 5. dispatch: [`crate::upstream::backend::BackendRt::dispatch`] (balancing, health, breaker,
+///    concurrency limit, retries).
+/// 6. [`respond`]: response filters, body-limit outcome, WebSocket switch, CORS headers.
+async fn forward<B>(
+    runtime: Option<Arc<Runtime>>,
+    conn: &ConnInfo,
+    req: Request<B>,
+    mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
+) -> Outcome
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    // 1. Admit.
+    let (rt, host) = match admit(runtime, conn, &req) {
+        Ok(x) => x,
+        Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
+    };
+    // 2. Route, on the path with dot segments resolved, so `/api/../admin` can neither slip
+    // past a `/api` prefix rule nor reach a backend that resolves it itself.
+    let path = normalize_path(req.uri().path()).into_owned();
+    let route_start = span.as_ref().map(|s| s.now());
+    let (rule, req) = match crate::route::bodymatch::route(
+        rt.router_for(&conn.listener),
+        &host,
+        &path,
+        req,
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
+    };
+    if let (Some(s), Some(t)) = (span.as_deref_mut(), route_start) {
+        s.route_selected(t, rule.is_some());
+    }
+    let Some(rule) = rule else {
+        let msg = format!("no route for host {host:?} and path {path:?}");
+        let r = error_response(StatusCode::NOT_FOUND, ErrorKind::NoRoute, &msg);
+        return Outcome::local(r, metrics::metrics().no_route());
+    };
+    // 3. Rule stages. CORS preflights are answered before auth and rate limits (browsers send
+    // no credentials).
+    if let Some(r) = crate::policy::cors::preflight(rule.protocol.cors.as_ref(), &req) {
+        return Outcome::local(r, rule.no_backend_metrics.clone());
+    }
+    let rp = &rule.protocol;
+    // Replies the proxy makes from here on (429, auth denials, redirects, 413, …) carry the
+    // CORS headers too, so browsers can read them (as Envoy does for local replies).
+    let cors_origin = crate::policy::cors::allowed_origin(rp.cors.as_ref(), &req);
+    let local = |mut r: Response<ProxyBody>, m: &Arc<RouteMetrics>| {
+        crate::policy::cors::decorate(rp.cors.as_ref(), cors_origin.clone(), &mut r);
+        Outcome::local(r, m.clone())
+    };
+    // Boxed: its future (~6.5 KiB, for external auth and KairosDB) would otherwise be part of
+    // every request's future, copied whole when an HTTP/3 request's future is boxed. Free when
+    // the rule has no policy stage (`None`).
+    let req = match &rule.policy {
+        None => req,
+        Some(p) => match Box::pin(p.apply(conn, &host, &path, rule.timeout, req)).await {
+            Ok(req) => req,
+            Err(r) => return local(r, &rule.no_backend_metrics),
+        },
+    };
+    let target = match rule.pick() {
+        crate::policy::gateway::Pick::Backend(t) => t,
+        crate::policy::gateway::Pick::Invalid(why) => {
+            let r = error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorKind::InvalidBackend,
+                why,
+            );
+            return local(r, &rule.no_backend_metrics);
+        }
+        crate::policy::gateway::Pick::None => {
+            let r = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::NoBackend,
+                "route has no backend with weight",
+            );
+            return local(r, &rule.no_backend_metrics);
+        }
+    };
+    let backend = &target.backend;
+    let (mut req, body_trip) = match crate::http::limits::limit_body(rp.max_body, req) {
+        Ok(r) => r,
+        Err(r) => return local(r, &target.metrics),
+    };
+    let upstream_h2 = backend.config.protocol == UpstreamProtocol::H2c;
+    let upgrade = match crate::policy::websocket::take(rp.websocket.as_ref(), upstream_h2, &mut req)
+    {
+        Ok(u) => u,
+        Err(r) => return local(r, &target.metrics),
+    };
+
+    // 4. The upstream request.
+    let (mut parts, body) = req.into_parts();
+    let (pq, version, mirror) =
+        match upstream_request(&rule, target, conn, path, &mut parts, upgrade.as_ref()) {
+            Ok(x) => x,
+            Err(r) => return local(r, &target.metrics),
+        };
+    let timeout = rule
+        .timeout
+        .unwrap_or(backend.config.timeouts.request.get());
+    let timeout = crate::http::grpc::deadline(&parts.headers, timeout);
+    // 5. Dispatch: balancing, health, breaker, concurrency limit, retries, credential.
+    let body = match mirror {
+        None => boxed(body),
+        Some(m) => m.start(pq.clone(), boxed(body)),
+    };
+    let sent = backend
+        .dispatch_per_try(
+            parts.method,
+            pq,
+            version,
+            parts.headers,
+            body,
+            timeout,
+            span,
+            rule.gateway.per_try_timeout,
+        )
+        .await;
+    // 6. Respond.
+    let resp = respond(
+        &rule,
+        target,
+        sent.response,
+        body_trip,
+        upgrade,
+        cors_origin,
+    );
+    Outcome {
+        response: resp,
+        metrics: target.metrics.clone(),
+        upstream: sent.upstream,
+        attempts: sent.attempts,
+    }
+}
+
+/// Stage 1: the runtime serving now and the request's host, or the reply when there is no
+/// config yet, the head breaks the listener's limits, or there is no host.
+// The Err is the reply itself, made on the rare path and moved out once; as the other
+// stages that answer locally (limits::limit_body, websocket::take) do, it is not boxed.
+#[allow(clippy::result_large_err)]
+fn admit<B>(
+    runtime: Option<Arc<Runtime>>,
+    conn: &ConnInfo,
+    req: &Request<B>,
+) -> Result<(Arc<Runtime>, String), Response<ProxyBody>> {
+    let Some(rt) = runtime else {
+        return Err(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoConfig,
+            "no configuration loaded yet",
+        ));
+    };
+    if let Some(r) = crate::http::limits::check_head(&conn.limits, req) {
+        return Err(r);
+    }
+    let Some(host) = request_host(req) else {
+        return Err(error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::NoHost,
+            "request has no Host",
+        ));
+    };
+    Ok((rt, host))
+}
+
+/// Stage 4: turns the client's request head into the upstream's: rewritten path (with the
+/// query), hop-by-hop headers removed, forwarding headers and `Host`, `TE: trailers` for h2c
+/// gRPC, the rule's request filters, the WebSocket handshake headers. Returns the path and
+/// query, the HTTP version to send and the request's mirror copies, or a `400 bad_path` reply.
+// The Err is the reply itself, made on the rare path and moved out once; as the other
+// stages that answer locally (limits::limit_body, websocket::take) do, it is not boxed.
+#[allow(clippy::result_large_err)]
+fn upstream_request(
+    rule: &RuleRt,
+    target: &Target,
+    conn: &ConnInfo,
+    path: String,
+    parts: &mut http::request::Parts,
+    upgrade: Option<&crate::policy::websocket::Upgrade>,
+) -> Result<
+    (
+        PathAndQuery,
+        Version,
+        Option<crate::policy::mirror::Pending>,
+    ),
+    Response<ProxyBody>,
+> {
+    let backend = &target.backend;
+    let path = match &rule.path {
+        Some(rw) => rewrite_path(rw, &path),
+        None => path,
+    };
+    let pq = match parts.uri.path_and_query() {
+        // No rewrite and no dot segments (nearly every request): the request's own, already
+        // parsed, goes upstream without another format and parse.
+        Some(pq) if rule.path.is_none() && pq.path() == path => Ok(pq.clone()),
+        _ => PathAndQuery::try_from(match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        }),
+    };
+    let pq = match pq {
+        Ok(pq) => pq,
+        Err(e) => {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::BadPath,
+                &e.to_string(),
+            ));
+        }
+    };
+    // The host the client asked for goes upstream unchanged. A request-target authority
+    // (HTTP/2 and HTTP/3 :authority, HTTP/1.1 absolute-form) wins over the Host header, as it
+    // does for routing (RFC 9112 §3.2.2, RFC 9113 §8.3.1).
+    let host_value = match parts.uri.authority() {
+        Some(a) => {
+            let a = a.as_str();
+            HeaderValue::from_str(a.rsplit_once('@').map_or(a, |(_, h)| h)).ok()
+        }
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    let wants_trailers = parts
+        .headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarding(&mut parts.headers, conn, host_value.as_ref());
+    // `hostRewrite` replaces the host sent upstream; X-Forwarded-Host keeps the client's.
+    if let Some(h) = rule.gateway.host_rewrite.clone().or(host_value) {
+        parts.headers.insert(header::HOST, h);
+    }
+    let h2 = backend.config.protocol == UpstreamProtocol::H2c;
+    if h2 && wants_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    rule.request_headers.apply(&mut parts.headers);
+    // Copies see the request as the rule's filters made it, not the picked backendRef's
+    // own filters; upgrades (WebSocket) are not mirrored.
+    let mirror = match upgrade {
+        None => crate::policy::mirror::Pending::new(
+            &rule.gateway.mirrors,
+            &parts.method,
+            &parts.headers,
+        ),
+        Some(_) => None,
+    };
+    target.request_headers.apply(&mut parts.headers);
+    if let Some(u) = upgrade {
+        u.prepare(&mut parts.method, &mut parts.headers);
+    }
+    let version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    Ok((pq, version, mirror))
+}
+
+/// Stage 6: the client's response from what dispatch returned (the upstream's response with
+/// hop-by-hop headers removed and the rule's response filters applied, or the proxy's own
+/// reply), then the body limit's outcome, the WebSocket switch and the CORS headers.
+fn respond(
+    rule: &RuleRt,
+    target: &Target,
+    sent: Result<Response<ProxyBody>, Response<ProxyBody>>,
+    body_trip: Option<crate::http::limits::BodyTrip>,
+    upgrade: Option<crate::policy::websocket::Upgrade>,
+    cors_origin: Option<HeaderValue>,
+) -> Response<ProxyBody> {
+    let resp = match sent {
+        Err(local) => local,
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            rule.response_headers.apply(&mut parts.headers);
+            target.response_headers.apply(&mut parts.headers);
+            Response::from_parts(parts, body)
+        }
+    };
+    let mut resp = match body_trip {
+        Some(t) => t.outcome(resp),
+        None => resp,
+    };
+    if let Some(u) = upgrade {
+        resp = u.finish(resp);
+    }
+    crate::policy::cors::decorate(rule.protocol.cors.as_ref(), cors_origin, &mut resp);
+    resp
+}

@@ -1,0 +1,612 @@
+//! Request routing, compiled per host from the snapshot's routes.
+//!
+//! # Precedence (deterministic)
+//!
+//! A request's candidates are the rules of every route whose hostnames match its host (routes
+//! without hostnames match every host). Each `match` of a rule is one entry; entries are tried in
+//! this order and the first whose conditions all hold wins:
+//!
+//! 1. hostname: exact beats wildcard, a longer wildcard suffix beats a shorter one, routes
+//!    without hostnames come last;
+//! 2. path: `Exact`, then `Wildcard` (more literal characters first), then `PathPrefix` (longer
+//!    prefix first), then `RegularExpression`, then entries with no path condition;
+//! 3. entries with a method condition before those without;
+//! 4. more header conditions first, then more query conditions first, then more `fields`
+//!    conditions (header or JSON body values) first;
+//! 5. declaration order: route index, rule index, match index.
+//!
+//! `fields` conditions are checked last within an entry, and an entry that needs a body field
+//! is only reached when every entry before it failed: then the body is read once (see
+//! [`crate::route::bodymatch`]) and the walk resumes from the start with it. Entries decided before
+//! any body-matching entry never buffer the body.
+
+use crate::policy::filters::RuleRt;
+use http::{HeaderMap, Method};
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use weir_config::{
+    compile_full_match, ConfigError, Errors, Match, PathMatchType, Route, StringMatchType,
+    ValueMatch,
+};
+
+#[derive(Debug)]
+enum PathCond {
+    Any,
+    Exact(String),
+    Prefix(String),
+    /// Segments: `None` is `*`; `tail` is a trailing `**`.
+    Wildcard {
+        segs: Vec<Option<String>>,
+        tail: bool,
+    },
+    Regex(Regex),
+}
+
+impl PathCond {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathCond::Any => true,
+            PathCond::Exact(v) => path == v,
+            PathCond::Prefix(p) => prefix_matches(p, path),
+            PathCond::Wildcard { segs, tail } => {
+                let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+                for seg in segs {
+                    match (parts.next(), seg) {
+                        (Some(part), None) if !part.is_empty() => {}
+                        (Some(part), Some(lit)) if part == lit => {}
+                        _ => return false,
+                    }
+                }
+                *tail || parts.next().is_none()
+            }
+            PathCond::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
+// Lives in layer 0 so redirects (a policy, below the router) share it.
+pub use crate::http::headers::prefix_matches;
+
+#[derive(Debug)]
+enum ValueCond {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueCond {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueCond::Exact(e) => e == v,
+            ValueCond::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    cond: Arc<MatchCond>,
+    rule: Arc<RuleRt>,
+}
+
+/// What the router looks at in a request.
+pub struct RequestView<'a> {
+    pub host: &'a str,
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The body read so far, once an entry needed a body field.
+    pub body: Option<&'a crate::route::bodymatch::BodyView>,
+}
+
+/// The outcome of [`Router::lookup`].
+#[derive(Debug)]
+pub enum Lookup {
+    Rule(Arc<RuleRt>),
+    /// No entry matched (404).
+    None,
+    /// An entry needs a JSON body field; look up again with `body` set.
+    NeedBody,
+    /// A `fields` condition with `onBodyError: reject` rejected the body.
+    Reject(http::StatusCode, crate::http::reply::ErrorKind, String),
+}
+
+impl MatchCond {
+    fn matches(&self, req: &RequestView<'_>, query: &mut Option<Vec<(String, String)>>) -> bool {
+        if let Some(m) = &self.method {
+            if m != req.method {
+                return false;
+            }
+        }
+        if !self.path.matches(req.path) {
+            return false;
+        }
+        for (name, cond) in &self.headers {
+            let any = req
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().map(|s| cond.matches(s)).unwrap_or(false));
+            if !any {
+                return false;
+            }
+        }
+        if !self.query.is_empty() {
+            let parsed = query.get_or_insert_with(|| {
+                req.query
+                    .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                    .unwrap_or_default()
+            });
+            for (name, cond) in &self.query {
+                if !parsed.iter().any(|(k, v)| k == name && cond.matches(v)) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostPattern<'a> {
+    Exact(&'a str),
+    /// Suffix including the leading dot: `.example.com`.
+    Wildcard(&'a str),
+    Any,
+}
+
+impl HostPattern<'_> {
+    fn covers_host(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => *h == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+            HostPattern::Any => true,
+        }
+    }
+    /// Smaller sorts first.
+    fn rank(&self) -> (u8, usize) {
+        match self {
+            HostPattern::Exact(_) => (0, 0),
+            HostPattern::Wildcard(s) => (1, usize::MAX - s.len()),
+            HostPattern::Any => (2, 0),
+        }
+    }
+}
+
+type Group = Arc<Vec<Entry>>;
+
+/// The compiled matches of one rule, with their index in the rule.
+type MatchesOfRule = Vec<(usize, Arc<MatchCond>)>;
+
+/// Routing tables: a precomputed, ordered candidate list per distinct host pattern.
+#[derive(Debug, Default)]
+pub struct Router {
+    exact: HashMap<String, Group>,
+    /// (suffix with leading dot, group), longest suffix first.
+    wildcard: Vec<(String, Group)>,
+    any: Option<Group>,
+    /// Largest `maxBodyBytes` of the `fields` conditions that read the body.
+    body_cap: usize,
+}
+
+impl Router {
+    /// Compiles routes; `rules[route][rule]` are the already-compiled rule actions.
+    pub fn build(routes: &[Route], rules: &[Vec<Arc<RuleRt>>]) -> Result<Router, ConfigError> {
+        let mut errs = Errors::default();
+        // Every match compiled once: conds[route][rule] = [(match index, cond)].
+        let mut conds: Vec<Vec<MatchesOfRule>> = Vec::new();
+        for (ri, route) in routes.iter().enumerate() {
+            let mut per_rule = Vec::new();
+            for (ui, rule) in route.rules.iter().enumerate() {
+                let mut per_match = Vec::new();
+                if rule.matches.is_empty() {
+                    per_match.push((0, Arc::new(MatchCond::any())));
+                }
+                for (mi, m) in rule.matches.iter().enumerate() {
+                    let p = format!("routes[{ri}].rules[{ui}].matches[{mi}]");
+                    if let Some(c) = MatchCond::new(&p, m, &mut errs) {
+                        per_match.push((mi, Arc::new(c)));
+                    }
+                }
+                per_rule.push(per_match);
+            }
+            conds.push(per_rule);
+        }
+        errs.into_result()?;
+
+        let lowered: Vec<Vec<String>> = routes
+            .iter()
+            .map(|r| r.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect())
+            .collect();
+        let mut patterns: Vec<(usize, HostPattern)> = Vec::new();
+        for (ri, hosts) in lowered.iter().enumerate() {
+            if hosts.is_empty() {
+                patterns.push((ri, HostPattern::Any));
+            }
+            for h in hosts {
+                match h.strip_prefix('*') {
+                    Some(suffix) => patterns.push((ri, HostPattern::Wildcard(suffix))),
+                    None => patterns.push((ri, HostPattern::Exact(h))),
+                }
+            }
+        }
+
+        // A group holds every entry that can serve the hosts of one pattern, in precedence order.
+        let build_group = |covers: &dyn Fn(&HostPattern) -> bool| -> Group {
+            let mut cands = Vec::new();
+            for (ri, pat) in &patterns {
+                if !covers(pat) {
+                    continue;
+                }
+                for (ui, per_match) in conds[*ri].iter().enumerate() {
+                    for (mi, cond) in per_match {
+                        let (a, b, c, d, e) = cond.key();
+                        cands.push((
+                            (pat.rank(), a, b, c, d, e, (*ri, ui, *mi)),
+                            cond,
+                            &rules[*ri][ui],
+                        ));
+                    }
+                }
+            }
+            cands.sort_by_key(|c| c.0);
+            // A route with two patterns covering the same host shows up twice; keep the first.
+            let mut seen = std::collections::HashSet::new();
+            let entries = cands
+                .into_iter()
+                .filter(|c| seen.insert(c.0 .6))
+                .map(|(_, cond, rule)| Entry {
+                    cond: cond.clone(),
+                    rule: rule.clone(),
+                })
+                .collect();
+            Arc::new(entries)
+        };
+
+        let mut router = Router {
+            body_cap: conds
+                .iter()
+                .flatten()
+                .flatten()
+                .flat_map(|(_, c)| c.fields.iter())
+                .map(|f| f.body_cap())
+                .max()
+                .unwrap_or(0),
+            ..Router::default()
+        };
+        for (_, pat) in &patterns {
+            match *pat {
+                HostPattern::Exact(h) if !router.exact.contains_key(h) => {
+                    let g = build_group(&|p: &HostPattern| p.covers_host(h));
+                    router.exact.insert(h.to_string(), g);
+                }
+                HostPattern::Wildcard(s) if !router.wildcard.iter().any(|(x, _)| x == s) => {
+                    // Hosts under `*.a.b` are also under every wildcard whose suffix ends `s`.
+                    let g = build_group(&|p: &HostPattern| match p {
+                        HostPattern::Wildcard(o) => s.ends_with(o),
+                        HostPattern::Any => true,
+                        HostPattern::Exact(_) => false,
+                    });
+                    router.wildcard.push((s.to_string(), g));
+                }
+                HostPattern::Any if router.any.is_none() => {
+                    router.any = Some(build_group(&|p: &HostPattern| *p == HostPattern::Any));
+                }
+                _ => {}
+            }
+        }
+        router
+            .wildcard
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        Ok(router)
+    }
+
+    /// The rule for a request, or `None` (404). `host` must be lowercase without a port.
+    /// Entries that need a body field do not match here; see [`Router::lookup`].
+    pub fn find(&self, req: &RequestView<'_>) -> Option<Arc<RuleRt>> {
+        match self.lookup(req) {
+            Lookup::Rule(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Body bytes a lookup may need (the largest `maxBodyBytes` of body-field conditions).
+    pub fn body_cap(&self) -> usize {
+        self.body_cap
+    }
+
+    /// Like [`Router::find`], and says when a body field is needed to go on.
+    pub fn lookup(&self, req: &RequestView<'_>) -> Lookup {
+        let group = self.exact.get(req.host).or_else(|| {
+            self.wildcard
+                .iter()
+                .find(|(suffix, _)| HostPattern::Wildcard(suffix).covers_host(req.host))
+                .map(|(_, g)| g)
+                .or(self.any.as_ref())
+        });
+        let Some(group) = group else {
+            return Lookup::None;
+        };
+        let mut query = None;
+        for e in group.iter() {
+            if !e.cond.matches(req, &mut query) {
+                continue;
+            }
+            if e.cond.fields.is_empty() {
+                return Lookup::Rule(e.rule.clone());
+            }
+            match crate::route::bodymatch::eval(&e.cond.fields, req.headers, req.body) {
+                crate::route::bodymatch::Verdict::Yes => return Lookup::Rule(e.rule.clone()),
+                crate::route::bodymatch::Verdict::No => {}
+                crate::route::bodymatch::Verdict::NeedBody => return Lookup::NeedBody,
+                crate::route::bodymatch::Verdict::Reject(s, c, m) => {
+                    return Lookup::Reject(s, c, m)
+                }
+            }
+        }
+        Lookup::None
+    }
+}
+
+/// One compiled `match`: its conditions plus what precedence needs to know about them.
+#[derive(Debug)]
+struct MatchCond {
+    /// 0 Exact, 1 Wildcard, 2 PathPrefix, 3 RegularExpression, 4 none.
+    path_kind: u8,
+    /// Literal characters in the path condition (longer sorts first).
+    path_len: usize,
+    path: PathCond,
+    method: Option<Method>,
+    headers: Vec<(http::HeaderName, ValueCond)>,
+    query: Vec<(String, ValueCond)>,
+    fields: Vec<crate::route::bodymatch::FieldCond>,
+}
+
+impl MatchCond {
+    fn any() -> Self {
+        MatchCond {
+            path_kind: 4,
+            path_len: 0,
+            path: PathCond::Any,
+            method: None,
+            headers: vec![],
+            query: vec![],
+            fields: vec![],
+        }
+    }
+
+    fn new(p: &str, m: &Match, errs: &mut Errors) -> Option<Self> {
+        let before = errs.0.len();
+        let (path_kind, path_len, path) = match &m.path {
+            None => (4, 0, PathCond::Any),
+            Some(pm) => match pm.kind {
+                PathMatchType::Exact => (0, pm.value.len(), PathCond::Exact(pm.value.clone())),
+                PathMatchType::Wildcard => {
+                    let body = pm.value.strip_prefix('/').unwrap_or(&pm.value);
+                    let mut segs: Vec<&str> = body.split('/').collect();
+                    let tail = segs.last() == Some(&"**");
+                    if tail {
+                        segs.pop();
+                    }
+                    let literal = segs.iter().filter(|s| **s != "*").map(|s| s.len()).sum();
+                    let segs = segs
+                        .into_iter()
+                        .map(|s| (s != "*").then(|| s.to_string()))
+                        .collect();
+                    (1, literal, PathCond::Wildcard { segs, tail })
+                }
+                PathMatchType::PathPrefix => (
+                    2,
+                    pm.value.trim_end_matches('/').len(),
+                    PathCond::Prefix(pm.value.clone()),
+                ),
+                PathMatchType::RegularExpression => match compile_full_match(&pm.value) {
+                    Ok(r) => (3, 0, PathCond::Regex(r)),
+                    Err(e) => {
+                        errs.push(format!("{p}.path"), format!("regex does not compile: {e}"));
+                        (3, 0, PathCond::Any)
+                    }
+                },
+            },
+        };
+        let method = m
+            .method
+            .as_ref()
+            .and_then(|s| Method::from_bytes(s.as_bytes()).ok());
+        let mut value = |field: String, v: &ValueMatch| match v.kind {
+            StringMatchType::Exact => Some(ValueCond::Exact(v.value.clone())),
+            StringMatchType::RegularExpression => match compile_full_match(&v.value) {
+                Ok(r) => Some(ValueCond::Regex(r)),
+                Err(e) => {
+                    errs.push(field, format!("regex does not compile: {e}"));
+                    None
+                }
+            },
+        };
+        let mut headers = Vec::new();
+        for (i, h) in m.headers.iter().enumerate() {
+            let cond = value(format!("{p}.headers[{i}].value"), h);
+            if let (Ok(name), Some(cond)) = (http::HeaderName::from_bytes(h.name.as_bytes()), cond)
+            {
+                headers.push((name, cond));
+            }
+        }
+        let mut query = Vec::new();
+        for (i, q) in m.query_params.iter().enumerate() {
+            if let Some(cond) = value(format!("{p}.queryParams[{i}].value"), q) {
+                query.push((q.name.clone(), cond));
+            }
+        }
+        let mut fields = Vec::new();
+        for (i, f) in m.fields.iter().enumerate() {
+            match crate::route::bodymatch::FieldCond::new(f) {
+                Ok(c) => fields.push(c),
+                Err(e) => errs.push(format!("{p}.fields[{i}]"), e),
+            }
+        }
+        (errs.0.len() == before).then_some(MatchCond {
+            path_kind,
+            path_len,
+            path,
+            method,
+            headers,
+            query,
+            fields,
+        })
+    }
+
+    fn key(&self) -> (u8, usize, u8, usize, usize) {
+        (
+            self.path_kind,
+            usize::MAX - self.path_len,
+            u8::from(self.method.is_none()),
+            usize::MAX - self.headers.len(),
+            // Query conditions, then `fields` conditions, in one key: more query conditions
+            // first, then more fields conditions.
+            usize::MAX - ((self.query.len() << 16) | self.fields.len().min(0xffff)),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::runtime::compile;
+    use http::{HeaderMap, HeaderValue, Method};
+
+    const ROUTES: &str = r#"
+backends:
+  b: { endpoints: ["127.0.0.1:1"] }
+routes:
+  - name: any
+    rules:
+      - backendRefs: [{ name: b }]                                           # any#0
+      - matches: [{ path: { type: PathPrefix, value: /api } }]
+        backendRefs: [{ name: b }]                                           # any#1
+      - matches: [{ path: { type: PathPrefix, value: /api/v1 } }]
+        backendRefs: [{ name: b }]                                           # any#2
+      - matches: [{ path: { type: Exact, value: /api/v1/users } }]
+        backendRefs: [{ name: b }]                                           # any#3
+      - matches: [{ path: { type: Wildcard, value: "/api/*/items" } }]
+        backendRefs: [{ name: b }]                                           # any#4
+      - matches: [{ path: { type: RegularExpression, value: "/api/[0-9]+" } }]
+        backendRefs: [{ name: b }]                                           # any#5
+      - matches: [{ path: { type: PathPrefix, value: /api }, method: POST }]
+        backendRefs: [{ name: b }]                                           # any#6
+      - matches:
+          - path: { type: PathPrefix, value: /api }
+            headers: [{ name: x-canary, value: "yes" }]
+        backendRefs: [{ name: b }]                                           # any#7
+      - matches:
+          - path: { type: PathPrefix, value: /api }
+            queryParams: [{ name: debug, value: "1|true", type: RegularExpression }]
+        backendRefs: [{ name: b }]                                           # any#8
+      - matches: [{ path: { type: Wildcard, value: "/files/**" } }]
+        backendRefs: [{ name: b }]                                           # any#9
+  - name: exact
+    hostnames: [shop.example.com]
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /cart } }]
+        backendRefs: [{ name: b }]                                           # exact#0
+  - name: wild
+    hostnames: ["*.example.com"]
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /cart } }]
+        backendRefs: [{ name: b }]                                           # wild#0
+      - matches: [{ path: { type: PathPrefix, value: /wild } }]
+        backendRefs: [{ name: b }]                                           # wild#1
+  - name: deeper
+    hostnames: ["*.eu.example.com"]
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /cart } }]
+        backendRefs: [{ name: b }]                                           # deeper#0
+  - name: later
+    rules:
+      - matches: [{ path: { type: PathPrefix, value: /api } }]
+        backendRefs: [{ name: b }]                                           # never: same key as any#1, declared later
+"#;
+
+    fn find(
+        rt: &crate::runtime::compile::Runtime,
+        host: &str,
+        method: &str,
+        uri: &str,
+        hdrs: &[(&str, &str)],
+    ) -> String {
+        let uri: http::Uri = uri.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for (k, v) in hdrs {
+            headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let view = super::RequestView {
+            host,
+            method: &method,
+            path: uri.path(),
+            query: uri.query(),
+            headers: &headers,
+            body: None,
+        };
+        match rt.router.find(&view) {
+            Some(r) => format!("{}#{}", r.route, r.rule_index),
+            None => "404".into(),
+        }
+    }
+
+    #[test]
+    fn precedence_table() {
+        let snap = weir_config::load(ROUTES.as_bytes()).unwrap();
+        let rt = compile(snap, None).unwrap();
+        type Row<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+        let table: &[Row] = &[
+            ("x.test", "GET", "/", &[], "any#0"),
+            ("x.test", "GET", "/apix", &[], "any#0"),
+            ("x.test", "GET", "/api", &[], "any#1"),
+            ("x.test", "GET", "/api/", &[], "any#1"),
+            ("x.test", "GET", "/api/v1", &[], "any#2"),
+            ("x.test", "GET", "/api/v1/users", &[], "any#3"),
+            ("x.test", "GET", "/api/v1/users/7", &[], "any#2"),
+            ("x.test", "GET", "/api/v2/items", &[], "any#4"),
+            ("x.test", "GET", "/api/v1/items", &[], "any#4"),
+            ("x.test", "GET", "/api/v2/items/3", &[], "any#1"),
+            ("x.test", "GET", "/api/42", &[], "any#1"), // prefix outranks regex
+            ("x.test", "POST", "/api/x", &[], "any#6"),
+            ("x.test", "GET", "/api/x", &[("x-canary", "yes")], "any#7"),
+            ("x.test", "POST", "/api/x", &[("x-canary", "yes")], "any#6"), // method before headers
+            ("x.test", "GET", "/api/x", &[("x-canary", "no")], "any#1"),
+            ("x.test", "GET", "/api/x?debug=true", &[], "any#8"),
+            ("x.test", "GET", "/api/x?debug=2", &[], "any#1"),
+            ("x.test", "GET", "/files", &[], "any#9"),
+            ("x.test", "GET", "/files/a/b/c", &[], "any#9"),
+            ("shop.example.com", "GET", "/cart/1", &[], "exact#0"),
+            ("shop.example.com", "GET", "/wild", &[], "wild#1"),
+            ("shop.example.com", "GET", "/api", &[], "any#1"),
+            ("a.example.com", "GET", "/cart", &[], "wild#0"),
+            ("a.b.example.com", "GET", "/cart", &[], "wild#0"),
+            ("x.eu.example.com", "GET", "/cart", &[], "deeper#0"),
+            ("x.eu.example.com", "GET", "/wild", &[], "wild#1"),
+            ("example.com", "GET", "/cart", &[], "any#0"),
+        ];
+        for (host, method, uri, hdrs, want) in table {
+            assert_eq!(
+                &find(&rt, host, method, uri, hdrs),
+                want,
+                "{method} {host}{uri} {hdrs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_catch_all_gives_404() {
+        let snap = weir_config::load(
+            b"backends: { b: { endpoints: [\"127.0.0.1:1\"] } }\nroutes:\n  - name: r\n    hostnames: [a.test]\n    rules: [{ backendRefs: [{ name: b }] }]\n",
+        )
+        .unwrap();
+        let rt = compile(snap, None).unwrap();
+        assert_eq!(find(&rt, "a.test", "GET", "/x", &[]), "r#0");
+        assert_eq!(find(&rt, "b.test", "GET", "/x", &[]), "404");
+    }
+}

@@ -1,0 +1,260 @@
+//! `Snapshot -> Runtime`: the compiled tables one config version serves with.
+
+use crate::policy::filters::{HeaderOps, RuleRt, Target};
+use crate::route::router::Router;
+use crate::telemetry::metrics::{metrics, ListenerMetrics, RouteMetrics};
+use crate::upstream::backend::BackendRt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use weir_config::{ConfigError, Errors, Http3Config, ListenerProtocol, Snapshot};
+
+/// One listener's compiled settings.
+#[derive(Debug, Clone)]
+pub struct ListenerRt {
+    pub name: String,
+    pub address: SocketAddr,
+    pub protocol: ListenerProtocol,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// QUIC endpoint settings when HTTP/3 is on.
+    pub quic: Option<QuicRt>,
+    /// `Alt-Svc` value advertised on the TCP side when HTTP/3 is on.
+    pub alt_svc: Option<http::HeaderValue>,
+    /// Connection metric handles of the TCP side (`tcp` or `tls`).
+    pub tcp_metrics: ListenerMetrics,
+    /// Connection metric handles of the QUIC side, when HTTP/3 is on.
+    pub quic_metrics: Option<ListenerMetrics>,
+    /// Request limits and timeouts (see [`crate::http::limits`]).
+    pub limits: weir_config::ListenerLimits,
+    /// HTTP/1.1 + HTTP/2 connection builder configured with `limits`.
+    pub http: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+}
+
+/// HTTP/3 settings of a listener, ready for quinn.
+#[derive(Debug, Clone)]
+pub struct QuicRt {
+    pub server_config: quinn::ServerConfig,
+    pub settings: Http3Config,
+}
+
+/// Everything one config version needs to serve; swapped whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    pub snapshot: Arc<Snapshot>,
+    pub version: String,
+    /// When this version was first applied; a re-apply of the same version (a certificate
+    /// reload) keeps it, so the status page says how long the config has been running.
+    pub applied_at: std::time::SystemTime,
+    pub router: Router,
+    /// Per-listener routers, only when some route is bound to listeners (`routes[].listeners`);
+    /// empty otherwise and `router` serves every listener.
+    pub listener_routers: HashMap<String, Router>,
+    pub backends: HashMap<String, Arc<BackendRt>>,
+    pub listeners: Vec<ListenerRt>,
+    /// The certificate files as they were when this runtime read them.
+    pub cert_stamps: Vec<CertStamp>,
+    /// Rate-limit and ext-auth state, carried into the next version where unchanged.
+    pub policies: crate::policy::stages::PolicyState,
+}
+
+impl Runtime {
+    /// The routing table of the routes served on `listener`.
+    pub fn router_for(&self, listener: &str) -> &Router {
+        self.listener_routers.get(listener).unwrap_or(&self.router)
+    }
+}
+
+/// (path, length and modification time) of a certificate or key file.
+pub type CertStamp = (String, Option<(u64, std::time::SystemTime)>);
+
+/// Stamps of every certificate and key file a snapshot names.
+pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
+    snap.listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| t.certificates.iter())
+        .flat_map(|c| [&c.cert_file, &c.key_file])
+        // Inline (`certPem`/`keyPem`) certificates have no files to watch.
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let meta = std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (f.clone(), meta)
+        })
+        .collect()
+}
+
+/// Validates and compiles a snapshot. `prev` lets unchanged backends keep their warm pools.
+/// Reads certificate files; touches nothing else outside the process.
+pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, ConfigError> {
+    snapshot.validate()?;
+    let mut errs = Errors::default();
+    // Taken before the files are read, so a change during the read is seen later.
+    let cert_stamps = cert_stamps(&snapshot);
+
+    let mut listeners = Vec::new();
+    for (i, l) in snapshot.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        let Ok(address) = l.address.parse::<SocketAddr>() else {
+            continue; // validate() reported it
+        };
+        let h3 = l.http3_settings();
+        let tls = match l.protocol {
+            ListenerProtocol::Http => None,
+            ListenerProtocol::Https => {
+                crate::http::tls::listener_tls(l.tls.as_ref(), &path, h3.is_some(), &mut errs)
+            }
+        };
+        let mut quic = None;
+        let mut alt_svc = None;
+        if let (Some(settings), Some(rustls_cfg)) = (h3, tls.as_ref().and_then(|t| t.quic.clone()))
+        {
+            match crate::http::tls::quic_server_config(rustls_cfg, &settings) {
+                Ok(server_config) => {
+                    // The port clients reach us on (a Service may map 443 to our 8443).
+                    alt_svc = weir_config::AdvertisedPort::resolve(
+                        settings.advertised_port.as_ref(),
+                        address.port(),
+                    )
+                    .and_then(|port| {
+                        let ma = settings.alt_svc_max_age.get().as_secs();
+                        http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma={ma}")).ok()
+                    });
+                    quic = Some(QuicRt {
+                        server_config,
+                        settings,
+                    });
+                }
+                Err(e) => errs.push(format!("{path}.http3"), e),
+            }
+        }
+        let quic_metrics = quic.as_ref().map(|_| metrics().listener(&l.name, 2));
+        listeners.push(ListenerRt {
+            name: l.name.clone(),
+            address,
+            protocol: l.protocol,
+            tls: tls.map(|t| t.tcp),
+            quic,
+            alt_svc,
+            tcp_metrics: metrics().listener(
+                &l.name,
+                match l.protocol {
+                    ListenerProtocol::Http => 0,
+                    ListenerProtocol::Https => 1,
+                },
+            ),
+            quic_metrics,
+            limits: l.limits.clone(),
+            http: crate::http::limits::http_builder(&l.limits),
+        });
+    }
+
+    let mut backends = HashMap::new();
+    for (name, b) in &snapshot.backends {
+        let prev_b = prev.and_then(|p| p.backends.get(name)).map(|b| b.as_ref());
+        match BackendRt::new(name, b, prev_b) {
+            Ok(rt) => {
+                backends.insert(name.clone(), Arc::new(rt));
+            }
+            Err(e) => errs.push(format!("backends[{name:?}].endpoints"), e),
+        }
+    }
+
+    let mut rules = Vec::new();
+    // One set of request metric handles per (route, backend) pair, shared by its rules.
+    let mut pair_metrics: HashMap<(String, String), Arc<RouteMetrics>> = HashMap::new();
+    let mut pair = |route: &str, backend: &str| {
+        pair_metrics
+            .entry((route.to_string(), backend.to_string()))
+            .or_insert_with(|| Arc::new(RouteMetrics::new(route, backend)))
+            .clone()
+    };
+    // Rate-limit buckets and ext-auth caches/breakers of unchanged policies are kept.
+    let mut policy_carry = crate::policy::stages::PolicyCarry::new(prev.map(|p| &p.policies));
+    for route in &snapshot.routes {
+        let route_name: Arc<str> = route.name.as_str().into();
+        let mut per_route = Vec::new();
+        let route_policy = crate::policy::stages::RoutePolicy::new(route, &mut policy_carry);
+        for (ui, rule) in route.rules.iter().enumerate() {
+            let mut cum = 0u64;
+            let mut targets = Vec::new();
+            let mut invalid = Vec::new();
+            for br in &rule.backend_refs {
+                if br.weight == 0 {
+                    continue;
+                }
+                if let Some(why) = &br.invalid {
+                    // Keeps its share of the weight: those requests get 500 (Gateway API).
+                    cum += u64::from(br.weight);
+                    invalid.push(crate::policy::gateway::InvalidRef::new(cum, why));
+                    continue;
+                }
+                if let Some(b) = backends.get(&br.name) {
+                    cum += u64::from(br.weight);
+                    targets.push(Target {
+                        backend: b.clone(),
+                        cum,
+                        metrics: pair(&route.name, &br.name),
+                        request_headers: HeaderOps::compile(&br.filters.request_headers),
+                        response_headers: HeaderOps::compile(&br.filters.response_headers),
+                    });
+                }
+            }
+            per_route.push(Arc::new(RuleRt {
+                route: route_name.clone(),
+                rule_index: ui,
+                backends: targets,
+                no_backend_metrics: pair(&route.name, crate::telemetry::metrics::NONE),
+                total_weight: cum,
+                request_headers: HeaderOps::compile(&rule.filters.request_headers),
+                response_headers: HeaderOps::compile(&rule.filters.response_headers),
+                path: rule.filters.path.clone(),
+                timeout: rule.timeout.map(|t| t.get()),
+                protocol: crate::policy::protocol::RuleProtocol::compile(rule),
+                policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
+                gateway: crate::policy::gateway::RuleGateway::compile(
+                    &route.name,
+                    rule,
+                    invalid,
+                    &backends,
+                ),
+            }));
+        }
+        rules.push(per_route);
+    }
+    let router = match Router::build(&snapshot.routes, &rules) {
+        Ok(r) => r,
+        Err(e) => {
+            errs.0.extend(e.errors);
+            Router::default()
+        }
+    };
+    // Built only from routes that compiled: their errors are reported once, above.
+    let listener_routers = match errs.is_empty() {
+        true => crate::runtime::listener_routes::listener_routers(&snapshot, &rules)?,
+        false => HashMap::new(),
+    };
+    errs.into_result()?;
+    let version = snapshot.effective_version();
+    let applied_at = prev
+        .filter(|p| p.version == version)
+        .map_or_else(std::time::SystemTime::now, |p| p.applied_at);
+    Ok(Runtime {
+        snapshot: Arc::new(snapshot),
+        version,
+        applied_at,
+        router,
+        listener_routers,
+        backends,
+        listeners,
+        cert_stamps,
+        policies: policy_carry.finish(),
+    })
+}
+
+impl crate::telemetry::metrics::StateSource for Runtime {
+    fn export_state(&self, m: &crate::telemetry::metrics::Metrics) {
+        crate::upstream::backend::export_gauges(&self.backends, m);
+    }
+}

@@ -1,0 +1,1011 @@
+//! Upstream side: per backend, its endpoints with their health and connections (for HTTP/1.1
+//! a [`Pool`] per endpoint, see `pool.rs`; for h2c a pooled hyper-util client), a balancer,
+//! and the resilience layers every request passes through in [`BackendRt::dispatch`]:
+//! concurrency limit → retry loop { circuit breaker → balancer → try (per-try timeout) →
+//! outlier detection } with a retry budget and backoff.
+
+use crate::http::body::{boxed, BoxError, ProxyBody};
+use crate::http::reply::{error_response, ErrorKind};
+use crate::telemetry::metrics::{BackendMetrics, Metrics};
+use crate::upstream::balancer::Balancer;
+use crate::upstream::breaker::{Breaker, BreakerView, Mode};
+use crate::upstream::health::{clock_ms, EndpointState, InFlight, Outcome};
+use crate::upstream::pool::{Checkin, Pool, PoolError, PoolSettings};
+use crate::upstream::retry::{backoff, is_idempotent, Budget, Replay};
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use weir_config::{Backend, UpstreamProtocol};
+
+pub type HttpClient = Client<CountingConnector, ProxyBody>;
+
+/// Connections per endpoint (`host:port`), shared by a client and the backends using it.
+pub type ConnCounts = Arc<Mutex<HashMap<String, ConnStats>>>;
+
+/// Connections of one endpoint: opened so far, and open now.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    pub created: u64,
+    open: Arc<AtomicU64>,
+}
+
+/// `HttpConnector` that counts the connections it opens per endpoint, so `GET /backends` can
+/// show pool reuse (requests vs connections), and wraps each in a [`CountedIo`] that keeps the
+/// endpoint's open-connection count.
+#[derive(Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    counts: ConnCounts,
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<CountedIo, BoxError>> + Send>>;
+
+/// An upstream connection's IO; counts itself out of its endpoint's open connections when the
+/// connection (its hyper task, after the pool let it go or the peer closed it) drops it.
+pub struct CountedIo {
+    io: TokioIo<tokio::net::TcpStream>,
+    open: Arc<AtomicU64>,
+}
+
+impl CountedIo {
+    /// Counts a new connection into `open` (and out again when dropped).
+    pub fn new(stream: tokio::net::TcpStream, open: Arc<AtomicU64>) -> CountedIo {
+        open.fetch_add(1, Ordering::Relaxed);
+        CountedIo {
+            io: TokioIo::new(stream),
+            open,
+        }
+    }
+}
+
+impl Drop for CountedIo {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl hyper::rt::Read for CountedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for CountedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl Connection for CountedIo {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl tower_service::Service<Uri> for CountingConnector {
+    type Response = CountedIo;
+    type Error = BoxError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> ConnectFuture {
+        let key = dst.authority().map(|a| a.to_string()).unwrap_or_default();
+        let counts = self.counts.clone();
+        let fut = self.inner.call(dst);
+        Box::pin(async move {
+            let io = fut.await.map_err(BoxError::from)?;
+            let open = match counts.lock() {
+                Ok(mut c) => {
+                    let e = c.entry(key).or_default();
+                    e.created += 1;
+                    e.open.clone()
+                }
+                Err(_) => Arc::default(),
+            };
+            open.fetch_add(1, Ordering::Relaxed);
+            Ok(CountedIo { io, open })
+        })
+    }
+}
+
+/// One endpoint of a backend as this config version sees it.
+#[derive(Debug)]
+pub struct EndpointRt {
+    pub authority: Authority,
+    pub weight: u32,
+    /// Health, ejection, in-flight and latency; carried over reloads (see [`BackendRt::new`]).
+    pub state: Arc<EndpointState>,
+}
+
+/// A backend as the proxy uses it.
+pub struct BackendRt {
+    pub name: String,
+    pub config: Backend,
+    conns: Conns,
+    pub endpoints: Vec<EndpointRt>,
+    balancer: Balancer,
+    breaker: Option<Arc<Breaker>>,
+    limiter: Option<Arc<Semaphore>>,
+    budget: Arc<Budget>,
+    credential: Option<(HeaderName, HeaderValue)>,
+    eject_lock: Mutex<()>,
+    metrics: BackendMetrics,
+}
+
+impl std::fmt::Debug for BackendRt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `config` is safe to show: Credential's Debug redacts its value.
+        f.debug_struct("BackendRt")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A backend's upstream connections.
+enum Conns {
+    /// HTTP/1.1: one pool per endpoint, in the order of `endpoints`.
+    H1(Vec<Arc<Pool>>),
+    /// h2c: hyper-util's legacy client (one multiplexed connection per endpoint) and its
+    /// connection counts.
+    Legacy {
+        client: Box<HttpClient>,
+        counts: ConnCounts,
+    },
+}
+
+/// How sending a request upstream failed.
+#[derive(Debug)]
+enum SendError {
+    Pool(PoolError),
+    Legacy(hyper_util::client::legacy::Error),
+}
+
+impl SendError {
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Pool(e) => e.is_connect(),
+            SendError::Legacy(e) => e.is_connect(),
+        }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Pool(e) => e.fmt(f),
+            SendError::Legacy(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Pool(e) => std::error::Error::source(e),
+            SendError::Legacy(e) => std::error::Error::source(e),
+        }
+    }
+}
+
+/// What [`BackendRt::dispatch`] produced.
+pub struct Dispatched {
+    /// `Ok`: the upstream's response; `Err`: an error reply made by the proxy.
+    pub response: Result<Response<ProxyBody>, Response<ProxyBody>>,
+    /// The endpoint of the last try.
+    pub upstream: Option<String>,
+    pub attempts: u32,
+}
+
+/// How a try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Connect,
+    Reset,
+    /// Per-try timeout (the request timeout still has time left).
+    TryTimeout,
+    Status(u16),
+}
+
+/// The result of the latest try, kept while deciding whether to retry.
+enum Last {
+    Upstream(Response<hyper::body::Incoming>, InFlight, Option<Checkin>),
+    Local(Response<ProxyBody>),
+}
+
+impl BackendRt {
+    /// Builds the runtime backend. State carried over from `prev` when settings allow:
+    /// the client (warm pool) when connection settings are equal; each endpoint's state
+    /// (health counters and its checker task, ejection, in-flight, latency) when its address,
+    /// the protocol and the health check are unchanged; breaker, budget and concurrency
+    /// limiter when their settings are unchanged.
+    pub fn new(
+        name: &str,
+        config: &Backend,
+        prev: Option<&BackendRt>,
+    ) -> Result<BackendRt, String> {
+        let h2 = config.protocol == UpstreamProtocol::H2c;
+        let mut endpoints = Vec::with_capacity(config.endpoints.len());
+        for ep in &config.endpoints {
+            let authority: Authority = ep
+                .address
+                .parse()
+                .map_err(|e| format!("endpoint {:?}: {e}", ep.address))?;
+            let reused = prev.and_then(|p| {
+                p.endpoints
+                    .iter()
+                    .find(|e| {
+                        e.authority == authority
+                            && e.state.h2 == h2
+                            && e.state.check_config == config.health_check
+                    })
+                    .map(|e| e.state.clone())
+            });
+            let state = reused.unwrap_or_else(|| {
+                Arc::new(EndpointState::new(
+                    authority.clone(),
+                    config.health_check.clone(),
+                    h2,
+                ))
+            });
+            state.ensure_checker(name);
+            endpoints.push(EndpointRt {
+                authority,
+                weight: ep.weight,
+                state,
+            });
+        }
+        // Warm connections are kept when the connection settings are unchanged.
+        let warm = prev.filter(|p| same_connection_settings(&p.config, config));
+        let conns = if h2 {
+            match warm.map(|p| &p.conns) {
+                Some(Conns::Legacy { client, counts }) => Conns::Legacy {
+                    client: client.clone(),
+                    counts: counts.clone(),
+                },
+                _ => {
+                    let (client, counts) = build_client(config);
+                    Conns::Legacy {
+                        client: Box::new(client),
+                        counts,
+                    }
+                }
+            }
+        } else {
+            let settings = PoolSettings {
+                connect_timeout: config.timeouts.connect.get(),
+                idle_timeout: config.pool.idle_timeout.get(),
+                max_idle: config.pool.max_idle_per_endpoint,
+                excess_idle_grace: crate::upstream::pool::EXCESS_IDLE_GRACE,
+            };
+            let prev_pools = match warm.map(|p| (&p.endpoints, &p.conns)) {
+                Some((eps, Conns::H1(pools))) => Some((eps, pools)),
+                _ => None,
+            };
+            let mut pools: Vec<Arc<Pool>> = Vec::with_capacity(endpoints.len());
+            for (i, ep) in endpoints.iter().enumerate() {
+                // An address listed twice shares one pool.
+                let same = endpoints[..i]
+                    .iter()
+                    .position(|e| e.authority == ep.authority)
+                    .and_then(|j| pools.get(j).cloned());
+                let kept = same.or_else(|| {
+                    let (eps, prev) = prev_pools?;
+                    let j = eps.iter().position(|e| e.authority == ep.authority)?;
+                    prev.get(j).cloned()
+                });
+                pools.push(kept.unwrap_or_else(|| Pool::new(ep.authority.clone(), settings)));
+            }
+            Conns::H1(pools)
+        };
+        let breaker = config.circuit_breaker.as_ref().map(|cfg| match prev {
+            Some(p) if p.config.circuit_breaker.as_ref() == Some(cfg) => p
+                .breaker
+                .clone()
+                .unwrap_or_else(|| Arc::new(Breaker::new(name, cfg))),
+            _ => Arc::new(Breaker::new(name, cfg)),
+        });
+        let limiter = config.max_concurrent_requests.map(|max| match prev {
+            Some(p) if p.config.max_concurrent_requests == Some(max) => p
+                .limiter
+                .clone()
+                .unwrap_or_else(|| Arc::new(Semaphore::new(max as usize))),
+            _ => Arc::new(Semaphore::new(max as usize)),
+        });
+        let budget = match prev {
+            Some(p) if p.config.retries.budget == config.retries.budget => p.budget.clone(),
+            _ => Arc::new(Budget::new(config.retries.budget)),
+        };
+        let credential = match &config.credential {
+            None => None,
+            Some(c) => {
+                let name = HeaderName::from_bytes(c.header.as_bytes())
+                    .map_err(|_| format!("credential header {:?} is not valid", c.header))?;
+                let mut value = HeaderValue::from_str(&c.value)
+                    .map_err(|_| "credential value is not a valid header value".to_string())?;
+                value.set_sensitive(true);
+                Some((name, value))
+            }
+        };
+        Ok(BackendRt {
+            name: name.to_string(),
+            balancer: Balancer::new(&config.load_balancer, endpoints.len()),
+            config: config.clone(),
+            conns,
+            endpoints,
+            breaker,
+            limiter,
+            budget,
+            credential,
+            eject_lock: Mutex::new(()),
+            metrics: BackendMetrics::new(name),
+        })
+    }
+
+    /// Chooses an endpoint: an available one not tried yet, else any available one, else
+    /// (panic mode only) any at all.
+    fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let now = clock_ms();
+        let eps = &self.endpoints;
+        let available = |i: usize| eps[i].state.is_available(now);
+        self.balancer
+            .pick(eps, |i| available(i) && !tried.contains(&i))
+            .or_else(|| {
+                (!tried.is_empty())
+                    .then(|| self.balancer.pick(eps, available))
+                    .flatten()
+            })
+            .or_else(|| {
+                let panic = self
+                    .config
+                    .health_check
+                    .as_ref()
+                    .is_some_and(|h| h.panic_mode);
+                panic.then(|| self.balancer.pick(eps, |_| true)).flatten()
+            })
+    }
+
+    /// Counts an outcome for passive outlier detection and ejects when a threshold is hit
+    /// and the ejection cap allows.
+    fn report(&self, idx: usize, outcome: Outcome) {
+        let Some(od) = &self.config.outlier_detection else {
+            return;
+        };
+        let Some(ep) = self.endpoints.get(idx) else {
+            return;
+        };
+        if !ep.state.outlier_trips(outcome, od) {
+            return;
+        }
+        let _serial = self.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let now = clock_ms();
+        if ep.state.is_ejected(now) {
+            return;
+        }
+        let n = self.endpoints.len();
+        let cap = (n * od.max_ejection_percent as usize / 100).max(1);
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.state.is_ejected(now))
+            .count();
+        if ejected < cap {
+            ep.state.eject(&self.name, od);
+        } else {
+            tracing::info!(target: "weir::health", backend = %self.name, endpoint = %ep.authority, ejected, cap, "not ejecting: maxEjectionPercent reached");
+        }
+    }
+
+    /// Sends a request to this backend with every resilience layer applied. `pq` is the
+    /// upstream path and query; `headers` are final except for the credential. `timeout`
+    /// bounds the whole exchange up to response headers, retries included. `span`: the
+    /// request's span when sampled; each try is recorded as its child.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dispatch(
+        &self,
+        method: Method,
+        pq: PathAndQuery,
+        version: Version,
+        headers: HeaderMap,
+        body: ProxyBody,
+        timeout: Duration,
+        span: Option<&mut crate::telemetry::otel::RequestSpan>,
+    ) -> Dispatched {
+        self.dispatch_per_try(method, pq, version, headers, body, timeout, span, None)
+            .await
+    }
+
+    /// [`BackendRt::dispatch`] with the limit of each try set by the rule
+    /// (`backendRequestTimeout`) instead of `retries.perTryTimeout`: `Some(0)` is no per-try
+    /// limit, `None` the backend's own.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dispatch_per_try(
+        &self,
+        method: Method,
+        pq: PathAndQuery,
+        version: Version,
+        mut headers: HeaderMap,
+        body: ProxyBody,
+        timeout: Duration,
+        mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
+        rule_per_try: Option<Duration>,
+    ) -> Dispatched {
+        let deadline = Instant::now() + timeout;
+        // A placeholder, cheap to make: every path below replaces it (the loop runs at least
+        // once, and each try sets `last` or an error reply). Building the JSON error reply up
+        // front cost about a tenth of a proxied request's instructions.
+        let mut out = Dispatched {
+            response: Err(Response::new(crate::http::body::empty())),
+            upstream: None,
+            attempts: 0,
+        };
+        if self.endpoints.is_empty() {
+            out.response = Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::NoEndpoint,
+                &format!("backend {:?} has no endpoints", self.name),
+            ));
+            return out;
+        }
+        if let Some((name, value)) = &self.credential {
+            headers.insert(name.clone(), value.clone());
+        }
+        let permit = match &self.limiter {
+            None => None,
+            Some(sem) => {
+                let wait = self.config.queue_timeout.get().min(timeout);
+                match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => Some(p),
+                    _ => {
+                        self.metrics.overloaded.inc();
+                        out.response = Err(error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            ErrorKind::BackendOverloaded,
+                            &format!(
+                                "backend {:?} is at maxConcurrentRequests ({}) and no slot freed within {:?}",
+                                self.name,
+                                self.config.max_concurrent_requests.unwrap_or_default(),
+                                wait
+                            ),
+                        ));
+                        return out;
+                    }
+                }
+            }
+        };
+        let policy = &self.config.retries;
+        self.budget.deposit();
+        let idempotent = is_idempotent(&method);
+        // With retries possible the body goes through a replay buffer; without, it streams
+        // straight to the only try.
+        let (replay, mut only_body) = if policy.attempts > 1 {
+            (Some(Replay::new(body)), None)
+        } else {
+            (None, Some(body))
+        };
+        let decay = self.balancer.ewma_decay();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last: Option<Last> = None;
+        for attempt in 1..=policy.attempts.max(1) {
+            if attempt > 1 {
+                let wait = backoff(&policy.backoff, attempt - 1);
+                if Instant::now() + wait >= deadline {
+                    self.metrics.retries_exhausted.inc();
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+                self.metrics.retries.inc();
+            }
+            let ticket = match &self.breaker {
+                None => None,
+                Some(b) => match b.try_acquire() {
+                    Some(t) => Some(t),
+                    None => {
+                        if last.is_none() {
+                            out.response = Err(error_response(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                ErrorKind::CircuitOpen,
+                                &format!("the circuit breaker of backend {:?} is open", self.name),
+                            ));
+                        }
+                        break;
+                    }
+                },
+            };
+            let Some(idx) = self.pick(&tried) else {
+                if last.is_none() {
+                    out.response = Err(error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorKind::NoHealthyEndpoint,
+                        &format!("backend {:?} has no healthy endpoint", self.name),
+                    ));
+                }
+                break;
+            };
+            let ep = &self.endpoints[idx];
+            tried.push(idx);
+            out.attempts = attempt;
+            out.upstream = Some(ep.authority.as_str().to_owned());
+            // HTTP/1.1 connections take the origin form as is; the h2c client wants the
+            // absolute form (it derives `:authority` and its pool key from it).
+            let uri = match &self.conns {
+                Conns::H1(_) => Uri::from(pq.clone()),
+                Conns::Legacy { .. } => match Uri::builder()
+                    .scheme("http")
+                    .authority(ep.authority.clone())
+                    .path_and_query(pq.clone())
+                    .build()
+                {
+                    Ok(u) => u,
+                    Err(e) => {
+                        out.response = Err(error_response(
+                            StatusCode::BAD_REQUEST,
+                            ErrorKind::BadPath,
+                            &e.to_string(),
+                        ));
+                        return out;
+                    }
+                },
+            };
+            let body = match &replay {
+                Some(r) => r.attempt(),
+                None => only_body.take().unwrap_or_else(crate::http::body::empty),
+            };
+            let mut req = Request::new(body);
+            *req.method_mut() = method.clone();
+            *req.uri_mut() = uri;
+            *req.version_mut() = version;
+            *req.headers_mut() = if attempt < policy.attempts {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+
+            if let Some(s) = span.as_deref_mut() {
+                s.attempt_started(attempt, &ep.authority, req.headers_mut());
+            }
+            let in_flight = ep.state.start();
+            let started = Instant::now();
+            let remaining = deadline.saturating_duration_since(started);
+            let per_try = match rule_per_try {
+                Some(t) if t.is_zero() => None,
+                Some(t) => Some(t),
+                None => policy.per_try_timeout.map(|t| t.get()),
+            }
+            .filter(|t| *t < remaining);
+            let limit = per_try.unwrap_or(remaining);
+            let result = tokio::time::timeout(limit, self.send(idx, req)).await;
+            if let Some(s) = span.as_deref_mut() {
+                s.attempt_ended(match &result {
+                    Ok(Ok((r, _))) => Ok(r.status().as_u16()),
+                    Ok(Err(e)) if e.is_connect() => Err("connect_error"),
+                    Ok(Err(_)) => Err("upstream_error"),
+                    Err(_) => Err("timeout"),
+                });
+            }
+            let elapsed = started.elapsed();
+            let failure = match result {
+                Ok(Ok((resp, checkin))) => {
+                    self.metrics.upstream_latency.observe(elapsed.as_secs_f64());
+                    let status = resp.status().as_u16();
+                    let server_error = status >= 500;
+                    ep.state.observe_latency(elapsed, false, decay);
+                    self.report(
+                        idx,
+                        if server_error {
+                            Outcome::Status(status)
+                        } else {
+                            Outcome::Success
+                        },
+                    );
+                    if let Some(t) = ticket {
+                        t.record(server_error);
+                    }
+                    let retry_status = policy.retry_on.statuses.iter().any(|r| r.contains(status));
+                    last = Some(Last::Upstream(resp, in_flight, checkin));
+                    if !retry_status {
+                        break;
+                    }
+                    Failure::Status(status)
+                }
+                Ok(Err(e)) => {
+                    drop(in_flight);
+                    ep.state.observe_latency(elapsed, true, decay);
+                    self.report(idx, Outcome::LocalFailure);
+                    if let Some(t) = ticket {
+                        t.record(true);
+                    }
+                    let source = std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(backend = %self.name, upstream = %ep.authority, attempt, error = %e, source = %source, "upstream error");
+                    let (failure, code, what) = if e.is_connect() {
+                        (
+                            Failure::Connect,
+                            ErrorKind::UpstreamConnectError,
+                            "cannot connect to",
+                        )
+                    } else {
+                        (
+                            Failure::Reset,
+                            ErrorKind::UpstreamError,
+                            "request failed at",
+                        )
+                    };
+                    last = Some(Last::Local(error_response(
+                        StatusCode::BAD_GATEWAY,
+                        code,
+                        &format!("{what} upstream {}", ep.authority),
+                    )));
+                    failure
+                }
+                Err(_) => {
+                    drop(in_flight);
+                    ep.state.observe_latency(elapsed, true, decay);
+                    self.report(idx, Outcome::LocalFailure);
+                    if let Some(t) = ticket {
+                        t.record(true);
+                    }
+                    last = Some(Last::Local(error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        ErrorKind::UpstreamTimeout,
+                        &format!("upstream {} did not answer within {limit:?}", ep.authority),
+                    )));
+                    if per_try.is_none() {
+                        break; // the request timeout itself ran out
+                    }
+                    Failure::TryTimeout
+                }
+            };
+            let allowed = match failure {
+                Failure::Connect => policy.retry_on.connect_error,
+                Failure::Reset => policy.retry_on.reset && idempotent,
+                Failure::TryTimeout => policy.retry_on.timeout && idempotent,
+                Failure::Status(_) => idempotent,
+            };
+            let can = attempt < policy.attempts
+                && allowed
+                && replay.as_ref().is_some_and(Replay::replayable)
+                && Instant::now() < deadline;
+            if !can {
+                // A failure retries were configured for, but none is left.
+                if allowed && policy.attempts > 1 {
+                    self.metrics.retries_exhausted.inc();
+                }
+                break;
+            }
+            if !self.budget.withdraw() {
+                tracing::debug!(backend = %self.name, "retry budget spent; not retrying");
+                self.metrics.retries_exhausted.inc();
+                break;
+            }
+            tracing::debug!(backend = %self.name, upstream = %ep.authority, attempt, failure = ?failure, "retrying");
+        }
+        match last {
+            None => {}
+            Some(Last::Local(r)) => out.response = Err(r),
+            Some(Last::Upstream(resp, in_flight, checkin)) => {
+                let (parts, body) = resp.into_parts();
+                // A connection handed over to an upgrade (WebSocket) never goes back.
+                let checkin = checkin.filter(|_| {
+                    parts.status != StatusCode::SWITCHING_PROTOCOLS && method != Method::CONNECT
+                });
+                let body = Guarded {
+                    inner: body,
+                    guard: Some((in_flight, permit)),
+                    checkin,
+                };
+                out.response = Ok(Response::from_parts(parts, boxed(body)));
+            }
+        }
+        out
+    }
+
+    /// One try on endpoint `idx`: its HTTP/1.1 pool, or the h2c client. With the response
+    /// comes the pooled connection to give back when the response body has ended.
+    async fn send(
+        &self,
+        idx: usize,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Checkin>), SendError> {
+        match &self.conns {
+            Conns::H1(pools) => match pools.get(idx) {
+                Some(pool) => match pool.send(req).await {
+                    Ok((resp, checkin)) => Ok((resp, Some(checkin))),
+                    Err(e) => Err(SendError::Pool(e)),
+                },
+                // `pools` follows `endpoints`; `idx` comes from `pick`.
+                None => Err(SendError::Pool(PoolError::NoPool)),
+            },
+            Conns::Legacy { client, .. } => match client.request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) => Err(SendError::Legacy(e)),
+            },
+        }
+    }
+
+    /// Requests and retries counted by the budget over its window.
+    pub fn budget_usage(&self) -> (u64, u64) {
+        self.budget.usage()
+    }
+
+    pub fn breaker_view(&self) -> Option<BreakerView> {
+        self.breaker.as_ref().map(|b| b.view())
+    }
+
+    pub fn balancer_name(&self) -> &'static str {
+        match self.balancer.kind {
+            weir_config::LoadBalancerType::P2cEwma => "p2cEwma",
+            weir_config::LoadBalancerType::RoundRobin => "roundRobin",
+            weir_config::LoadBalancerType::LeastRequest => "leastRequest",
+            weir_config::LoadBalancerType::WeightedRoundRobin => "weightedRoundRobin",
+        }
+    }
+
+    /// Requests waiting for or holding a `maxConcurrentRequests` slot: (in use, limit).
+    pub fn concurrency(&self) -> Option<(u32, u32)> {
+        let max = self.config.max_concurrent_requests?;
+        let free = self.limiter.as_ref()?.available_permits() as u32;
+        Some((max.saturating_sub(free), max))
+    }
+
+    /// The HTTP/1.1 pool of `endpoint`.
+    fn pool(&self, endpoint: &Authority) -> Option<&Arc<Pool>> {
+        let Conns::H1(pools) = &self.conns else {
+            return None;
+        };
+        let i = self
+            .endpoints
+            .iter()
+            .position(|e| &e.authority == endpoint)?;
+        pools.get(i)
+    }
+
+    /// Upstream connections opened to `endpoint` by this backend's pool or client.
+    pub fn connections_created(&self, endpoint: &Authority) -> u64 {
+        match &self.conns {
+            Conns::H1(_) => self.pool(endpoint).map(|p| p.created()).unwrap_or(0),
+            Conns::Legacy { counts, .. } => counts
+                .lock()
+                .ok()
+                .and_then(|c| c.get(endpoint.as_str()).map(|s| s.created))
+                .unwrap_or(0),
+        }
+    }
+
+    /// Requests the HTTP/1.1 pool of `endpoint` sent again on a new connection (the keep-alive
+    /// race: the pooled connection closed before the request went out). h2c upstreams: 0 (the
+    /// legacy client retries such requests itself without counting them).
+    pub fn requests_resent(&self, endpoint: &Authority) -> u64 {
+        match &self.conns {
+            Conns::H1(_) => self.pool(endpoint).map(|p| p.resent()).unwrap_or(0),
+            Conns::Legacy { .. } => 0,
+        }
+    }
+
+    /// Upstream connections to `endpoint` open now (idle in the pool or carrying requests).
+    pub fn connections_open(&self, endpoint: &Authority) -> u64 {
+        match &self.conns {
+            Conns::H1(_) => self.pool(endpoint).map(|p| p.open()).unwrap_or(0),
+            Conns::Legacy { counts, .. } => counts
+                .lock()
+                .ok()
+                .and_then(|c| {
+                    c.get(endpoint.as_str())
+                        .map(|s| s.open.load(Ordering::Relaxed))
+                })
+                .unwrap_or(0),
+        }
+    }
+
+    /// Available endpoints (healthy and not ejected).
+    pub fn available_endpoints(&self) -> usize {
+        let now = clock_ms();
+        self.endpoints
+            .iter()
+            .filter(|e| e.state.is_available(now))
+            .count()
+    }
+}
+
+/// A response body holding the endpoint's in-flight slot (and the backend's concurrency
+/// permit) until it ends or is dropped, and the pooled HTTP/1.1 connection it came on, which
+/// goes back to its pool when the body has ended cleanly (and is closed otherwise).
+struct Guarded {
+    inner: hyper::body::Incoming,
+    guard: Option<(InFlight, Option<OwnedSemaphorePermit>)>,
+    checkin: Option<Checkin>,
+}
+
+impl Guarded {
+    /// The exchange is over: the slot is free and the connection can carry the next request.
+    fn ended(&mut self) {
+        self.guard = None;
+        if let Some(c) = self.checkin.take() {
+            c.release();
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // Dropped unread but complete (no body, `HEAD`, `204`, `304`): reusable all the same.
+        if self.checkin.is_some() && self.inner.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.guard = None;
+                this.checkin = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                // Released with the last frame, before the client can see the end.
+                if this.inner.is_end_stream() {
+                    this.ended();
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn same_connection_settings(a: &Backend, b: &Backend) -> bool {
+    a.protocol == b.protocol && a.timeouts.connect == b.timeouts.connect && a.pool == b.pool
+}
+
+fn build_client(config: &Backend) -> (HttpClient, ConnCounts) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.timeouts.connect.get()));
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    let counts = ConnCounts::default();
+    let connector = CountingConnector {
+        inner: connector,
+        counts: counts.clone(),
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(config.pool.idle_timeout.get())
+        .pool_max_idle_per_host(config.pool.max_idle_per_endpoint);
+    if config.protocol == UpstreamProtocol::H2c {
+        builder.http2_only(true);
+    }
+    (builder.build(connector), counts)
+}
+/// Sets the scrape-time backend and endpoint gauges of `m` from the live backend table (the
+/// registry resets them first). Upstream exports its own state so the metrics registry never
+/// walks the runtime.
+pub fn export_gauges(backends: &HashMap<String, Arc<BackendRt>>, m: &Metrics) {
+    for (name, b) in backends {
+        let active = b.config.health_check.is_some();
+        for ep in &b.endpoints {
+            let v = ep.state.view();
+            let labels = [name.as_str(), ep.authority.as_str()];
+            m.endpoint_healthy
+                .with_label_values(&labels)
+                .set(i64::from(v.healthy));
+            m.endpoint_available
+                .with_label_values(&labels)
+                .set(i64::from(v.healthy && v.ejected_until.is_none()));
+            m.endpoint_available_since
+                .with_label_values(&labels)
+                .set(v.available_since_ms as f64 / 1000.0);
+            m.connections_open
+                .with_label_values(&labels)
+                .set(b.connections_open(&ep.authority) as i64);
+            if active {
+                for (result, n) in [("success", v.checks.passed), ("failure", v.checks.failed)] {
+                    m.health_checks
+                        .with_label_values(&[labels[0], labels[1], result])
+                        .inc_by(n);
+                }
+            }
+            m.ejections.with_label_values(&labels).inc_by(v.ejections);
+            m.endpoint_in_flight
+                .with_label_values(&labels)
+                .set(v.in_flight as i64);
+            m.endpoint_requests
+                .with_label_values(&labels)
+                .inc_by(v.requests);
+            m.connections_created
+                .with_label_values(&labels)
+                .inc_by(b.connections_created(&ep.authority));
+            m.requests_resent
+                .with_label_values(&labels)
+                .inc_by(b.requests_resent(&ep.authority));
+        }
+        if let Some(v) = b.breaker_view() {
+            let state = match v.mode {
+                Mode::Closed => 0,
+                Mode::Open => 1,
+                Mode::HalfOpen => 2,
+            };
+            m.breaker_state.with_label_values(&[name]).set(state);
+            m.breaker_opens
+                .with_label_values(&[name])
+                .inc_by(v.times_opened);
+        }
+        if let Some((in_use, max)) = b.concurrency() {
+            m.concurrency_in_use
+                .with_label_values(&[name])
+                .set(i64::from(in_use));
+            m.concurrency_limit
+                .with_label_values(&[name])
+                .set(i64::from(max));
+        }
+    }
+}
