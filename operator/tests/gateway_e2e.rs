@@ -1150,6 +1150,72 @@ const CASES: &[Case] = &[
         mutate: None,
     },
     Case {
+        name: "HTTPRouteRedirectPort",
+        manifest: "httproute-redirect-port.yaml",
+        conditions: &[
+            accepted(INFRA, "redirect-port", "same-namespace"),
+            resolved(INFRA, "redirect-port", "same-namespace"),
+        ],
+        // Upstream checks the port (and host when set); the path is unchanged by the filter.
+        requests: &[
+            redirect("/port", 302, "http://example.com:8083/port"),
+            redirect(
+                "/port-and-host",
+                302,
+                "http://example.org:8083/port-and-host",
+            ),
+            redirect(
+                "/port-and-status",
+                301,
+                "http://example.com:8083/port-and-status",
+            ),
+            redirect(
+                "/port-and-host-and-status",
+                302,
+                "http://example.org:8083/port-and-host-and-status",
+            ),
+        ],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRoutePortRedirect"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteRedirectScheme",
+        manifest: "httproute-redirect-scheme.yaml",
+        conditions: &[
+            accepted(INFRA, "redirect-scheme", "same-namespace"),
+            resolved(INFRA, "redirect-scheme", "same-namespace"),
+        ],
+        // No port given: the scheme's well-known one, left out of Location.
+        requests: &[
+            redirect("/scheme", 302, "https://example.com/scheme"),
+            redirect(
+                "/scheme-and-host",
+                302,
+                "https://example.org/scheme-and-host",
+            ),
+            redirect(
+                "/scheme-and-status",
+                301,
+                "https://example.com/scheme-and-status",
+            ),
+            redirect(
+                "/scheme-and-host-and-status",
+                302,
+                "https://example.org/scheme-and-host-and-status",
+            ),
+        ],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteSchemeRedirect"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
         name: "HTTPRouteReferenceGrant",
         manifest: "httproute-reference-grant.yaml",
         conditions: &[

@@ -26,8 +26,9 @@ pub const CONTROLLER_NAME: &str = "weir.dev/gateway-controller";
 /// the ported upstream conformance tests of `make e2e` (`operator/tests/gateway_e2e.rs`) pass.
 /// ReferenceGrant: the refused cross-namespace backendRef passes there, and grants that allow
 /// are covered by the golden compile tests (the v1.20 test server cannot store a grant to the
-/// core group). GRPCRoute: the four core GRPCRoute tests pass. HTTPRoutePathRedirect and
-/// HTTPRouteQueryParamMatching: their extended tests pass (the e2e checks every claimed
+/// core group). GRPCRoute: the four core GRPCRoute tests pass. HTTPRoutePathRedirect,
+/// HTTPRoutePortRedirect, HTTPRouteQueryParamMatching and HTTPRouteSchemeRedirect: their
+/// extended tests pass (the e2e checks every claimed
 /// extended feature has a passing test). Sorted, as the spec asks. The other extended
 /// HTTPRoute features are compiled but not claimed until their conformance tests are ported.
 pub const SUPPORTED_FEATURES: &[&str] = &[
@@ -35,7 +36,9 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "Gateway",
     "HTTPRoute",
     "HTTPRoutePathRedirect",
+    "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
+    "HTTPRouteSchemeRedirect",
     "ReferenceGrant",
 ];
 
