@@ -582,6 +582,40 @@ const CASES: &[Case] = &[
         mutate: None,
     },
     Case {
+        name: "HTTPRoute307Redirect",
+        manifest: "httproute-307-redirect.yaml",
+        // Upstream (provisional) waits on a route named redirect-path, which its manifest does
+        // not have; the manifest's route is what is checked here.
+        conditions: &[
+            accepted(INFRA, "307-redirect", "same-namespace"),
+            resolved(INFRA, "307-redirect", "same-namespace"),
+        ],
+        requests: &[redirect("/temporary", 307, "http://example.com/temporary")],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRoute307RedirectStatusCode"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRoute308Redirect",
+        manifest: "httproute-308-redirect.yaml",
+        // Upstream (provisional) waits on a route named redirect-path, which its manifest does
+        // not have; the manifest's route is what is checked here.
+        conditions: &[
+            accepted(INFRA, "308-redirect", "same-namespace"),
+            resolved(INFRA, "308-redirect", "same-namespace"),
+        ],
+        requests: &[redirect("/permanent", 308, "http://example.com/permanent")],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRoute308RedirectStatusCode"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
         name: "HTTPRouteCrossNamespace",
         manifest: "httproute-cross-namespace.yaml",
         conditions: &[

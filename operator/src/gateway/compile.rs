@@ -26,7 +26,8 @@ pub const CONTROLLER_NAME: &str = "weir.dev/gateway-controller";
 /// the ported upstream conformance tests of `make e2e` (`operator/tests/gateway_e2e.rs`) pass.
 /// ReferenceGrant: the refused cross-namespace backendRef passes there, and grants that allow
 /// are covered by the golden compile tests (the v1.20 test server cannot store a grant to the
-/// core group). GRPCRoute: the four core GRPCRoute tests pass. HTTPRoutePathRedirect,
+/// core group). GRPCRoute: the four core GRPCRoute tests pass. HTTPRoute307/308
+/// RedirectStatusCode (provisional upstream tests), HTTPRoutePathRedirect,
 /// HTTPRoutePortRedirect, HTTPRouteQueryParamMatching and HTTPRouteSchemeRedirect: their
 /// extended tests pass (the e2e checks every claimed
 /// extended feature has a passing test). Sorted, as the spec asks. The other extended
@@ -35,6 +36,8 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "GRPCRoute",
     "Gateway",
     "HTTPRoute",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
     "HTTPRoutePathRedirect",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
