@@ -120,6 +120,8 @@ struct Expect {
     /// A gRPC-shaped call (h2c POST to `path` = `/service/method`, headers as metadata)
     /// instead of an HTTP/1.1 GET.
     grpc: bool,
+    /// The HTTP method (gRPC calls are POSTs).
+    method: &'static str,
 }
 
 const fn get(path: &'static str, backend: &'static str) -> Expect {
@@ -131,6 +133,7 @@ const fn get(path: &'static str, backend: &'static str) -> Expect {
         backend: Some(backend),
         location: None,
         grpc: false,
+        method: "GET",
     }
 }
 
@@ -149,6 +152,7 @@ const fn get_with(
         backend: Some(backend),
         location: None,
         grpc: false,
+        method: "GET",
     }
 }
 
@@ -161,6 +165,27 @@ const fn redirect(path: &'static str, status: u16, location: &'static str) -> Ex
         backend: None,
         location: Some(location),
         grpc: false,
+        method: "GET",
+    }
+}
+
+/// A request with this method and headers, answered by `backend` (or, with `None`, `status`).
+const fn call(
+    method: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    backend: Option<&'static str>,
+    status: u16,
+) -> Expect {
+    Expect {
+        host: "example.com",
+        path,
+        headers,
+        status,
+        backend,
+        location: None,
+        grpc: false,
+        method,
     }
 }
 
@@ -174,6 +199,7 @@ const fn host_status(host: &'static str, path: &'static str, status: u16) -> Exp
         backend: None,
         location: None,
         grpc: false,
+        method: "GET",
     }
 }
 
@@ -186,11 +212,13 @@ const fn status(path: &'static str, status: u16) -> Expect {
         backend: None,
         location: None,
         grpc: false,
+        method: "GET",
     }
 }
 
 fn matches(addr: &str, e: &Expect) -> Result<(), String> {
-    let (st, head, body) = request_full(addr, e.host, e.path, e.headers).ok_or("no answer")?;
+    let (st, head, body) =
+        request_method(addr, e.method, e.host, e.path, e.headers).ok_or("no answer")?;
     if st != e.status {
         return Err(format!("status {st}"));
     }
@@ -228,6 +256,7 @@ const fn rpc(
         backend: Some(backend),
         location: None,
         grpc: true,
+        method: "POST",
     }
 }
 
@@ -246,6 +275,7 @@ const fn rpc_unimplemented(
         backend: None,
         location: None,
         grpc: true,
+        method: "POST",
     }
 }
 
@@ -918,6 +948,7 @@ const CASES: &[Case] = &[
                 backend: None,
                 location: None,
                 grpc: false,
+                method: "GET",
             },
             Expect {
                 host: "no.matching.host",
@@ -927,6 +958,7 @@ const CASES: &[Case] = &[
                 backend: None,
                 location: None,
                 grpc: false,
+                method: "GET",
             },
         ],
         listeners: &[],
@@ -996,6 +1028,58 @@ const CASES: &[Case] = &[
         attached: &[],
         weights: &[],
         feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteMethodMatching",
+        manifest: "httproute-method-matching.yaml",
+        conditions: &[
+            accepted(INFRA, "method-matching", "same-namespace"),
+            resolved(INFRA, "method-matching", "same-namespace"),
+        ],
+        requests: &[
+            call("POST", "/", &[], Some("infra-backend-v1"), 200),
+            call("GET", "/", &[], Some("infra-backend-v2"), 200),
+            call("HEAD", "/", &[], None, 404),
+            call("GET", "/path1", &[], Some("infra-backend-v1"), 200),
+            call(
+                "PUT",
+                "/",
+                &[("version", "one")],
+                Some("infra-backend-v2"),
+                200,
+            ),
+            call(
+                "POST",
+                "/path2",
+                &[("version", "two")],
+                Some("infra-backend-v3"),
+                200,
+            ),
+            call("PATCH", "/path3", &[], Some("infra-backend-v1"), 200),
+            call(
+                "DELETE",
+                "/path4",
+                &[("version", "three")],
+                Some("infra-backend-v1"),
+                200,
+            ),
+            call("PUT", "/", &[], None, 404),
+            call("DELETE", "/path4", &[], None, 404),
+            call("PATCH", "/path5", &[], Some("infra-backend-v1"), 200),
+            call(
+                "PATCH",
+                "/",
+                &[("version", "four")],
+                Some("infra-backend-v2"),
+                200,
+            ),
+        ],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteMethodMatching"),
         skip: None,
         mutate: None,
     },

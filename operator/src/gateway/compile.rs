@@ -27,7 +27,7 @@ pub const CONTROLLER_NAME: &str = "weir.dev/gateway-controller";
 /// ReferenceGrant: the refused cross-namespace backendRef passes there, and grants that allow
 /// are covered by the golden compile tests (the v1.20 test server cannot store a grant to the
 /// core group). GRPCRoute: the four core GRPCRoute tests pass. HTTPRoute307/308
-/// RedirectStatusCode (provisional upstream tests), HTTPRoutePathRedirect,
+/// RedirectStatusCode (provisional upstream tests), HTTPRouteMethodMatching, HTTPRoutePathRedirect,
 /// HTTPRoutePortRedirect, HTTPRouteQueryParamMatching and HTTPRouteSchemeRedirect: their
 /// extended tests pass (the e2e checks every claimed
 /// extended feature has a passing test). Sorted, as the spec asks. The other extended
@@ -38,6 +38,7 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute",
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
+    "HTTPRouteMethodMatching",
     "HTTPRoutePathRedirect",
     "HTTPRoutePortRedirect",
     "HTTPRouteQueryParamMatching",
