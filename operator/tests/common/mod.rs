@@ -265,6 +265,18 @@ pub fn request_full(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Option<(u16, String, String)> {
+    request_method(addr, "GET", host, path, headers)
+}
+
+/// As `request_full`, with any method and no body (other methods than GET say
+/// `Content-Length: 0`, so a POST or PUT is complete; a GET is sent as `request_full` always has).
+pub fn request_method(
+    addr: &str,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String, String)> {
     let mut s =
         std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -272,9 +284,14 @@ pub fn request_full(
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
         .collect();
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}{length}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = Vec::new();
