@@ -53,16 +53,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
 
     // Draining: not ready, not accepting, but still alive for the requests in flight.
     let c = client();
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        let r = send(&c, get_req(&dp.admin_url("/readyz"), &[])).await;
-        if r.status == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still ready");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    wait_refused(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    wait_draining(&c, &dp, port).await;
     assert!(!h2.is_finished(), "gated request finished before release");
 
     let r = h1
@@ -90,6 +81,20 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         .await
         .expect_err("listener still accepting after exit");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+/// Waits until `dp` reports draining on `/readyz` and refuses connections on `port`.
+async fn wait_draining(c: &HttpClient, dp: &Dataplane, port: u16) {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let r = send(c, get_req(&dp.admin_url("/readyz"), &[])).await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still ready");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    wait_refused(format!("127.0.0.1:{port}").parse().unwrap()).await;
 }
 
 /// Parses fine, but has many semantic mistakes. `PORT` is replaced by the test.
@@ -488,16 +493,7 @@ async fn drained_endpoint_answers_after_the_drain() {
     let url = dp.admin_url("/drained?timeout=60s&start_within=60s");
     let hook = tokio::spawn(async move { try_send(&client(), get_req(&url, &[])).await });
     dp.signal(libc::SIGTERM);
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        let r = send(&c, get_req(&dp.admin_url("/readyz"), &[])).await;
-        if r.status == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still ready");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    wait_refused(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    wait_draining(&c, &dp, port).await;
     assert!(
         !hook.is_finished(),
         "/drained answered with a request in flight"
