@@ -605,6 +605,11 @@ def sidecar_rollout(c):
     got = containers_of(c, MESH, "echo")
     print(f"ok   rollout of {MESH}/echo finished in {time.time() - t0:.1f}s: {got}")
     c.check(got and all(v == ["echo", "weir-sidecar"] for v in got.values()), f"new pods must be injected: {got}")
+    # What holds the app until its sidecar drained (Kubernetes < 1.29): the injected preStop.
+    hooks = {p.name: ((p.spec["containers"][0].get("lifecycle") or {}).get("preStop") or {}).get("httpGet", {}).get("path", "")
+             for p in r.pods_of(MESH, "echo")}
+    c.check(hooks and all(h.startswith("/drained?timeout=") for h in hooks.values()),
+            f"the app container must have the drain preStop hook: {hooks}")
     s1, f1, rep1 = counts(bench_report(h1, "HTTP/1.1 load"))
     s3, f3, rep3 = counts(bench_report(h3, "HTTP/3 load"))
     print(f"     sidecar rollout: HTTP/1.1 over TLS through {vip}:443: {s1} sent, {f1} failed ({rep1.get('retried', 0)} retried); "
