@@ -14,7 +14,8 @@ container engine. Used by scripts/cluster.py (`make cluster`).
   mountPaths, with their modes, in the kubelet's atomic-writer layout (`..data` symlink swapped
   when the object changes).
 - Deployments: replicas, rolling updates (maxSurge 1 / maxUnavailable 0: new pod Ready, old pod
-  out of the endpoints, SIGTERM, SIGKILL after terminationGracePeriodSeconds), restarts of
+  out of the endpoints, each container's preStop hook (httpGet or exec, in parallel) then its
+  SIGTERM, SIGKILL after terminationGracePeriodSeconds), restarts of
   exited containers, pods deleted through the API.
 - Services: EndpointSlices (discovery.k8s.io/v1beta1 on v1.20) from the ready pods, and an
   nftables DNAT table in the node namespace for every ClusterIP (TCP and UDP), like kube-proxy.
@@ -36,6 +37,7 @@ import subprocess
 import threading
 import time
 import traceback
+import urllib.error
 import urllib.request
 
 from kubeharness import ApiError
@@ -757,6 +759,55 @@ class Runner:
         except ApiError as e:
             self._report(f"{pod.name}: delete: {e}")
 
+    def _pre_stop_then_term(self, c):
+        """Runs the container's preStop hook (httpGet or exec) within what is left of the grace
+        period, then sends SIGTERM; a failed hook is logged (the kubelet's FailedPreStopHook
+        event) and the container stopped anyway. A hook that used up the grace period gets
+        2 s more before SIGKILL, as the kubelet gives."""
+        pod, proc = c.pod, c.proc
+        hook = c.spec["lifecycle"]["preStop"]
+        started = time.time()
+        budget = max(pod.kill_at - started, 0.1)
+        try:
+            outcome = self._run_hook(c, proc, hook, budget)
+        except Exception as e:  # noqa: BLE001 - any error is a failed hook, as for the kubelet
+            outcome = f"FailedPreStopHook: {e}"
+        self.log(f"runner: {c.where('lifecycle.preStop')}: {outcome} after {time.time() - started:.1f}s; SIGTERM")
+        with self.lock:
+            if time.time() > pod.kill_at - 2:
+                pod.kill_at = time.time() + 2
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def _run_hook(self, c, proc, hook, budget):
+        if "httpGet" in hook:
+            hg = hook["httpGet"]
+            # The kubelet makes the call from the node, to the pod IP unless `host` says otherwise.
+            scheme = hg.get("scheme", "HTTP").lower()
+            url = f"{scheme}://{hg.get('host') or c.pod.ip}:{self._port(c, hg['port'])}{hg.get('path', '/')}"
+            req = urllib.request.Request(url, headers={h["name"]: h["value"] for h in hg.get("httpHeaders") or []})
+            try:
+                with urllib.request.urlopen(req, timeout=budget) as r:
+                    body = r.read(200).decode(errors="replace").strip()
+                    return f"GET {url}: {r.status} {body}"
+            except urllib.error.HTTPError as e:
+                return f"FailedPreStopHook: GET {url}: {e.code}"
+        if "exec" in hook:
+            # Inside the container: its mount and network namespaces, its root, its user.
+            uid, gid, groups, _ = self._user(c, self._image(c))
+            cmd = ["nsenter", "-t", str(proc.pid), "-m", "-n", "-r", "-w", "/usr/bin/setpriv",
+                   f"--reuid={uid}", f"--regid={gid}",
+                   f"--groups={','.join(str(g) for g in groups)}" if groups else "--clear-groups",
+                   "--", *hook["exec"]["command"]]
+            try:
+                r = subprocess.run(cmd, env=self._env(c), capture_output=True, timeout=budget)
+            except subprocess.TimeoutExpired:
+                return f"FailedPreStopHook: exec {hook['exec']['command']}: still running after {budget:.1f}s"
+            if r.returncode != 0:
+                return f"FailedPreStopHook: exec {hook['exec']['command']}: exit {r.returncode}: {r.stderr.decode(errors='replace').strip()[:200]}"
+            return f"exec {hook['exec']['command']}: exit 0"
+        raise RunnerError(c.where("lifecycle.preStop: only httpGet and exec hooks are supported by the runner"))
+
     def _finish(self, pod):
         for c in pod.containers:
             if c.proc and c.proc.poll() is None:
@@ -825,7 +876,11 @@ class Runner:
         for pod in self.to_signal:
             for c in pod.containers:
                 if c.proc and c.proc.poll() is None:
-                    c.proc.send_signal(signal.SIGTERM)
+                    if (c.spec.get("lifecycle") or {}).get("preStop"):
+                        # Like the kubelet: each container's hook in parallel, its SIGTERM after.
+                        threading.Thread(target=self._pre_stop_then_term, args=(c,), daemon=True).start()
+                    else:
+                        c.proc.send_signal(signal.SIGTERM)
         self.to_signal = []
         for pod in list(self.pods.values()):
             if pod.terminating and (pod.all_exited() or now >= pod.kill_at):

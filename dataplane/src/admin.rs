@@ -1,4 +1,4 @@
-//! The admin listener: probes, `/health`, `/metrics`, config read/replace, `/backends`,
+//! The admin listener: probes, `/drained` (the app's preStop hook), `/health`, `/metrics`, config read/replace, `/backends`,
 //! `/sinks`, `/logging`, the status page `/ui` and its data `/ui/state`. Everything but the
 //! probes, `/health`, `/metrics` and the page itself (which holds no data) needs the bearer
 //! token when one is configured.
@@ -12,9 +12,15 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+/// `GET /drained` gives up after this long unless `timeout=` says otherwise.
+const DRAINED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long `GET /drained` waits for the shutdown to begin at all.
+const DRAINED_START_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Largest config body `PUT /config` accepts.
 pub const MAX_CONFIG_BYTES: usize = 16 << 20;
@@ -32,27 +38,47 @@ pub struct Admin {
     pub log_level: std::sync::Mutex<String>,
 }
 
-/// Serves the admin API until the task is dropped.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+/// Serves the admin API until `stop` resolves, then stops accepting and lets the responses
+/// under way be written (above all a `/drained` answer, which comes just before the process
+/// exits) for up to `finish`.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    stop: impl std::future::Future<Output = ()>,
+    finish: std::time::Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let stream = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let admin = admin.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let admin = admin.clone();
                 async move { Ok::<_, Infallible>(admin.handle(req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let _ = watcher.watch(conn).await;
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(finish, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?finish, "admin connections still open at exit");
     }
 }
 
@@ -127,6 +153,9 @@ impl Admin {
                 };
             }
             "/health" => return self.health(),
+            // Unauthenticated like the probes: the kubelet calls it (an httpGet preStop hook
+            // on the app container), it changes nothing and tells no more than `/readyz`.
+            "/drained" => return self.drained(&req).await,
             "/ui" => return ui_page(),
             "/metrics" => {
                 let rt = self.dataplane.runtime();
@@ -205,6 +234,74 @@ impl Admin {
                 StatusCode::NOT_FOUND,
                 serde_json::json!({"error": "not_found", "message": format!("no admin endpoint {path}")}),
             ),
+        }
+    }
+
+    /// `GET /drained?timeout=<duration>&start_within=<duration>`: answers once this process
+    /// has drained after its SIGTERM (200, `drained`), so a preStop hook on the app holds the
+    /// app's own SIGTERM until the sidecar no longer has requests for it. If no shutdown begins
+    /// within `start_within` (default 5s) only the app is being stopped (a liveness restart),
+    /// and it answers 200 `serving` rather than hold the app for a drain that is not coming.
+    /// After `timeout` (default 30s) it answers 503 `draining`.
+    async fn drained(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let mut timeout = DRAINED_TIMEOUT;
+        let mut start_within = DRAINED_START_WITHIN;
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            let slot = match &*k {
+                "timeout" => &mut timeout,
+                "start_within" => &mut start_within,
+                _ => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "bad_request", "message": format!("unknown parameter {k:?} (use timeout, start_within)")}),
+                    )
+                }
+            };
+            match v.parse::<weir_config::Duration>() {
+                Ok(d) => *slot = d.get(),
+                Err(e) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "bad_request", "message": format!("query parameter {k}: {v:?}: {e}")}),
+                    )
+                }
+            }
+        }
+        let mut phase = self.dataplane.drain_phase();
+        let wait = async {
+            // The kubelet sends the sidecar its SIGTERM as it runs the app's hook, so a
+            // shutdown that has not begun within `start_within` is not coming.
+            let began = tokio::time::timeout(
+                start_within,
+                phase.wait_for(|p| *p != crate::server::DrainPhase::Serving),
+            )
+            .await
+            .is_ok();
+            if !began {
+                return "serving";
+            }
+            // A closed channel means the dataplane is gone: nothing left to wait for.
+            let _ = phase
+                .wait_for(|p| *p == crate::server::DrainPhase::Drained)
+                .await
+                .is_ok();
+            "drained"
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(state) => {
+                tracing::info!(state, "drain wait answered");
+                json(StatusCode::OK, serde_json::json!({ "state": state }))
+            }
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "drain wait timed out, the sidecar is still draining"
+                );
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"state": "draining", "message": format!("still draining after {timeout:?}")}),
+                )
+            }
         }
     }
 

@@ -229,6 +229,7 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
         }
     };
     tracing::info!(address = %args.admin_address, auth = token.is_some(), "admin API listening");
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         Arc::new(admin::Admin {
@@ -237,6 +238,10 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
             log_filter: Some(logging.set),
             log_level: std::sync::Mutex::new(logging.level),
         }),
+        async {
+            let _ = admin_stopped.await;
+        },
+        ADMIN_FINISH,
     ));
 
     let cert_watcher = dp.spawn_cert_watcher(args.cert_check_interval.get());
@@ -247,10 +252,15 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
         return ExitCode::FAILURE;
     }
     dp.shutdown(args.drain_timeout.get()).await;
-    admin_task.abort();
+    // The app container's preStop hook is waiting on `/drained`: let its answer out.
+    let _ = admin_stop.send(());
+    let _ = admin_task.await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
+
+/// How long the admin API may take, after the drain, to write the responses under way.
+const ADMIN_FINISH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Handles SIGHUP (reload) until SIGTERM or SIGINT arrives.
 async fn wait_for_signals(dp: &Arc<Dataplane>) -> std::io::Result<()> {

@@ -35,6 +35,17 @@ impl RunningQuic {
     }
 }
 
+/// How far the shutdown has come; `GET /drained` on the admin API waits on it (the injected
+/// sidecar's app container holds its SIGTERM in a preStop hook until `Drained`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainPhase {
+    Serving,
+    /// SIGTERM received: not accepting, in-flight requests finishing.
+    Draining,
+    /// Every connection closed, or the drain deadline passed.
+    Drained,
+}
+
 /// One dataplane process's serving state.
 pub struct Dataplane {
     /// The runtime serving now and the drain signal, shared with the front doors.
@@ -43,6 +54,7 @@ pub struct Dataplane {
     listeners: tokio::sync::Mutex<HashMap<SocketAddr, RunningListener>>,
     /// The file SIGHUP re-reads, when started with one.
     pub config_path: Option<PathBuf>,
+    phase: watch::Sender<DrainPhase>,
 }
 
 impl Dataplane {
@@ -51,7 +63,13 @@ impl Dataplane {
             live: Arc::new(Live::default()),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             config_path,
+            phase: watch::Sender::new(DrainPhase::Serving),
         })
+    }
+
+    /// Follows the shutdown's progress (see [`DrainPhase`]).
+    pub fn drain_phase(&self) -> watch::Receiver<DrainPhase> {
+        self.phase.subscribe()
     }
 
     /// The runtime serving now, if a config was loaded.
@@ -304,6 +322,7 @@ impl Dataplane {
     /// current response, HTTP/2 gets GOAWAY) for up to `drain`, then returns.
     pub async fn shutdown(&self, drain: Duration) {
         self.live.begin_shutdown();
+        self.phase.send_replace(DrainPhase::Draining);
         let mut listeners = self.listeners.lock().await;
         let mut endpoints = Vec::new();
         for (_, l) in listeners.drain() {
@@ -331,6 +350,9 @@ impl Dataplane {
             Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("drain deadline reached; closing the remaining connections"),
         }
+        // Before the QUIC close and the log flush below, so a waiting `GET /drained` is
+        // answered while the admin listener is still up.
+        self.phase.send_replace(DrainPhase::Drained);
         for ep in endpoints {
             ep.close(quinn::VarInt::from_u32(0x100), b"shutting down"); // H3_NO_ERROR
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;

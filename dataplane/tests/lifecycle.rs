@@ -53,16 +53,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
 
     // Draining: not ready, not accepting, but still alive for the requests in flight.
     let c = client();
-    let deadline = tokio::time::Instant::now() + HANG_GUARD;
-    loop {
-        let r = send(&c, get_req(&dp.admin_url("/readyz"), &[])).await;
-        if r.status == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "still ready");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    wait_refused(format!("127.0.0.1:{port}").parse().unwrap()).await;
+    wait_draining(&c, &dp, port).await;
     assert!(!h2.is_finished(), "gated request finished before release");
 
     let r = h1
@@ -90,6 +81,20 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         .await
         .expect_err("listener still accepting after exit");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+/// Waits until `dp` reports draining on `/readyz` and refuses connections on `port`.
+async fn wait_draining(c: &HttpClient, dp: &Dataplane, port: u16) {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let r = send(c, get_req(&dp.admin_url("/readyz"), &[])).await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still ready");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    wait_refused(format!("127.0.0.1:{port}").parse().unwrap()).await;
 }
 
 /// Parses fine, but has many semantic mistakes. `PORT` is replaced by the test.
@@ -436,4 +441,73 @@ fn admin_refuses_non_loopback_address_without_token() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(status.code(), Some(2), "log:\n{log}");
     assert!(log.contains("non-loopback"), "log:\n{log}");
+}
+
+/// `GET /drained` (the app container's preStop hook): answers only once the in-flight
+/// requests are done after SIGTERM, before the process exits; without a shutdown it does not
+/// hold the caller past `start_within`; a bad parameter is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_endpoint_answers_after_the_drain() {
+    let echo = echo("app").await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (gated, arrived) = tap_gated(echo, Some(gate.clone())).await;
+    let port = free_port();
+    let config = json!({
+        "version": "drained-1",
+        "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
+        "backends": {"app": {"endpoints": [gated.to_string()]}},
+        "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "app"}]}]}],
+    });
+    let mut dp = Dataplane::start_with(
+        &config.to_string(),
+        Opts {
+            drain_timeout: Some("60s".into()),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let c = client();
+
+    // No shutdown: a liveness restart of the app must not wait for a drain that never comes.
+    let r = send(
+        &c,
+        get_req(&dp.admin_url("/drained?start_within=100ms"), &[]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["state"], "serving");
+    let r = send(&c, get_req(&dp.admin_url("/drained?timeout=soon"), &[])).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("timeout"),
+        "{}",
+        r.json()
+    );
+
+    let url = format!("http://127.0.0.1:{port}/in-flight");
+    let inflight = tokio::spawn(async move { try_send(&client(), get_req(&url, &[])).await });
+    tokio::time::timeout(HANG_GUARD, arrived.notified())
+        .await
+        .expect("request never reached the backend");
+    // The hook starts before (or as) the sidecar gets its SIGTERM, as the kubelet runs it.
+    let url = dp.admin_url("/drained?timeout=60s&start_within=60s");
+    let hook = tokio::spawn(async move { try_send(&client(), get_req(&url, &[])).await });
+    dp.signal(libc::SIGTERM);
+    wait_draining(&c, &dp, port).await;
+    assert!(
+        !hook.is_finished(),
+        "/drained answered with a request in flight"
+    );
+
+    gate.notify_one();
+    let r = inflight
+        .await
+        .unwrap()
+        .expect("in-flight request failed during drain");
+    assert_eq!(r.status, StatusCode::OK);
+    let r = hook.await.unwrap().expect("/drained failed");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["state"], "drained");
+    let status = dp.wait_exit().await;
+    assert_eq!(status.code(), Some(0), "exit status {status}");
 }

@@ -442,10 +442,23 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
             ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [container]}));
         }
     } else {
-        // Older clusters: a regular container. Both get SIGTERM together once the pod is out
-        // of the Service's endpoints; the sidecar then finishes its in-flight requests (up to
-        // --drain-timeout) while the app finishes its own.
+        // Older clusters: a regular container, and the kubelet stops all containers at once.
+        // The app gets a preStop hook that holds its SIGTERM until the sidecar has drained.
         ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": container}));
+        let app = &spec.containers[take.container];
+        let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+        if let Some(hook) = app_pre_stop(s.admin_port, grace) {
+            let path = format!("/spec/containers/{}/lifecycle", take.container);
+            match &app.lifecycle {
+                // The app's own hook is kept: it knows best how to stop, and a container has
+                // only one preStop.
+                Some(l) if l.pre_stop.is_some() => {}
+                Some(_) => {
+                    ops.push(json!({"op": "add", "path": format!("{path}/preStop"), "value": hook}))
+                }
+                None => ops.push(json!({"op": "add", "path": path, "value": {"preStop": hook}})),
+            }
+        }
     }
 
     let volumes = [
@@ -476,6 +489,25 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
             "value": {ANN_SNAPSHOT: snapshot, ANN_INJECTED: injected}}));
     }
     Ok(Outcome::Patch(ops))
+}
+
+/// The app container's preStop hook on old clusters: `GET /drained` on the sidecar's admin
+/// port answers once the sidecar, stopped at the same moment, has finished its in-flight
+/// requests, so the app is still there to answer them. An `httpGet` runs in the kubelet, so it
+/// needs no shell or `sleep` in the app's image, and ends as soon as the drain does instead of
+/// after a fixed sleep. Its host is left empty (the pod IP), since the kubelet, not the pod,
+/// makes the call. The wait is bounded inside the grace period, leaving the app up to 5s of
+/// it for its own SIGTERM; with no grace period at all there is nothing to wait in.
+fn app_pre_stop(admin_port: u16, grace: i64) -> Option<Value> {
+    if grace <= 0 {
+        return None;
+    }
+    let wait = grace - (grace / 2).min(5);
+    Some(json!({"httpGet": {
+        "path": format!("/drained?timeout={wait}s"),
+        "port": admin_port,
+        "scheme": "HTTP",
+    }}))
 }
 
 /// The sidecar's own snapshot: one inbound listener, everything to the app on loopback.

@@ -5,6 +5,7 @@
 //! injector promises (port rename, idempotence).
 
 use super::*;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -32,6 +33,8 @@ const CASES: &[&str] = &[
     "bad-inject-value",
     "no-named-port",
     "unknown-inbound-port",
+    "grace-period-poststart",
+    "app-own-prestop",
 ];
 
 fn dir() -> std::path::PathBuf {
@@ -151,6 +154,40 @@ fn patched_pods_keep_the_promises() {
         names.sort_unstable();
         names.dedup();
         assert_eq!(n, names.len(), "{name}: duplicate port names");
+        // Old clusters: the app holds its SIGTERM until the sidecar drained (its own preStop,
+        // if it had one, is kept instead). Native sidecars outlive the app without a hook.
+        let app = spec
+            .containers
+            .iter()
+            .find(|c| {
+                c.name != sidecar.name
+                    && c.ports
+                        .iter()
+                        .flatten()
+                        .any(|p| p.container_port.to_string() == number)
+            })
+            .expect("app container");
+        let before = case.pod.spec.as_ref().expect("spec").containers.iter();
+        let own = before
+            .filter(|c| c.name == app.name)
+            .find_map(|c| c.lifecycle.as_ref()?.pre_stop.clone());
+        let hook = app.lifecycle.as_ref().and_then(|l| l.pre_stop.clone());
+        if settings.native_sidecar || own.is_some() {
+            assert_eq!(hook, own, "{name}: app preStop changed");
+        } else {
+            let get = hook.and_then(|h| h.http_get).expect("drain hook");
+            assert_eq!(
+                get.port,
+                IntOrString::Int(i32::from(settings.admin_port)),
+                "{name}"
+            );
+            assert!(
+                get.path
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("/drained?timeout=")),
+                "{name}"
+            );
+        }
         let snap = &pod.metadata.annotations.as_ref().expect("annotations")[ANN_SNAPSHOT];
         let cfg = weir_config::load(snap.as_bytes())
             .unwrap_or_else(|e| panic!("{name}: sidecar snapshot invalid: {e}"));
