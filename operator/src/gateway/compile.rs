@@ -1693,18 +1693,16 @@ impl Ctx<'_> {
         let (parents, at) = self.attach(&view, gateways, accept);
         if accept {
             for (fleet, hosts) in &at {
-                let doc = json!({
-                    "name": format!("{}:{}@{fleet}", view.kind.to_ascii_lowercase(), view.key),
-                    "hostnames": hosts.clone().unwrap_or_default(),
+                emitted.push(weir_config::Route {
+                    name: format!("{}:{}@{fleet}", view.kind.to_ascii_lowercase(), view.key),
+                    hostnames: hosts.clone().unwrap_or_default(),
                     // Only where the route attached: a route of a Gateway's HTTP listener
                     // does not answer on its HTTPS one.
-                    "listeners": [fleet],
-                    "rules": [],
+                    listeners: vec![fleet.clone()],
+                    rules: compiled.clone(),
+                    rate_limit: None,
+                    ext_auth: None,
                 });
-                if let Ok(mut r) = serde_json::from_value::<weir_config::Route>(doc) {
-                    r.rules = compiled.clone();
-                    emitted.push(r);
-                }
             }
         }
         let resolved = match unresolved.first() {
