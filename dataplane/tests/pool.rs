@@ -109,6 +109,14 @@ async fn serve(mut s: TcpStream, counts: Arc<Counts>, barrier: Arc<Barrier>) {
                 _ => (ok, false),
             }
         };
+        if close {
+            // Corked, the answer and the FIN leave in one segment, as they do from a server that
+            // closes right after answering. Without it the FIN could trail the answer by however
+            // long this task waits for a core; a request the proxy sends on the connection in
+            // that window is lost to a race no proxy can absorb for a POST (nginx and Go's
+            // Transport give up on it too: the request was written, the server may have seen it).
+            let _ = socket2::SockRef::from(&s).set_tcp_cork(true);
+        }
         if s.write_all(answer).await.is_err() || close {
             return;
         }
