@@ -27,6 +27,12 @@ const INFRA: &str = "gateway-conformance-infra";
 /// HTTPRouteHostnameIntersection's Gateway with three hostnamed listeners.
 const HI: &str = "httproute-hostname-intersection";
 const DP_SERVICE: &str = "weir-dataplane";
+/// The base Gateway with the HTTPS listeners.
+const HTTPS_GW: &str = "same-namespace-with-https-listener";
+/// The dataplane's HTTPS address (`ip:port`) and the PEM certificate of the Secret
+/// `tls-validity-checks-certificate`, which HTTPS clients trust, once the scenario set them.
+static HTTPS_ADDR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static TLS_CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 const GRPC_SERVICE: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
 /// The upstream echo service's methods, as gRPC paths.
 const ECHO: &str = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo";
@@ -46,7 +52,11 @@ fn upstream_dir() -> Option<PathBuf> {
 fn docs(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .replace("{GATEWAY_CLASS_NAME}", "weir");
+        .replace("{GATEWAY_CLASS_NAME}", "weir")
+        .replace(
+            "{GATEWAY_CONTROLLER_NAME}",
+            weir_operator::gateway::compile::CONTROLLER_NAME,
+        );
     yaml_serde::Deserializer::from_str(&text)
         .filter_map(|d| {
             let mut v: Value = serde::Deserialize::deserialize(d).ok()?;
@@ -322,6 +332,19 @@ type ListenerCheck = (
 /// A listener condition that holds with its own type as reason, for HTTPRoute listeners.
 const fn listener_true(gw: &'static str, l: &'static str, t: &'static str) -> ListenerCheck {
     (gw, l, &["HTTPRoute"], t, "True", t)
+}
+
+/// Upstream's listener check of GatewayInvalidTLSConfiguration: `https` not resolved, with
+/// reason InvalidCertificateRef.
+const fn invalid_cert(gw: &'static str) -> ListenerCheck {
+    (
+        gw,
+        "https",
+        &["HTTPRoute"],
+        "ResolvedRefs",
+        "False",
+        "InvalidCertificateRef",
+    )
 }
 
 /// One ported upstream test: its manifest, the route conditions and the responses it checks.
@@ -1345,10 +1368,7 @@ const CASES: &[Case] = &[
         attached: &[],
         weights: &[],
         feature: None,
-        skip: Some(
-            "this v1.20 test server stores ReferenceGrant `to.group: \"\"` (the core group, \
-             required by the schema) as null and refuses it; the golden compile tests cover grants",
-        ),
+        skip: None,
         mutate: None,
     },
     Case {
@@ -1385,6 +1405,181 @@ const CASES: &[Case] = &[
         skip: None,
         mutate: None,
     },
+    // Core tests ported with issue #16's second part (ReferenceGrants to Secrets, HTTPS
+    // listeners, invalid TLS, the GatewayClass); their extra checks are in `extra_checks`.
+    Case {
+        name: "GatewaySecretInvalidReferenceGrant",
+        manifest: "gateway-secret-invalid-reference-grant.yaml",
+        conditions: &[],
+        requests: &[],
+        listeners: &[(
+            "gateway-secret-invalid-reference-grant",
+            "https",
+            &["HTTPRoute"],
+            "ResolvedRefs",
+            "False",
+            "RefNotPermitted",
+        )],
+        attached: &[],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "GatewaySecretReferenceGrantAllInNamespace",
+        manifest: "gateway-secret-reference-grant-all-in-namespace.yaml",
+        conditions: &[],
+        requests: &[],
+        listeners: &[
+            listener_true(
+                "gateway-secret-reference-grant-all-in-namespace",
+                "https",
+                "Programmed",
+            ),
+            listener_true(
+                "gateway-secret-reference-grant-all-in-namespace",
+                "https",
+                "ResolvedRefs",
+            ),
+        ],
+        attached: &[(
+            "gateway-secret-reference-grant-all-in-namespace",
+            "https",
+            0,
+        )],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "GatewaySecretReferenceGrantSpecific",
+        manifest: "gateway-secret-reference-grant-specific.yaml",
+        conditions: &[],
+        requests: &[],
+        listeners: &[
+            listener_true(
+                "gateway-secret-reference-grant-specific",
+                "https",
+                "Programmed",
+            ),
+            listener_true(
+                "gateway-secret-reference-grant-specific",
+                "https",
+                "ResolvedRefs",
+            ),
+        ],
+        attached: &[("gateway-secret-reference-grant-specific", "https", 0)],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteHTTPSListener",
+        manifest: "httproute-https-listener.yaml",
+        conditions: &[
+            accepted(INFRA, "httproute-https-test", HTTPS_GW),
+            resolved(INFRA, "httproute-https-test", HTTPS_GW),
+            accepted(INFRA, "httproute-https-test-no-hostname", HTTPS_GW),
+            resolved(INFRA, "httproute-https-test-no-hostname", HTTPS_GW),
+        ],
+        // The HTTPS requests (TLS with SNI, verified against the Secret's certificate) are in
+        // `extra_checks`.
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "GatewayInvalidTLSConfiguration",
+        manifest: "gateway-invalid-tls-configuration.yaml",
+        conditions: &[],
+        requests: &[],
+        listeners: &[
+            invalid_cert("gateway-certificate-nonexistent-secret"),
+            invalid_cert("gateway-certificate-unsupported-group"),
+            invalid_cert("gateway-certificate-unsupported-kind"),
+            invalid_cert("gateway-certificate-malformed-secret"),
+        ],
+        attached: &[
+            ("gateway-certificate-nonexistent-secret", "https", 0),
+            ("gateway-certificate-unsupported-group", "https", 0),
+            ("gateway-certificate-unsupported-kind", "https", 0),
+            ("gateway-certificate-malformed-secret", "https", 0),
+        ],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteInvalidReferenceGrant",
+        manifest: "httproute-invalid-reference-grant.yaml",
+        conditions: &[
+            accepted(INFRA, "reference-grant", "same-namespace"),
+            cond(
+                INFRA,
+                "reference-grant",
+                "same-namespace",
+                "ResolvedRefs",
+                "False",
+                "RefNotPermitted",
+            ),
+        ],
+        // None of the grants allows the reference: its share (all) of the requests gets 500.
+        requests: &[status("/", 500)],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRoutePartiallyInvalidViaInvalidReferenceGrant",
+        manifest: "httproute-partially-invalid-via-invalid-reference-grant.yaml",
+        conditions: &[
+            accepted(INFRA, "invalid-reference-grant", "same-namespace"),
+            cond(
+                INFRA,
+                "invalid-reference-grant",
+                "same-namespace",
+                "ResolvedRefs",
+                "False",
+                "RefNotPermitted",
+            ),
+        ],
+        requests: &[status("/v2", 500), get("/", "app-backend-v1")],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "GatewayClassObservedGenerationBump",
+        manifest: "gatewayclass-observed-generation-bump.yaml",
+        // The class's Accepted condition and its observedGeneration are in `extra_checks`.
+        conditions: &[],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: Some((
+            "gatewayclasses",
+            "",
+            "gatewayclass-observed-generation-bump",
+            r#"{"spec": {"description": "new"}}"#,
+        )),
+    },
 ];
 
 /// A `gateway.networking.k8s.io/v1` resource by its plural.
@@ -1407,7 +1602,12 @@ async fn mutate(
     patch: &str,
 ) -> Result<(), String> {
     let ar = gateway_resource(plural);
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    // No namespace: a cluster-scoped object (a GatewayClass).
+    let api: Api<DynamicObject> = if ns.is_empty() {
+        Api::all_with(client.clone(), &ar)
+    } else {
+        Api::namespaced_with(client.clone(), ns, &ar)
+    };
     let v: Value = serde_json::from_str(patch).map_err(|e| e.to_string())?;
     api.patch(name, &PatchParams::default(), &Patch::Merge(&v))
         .await
@@ -1543,7 +1743,107 @@ async fn check_case(client: &Client, addr: &str, c: &Case) -> Result<(), String>
     if !c.weights.is_empty() {
         weighted(addr, c.weights, c.name.starts_with("GRPC")).await?;
     }
-    Ok(())
+    extra_checks(client, c).await
+}
+
+/// The checks of ported tests that the table does not express, by test name.
+async fn extra_checks(client: &Client, c: &Case) -> Result<(), String> {
+    match c.name {
+        // Upstream: HTTPS requests with SNI = Host, verified against the listener's Secret.
+        "HTTPRouteHTTPSListener" => {
+            for (host, want, backend) in [
+                ("example.org", 200, Some("infra-backend-v1")),
+                ("unknown-example.org", 404, None),
+                ("second-example.org", 200, Some("infra-backend-v2")),
+            ] {
+                let (st, server) = https_get(host, "/").await?;
+                if st != want || (backend.is_some() && server.as_deref() != backend) {
+                    return Err(format!(
+                        "HTTPS GET {host}/: status {st}, served by {server:?}"
+                    ));
+                }
+            }
+            Ok(())
+        }
+        // Upstream: the class is Accepted and every condition has the class's generation
+        // (before and after the spec change).
+        "GatewayClassObservedGenerationBump" => {
+            let name = "gatewayclass-observed-generation-bump";
+            let class = get_json_cluster(client, "gatewayclasses", name)
+                .await
+                .ok_or(format!("{name} not found"))?;
+            has_condition(
+                &class["status"]["conditions"],
+                "Accepted",
+                "True",
+                "Accepted",
+            )
+            .map_err(|e| format!("{name}: {e}"))?;
+            let stale: Vec<&Value> = class["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c["observedGeneration"] != class["metadata"]["generation"])
+                .collect();
+            if !stale.is_empty() {
+                return Err(format!(
+                    "{name}: conditions of an older generation: {stale:?}"
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `GET path` over HTTPS (HTTP/1.1, SNI and Host = `host`) to the dataplane's HTTPS listener,
+/// trusting only the certificate of `tls-validity-checks-certificate`: the status and the echo
+/// backend that answered.
+async fn https_get(host: &str, path: &str) -> Result<(u16, Option<String>), String> {
+    use http_body_util::{BodyExt, Empty};
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+    let addr = HTTPS_ADDR.get().ok_or("no HTTPS address yet")?;
+    let ca = TLS_CA.get().ok_or("no certificate yet")?;
+    let mut roots = rustls::RootCertStore::empty();
+    let der = CertificateDer::from_pem_slice(ca.as_bytes()).map_err(|e| e.to_string())?;
+    roots.add(der).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake for {host}: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", host)
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let server = text
+        .find('{')
+        .and_then(|i| serde_json::from_str::<Value>(&text[i..]).ok())
+        .and_then(|v| v["server"].as_str().map(str::to_string));
+    Ok((status, server))
 }
 
 /// Upstream's distribution check: 500 requests (`GET /`, or for a GRPCRoute test a gRPC call
@@ -1707,6 +2007,7 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
         .env("RUST_LOG", "info,weir_operator=debug");
     let operator = Proc::spawn("operator", dir, cmd);
     let addr = format!("{ip}:{http_port}");
+    let _ = HTTPS_ADDR.set(format!("{ip}:{https_port}"));
 
     // 1. No Gateway API CRDs yet: the operator starts and serves a ProxyRoute.
     let echo_port = free_port();
@@ -1771,20 +2072,31 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
             echoes.push(stand_in(client, dir, d).await);
         }
     }
-    // The HTTPS Gateway's certificate (the upstream suite generates it too).
-    let cert = rcgen::generate_simple_self_signed(vec!["example.org".into()]).unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), INFRA);
-    let s = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                   "metadata": {"name": "tls-validity-checks-certificate", "namespace": INFRA},
-                   "stringData": {"tls.crt": cert.cert.pem(), "tls.key": cert.signing_key.serialize_pem()}});
-    secrets
-        .patch(
+    // The certificates the upstream suite generates at setup: `certificate` for the
+    // ReferenceGrant tests, `tls-validity-checks-certificate` for the HTTPS listeners. Upstream
+    // gives the latter the names `*` and `*.org`; here it names the hosts the HTTPS requests
+    // use, which rustls' verifier checks one by one (it does not take `*` or `*.org`).
+    for (ns, name, hosts) in [
+        ("gateway-conformance-web-backend", "certificate", vec!["*"]),
+        (
+            INFRA,
             "tls-validity-checks-certificate",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(&s),
-        )
-        .await
-        .unwrap();
+            vec!["example.org", "second-example.org", "unknown-example.org"],
+        ),
+    ] {
+        let hosts = hosts.into_iter().map(String::from).collect::<Vec<_>>();
+        let cert = rcgen::generate_simple_self_signed(hosts).unwrap();
+        let s = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                       "metadata": {"name": name, "namespace": ns},
+                       "stringData": {"tls.crt": cert.cert.pem(), "tls.key": cert.signing_key.serialize_pem()}});
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .patch(name, &PatchParams::apply("e2e").force(), &Patch::Apply(&s))
+            .await
+            .unwrap();
+        if name == "tls-validity-checks-certificate" {
+            let _ = TLS_CA.set(cert.cert.pem());
+        }
+    }
 
     // The class is accepted and the base Gateways are programmed, with the Service's address.
     let svc_ip = Api::<Service>::namespaced(client.clone(), DP_NS)
@@ -2103,10 +2415,11 @@ async fn apply_crds(crds: &Api<CustomResourceDefinition>, dir: &Path) {
         if p.extension().is_none_or(|x| x != "yaml") {
             continue;
         }
-        for d in docs(&p)
+        for mut d in docs(&p)
             .into_iter()
             .filter(|d| d["kind"] == "CustomResourceDefinition")
         {
+            nullable_grant_group(&mut d);
             let name = d["metadata"]["name"]
                 .as_str()
                 .unwrap_or_default()
@@ -2114,6 +2427,25 @@ async fn apply_crds(crds: &Api<CustomResourceDefinition>, dir: &Path) {
             crds.patch(&name, &PatchParams::apply("e2e").force(), &Patch::Apply(&d))
                 .await
                 .unwrap_or_else(|e| panic!("CRD {name}: {e}"));
+        }
+    }
+}
+
+/// The v1.20 API server validates a CRD string field that is `""` as if it were null, so it
+/// refuses a ReferenceGrant's required `group: ""` (the core group: every grant of a Service or
+/// Secret). Marked `nullable`, the field passes validation and the object is stored as written,
+/// `""` included (seen on v1.20.2); the schema is otherwise unchanged, like the CEL stripping of
+/// the v1.20 copy. Later servers do not need this.
+fn nullable_grant_group(crd: &mut Value) {
+    if crd["spec"]["names"]["kind"] != "ReferenceGrant" {
+        return;
+    }
+    for v in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        let spec = &mut v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        for side in ["from", "to"] {
+            if let Some(g) = spec[side]["items"]["properties"]["group"].as_object_mut() {
+                g.insert("nullable".into(), Value::Bool(true));
+            }
         }
     }
 }

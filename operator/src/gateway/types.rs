@@ -583,7 +583,7 @@ impl From<ReferenceGrantV1beta1> for ReferenceGrant {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferenceGrantFrom {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_core_group")]
     pub group: String,
     pub kind: String,
     pub namespace: String,
@@ -592,9 +592,39 @@ pub struct ReferenceGrantFrom {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReferenceGrantTo {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_core_group")]
     pub group: String,
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// A ReferenceGrant `group` that is null reads as `""`, the core group: what the API means by
+/// an empty group. Some API servers (Kubernetes 1.20 with CRDs whose `group` is made nullable
+/// so that they accept the required `group: ""` at all) may hand it back as null, and failing
+/// to read the grant would silently refuse every reference it allows.
+fn null_as_core_group<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_grant_null_group_is_core() {
+        let spec: ReferenceGrantSpec = serde_json::from_value(serde_json::json!({
+            "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "a"}],
+            "to": [{"group": null, "kind": "Service"}, {"kind": "Secret", "name": "s"}],
+        }))
+        .unwrap();
+        assert_eq!(spec.to[0].group, "");
+        assert_eq!(spec.to[1].group, "");
+        assert_eq!(spec.from[0].group, "gateway.networking.k8s.io");
+        // A group of the wrong type is still an error, not the core group.
+        let bad = serde_json::from_value::<ReferenceGrantTo>(
+            serde_json::json!({"group": 3, "kind": "Service"}),
+        );
+        assert!(bad.is_err());
+    }
 }
