@@ -1580,6 +1580,33 @@ const CASES: &[Case] = &[
             r#"{"spec": {"description": "new"}}"#,
         )),
     },
+    Case {
+        name: "GatewayInvalidParametersRef",
+        manifest: "gateway-invalid-parameters-ref.yaml",
+        // Gateway conditions (Accepted False, InvalidParameters): in `extra_checks`.
+        conditions: &[],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "GatewayModifyListeners",
+        manifest: "gateway-modify-listeners.yaml",
+        // Upstream patches two Gateways (a listener added to one, removed from the other) and
+        // checks each one's listeners: in `extra_checks`.
+        conditions: &[],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
 ];
 
 /// A `gateway.networking.k8s.io/v1` resource by its plural.
@@ -1792,8 +1819,117 @@ async fn extra_checks(client: &Client, c: &Case) -> Result<(), String> {
             }
             Ok(())
         }
+        "GatewayInvalidParametersRef" => {
+            let name = "gateway-invalid-parameters-ref";
+            let g = get_json(client, "gateways", INFRA, name)
+                .await
+                .ok_or(format!("{name} not found"))?;
+            latest_conditions(&g, name)?;
+            has_condition(
+                &g["status"]["conditions"],
+                "Accepted",
+                "False",
+                "InvalidParameters",
+            )
+            .map(|_| ())
+            .map_err(|e| format!("{name}: {e}"))
+        }
+        "GatewayModifyListeners" => {
+            let https = json!({"name": "https", "port": 443, "protocol": "HTTPS",
+                "hostname": "secure.test.com", "allowedRoutes": {"namespaces": {"from": "All"}},
+                "tls": {"certificateRefs": [{"kind": "Secret",
+                    "name": "tls-validity-checks-certificate", "namespace": INFRA}]}});
+            let all = json!({"namespaces": {"from": "All"}});
+            // Upstream adds `http` (hostname data.test.com) to the first Gateway and keeps
+            // only `http` on the second; each listener left must be Accepted and resolved,
+            // with one route attached, and the removed one must be gone from the status.
+            let added = json!([https, {"name": "http", "port": 80, "protocol": "HTTP",
+                "hostname": "data.test.com", "allowedRoutes": all}]);
+            let kept =
+                json!([{"name": "http", "port": 80, "protocol": "HTTP", "allowedRoutes": all}]);
+            modified_listeners(client, "gateway-add-listener", added).await?;
+            modified_listeners(client, "gateway-remove-listener", kept).await
+        }
         _ => Ok(()),
     }
+}
+
+/// Upstream's GatewayMustHaveLatestConditions: every Gateway condition is of its generation.
+fn latest_conditions(g: &Value, name: &str) -> Result<(), String> {
+    let conds = g["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if conds.is_empty()
+        || conds
+            .iter()
+            .any(|c| c["observedGeneration"] != g["metadata"]["generation"])
+    {
+        return Err(format!(
+            "{name}: conditions not of the latest generation: {conds:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Sets a Gateway's listeners to `want` (once: the patch is made only while they differ) and
+/// checks upstream's listener status for GatewayModifyListeners.
+async fn modified_listeners(client: &Client, name: &str, want: Value) -> Result<(), String> {
+    let g = get_json(client, "gateways", INFRA, name)
+        .await
+        .ok_or(format!("{name} not found"))?;
+    // By names: the API server adds defaults (`tls.mode`) to what it stores.
+    let listener_names = |ls: &Value| -> Vec<String> {
+        ls.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let wanted = listener_names(&want);
+    if listener_names(&g["spec"]["listeners"]) != wanted {
+        // Upstream first waits until the Gateway's conditions are of its generation.
+        latest_conditions(&g, name)?;
+        let patch = json!({"spec": {"listeners": want}}).to_string();
+        mutate(client, "gateways", INFRA, name, &patch).await?;
+        return Err(format!("{name}: listeners just changed"));
+    }
+    latest_conditions(&g, name)?;
+    if g["metadata"]["generation"].as_i64() < Some(2) {
+        return Err(format!("{name}: the generation did not change"));
+    }
+    let ls = g["status"]["listeners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names = listener_names(&g["status"]["listeners"]);
+    if names != wanted {
+        return Err(format!(
+            "{name}: listener statuses {names:?}, want {wanted:?}"
+        ));
+    }
+    for l in &ls {
+        let ln = l["name"].as_str().unwrap_or_default();
+        let kinds_ok = l["supportedKinds"]
+            .as_array()
+            .is_some_and(|ks| ks.iter().any(|k| k["kind"] == "HTTPRoute"));
+        if !kinds_ok || l["attachedRoutes"] != 1 {
+            return Err(format!(
+                "{name}/{ln}: supportedKinds {}, attachedRoutes {}",
+                l["supportedKinds"], l["attachedRoutes"]
+            ));
+        }
+        for t in ["Accepted", "ResolvedRefs"] {
+            let c = l["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+                .ok_or(format!("{name}/{ln}: no {t}"))?;
+            if c["status"] != "True" || c["observedGeneration"] != g["metadata"]["generation"] {
+                return Err(format!("{name}/{ln}: {t} is {c}"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `GET path` over HTTPS (HTTP/1.1, SNI and Host = `host`) to the dataplane's HTTPS listener,

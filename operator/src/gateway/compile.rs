@@ -438,6 +438,41 @@ impl Ctx<'_> {
             ];
             return st;
         }
+        if let Some(r) = gw
+            .spec
+            .infrastructure
+            .as_ref()
+            .and_then(|i| i.parameters_ref.as_ref())
+        {
+            // Whatever it names (the upstream test names a kind that does not exist), Weir
+            // has no Gateway parameters to read from it.
+            let what = format!(
+                "{}/{} {}",
+                r["group"].as_str().unwrap_or_default(),
+                r["kind"].as_str().unwrap_or_default(),
+                r["name"].as_str().unwrap_or_default()
+            );
+            st.conditions = vec![
+                cond_gen(
+                    "Accepted",
+                    false,
+                    gen,
+                    "InvalidParameters",
+                    format!(
+                        "spec.infrastructure.parametersRef: Weir Gateways take no parameters \
+                         (refers to {what})"
+                    ),
+                ),
+                cond_gen(
+                    "Programmed",
+                    false,
+                    gen,
+                    "Invalid",
+                    "the Gateway is not accepted",
+                ),
+            ];
+            return st;
+        }
         let mut listeners = Vec::new();
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             listeners.push(self.compile_listener(gw, &ns, i, l));
