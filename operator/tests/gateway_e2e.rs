@@ -33,6 +33,9 @@ const HTTPS_GW: &str = "same-namespace-with-https-listener";
 /// `tls-validity-checks-certificate`, which HTTPS clients trust, once the scenario set them.
 static HTTPS_ADDR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 static TLS_CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The IP of the stand-in for an infra-backend-v1 Pod listening on its container port 3000
+/// (HTTPRouteServiceTypes' EndpointSlices point at Pods, not at Services).
+static POD_IP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 const GRPC_SERVICE: &str = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho";
 /// The upstream echo service's methods, as gRPC paths.
 const ECHO: &str = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo";
@@ -62,6 +65,11 @@ fn docs(path: &Path) -> Vec<Value> {
             let mut v: Value = serde::Deserialize::deserialize(d).ok()?;
             if v["kind"] != "ReferenceGrant" {
                 drop_empty_group(&mut v);
+            }
+            // v1.20 serves EndpointSlices as v1beta1 only; the fields the upstream manifests
+            // use (addressType, ports, endpoints' addresses and conditions) are the same there.
+            if v["apiVersion"] == "discovery.k8s.io/v1" {
+                v["apiVersion"] = "discovery.k8s.io/v1beta1".into();
             }
             (!v.is_null()).then_some(v)
         })
@@ -1581,6 +1589,22 @@ const CASES: &[Case] = &[
         )),
     },
     Case {
+        name: "HTTPRouteServiceTypes",
+        manifest: "httproute-service-types.yaml",
+        conditions: &[
+            accepted(INFRA, "service-types", "same-namespace"),
+            resolved(INFRA, "service-types", "same-namespace"),
+        ],
+        // The EndpointSlices are filled and the requests made in `extra_checks`.
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: None,
+        skip: None,
+        mutate: None,
+    },
+    Case {
         name: "GatewayInvalidParametersRef",
         manifest: "gateway-invalid-parameters-ref.yaml",
         // Gateway conditions (Accepted False, InvalidParameters): in `extra_checks`.
@@ -1770,12 +1794,55 @@ async fn check_case(client: &Client, addr: &str, c: &Case) -> Result<(), String>
     if !c.weights.is_empty() {
         weighted(addr, c.weights, c.name.starts_with("GRPC")).await?;
     }
-    extra_checks(client, c).await
+    extra_checks(client, addr, c).await
 }
 
 /// The checks of ported tests that the table does not express, by test name.
-async fn extra_checks(client: &Client, c: &Case) -> Result<(), String> {
+async fn extra_checks(client: &Client, addr: &str, c: &Case) -> Result<(), String> {
     match c.name {
+        // Upstream fills the manual EndpointSlices with the infra-backend-v1 Pods; the
+        // EndpointSlice controller (not running here) would make the headless Service's.
+        "HTTPRouteServiceTypes" => {
+            let ip = POD_IP.get().ok_or("no Pod stand-in")?;
+            let endpoints = json!([{"addresses": [ip], "conditions": {"ready": true}}]);
+            let ar = kube::api::ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk("discovery.k8s.io", "v1beta1", "EndpointSlice"),
+                "endpointslices",
+            );
+            let slices: Api<DynamicObject> = Api::namespaced_with(client.clone(), INFRA, &ar);
+            for name in [
+                "manual-endpointslices-ip4",
+                "headless-manual-endpointslices-ip4",
+            ] {
+                slices
+                    .patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"endpoints": endpoints})),
+                    )
+                    .await
+                    .map_err(|e| format!("patch EndpointSlice {name}: {e}"))?;
+            }
+            let managed = json!({
+                "apiVersion": "discovery.k8s.io/v1beta1", "kind": "EndpointSlice",
+                "metadata": {"name": "headless-standin", "namespace": INFRA,
+                             "labels": {"kubernetes.io/service-name": "headless"}},
+                "addressType": "IPv4",
+                "endpoints": endpoints,
+                "ports": [{"name": "first-port", "port": 3000, "protocol": "TCP"}],
+            });
+            apply_any(client, &managed).await;
+            for path in [
+                "/manual-endpointslices",
+                "/headless",
+                "/headless-manual-endpointslices",
+            ] {
+                matches(addr, &get(path, "infra-backend-v1"))
+                    .map_err(|e| format!("GET {path}: {e}"))?;
+            }
+            // The Service stand-ins listen elsewhere: only the Pod on 3000 could have answered.
+            Ok(())
+        }
         // Upstream: HTTPS requests with SNI = Host, verified against the listener's Secret.
         "HTTPRouteHTTPSListener" => {
             for (host, want, backend) in [
@@ -2208,6 +2275,21 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
             echoes.push(stand_in(client, dir, d).await);
         }
     }
+    // An infra-backend-v1 "Pod" on its container port 3000, at a loopback address of its own
+    // (the first one where port 3000 is free).
+    let pod_ip = (10..=250)
+        .map(|x| format!("127.0.0.{x}"))
+        .find(|ip| std::net::TcpListener::bind((ip.as_str(), 3000)).is_ok())
+        .expect("a loopback address with port 3000 free");
+    let mut c = Command::new(bin("weir-echo"));
+    c.args([
+        "--listen",
+        &format!("{pod_ip}:3000"),
+        "--name",
+        "infra-backend-v1",
+    ]);
+    echoes.push(Proc::spawn("echo-infra-backend-v1-pod", dir, c));
+    let _ = POD_IP.set(pod_ip);
     // The certificates the upstream suite generates at setup: `certificate` for the
     // ReferenceGrant tests, `tls-validity-checks-certificate` for the HTTPS listeners. Upstream
     // gives the latter the names `*` and `*.org`; here it names the hosts the HTTPS requests
