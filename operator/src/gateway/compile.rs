@@ -24,9 +24,8 @@ pub const CONTROLLER_NAME: &str = "weir.dev/gateway-controller";
 
 /// Gateway API features Weir claims in `GatewayClass.status.supportedFeatures`: only those
 /// the ported upstream conformance tests of `make e2e` (`operator/tests/gateway_e2e.rs`) pass.
-/// ReferenceGrant: the refused cross-namespace backendRef passes there, and grants that allow
-/// are covered by the golden compile tests (the v1.20 test server cannot store a grant to the
-/// core group). GRPCRoute: the four core GRPCRoute tests pass. HTTPRoute307/308
+/// ReferenceGrant: its core tests (grants to Services and to Secrets, refused and allowed)
+/// pass there. GRPCRoute: the four core GRPCRoute tests pass. HTTPRoute307/308
 /// RedirectStatusCode (provisional upstream tests), HTTPRouteMethodMatching, HTTPRoutePathRedirect,
 /// HTTPRoutePortRedirect, HTTPRouteQueryParamMatching and HTTPRouteSchemeRedirect: their
 /// extended tests pass (the e2e checks every claimed
