@@ -2351,7 +2351,12 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
                 .pointer("/status/conditions")?
                 .as_array()?
                 .iter()
-                .any(|c| c["type"] == "Programmed" && c["status"] == "True");
+                // Counted from the pods' acknowledgements (one dataplane pod here).
+                .any(|c| {
+                    c["type"] == "Programmed"
+                        && c["status"] == "True"
+                        && c["message"] == "1/1 ready dataplane pods run this generation"
+                });
             let address = g.pointer("/status/addresses/0/value")? == svc_ip.as_str();
             (accepted && features_ok && programmed && address).then_some(())
         },

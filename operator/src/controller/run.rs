@@ -240,7 +240,6 @@ pub async fn run(
             compiled.secret_refs.extend(g.secret_refs.iter().cloned());
             g.merge_into(&mut compiled.snapshot);
         }
-        gateway.publish(leader, gw);
         secret_watches.sync(&compiled.secret_refs);
         if !secret_watches.all_known(&compiled.secret_refs) {
             // A referenced Secret has not been read yet: this snapshot would lack a credential
@@ -253,7 +252,9 @@ pub async fn run(
         }
         let version = compiled.snapshot.version.clone();
         if !history.iter().any(|(v, _)| *v == version) {
-            history.push_back((version.clone(), compiled.contents()));
+            let mut contents = compiled.contents();
+            contents.extend(gw.iter().flat_map(|g| g.contents()));
+            history.push_back((version.clone(), contents));
             while history.len() > 32 {
                 history.pop_front();
             }
@@ -354,6 +355,8 @@ pub async fn run(
             }
             work = Some(Arc::new(progress_view));
         }
+        // Gateway API statuses, with what the pods run (Gateway `Programmed` counts them).
+        gateway.publish(leader, gw, work.clone());
         // Statuses are written by the status task from this compile; it makes a pass on every
         // round, and drops a pass in progress only when the inputs changed materially.
         let key = JobKey {

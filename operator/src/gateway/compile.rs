@@ -118,6 +118,22 @@ impl GatewayCompiled {
         }
         snap.version = snap.content_hash();
     }
+
+    /// The Gateways this compile programs (`Programmed=True`), as `Gateway:ns/name` ->
+    /// generation: recorded with each snapshot version, so that a Gateway's `Programmed`
+    /// counts the pods that acknowledged a snapshot with it, as ProxyRoute's does.
+    pub fn contents(&self) -> BTreeMap<String, i64> {
+        self.gateways
+            .iter()
+            .filter_map(|(k, st)| {
+                let c = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Programmed" && c.status == "True")?;
+                Some((format!("Gateway:{k}"), c.observed_generation.unwrap_or(0)))
+            })
+            .collect()
+    }
 }
 
 fn obj_key<K: Resource>(o: &K) -> ObjKey {

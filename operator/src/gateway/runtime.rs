@@ -10,7 +10,7 @@ use super::compile::{compile_gateway_api, FleetPort, GatewayCompiled, GatewayInp
 use super::types::*;
 use crate::compile::{key, ObjKey, SecretIndex, ServiceIndex};
 use crate::crd::Condition;
-use crate::status::merge_conditions;
+use crate::status::{merge_conditions, PodProgress};
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, Patch, PatchParams};
@@ -65,6 +65,8 @@ struct StatusJob {
     leader: bool,
     term: u64,
     compiled: Option<Arc<GatewayCompiled>>,
+    /// What the ready dataplane pods run; `None` until the pusher has asked them all.
+    progress: Option<Arc<PodProgress>>,
 }
 
 /// The handle the compile loop holds.
@@ -217,7 +219,12 @@ impl GatewayApi {
     }
 
     /// Hands the latest outcome to the status task; it writes only while `leader`.
-    pub fn publish(&mut self, leader: bool, compiled: Option<GatewayCompiled>) {
+    pub fn publish(
+        &mut self,
+        leader: bool,
+        compiled: Option<GatewayCompiled>,
+        progress: Option<Arc<PodProgress>>,
+    ) {
         if leader != self.was_leader {
             self.term += 1;
             self.was_leader = leader;
@@ -226,11 +233,13 @@ impl GatewayApi {
             leader,
             term: self.term,
             compiled: compiled.map(Arc::new),
+            progress,
         };
         self.status_tx.send_if_modified(|j| {
             let same = j.leader == job.leader
                 && j.term == job.term
-                && j.compiled.as_deref() == job.compiled.as_deref();
+                && j.compiled.as_deref() == job.compiled.as_deref()
+                && j.progress.as_deref() == job.progress.as_deref();
             if !same {
                 *j = job;
             }
@@ -489,6 +498,37 @@ fn gateway_status(new: &GatewayStatus, old: Option<&GatewayStatus>, now: &str) -
     }
 }
 
+/// A Gateway compiled into the snapshot is `Programmed` once every ready dataplane pod runs a
+/// snapshot with it at this generation (`GatewayCompiled::contents`); until then `Pending`,
+/// with the count, and `NoResources` while no pod is ready.
+fn with_pod_acks(k: &ObjKey, st: &GatewayStatus, pods: &PodProgress) -> GatewayStatus {
+    let mut st = st.clone();
+    for c in &mut st.conditions {
+        if c.type_ != "Programmed" || c.status != "True" {
+            continue;
+        }
+        let ready = pods.ready();
+        let n = pods.programmed(&format!("Gateway:{k}"), c.observed_generation);
+        let (ok, reason, message) = match (ready, n == ready) {
+            (0, _) => (false, "NoResources", "no ready dataplane pods".to_string()),
+            (_, true) => (
+                true,
+                "Programmed",
+                format!("{n}/{ready} ready dataplane pods run this generation"),
+            ),
+            (_, false) => (
+                false,
+                "Pending",
+                format!("{n}/{ready} ready dataplane pods run this generation"),
+            ),
+        };
+        c.status = if ok { "True" } else { "False" }.to_string();
+        c.reason = reason.to_string();
+        c.message = message;
+    }
+    st
+}
+
 /// Weir's `status.parents` entries replace its old ones; other controllers' are kept.
 fn route_status(new: &[RouteParentStatus], old: Option<&RouteStatus>, now: &str) -> RouteStatus {
     let old_parents = old.map(|o| o.parents.as_slice()).unwrap_or_default();
@@ -541,6 +581,11 @@ async fn status_loop(client: Client, mut jobs: watch::Receiver<StatusJob>, poke:
             .await;
         }
         for (k, st) in &c.gateways {
+            // Until every ready pod was asked what it runs, Programmed would be a guess.
+            let Some(p) = &job.progress else {
+                continue;
+            };
+            let st = &with_pod_acks(k, st, p);
             let (ns, name) = k.split_once('/').unwrap_or_default();
             let api: Api<Gateway> = Api::namespaced(client.clone(), ns);
             write(&api, name, "Gateway", &mut written, |old| {
@@ -676,6 +721,58 @@ mod tests {
             got,
             [("IPAddress", "203.0.113.5"), ("Hostname", "lb.example.com")]
         );
+    }
+
+    #[test]
+    fn gateway_programmed_counts_the_pods_running_its_generation() {
+        let programmed = |ok: bool, gen: i64| crate::crd::Condition {
+            type_: "Programmed".into(),
+            status: if ok { "True" } else { "False" }.into(),
+            observed_generation: Some(gen),
+            last_transition_time: String::new(),
+            reason: if ok { "Programmed" } else { "Invalid" }.into(),
+            message: String::new(),
+        };
+        let k = key("infra", "gw");
+        let compiled = GatewayStatus {
+            conditions: vec![programmed(true, 2)],
+            ..Default::default()
+        };
+        let with = |v: i64| Some(BTreeMap::from([("Gateway:infra/gw".to_string(), v)]));
+        let pods = |p: Vec<Option<BTreeMap<String, i64>>>| PodProgress {
+            pods: p,
+            ..Default::default()
+        };
+        let got = |p: &PodProgress| {
+            let st = with_pod_acks(&k, &compiled, p);
+            let c = &st.conditions[0];
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        // One of two pods still runs generation 1; the other one nothing known.
+        assert_eq!(
+            got(&pods(vec![with(2), with(1)])),
+            (
+                "False".into(),
+                "Pending".into(),
+                "1/2 ready dataplane pods run this generation".into()
+            )
+        );
+        assert_eq!(got(&pods(vec![with(2), None])).1, "Pending");
+        assert_eq!(
+            got(&pods(vec![with(2), with(2)])),
+            (
+                "True".into(),
+                "Programmed".into(),
+                "2/2 ready dataplane pods run this generation".into()
+            )
+        );
+        assert_eq!(got(&pods(vec![])).1, "NoResources");
+        // A Gateway the compile did not program stays as compiled.
+        let invalid = GatewayStatus {
+            conditions: vec![programmed(false, 2)],
+            ..Default::default()
+        };
+        assert_eq!(with_pod_acks(&k, &invalid, &pods(vec![with(2)])), invalid);
     }
 
     #[test]
