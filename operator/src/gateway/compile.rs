@@ -419,38 +419,32 @@ impl Ctx<'_> {
             listeners: None,
             conditions: Vec::new(),
         };
-        let cel = gateway_cel(gw);
-        if !cel.is_empty() {
-            st.conditions = vec![
-                cond_gen("Accepted", false, gen, "ListenersNotValid", describe(&cel)),
+        // A Gateway refused whole: Accepted=False with why, and not programmed.
+        let refused = |reason: &str, message: String, not_programmed: &str| {
+            vec![
+                cond_gen("Accepted", false, gen, reason, message),
                 cond_gen(
                     "Programmed",
                     false,
                     gen,
-                    "Invalid",
+                    not_programmed,
                     "the Gateway is not accepted",
                 ),
-            ];
+            ]
+        };
+        let cel = gateway_cel(gw);
+        if !cel.is_empty() {
+            st.conditions = refused("ListenersNotValid", describe(&cel), "Invalid");
             return st;
         }
         if !gw.spec.addresses.is_empty() {
-            st.conditions = vec![
-                cond_gen(
-                    "Accepted",
-                    false,
-                    gen,
-                    "UnsupportedAddress",
-                    "spec.addresses: the shared dataplane fleet's Service decides the address; \
-                     requested addresses are not supported",
-                ),
-                cond_gen(
-                    "Programmed",
-                    false,
-                    gen,
-                    "AddressNotAssigned",
-                    "the Gateway is not accepted",
-                ),
-            ];
+            st.conditions = refused(
+                "UnsupportedAddress",
+                "spec.addresses: the shared dataplane fleet's Service decides the address; \
+                 requested addresses are not supported"
+                    .into(),
+                "AddressNotAssigned",
+            );
             return st;
         }
         if let Some(r) = gw
@@ -467,25 +461,14 @@ impl Ctx<'_> {
                 r["kind"].as_str().unwrap_or_default(),
                 r["name"].as_str().unwrap_or_default()
             );
-            st.conditions = vec![
-                cond_gen(
-                    "Accepted",
-                    false,
-                    gen,
-                    "InvalidParameters",
-                    format!(
-                        "spec.infrastructure.parametersRef: Weir Gateways take no parameters \
-                         (refers to {what})"
-                    ),
+            st.conditions = refused(
+                "InvalidParameters",
+                format!(
+                    "spec.infrastructure.parametersRef: Weir Gateways take no parameters \
+                     (refers to {what})"
                 ),
-                cond_gen(
-                    "Programmed",
-                    false,
-                    gen,
-                    "Invalid",
-                    "the Gateway is not accepted",
-                ),
-            ];
+                "Invalid",
+            );
             return st;
         }
         let mut listeners = Vec::new();
