@@ -1,45 +1,17 @@
-//! Encoders for shipped access events, writing straight into a batch's body: ECS 8.0 JSON
-//! documents (`httpJson` sinks) and OTLP `LogRecord`s in an `ExportLogsServiceRequest`
-//! (`otlp` sinks).
+//! The ECS 8.0 JSON encoder of `httpJson` sinks, writing straight into a batch's body.
 //!
 //! The request path only captures an [`AccessEvent`] (moved fields, numbers, no formatting);
-//! the shipper tasks call these. No per-event `serde_json::Value` or prost message is built:
-//! each field is written in place, with one scratch buffer reused across a batch. The bytes
-//! are the same as serializing the equivalent `serde_json::Value` (keys sorted, compact) or
-//! prost message (fields by tag, proto3 defaults omitted); the tests compare both.
+//! the sink's task calls [`ecs_batch`]. No per-event `serde_json::Value` is built: each field
+//! is written in place, with one scratch buffer reused across a batch. The bytes are the same
+//! as serializing the equivalent `serde_json::Value` (keys sorted, compact); the tests compare
+//! both.
 
-use crate::telemetry::shipper::AccessEvent;
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use prost::Message;
-use std::fmt::Write as _;
-use std::net::IpAddr;
+use crate::telemetry::event::AccessEvent;
+use crate::telemetry::sink::format::{access_line, digits, http_version, set_ip, Scratch};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Buffers reused from one event to the next.
-#[derive(Default)]
-pub struct Scratch {
-    pub(crate) ip: String,
-    pub(crate) text: String,
-    pub(crate) record: Vec<u8>,
-}
-
-/// `n` in decimal, in the end of `buf`.
-fn digits(buf: &mut [u8; 20], mut n: u64) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or_default() // ASCII digits
-}
 
 /// Appends `n` in decimal.
 pub fn push_u64(out: &mut Vec<u8>, n: u64) {
@@ -131,78 +103,6 @@ pub fn rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
     out.push(b'Z');
 }
 
-pub(crate) fn http_version(protocol: &str) -> &'static str {
-    match protocol {
-        "h2" => "2",
-        "h3" => "3",
-        _ => "1.1",
-    }
-}
-
-pub(crate) fn set_ip(s: &mut String, ip: IpAddr) {
-    s.clear();
-    crate::http::fastfmt::push_ip(s, ip);
-}
-
-/// The access line of an ECS document's `message` (and of syslog messages):
-/// `IP "METHOD HOSTPATH" STATUS BYTES_IN BYTES_OUT 1.234ms`.
-pub fn access_line(s: &mut String, e: &AccessEvent, ip: &str) {
-    s.clear();
-    s.push_str(ip);
-    s.push_str(" \"");
-    s.push_str(e.method.as_str());
-    s.push(' ');
-    s.push_str(e.host.as_deref().unwrap_or("-"));
-    s.push_str(e.path.as_deref().unwrap_or("-"));
-    let _ = write!(s, "\" {} {} {} ", e.status, e.bytes_in, e.bytes_out);
-    push_ms3(s, e.duration.as_secs_f64() * 1000.0);
-    s.push_str("ms");
-}
-
-/// Appends `v` (finite, not negative) with three decimals, exactly as `format!("{v:.3}")`
-/// does (the binary value rounded half to even), without `core::fmt`'s float formatting.
-#[inline(never)]
-pub fn push_ms3(s: &mut String, v: f64) {
-    // Past 1e15 ms (31,000 years) the slow path; below, v * 1000 fits a u64.
-    if !(0.0..1e15).contains(&v) {
-        let _ = write!(s, "{v:.3}");
-        return;
-    }
-    // v = m * 2^e exactly.
-    let bits = v.to_bits();
-    let exp = ((bits >> 52) & 0x7ff) as i32;
-    let frac = bits & ((1u64 << 52) - 1);
-    let (m, e) = if exp == 0 {
-        (frac, -1074)
-    } else {
-        (frac | (1u64 << 52), exp - 1075)
-    };
-    // q = v * 1000, rounded half to even.
-    let n = u128::from(m) * 1000;
-    let q = if e >= 0 {
-        n << e // v < 1e15: fits
-    } else if e <= -127 {
-        0 // n < 2^63: below one half
-    } else {
-        let sh = (-e) as u32;
-        let q = n >> sh;
-        let rem = n & ((1u128 << sh) - 1);
-        let half = 1u128 << (sh - 1);
-        if rem > half || (rem == half && q & 1 == 1) {
-            q + 1
-        } else {
-            q
-        }
-    };
-    let q = q as u64;
-    s.push_str(digits(&mut [0; 20], q / 1000));
-    let f = q % 1000;
-    s.push('.');
-    s.push(char::from(b'0' + (f / 100) as u8));
-    s.push(char::from(b'0' + (f / 10 % 10) as u8));
-    s.push(char::from(b'0' + (f % 10) as u8));
-}
-
 /// Appends one access event as a compact ECS 8.0 JSON document (keys sorted, as
 /// `serde_json::to_vec` of the equivalent `Value` writes them).
 pub fn ecs_json(out: &mut Vec<u8>, e: &AccessEvent, service: &str, s: &mut Scratch) {
@@ -286,7 +186,6 @@ pub fn ecs_batch(batch: &[Arc<AccessEvent>], service: &str) -> Vec<u8> {
     out.push(b']');
     out
 }
-
 
 // ---------------------------------------------------------------------------------------
 // The serde-derived alternative (issue #17): the same document as `#[derive(Serialize)]`
@@ -483,300 +382,13 @@ pub fn ecs_batch_with(batch: &[Arc<AccessEvent>], service: &str, enc: EcsEncoder
     out
 }
 
-// ---------------------------------------------------------------------------------------
-// Protobuf (OTLP logs).
-
-pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-pub(crate) fn varint_len(v: u64) -> usize {
-    // 1 byte per 7 bits, at least one.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// Wire types.
-pub(crate) const VARINT: u8 = 0;
-pub(crate) const I64: u8 = 1;
-pub(crate) const LEN: u8 = 2;
-pub(crate) const I32: u8 = 5;
-
-pub(crate) fn key(out: &mut Vec<u8>, tag: u8, wire: u8) {
-    varint(out, (u64::from(tag) << 3) | u64::from(wire));
-}
-
-/// A `fixed64` field, omitted when 0 (proto3).
-pub(crate) fn fixed64(out: &mut Vec<u8>, tag: u8, v: u64) {
-    if v != 0 {
-        key(out, tag, I64);
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
-/// A varint field (`uint`, `int64`, enum), omitted when 0 (proto3).
-pub(crate) fn varint_field(out: &mut Vec<u8>, tag: u8, v: u64) {
-    if v != 0 {
-        key(out, tag, VARINT);
-        varint(out, v);
-    }
-}
-
-/// A `string`/`bytes`/message field (always written: callers skip empty proto3 scalars).
-pub(crate) fn bytes_field(out: &mut Vec<u8>, tag: u8, b: &[u8]) {
-    key(out, tag, LEN);
-    varint(out, b.len() as u64);
-    out.extend_from_slice(b);
-}
-
-/// `AnyValue` payloads of attributes.
-pub(crate) enum Val<'a> {
-    Str(&'a str),
-    Bool(bool),
-    Int(i64),
-    F64(f64),
-}
-
-impl Val<'_> {
-    /// The encoded length of the `AnyValue` message.
-    fn len(&self) -> usize {
-        match self {
-            Val::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
-            Val::Bool(_) => 2,
-            Val::Int(i) => 1 + varint_len(*i as u64),
-            Val::F64(_) => 9,
-        }
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            Val::Str(s) => bytes_field(out, 1, s.as_bytes()),
-            Val::Bool(b) => {
-                key(out, 2, VARINT);
-                out.push(u8::from(*b));
-            }
-            Val::Int(i) => {
-                key(out, 3, VARINT);
-                varint(out, *i as u64);
-            }
-            Val::F64(f) => {
-                key(out, 4, I64);
-                out.extend_from_slice(&f.to_le_bytes());
-            }
-        }
-    }
-}
-
-/// A `KeyValue` attribute as field `tag` of the enclosing message.
-pub(crate) fn kv(out: &mut Vec<u8>, tag: u8, k: &str, v: Val<'_>) {
-    let vlen = v.len();
-    let len = 1 + varint_len(k.len() as u64) + k.len() + 1 + varint_len(vlen as u64) + vlen;
-    key(out, tag, LEN);
-    varint(out, len as u64);
-    bytes_field(out, 1, k.as_bytes());
-    key(out, 2, LEN);
-    varint(out, vlen as u64);
-    v.write(out);
-}
-
-pub(crate) fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
-}
-
-/// The fields of one access event's OTLP `LogRecord` (`event_name` `weir.access`), without
-/// the record's own key and length.
-pub fn otlp_log_record(out: &mut Vec<u8>, e: &AccessEvent, s: &mut Scratch) {
-    const ATTR: u8 = 6;
-    let t = unix_nanos(e.time);
-    fixed64(out, 1, t);
-    // SeverityNumber: INFO = 9, ERROR = 17.
-    let (sev, sev_text) = if e.status >= 500 {
-        (17, "ERROR")
-    } else {
-        (9, "INFO")
-    };
-    varint_field(out, 2, sev);
-    bytes_field(out, 3, sev_text.as_bytes());
-    set_ip(&mut s.ip, e.client.ip());
-    let body = &mut s.text;
-    body.clear();
-    body.push_str(&s.ip);
-    body.push(' ');
-    body.push_str(e.method.as_str());
-    body.push(' ');
-    body.push_str(e.host.as_deref().unwrap_or("-"));
-    body.push_str(e.path.as_deref().unwrap_or("-"));
-    let _ = write!(body, " {} {}", e.status, e.bytes_out);
-    let body_val = Val::Str(body);
-    key(out, 5, LEN);
-    varint(out, body_val.len() as u64);
-    body_val.write(out);
-    kv(
-        out,
-        ATTR,
-        "http.request.method",
-        Val::Str(e.method.as_str()),
-    );
-    kv(
-        out,
-        ATTR,
-        "url.path",
-        Val::Str(e.path.as_deref().unwrap_or("")),
-    );
-    kv(
-        out,
-        ATTR,
-        "http.response.status_code",
-        Val::Int(i64::from(e.status)),
-    );
-    kv(
-        out,
-        ATTR,
-        "network.protocol.version",
-        Val::Str(http_version(e.protocol)),
-    );
-    kv(out, ATTR, "client.address", Val::Str(&s.ip));
-    kv(
-        out,
-        ATTR,
-        "http.request.body.size",
-        Val::Int(e.bytes_in as i64),
-    );
-    kv(
-        out,
-        ATTR,
-        "http.response.body.size",
-        Val::Int(e.bytes_out as i64),
-    );
-    kv(
-        out,
-        ATTR,
-        "weir.duration_ms",
-        Val::F64(e.duration.as_secs_f64() * 1000.0),
-    );
-    kv(out, ATTR, "weir.route", Val::Str(&e.route));
-    kv(out, ATTR, "weir.backend", Val::Str(&e.backend));
-    kv(out, ATTR, "weir.listener", Val::Str(&e.listener));
-    kv(out, ATTR, "weir.attempts", Val::Int(i64::from(e.attempts)));
-    kv(out, ATTR, "weir.end", Val::Str(e.end));
-    if let Some(h) = &e.host {
-        kv(out, ATTR, "server.address", Val::Str(h));
-    }
-    if let Some(u) = &e.upstream {
-        kv(out, ATTR, "weir.upstream", Val::Str(u));
-    }
-    if let Some(err) = e.error {
-        kv(out, ATTR, "error.type", Val::Str(err));
-    }
-    bytes_field(out, 9, &e.trace_id.to_be_bytes());
-    bytes_field(out, 10, &e.span_id.to_be_bytes());
-    fixed64(out, 11, t);
-    bytes_field(out, 12, b"weir.access");
-}
-
-/// A batch of access events as an encoded `ExportLogsServiceRequest` (one resource, one
-/// scope), byte for byte what prost writes for the same message.
-pub fn otlp_logs_request(
-    batch: &[Arc<AccessEvent>],
-    resource: &Resource,
-    scope: &InstrumentationScope,
-) -> Vec<u8> {
-    let mut s = Scratch::default();
-    let mut records = Vec::with_capacity(batch.len() * 700);
-    let mut rec = std::mem::take(&mut s.record);
-    for e in batch {
-        rec.clear();
-        otlp_log_record(&mut rec, e, &mut s);
-        bytes_field(&mut records, 2, &rec); // ScopeLogs.log_records
-    }
-    envelope(resource, scope, &records)
-}
-
-/// `Export{Logs,Trace}ServiceRequest { 1: Resource{Logs,Spans} { 1: resource, 2:
-/// Scope{Logs,Spans} { 1: scope, 2: items } } }`: the two requests have the same shape;
-/// `records` holds the items, each already keyed and framed.
-pub(crate) fn envelope(
-    resource: &Resource,
-    scope: &InstrumentationScope,
-    records: &[u8],
-) -> Vec<u8> {
-    let scope = scope.encode_to_vec();
-    let resource = resource.encode_to_vec();
-    // ScopeLogs { scope: 1, log_records: 2 }
-    let scope_logs_len = 1 + varint_len(scope.len() as u64) + scope.len() + records.len();
-    // ResourceLogs { resource: 1, scope_logs: 2 }
-    let resource_logs_len = 1
-        + varint_len(resource.len() as u64)
-        + resource.len()
-        + 1
-        + varint_len(scope_logs_len as u64)
-        + scope_logs_len;
-    let mut out = Vec::with_capacity(1 + varint_len(resource_logs_len as u64) + resource_logs_len);
-    // ExportLogsServiceRequest { resource_logs: 1 }
-    key(&mut out, 1, LEN);
-    varint(&mut out, resource_logs_len as u64);
-    bytes_field(&mut out, 1, &resource);
-    key(&mut out, 2, LEN);
-    varint(&mut out, scope_logs_len as u64);
-    bytes_field(&mut out, 1, &scope);
-    out.extend_from_slice(records);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-    use opentelemetry_proto::tonic::logs::v1::{
-        LogRecord, ResourceLogs, ScopeLogs, SeverityNumber,
-    };
-    use std::net::SocketAddr;
+    use crate::telemetry::event::sample_events as events;
     use std::time::Duration;
 
-    fn event(i: u64) -> AccessEvent {
-        crate::telemetry::shipper::sample_event(i)
-    }
-
-    /// Events covering every optional field and odd characters.
-    fn events() -> Vec<AccessEvent> {
-        let mut v = vec![event(0)];
-        let mut e = event(1);
-        e.client = "[2001:db8::1]:443".parse::<SocketAddr>().unwrap();
-        e.method = http::Method::from_bytes(b"PURGE").unwrap();
-        e.host = None;
-        e.path = None;
-        e.upstream = None;
-        e.protocol = "h3";
-        e.status = 503;
-        e.error = Some("connect_error");
-        e.end = "upstream_error";
-        e.attempts = 3;
-        e.bytes_in = u64::MAX;
-        e.duration = Duration::new(12, 345_678_901);
-        e.trace_id = 0;
-        e.span_id = 1;
-        v.push(e);
-        let mut e = event(2);
-        e.host = Some("h\u{e9}st\t\"q\"\\\u{1}\u{7f}".into());
-        e.path = Some("/\u{1f600}/\n".into());
-        e.route = "".into();
-        e.listener = "l\r\x0c\x08".into();
-        e.protocol = "h1";
-        e.status = 404;
-        e.time = UNIX_EPOCH;
-        e.duration = Duration::ZERO;
-        v.push(e);
-        let mut e = event(3);
-        e.time = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        v.push(e);
-        v
-    }
-
-    // The encoders these replace, kept as the reference.
+    // The encoder this replaces, kept as the reference.
 
     fn old_access_line(e: &AccessEvent) -> String {
         format!(
@@ -830,71 +442,6 @@ mod tests {
             doc["error"] = serde_json::json!({ "type": err });
         }
         doc
-    }
-
-    use crate::telemetry::otel::{kv_int, kv_str};
-
-    fn old_log_record(e: &AccessEvent) -> LogRecord {
-        let t = unix_nanos(e.time);
-        let (sev, sev_text) = if e.status >= 500 {
-            (SeverityNumber::Error, "ERROR")
-        } else {
-            (SeverityNumber::Info, "INFO")
-        };
-        let mut attrs = vec![
-            kv_str("http.request.method", e.method.as_str()),
-            kv_str("url.path", e.path.as_deref().unwrap_or("")),
-            kv_int("http.response.status_code", i64::from(e.status)),
-            kv_str("network.protocol.version", http_version(e.protocol)),
-            kv_str("client.address", e.client.ip().to_string()),
-            kv_int("http.request.body.size", e.bytes_in as i64),
-            kv_int("http.response.body.size", e.bytes_out as i64),
-            KeyValue {
-                key: "weir.duration_ms".into(),
-                value: Some(AnyValue {
-                    value: Some(any_value::Value::DoubleValue(
-                        e.duration.as_secs_f64() * 1000.0,
-                    )),
-                }),
-            },
-            kv_str("weir.route", &*e.route),
-            kv_str("weir.backend", &*e.backend),
-            kv_str("weir.listener", &*e.listener),
-            kv_int("weir.attempts", i64::from(e.attempts)),
-            kv_str("weir.end", e.end),
-        ];
-        if let Some(h) = &e.host {
-            attrs.push(kv_str("server.address", h.as_str()));
-        }
-        if let Some(u) = &e.upstream {
-            attrs.push(kv_str("weir.upstream", u.as_str()));
-        }
-        if let Some(err) = e.error {
-            attrs.push(kv_str("error.type", err));
-        }
-        LogRecord {
-            time_unix_nano: t,
-            observed_time_unix_nano: t,
-            severity_number: sev as i32,
-            severity_text: sev_text.into(),
-            body: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(format!(
-                    "{} {} {}{} {} {}",
-                    e.client.ip(),
-                    e.method,
-                    e.host.as_deref().unwrap_or("-"),
-                    e.path.as_deref().unwrap_or("-"),
-                    e.status,
-                    e.bytes_out
-                ))),
-            }),
-            attributes: attrs,
-            dropped_attributes_count: 0,
-            flags: 0,
-            trace_id: e.trace_id.to_be_bytes().to_vec(),
-            span_id: e.span_id.to_be_bytes().to_vec(),
-            event_name: "weir.access".into(),
-        }
     }
 
     #[test]
@@ -956,7 +503,6 @@ mod tests {
         assert_eq!(d[0]["event"]["duration"], 1_500_000);
     }
 
-
     #[test]
     fn derived_ecs_documents_are_the_same_bytes() {
         let evs: Vec<Arc<AccessEvent>> = events().into_iter().map(Arc::new).collect();
@@ -1000,91 +546,9 @@ mod tests {
     fn ecs_cost_run(evs: &[Arc<AccessEvent>], batches: usize, enc: EcsEncoder) -> usize {
         let mut total = 0;
         for _ in 0..batches {
-            total += std::hint::black_box(ecs_batch_with(std::hint::black_box(evs), "weir", enc)).len();
+            total +=
+                std::hint::black_box(ecs_batch_with(std::hint::black_box(evs), "weir", enc)).len();
         }
         total
-    }
-
-    #[test]
-    fn otlp_logs_are_the_bytes_prost_wrote() {
-        let evs: Vec<Arc<AccessEvent>> = events().into_iter().map(Arc::new).collect();
-        let resource = Resource {
-            attributes: vec![kv_str("service.name", "svc"), kv_int("n", -5)],
-            dropped_attributes_count: 0,
-            entity_refs: Vec::new(),
-        };
-        let scope = InstrumentationScope {
-            name: "weir-dataplane".into(),
-            version: "0.1.0".into(),
-            attributes: Vec::new(),
-            dropped_attributes_count: 0,
-        };
-        for n in [0, 1, evs.len()] {
-            let want = ExportLogsServiceRequest {
-                resource_logs: vec![ResourceLogs {
-                    resource: Some(resource.clone()),
-                    scope_logs: vec![ScopeLogs {
-                        scope: Some(scope.clone()),
-                        log_records: evs[..n].iter().map(|e| old_log_record(e)).collect(),
-                        schema_url: String::new(),
-                    }],
-                    schema_url: String::new(),
-                }],
-            };
-            assert_eq!(
-                otlp_logs_request(&evs[..n], &resource, &scope),
-                want.encode_to_vec(),
-                "{n} records"
-            );
-        }
-        // A long body needs a two-byte length.
-        let mut e = event(0);
-        e.path = Some("/".repeat(300));
-        let e = [Arc::new(e)];
-        let got = ExportLogsServiceRequest::decode(&otlp_logs_request(&e, &resource, &scope)[..])
-            .unwrap();
-        assert_eq!(
-            got.resource_logs[0].scope_logs[0].log_records[0],
-            old_log_record(&e[0])
-        );
-    }
-
-    #[test]
-    fn milliseconds_format_like_core_fmt() {
-        let mut vals = vec![
-            0.0, 0.0005, 0.0015, 0.0625, 0.1875, 2.5, 1e-300, 999.9995, 1e14, 1e15, 2e20,
-        ];
-        // Exact ties (k / 16) and their neighbours, and what durations produce.
-        for k in 0..20_000u64 {
-            let t = k as f64 / 16.0;
-            vals.extend([
-                t,
-                f64::from_bits(t.to_bits() + 1),
-                f64::from_bits(t.to_bits().max(1) - 1),
-            ]);
-            let d = Duration::from_nanos(k * 7_919 + k * k * 104_729);
-            vals.push(d.as_secs_f64() * 1000.0);
-        }
-        let mut r = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..100_000 {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            vals.push(Duration::from_nanos(r % 100_000_000_000).as_secs_f64() * 1000.0);
-        }
-        for v in vals {
-            let mut s = String::new();
-            push_ms3(&mut s, v);
-            assert_eq!(s, format!("{v:.3}"), "{v:e}");
-        }
-    }
-
-    #[test]
-    fn varint_lengths() {
-        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
-            let mut out = Vec::new();
-            varint(&mut out, v);
-            assert_eq!(out.len(), varint_len(v), "{v}");
-        }
     }
 }
