@@ -5,6 +5,14 @@
 //! is written in place, with one scratch buffer reused across a batch. The bytes are the same
 //! as serializing the equivalent `serde_json::Value` (keys sorted, compact); the tests compare
 //! both.
+//!
+//! Hand-written rather than `#[derive(Serialize)]` structs: the derived version (the same
+//! document as nested structs, `serde_json::to_writer`, `itoa`, `humantime` through
+//! `collect_str`) wrote the same bytes but cost 14,639 instructions per event against 6,776
+//! here (callgrind, release profile, 20,000 events; BENCHMARKS.md "ECS encoder: hand-written
+//! or serde-derived"). serde_json escapes every key at run time (~7,500 instructions per
+//! event in `format_escaped_str_contents`) and `collect_str` goes through `core::fmt` for the
+//! timestamp and the hex ids (~2,500).
 
 use crate::telemetry::event::AccessEvent;
 use crate::telemetry::sink::format::{access_line, digits, http_version, set_ip, Scratch};
@@ -187,201 +195,6 @@ pub fn ecs_batch(batch: &[Arc<AccessEvent>], service: &str) -> Vec<u8> {
     out
 }
 
-// ---------------------------------------------------------------------------------------
-// The serde-derived alternative (issue #17): the same document as `#[derive(Serialize)]`
-// structs written with `serde_json::to_writer`, numbers with `itoa`, the time with `humantime`.
-
-mod derived {
-    use super::{access_line, http_version, set_ip, AccessEvent, Scratch};
-    use serde::Serialize;
-    use std::time::SystemTime;
-
-    /// Written with `humantime::format_rfc3339_millis` through `collect_str`.
-    struct Rfc3339(SystemTime);
-    impl Serialize for Rfc3339 {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_str(&humantime::format_rfc3339_millis(self.0))
-        }
-    }
-    /// A lower-case hex id of `W` digits.
-    struct Hex<const W: usize>(u128);
-    impl<const W: usize> Serialize for Hex<W> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_str(&format_args!("{:0w$x}", self.0, w = W))
-        }
-    }
-
-    // Fields in key order: the old `serde_json::Value` documents had sorted keys.
-    #[derive(Serialize)]
-    struct Doc<'a> {
-        #[serde(rename = "@timestamp")]
-        timestamp: Rfc3339,
-        client: Client<'a>,
-        ecs: Ecs,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<Error<'a>>,
-        event: Event,
-        http: Http<'a>,
-        labels: Labels<'a>,
-        message: &'a str,
-        service: Name<'a>,
-        span: Id<16>,
-        trace: Id<32>,
-        url: Url<'a>,
-    }
-    #[derive(Serialize)]
-    struct Client<'a> {
-        address: &'a str,
-        ip: &'a str,
-        port: u16,
-    }
-    #[derive(Serialize)]
-    struct Ecs {
-        version: &'static str,
-    }
-    #[derive(Serialize)]
-    struct Error<'a> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-    }
-    #[derive(Serialize)]
-    struct Event {
-        category: [&'static str; 1],
-        dataset: &'static str,
-        duration: u64,
-        kind: &'static str,
-        outcome: &'static str,
-    }
-    #[derive(Serialize)]
-    struct Http<'a> {
-        request: Request<'a>,
-        response: Response,
-        version: &'static str,
-    }
-    #[derive(Serialize)]
-    struct Bytes {
-        bytes: u64,
-    }
-    #[derive(Serialize)]
-    struct Request<'a> {
-        body: Bytes,
-        method: &'a str,
-    }
-    #[derive(Serialize)]
-    struct Response {
-        body: Bytes,
-        status_code: u16,
-    }
-    #[derive(Serialize)]
-    struct Labels<'a> {
-        attempts: &'a str,
-        backend: &'a str,
-        end: &'a str,
-        listener: &'a str,
-        route: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        upstream: Option<&'a str>,
-    }
-    #[derive(Serialize)]
-    struct Name<'a> {
-        name: &'a str,
-    }
-    #[derive(Serialize)]
-    struct Id<const W: usize> {
-        id: Hex<W>,
-    }
-    #[derive(Serialize)]
-    struct Url<'a> {
-        domain: &'a str,
-        path: &'a str,
-    }
-
-    pub fn ecs_json(out: &mut Vec<u8>, e: &AccessEvent, service: &str, s: &mut Scratch) {
-        set_ip(&mut s.ip, e.client.ip());
-        access_line(&mut s.text, e, &s.ip);
-        let mut attempts = itoa::Buffer::new();
-        let doc = Doc {
-            timestamp: Rfc3339(e.time),
-            client: Client {
-                address: &s.ip,
-                ip: &s.ip,
-                port: e.client.port(),
-            },
-            ecs: Ecs { version: "8.0.0" },
-            error: e.error.map(|kind| Error { kind }),
-            event: Event {
-                category: ["web"],
-                dataset: "weir.access",
-                duration: e.duration.as_nanos() as u64,
-                kind: "event",
-                outcome: if e.status >= 500 || e.error.is_some() {
-                    "failure"
-                } else {
-                    "success"
-                },
-            },
-            http: Http {
-                request: Request {
-                    body: Bytes { bytes: e.bytes_in },
-                    method: e.method.as_str(),
-                },
-                response: Response {
-                    body: Bytes { bytes: e.bytes_out },
-                    status_code: e.status,
-                },
-                version: http_version(e.protocol),
-            },
-            labels: Labels {
-                attempts: attempts.format(e.attempts),
-                backend: &e.backend,
-                end: e.end,
-                listener: &e.listener,
-                route: &e.route,
-                upstream: e.upstream.as_deref(),
-            },
-            message: &s.text,
-            service: Name { name: service },
-            span: Id {
-                id: Hex(u128::from(e.span_id)),
-            },
-            trace: Id {
-                id: Hex(e.trace_id),
-            },
-            url: Url {
-                domain: e.host.as_deref().unwrap_or("-"),
-                path: e.path.as_deref().unwrap_or("-"),
-            },
-        };
-        // Writing into a Vec cannot fail, and every field serializes.
-        let _ = serde_json::to_writer(out, &doc);
-    }
-}
-
-/// Which ECS encoder [`ecs_batch_with`] uses (for the comparison test).
-#[derive(Clone, Copy, Debug)]
-pub enum EcsEncoder {
-    Hand,
-    Derived,
-}
-
-/// [`ecs_batch`] with the chosen encoder.
-pub fn ecs_batch_with(batch: &[Arc<AccessEvent>], service: &str, enc: EcsEncoder) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + batch.len() * 900);
-    let mut s = Scratch::default();
-    out.push(b'[');
-    for (i, e) in batch.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        match enc {
-            EcsEncoder::Hand => ecs_json(&mut out, e, service, &mut s),
-            EcsEncoder::Derived => derived::ecs_json(&mut out, e, service, &mut s),
-        }
-    }
-    out.push(b']');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,54 +314,5 @@ mod tests {
         assert_eq!(d[1]["client"]["ip"], "2001:db8::1");
         assert_eq!(d[0]["@timestamp"], "2023-11-14T22:13:20.123Z");
         assert_eq!(d[0]["event"]["duration"], 1_500_000);
-    }
-
-    #[test]
-    fn derived_ecs_documents_are_the_same_bytes() {
-        let evs: Vec<Arc<AccessEvent>> = events().into_iter().map(Arc::new).collect();
-        for e in &evs {
-            let mut out = Vec::new();
-            derived::ecs_json(&mut out, e, "edge \"1\"", &mut Scratch::default());
-            let want = serde_json::to_vec(&old_ecs_document(e, "edge \"1\"")).unwrap();
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                String::from_utf8(want).unwrap()
-            );
-        }
-        assert_eq!(
-            ecs_batch_with(&evs, "weir", EcsEncoder::Derived),
-            ecs_batch_with(&evs, "weir", EcsEncoder::Hand)
-        );
-    }
-
-    /// Encodes `WEIR_ECS_EVENTS` (default 100,000) events with `WEIR_ECS_ENCODER`
-    /// (`hand` | `derived`), in batches of 100; run under
-    /// `valgrind --tool=callgrind --toggle-collect='*ecs_cost_run*'` for instructions per event.
-    #[test]
-    #[ignore]
-    fn ecs_cost() {
-        let enc = match std::env::var("WEIR_ECS_ENCODER").as_deref() {
-            Ok("derived") => EcsEncoder::Derived,
-            _ => EcsEncoder::Hand,
-        };
-        let n: usize = std::env::var("WEIR_ECS_EVENTS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(100_000);
-        let evs: Vec<Arc<AccessEvent>> = (0..100)
-            .map(|i| Arc::new(events()[i % 4].clone()))
-            .collect();
-        let total = ecs_cost_run(&evs, n / 100, enc);
-        eprintln!("{enc:?}: {n} events, {total} bytes");
-    }
-
-    #[inline(never)]
-    fn ecs_cost_run(evs: &[Arc<AccessEvent>], batches: usize, enc: EcsEncoder) -> usize {
-        let mut total = 0;
-        for _ in 0..batches {
-            total +=
-                std::hint::black_box(ecs_batch_with(std::hint::black_box(evs), "weir", enc)).len();
-        }
-        total
     }
 }
