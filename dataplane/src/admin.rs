@@ -162,7 +162,8 @@ impl Admin {
                 let state = rt
                     .as_deref()
                     .map(|r| r as &dyn crate::telemetry::metrics::StateSource);
-                let body = crate::telemetry::metrics::metrics().render(state);
+                let sinks = self.dataplane.telemetry().sink_handles();
+                let body = crate::telemetry::metrics::metrics().render(state, &sinks);
                 let mut r = Response::new(full(Bytes::from(body)));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -205,7 +206,9 @@ impl Admin {
                     serde_json::json!({"error": "no_config", "message": "no configuration loaded yet"}),
                 ),
             },
-            (Method::GET, "/sinks") => json(StatusCode::OK, crate::telemetry::shipper::report()),
+            (Method::GET, "/sinks") => {
+                json(StatusCode::OK, self.dataplane.telemetry().sink_report())
+            }
             (Method::GET, "/ui/state") => {
                 let rt = self.dataplane.runtime();
                 let view = rt.as_deref().map(|rt| crate::ui::RuntimeView {
@@ -213,7 +216,10 @@ impl Admin {
                     health: health_summary(rt).status,
                     backends: backends_json(rt),
                 });
-                let mut r = json(StatusCode::OK, crate::ui::state(view));
+                let mut r = json(
+                    StatusCode::OK,
+                    crate::ui::state(view, self.dataplane.telemetry().sink_report()),
+                );
                 r.headers_mut().insert(
                     header::CACHE_CONTROL,
                     header::HeaderValue::from_static("no-store"),
@@ -309,7 +315,7 @@ impl Admin {
         let level = self.log_level.lock().map(|l| l.clone()).unwrap_or_default();
         json(
             StatusCode::OK,
-            serde_json::json!({ "level": level, "accessLog": crate::telemetry::observe::access_log_enabled() }),
+            serde_json::json!({ "level": level, "accessLog": self.dataplane.telemetry().access_log_enabled() }),
         )
     }
 
@@ -355,7 +361,7 @@ impl Admin {
             }
         }
         if let Some(on) = access {
-            crate::telemetry::observe::set_access_log(on);
+            self.dataplane.telemetry().set_access_log(on);
             tracing::info!(access_log = on, "access log switched via the admin API");
         }
         self.logging_json()

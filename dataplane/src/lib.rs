@@ -10,7 +10,8 @@
 //! <!-- layers: begin -->
 //! - 0 `http`: body types, local replies ([`http::reply`]), header and path helpers, connection
 //!   info, trace context, request limits, TLS material, gRPC framing of local replies
-//! - 1 `telemetry`: metrics registry and handles, observation (access log), OTLP export, sinks
+//! - 1 `telemetry`: metrics registry and handles, the `Telemetry` handle, observation (access
+//!   log, spans), sampling and OTLP export, sinks (one file per kind)
 //! - 2 `upstream`: backends, endpoints, pool, balancers, health, breaker, retry; exports its
 //!   own gauges
 //! - 3 `policy`: per-rule stages (rate limit, external auth, redirect and direct response,

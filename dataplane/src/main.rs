@@ -63,7 +63,6 @@ fn main() -> ExitCode {
         return check(&file);
     }
     let logging = init_logging(&cli.run.log_format);
-    weir_dataplane::telemetry::observe::set_access_log(cli.run.access_log == "on");
     let rt = match runtime_builder(cli.run.worker_threads).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -211,7 +210,8 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
         return ExitCode::from(2);
     }
 
-    let dp = Dataplane::new(args.config.clone());
+    let telemetry = weir_dataplane::telemetry::hub::Telemetry::new(args.access_log == "on");
+    let dp = Dataplane::new(args.config.clone(), telemetry);
     if args.config.is_some() {
         if let Err(e) = dp.reload_from_file().await {
             tracing::error!("config rejected, {} error(s):\n{e}", e.errors.len());

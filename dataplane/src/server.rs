@@ -3,6 +3,7 @@
 
 use crate::listen::live::Live;
 use crate::runtime::{cert_stamps, compile, CertStamp, ListenerRt, Runtime};
+use crate::telemetry::hub::Telemetry;
 use crate::telemetry::metrics::metrics;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -58,9 +59,9 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    pub fn new(config_path: Option<PathBuf>) -> Arc<Dataplane> {
+    pub fn new(config_path: Option<PathBuf>, telemetry: Arc<Telemetry>) -> Arc<Dataplane> {
         Arc::new(Dataplane {
-            live: Arc::new(Live::default()),
+            live: Arc::new(Live::new(telemetry)),
             listeners: tokio::sync::Mutex::new(HashMap::new()),
             config_path,
             phase: watch::Sender::new(DrainPhase::Serving),
@@ -70,6 +71,11 @@ impl Dataplane {
     /// Follows the shutdown's progress (see [`DrainPhase`]).
     pub fn drain_phase(&self) -> watch::Receiver<DrainPhase> {
         self.phase.subscribe()
+    }
+
+    /// Access log switch, sinks and tracer, kept across config applies.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        self.live.telemetry()
     }
 
     /// The runtime serving now, if a config was loaded.
@@ -202,14 +208,20 @@ impl Dataplane {
         let rt = Arc::new(rt);
         self.live.store(rt.clone());
         let dp = Arc::downgrade(self);
-        crate::telemetry::otel::configure(rt.snapshot.tracing.as_ref());
-        crate::telemetry::shipper::reconcile(
+        self.telemetry().apply(
             &rt.snapshot.sinks,
+            rt.snapshot.tracing.as_ref(),
             Arc::new(move || {
-                let rt = dp.upgrade().and_then(|d| d.runtime());
+                let dp = dp.upgrade();
+                let rt = dp.as_ref().and_then(|d| d.runtime());
+                let sinks = dp
+                    .as_ref()
+                    .map(|d| d.telemetry().sink_handles())
+                    .unwrap_or_default();
                 crate::telemetry::metrics::metrics().gather(
                     rt.as_deref()
                         .map(|r| r as &dyn crate::telemetry::metrics::StateSource),
+                    &sinks,
                 )
             }),
         );
@@ -358,7 +370,9 @@ impl Dataplane {
             let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
         }
         // The drained requests' access logs are queued by now; give the sinks a moment.
-        crate::telemetry::shipper::shutdown(crate::telemetry::shipper::SHUTDOWN_FLUSH).await;
+        self.telemetry()
+            .shutdown(crate::telemetry::sink::SHUTDOWN_FLUSH)
+            .await;
     }
 }
 

@@ -36,10 +36,10 @@ pub struct RuntimeView<'a> {
 }
 
 /// The `GET /ui/state` document: everything the page shows, in one poll.
-pub fn state(view: Option<RuntimeView<'_>>) -> serde_json::Value {
+/// `sinks`: the sinks' report (`GET /sinks`).
+pub fn state(view: Option<RuntimeView<'_>>, sinks: serde_json::Value) -> serde_json::Value {
     let now = rfc3339(std::time::SystemTime::now());
     let totals = metrics().route_totals();
-    let sinks = crate::telemetry::shipper::report();
     let Some(RuntimeView {
         rt,
         health,

@@ -9,7 +9,7 @@
 //! `traceparent` the trace id and sampled flag are kept and the upstream sees the proxy's span
 //! id as its parent; `tracestate` passes through untouched. Without one (or with an invalid
 //! one, or several) a new trace is started, sampled, and any `tracestate` is dropped, as the
-//! spec requires. When spans are exported, [`crate::telemetry::otel::start`] replaces the sampled flag
+//! spec requires. When spans are exported, [`crate::telemetry::otel::Tracing::start`] replaces the sampled flag
 //! with the sampler's decision and each upstream try gets its own span id.
 
 use http::header::{HeaderMap, HeaderName};

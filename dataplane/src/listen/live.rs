@@ -1,8 +1,10 @@
-//! The small handle a front door holds: the runtime serving now and the drain signal. The
+//! The small handle a front door holds: the runtime serving now, the telemetry handle and the
+//! drain signal. The
 //! `Dataplane` (layer 8) owns one and swaps runtimes into it; front doors only read it, so they
 //! do not import the server that starts them.
 
 use crate::runtime::compile::Runtime;
+use crate::telemetry::hub::Telemetry;
 use arc_swap::ArcSwapOption;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +14,8 @@ use tokio::sync::watch;
 /// The live runtime and the drain signal, shared by the `Dataplane` and its front doors.
 pub struct Live {
     runtime: ArcSwapOption<Runtime>,
+    /// Access log switch, sinks and tracer; the same for the process's whole life.
+    telemetry: Arc<Telemetry>,
     /// Drain signal for QUIC connections and their requests; every connection and request
     /// holds a receiver, so `closed()` means "all done".
     drain: watch::Sender<bool>,
@@ -21,10 +25,11 @@ pub struct Live {
     tcp_drain: Mutex<Option<GracefulShutdown>>,
 }
 
-impl Default for Live {
-    fn default() -> Self {
+impl Live {
+    pub fn new(telemetry: Arc<Telemetry>) -> Self {
         Live {
             runtime: ArcSwapOption::empty(),
+            telemetry,
             drain: watch::channel(false).0,
             shutting_down: AtomicBool::new(false),
             tcp_drain: Mutex::new(Some(GracefulShutdown::new())),
@@ -33,6 +38,11 @@ impl Default for Live {
 }
 
 impl Live {
+    /// Where requests' access logs and spans go.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
     /// The runtime serving now, if a config was loaded.
     pub fn runtime(&self) -> Option<Arc<Runtime>> {
         self.runtime.load_full()

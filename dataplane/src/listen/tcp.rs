@@ -85,7 +85,7 @@ async fn serve_connection(
         if !seen_svc.load(Ordering::Relaxed) {
             seen_svc.store(true, Ordering::Relaxed);
         }
-        async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), &info, req).await) }
+        async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), dp.telemetry(), &info, req).await) }
     });
     let result = match &l.tls {
         None => {

@@ -8,10 +8,9 @@ use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::http::tracecontext::TraceContext;
 use crate::policy::filters::{rewrite_path, RuleRt, Target};
 use crate::runtime::compile::Runtime;
+use crate::telemetry::hub::Telemetry;
 use crate::telemetry::metrics::{self, RouteMetrics};
-use crate::telemetry::observe::{
-    access_log_enabled, CountingBody, Exchange, InFlightGuard, ObservedBody,
-};
+use crate::telemetry::observe::{CountingBody, Exchange, InFlightGuard, ObservedBody};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -31,6 +30,7 @@ pub use crate::http::headers::normalize_path;
 /// then the response body is wrapped so the exchange is measured and logged when it ends.
 pub async fn handle<B>(
     runtime: Option<Arc<Runtime>>,
+    telemetry: &Arc<Telemetry>,
     conn: &ConnInfo,
     mut req: Request<B>,
 ) -> Response<ProxyBody>
@@ -43,11 +43,11 @@ where
     let in_flight = InFlightGuard::new(protocol);
     let mut trace = TraceContext::from_headers(req.headers());
     // Sampling (when spans are exported) sets the flags sent upstream.
-    let mut span = crate::telemetry::otel::start(&mut trace);
+    let mut span = telemetry.start_span(&mut trace);
     trace.inject(req.headers_mut());
     let method = req.method().clone();
     let (host, path) =
-        if access_log_enabled() || crate::telemetry::shipper::shipping_logs() || span.is_some() {
+        if telemetry.access_log_enabled() || telemetry.shipping_logs() || span.is_some() {
             (request_host(&req), Some(req.uri().path().to_string()))
         } else {
             (None, None)
@@ -83,6 +83,7 @@ where
         span,
         bytes_in,
         in_flight,
+        telemetry: telemetry.clone(),
     };
     Response::from_parts(parts, ObservedBody::new(body, exchange).boxed_unsync())
 }

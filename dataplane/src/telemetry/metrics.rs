@@ -17,6 +17,7 @@
 //! never paths, hosts or client addresses.
 
 use crate::http::reply::ErrorKind;
+use crate::telemetry::sink::SinkHandle;
 use http::{Method, Version};
 use prometheus::core::Collector;
 use prometheus::{
@@ -98,6 +99,12 @@ pub fn error_kind_index(kind: &str) -> Option<usize> {
 }
 
 /// The process-wide metrics.
+///
+/// This one stays a global, unlike the rest of telemetry (see [`crate::telemetry::hub`]): the
+/// registry is read on every hot path (in-flight gauges, per-protocol counters, upstream pool
+/// and health gauges, the rule and backend handles compiled into the runtime), so passing a
+/// handle would thread a parameter through every layer for state that is process-wide by
+/// nature (one registry per `/metrics` endpoint, as Prometheus' own `default_registry` is).
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
@@ -547,9 +554,9 @@ impl Metrics {
     }
 
     /// The text exposition of every family, with the state families read from `rt` now.
-    pub fn render(&self, rt: Option<&dyn StateSource>) -> Vec<u8> {
+    pub fn render(&self, rt: Option<&dyn StateSource>, sinks: &[Arc<SinkHandle>]) -> Vec<u8> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh(rt);
+        self.refresh(rt, sinks);
         let mut out = Vec::with_capacity(64 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(error = %e, "cannot encode metrics");
@@ -558,19 +565,23 @@ impl Metrics {
     }
 
     /// Every family with the state families read from `rt` now (the `httpJson` sinks ship this).
-    pub fn gather(&self, rt: Option<&dyn StateSource>) -> Vec<prometheus::proto::MetricFamily> {
+    pub fn gather(
+        &self,
+        rt: Option<&dyn StateSource>,
+        sinks: &[Arc<SinkHandle>],
+    ) -> Vec<prometheus::proto::MetricFamily> {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        self.refresh(rt);
+        self.refresh(rt, sinks);
         self.registry.gather()
     }
 
-    fn refresh_sinks(&self) {
+    fn refresh_sinks(&self, sinks: &[Arc<SinkHandle>]) {
         use std::sync::atomic::Ordering::Relaxed;
         self.sink_items.reset();
         self.sink_attempts.reset();
         self.sink_queue.reset();
         self.sink_last_success.reset();
-        for h in crate::telemetry::shipper::handles() {
+        for h in sinks {
             let s = &h.stats;
             let n = h.name.as_str();
             for (result, c) in [
@@ -597,8 +608,8 @@ impl Metrics {
         }
     }
 
-    fn refresh(&self, rt: Option<&dyn StateSource>) {
-        self.refresh_sinks();
+    fn refresh(&self, rt: Option<&dyn StateSource>, sinks: &[Arc<SinkHandle>]) {
+        self.refresh_sinks(sinks);
         self.endpoint_available_since.reset();
         for g in [
             &self.endpoint_healthy,
@@ -933,7 +944,7 @@ mod tests {
             error: None,
             body_error: true,
         });
-        let text = String::from_utf8(metrics().render(None)).unwrap();
+        let text = String::from_utf8(metrics().render(None, &[])).unwrap();
         assert!(
             text.contains("weir_proxy_errors_total{backend=\"b\",kind=\"upstream_body_error\",route=\"body-err-route\"} 1"),
             "{text}"
@@ -955,7 +966,7 @@ mod tests {
             body_error: false,
         });
         m.config_applied(Ok("v1"));
-        let text = String::from_utf8(m.render(None)).unwrap();
+        let text = String::from_utf8(m.render(None, &[])).unwrap();
         assert!(text.contains(
             "weir_requests_total{backend=\"b\",method=\"GET\",protocol=\"h1\",route=\"r\",status_class=\"2xx\"} 1"
         ));

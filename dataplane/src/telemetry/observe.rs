@@ -9,27 +9,17 @@
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::reply::ErrorKind;
 use crate::http::tracecontext::TraceContext;
+use crate::telemetry::hub::Telemetry;
 use crate::telemetry::metrics::{metrics, Finished, RouteMetrics, PROTOCOLS};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use prometheus::IntGauge;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
-
-static ACCESS_LOG: AtomicBool = AtomicBool::new(true);
-
-/// Turns access logs (target `weir::access`) on or off at runtime.
-pub fn set_access_log(on: bool) {
-    ACCESS_LOG.store(on, Ordering::Relaxed);
-}
-
-pub fn access_log_enabled() -> bool {
-    ACCESS_LOG.load(Ordering::Relaxed)
-}
 
 pin_project_lite::pin_project! {
     /// A request body that counts the bytes read from the client.
@@ -111,6 +101,8 @@ pub struct Exchange {
     pub span: Option<Box<crate::telemetry::otel::RequestSpan>>,
     pub bytes_in: Arc<AtomicU64>,
     pub in_flight: InFlightGuard,
+    /// Where the access log and span go.
+    pub telemetry: Arc<Telemetry>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -144,7 +136,7 @@ impl Exchange {
             error: self.error.map(ErrorKind::index),
             body_error: end == End::UpstreamError,
         });
-        if access_log_enabled() {
+        if self.telemetry.access_log_enabled() {
             tracing::info!(
                 target: "weir::access",
                 listener = %self.listener,
@@ -170,7 +162,7 @@ impl Exchange {
         }
         if let Some(span) = self.span {
             crate::telemetry::otel::finish(
-                span,
+                *span,
                 crate::telemetry::otel::Ended {
                     method: &self.method,
                     host: self.host.as_deref(),
@@ -188,29 +180,30 @@ impl Exchange {
                 },
             );
         }
-        if crate::telemetry::shipper::shipping_logs() {
+        if self.telemetry.shipping_logs() {
             // Captured, not formatted (the sinks' tasks encode); the strings are moved.
-            crate::telemetry::shipper::ship_access(crate::telemetry::shipper::AccessEvent {
-                time: std::time::SystemTime::now(),
-                listener: self.listener,
-                client: self.client,
-                method: self.method,
-                host: self.host,
-                path: self.path,
-                protocol: PROTOCOLS[self.protocol],
-                status: self.status,
-                bytes_in,
-                bytes_out,
-                duration,
-                route: self.metrics.route.clone(),
-                backend: self.metrics.backend.clone(),
-                upstream: self.upstream,
-                attempts: self.attempts,
-                error: self.error.map(ErrorKind::code),
-                end: end.as_str(),
-                trace_id: self.trace.trace_id,
-                span_id: self.trace.span_id,
-            });
+            self.telemetry
+                .ship_access(crate::telemetry::event::AccessEvent {
+                    time: std::time::SystemTime::now(),
+                    listener: self.listener,
+                    client: self.client,
+                    method: self.method,
+                    host: self.host,
+                    path: self.path,
+                    protocol: PROTOCOLS[self.protocol],
+                    status: self.status,
+                    bytes_in,
+                    bytes_out,
+                    duration,
+                    route: self.metrics.route.clone(),
+                    backend: self.metrics.backend.clone(),
+                    upstream: self.upstream,
+                    attempts: self.attempts,
+                    error: self.error.map(ErrorKind::code),
+                    end: end.as_str(),
+                    trace_id: self.trace.trace_id,
+                    span_id: self.trace.span_id,
+                });
         }
         drop(self.in_flight);
     }

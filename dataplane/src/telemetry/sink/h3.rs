@@ -1,7 +1,7 @@
 //! HTTP/3 transport of `httpJson` sinks (`transport: http3`): batches are POSTed over QUIC +
 //! HTTP/3 (quinn, h3). One connection per endpoint authority is kept and reused for every
 //! batch; a connection that failed or closed is replaced on the next send. Retries, backoff
-//! and counters are the shipper's (see [`crate::telemetry::shipper`]).
+//! and counters are the `httpJson` sink's (see [`crate::telemetry::sink::http_json`]).
 
 use bytes::{Buf, Bytes};
 use std::collections::HashMap;
