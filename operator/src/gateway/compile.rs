@@ -1136,6 +1136,7 @@ impl Ctx<'_> {
         let mut has_redirect = false;
         let mut has_rewrite_path = false;
         let mut mirrors = Vec::new();
+        let mut extension_unresolved = None;
         for (j, flt) in filters.iter().enumerate() {
             let fp = format!("{p}.filters[{j}]");
             let t = flt.type_.as_str();
@@ -1258,10 +1259,23 @@ impl Ctx<'_> {
                     }
                     None => missing("requestMirror", errs),
                 },
-                "ExtensionRef" => errs.push(FieldError::new(
-                    format!("{fp}.type"),
-                    "ExtensionRef filters are not supported",
-                )),
+                // No extension filter kind is known to Weir, so none resolves. The spec: such
+                // a filter is not skipped, the requests it would have handled get an error
+                // (500 here), and ResolvedRefs says why.
+                "ExtensionRef" => match &flt.extension_ref {
+                    Some(x) => {
+                        let s = |k: &str| x[k].as_str().unwrap_or_default().to_string();
+                        let msg = format!(
+                            "{fp}.extensionRef: {} {}/{} is not a filter Weir knows; the rule answers 500",
+                            s("group"),
+                            s("kind"),
+                            s("name")
+                        );
+                        unresolved.push(("InvalidKind", msg.clone()));
+                        extension_unresolved.get_or_insert(msg);
+                    }
+                    None => missing("extensionRef", errs),
+                },
                 other => errs.push(FieldError::new(
                     format!("{fp}.type"),
                     format!("unsupported value {other:?}"),
@@ -1273,6 +1287,13 @@ impl Ctx<'_> {
                 format!("{p}.filters"),
                 "RequestRedirect and URLRewrite with a path may not be used together",
             ));
+        }
+        if let Some(why) = extension_unresolved {
+            rule.remove("redirect");
+            rule.insert(
+                "directResponse".into(),
+                json!({"status": 500, "body": format!("{why}\n")}),
+            );
         }
         if !mirrors.is_empty() {
             f.insert("mirrors".into(), mirrors.into());
@@ -1320,8 +1341,9 @@ impl Ctx<'_> {
                 }
             }
         }
-        if rule.contains_key("redirect") {
-            // The redirect answers; backendRefs are not used.
+        if rule.contains_key("redirect") || rule.contains_key("directResponse") {
+            // The redirect (or an unresolved ExtensionRef's 500) answers; backendRefs are
+            // not used.
         } else if total_weight > 0 {
             // Unresolved refs stay in, marked invalid: their share (all of it when none
             // resolved) answers 500 (gRPC: UNAVAILABLE) with the reason.
