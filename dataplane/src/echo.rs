@@ -313,9 +313,7 @@ async fn handle(
 
 /// The response headers a request asks for in `X-Echo-Set-Header` (`Name:value`, comma
 /// separated, as the Gateway API conformance echo server reads it); malformed ones are skipped.
-fn echo_set_headers(
-    headers: &http::HeaderMap,
-) -> Vec<(http::HeaderName, http::HeaderValue)> {
+fn echo_set_headers(headers: &http::HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
     headers
         .get_all("x-echo-set-header")
         .iter()

@@ -1420,8 +1420,16 @@ const CASES: &[Case] = &[
         name: "HTTPRouteCORS",
         manifest: "httproute-cors.yaml",
         conditions: &[
-            accepted(INFRA, "cors-multiple-origins-methods-headers", "same-namespace"),
-            resolved(INFRA, "cors-multiple-origins-methods-headers", "same-namespace"),
+            accepted(
+                INFRA,
+                "cors-multiple-origins-methods-headers",
+                "same-namespace",
+            ),
+            resolved(
+                INFRA,
+                "cors-multiple-origins-methods-headers",
+                "same-namespace",
+            ),
             accepted(INFRA, "cors-wildcard-methods", "same-namespace"),
             resolved(INFRA, "cors-wildcard-methods", "same-namespace"),
             resolved(INFRA, "cors-wildcard-origin", "same-namespace"),
@@ -1439,7 +1447,11 @@ const CASES: &[Case] = &[
         name: "HTTPRouteInvalidParentRefNotMatchingListenerPort",
         manifest: "httproute-invalid-parentref-not-matching-listener-port.yaml",
         conditions: &[
-            resolved(INFRA, "httproute-listener-not-matching-route-port", "same-namespace"),
+            resolved(
+                INFRA,
+                "httproute-listener-not-matching-route-port",
+                "same-namespace",
+            ),
             cond(
                 INFRA,
                 "httproute-listener-not-matching-route-port",
@@ -1741,8 +1753,12 @@ async fn check_case(client: &Client, addr: &str, c: &Case) -> Result<(), String>
         })?;
     }
     for rt in roundtrips(c.name) {
-        check_roundtrip(addr, rt)
-            .map_err(|why| format!("{} {}{} {:?}: {why}", rt.method, rt.host, rt.path, rt.headers))?;
+        check_roundtrip(addr, rt).map_err(|why| {
+            format!(
+                "{} {}{} {:?}: {why}",
+                rt.method, rt.host, rt.path, rt.headers
+            )
+        })?;
     }
     if !c.weights.is_empty() {
         weighted(addr, c.weights, c.name.starts_with("GRPC")).await?;
@@ -2426,10 +2442,15 @@ const MODIFY_SEEN: &[(&str, &str)] = &[
 
 /// What a preflight of /cors-1 gets (its route allows GET and OPTIONS, two headers, two
 /// exposed headers, credentials, max age 3600), for the origin that asked.
-const fn cors_1_preflight(origin: &'static [&'static str]) -> [(&'static str, &'static [&'static str]); 6] {
+const fn cors_1_preflight(
+    origin: &'static [&'static str],
+) -> [(&'static str, &'static [&'static str]); 6] {
     [
         ("access-control-allow-origin", origin),
-        ("access-control-allow-methods", &["GET, OPTIONS", "OPTIONS, GET"]),
+        (
+            "access-control-allow-methods",
+            &["GET, OPTIONS", "OPTIONS, GET"],
+        ),
         (
             "access-control-allow-headers",
             &["x-header-1, x-header-2", "x-header-2, x-header-1"],
@@ -2444,8 +2465,7 @@ const fn cors_1_preflight(origin: &'static [&'static str]) -> [(&'static str, &'
 }
 const CORS_1_PREFLIGHT_FOO: &[(&str, &[&str])] = &cors_1_preflight(&["https://www.foo.com"]);
 const CORS_1_PREFLIGHT_BAR: &[(&str, &[&str])] = &cors_1_preflight(&["https://www.bar.com"]);
-const CORS_1_PREFLIGHT_XPTO: &[(&str, &[&str])] =
-    &cors_1_preflight(&["https://xpto.www.bar.com"]);
+const CORS_1_PREFLIGHT_XPTO: &[(&str, &[&str])] = &cors_1_preflight(&["https://xpto.www.bar.com"]);
 
 /// The upstream test cases of the extended tests, by test name.
 const ROUNDTRIPS: &[(&str, &[Roundtrip])] = &[
@@ -2463,7 +2483,10 @@ const ROUNDTRIPS: &[(&str, &[Roundtrip])] = &[
             },
             Roundtrip {
                 path: "/set",
-                headers: &[("Some-Other-Header", "val"), ("X-Header-Set", "some-other-value")],
+                headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "some-other-value"),
+                ],
                 seen_headers: &[
                     ("Some-Other-Header", "val"),
                     ("X-Header-Set", "set-overwrites-values"),
@@ -2481,7 +2504,10 @@ const ROUNDTRIPS: &[(&str, &[Roundtrip])] = &[
             },
             Roundtrip {
                 path: "/add",
-                headers: &[("Some-Other-Header", "val"), ("X-Header-Add", "some-other-value")],
+                headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value"),
+                ],
                 seen_headers: &[
                     ("Some-Other-Header", "val"),
                     ("X-Header-Add", "some-other-value,add-appends-values"),
@@ -2690,7 +2716,10 @@ const ROUNDTRIPS: &[(&str, &[Roundtrip])] = &[
                 or_status: &[204],
                 backend: None,
                 response_one_of: &[
-                    ("access-control-allow-origin", &["https://foobar.com:12345", "*"]),
+                    (
+                        "access-control-allow-origin",
+                        &["https://foobar.com:12345", "*"],
+                    ),
                     ("access-control-allow-methods", &["PUT"]),
                 ],
                 response_absent: &["Access-Control-Allow-Credentials"],
@@ -2745,7 +2774,10 @@ const ROUNDTRIPS: &[(&str, &[Roundtrip])] = &[
                 ],
                 backend: None,
                 response_one_of: &[
-                    ("access-control-allow-origin", &["https://other.foo.com", "*"]),
+                    (
+                        "access-control-allow-origin",
+                        &["https://other.foo.com", "*"],
+                    ),
                     ("access-control-allow-methods", &["PUT", "*"]),
                     (
                         "access-control-allow-headers",
@@ -2793,7 +2825,10 @@ const ROUNDTRIPS: &[(&str, &[Roundtrip])] = &[
             },
             Roundtrip {
                 path: "/set",
-                backend_sets: &[("Some-Other-Header", "val"), ("X-Header-Set", "some-other-value")],
+                backend_sets: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "some-other-value"),
+                ],
                 response_headers: &[
                     ("Some-Other-Header", "val"),
                     ("X-Header-Set", "set-overwrites-values"),
@@ -2811,7 +2846,10 @@ const ROUNDTRIPS: &[(&str, &[Roundtrip])] = &[
             },
             Roundtrip {
                 path: "/add",
-                backend_sets: &[("Some-Other-Header", "val"), ("X-Header-Add", "some-other-value")],
+                backend_sets: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value"),
+                ],
                 response_headers: &[
                     ("Some-Other-Header", "val"),
                     ("X-Header-Add", "some-other-value,add-appends-values"),
@@ -3026,7 +3064,11 @@ fn header_values(head: &str, name: &str) -> Option<String> {
 /// One roundtrip through the dataplane's plain listener, checked as upstream's
 /// `CompareRoundTrip` does (see `Roundtrip`).
 fn check_roundtrip(addr: &str, rt: &Roundtrip) -> Result<(), String> {
-    let set: Vec<String> = rt.backend_sets.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    let set: Vec<String> = rt
+        .backend_sets
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect();
     let set = set.join(",");
     let mut headers = rt.headers.to_vec();
     if !set.is_empty() {
@@ -3041,7 +3083,9 @@ fn check_roundtrip(addr: &str, rt: &Roundtrip) -> Result<(), String> {
     for (k, valid) in rt.response_one_of {
         let got = header_values(&head, k).map(|v| no_ws(&v));
         if !valid.iter().any(|v| got.as_deref() == Some(&no_ws(v))) {
-            return Err(format!("response header {k}: {got:?}, want one of {valid:?}"));
+            return Err(format!(
+                "response header {k}: {got:?}, want one of {valid:?}"
+            ));
         }
     }
     for (k, want) in rt.response_headers {
@@ -3050,7 +3094,11 @@ fn check_roundtrip(addr: &str, rt: &Roundtrip) -> Result<(), String> {
             return Err(format!("response header {k}: {got:?}, want {want:?}"));
         }
     }
-    if let Some(k) = rt.response_absent.iter().find(|k| header_values(&head, k).is_some()) {
+    if let Some(k) = rt
+        .response_absent
+        .iter()
+        .find(|k| header_values(&head, k).is_some())
+    {
         return Err(format!("response header {k} should be absent"));
     }
     if let Some(b) = rt.backend {

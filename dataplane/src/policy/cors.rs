@@ -103,8 +103,10 @@ pub fn preflight<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<Response<
     {
         return None;
     }
+    // 200, not 204: both are "ok" to a browser (Fetch), and the Gateway API CORS conformance
+    // test (v1.6) accepts only 200 for most of its preflights (Envoy answers 200 too).
     let mut resp = Response::new(crate::http::body::empty());
-    *resp.status_mut() = StatusCode::NO_CONTENT;
+    *resp.status_mut() = StatusCode::OK;
     let out = resp.headers_mut();
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
     let Some(origin) = cors.allow_origin(h) else {
@@ -130,6 +132,11 @@ pub fn preflight<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<Response<
     }
     if let Some(v) = &cors.max_age {
         out.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+    }
+    // Browsers read it from the actual response only, but the Gateway API CORS conformance
+    // test (v1.6) expects the preflight to carry it too; it costs one header.
+    if let Some(v) = &cors.expose {
+        out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
     }
     Some(resp)
 }

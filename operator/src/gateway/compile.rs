@@ -1005,7 +1005,15 @@ fn cors(c: &Cors) -> Value {
         "allowOrigins".into(),
         c.allow_origins
             .iter()
-            .map(|s| origin(s))
+            .map(|s| match s.as_str() {
+                // The spec: `*` with credentials answers with the request's Origin (browsers
+                // refuse `*` then); the contract's `*` means the literal `*`, and refuses it
+                // with credentials, so it is any origin as a pattern, which echoes it.
+                "*" if c.allow_credentials == Some(true) => {
+                    json!({"type": "RegularExpression", "value": "[a-zA-Z][a-zA-Z0-9+.-]*://[^/]+"})
+                }
+                s => origin(s),
+            })
             .collect::<Vec<_>>()
             .into(),
     );
