@@ -2085,7 +2085,7 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
             "gateway e2e: {} {}",
             c.name,
             if failed.last().is_some_and(|f| f.starts_with(c.name)) {
-                "FAILED"
+                failed.last().map(String::as_str).unwrap_or("FAILED")
             } else {
                 "passed"
             }
