@@ -1,6 +1,6 @@
 //! Gateway API end to end, against the real v1.20 API server of `make e2e`: the operator starts
 //! and serves a ProxyRoute without the Gateway API CRDs, picks them up once installed, and a
-//! ported subset of the upstream core conformance tests (GATEWAY-HTTP, v1.6.1) runs with the
+//! ported subset of the upstream core and extended conformance tests (GATEWAY-HTTP, v1.6.1) runs with the
 //! upstream manifests, `weir-echo` processes standing in for the backend Pods (one per Service,
 //! behind EndpointSlices `v1beta1` written by the test: v1.20 runs no controller-manager here).
 //!
