@@ -7,6 +7,11 @@
 //! request body back), `stats=1` (JSON counters: requests, request bodies that failed midway,
 //! streamed responses dropped before their end, requests abandoned before a response — how a
 //! test sees a cancel reach the backend).
+//! As the Gateway API conformance echo server: `delay=D` (a duration, `1s`, `500ms`) waits
+//! like `delay_ms`, and a request header `X-Echo-Set-Header: Name:value,Other:value` becomes
+//! those response headers (what lets a test see a gateway's response header filters act on the
+//! backend's headers). Every echoed request is logged (`weir::echo`, info: method, path and
+//! query, host), how a test sees a mirrored copy arrive, as upstream reads the mirror Pod's log.
 //! `GET /healthz` is a health endpoint: 200 while healthy, 503 after `set_healthy=0` (any
 //! path; `set_healthy=1` heals), counted apart from `requests` (`healthChecks`,
 //! `healthChecksFailed` in the stats).
@@ -132,9 +137,12 @@ async fn handle(
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    let builder = Response::builder()
+    let mut builder = Response::builder()
         .status(status)
         .header("x-echo-server", name);
+    for (k, v) in echo_set_headers(req.headers()) {
+        builder = builder.header(k, v);
+    }
     let st = &server.stats;
     match param("set_healthy") {
         Some("0") => st.unhealthy.store(true, Ordering::Relaxed),
@@ -180,8 +188,23 @@ async fn handle(
     }
     // Counted on arrival, so a test can tell a request is in progress during its delay.
     server.stats.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(ms) = param("delay_ms").and_then(|s| s.parse::<u64>().ok()) {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    // In the message, not as fields: a test matches the line as text, and fields get
+    // ANSI-styled names.
+    tracing::info!(
+        target: "weir::echo",
+        "echoing {} {} for host {:?}",
+        req.method(),
+        req.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+        req.headers().get(http::header::HOST),
+    );
+    let delay = match param("delay_ms").and_then(|s| s.parse::<u64>().ok()) {
+        Some(ms) => Some(std::time::Duration::from_millis(ms)),
+        None => param("delay")
+            .and_then(|d| d.parse::<weir_config::Duration>().ok())
+            .map(|d| d.get()),
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
     }
 
     if param("mirror") == Some("1") {
@@ -286,6 +309,23 @@ async fn handle(
                 .boxed_unsync(),
         )
         .unwrap_or_else(|_| Response::new(empty())))
+}
+
+/// The response headers a request asks for in `X-Echo-Set-Header` (`Name:value`, comma
+/// separated, as the Gateway API conformance echo server reads it); malformed ones are skipped.
+fn echo_set_headers(headers: &http::HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    headers
+        .get_all("x-echo-set-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once(':')?;
+            let name = http::HeaderName::from_bytes(k.trim().as_bytes()).ok()?;
+            let value = http::HeaderValue::from_str(v.trim()).ok()?;
+            Some((name, value))
+        })
+        .collect()
 }
 
 fn empty() -> EchoBody {

@@ -1,6 +1,6 @@
 //! Gateway API end to end, against the real v1.20 API server of `make e2e`: the operator starts
 //! and serves a ProxyRoute without the Gateway API CRDs, picks them up once installed, and a
-//! ported subset of the upstream core conformance tests (GATEWAY-HTTP, v1.6.1) runs with the
+//! ported subset of the upstream core and extended conformance tests (GATEWAY-HTTP, v1.6.1) runs with the
 //! upstream manifests, `weir-echo` processes standing in for the backend Pods (one per Service,
 //! behind EndpointSlices `v1beta1` written by the test: v1.20 runs no controller-manager here).
 //!
@@ -1631,6 +1631,218 @@ const CASES: &[Case] = &[
         skip: None,
         mutate: None,
     },
+    // Extended (the checks beyond `Expect` are in `ROUNDTRIPS`, by test name).
+    Case {
+        name: "HTTPRoute303Redirect",
+        manifest: "httproute-303-redirect.yaml",
+        conditions: &[
+            accepted(INFRA, "303-redirect", "same-namespace"),
+            resolved(INFRA, "303-redirect", "same-namespace"),
+        ],
+        requests: &[redirect("/see-other", 303, "http://example.com/see-other")],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRoute303RedirectStatusCode"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteBackendRequestHeaderModifier",
+        manifest: "httproute-request-header-modifier-backend.yaml",
+        conditions: &[
+            accepted(INFRA, "request-header-modifier", "same-namespace"),
+            resolved(INFRA, "request-header-modifier", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteBackendRequestHeaderModification"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteCORS",
+        manifest: "httproute-cors.yaml",
+        conditions: &[
+            accepted(
+                INFRA,
+                "cors-multiple-origins-methods-headers",
+                "same-namespace",
+            ),
+            resolved(
+                INFRA,
+                "cors-multiple-origins-methods-headers",
+                "same-namespace",
+            ),
+            accepted(INFRA, "cors-wildcard-methods", "same-namespace"),
+            resolved(INFRA, "cors-wildcard-methods", "same-namespace"),
+            resolved(INFRA, "cors-wildcard-origin", "same-namespace"),
+            resolved(INFRA, "cors-wildcard-methods-headers", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteCORS"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteInvalidParentRefNotMatchingListenerPort",
+        manifest: "httproute-invalid-parentref-not-matching-listener-port.yaml",
+        conditions: &[
+            resolved(
+                INFRA,
+                "httproute-listener-not-matching-route-port",
+                "same-namespace",
+            ),
+            cond(
+                INFRA,
+                "httproute-listener-not-matching-route-port",
+                "same-namespace",
+                "Accepted",
+                "False",
+                "NoMatchingParent",
+            ),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[("same-namespace", "http", 0)],
+        weights: &[],
+        feature: Some("HTTPRouteDestinationPortMatching"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteInvalidParentRefSectionNameNotMatchingPort",
+        manifest: "httproute-invalid-parentref-section-name-not-matching-port.yaml",
+        conditions: &[cond(
+            INFRA,
+            "httproute-listener-section-name-not-matching-port",
+            "gateway-with-one-not-matching-port-and-section-name-route",
+            "Accepted",
+            "False",
+            "NoMatchingParent",
+        )],
+        requests: &[],
+        listeners: &[],
+        attached: &[(
+            "gateway-with-one-not-matching-port-and-section-name-route",
+            "http",
+            0,
+        )],
+        weights: &[],
+        feature: Some("HTTPRouteParentRefPort"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteRequestMirror",
+        manifest: "httproute-request-mirror.yaml",
+        conditions: &[
+            accepted(INFRA, "request-mirror", "same-namespace"),
+            resolved(INFRA, "request-mirror", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteRequestMirror"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteRequestMultipleMirrors",
+        manifest: "httproute-request-multiple-mirrors.yaml",
+        conditions: &[
+            accepted(INFRA, "request-multiple-mirrors", "same-namespace"),
+            resolved(INFRA, "request-multiple-mirrors", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteRequestMultipleMirrors"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteResponseHeaderModifier",
+        manifest: "httproute-response-header-modifier.yaml",
+        conditions: &[
+            accepted(INFRA, "response-header-modifier", "same-namespace"),
+            resolved(INFRA, "response-header-modifier", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteResponseHeaderModification"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteRewriteHost",
+        manifest: "httproute-rewrite-host.yaml",
+        conditions: &[
+            accepted(INFRA, "rewrite-host", "same-namespace"),
+            resolved(INFRA, "rewrite-host", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteHostRewrite"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteRewritePath",
+        manifest: "httproute-rewrite-path.yaml",
+        conditions: &[
+            accepted(INFRA, "rewrite-path", "same-namespace"),
+            resolved(INFRA, "rewrite-path", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRoutePathRewrite"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteTimeoutBackendRequest",
+        manifest: "httproute-timeout-backend-request.yaml",
+        conditions: &[
+            accepted(INFRA, "backend-request-timeout", "same-namespace"),
+            resolved(INFRA, "backend-request-timeout", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteBackendTimeout"),
+        skip: None,
+        mutate: None,
+    },
+    Case {
+        name: "HTTPRouteTimeoutRequest",
+        manifest: "httproute-timeout-request.yaml",
+        conditions: &[
+            accepted(INFRA, "request-timeout", "same-namespace"),
+            resolved(INFRA, "request-timeout", "same-namespace"),
+        ],
+        requests: &[],
+        listeners: &[],
+        attached: &[],
+        weights: &[],
+        feature: Some("HTTPRouteRequestTimeout"),
+        skip: None,
+        mutate: None,
+    },
 ];
 
 /// A `gateway.networking.k8s.io/v1` resource by its plural.
@@ -1788,6 +2000,14 @@ async fn check_case(client: &Client, addr: &str, c: &Case) -> Result<(), String>
                 e.host,
                 e.path,
                 e.headers
+            )
+        })?;
+    }
+    for rt in roundtrips(c.name) {
+        check_roundtrip(addr, rt).map_err(|why| {
+            format!(
+                "{} {}{} {:?}: {why}",
+                rt.method, rt.host, rt.path, rt.headers
             )
         })?;
     }
@@ -2265,6 +2485,7 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
     .await;
     let base = docs(&upstream.join("conformance/base/manifests.yaml"));
     let mut echoes = Vec::new();
+    let _ = ECHO_LOGS.set(dir.to_path_buf());
     for d in &base {
         match d["kind"].as_str() {
             // No controllers run here: stand-ins for the Pods are started below.
@@ -2399,7 +2620,7 @@ async fn scenario(client: &Client, dir: PathBuf, kubeconfig: &Path, upstream: &P
             "gateway e2e: {} {}",
             c.name,
             if failed.last().is_some_and(|f| f.starts_with(c.name)) {
-                "FAILED"
+                failed.last().map(String::as_str).unwrap_or("FAILED")
             } else {
                 "passed"
             }
@@ -2681,6 +2902,8 @@ async fn stand_in(client: &Client, dir: &Path, svc: &Value) -> Proc {
     let port = free_port();
     let mut c = Command::new(bin("weir-echo"));
     c.args(["--listen", &format!("127.0.0.1:{port}"), "--name", name]);
+    // Each echoed request is logged: how a mirrored copy is seen (`ROUNDTRIPS`).
+    c.env("RUST_LOG", "weir::echo=info");
     let p = Proc::spawn(&format!("echo-{ns}-{name}"), dir, c);
     let ports: Vec<Value> = svc["spec"]["ports"]
         .as_array()
@@ -2698,4 +2921,779 @@ async fn stand_in(client: &Client, dir: &Path, svc: &Value) -> Proc {
     });
     apply_any(client, &slice).await;
     p
+}
+
+/// Where the stand-in echoes write their logs (`echo-{namespace}-{service}.log`), for the
+/// mirror checks.
+static ECHO_LOGS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// An upstream `http.ExpectedResponse` with what `Expect` does not say: the request as the
+/// backend received it, the response headers, and the mirrors that got a copy. Checked after
+/// a case's `requests`, by the case's name (`ROUNDTRIPS`).
+struct Roundtrip {
+    method: &'static str,
+    host: &'static str,
+    path: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    /// Response headers the backend is asked to set (upstream's `BackendSetResponseHeaders`,
+    /// sent as `X-Echo-Set-Header`, which `weir-echo` honours as upstream's echo server does).
+    backend_sets: &'static [(&'static str, &'static str)],
+    status: u16,
+    /// Other statuses upstream accepts (a CORS preflight may answer 200 or 204).
+    or_status: &'static [u16],
+    /// The echo backend that answered (a 200 only).
+    backend: Option<&'static str>,
+    /// The path and query the backend received (None: the request's, as upstream checks
+    /// when no `ExpectedRequest` is given).
+    seen_path: Option<&'static str>,
+    /// The `Host` the backend received (None: not checked, as upstream).
+    seen_host: Option<&'static str>,
+    /// Request headers the backend received (values compared as upstream: all values of the
+    /// name joined with `,`), and ones it must not have.
+    seen_headers: &'static [(&'static str, &'static str)],
+    seen_absent: &'static [&'static str],
+    /// Response headers the client got, and ones it must not have.
+    response_headers: &'static [(&'static str, &'static str)],
+    response_absent: &'static [&'static str],
+    /// Response headers with any of these values, whitespace ignored (upstream's
+    /// `ValidHeaderValues`, where an implementation may choose, e.g. the order of methods).
+    response_one_of: &'static [(&'static str, &'static [&'static str])],
+    /// Services in the infra namespace that must have received a copy of the request (their
+    /// echo logged `echoing METHOD PATH`; upstream reads the mirror Pod's log the same way).
+    mirrored_to: &'static [&'static str],
+}
+
+/// A GET of `/` on example.com answered 200 by infra-backend-v1; cases override fields.
+const RT: Roundtrip = Roundtrip {
+    method: "GET",
+    host: "example.com",
+    path: "/",
+    headers: &[],
+    backend_sets: &[],
+    status: 200,
+    or_status: &[],
+    backend: Some("infra-backend-v1"),
+    seen_path: None,
+    seen_host: None,
+    seen_headers: &[],
+    seen_absent: &[],
+    response_headers: &[],
+    response_absent: &[],
+    response_one_of: &[],
+    mirrored_to: &[],
+};
+
+/// The request header filter of upstream's "...-and-modify-headers" rules, as sent and as the
+/// backend must see it.
+const MODIFY_SENT: &[(&str, &str)] = &[
+    ("X-Header-Remove", "remove-val"),
+    ("X-Header-Add-Append", "append-val-1"),
+];
+const MODIFY_SEEN: &[(&str, &str)] = &[
+    ("X-Header-Add", "header-val-1"),
+    ("X-Header-Add-Append", "append-val-1,header-val-2"),
+    ("X-Header-Set", "set-overwrites-values"),
+];
+
+/// What a preflight of /cors-1 gets (its route allows GET and OPTIONS, two headers, two
+/// exposed headers, credentials, max age 3600), for the origin that asked.
+const fn cors_1_preflight(
+    origin: &'static [&'static str],
+) -> [(&'static str, &'static [&'static str]); 6] {
+    [
+        ("access-control-allow-origin", origin),
+        (
+            "access-control-allow-methods",
+            &["GET, OPTIONS", "OPTIONS, GET"],
+        ),
+        (
+            "access-control-allow-headers",
+            &["x-header-1, x-header-2", "x-header-2, x-header-1"],
+        ),
+        (
+            "access-control-expose-headers",
+            &["x-header-3, x-header-4", "x-header-4, x-header-3"],
+        ),
+        ("access-control-max-age", &["3600"]),
+        ("access-control-allow-credentials", &["true"]),
+    ]
+}
+const CORS_1_PREFLIGHT_FOO: &[(&str, &[&str])] = &cors_1_preflight(&["https://www.foo.com"]);
+const CORS_1_PREFLIGHT_BAR: &[(&str, &[&str])] = &cors_1_preflight(&["https://www.bar.com"]);
+const CORS_1_PREFLIGHT_XPTO: &[(&str, &[&str])] = &cors_1_preflight(&["https://xpto.www.bar.com"]);
+
+/// The upstream test cases of the extended tests, by test name.
+const ROUNDTRIPS: &[(&str, &[Roundtrip])] = &[
+    (
+        "HTTPRouteBackendRequestHeaderModifier",
+        &[
+            Roundtrip {
+                path: "/set",
+                headers: &[("Some-Other-Header", "val")],
+                seen_headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "set-overwrites-values"),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/set",
+                headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "some-other-value"),
+                ],
+                seen_headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "set-overwrites-values"),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/add",
+                headers: &[("Some-Other-Header", "val")],
+                seen_headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "add-appends-values"),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/add",
+                headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value"),
+                ],
+                seen_headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value,add-appends-values"),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/remove",
+                headers: &[("X-Header-Remove", "val")],
+                seen_absent: &["X-Header-Remove"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/multiple",
+                headers: &[
+                    ("X-Header-Set-2", "set-val-2"),
+                    ("X-Header-Add-2", "add-val-2"),
+                    ("X-Header-Remove-2", "remove-val-2"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                seen_headers: &[
+                    ("X-Header-Set-1", "header-set-1"),
+                    ("X-Header-Set-2", "header-set-2"),
+                    ("X-Header-Add-1", "header-add-1"),
+                    ("X-Header-Add-2", "add-val-2,header-add-2"),
+                    ("X-Header-Add-3", "header-add-3"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                seen_absent: &["X-Header-Remove-1", "X-Header-Remove-2"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/case-insensitivity",
+                headers: &[
+                    ("x-header-set", "original-val-set"),
+                    ("x-header-add", "original-val-add"),
+                    ("x-header-remove", "original-val-remove"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                seen_headers: &[
+                    ("X-Header-Set", "header-set"),
+                    ("X-Header-Add", "original-val-add,header-add"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                seen_absent: &["x-header-remove", "X-Header-Remove"],
+                ..RT
+            },
+        ],
+    ),
+    (
+        "HTTPRouteRequestMirror",
+        &[
+            Roundtrip {
+                path: "/mirror",
+                mirrored_to: &["infra-backend-v2"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/mirror-and-modify-headers",
+                headers: MODIFY_SENT,
+                seen_headers: MODIFY_SEEN,
+                seen_absent: &["X-Header-Remove"],
+                mirrored_to: &["infra-backend-v2"],
+                ..RT
+            },
+        ],
+    ),
+    (
+        "HTTPRouteRequestMultipleMirrors",
+        &[
+            Roundtrip {
+                path: "/multi-mirror",
+                mirrored_to: &["infra-backend-v2", "infra-backend-v3"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/multi-mirror-and-modify-request-headers",
+                headers: MODIFY_SENT,
+                seen_headers: MODIFY_SEEN,
+                seen_absent: &["X-Header-Remove"],
+                mirrored_to: &["infra-backend-v2", "infra-backend-v3"],
+                ..RT
+            },
+        ],
+    ),
+    (
+        "HTTPRouteCORS",
+        &[
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-1",
+                headers: &[
+                    ("Origin", "https://www.foo.com"),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", "x-header-1, x-header-2"),
+                ],
+                or_status: &[204],
+                backend: None,
+                response_one_of: CORS_1_PREFLIGHT_FOO,
+                ..RT
+            },
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-1",
+                headers: &[
+                    ("Origin", "https://www.bar.com"),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", "x-header-1, x-header-2"),
+                ],
+                backend: None,
+                response_one_of: CORS_1_PREFLIGHT_BAR,
+                ..RT
+            },
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-1",
+                headers: &[
+                    ("Origin", "https://xpto.www.bar.com"),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", "x-header-1, x-header-2"),
+                ],
+                backend: None,
+                response_one_of: CORS_1_PREFLIGHT_XPTO,
+                ..RT
+            },
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-1",
+                headers: &[
+                    ("Origin", "https://foobar.com"),
+                    ("access-control-request-method", "GET"),
+                ],
+                or_status: &[204, 403],
+                backend: None,
+                response_absent: &["access-control-allow-origin"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/cors-1",
+                headers: &[
+                    ("Origin", "https://www.foo.com"),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", "x-header-1, x-header-2"),
+                ],
+                or_status: &[204],
+                response_headers: &[("access-control-allow-origin", "https://www.foo.com")],
+                ..RT
+            },
+            Roundtrip {
+                path: "/cors-1",
+                headers: &[
+                    ("Origin", "https://www.bar.com"),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", "x-header-1, x-header-2"),
+                ],
+                or_status: &[204],
+                response_headers: &[("access-control-allow-origin", "https://www.bar.com")],
+                ..RT
+            },
+            Roundtrip {
+                path: "/cors-1",
+                headers: &[
+                    ("Origin", "https://foobar.com"),
+                    ("access-control-request-method", "GET"),
+                ],
+                response_absent: &["access-control-allow-origin"],
+                ..RT
+            },
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-2",
+                headers: &[
+                    ("Origin", "https://www.foo.com"),
+                    ("access-control-request-method", "POST"),
+                ],
+                or_status: &[204],
+                backend: None,
+                response_one_of: &[("access-control-allow-methods", &["POST", "*"])],
+                response_headers: &[("access-control-allow-origin", "https://www.foo.com")],
+                response_absent: &["access-control-allow-credentials"],
+                ..RT
+            },
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-wildcard-origin",
+                headers: &[
+                    ("Origin", "https://foobar.com"),
+                    ("access-control-request-method", "PUT"),
+                ],
+                or_status: &[204],
+                backend: None,
+                response_one_of: &[
+                    ("access-control-allow-origin", &["https://foobar.com", "*"]),
+                    ("access-control-allow-methods", &["PUT"]),
+                ],
+                response_absent: &["Access-Control-Allow-Credentials"],
+                ..RT
+            },
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-wildcard-origin",
+                headers: &[
+                    ("Origin", "https://foobar.com:12345"),
+                    ("access-control-request-method", "PUT"),
+                ],
+                or_status: &[204],
+                backend: None,
+                response_one_of: &[
+                    (
+                        "access-control-allow-origin",
+                        &["https://foobar.com:12345", "*"],
+                    ),
+                    ("access-control-allow-methods", &["PUT"]),
+                ],
+                response_absent: &["Access-Control-Allow-Credentials"],
+                ..RT
+            },
+            Roundtrip {
+                method: "PUT",
+                path: "/cors-wildcard-origin",
+                headers: &[("Origin", "https://foobar.com:12345")],
+                response_one_of: &[(
+                    "access-control-allow-origin",
+                    &["https://foobar.com:12345", "*"],
+                )],
+                ..RT
+            },
+            Roundtrip {
+                method: "PUT",
+                path: "/cors-wildcard-origin",
+                headers: &[("Origin", "https://foobar.com")],
+                or_status: &[204],
+                response_one_of: &[("access-control-allow-origin", &["https://foobar.com", "*"])],
+                response_absent: &["Access-Control-Allow-Credentials"],
+                ..RT
+            },
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-wildcard-methods-headers",
+                headers: &[
+                    ("Origin", "https://other.foo.com"),
+                    ("access-control-request-method", "PUT"),
+                    ("access-control-request-headers", "x-header-1, x-header-2"),
+                ],
+                backend: None,
+                response_one_of: &[
+                    ("access-control-allow-origin", &["https://other.foo.com"]),
+                    ("access-control-allow-methods", &["PUT"]),
+                    (
+                        "access-control-allow-headers",
+                        &["x-header-1, x-header-2", "x-header-2, x-header-1"],
+                    ),
+                    ("access-control-allow-credentials", &["true"]),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                method: "OPTIONS",
+                path: "/cors-wildcard-methods-headers-unauth",
+                headers: &[
+                    ("Origin", "https://other.foo.com"),
+                    ("access-control-request-method", "PUT"),
+                    ("access-control-request-headers", "x-header-1, x-header-2"),
+                ],
+                backend: None,
+                response_one_of: &[
+                    (
+                        "access-control-allow-origin",
+                        &["https://other.foo.com", "*"],
+                    ),
+                    ("access-control-allow-methods", &["PUT", "*"]),
+                    (
+                        "access-control-allow-headers",
+                        &["x-header-1, x-header-2", "x-header-2, x-header-1", "*"],
+                    ),
+                ],
+                response_absent: &["access-control-allow-credentials"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/cors-wildcard-methods-headers",
+                headers: &[
+                    ("Origin", "https://other.foo.com"),
+                    ("Authorization", "Bearer test"),
+                ],
+                response_one_of: &[
+                    ("access-control-allow-origin", &["https://other.foo.com"]),
+                    ("access-control-allow-credentials", &["true"]),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/cors-wildcard-methods-headers-unauth",
+                headers: &[
+                    ("Origin", "https://other.foo.com"),
+                    ("Authorization", "Bearer test"),
+                ],
+                response_one_of: &[("access-control-allow-origin", &["https://other.foo.com"])],
+                response_absent: &["access-control-allow-credentials"],
+                ..RT
+            },
+        ],
+    ),
+    (
+        "HTTPRouteResponseHeaderModifier",
+        &[
+            Roundtrip {
+                path: "/set",
+                backend_sets: &[("Some-Other-Header", "val")],
+                response_headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "set-overwrites-values"),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/set",
+                backend_sets: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "some-other-value"),
+                ],
+                response_headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Set", "set-overwrites-values"),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/add",
+                backend_sets: &[("Some-Other-Header", "val")],
+                response_headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "add-appends-values"),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/add",
+                backend_sets: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value"),
+                ],
+                response_headers: &[
+                    ("Some-Other-Header", "val"),
+                    ("X-Header-Add", "some-other-value,add-appends-values"),
+                ],
+                ..RT
+            },
+            Roundtrip {
+                path: "/remove",
+                backend_sets: &[("X-Header-Remove", "val")],
+                response_absent: &["X-Header-Remove"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/multiple",
+                backend_sets: &[
+                    ("X-Header-Set-2", "set-val-2"),
+                    ("X-Header-Add-2", "add-val-2"),
+                    ("X-Header-Remove-2", "remove-val-2"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                response_headers: &[
+                    ("X-Header-Set-1", "header-set-1"),
+                    ("X-Header-Set-2", "header-set-2"),
+                    ("X-Header-Add-1", "header-add-1"),
+                    ("X-Header-Add-2", "add-val-2,header-add-2"),
+                    ("X-Header-Add-3", "header-add-3"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                response_absent: &["X-Header-Remove-1", "X-Header-Remove-2"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/case-insensitivity",
+                backend_sets: &[
+                    ("x-header-set", "original-val-set"),
+                    ("x-header-add", "original-val-add"),
+                    ("x-header-remove", "original-val-remove"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                response_headers: &[
+                    ("X-Header-Set", "header-set"),
+                    ("X-Header-Add", "original-val-add,header-add"),
+                    ("Another-Header", "another-header-val"),
+                ],
+                response_absent: &["x-header-remove", "X-Header-Remove"],
+                ..RT
+            },
+            // The manifest's last rule, both filters at once (upstream's manifest has it).
+            Roundtrip {
+                path: "/response-and-request-header-modifiers",
+                headers: &[
+                    ("X-Header-Remove", "remove-val"),
+                    ("X-Header-Add-Append", "append-val-1"),
+                    ("X-Header-Set", "set-val"),
+                ],
+                backend_sets: &[
+                    ("X-Header-Set-2", "set-val-2"),
+                    ("X-Header-Add-2", "add-val-2"),
+                    ("X-Header-Remove-2", "remove-val-2"),
+                ],
+                seen_headers: MODIFY_SEEN,
+                seen_absent: &["X-Header-Remove"],
+                response_headers: &[
+                    ("X-Header-Set-1", "header-set-1"),
+                    ("X-Header-Set-2", "header-set-2"),
+                    ("X-Header-Add-1", "header-add-1"),
+                    ("X-Header-Add-2", "add-val-2,header-add-2"),
+                ],
+                response_absent: &["X-Header-Remove-1", "X-Header-Remove-2"],
+                ..RT
+            },
+        ],
+    ),
+    (
+        "HTTPRouteRewriteHost",
+        &[
+            Roundtrip {
+                host: "rewrite.example",
+                path: "/one",
+                seen_host: Some("one.example.org"),
+                ..RT
+            },
+            Roundtrip {
+                host: "rewrite.example",
+                path: "/two",
+                seen_host: Some("example.org"),
+                backend: Some("infra-backend-v2"),
+                ..RT
+            },
+            Roundtrip {
+                host: "rewrite.example",
+                path: "/rewrite-host-and-modify-headers",
+                headers: MODIFY_SENT,
+                seen_host: Some("test.example.org"),
+                seen_headers: MODIFY_SEEN,
+                seen_absent: &["X-Header-Remove"],
+                backend: Some("infra-backend-v2"),
+                ..RT
+            },
+        ],
+    ),
+    (
+        "HTTPRouteRewritePath",
+        &[
+            Roundtrip {
+                path: "/prefix/one/two",
+                seen_path: Some("/one/two"),
+                ..RT
+            },
+            Roundtrip {
+                path: "/full/one/two",
+                seen_path: Some("/one"),
+                ..RT
+            },
+            // The manifest's strip-prefix rule (`replacePrefixMatch: /`).
+            Roundtrip {
+                path: "/strip-prefix/three",
+                seen_path: Some("/three"),
+                ..RT
+            },
+            Roundtrip {
+                path: "/strip-prefix",
+                seen_path: Some("/"),
+                ..RT
+            },
+            Roundtrip {
+                path: "/full/rewrite-path-and-modify-headers/test",
+                headers: &[
+                    ("X-Header-Remove", "remove-val"),
+                    ("X-Header-Add-Append", "append-val-1"),
+                    ("X-Header-Set", "set-val"),
+                ],
+                seen_path: Some("/test"),
+                seen_headers: MODIFY_SEEN,
+                seen_absent: &["X-Header-Remove"],
+                ..RT
+            },
+            Roundtrip {
+                path: "/prefix/rewrite-path-and-modify-headers/one",
+                headers: &[
+                    ("X-Header-Remove", "remove-val"),
+                    ("X-Header-Add-Append", "append-val-1"),
+                    ("X-Header-Set", "set-val"),
+                ],
+                seen_path: Some("/prefix/one"),
+                seen_headers: MODIFY_SEEN,
+                seen_absent: &["X-Header-Remove"],
+                ..RT
+            },
+        ],
+    ),
+    (
+        // The echo waits `delay` before answering; the 500 ms limit answers 504 first.
+        "HTTPRouteTimeoutBackendRequest",
+        &[
+            Roundtrip {
+                path: "/backend-timeout",
+                ..RT
+            },
+            Roundtrip {
+                path: "/backend-timeout?delay=1s",
+                status: 504,
+                backend: None,
+                ..RT
+            },
+            Roundtrip {
+                path: "/disable-backend-timeout?delay=1s",
+                ..RT
+            },
+        ],
+    ),
+    (
+        "HTTPRouteTimeoutRequest",
+        &[
+            Roundtrip {
+                path: "/request-timeout",
+                ..RT
+            },
+            Roundtrip {
+                path: "/request-timeout?delay=1s",
+                status: 504,
+                backend: None,
+                ..RT
+            },
+            Roundtrip {
+                path: "/disable-request-timeout?delay=1s",
+                ..RT
+            },
+        ],
+    ),
+];
+
+fn roundtrips(case: &str) -> &'static [Roundtrip] {
+    ROUNDTRIPS
+        .iter()
+        .find(|(name, _)| *name == case)
+        .map_or(&[], |(_, rts)| rts)
+}
+
+/// All values of header `name` in `head` (raw `Name: value` lines), joined with `,` as
+/// upstream compares them; None when absent.
+fn header_values(head: &str, name: &str) -> Option<String> {
+    let vals: Vec<&str> = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect();
+    (!vals.is_empty()).then(|| vals.join(","))
+}
+
+/// One roundtrip through the dataplane's plain listener, checked as upstream's
+/// `CompareRoundTrip` does (see `Roundtrip`).
+fn check_roundtrip(addr: &str, rt: &Roundtrip) -> Result<(), String> {
+    let set: Vec<String> = rt
+        .backend_sets
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect();
+    let set = set.join(",");
+    let mut headers = rt.headers.to_vec();
+    if !set.is_empty() {
+        headers.push(("X-Echo-Set-Header", &set));
+    }
+    let (st, head, body) =
+        request_method(addr, rt.method, rt.host, rt.path, &headers).ok_or("no answer")?;
+    if st != rt.status && !rt.or_status.contains(&st) {
+        return Err(format!("status {st}"));
+    }
+    let no_ws = |v: &str| v.split_whitespace().collect::<String>();
+    for (k, valid) in rt.response_one_of {
+        let got = header_values(&head, k).map(|v| no_ws(&v));
+        if !valid.iter().any(|v| got.as_deref() == Some(&no_ws(v))) {
+            return Err(format!(
+                "response header {k}: {got:?}, want one of {valid:?}"
+            ));
+        }
+    }
+    for (k, want) in rt.response_headers {
+        let got = header_values(&head, k);
+        if got.as_deref() != Some(*want) {
+            return Err(format!("response header {k}: {got:?}, want {want:?}"));
+        }
+    }
+    if let Some(k) = rt
+        .response_absent
+        .iter()
+        .find(|k| header_values(&head, k).is_some())
+    {
+        return Err(format!("response header {k} should be absent"));
+    }
+    if let Some(b) = rt.backend {
+        let start = body.find('{').ok_or("no JSON body")?;
+        let v: Value = serde_json::from_str(&body[start..]).map_err(|e| e.to_string())?;
+        if v["server"] != b {
+            return Err(format!("served by {}", v["server"]));
+        }
+        let want_path = rt.seen_path.unwrap_or(rt.path);
+        if v["uri"] != want_path {
+            return Err(format!("backend saw path {}, want {want_path}", v["uri"]));
+        }
+        // The echo lists headers lower-cased, repeated ones joined with ", ".
+        let seen = |k: &str| {
+            v["headers"][k.to_ascii_lowercase()]
+                .as_str()
+                .map(|s| s.split(',').map(str::trim).collect::<Vec<_>>().join(","))
+        };
+        if let Some(h) = rt.seen_host {
+            if seen("host").as_deref() != Some(h) {
+                return Err(format!("backend saw host {:?}, want {h}", seen("host")));
+            }
+        }
+        for (k, want) in rt.seen_headers {
+            if seen(k).as_deref() != Some(*want) {
+                return Err(format!("backend saw {k}: {:?}, want {want:?}", seen(k)));
+            }
+        }
+        if let Some(k) = rt.seen_absent.iter().find(|k| seen(k).is_some()) {
+            return Err(format!("backend saw {k}, which should be removed"));
+        }
+    }
+    for m in rt.mirrored_to {
+        let logs = ECHO_LOGS.get().ok_or("no echo logs")?;
+        let log = std::fs::read_to_string(logs.join(format!("echo-{INFRA}-{m}.log")))
+            .map_err(|e| format!("{m} log: {e}"))?;
+        let line = format!("echoing {} {} for", rt.method, rt.path);
+        if !log.contains(&line) {
+            return Err(format!("mirror {m} did not log {line:?}"));
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,9 @@ pub struct CorsRt {
     /// `None`: mirror what the preflight asks for (`*` configured).
     allow_headers: Option<HeaderValue>,
     any_headers: bool,
+    /// `*` configured: the preflight's method is echoed (a credentialed request takes `*` as
+    /// a literal method name, Fetch §3.2.5).
+    any_methods: bool,
     expose: Option<HeaderValue>,
     credentials: bool,
     max_age: Option<HeaderValue>,
@@ -60,6 +63,7 @@ impl CorsRt {
             methods,
             allow_headers: join(&p.allow_headers),
             any_headers,
+            any_methods: p.allow_methods.iter().any(|m| m == "*"),
             expose: join(&p.expose_headers),
             credentials: p.allow_credentials,
             max_age: p
@@ -80,8 +84,13 @@ impl CorsRt {
         if !allowed {
             return None;
         }
-        // With credentials the origin must be echoed; a lone `*` answers `*`.
+        // With credentials the origin must be echoed; a lone `*` answers `*`, except to a
+        // request that carries credentials itself (`Authorization`, `Cookie`), which browsers
+        // refuse `*` for (the Gateway API CORS conformance test checks the echo).
+        let credentialed =
+            headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE);
         let any_only = !self.credentials
+            && !credentialed
             && self.origins.iter().any(|m| matches!(m, Origin::Any))
             && self.origins.len() == 1;
         Some(if any_only {
@@ -103,8 +112,10 @@ pub fn preflight<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<Response<
     {
         return None;
     }
+    // 200, not 204: both are "ok" to a browser (Fetch), and the Gateway API CORS conformance
+    // test (v1.6) accepts only 200 for most of its preflights (Envoy answers 200 too).
     let mut resp = Response::new(crate::http::body::empty());
-    *resp.status_mut() = StatusCode::NO_CONTENT;
+    *resp.status_mut() = StatusCode::OK;
     let out = resp.headers_mut();
     out.insert(header::VARY, HeaderValue::from_static("Origin"));
     let Some(origin) = cors.allow_origin(h) else {
@@ -112,7 +123,11 @@ pub fn preflight<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<Response<
         return Some(resp);
     };
     out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, cors.methods.clone());
+    let methods = match h.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        Some(asked) if cors.any_methods => asked.clone(),
+        _ => cors.methods.clone(),
+    };
+    out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
     let asked = h.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
     let allow_headers = if cors.any_headers {
         asked
@@ -130,6 +145,11 @@ pub fn preflight<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<Response<
     }
     if let Some(v) = &cors.max_age {
         out.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+    }
+    // Browsers read it from the actual response only, but the Gateway API CORS conformance
+    // test (v1.6) expects the preflight to carry it too; it costs one header.
+    if let Some(v) = &cors.expose {
+        out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
     }
     Some(resp)
 }
