@@ -163,13 +163,11 @@ impl Injector {
                 what: format!("services in {ns}"),
                 source,
             })?;
-        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let outcome = decide(&Input {
             pod: &pod,
             namespace_labels: &namespace.metadata.labels.unwrap_or_default(),
             services: &services.items,
             settings: &self.settings,
-            token: &token,
         });
         match &outcome {
             Ok(Outcome::Skip(why)) => {
