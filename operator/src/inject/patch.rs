@@ -558,7 +558,7 @@ fn app_pre_stop(admin_port: u16, grace: i64) -> Option<Value> {
 /// the outbound listener on `127.0.0.1`, empty (404) until the operator pushes the routes
 /// attached to the workload. The inbound route is bound to the inbound listener only, so the
 /// app's outbound calls never loop back to itself.
-fn sidecar_snapshot(
+pub(crate) fn sidecar_snapshot(
     protocol: InboundProtocol,
     port: u16,
     app_port: i32,
