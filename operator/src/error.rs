@@ -120,7 +120,10 @@ pub enum Error {
     #[error("cannot draw a random sidecar token: {0}")]
     SidecarTokenRandom(getrandom::Error),
     #[error("sidecar {pod} rejected its snapshot: {}", join(.errors))]
-    SidecarRejected { pod: String, errors: Vec<FieldError> },
+    SidecarRejected {
+        pod: String,
+        errors: Vec<FieldError>,
+    },
 }
 
 fn join(errs: &[FieldError]) -> String {

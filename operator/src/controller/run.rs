@@ -201,7 +201,8 @@ pub async fn run(
     let mut announced_rejections: std::collections::HashSet<(String, String)> = Default::default();
     let mut was_leader = false;
     // Sidecars get the routes attached to their workloads from their own task.
-    let (workload_tx, workload_rx) = watch::channel(Arc::new(crate::workload::runtime::Inputs::default()));
+    let (workload_tx, workload_rx) =
+        watch::channel(Arc::new(crate::workload::runtime::Inputs::default()));
     let workload_task = s.workloads.enabled.then(|| {
         tokio::spawn(crate::workload::runtime::run(
             client.clone(),

@@ -96,7 +96,11 @@ fn claims(r: &ProxyRoute) -> Vec<((String, String), String)> {
     let hosts: Vec<String> = if r.spec.hostnames.is_empty() {
         vec!["*".into()]
     } else {
-        r.spec.hostnames.iter().map(|h| h.to_ascii_lowercase()).collect()
+        r.spec
+            .hostnames
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect()
     };
     let mut out = Vec::new();
     for (i, rule) in r.spec.rules.iter().enumerate() {
@@ -140,10 +144,8 @@ pub fn compile(inputs: Inputs<'_>) -> Plan {
             },
         );
     }
-    let claims_of: BTreeMap<ObjKey, Vec<((String, String), String)>> = attached
-        .iter()
-        .map(|r| (key_of(r), claims(r)))
-        .collect();
+    let claims_of: BTreeMap<ObjKey, Vec<((String, String), String)>> =
+        attached.iter().map(|r| (key_of(r), claims(r))).collect();
 
     // Group pods by (boot snapshot, routes kept): one compile per group.
     type Group = (String, Vec<ObjKey>);

@@ -14,7 +14,7 @@ use super::token;
 use super::WorkloadSettings;
 use crate::compile::{ObjKey, SecretIndex, ServiceIndex};
 use crate::controller::{now_rfc3339, spawn_reflector};
-use crate::crd::{Backend, ProxyRoute};
+use crate::crd::{Backend, ProxyRoute, WorkloadAttachmentStatus};
 use crate::error::Error;
 use crate::inject::patch::{ANN_SNAPSHOT, LABEL_SIDECAR, LABEL_SIDECAR_VALUE};
 use crate::metrics::METRICS;
@@ -119,9 +119,21 @@ async fn sync_pod(
     let url = format!("http://{}/config", host_port(&t.ip, s.admin_port));
     let want = &snapshot.version;
     if verify || state.acked.is_none() {
-        match call(client, Method::GET, &url, Some(token), None, s.request_timeout).await {
+        match call(
+            client,
+            Method::GET,
+            &url,
+            Some(token),
+            None,
+            s.request_timeout,
+        )
+        .await
+        {
             Ok((StatusCode::OK, v)) => {
-                state.acked = v.get("version").and_then(|v| v.as_str()).map(str::to_string)
+                state.acked = v
+                    .get("version")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
             }
             Ok((StatusCode::UNAUTHORIZED, _)) => return (state, Err(Error::PodUnauthorized)),
             Ok(_) => state.acked = None,
@@ -132,10 +144,22 @@ async fn sync_pod(
         return (state, Ok(()));
     }
     let body = serde_json::to_vec(snapshot).unwrap_or_default();
-    match call(client, Method::PUT, &url, Some(token), Some(body), s.request_timeout).await {
+    match call(
+        client,
+        Method::PUT,
+        &url,
+        Some(token),
+        Some(body),
+        s.request_timeout,
+    )
+    .await
+    {
         Ok((StatusCode::OK, v)) => {
             METRICS.push_ok.inc();
-            state.acked = v.get("version").and_then(|v| v.as_str()).map(str::to_string);
+            state.acked = v
+                .get("version")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
             tracing::info!(pod = %t.key, version = %want, "pushed sidecar snapshot");
             (state, Ok(()))
         }
@@ -346,10 +370,18 @@ async fn write_statuses(
         let name = r.name_any();
         let k = crate::compile::key(&ns, &name);
         let old = r.status.as_ref().and_then(|s| s.workloads.as_ref());
+        // What we wrote and the watch has not brought back yet is the base: the conditions'
+        // lastTransitionTime must not move on every round until it does.
+        let pending: Option<WorkloadAttachmentStatus> = written
+            .get(&k)
+            .cloned()
+            .flatten()
+            .and_then(|v| serde_json::from_value(v).ok());
+        let base = pending.as_ref().or(old);
         let desired = plan
             .routes
             .get(&k)
-            .map(|a| attachment_status(a, programmed, old, &now));
+            .map(|a| attachment_status(a, programmed, base, &now));
         if desired.as_ref() == old {
             written.remove(&k);
             continue;
@@ -376,7 +408,11 @@ async fn write_statuses(
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(source) => {
                 METRICS.status_write_errors.inc();
-                let e = Error::StatusWrite { object: format!("ProxyRoute:{k}"), source }.counted();
+                let e = Error::StatusWrite {
+                    object: format!("ProxyRoute:{k}"),
+                    source,
+                }
+                .counted();
                 tracing::warn!(object = %k, error = %e, "status write failed");
             }
         }

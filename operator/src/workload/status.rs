@@ -59,13 +59,25 @@ pub fn attachment_status(
             } else {
                 String::new()
             };
-            cond("Conflicted", true, g, "RouteConflict", format!("{first}{tail}"))
+            cond(
+                "Conflicted",
+                true,
+                g,
+                "RouteConflict",
+                format!("{first}{tail}"),
+            )
         }
         None => cond("Conflicted", false, g, "NoConflicts", String::new()),
     };
     let done = a.pods.iter().filter(|p| programmed.contains(*p)).count();
     let prog = if a.pods.is_empty() {
-        cond("Programmed", false, g, "NotAttached", "no pod serves the route".into())
+        cond(
+            "Programmed",
+            false,
+            g,
+            "NotAttached",
+            "no pod serves the route".into(),
+        )
     } else if done == a.pods.len() {
         cond(
             "Programmed",

@@ -52,7 +52,13 @@ pub async fn ensure(client: &kube::Client, namespace: &str) -> Result<String, Er
             ..Default::default()
         },
         type_: Some("Opaque".into()),
-        data: Some([(TOKEN_KEY.to_string(), ByteString(random_token()?.into_bytes()))].into()),
+        data: Some(
+            [(
+                TOKEN_KEY.to_string(),
+                ByteString(random_token()?.into_bytes()),
+            )]
+            .into(),
+        ),
         ..Default::default()
     };
     match api.create(&PostParams::default(), &secret).await {

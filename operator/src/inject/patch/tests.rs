@@ -205,14 +205,29 @@ fn patched_pods_keep_the_promises() {
             .iter()
             .find(|l| l.name == OUTBOUND_LISTENER)
             .unwrap_or_else(|| panic!("{name}: no outbound listener"));
-        assert!(out.address.starts_with("127.0.0.1:"), "{name}: {}", out.address);
-        assert_eq!(cfg.routes[0].listeners, vec![INBOUND_LISTENER.to_string()], "{name}");
+        assert!(
+            out.address.starts_with("127.0.0.1:"),
+            "{name}: {}",
+            out.address
+        );
+        assert_eq!(
+            cfg.routes[0].listeners,
+            vec![INBOUND_LISTENER.to_string()],
+            "{name}"
+        );
         // The operator finds the pod by this label.
         let labels = pod.metadata.labels.as_ref().expect("labels");
-        assert_eq!(labels.get(LABEL_SIDECAR).map(String::as_str), Some(LABEL_SIDECAR_VALUE), "{name}");
+        assert_eq!(
+            labels.get(LABEL_SIDECAR).map(String::as_str),
+            Some(LABEL_SIDECAR_VALUE),
+            "{name}"
+        );
         // The admin token is never in the pod spec: it comes from the namespace's Secret.
         let spec_text = serde_json::to_string(&pod.spec).expect("spec json");
-        assert!(spec_text.contains(TOKEN_SECRET), "{name}: token not from the Secret");
+        assert!(
+            spec_text.contains(TOKEN_SECRET),
+            "{name}: token not from the Secret"
+        );
         let again = decide(&Input {
             pod: &pod,
             namespace_labels: &case.namespace_labels,
