@@ -88,11 +88,14 @@ fn selects(r: &ProxyRoute, pod: &SidecarPod) -> bool {
         })
 }
 
+/// `(host, canonical match)`: what two routes must not both claim on one pod.
+type Claim = (String, String);
+
 /// What a route claims on a workload: `(host, match)` -> the field path that claims it. Two
 /// routes conflict on a pod when they claim the same host with the same match (path, method,
 /// headers, query): the dataplane would pick by declaration order, so one route would be
 /// silently dead there.
-fn claims(r: &ProxyRoute) -> Vec<((String, String), String)> {
+fn claims(r: &ProxyRoute) -> Vec<(Claim, String)> {
     let hosts: Vec<String> = if r.spec.hostnames.is_empty() {
         vec!["*".into()]
     } else {
@@ -144,7 +147,7 @@ pub fn compile(inputs: Inputs<'_>) -> Plan {
             },
         );
     }
-    let claims_of: BTreeMap<ObjKey, Vec<((String, String), String)>> =
+    let claims_of: BTreeMap<ObjKey, Vec<(Claim, String)>> =
         attached.iter().map(|r| (key_of(r), claims(r))).collect();
 
     // Group pods by (boot snapshot, routes kept): one compile per group.
@@ -159,7 +162,7 @@ pub fn compile(inputs: Inputs<'_>) -> Plan {
             );
             continue;
         };
-        let mut taken: BTreeMap<(String, String), ObjKey> = BTreeMap::new();
+        let mut taken: BTreeMap<Claim, ObjKey> = BTreeMap::new();
         let mut kept = Vec::new();
         for r in attached.iter().filter(|r| selects(r, pod)) {
             let rk = key_of(r);

@@ -102,7 +102,7 @@ fn sidecar_pods(pods: &Store<Pod>) -> (Vec<SidecarPod>, Vec<Target>) {
         }
         out.push(sp);
     }
-    out.sort_by(|a, b| a.key().cmp(&b.key()));
+    out.sort_by_key(|a| a.key());
     (out, targets)
 }
 
