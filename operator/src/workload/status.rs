@@ -67,7 +67,15 @@ pub fn attachment_status(
                 format!("{first}{tail}"),
             )
         }
-        None => cond("Conflicted", false, g, "NoConflicts", String::new()),
+        // Never an empty message: the v1.20 API server's apply turns "" into null, which the
+        // schema (message: string) refuses, failing the whole status write.
+        None => cond(
+            "Conflicted",
+            false,
+            g,
+            "NoConflicts",
+            "no older attached route claims the same host and match on its pods".into(),
+        ),
     };
     let done = a.pods.iter().filter(|p| programmed.contains(*p)).count();
     let prog = if a.pods.is_empty() {
