@@ -330,7 +330,7 @@ def check_injector(name, docs, tmp):
         fail(f"[{name}] injector: settings ConfigMap {cm_name} not rendered")
     else:
         settings = json.loads(cm["data"]["settings.json"])
-        allowed = {"image", "imagePullPolicy", "containerName", "inboundPort", "adminPort", "inboundProtocol",
+        allowed = {"image", "imagePullPolicy", "containerName", "inboundPort", "adminPort", "outboundPort", "inboundProtocol",
                    "logLevel", "logFormat", "drainTimeout", "resources", "runAsUser", "nativeSidecar"}
         if set(settings) - allowed or not settings.get("image"):
             fail(f"[{name}] injector settings: unknown keys {set(settings) - allowed} or no image")

@@ -415,6 +415,8 @@ fn route_json(r: &ProxyRoute) -> serde_json::Value {
     let mut spec = serde_json::to_value(&r.spec).unwrap_or_default();
     if let Some(obj) = spec.as_object_mut() {
         obj.remove("tls");
+        // Which pods serve the route is the operator's business, not the dataplane's.
+        obj.remove("workloadSelector");
         obj.insert("name".into(), obj_key(r).into());
         for rule in obj
             .get_mut("rules")
@@ -483,7 +485,7 @@ fn is_ref_error(fe: &FieldError) -> bool {
 
 /// Sort key for routes: oldest first, then `ns/name` (declaration order breaks precedence
 /// ties in the dataplane, so this order must be stable).
-fn route_order(r: &ProxyRoute) -> (Option<String>, ObjKey) {
+pub(crate) fn route_order(r: &ProxyRoute) -> (Option<String>, ObjKey) {
     (
         r.meta()
             .creation_timestamp

@@ -93,6 +93,48 @@ pub struct ProxyRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "contract::<weir_config::ExtAuth>")]
     pub ext_auth: Option<serde_json::Value>,
+    // --- Sidecar attachment (issue #21, part 2) ---
+    /// Attaches the route to workloads instead of the shared dataplane fleet: the sidecars of
+    /// the pods in the route's namespace whose labels match serve it on their outbound
+    /// listener (`127.0.0.1:<outbound port>`, which the application calls). Such a route is
+    /// not part of the fleet's snapshot. Unset: the route is served by the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<WorkloadSelector>,
+}
+
+/// Pods (in the route's namespace) whose sidecars serve an attached route.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    /// Every label must be present with this value on the pod. Must not be empty (an empty
+    /// selector would attach the route to every injected pod of the namespace by accident).
+    #[schemars(length(min = 1))]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// Where a ProxyRoute with `spec.workloadSelector` is attached, and whether it is served.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadAttachmentStatus {
+    /// `Attached` (the route is in the snapshot of at least one selected pod, or why not:
+    /// `NoMatchingPods`, `Invalid`), `Conflicted` (on some pods another attached route claims
+    /// the same host and match; the older route keeps it, reason `RouteConflict`, the message
+    /// names the field path and the other route), `Programmed` (every selected pod's sidecar
+    /// runs its snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Pods (`name`) whose sidecar snapshot contains the route, sorted; at most 50 listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// Selected pods whose snapshot contains the route.
+    #[serde(default)]
+    pub attached_pods: u32,
+    /// Of those, pods whose sidecar acknowledged that snapshot.
+    #[serde(default)]
+    pub programmed_pods: u32,
+    /// Pods where the route lost a conflict (`name`), sorted; at most 50 listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicted_pods: Vec<String>,
 }
 
 /// TLS certificates of a route.
@@ -343,6 +385,10 @@ pub struct ProxyRouteStatus {
     /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Set for routes with `spec.workloadSelector` (written by the workload controller under
+    /// its own field manager; the fleet fields above stay unset for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<WorkloadAttachmentStatus>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -107,6 +107,23 @@ pub enum Error {
     PodBadReport,
     #[error("401 unauthorized: check the admin token")]
     PodUnauthorized,
+
+    // Sidecars (per-workload config, `workload/`).
+    /// Names the namespace's token Secret, never its data.
+    #[error("sidecar token Secret {namespace}/weir-sidecar-token: {source}")]
+    SidecarToken {
+        namespace: String,
+        source: kube::Error,
+    },
+    #[error("sidecar token Secret {namespace}/weir-sidecar-token has no usable key `token`")]
+    SidecarTokenKey { namespace: String },
+    #[error("cannot draw a random sidecar token: {0}")]
+    SidecarTokenRandom(getrandom::Error),
+    #[error("sidecar {pod} rejected its snapshot: {}", join(.errors))]
+    SidecarRejected {
+        pod: String,
+        errors: Vec<FieldError>,
+    },
 }
 
 fn join(errs: &[FieldError]) -> String {
@@ -146,6 +163,10 @@ impl Error {
         "pod_no_version",
         "pod_bad_report",
         "pod_unauthorized",
+        "sidecar_token",
+        "sidecar_token_key",
+        "sidecar_token_random",
+        "sidecar_rejected",
     ];
 
     /// The `kind` label of `weir_operator_errors_total`.
@@ -178,6 +199,10 @@ impl Error {
             Error::PodNoVersion(_) => "pod_no_version",
             Error::PodBadReport => "pod_bad_report",
             Error::PodUnauthorized => "pod_unauthorized",
+            Error::SidecarToken { .. } => "sidecar_token",
+            Error::SidecarTokenKey { .. } => "sidecar_token_key",
+            Error::SidecarTokenRandom(_) => "sidecar_token_random",
+            Error::SidecarRejected { .. } => "sidecar_rejected",
         }
     }
 
@@ -244,6 +269,13 @@ mod tests {
             Error::PodNoVersion("GET /config"),
             Error::PodBadReport,
             Error::PodUnauthorized,
+            Error::SidecarTokenKey {
+                namespace: "shop".into(),
+            },
+            Error::SidecarRejected {
+                pod: "shop/a".into(),
+                errors: vec![],
+            },
         ] {
             assert!(Error::KINDS.contains(&e.kind()), "{e:?}");
         }

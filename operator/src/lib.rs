@@ -10,6 +10,7 @@
 //! - [`error`]: the operator's typed error, one `weir_operator_errors_total` kind per variant.
 //! - [`metrics`]: `/metrics`, `/healthz`, `/readyz`, and the status page of [`ui`].
 //! - [`inject`]: the sidecar injector (mutating admission webhook) and its audit.
+//! - [`workload`]: per-workload sidecar config: attached routes, per-pod snapshots and tokens.
 //! - [`ui`]: the operator's status page (`/ui`): pods, resources and their conditions, push errors.
 
 pub mod compile;
@@ -23,3 +24,4 @@ pub mod metrics;
 pub mod push;
 pub mod status;
 pub mod ui;
+pub mod workload;

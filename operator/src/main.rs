@@ -116,6 +116,15 @@ struct RunArgs {
     /// The injector's settings (JSON or YAML, the chart's `injector.*` values).
     #[arg(long, default_value = "/etc/weir/injector/settings.json")]
     injector_settings: PathBuf,
+    /// Program the injected sidecars: their inbound listener plus the ProxyRoutes attached to
+    /// their workload (`spec.workloadSelector`), pushed to each sidecar with its namespace's
+    /// token (Secret `weir-sidecar-token`, created when missing). Off: attached routes are
+    /// served by the fleet like the others.
+    #[arg(long, env = "WEIR_SIDECARS", default_value_t = false, action = clap::ArgAction::Set)]
+    sidecars: bool,
+    /// The sidecars' admin port (the chart's `injector.adminPort`).
+    #[arg(long, default_value_t = 15000)]
+    sidecar_admin_port: u16,
     /// How often pods that asked for the sidecar and lack it are looked for.
     #[arg(long, default_value = "30s")]
     injector_audit_interval: weir_config::Duration,
@@ -264,6 +273,13 @@ async fn run(a: RunArgs) -> Result<(), Error> {
         gateway: weir_operator::gateway::GatewaySettings {
             enabled: a.gateway_api,
             dataplane_service: a.dataplane_service,
+            ..Default::default()
+        },
+        workloads: weir_operator::workload::WorkloadSettings {
+            enabled: a.sidecars,
+            admin_port: a.sidecar_admin_port,
+            concurrency: a.push_concurrency,
+            debounce: a.debounce.get(),
             ..Default::default()
         },
     };

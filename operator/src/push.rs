@@ -222,7 +222,7 @@ pub fn body_for(snapshot: &Snapshot, pod_ip: &str) -> Vec<u8> {
     serde_json::to_vec(&s).unwrap_or_default()
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// How soon pods that failed are tried again: 400 ms, doubling per round that still has a
 /// failure, at most 30 s, never giving up (the pods are still wanted); reset by a round
@@ -279,7 +279,7 @@ async fn get_backends(client: &HttpClient, url: &str, token: Option<&str>, t: Du
     }
 }
 
-async fn call(
+pub(crate) async fn call(
     client: &HttpClient,
     method: Method,
     url: &str,
@@ -460,7 +460,7 @@ async fn sync_pod(
     }
 }
 
-fn host_port(ip: &str, port: u16) -> String {
+pub(crate) fn host_port(ip: &str, port: u16) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
     } else {

@@ -260,6 +260,8 @@ pub fn route_status(
         }),
         total_endpoints: total,
         observed_generation: gen,
+        // Written by the workload controller (its own field manager), never by this one.
+        workloads: None,
     }
 }
 

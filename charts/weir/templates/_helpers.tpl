@@ -163,6 +163,7 @@ seccompProfile:
   "imagePullPolicy" $image.pullPolicy
   "inboundPort" ($i.inboundPort | int)
   "adminPort" ($i.adminPort | int)
+  "outboundPort" ($i.outboundPort | int)
   "inboundProtocol" $i.inboundProtocol
   "logLevel" $i.logLevel
   "logFormat" .Values.dataplane.logFormat

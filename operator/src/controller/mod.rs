@@ -49,6 +49,8 @@ pub struct Settings {
     pub pusher: PusherConfig,
     /// The Gateway API input (watched once its CRDs are installed).
     pub gateway: crate::gateway::GatewaySettings,
+    /// Sidecars: routes attached to workloads, pushed per pod (`crate::workload`).
+    pub workloads: crate::workload::WorkloadSettings,
 }
 
 /// RFC 3339, whole seconds (what `metav1.Time` stores).

@@ -200,6 +200,18 @@ pub async fn run(
     let mut last_key: Option<JobKey> = None;
     let mut announced_rejections: std::collections::HashSet<(String, String)> = Default::default();
     let mut was_leader = false;
+    // Sidecars get the routes attached to their workloads from their own task.
+    let (workload_tx, workload_rx) =
+        watch::channel(Arc::new(crate::workload::runtime::Inputs::default()));
+    let workload_task = s.workloads.enabled.then(|| {
+        tokio::spawn(crate::workload::runtime::run(
+            client.clone(),
+            s.workloads.clone(),
+            s.watch_namespace.clone(),
+            workload_rx,
+            stop.clone(),
+        ))
+    });
     loop {
         // Debounce: wait for a quiet period (bounded), so bursts compile once.
         let deadline = tokio::time::Instant::now() + s.debounce * 5;
@@ -221,7 +233,13 @@ pub async fn run(
         }
 
         let t0 = std::time::Instant::now();
-        let route_objs: Vec<ProxyRoute> = routes.state().iter().map(|r| (**r).clone()).collect();
+        // Routes attached to workloads (`spec.workloadSelector`) are served by those pods'
+        // sidecars, not by the fleet: they go to the workload task instead.
+        let (attached, route_objs): (Vec<ProxyRoute>, Vec<ProxyRoute>) = routes
+            .state()
+            .iter()
+            .map(|r| (**r).clone())
+            .partition(|r| crate::workload::is_attached(r) && s.workloads.enabled);
         let backend_objs: Vec<Backend> = backends.state().iter().map(|r| (**r).clone()).collect();
         let sink_objs: Vec<TelemetrySink> = sinks.state().iter().map(|r| (**r).clone()).collect();
         let idx = service_index(&services, &slices);
@@ -249,6 +267,19 @@ pub async fn run(
                 _ = stop.changed() => break,
             }
             continue;
+        }
+        if s.workloads.enabled {
+            // Routes that lost their selector still carry the workload task's status field:
+            // it needs them all to clear it.
+            let mut all_routes = attached;
+            all_routes.extend(route_objs.iter().cloned());
+            workload_tx.send_replace(Arc::new(crate::workload::runtime::Inputs {
+                leader,
+                routes: all_routes,
+                backends: backend_objs.clone(),
+                services: idx.clone(),
+                secrets: secrets_idx.clone(),
+            }));
         }
         let version = compiled.snapshot.version.clone();
         if !history.iter().any(|(v, _)| *v == version) {
@@ -402,5 +433,8 @@ pub async fn run(
     let _ = lease_task.await;
     pusher.abort();
     status_task.abort();
+    if let Some(t) = workload_task {
+        t.abort();
+    }
     Ok(())
 }

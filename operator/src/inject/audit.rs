@@ -34,7 +34,6 @@ pub fn missed(pod: &Pod, namespace_labels: &BTreeMap<String, String>, settings: 
         // Only the Alt-Svc port depends on the Services, not whether to inject.
         services: &[],
         settings,
-        token: "",
     };
     matches!(decide(&input), Ok(Outcome::Patch(_)))
 }

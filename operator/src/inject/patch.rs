@@ -24,6 +24,18 @@ pub const ANN_LOG_LEVEL: &str = "weir.dev/log-level";
 pub const ANN_CPU_REQUEST: &str = "weir.dev/proxy-cpu-request";
 pub const ANN_MEMORY_REQUEST: &str = "weir.dev/proxy-memory-request";
 pub const ANN_MEMORY_LIMIT: &str = "weir.dev/proxy-memory-limit";
+pub const ANN_OUTBOUND_PORT: &str = "weir.dev/outbound-port";
+/// Written by the injector: marks the pod for the operator's workload controller (a label, so
+/// the operator watches only injected pods, server-side filtered).
+pub const LABEL_SIDECAR: &str = "weir.dev/sidecar";
+pub const LABEL_SIDECAR_VALUE: &str = "injected";
+/// The Secret (one per application namespace, written by the operator) holding the sidecars'
+/// admin token under [`TOKEN_KEY`]; the sidecar reads it through `secretKeyRef`.
+pub const TOKEN_SECRET: &str = "weir-sidecar-token";
+pub const TOKEN_KEY: &str = "token";
+/// The sidecar's listener names in its snapshot (the operator adds routes to `outbound`).
+pub const INBOUND_LISTENER: &str = "inbound";
+pub const OUTBOUND_LISTENER: &str = "outbound";
 /// Written by the injector: the sidecar's snapshot, mounted through the downward API.
 pub const ANN_SNAPSHOT: &str = "weir.dev/sidecar-snapshot";
 /// Written by the injector: which app port the sidecar took over (`name=number`).
@@ -57,14 +69,12 @@ fn deny(key: &str, message: impl Into<String>) -> Denial {
     }
 }
 
-/// Everything the decision needs; `token` is the sidecar's admin token (random per pod,
-/// passed in so the function stays deterministic).
+/// Everything the decision needs.
 pub struct Input<'a> {
     pub pod: &'a Pod,
     pub namespace_labels: &'a BTreeMap<String, String>,
     pub services: &'a [Service],
     pub settings: &'a Settings,
-    pub token: &'a str,
 }
 
 /// Is `s` a valid IANA_SVC_NAME (what Kubernetes requires of a port name)?
@@ -315,6 +325,22 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         }
     }
 
+    let outbound_port = match annotation(pod, ANN_OUTBOUND_PORT) {
+        None => s.outbound_port,
+        Some(v) => v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            deny(
+                ANN_OUTBOUND_PORT,
+                format!("{v:?} is not a port number (1-65535)"),
+            )
+        })?,
+    };
+    if outbound_port == s.inbound_port || outbound_port == s.admin_port {
+        return Err(deny(
+            ANN_OUTBOUND_PORT,
+            format!("port {outbound_port} is the sidecar's inbound or admin port (injector.inboundPort / injector.adminPort)"),
+        ));
+    }
+
     let Some(take) = find_takeover(&spec.containers, annotation(pod, ANN_INBOUND_PORT))? else {
         // Refusing would block every port-less pod of a labelled namespace.
         return Ok(Outcome::Skip(
@@ -346,6 +372,12 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         .flat_map(|c| c.ports.iter().flatten())
         .map(|p| p.container_port)
         .collect();
+    if used.contains(&i32::from(outbound_port)) {
+        return Err(deny(
+            ANN_OUTBOUND_PORT,
+            format!("the application already uses port {outbound_port}, which the sidecar's outbound listener needs (set weir.dev/outbound-port or injector.outboundPort)"),
+        ));
+    }
     for port in [s.inbound_port, s.admin_port] {
         if used.contains(&i32::from(port)) {
             return Err(deny(
@@ -365,7 +397,13 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         None => service_udp_port(pod, input.services, &udp_name, s.inbound_port),
     };
 
-    let snapshot = sidecar_snapshot(protocol, s.inbound_port, take.number, advertised);
+    let snapshot = sidecar_snapshot(
+        protocol,
+        s.inbound_port,
+        take.number,
+        advertised,
+        outbound_port,
+    );
     let mut ops = Vec::new();
 
     // Rename the app's port, and point the app's probes that used the name at its number.
@@ -407,9 +445,10 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         ],
         "env": [
             {"name": "RUST_LOG", "value": log_level},
-            // Not mounted from a Secret: the app's namespace has none of Weir's yet. The token
-            // only guards the sidecar's own admin API (config, backends, logging).
-            {"name": "WEIR_ADMIN_TOKEN", "value": input.token},
+            // From the namespace's token Secret (the operator writes it, the injector makes sure
+            // it exists before the pod does): never in the pod spec, where whoever reads pods
+            // would see it. It guards the sidecar's admin API (config, backends, logging).
+            {"name": "WEIR_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": TOKEN_KEY}}},
             env_from("POD_IP", "status.podIP"),
             env_from("POD_NAME", "metadata.name"),
             env_from("POD_NAMESPACE", "metadata.namespace"),
@@ -474,6 +513,11 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
     }
 
+    if pod.metadata.labels.as_ref().is_some_and(|l| !l.is_empty()) {
+        ops.push(json!({"op": "add", "path": format!("/metadata/labels/{}", escape(LABEL_SIDECAR)), "value": LABEL_SIDECAR_VALUE}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/metadata/labels", "value": {LABEL_SIDECAR: LABEL_SIDECAR_VALUE}}));
+    }
     let injected = format!("{}={}", take.name, take.number);
     if pod
         .metadata
@@ -510,14 +554,18 @@ fn app_pre_stop(admin_port: u16, grace: i64) -> Option<Value> {
     }}))
 }
 
-/// The sidecar's own snapshot: one inbound listener, everything to the app on loopback.
-fn sidecar_snapshot(
+/// The sidecar's own snapshot: the inbound listener, everything to the app on loopback, and
+/// the outbound listener on `127.0.0.1`, empty (404) until the operator pushes the routes
+/// attached to the workload. The inbound route is bound to the inbound listener only, so the
+/// app's outbound calls never loop back to itself.
+pub(crate) fn sidecar_snapshot(
     protocol: InboundProtocol,
     port: u16,
     app_port: i32,
     advertised: Option<u16>,
+    outbound_port: u16,
 ) -> String {
-    let mut listener = json!({"name": "inbound", "address": format!("0.0.0.0:{port}")});
+    let mut listener = json!({"name": INBOUND_LISTENER, "address": format!("0.0.0.0:{port}")});
     match protocol {
         InboundProtocol::Http => listener["protocol"] = json!("http"),
         InboundProtocol::Https => {
@@ -529,11 +577,12 @@ fn sidecar_snapshot(
             };
         }
     }
+    let outbound = json!({"name": OUTBOUND_LISTENER, "address": format!("127.0.0.1:{outbound_port}"), "protocol": "http"});
     json!({
-        "version": format!("sidecar-{port}-{app_port}"),
-        "listeners": [listener],
+        "version": format!("sidecar-{port}-{app_port}-{outbound_port}"),
+        "listeners": [listener, outbound],
         "backends": {"app": {"endpoints": [format!("127.0.0.1:{app_port}")]}},
-        "routes": [{"name": "inbound", "rules": [{"backendRefs": [{"name": "app"}]}]}],
+        "routes": [{"name": "inbound", "listeners": [INBOUND_LISTENER], "rules": [{"backendRefs": [{"name": "app"}]}]}],
     })
     .to_string()
 }

@@ -163,13 +163,11 @@ impl Injector {
                 what: format!("services in {ns}"),
                 source,
             })?;
-        let token = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let outcome = decide(&Input {
             pod: &pod,
             namespace_labels: &namespace.metadata.labels.unwrap_or_default(),
             services: &services.items,
             settings: &self.settings,
-            token: &token,
         });
         match &outcome {
             Ok(Outcome::Skip(why)) => {
@@ -183,6 +181,14 @@ impl Injector {
                     .injected
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(operations = ops.len(), "sidecar injected");
+                // The sidecar reads its admin token from this Secret: make sure it exists before
+                // the pod does, or the kubelet would hold the pod until the operator wrote it.
+                // A failure still injects (failing admission would block the app); the
+                // workload controller creates the Secret when it sees the pod.
+                if let Err(e) = crate::workload::token::ensure(&self.client, &ns).await {
+                    let e = e.counted();
+                    tracing::warn!(error = %e, kind = e.kind(), "sidecar token Secret not ensured at admission");
+                }
             }
             Err(d) => {
                 INJECTOR

@@ -41,6 +41,10 @@ pub struct Settings {
     /// The sidecar's admin port (probes; the rest needs the per-pod token).
     #[serde(default = "default_admin_port")]
     pub admin_port: u16,
+    /// Port of the sidecar's outbound listener on `127.0.0.1`: the application calls it for
+    /// the ProxyRoutes attached to its workload (`spec.workloadSelector`).
+    #[serde(default = "default_outbound_port")]
+    pub outbound_port: u16,
     #[serde(default = "default_protocol")]
     pub inbound_protocol: InboundProtocol,
     #[serde(default = "default_log_level")]
@@ -72,6 +76,9 @@ fn default_inbound_port() -> u16 {
 }
 fn default_admin_port() -> u16 {
     15000
+}
+fn default_outbound_port() -> u16 {
+    15001
 }
 fn default_protocol() -> InboundProtocol {
     InboundProtocol::Http
@@ -145,6 +152,18 @@ impl Settings {
                 format!(
                     "inboundPort ({}) and adminPort ({}) must be distinct and non-zero",
                     self.inbound_port, self.admin_port
+                ),
+            ));
+        }
+        if self.outbound_port == 0
+            || self.outbound_port == self.inbound_port
+            || self.outbound_port == self.admin_port
+        {
+            return Err((
+                "outboundPort",
+                format!(
+                    "outboundPort ({}) must be non-zero and differ from inboundPort and adminPort",
+                    self.outbound_port
                 ),
             ));
         }

@@ -35,6 +35,8 @@ const CASES: &[&str] = &[
     "unknown-inbound-port",
     "grace-period-poststart",
     "app-own-prestop",
+    "bad-outbound-port",
+    "outbound-port-annotation",
 ];
 
 fn dir() -> std::path::PathBuf {
@@ -61,7 +63,6 @@ fn run(case: &Case, settings: &Settings) -> Result<Outcome, Denial> {
         namespace_labels: &case.namespace_labels,
         services: &case.services,
         settings,
-        token: "test-token",
     })
 }
 
@@ -197,12 +198,41 @@ fn patched_pods_keep_the_promises() {
             .map(|e| e.address.as_str())
             .collect();
         assert_eq!(eps, vec![format!("127.0.0.1:{number}")], "{name}");
+        // The outbound listener is loopback-only, and the inbound route is not served on it
+        // (the app's outbound calls must never loop back to the app).
+        let out = cfg
+            .listeners
+            .iter()
+            .find(|l| l.name == OUTBOUND_LISTENER)
+            .unwrap_or_else(|| panic!("{name}: no outbound listener"));
+        assert!(
+            out.address.starts_with("127.0.0.1:"),
+            "{name}: {}",
+            out.address
+        );
+        assert_eq!(
+            cfg.routes[0].listeners,
+            vec![INBOUND_LISTENER.to_string()],
+            "{name}"
+        );
+        // The operator finds the pod by this label.
+        let labels = pod.metadata.labels.as_ref().expect("labels");
+        assert_eq!(
+            labels.get(LABEL_SIDECAR).map(String::as_str),
+            Some(LABEL_SIDECAR_VALUE),
+            "{name}"
+        );
+        // The admin token is never in the pod spec: it comes from the namespace's Secret.
+        let spec_text = serde_json::to_string(&pod.spec).expect("spec json");
+        assert!(
+            spec_text.contains(TOKEN_SECRET),
+            "{name}: token not from the Secret"
+        );
         let again = decide(&Input {
             pod: &pod,
             namespace_labels: &case.namespace_labels,
             services: &case.services,
             settings: &settings,
-            token: "other",
         });
         assert_eq!(again, Ok(Outcome::Skip("already injected")), "{name}");
         patched += 1;

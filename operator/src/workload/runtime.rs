@@ -1,0 +1,420 @@
+//! The workload controller's task: watches injected pods (label `weir.dev/sidecar=injected`),
+//! compiles each pod's snapshot ([`super::compile`]), makes sure each namespace has its token
+//! Secret, pushes to each sidecar's admin API with that token, and writes the attached routes'
+//! `status.workloads`. Only the Lease holder does any of it.
+//!
+//! Kept apart from the fleet pusher (`crate::push`) on purpose: the fleet pushes one snapshot
+//! to many pods with one token; here every pod has its own snapshot and every namespace its
+//! own token. It reuses the fleet's HTTP call and its Kubernetes inputs (routes, Backends,
+//! Services, Secrets), handed over by the controller loop after each compile.
+
+use super::compile::{self, Plan, PodPlan, SidecarPod};
+use super::status::attachment_status;
+use super::token;
+use super::WorkloadSettings;
+use crate::compile::{ObjKey, SecretIndex, ServiceIndex};
+use crate::controller::{now_rfc3339, spawn_reflector};
+use crate::crd::{Backend, ProxyRoute, WorkloadAttachmentStatus};
+use crate::error::Error;
+use crate::inject::patch::{ANN_SNAPSHOT, LABEL_SIDECAR, LABEL_SIDECAR_VALUE};
+use crate::metrics::METRICS;
+use crate::push::{call, host_port, HttpClient};
+use futures_util::StreamExt;
+use http::{Method, StatusCode};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio::sync::{watch, Notify};
+use weir_config::{FieldError, Snapshot};
+
+/// Field manager of `status.workloads`: the fleet status writer (`weir-operator`) never sets
+/// that field, so each manager's apply leaves the other's fields alone.
+pub const FIELD_MANAGER: &str = "weir-operator-workloads";
+
+/// What the controller loop hands over after each compile.
+#[derive(Clone, Default)]
+pub struct Inputs {
+    pub leader: bool,
+    pub routes: Vec<ProxyRoute>,
+    pub backends: Vec<Backend>,
+    pub services: ServiceIndex,
+    pub secrets: SecretIndex,
+}
+
+/// One sidecar as the pusher knows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct PodState {
+    uid: String,
+    restarts: i32,
+    /// The version the sidecar acknowledged.
+    acked: Option<String>,
+    /// The version it refused (not retried until the desired one changes).
+    rejected: Option<String>,
+}
+
+/// A pod to push to: its address and identity.
+#[derive(Clone)]
+struct Target {
+    key: ObjKey,
+    namespace: String,
+    ip: String,
+    uid: String,
+    restarts: i32,
+}
+
+fn sidecar_pods(pods: &Store<Pod>) -> (Vec<SidecarPod>, Vec<Target>) {
+    let mut out = Vec::new();
+    let mut targets = Vec::new();
+    for p in pods.state() {
+        if p.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let st = p.status.as_ref();
+        if st
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed")
+        {
+            continue;
+        }
+        let sp = SidecarPod {
+            namespace: p.namespace().unwrap_or_default(),
+            name: p.name_any(),
+            labels: p.labels().clone(),
+            boot: p.annotations().get(ANN_SNAPSHOT).cloned(),
+        };
+        // Pushed as soon as it has an address: the sidecar serves its boot snapshot from the
+        // start, and the app may call the outbound listener before the pod is Ready.
+        if let Some(ip) = st.and_then(|s| s.pod_ip.clone()).filter(|i| !i.is_empty()) {
+            targets.push(Target {
+                key: sp.key(),
+                namespace: sp.namespace.clone(),
+                ip,
+                uid: p.metadata.uid.clone().unwrap_or_default(),
+                restarts: st
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+                    .unwrap_or(0),
+            });
+        }
+        out.push(sp);
+    }
+    out.sort_by_key(|a| a.key());
+    (out, targets)
+}
+
+/// Pushes `snapshot` to one sidecar unless it runs it already (or refused it).
+async fn sync_pod(
+    client: &HttpClient,
+    s: &WorkloadSettings,
+    token: &str,
+    t: &Target,
+    mut state: PodState,
+    snapshot: &Snapshot,
+    verify: bool,
+) -> (PodState, Result<(), Error>) {
+    let url = format!("http://{}/config", host_port(&t.ip, s.admin_port));
+    let want = &snapshot.version;
+    if verify || state.acked.is_none() {
+        match call(
+            client,
+            Method::GET,
+            &url,
+            Some(token),
+            None,
+            s.request_timeout,
+        )
+        .await
+        {
+            Ok((StatusCode::OK, v)) => {
+                state.acked = v
+                    .get("version")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            }
+            Ok((StatusCode::UNAUTHORIZED, _)) => return (state, Err(Error::PodUnauthorized)),
+            Ok(_) => state.acked = None,
+            Err(e) => return (state, Err(e)),
+        }
+    }
+    if state.acked.as_deref() == Some(want) || state.rejected.as_deref() == Some(want) {
+        return (state, Ok(()));
+    }
+    let body = serde_json::to_vec(snapshot).unwrap_or_default();
+    match call(
+        client,
+        Method::PUT,
+        &url,
+        Some(token),
+        Some(body),
+        s.request_timeout,
+    )
+    .await
+    {
+        Ok((StatusCode::OK, v)) => {
+            METRICS.push_ok.inc();
+            state.acked = v
+                .get("version")
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            tracing::info!(pod = %t.key, version = %want, "pushed sidecar snapshot");
+            (state, Ok(()))
+        }
+        Ok((StatusCode::UNPROCESSABLE_ENTITY, v)) => {
+            METRICS.push_rejected.inc();
+            state.rejected = Some(want.clone());
+            let errors: Vec<FieldError> = v
+                .get("errors")
+                .cloned()
+                .and_then(|e| serde_json::from_value(e).ok())
+                .unwrap_or_default();
+            let e = Error::SidecarRejected {
+                pod: t.key.clone(),
+                errors,
+            };
+            (state, Err(e))
+        }
+        Ok((StatusCode::UNAUTHORIZED, _)) => (state, Err(Error::PodUnauthorized)),
+        Ok((status, body)) => (
+            state,
+            Err(Error::PodStatus {
+                what: "PUT /config",
+                status,
+                body,
+            }),
+        ),
+        Err(e) => {
+            METRICS.push_error.inc();
+            (state, Err(e))
+        }
+    }
+}
+
+/// Runs until `stop` flips. `inputs` comes from the controller loop after each compile.
+pub async fn run(
+    client: kube::Client,
+    s: WorkloadSettings,
+    watch_namespace: Option<String>,
+    mut inputs: watch::Receiver<Arc<Inputs>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let notify = Arc::new(Notify::new());
+    let api: Api<Pod> = match &watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let wc = watcher::Config::default()
+        .any_semantic()
+        .labels(&format!("{LABEL_SIDECAR}={LABEL_SIDECAR_VALUE}"));
+    let pods = spawn_reflector(api, wc, (), notify.clone(), None, "sidecar pods");
+    tokio::select! {
+        _ = pods.wait_until_ready() => {}
+        _ = stop.changed() => return,
+    }
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+    let http: HttpClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(http);
+    let mut states: BTreeMap<ObjKey, PodState> = BTreeMap::new();
+    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    // What this replica last wrote per route, so an unchanged status is not rewritten.
+    let mut written: BTreeMap<ObjKey, Option<serde_json::Value>> = BTreeMap::new();
+    let mut next_verify = tokio::time::Instant::now();
+    let mut wake = tokio::time::Instant::now();
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = notify.notified() => {}
+            r = inputs.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = stop.changed() => return,
+        }
+        // Let a burst of pod events settle (a rollout moves many pods at once).
+        tokio::time::sleep(s.debounce).await;
+        let inp = inputs.borrow_and_update().clone();
+        if !inp.leader {
+            was_leader = false;
+            wake = tokio::time::Instant::now() + s.verify_interval;
+            continue;
+        }
+        if !was_leader {
+            // A new term: what we think we wrote may be stale.
+            written.clear();
+            states.clear();
+            was_leader = true;
+        }
+        let verify = tokio::time::Instant::now() >= next_verify;
+        if verify {
+            next_verify = tokio::time::Instant::now() + s.verify_interval;
+        }
+        let (sidecars, targets) = sidecar_pods(&pods);
+        let plan = compile::compile(compile::Inputs {
+            pods: &sidecars,
+            routes: &inp.routes,
+            backends: &inp.backends,
+            services: &inp.services,
+            secrets: &inp.secrets,
+        });
+
+        // Tokens: one Secret per namespace with sidecars (created if missing).
+        let namespaces: BTreeSet<&str> = targets.iter().map(|t| t.namespace.as_str()).collect();
+        tokens.retain(|ns, _| namespaces.contains(ns.as_str()));
+        for ns in namespaces {
+            if tokens.contains_key(ns) {
+                continue;
+            }
+            match token::ensure(&client, ns).await {
+                Ok(t) => {
+                    tokens.insert(ns.to_string(), t);
+                }
+                Err(e) => {
+                    let e = e.counted();
+                    tracing::warn!(namespace = ns, error = %e, kind = e.kind(), "no sidecar token");
+                }
+            }
+        }
+
+        states.retain(|k, _| targets.iter().any(|t| &t.key == k));
+        let work: Vec<(Target, PodState, Arc<Snapshot>, String)> = targets
+            .iter()
+            .filter_map(|t| {
+                let PodPlan::Snapshot(snap) = plan.pods.get(&t.key)? else {
+                    return None;
+                };
+                let token = tokens.get(&t.namespace)?.clone();
+                let st = states.entry(t.key.clone()).or_default();
+                if st.uid != t.uid || st.restarts != t.restarts {
+                    // A new or restarted sidecar runs its boot snapshot again.
+                    *st = PodState {
+                        uid: t.uid.clone(),
+                        restarts: t.restarts,
+                        ..Default::default()
+                    };
+                }
+                Some((t.clone(), st.clone(), snap.clone(), token))
+            })
+            .collect();
+        let results: Vec<(ObjKey, String, PodState, Result<(), Error>)> =
+            futures_util::stream::iter(work)
+                .map(|(t, st, snap, token)| {
+                    let http = &http;
+                    let s = &s;
+                    async move {
+                        let (st, r) = sync_pod(http, s, &token, &t, st, &snap, verify).await;
+                        (t.key, t.namespace, st, r)
+                    }
+                })
+                .buffer_unordered(s.concurrency.max(1))
+                .collect()
+                .await;
+        let mut retry = false;
+        for (key, ns, st, r) in results {
+            if let Err(e) = r {
+                let rejected = matches!(e, Error::SidecarRejected { .. });
+                if matches!(e, Error::PodUnauthorized) {
+                    // The Secret was replaced: read it again next round.
+                    tokens.remove(&ns);
+                }
+                let e = e.counted();
+                if rejected {
+                    tracing::warn!(pod = %key, error = %e, "sidecar rejected its snapshot");
+                } else {
+                    retry = true;
+                    tracing::debug!(pod = %key, error = %e, kind = e.kind(), "sidecar push failed");
+                }
+            }
+            states.insert(key, st);
+        }
+        for (k, p) in &plan.pods {
+            if let PodPlan::Unusable(why) = p {
+                tracing::debug!(pod = %k, why, "sidecar not programmed");
+            }
+        }
+
+        let programmed: BTreeSet<String> = plan
+            .pods
+            .iter()
+            .filter(|(k, p)| match p {
+                PodPlan::Snapshot(s) => {
+                    states.get(*k).and_then(|st| st.acked.as_deref()) == Some(s.version.as_str())
+                }
+                PodPlan::Unusable(_) => false,
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        write_statuses(&client, &inp.routes, &plan, &programmed, &mut written).await;
+        wake = if retry {
+            tokio::time::Instant::now() + std::time::Duration::from_secs(1)
+        } else {
+            next_verify
+        };
+    }
+}
+
+/// Applies `status.workloads` of every attached route whose status changed, and clears it
+/// (an empty apply by this manager) on routes that are no longer attached.
+async fn write_statuses(
+    client: &kube::Client,
+    routes: &[ProxyRoute],
+    plan: &Plan,
+    programmed: &BTreeSet<String>,
+    written: &mut BTreeMap<ObjKey, Option<serde_json::Value>>,
+) {
+    let now = now_rfc3339();
+    for r in routes {
+        let ns = r.namespace().unwrap_or_default();
+        let name = r.name_any();
+        let k = crate::compile::key(&ns, &name);
+        let old = r.status.as_ref().and_then(|s| s.workloads.as_ref());
+        // What we wrote and the watch has not brought back yet is the base: the conditions'
+        // lastTransitionTime must not move on every round until it does.
+        let pending: Option<WorkloadAttachmentStatus> = written
+            .get(&k)
+            .cloned()
+            .flatten()
+            .and_then(|v| serde_json::from_value(v).ok());
+        let base = pending.as_ref().or(old);
+        let desired = plan
+            .routes
+            .get(&k)
+            .map(|a| attachment_status(a, programmed, base, &now));
+        if desired.as_ref() == old {
+            written.remove(&k);
+            continue;
+        }
+        let value = desired.as_ref().and_then(|d| serde_json::to_value(d).ok());
+        if written.get(&k) == Some(&value) {
+            continue; // written; the watch has not brought it back yet
+        }
+        let status = match &value {
+            Some(v) => serde_json::json!({"workloads": v}),
+            None => serde_json::json!({}),
+        };
+        let patch = serde_json::json!({
+            "apiVersion": "weir.dev/v1alpha1",
+            "kind": "ProxyRoute",
+            "status": status,
+        });
+        let api: Api<ProxyRoute> = Api::namespaced(client.clone(), &ns);
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(&name, &pp, &Patch::Apply(&patch)).await {
+            Ok(_) => {
+                written.insert(k, value);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                METRICS.status_write_errors.inc();
+                let e = Error::StatusWrite {
+                    object: format!("ProxyRoute:{k}"),
+                    source,
+                }
+                .counted();
+                tracing::warn!(object = %k, error = %e, "status write failed");
+            }
+        }
+    }
+}
