@@ -259,6 +259,61 @@ enum Last {
     Local(Response<ProxyBody>),
 }
 
+/// What one try's send returned: the response (with the pooled connection to give back), the
+/// send's error, or the try's time limit elapsed.
+type TryResult = Result<
+    Result<(Response<hyper::body::Incoming>, Option<Checkin>), SendError>,
+    tokio::time::error::Elapsed,
+>;
+
+/// One try, as [`BackendRt::record_outcome`] needs it.
+struct Try {
+    idx: usize,
+    attempt: u32,
+    ticket: Option<crate::upstream::breaker::Ticket>,
+    in_flight: InFlight,
+    elapsed: Duration,
+    /// The try's time limit.
+    limit: Duration,
+    /// The per-try timeout, when it (not the request timeout) limited the try.
+    per_try: Option<Duration>,
+}
+
+/// A try's outcome as its span records it.
+fn span_outcome(result: &TryResult) -> Result<u16, &'static str> {
+    match result {
+        Ok(Ok((r, _))) => Ok(r.status().as_u16()),
+        Ok(Err(e)) if e.is_connect() => Err("connect_error"),
+        Ok(Err(_)) => Err("upstream_error"),
+        Err(_) => Err("timeout"),
+    }
+}
+
+/// The last step: the reply from the last try's result. An upstream response's body keeps
+/// the endpoint's in-flight count and the concurrency slot until it ends, then gives the
+/// connection back to the pool (not after an upgrade: a WebSocket keeps it).
+fn finish(
+    last: Last,
+    permit: Option<OwnedSemaphorePermit>,
+    method: &Method,
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    match last {
+        Last::Local(r) => Err(r),
+        Last::Upstream(resp, in_flight, checkin) => {
+            let (parts, body) = resp.into_parts();
+            let checkin = checkin.filter(|_| {
+                parts.status != StatusCode::SWITCHING_PROTOCOLS && method != Method::CONNECT
+            });
+            let body = Guarded {
+                inner: body,
+                guard: Some((in_flight, permit)),
+                checkin,
+            };
+            Ok(Response::from_parts(parts, boxed(body)))
+        }
+    }
+}
+
 impl BackendRt {
     /// Builds the runtime backend. State carried over from `prev` when settings allow:
     /// the client (warm pool) when connection settings are equal; each endpoint's state
@@ -464,6 +519,12 @@ impl BackendRt {
     /// [`BackendRt::dispatch`] with the limit of each try set by the rule
     /// (`backendRequestTimeout`) instead of `retries.perTryTimeout`: `Some(0)` is no per-try
     /// limit, `None` the backend's own.
+    ///
+    /// The steps, each a method below: [`Self::admit`] (endpoints, concurrency limit), then
+    /// per try [`Self::back_off`], [`Self::breaker_admit`], [`Self::pick`] (the endpoint),
+    /// [`Self::try_request`], the send under [`Self::try_limit`], [`Self::record_outcome`]
+    /// (health, breaker, outlier detection; the failure if any) and [`Self::may_retry`]; the
+    /// last try's result becomes the reply in [`Self::finish`].
     #[allow(clippy::too_many_arguments)]
     pub async fn dispatch_per_try(
         &self,
@@ -485,40 +546,16 @@ impl BackendRt {
             upstream: None,
             attempts: 0,
         };
-        if self.endpoints.is_empty() {
-            out.response = Err(error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorKind::NoEndpoint,
-                &format!("backend {:?} has no endpoints", self.name),
-            ));
-            return out;
-        }
+        let permit = match self.admit(timeout).await {
+            Ok(p) => p,
+            Err(r) => {
+                out.response = Err(r);
+                return out;
+            }
+        };
         if let Some((name, value)) = &self.credential {
             headers.insert(name.clone(), value.clone());
         }
-        let permit = match &self.limiter {
-            None => None,
-            Some(sem) => {
-                let wait = self.config.queue_timeout.get().min(timeout);
-                match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => Some(p),
-                    _ => {
-                        self.metrics.overloaded.inc();
-                        out.response = Err(error_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            ErrorKind::BackendOverloaded,
-                            &format!(
-                                "backend {:?} is at maxConcurrentRequests ({}) and no slot freed within {:?}",
-                                self.name,
-                                self.config.max_concurrent_requests.unwrap_or_default(),
-                                wait
-                            ),
-                        ));
-                        return out;
-                    }
-                }
-            }
-        };
         let policy = &self.config.retries;
         self.budget.deposit();
         let idempotent = is_idempotent(&method);
@@ -529,42 +566,21 @@ impl BackendRt {
         } else {
             (None, Some(body))
         };
-        let decay = self.balancer.ewma_decay();
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<Last> = None;
         for attempt in 1..=policy.attempts.max(1) {
-            if attempt > 1 {
-                let wait = backoff(&policy.backoff, attempt - 1);
-                if Instant::now() + wait >= deadline {
-                    self.metrics.retries_exhausted.inc();
-                    break;
-                }
-                tokio::time::sleep(wait).await;
-                self.metrics.retries.inc();
+            if attempt > 1 && !self.back_off(attempt, deadline).await {
+                break;
             }
-            let ticket = match &self.breaker {
-                None => None,
-                Some(b) => match b.try_acquire() {
-                    Some(t) => Some(t),
-                    None => {
-                        if last.is_none() {
-                            out.response = Err(error_response(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                ErrorKind::CircuitOpen,
-                                &format!("the circuit breaker of backend {:?} is open", self.name),
-                            ));
-                        }
-                        break;
-                    }
-                },
+            let Some(ticket) = self.breaker_admit() else {
+                if last.is_none() {
+                    out.response = Err(self.unavailable(ErrorKind::CircuitOpen));
+                }
+                break;
             };
             let Some(idx) = self.pick(&tried) else {
                 if last.is_none() {
-                    out.response = Err(error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ErrorKind::NoHealthyEndpoint,
-                        &format!("backend {:?} has no healthy endpoint", self.name),
-                    ));
+                    out.response = Err(self.unavailable(ErrorKind::NoHealthyEndpoint));
                 }
                 break;
             };
@@ -572,179 +588,293 @@ impl BackendRt {
             tried.push(idx);
             out.attempts = attempt;
             out.upstream = Some(ep.authority.as_str().to_owned());
-            // HTTP/1.1 connections take the origin form as is; the h2c client wants the
-            // absolute form (it derives `:authority` and its pool key from it).
-            let uri = match &self.conns {
-                Conns::H1(_) => Uri::from(pq.clone()),
-                Conns::Legacy { .. } => match Uri::builder()
-                    .scheme("http")
-                    .authority(ep.authority.clone())
-                    .path_and_query(pq.clone())
-                    .build()
-                {
-                    Ok(u) => u,
-                    Err(e) => {
-                        out.response = Err(error_response(
-                            StatusCode::BAD_REQUEST,
-                            ErrorKind::BadPath,
-                            &e.to_string(),
-                        ));
-                        return out;
-                    }
-                },
-            };
             let body = match &replay {
                 Some(r) => r.attempt(),
                 None => only_body.take().unwrap_or_else(crate::http::body::empty),
             };
-            let mut req = Request::new(body);
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = uri;
-            *req.version_mut() = version;
-            *req.headers_mut() = if attempt < policy.attempts {
+            let try_headers = if attempt < policy.attempts {
                 headers.clone()
             } else {
                 std::mem::take(&mut headers)
             };
-
+            let mut req = match self.try_request(ep, &method, &pq, version, try_headers, body) {
+                Ok(r) => r,
+                Err(r) => {
+                    out.response = Err(r);
+                    return out;
+                }
+            };
             if let Some(s) = span.as_deref_mut() {
                 s.attempt_started(attempt, &ep.authority, req.headers_mut());
             }
             let in_flight = ep.state.start();
             let started = Instant::now();
-            let remaining = deadline.saturating_duration_since(started);
-            let per_try = match rule_per_try {
-                Some(t) if t.is_zero() => None,
-                Some(t) => Some(t),
-                None => policy.per_try_timeout.map(|t| t.get()),
-            }
-            .filter(|t| *t < remaining);
-            let limit = per_try.unwrap_or(remaining);
+            let (limit, per_try) =
+                self.try_limit(rule_per_try, deadline.saturating_duration_since(started));
             let result = tokio::time::timeout(limit, self.send(idx, req)).await;
             if let Some(s) = span.as_deref_mut() {
-                s.attempt_ended(match &result {
-                    Ok(Ok((r, _))) => Ok(r.status().as_u16()),
-                    Ok(Err(e)) if e.is_connect() => Err("connect_error"),
-                    Ok(Err(_)) => Err("upstream_error"),
-                    Err(_) => Err("timeout"),
-                });
+                s.attempt_ended(span_outcome(&result));
             }
-            let elapsed = started.elapsed();
-            let failure = match result {
-                Ok(Ok((resp, checkin))) => {
-                    self.metrics.upstream_latency.observe(elapsed.as_secs_f64());
-                    let status = resp.status().as_u16();
-                    let server_error = status >= 500;
-                    ep.state.observe_latency(elapsed, false, decay);
-                    self.report(
-                        idx,
-                        if server_error {
-                            Outcome::Status(status)
-                        } else {
-                            Outcome::Success
-                        },
-                    );
-                    if let Some(t) = ticket {
-                        t.record(server_error);
-                    }
-                    let retry_status = policy.retry_on.statuses.iter().any(|r| r.contains(status));
-                    last = Some(Last::Upstream(resp, in_flight, checkin));
-                    if !retry_status {
-                        break;
-                    }
-                    Failure::Status(status)
-                }
-                Ok(Err(e)) => {
-                    drop(in_flight);
-                    ep.state.observe_latency(elapsed, true, decay);
-                    self.report(idx, Outcome::LocalFailure);
-                    if let Some(t) = ticket {
-                        t.record(true);
-                    }
-                    let source = std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
-                    tracing::warn!(backend = %self.name, upstream = %ep.authority, attempt, error = %e, source = %source, "upstream error");
-                    let (failure, code, what) = if e.is_connect() {
-                        (
-                            Failure::Connect,
-                            ErrorKind::UpstreamConnectError,
-                            "cannot connect to",
-                        )
-                    } else {
-                        (
-                            Failure::Reset,
-                            ErrorKind::UpstreamError,
-                            "request failed at",
-                        )
-                    };
-                    last = Some(Last::Local(error_response(
-                        StatusCode::BAD_GATEWAY,
-                        code,
-                        &format!("{what} upstream {}", ep.authority),
-                    )));
-                    failure
-                }
-                Err(_) => {
-                    drop(in_flight);
-                    ep.state.observe_latency(elapsed, true, decay);
-                    self.report(idx, Outcome::LocalFailure);
-                    if let Some(t) = ticket {
-                        t.record(true);
-                    }
-                    last = Some(Last::Local(error_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        ErrorKind::UpstreamTimeout,
-                        &format!("upstream {} did not answer within {limit:?}", ep.authority),
-                    )));
-                    if per_try.is_none() {
-                        break; // the request timeout itself ran out
-                    }
-                    Failure::TryTimeout
-                }
+            let tried_once = Try {
+                idx,
+                attempt,
+                ticket,
+                in_flight,
+                elapsed: started.elapsed(),
+                limit,
+                per_try,
             };
-            let allowed = match failure {
-                Failure::Connect => policy.retry_on.connect_error,
-                Failure::Reset => policy.retry_on.reset && idempotent,
-                Failure::TryTimeout => policy.retry_on.timeout && idempotent,
-                Failure::Status(_) => idempotent,
-            };
-            let can = attempt < policy.attempts
-                && allowed
-                && replay.as_ref().is_some_and(Replay::replayable)
-                && Instant::now() < deadline;
-            if !can {
-                // A failure retries were configured for, but none is left.
-                if allowed && policy.attempts > 1 {
-                    self.metrics.retries_exhausted.inc();
-                }
+            let (l, failure) = self.record_outcome(tried_once, result);
+            last = Some(l);
+            let Some(failure) = failure else {
                 break;
-            }
-            if !self.budget.withdraw() {
-                tracing::debug!(backend = %self.name, "retry budget spent; not retrying");
-                self.metrics.retries_exhausted.inc();
+            };
+            if !self.may_retry(failure, attempt, idempotent, replay.as_ref(), deadline) {
                 break;
             }
             tracing::debug!(backend = %self.name, upstream = %ep.authority, attempt, failure = ?failure, "retrying");
         }
-        match last {
-            None => {}
-            Some(Last::Local(r)) => out.response = Err(r),
-            Some(Last::Upstream(resp, in_flight, checkin)) => {
-                let (parts, body) = resp.into_parts();
-                // A connection handed over to an upgrade (WebSocket) never goes back.
-                let checkin = checkin.filter(|_| {
-                    parts.status != StatusCode::SWITCHING_PROTOCOLS && method != Method::CONNECT
-                });
-                let body = Guarded {
-                    inner: body,
-                    guard: Some((in_flight, permit)),
-                    checkin,
-                };
-                out.response = Ok(Response::from_parts(parts, boxed(body)));
-            }
+        if let Some(last) = last {
+            out.response = finish(last, permit, &method);
         }
         out
+    }
+
+    /// Step 1: the backend has endpoints, and a slot of `maxConcurrentRequests` (waited for
+    /// up to `queueTimeout`, within `timeout`). Gives the slot, held until the response body
+    /// ends, or the reply.
+    async fn admit(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<OwnedSemaphorePermit>, Response<ProxyBody>> {
+        if self.endpoints.is_empty() {
+            return Err(self.unavailable(ErrorKind::NoEndpoint));
+        }
+        let Some(sem) = &self.limiter else {
+            return Ok(None);
+        };
+        let wait = self.config.queue_timeout.get().min(timeout);
+        match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => {
+                self.metrics.overloaded.inc();
+                Err(error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorKind::BackendOverloaded,
+                    &format!(
+                        "backend {:?} is at maxConcurrentRequests ({}) and no slot freed within {:?}",
+                        self.name,
+                        self.config.max_concurrent_requests.unwrap_or_default(),
+                        wait
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The 503 of a backend that cannot take the request: no endpoints, no healthy one, or
+    /// an open circuit breaker.
+    fn unavailable(&self, kind: ErrorKind) -> Response<ProxyBody> {
+        let msg = match kind {
+            ErrorKind::NoEndpoint => format!("backend {:?} has no endpoints", self.name),
+            ErrorKind::CircuitOpen => {
+                format!("the circuit breaker of backend {:?} is open", self.name)
+            }
+            _ => format!("backend {:?} has no healthy endpoint", self.name),
+        };
+        error_response(StatusCode::SERVICE_UNAVAILABLE, kind, &msg)
+    }
+
+    /// Before a retry: waits the backoff of try `attempt`, or gives up (`false`) when that
+    /// wait would reach past the deadline.
+    async fn back_off(&self, attempt: u32, deadline: Instant) -> bool {
+        let wait = backoff(&self.config.retries.backoff, attempt - 1);
+        if Instant::now() + wait >= deadline {
+            self.metrics.retries_exhausted.inc();
+            return false;
+        }
+        tokio::time::sleep(wait).await;
+        self.metrics.retries.inc();
+        true
+    }
+
+    /// The circuit breaker's admission of one try: `Some(None)` without a breaker,
+    /// `Some(Some(ticket))` when admitted, `None` when the circuit is open.
+    #[allow(clippy::option_option)]
+    fn breaker_admit(&self) -> Option<Option<crate::upstream::breaker::Ticket>> {
+        match &self.breaker {
+            None => Some(None),
+            Some(b) => b.try_acquire().map(Some),
+        }
+    }
+
+    /// One try's request to endpoint `ep`. HTTP/1.1 connections take the origin form as is;
+    /// the h2c client wants the absolute form (it derives `:authority` and its pool key from
+    /// it), which can fail: a `400 bad_path` reply.
+    // The Err is the reply itself, made on the rare path and moved out once.
+    #[allow(clippy::result_large_err)]
+    fn try_request(
+        &self,
+        ep: &EndpointRt,
+        method: &Method,
+        pq: &PathAndQuery,
+        version: Version,
+        headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
+        let uri = match &self.conns {
+            Conns::H1(_) => Uri::from(pq.clone()),
+            Conns::Legacy { .. } => Uri::builder()
+                .scheme("http")
+                .authority(ep.authority.clone())
+                .path_and_query(pq.clone())
+                .build()
+                .map_err(|e| {
+                    error_response(StatusCode::BAD_REQUEST, ErrorKind::BadPath, &e.to_string())
+                })?,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// The time limit of one try with `remaining` left before the deadline, and the per-try
+    /// timeout when it is the shorter (`None`: the request timeout itself limits the try).
+    fn try_limit(
+        &self,
+        rule_per_try: Option<Duration>,
+        remaining: Duration,
+    ) -> (Duration, Option<Duration>) {
+        let per_try = match rule_per_try {
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+            None => self.config.retries.per_try_timeout.map(|t| t.get()),
+        }
+        .filter(|t| *t < remaining);
+        (per_try.unwrap_or(remaining), per_try)
+    }
+
+    /// Records a try's outcome (latency, outlier detection, breaker) and classifies it: the
+    /// result to keep, and the failure to consider retrying for (`None`: stop here — a
+    /// response not to retry, or the request timeout itself ran out).
+    fn record_outcome(&self, t: Try, result: TryResult) -> (Last, Option<Failure>) {
+        let ep = &self.endpoints[t.idx];
+        let decay = self.balancer.ewma_decay();
+        let resp = match result {
+            Ok(Ok((resp, checkin))) => {
+                self.metrics
+                    .upstream_latency
+                    .observe(t.elapsed.as_secs_f64());
+                let status = resp.status().as_u16();
+                let server_error = status >= 500;
+                ep.state.observe_latency(t.elapsed, false, decay);
+                self.report(
+                    t.idx,
+                    if server_error {
+                        Outcome::Status(status)
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if let Some(ticket) = t.ticket {
+                    ticket.record(server_error);
+                }
+                let statuses = &self.config.retries.retry_on.statuses;
+                let retry = statuses.iter().any(|r| r.contains(status));
+                let last = Last::Upstream(resp, t.in_flight, checkin);
+                return (last, retry.then_some(Failure::Status(status)));
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(()),
+        };
+        drop(t.in_flight);
+        ep.state.observe_latency(t.elapsed, true, decay);
+        self.report(t.idx, Outcome::LocalFailure);
+        if let Some(ticket) = t.ticket {
+            ticket.record(true);
+        }
+        match resp {
+            Err(e) => self.send_failed(ep, t.attempt, &e),
+            Ok(()) => {
+                let last = Last::Local(error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ErrorKind::UpstreamTimeout,
+                    &format!(
+                        "upstream {} did not answer within {:?}",
+                        ep.authority, t.limit
+                    ),
+                ));
+                // Without a per-try timeout the request timeout itself ran out.
+                (last, t.per_try.map(|_| Failure::TryTimeout))
+            }
+        }
+    }
+
+    /// A try whose send failed (connect or reset): logged, and the `502` reply.
+    fn send_failed(&self, ep: &EndpointRt, attempt: u32, e: &SendError) -> (Last, Option<Failure>) {
+        let source = std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        tracing::warn!(backend = %self.name, upstream = %ep.authority, attempt, error = %e, source = %source, "upstream error");
+        let (failure, code, what) = if e.is_connect() {
+            (
+                Failure::Connect,
+                ErrorKind::UpstreamConnectError,
+                "cannot connect to",
+            )
+        } else {
+            (
+                Failure::Reset,
+                ErrorKind::UpstreamError,
+                "request failed at",
+            )
+        };
+        let last = Last::Local(error_response(
+            StatusCode::BAD_GATEWAY,
+            code,
+            &format!("{what} upstream {}", ep.authority),
+        ));
+        (last, Some(failure))
+    }
+
+    /// Whether try `attempt`'s failure is retried: allowed by `retries.retryOn` (non-idempotent
+    /// requests only after a connect error), a try left, the body replayable, time left, and
+    /// the retry budget not spent.
+    fn may_retry(
+        &self,
+        failure: Failure,
+        attempt: u32,
+        idempotent: bool,
+        replay: Option<&Replay>,
+        deadline: Instant,
+    ) -> bool {
+        let policy = &self.config.retries;
+        let allowed = match failure {
+            Failure::Connect => policy.retry_on.connect_error,
+            Failure::Reset => policy.retry_on.reset && idempotent,
+            Failure::TryTimeout => policy.retry_on.timeout && idempotent,
+            Failure::Status(_) => idempotent,
+        };
+        let can = attempt < policy.attempts
+            && allowed
+            && replay.is_some_and(Replay::replayable)
+            && Instant::now() < deadline;
+        if !can {
+            // A failure retries were configured for, but none is left.
+            if allowed && policy.attempts > 1 {
+                self.metrics.retries_exhausted.inc();
+            }
+            return false;
+        }
+        if !self.budget.withdraw() {
+            tracing::debug!(backend = %self.name, "retry budget spent; not retrying");
+            self.metrics.retries_exhausted.inc();
+            return false;
+        }
+        true
     }
 
     /// One try on endpoint `idx`: its HTTP/1.1 pool, or the h2c client. With the response
