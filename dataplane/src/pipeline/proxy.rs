@@ -59,10 +59,8 @@ where
     let req = req.map(|b| CountingBody::new(b, bytes_in.clone()));
     let grpc = crate::http::grpc::is_grpc(req.headers());
     let out = forward(runtime, conn, req, span.as_deref_mut()).await;
-    let mut resp = out.response;
-    if grpc {
-        resp = crate::http::grpc::local_error(resp);
-    }
+    // The one place local replies are rendered: JSON, or a gRPC status for a gRPC client.
+    let mut resp = crate::http::reply::render(out.response, grpc);
     // An upstream's Alt-Svc describes the upstream, not us; ours replaces it.
     resp.headers_mut().remove(header::ALT_SVC);
     if let Some(v) = &conn.alt_svc {
