@@ -243,6 +243,22 @@ pub struct Dispatched {
     pub attempts: u32,
 }
 
+impl Dispatched {
+    /// Ends the dispatch with the proxy's own reply.
+    fn local(mut self, r: Response<ProxyBody>) -> Dispatched {
+        self.response = Err(r);
+        self
+    }
+}
+
+/// The request head every try sends (the headers go per try, see [`Payload`]).
+struct Head {
+    method: Method,
+    /// The upstream path and query.
+    pq: PathAndQuery,
+    version: Version,
+}
+
 /// How a try failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
@@ -277,6 +293,66 @@ struct Try {
     limit: Duration,
     /// The per-try timeout, when it (not the request timeout) limited the try.
     per_try: Option<Duration>,
+}
+
+impl Try {
+    /// `t`: the endpoint index, the attempt number, the time limit and the per-try timeout.
+    fn new(
+        t: (usize, u32, Duration, Option<Duration>),
+        ticket: Option<crate::upstream::breaker::Ticket>,
+        in_flight: InFlight,
+        elapsed: Duration,
+    ) -> Try {
+        let (idx, attempt, limit, per_try) = t;
+        Try {
+            idx,
+            attempt,
+            ticket,
+            in_flight,
+            elapsed,
+            limit,
+            per_try,
+        }
+    }
+}
+
+/// The request body and headers of every try: with retries possible the body goes through a
+/// replay buffer; without, it streams straight to the only try. The last try takes the
+/// headers, the others a copy.
+struct Payload {
+    replay: Option<Replay>,
+    only_body: Option<ProxyBody>,
+    headers: HeaderMap,
+    attempts: u32,
+}
+
+impl Payload {
+    fn new(body: ProxyBody, headers: HeaderMap, attempts: u32) -> Payload {
+        let (replay, only_body) = if attempts > 1 {
+            (Some(Replay::new(body)), None)
+        } else {
+            (None, Some(body))
+        };
+        Payload {
+            replay,
+            only_body,
+            headers,
+            attempts,
+        }
+    }
+
+    fn for_try(&mut self, attempt: u32) -> (ProxyBody, HeaderMap) {
+        let body = match &self.replay {
+            Some(r) => r.attempt(),
+            None => (self.only_body.take()).unwrap_or_else(crate::http::body::empty),
+        };
+        let headers = if attempt < self.attempts {
+            self.headers.clone()
+        } else {
+            std::mem::take(&mut self.headers)
+        };
+        (body, headers)
+    }
 }
 
 /// A try's outcome as its span records it.
@@ -521,7 +597,7 @@ impl BackendRt {
     /// limit, `None` the backend's own.
     ///
     /// The steps, each a method below: [`Self::admit`] (endpoints, concurrency limit), then
-    /// per try [`Self::back_off`], [`Self::breaker_admit`], [`Self::pick`] (the endpoint),
+    /// per try [`Self::back_off`], [`Self::admit_try`] (circuit breaker, then the endpoint),
     /// [`Self::try_request`], the send under [`Self::try_limit`], [`Self::record_outcome`]
     /// (health, breaker, outlier detection; the failure if any) and [`Self::may_retry`]; the
     /// last try's result becomes the reply in [`Self::finish`].
@@ -531,7 +607,7 @@ impl BackendRt {
         method: Method,
         pq: PathAndQuery,
         version: Version,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: ProxyBody,
         timeout: Duration,
         mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
@@ -548,65 +624,46 @@ impl BackendRt {
         };
         let permit = match self.admit(timeout).await {
             Ok(p) => p,
-            Err(r) => {
-                out.response = Err(r);
-                return out;
-            }
+            Err(r) => return out.local(r),
         };
-        if let Some((name, value)) = &self.credential {
-            headers.insert(name.clone(), value.clone());
-        }
-        let policy = &self.config.retries;
+        let attempts = self.config.retries.attempts.max(1);
         self.budget.deposit();
         let idempotent = is_idempotent(&method);
-        // With retries possible the body goes through a replay buffer; without, it streams
-        // straight to the only try.
-        let (replay, mut only_body) = if policy.attempts > 1 {
-            (Some(Replay::new(body)), None)
-        } else {
-            (None, Some(body))
+        let head = Head {
+            method,
+            pq,
+            version,
         };
+        let mut payload = Payload::new(body, self.with_credential(headers), attempts);
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<Last> = None;
-        for attempt in 1..=policy.attempts.max(1) {
+        for attempt in 1..=attempts {
             if attempt > 1 && !self.back_off(attempt, deadline).await {
                 break;
             }
-            let Some(ticket) = self.breaker_admit() else {
-                if last.is_none() {
-                    out.response = Err(self.unavailable(ErrorKind::CircuitOpen));
+            let (ticket, idx) = match self.admit_try(&tried) {
+                Ok(x) => x,
+                Err(kind) => {
+                    if last.is_none() {
+                        out.response = Err(self.unavailable(kind));
+                    }
+                    break;
                 }
-                break;
-            };
-            let Some(idx) = self.pick(&tried) else {
-                if last.is_none() {
-                    out.response = Err(self.unavailable(ErrorKind::NoHealthyEndpoint));
-                }
-                break;
             };
             let ep = &self.endpoints[idx];
             tried.push(idx);
             out.attempts = attempt;
             out.upstream = Some(ep.authority.as_str().to_owned());
-            let body = match &replay {
-                Some(r) => r.attempt(),
-                None => only_body.take().unwrap_or_else(crate::http::body::empty),
-            };
-            let try_headers = if attempt < policy.attempts {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
-            let mut req = match self.try_request(ep, &method, &pq, version, try_headers, body) {
-                Ok(r) => r,
-                Err(r) => {
-                    out.response = Err(r);
-                    return out;
+            let (body, try_headers) = payload.for_try(attempt);
+            let req = match self.try_request(ep, &head, try_headers, body) {
+                Ok(mut r) => {
+                    if let Some(s) = span.as_deref_mut() {
+                        s.attempt_started(attempt, &ep.authority, r.headers_mut());
+                    }
+                    r
                 }
+                Err(r) => return out.local(r),
             };
-            if let Some(s) = span.as_deref_mut() {
-                s.attempt_started(attempt, &ep.authority, req.headers_mut());
-            }
             let in_flight = ep.state.start();
             let started = Instant::now();
             let (limit, per_try) =
@@ -615,27 +672,25 @@ impl BackendRt {
             if let Some(s) = span.as_deref_mut() {
                 s.attempt_ended(span_outcome(&result));
             }
-            let tried_once = Try {
-                idx,
-                attempt,
-                ticket,
-                in_flight,
-                elapsed: started.elapsed(),
-                limit,
-                per_try,
-            };
-            let (l, failure) = self.record_outcome(tried_once, result);
+            let (elapsed, t) = (started.elapsed(), (idx, attempt, limit, per_try));
+            let (l, failure) = self.record_outcome(Try::new(t, ticket, in_flight, elapsed), result);
             last = Some(l);
             let Some(failure) = failure else {
                 break;
             };
-            if !self.may_retry(failure, attempt, idempotent, replay.as_ref(), deadline) {
+            if !self.may_retry(
+                failure,
+                attempt,
+                idempotent,
+                payload.replay.as_ref(),
+                deadline,
+            ) {
                 break;
             }
             tracing::debug!(backend = %self.name, upstream = %ep.authority, attempt, failure = ?failure, "retrying");
         }
         if let Some(last) = last {
-            out.response = finish(last, permit, &method);
+            out.response = finish(last, permit, &head.method);
         }
         out
     }
@@ -672,6 +727,14 @@ impl BackendRt {
         }
     }
 
+    /// The request headers with the backend's credential (`backendAuth`), when it has one.
+    fn with_credential(&self, mut headers: HeaderMap) -> HeaderMap {
+        if let Some((name, value)) = &self.credential {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers
+    }
+
     /// The 503 of a backend that cannot take the request: no endpoints, no healthy one, or
     /// an open circuit breaker.
     fn unavailable(&self, kind: ErrorKind) -> Response<ProxyBody> {
@@ -698,14 +761,19 @@ impl BackendRt {
         true
     }
 
-    /// The circuit breaker's admission of one try: `Some(None)` without a breaker,
-    /// `Some(Some(ticket))` when admitted, `None` when the circuit is open.
-    #[allow(clippy::option_option)]
-    fn breaker_admit(&self) -> Option<Option<crate::upstream::breaker::Ticket>> {
-        match &self.breaker {
-            None => Some(None),
-            Some(b) => b.try_acquire().map(Some),
-        }
+    /// Admits one try: the circuit breaker's ticket (`None` without a breaker), then the
+    /// endpoint ([`Self::pick`], not one of `tried` when another is available). The error is
+    /// the kind of the 503 when the circuit is open or no endpoint is available.
+    fn admit_try(
+        &self,
+        tried: &[usize],
+    ) -> Result<(Option<crate::upstream::breaker::Ticket>, usize), ErrorKind> {
+        let ticket = match &self.breaker {
+            None => None,
+            Some(b) => Some(b.try_acquire().ok_or(ErrorKind::CircuitOpen)?),
+        };
+        let idx = self.pick(tried).ok_or(ErrorKind::NoHealthyEndpoint)?;
+        Ok((ticket, idx))
     }
 
     /// One try's request to endpoint `ep`. HTTP/1.1 connections take the origin form as is;
@@ -716,27 +784,25 @@ impl BackendRt {
     fn try_request(
         &self,
         ep: &EndpointRt,
-        method: &Method,
-        pq: &PathAndQuery,
-        version: Version,
+        head: &Head,
         headers: HeaderMap,
         body: ProxyBody,
     ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
         let uri = match &self.conns {
-            Conns::H1(_) => Uri::from(pq.clone()),
+            Conns::H1(_) => Uri::from(head.pq.clone()),
             Conns::Legacy { .. } => Uri::builder()
                 .scheme("http")
                 .authority(ep.authority.clone())
-                .path_and_query(pq.clone())
+                .path_and_query(head.pq.clone())
                 .build()
                 .map_err(|e| {
                     error_response(StatusCode::BAD_REQUEST, ErrorKind::BadPath, &e.to_string())
                 })?,
         };
         let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
+        *req.method_mut() = head.method.clone();
         *req.uri_mut() = uri;
-        *req.version_mut() = version;
+        *req.version_mut() = head.version;
         *req.headers_mut() = headers;
         Ok(req)
     }
