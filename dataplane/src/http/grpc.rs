@@ -6,7 +6,7 @@
 //! Everything else — streaming in all four shapes, trailers from the upstream — is plain
 //! HTTP/2 (or HTTP/3) proxying to an `h2c` backend.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use std::time::Duration;
 
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
@@ -62,6 +62,7 @@ pub fn deadline(headers: &HeaderMap, timeout: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use http::StatusCode;
 
     #[test]

@@ -244,6 +244,17 @@ pub struct Dispatched {
 }
 
 impl Dispatched {
+    /// A placeholder, cheap to make: every path of a dispatch replaces it (the loop runs at
+    /// least once, and each try sets its result or an error reply). Building the JSON error
+    /// reply up front cost about a tenth of a proxied request's instructions.
+    fn placeholder() -> Dispatched {
+        Dispatched {
+            response: Err(Response::new(crate::http::body::empty())),
+            upstream: None,
+            attempts: 0,
+        }
+    }
+
     /// Ends the dispatch with the proxy's own reply.
     fn local(mut self, r: Response<ProxyBody>) -> Dispatched {
         self.response = Err(r);
@@ -251,12 +262,17 @@ impl Dispatched {
     }
 }
 
-/// The request head every try sends (the headers go per try, see [`Payload`]).
+/// The request head every try sends (the headers go per try, see [`Payload`]), and what
+/// decides its retries.
 struct Head {
     method: Method,
     /// The upstream path and query.
     pq: PathAndQuery,
     version: Version,
+    /// Whether the method is idempotent (retried after more kinds of failure).
+    idempotent: bool,
+    /// The end of the request timeout, retries included.
+    deadline: Instant,
 }
 
 /// How a try failed.
@@ -614,25 +630,19 @@ impl BackendRt {
         rule_per_try: Option<Duration>,
     ) -> Dispatched {
         let deadline = Instant::now() + timeout;
-        // A placeholder, cheap to make: every path below replaces it (the loop runs at least
-        // once, and each try sets `last` or an error reply). Building the JSON error reply up
-        // front cost about a tenth of a proxied request's instructions.
-        let mut out = Dispatched {
-            response: Err(Response::new(crate::http::body::empty())),
-            upstream: None,
-            attempts: 0,
-        };
+        let mut out = Dispatched::placeholder();
         let permit = match self.admit(timeout).await {
             Ok(p) => p,
             Err(r) => return out.local(r),
         };
         let attempts = self.config.retries.attempts.max(1);
         self.budget.deposit();
-        let idempotent = is_idempotent(&method);
         let head = Head {
+            idempotent: is_idempotent(&method),
             method,
             pq,
             version,
+            deadline,
         };
         let mut payload = Payload::new(body, self.with_credential(headers), attempts);
         let mut tried: Vec<usize> = Vec::new();
@@ -678,13 +688,7 @@ impl BackendRt {
             let Some(failure) = failure else {
                 break;
             };
-            if !self.may_retry(
-                failure,
-                attempt,
-                idempotent,
-                payload.replay.as_ref(),
-                deadline,
-            ) {
+            if !self.may_retry(failure, attempt, &head, &payload) {
                 break;
             }
             tracing::debug!(backend = %self.name, upstream = %ep.authority, attempt, failure = ?failure, "retrying");
@@ -909,15 +913,8 @@ impl BackendRt {
     /// Whether try `attempt`'s failure is retried: allowed by `retries.retryOn` (non-idempotent
     /// requests only after a connect error), a try left, the body replayable, time left, and
     /// the retry budget not spent.
-    fn may_retry(
-        &self,
-        failure: Failure,
-        attempt: u32,
-        idempotent: bool,
-        replay: Option<&Replay>,
-        deadline: Instant,
-    ) -> bool {
-        let policy = &self.config.retries;
+    fn may_retry(&self, failure: Failure, attempt: u32, head: &Head, payload: &Payload) -> bool {
+        let (policy, idempotent) = (&self.config.retries, head.idempotent);
         let allowed = match failure {
             Failure::Connect => policy.retry_on.connect_error,
             Failure::Reset => policy.retry_on.reset && idempotent,
@@ -926,8 +923,8 @@ impl BackendRt {
         };
         let can = attempt < policy.attempts
             && allowed
-            && replay.is_some_and(Replay::replayable)
-            && Instant::now() < deadline;
+            && payload.replay.as_ref().is_some_and(Replay::replayable)
+            && Instant::now() < head.deadline;
         if !can {
             // A failure retries were configured for, but none is left.
             if allowed && policy.attempts > 1 {
