@@ -63,7 +63,6 @@ pub fn deadline(headers: &HeaderMap, timeout: Duration) -> Duration {
 mod tests {
     use super::*;
     use http::HeaderValue;
-    use http::StatusCode;
 
     #[test]
     fn timeouts_parse() {

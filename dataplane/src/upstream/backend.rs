@@ -9,6 +9,7 @@ use crate::http::reply::{error_response, ErrorKind};
 use crate::telemetry::metrics::{BackendMetrics, Metrics};
 use crate::upstream::balancer::Balancer;
 use crate::upstream::breaker::{Breaker, BreakerView, Mode};
+pub use crate::upstream::endpoint::{CountedIo, EndpointRt};
 use crate::upstream::health::{clock_ms, EndpointState, InFlight, Outcome};
 use crate::upstream::pool::{Checkin, Pool, PoolError, PoolSettings};
 use crate::upstream::retry::{backoff, is_idempotent, Budget, Replay};
@@ -18,9 +19,9 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::{Body, Frame, SizeHint};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -54,76 +55,6 @@ pub struct CountingConnector {
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<CountedIo, BoxError>> + Send>>;
 
-/// An upstream connection's IO; counts itself out of its endpoint's open connections when the
-/// connection (its hyper task, after the pool let it go or the peer closed it) drops it.
-pub struct CountedIo {
-    io: TokioIo<tokio::net::TcpStream>,
-    open: Arc<AtomicU64>,
-}
-
-impl CountedIo {
-    /// Counts a new connection into `open` (and out again when dropped).
-    pub fn new(stream: tokio::net::TcpStream, open: Arc<AtomicU64>) -> CountedIo {
-        open.fetch_add(1, Ordering::Relaxed);
-        CountedIo {
-            io: TokioIo::new(stream),
-            open,
-        }
-    }
-}
-
-impl Drop for CountedIo {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl hyper::rt::Read for CountedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for CountedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
-
-impl Connection for CountedIo {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
-
 impl tower_service::Service<Uri> for CountingConnector {
     type Response = CountedIo;
     type Error = BoxError;
@@ -148,18 +79,9 @@ impl tower_service::Service<Uri> for CountingConnector {
                 Err(_) => Arc::default(),
             };
             open.fetch_add(1, Ordering::Relaxed);
-            Ok(CountedIo { io, open })
+            Ok(CountedIo::new_counted(io, open))
         })
     }
-}
-
-/// One endpoint of a backend as this config version sees it.
-#[derive(Debug)]
-pub struct EndpointRt {
-    pub authority: Authority,
-    pub weight: u32,
-    /// Health, ejection, in-flight and latency; carried over reloads (see [`BackendRt::new`]).
-    pub state: Arc<EndpointState>,
 }
 
 /// A backend as the proxy uses it.
