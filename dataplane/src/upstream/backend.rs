@@ -306,6 +306,8 @@ fn span_outcome(result: &TryResult) -> Result<u16, &'static str> {
 /// The last step: the reply from the last try's result. An upstream response's body keeps
 /// the endpoint's in-flight count and the concurrency slot until it ends, then gives the
 /// connection back to the pool (not after an upgrade: a WebSocket keeps it).
+// Both sides are replies, as in `Dispatched::response`; moved out once, not boxed.
+#[allow(clippy::result_large_err)]
 fn finish(
     last: Last,
     permit: Option<OwnedSemaphorePermit>,
