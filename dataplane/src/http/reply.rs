@@ -226,6 +226,40 @@ mod tests {
         assert_eq!(ErrorKind::from_code("nope"), None);
     }
 
+    /// An HTTP client gets the JSON body, made when the reply is rendered, with the headers
+    /// stages added in between; a gRPC client the status alone, the same headers kept.
+    #[tokio::test]
+    async fn rendered_once_as_json_or_grpc() {
+        use http_body_util::BodyExt;
+        let reply = || {
+            let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimited, "m");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(3));
+            r
+        };
+        let r = render(reply(), false);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"status": 429, "error": "rate_limited", "message": "m"})
+        );
+        let r = render(reply(), true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        assert!(r.extensions().get::<ProxyError>().is_some());
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        assert!(body.is_empty());
+        // Not the proxy's own reply: untouched.
+        let mut upstream = Response::new(full(Bytes::from_static(b"x")));
+        *upstream.status_mut() = StatusCode::BAD_GATEWAY;
+        let r = render(upstream, true);
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+
     #[test]
     fn proxy_errors_become_grpc_statuses() {
         let r = local_error(error_response(
