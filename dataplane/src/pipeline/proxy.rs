@@ -60,7 +60,11 @@ where
     let grpc = crate::http::grpc::is_grpc(req.headers());
     let out = forward(runtime, conn, req, span.as_deref_mut()).await;
     // The one place local replies are rendered: JSON, or a gRPC status for a gRPC client.
-    let mut resp = crate::http::reply::render(out.response, grpc);
+    // Checked here so a proxied response is not moved through `render`.
+    let mut resp = out.response;
+    if resp.extensions().get::<ProxyError>().is_some() {
+        resp = crate::http::reply::render(resp, grpc);
+    }
     // An upstream's Alt-Svc describes the upstream, not us; ours replaces it.
     resp.headers_mut().remove(header::ALT_SVC);
     if let Some(v) = &conn.alt_svc {

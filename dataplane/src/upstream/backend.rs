@@ -547,7 +547,7 @@ impl BackendRt {
         method: Method,
         pq: PathAndQuery,
         version: Version,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: ProxyBody,
         timeout: Duration,
         mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
@@ -555,9 +555,14 @@ impl BackendRt {
     ) -> Dispatched {
         let deadline = Instant::now() + timeout;
         let mut out = Dispatched::placeholder();
-        let permit = match self.admit(timeout).await {
-            Ok(p) => p,
-            Err(r) => return out.local(r),
+        // Decided here when there is nothing to wait for (the common case): awaiting the
+        // `admit` future on every request measured ~+500 instr. per HTTP/1.1 request.
+        let permit = match (&self.limiter, self.endpoints.is_empty()) {
+            (None, false) => None,
+            _ => match self.admit(timeout).await {
+                Ok(p) => p,
+                Err(r) => return out.local(r),
+            },
         };
         let attempts = self.config.retries.attempts.max(1);
         self.budget.deposit();
@@ -568,7 +573,10 @@ impl BackendRt {
             version,
             deadline,
         };
-        let mut payload = Payload::new(body, self.with_credential(headers), attempts);
+        if let Some((name, value)) = &self.credential {
+            headers.insert(name.clone(), value.clone());
+        }
+        let mut payload = Payload::new(body, headers, attempts);
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<Last> = None;
         for attempt in 1..=attempts {
@@ -653,14 +661,6 @@ impl BackendRt {
                 ))
             }
         }
-    }
-
-    /// The request headers with the backend's credential (`backendAuth`), when it has one.
-    fn with_credential(&self, mut headers: HeaderMap) -> HeaderMap {
-        if let Some((name, value)) = &self.credential {
-            headers.insert(name.clone(), value.clone());
-        }
-        headers
     }
 
     /// The 503 of a backend that cannot take the request: no endpoints, no healthy one, or
