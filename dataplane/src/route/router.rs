@@ -20,7 +20,7 @@
 //! [`crate::route::bodymatch`]) and the walk resumes from the start with it. Entries decided before
 //! any body-matching entry never buffer the body.
 
-use crate::policy::filters::RuleRt;
+use crate::policy::rule::RuleRt;
 use http::{HeaderMap, Method};
 use regex::Regex;
 use std::collections::HashMap;
