@@ -7,6 +7,7 @@
 //! Parsing rejects unknown fields and reports where ([`parse_yaml`], [`parse_json`]);
 //! [`Snapshot::validate`] reports *every* semantic problem with its field path.
 
+mod delta;
 mod duration;
 mod error;
 mod model;
@@ -17,6 +18,7 @@ mod schema;
 mod telemetry;
 mod validate;
 
+pub use delta::{parse_delta_json, Delta, RouteChange};
 pub use duration::Duration;
 pub use error::{ConfigError, Errors, FieldError};
 pub use model::*;
