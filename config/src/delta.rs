@@ -66,8 +66,7 @@ impl Delta {
     /// Cost: one equality check per route and backend (no serialization), a few milliseconds
     /// at 10,000 routes.
     pub fn between(old: &Snapshot, new: &Snapshot) -> Option<Delta> {
-        if old.listeners != new.listeners || old.sinks != new.sinks || old.tracing != new.tracing
-        {
+        if old.listeners != new.listeners || old.sinks != new.sinks || old.tracing != new.tracing {
             return None;
         }
         let old_routes: HashMap<&str, &Route> =
@@ -188,7 +187,13 @@ impl Delta {
         for r in &base.routes {
             if !out_of_place.contains(r.name.as_str()) {
                 routes.push(r);
-                follow(Some(&r.name), &mut chain, &self.routes, &mut placed, &mut routes);
+                follow(
+                    Some(&r.name),
+                    &mut chain,
+                    &self.routes,
+                    &mut placed,
+                    &mut routes,
+                );
             }
         }
         for (i, done) in placed.iter().enumerate() {
@@ -277,15 +282,64 @@ mod tests {
     /// its JSON form, whatever was added, changed, removed or reordered around the change.
     #[test]
     fn between_then_apply_gives_the_new_snapshot() {
-        let old = snap(&[("a", "x"), ("b", "x"), ("c", "y"), ("d", "x")], &["x", "y"]);
+        let old = snap(
+            &[("a", "x"), ("b", "x"), ("c", "y"), ("d", "x")],
+            &["x", "y"],
+        );
         let cases = [
-            ("one changed", snap(&[("a", "x"), ("b", "y"), ("c", "y"), ("d", "x")], &["x", "y"])),
-            ("added first", snap(&[("n", "x"), ("a", "x"), ("b", "x"), ("c", "y"), ("d", "x")], &["x", "y"])),
-            ("added in the middle, two in a row", snap(&[("a", "x"), ("n", "x"), ("m", "y"), ("b", "x"), ("c", "y"), ("d", "x")], &["x", "y"])),
-            ("added last", snap(&[("a", "x"), ("b", "x"), ("c", "y"), ("d", "x"), ("n", "y")], &["x", "y"])),
-            ("removed first and last", snap(&[("b", "x"), ("c", "y")], &["x", "y"])),
-            ("changed and moved", snap(&[("c", "x"), ("a", "x"), ("b", "x"), ("d", "x")], &["x", "y"])),
-            ("backend added and removed", snap(&[("a", "z"), ("b", "x"), ("c", "z"), ("d", "x")], &["x", "z"])),
+            (
+                "one changed",
+                snap(
+                    &[("a", "x"), ("b", "y"), ("c", "y"), ("d", "x")],
+                    &["x", "y"],
+                ),
+            ),
+            (
+                "added first",
+                snap(
+                    &[("n", "x"), ("a", "x"), ("b", "x"), ("c", "y"), ("d", "x")],
+                    &["x", "y"],
+                ),
+            ),
+            (
+                "added in the middle, two in a row",
+                snap(
+                    &[
+                        ("a", "x"),
+                        ("n", "x"),
+                        ("m", "y"),
+                        ("b", "x"),
+                        ("c", "y"),
+                        ("d", "x"),
+                    ],
+                    &["x", "y"],
+                ),
+            ),
+            (
+                "added last",
+                snap(
+                    &[("a", "x"), ("b", "x"), ("c", "y"), ("d", "x"), ("n", "y")],
+                    &["x", "y"],
+                ),
+            ),
+            (
+                "removed first and last",
+                snap(&[("b", "x"), ("c", "y")], &["x", "y"]),
+            ),
+            (
+                "changed and moved",
+                snap(
+                    &[("c", "x"), ("a", "x"), ("b", "x"), ("d", "x")],
+                    &["x", "y"],
+                ),
+            ),
+            (
+                "backend added and removed",
+                snap(
+                    &[("a", "z"), ("b", "x"), ("c", "z"), ("d", "x")],
+                    &["x", "z"],
+                ),
+            ),
             ("everything removed", snap(&[], &[])),
             ("nothing changed", old.clone()),
         ];
@@ -358,7 +412,10 @@ mod tests {
                             {"after": "a", "route": {"name": "m", "rules": []}}]}"#,
         )
         .unwrap();
-        assert_eq!(d.apply(&base).unwrap_err().errors[0].path, "routes[1].after");
+        assert_eq!(
+            d.apply(&base).unwrap_err().errors[0].path,
+            "routes[1].after"
+        );
         let e = parse_delta_json(br#"{"baseVersion": "v1", "version": "v2", "listeners": []}"#)
             .unwrap_err();
         assert!(e.errors[0].message.contains("unknown field"), "{e}");

@@ -444,7 +444,10 @@ impl Admin {
                 )
             }
             Err(crate::server::DeltaRejected::Delta(e)) => {
-                tracing::warn!("PATCH /config does not fit version {}:\n{e}", delta.base_version);
+                tracing::warn!(
+                    "PATCH /config does not fit version {}:\n{e}",
+                    delta.base_version
+                );
                 json(
                     StatusCode::BAD_REQUEST,
                     serde_json::json!({"error": "bad_delta", "errors": e.errors}),

@@ -219,7 +219,9 @@ pub struct PusherConfig {
 
 /// The per-pod snapshot body: the canonical snapshot with `$(POD_IP)` substituted.
 pub fn body_for(snapshot: &Snapshot, pod_ip: &str) -> Vec<u8> {
-    SnapshotBody::new(snapshot).for_pod(snapshot, pod_ip).to_vec()
+    SnapshotBody::new(snapshot)
+        .for_pod(snapshot, pod_ip)
+        .to_vec()
 }
 
 /// A snapshot serialized once for every pod of a round. Serializing 10,000 routes (2 MB of
@@ -446,42 +448,48 @@ async fn send_config(
     t: Duration,
 ) -> Option<Outcome> {
     let patch = method == Method::PATCH;
-    let what = if patch { "PATCH /config" } else { "PUT /config" };
+    let what = if patch {
+        "PATCH /config"
+    } else {
+        "PUT /config"
+    };
     let kind = if patch { "delta" } else { "full" };
     METRICS
         .push_bytes
         .with_label_values(&[kind])
         .inc_by(body.len() as u64);
-    Some(match call(client, method, url, token, Some(body), t).await {
-        Ok((StatusCode::OK, v)) => match v.get("version").and_then(|v| v.as_str()) {
-            Some(ver) => Outcome::Running(ver.to_string()),
-            None => Outcome::Failed(Error::PodNoVersion(what)),
+    Some(
+        match call(client, method, url, token, Some(body), t).await {
+            Ok((StatusCode::OK, v)) => match v.get("version").and_then(|v| v.as_str()) {
+                Some(ver) => Outcome::Running(ver.to_string()),
+                None => Outcome::Failed(Error::PodNoVersion(what)),
+            },
+            Ok((
+                status @ (StatusCode::CONFLICT
+                | StatusCode::BAD_REQUEST
+                | StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED),
+                v,
+            )) if patch => {
+                tracing::debug!(%status, answer = %v, "PATCH /config not applied; sending the whole snapshot");
+                return None;
+            }
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, v)) => Outcome::Rejected {
+                current: v
+                    .get("currentVersion")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+                errors: v
+                    .get("errors")
+                    .cloned()
+                    .and_then(|e| serde_json::from_value(e).ok())
+                    .unwrap_or_default(),
+            },
+            Ok((StatusCode::UNAUTHORIZED, _)) => Outcome::Unauthorized,
+            Ok((status, body)) => Outcome::Failed(Error::PodStatus { what, status, body }),
+            Err(e) => Outcome::Failed(e),
         },
-        Ok((
-            status @ (StatusCode::CONFLICT
-            | StatusCode::BAD_REQUEST
-            | StatusCode::NOT_FOUND
-            | StatusCode::METHOD_NOT_ALLOWED),
-            v,
-        )) if patch => {
-            tracing::debug!(%status, answer = %v, "PATCH /config not applied; sending the whole snapshot");
-            return None;
-        }
-        Ok((StatusCode::UNPROCESSABLE_ENTITY, v)) => Outcome::Rejected {
-            current: v
-                .get("currentVersion")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-            errors: v
-                .get("errors")
-                .cloned()
-                .and_then(|e| serde_json::from_value(e).ok())
-                .unwrap_or_default(),
-        },
-        Ok((StatusCode::UNAUTHORIZED, _)) => Outcome::Unauthorized,
-        Ok((status, body)) => Outcome::Failed(Error::PodStatus { what, status, body }),
-        Err(e) => Outcome::Failed(e),
-    })
+    )
 }
 
 /// Syncs one pod: verify (when asked or unknown), then push when it runs something else.
@@ -809,7 +817,11 @@ mod tests {
                 };
                 want.listeners[0].address = listener.replace(POD_IP_PLACEHOLDER, &bracketed);
                 let got = body.for_pod(&s, ip);
-                assert_eq!(&got[..], &serde_json::to_vec(&want).unwrap()[..], "{listener} {ip}");
+                assert_eq!(
+                    &got[..],
+                    &serde_json::to_vec(&want).unwrap()[..],
+                    "{listener} {ip}"
+                );
                 assert_eq!(body_for(&s, ip), got.to_vec());
             }
         }
@@ -839,7 +851,11 @@ mod tests {
     /// to what it holds when 200); records every method and body size.
     async fn fake_pod(
         patch_status: StatusCode,
-    ) -> (u16, Arc<Mutex<Vec<(Method, usize)>>>, Arc<Mutex<Option<Snapshot>>>) {
+    ) -> (
+        u16,
+        Arc<Mutex<Vec<(Method, usize)>>>,
+        Arc<Mutex<Option<Snapshot>>>,
+    ) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let log: Arc<Mutex<Vec<(Method, usize)>>> = Default::default();
@@ -862,10 +878,15 @@ mod tests {
                         let version = held.as_ref().map(|s| s.version.clone());
                         let (status, v) = match (method, path.as_str()) {
                             (Method::GET, "/backends") => match version {
-                                Some(v) => (StatusCode::OK, serde_json::json!({"version": v, "backends": {}})),
+                                Some(v) => (
+                                    StatusCode::OK,
+                                    serde_json::json!({"version": v, "backends": {}}),
+                                ),
                                 None => (StatusCode::NOT_FOUND, serde_json::json!({})),
                             },
-                            (Method::GET, "/config") => (StatusCode::NOT_FOUND, serde_json::json!({})),
+                            (Method::GET, "/config") => {
+                                (StatusCode::NOT_FOUND, serde_json::json!({}))
+                            }
                             (Method::PUT, "/config") => {
                                 let s = weir_config::parse_json(&body).unwrap();
                                 let v = s.version.clone();
@@ -907,7 +928,8 @@ mod tests {
             request_timeout: Duration::from_secs(10),
             token: TokenSource::None,
         };
-        let routes: Vec<(String, String)> = (0..50).map(|i| (format!("r{i}"), "1".into())).collect();
+        let routes: Vec<(String, String)> =
+            (0..50).map(|i| (format!("r{i}"), "1".into())).collect();
         let v1 = snapshot("$(POD_IP):8080", &routes);
         let mut changed = routes.clone();
         changed[7].1 = "2".into();
@@ -931,7 +953,11 @@ mod tests {
             let want = want.to_string();
             async move {
                 loop {
-                    let done = states.lock().unwrap().get("ns/p").and_then(|s| s.acked.clone())
+                    let done = states
+                        .lock()
+                        .unwrap()
+                        .get("ns/p")
+                        .and_then(|s| s.acked.clone())
                         == Some(want.clone());
                     if done {
                         return;
@@ -945,9 +971,13 @@ mod tests {
             }
         };
         let hang = Duration::from_secs(60);
-        tokio::time::timeout(hang, acked(&v1.version)).await.expect("v1 acked");
+        tokio::time::timeout(hang, acked(&v1.version))
+            .await
+            .expect("v1 acked");
         tx.send_modify(|d| d.snapshot = Some(Arc::new(v2.clone())));
-        tokio::time::timeout(hang, acked(&v2.version)).await.expect("v2 acked");
+        tokio::time::timeout(hang, acked(&v2.version))
+            .await
+            .expect("v2 acked");
         task.abort();
         let got = held.lock().unwrap().clone().unwrap();
         assert_eq!(got.listeners[0].address, "127.0.0.1:8080");
@@ -984,7 +1014,13 @@ mod tests {
             let methods: Vec<&Method> = log.iter().map(|(m, _)| m).collect();
             assert_eq!(
                 methods,
-                [&Method::GET, &Method::GET, &Method::PUT, &Method::PATCH, &Method::PUT],
+                [
+                    &Method::GET,
+                    &Method::GET,
+                    &Method::PUT,
+                    &Method::PATCH,
+                    &Method::PUT
+                ],
                 "{status}: {log:?}"
             );
         }

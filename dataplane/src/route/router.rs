@@ -261,10 +261,17 @@ impl Router {
                 .flatten()
                 .copied()
                 .collect();
-            out.extend(odd_wild_pats.iter().copied().filter(|pi| match patterns[*pi].1 {
-                HostPattern::Wildcard(o) => (!host || name.len() > o.len()) && name.ends_with(o),
-                _ => false,
-            }));
+            out.extend(
+                odd_wild_pats
+                    .iter()
+                    .copied()
+                    .filter(|pi| match patterns[*pi].1 {
+                        HostPattern::Wildcard(o) => {
+                            (!host || name.len() > o.len()) && name.ends_with(o)
+                        }
+                        _ => false,
+                    }),
+            );
             out.extend(any_pats.iter().copied());
             out
         };
@@ -320,7 +327,9 @@ impl Router {
                 HostPattern::Wildcard(s) if !wildcards_seen.contains(s) => {
                     // Hosts under `*.a.b` are also under every wildcard whose suffix ends `s`.
                     wildcards_seen.insert(s);
-                    router.wildcard.push((s.to_string(), build_group(covering(s, false))));
+                    router
+                        .wildcard
+                        .push((s.to_string(), build_group(covering(s, false))));
                 }
                 HostPattern::Any if router.any.is_none() => {
                     router.any = Some(build_group(any_pats.clone()));
@@ -647,13 +656,19 @@ routes:
                 2 => vec![],
                 _ => vec![format!("h{}.{sfx}", i % 11)],
             };
-            routes.push(serde_json::json!({"name": format!("r{i}"), "hostnames": hosts,
-                "rules": [{"backendRefs": [{"name": "b"}]}]}));
+            routes.push(
+                serde_json::json!({"name": format!("r{i}"), "hostnames": hosts,
+                "rules": [{"backendRefs": [{"name": "b"}]}]}),
+            );
             patterns.push(hosts);
         }
         let snap = serde_json::json!({"backends": {"b": {"endpoints": ["127.0.0.1:1"]}},
             "routes": routes});
-        let rt = compile(weir_config::load(snap.to_string().as_bytes()).unwrap(), None).unwrap();
+        let rt = compile(
+            weir_config::load(snap.to_string().as_bytes()).unwrap(),
+            None,
+        )
+        .unwrap();
         // Rank of the best pattern of a route covering `host`: exact 0, then longer
         // wildcards first, catch-all last.
         let rank = |pats: &[String], host: &str| -> Option<(u8, usize)> {
