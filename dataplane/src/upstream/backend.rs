@@ -169,6 +169,7 @@ impl Dispatched {
     /// A placeholder, cheap to make: every path of a dispatch replaces it (the loop runs at
     /// least once, and each try sets its result or an error reply). Building the JSON error
     /// reply up front cost about a tenth of a proxied request's instructions.
+    #[inline(always)]
     fn placeholder() -> Dispatched {
         Dispatched {
             response: Err(Response::new(crate::http::body::empty())),
@@ -235,6 +236,7 @@ struct Try {
 
 impl Try {
     /// `t`: the endpoint index, the attempt number, the time limit and the per-try timeout.
+    #[inline(always)]
     fn new(
         t: (usize, u32, Duration, Option<Duration>),
         ticket: Option<crate::upstream::breaker::Ticket>,
@@ -265,6 +267,7 @@ struct Payload {
 }
 
 impl Payload {
+    #[inline(always)]
     fn new(body: ProxyBody, headers: HeaderMap, attempts: u32) -> Payload {
         let (replay, only_body) = if attempts > 1 {
             (Some(Replay::new(body)), None)
@@ -279,6 +282,7 @@ impl Payload {
         }
     }
 
+    #[inline(always)]
     fn for_try(&mut self, attempt: u32) -> (ProxyBody, HeaderMap) {
         let body = match &self.replay {
             Some(r) => r.attempt(),
@@ -307,6 +311,7 @@ fn span_outcome(result: &TryResult) -> Result<u16, &'static str> {
 /// the endpoint's in-flight count and the concurrency slot until it ends, then gives the
 /// connection back to the pool (not after an upgrade: a WebSocket keeps it).
 // Both sides are replies, as in `Dispatched::response`; moved out once, not boxed.
+#[inline(always)]
 #[allow(clippy::result_large_err)]
 fn finish(
     last: Last,
@@ -541,6 +546,10 @@ impl BackendRt {
     /// [`Self::try_request`], the send under [`Self::try_limit`], [`Self::record_outcome`]
     /// (health, breaker, outlier detection; the failure if any) and [`Self::may_retry`]; the
     /// last try's result becomes the reply in [`Self::finish`].
+    ///
+    /// The steps called once per try are `#[inline(always)]`: out of line, the request and
+    /// response they take and return were copied through memory, and the calls with them
+    /// cost ~+450 instructions per HTTP/1.1 request (callgrind, BENCHMARKS.md #17).
     #[allow(clippy::too_many_arguments)]
     pub async fn dispatch_per_try(
         &self,
@@ -692,6 +701,7 @@ impl BackendRt {
     /// Admits one try: the circuit breaker's ticket (`None` without a breaker), then the
     /// endpoint ([`Self::pick`], not one of `tried` when another is available). The error is
     /// the kind of the 503 when the circuit is open or no endpoint is available.
+    #[inline(always)]
     fn admit_try(
         &self,
         tried: &[usize],
@@ -708,6 +718,7 @@ impl BackendRt {
     /// the h2c client wants the absolute form (it derives `:authority` and its pool key from
     /// it), which can fail: a `400 bad_path` reply.
     // The Err is the reply itself, made on the rare path and moved out once.
+    #[inline(always)]
     #[allow(clippy::result_large_err)]
     fn try_request(
         &self,
@@ -737,6 +748,7 @@ impl BackendRt {
 
     /// The time limit of one try with `remaining` left before the deadline, and the per-try
     /// timeout when it is the shorter (`None`: the request timeout itself limits the try).
+    #[inline(always)]
     fn try_limit(
         &self,
         rule_per_try: Option<Duration>,
@@ -754,6 +766,7 @@ impl BackendRt {
     /// Records a try's outcome (latency, outlier detection, breaker) and classifies it: the
     /// result to keep, and the failure to consider retrying for (`None`: stop here — a
     /// response not to retry, or the request timeout itself ran out).
+    #[inline(always)]
     fn record_outcome(&self, t: Try, result: TryResult) -> (Last, Option<Failure>) {
         let ep = &self.endpoints[t.idx];
         let decay = self.balancer.ewma_decay();

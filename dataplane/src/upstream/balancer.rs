@@ -34,11 +34,13 @@ impl Balancer {
         }
     }
 
+    #[inline]
     pub fn ewma_decay(&self) -> Duration {
         self.decay
     }
 
     /// Index of the chosen endpoint among `eps`, `None` when none is eligible.
+    #[inline]
     pub fn pick(&self, eps: &[EndpointRt], eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let n = eps.len();
         if n == 0 {
