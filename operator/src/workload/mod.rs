@@ -7,6 +7,8 @@
 //!   a snapshot per pod + an attachment outcome per route` (conflicts included);
 //! - [`status`]: the pure `status.workloads` of a route;
 //! - [`token`]: the namespace's admin token Secret (`weir-sidecar-token`);
+//! - [`snapshots`]: the namespace's snapshot Secret (`weir-sidecar-snapshots`), what a
+//!   restarted sidecar boots from;
 //! - [`runtime`]: the Lease holder's task that watches injected pods, pushes and writes status.
 //!
 //! Attached routes are not part of the fleet snapshot: the controller loop leaves them out of
@@ -14,6 +16,7 @@
 
 pub mod compile;
 pub mod runtime;
+pub mod snapshots;
 pub mod status;
 pub mod token;
 
