@@ -22,7 +22,31 @@ pub mod token;
 
 pub use compile::is_attached;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// A Secret the workload controller creates in an application namespace (the token, the
+/// snapshots), labelled so it is visibly the operator's.
+fn managed_secret(name: &str, data: BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "weir-operator".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
 
 /// `weir-operator run --sidecars ...`.
 #[derive(Debug, Clone)]

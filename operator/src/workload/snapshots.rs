@@ -53,22 +53,7 @@ pub async fn write(
             Ok(true)
         }
         None => {
-            let s = Secret {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(SNAPSHOT_SECRET.into()),
-                    labels: Some(
-                        [(
-                            "app.kubernetes.io/managed-by".to_string(),
-                            "weir-operator".to_string(),
-                        )]
-                        .into(),
-                    ),
-                    ..Default::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some(data),
-                ..Default::default()
-            };
+            let s = super::managed_secret(SNAPSHOT_SECRET, data);
             api.create(&PostParams::default(), &s).await.map_err(err)?;
             Ok(true)
         }
