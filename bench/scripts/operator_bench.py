@@ -198,11 +198,14 @@ def start_dataplanes(b, env, d: Path, api: Api, n: int, procs: list) -> tuple[li
     same admin and listener ports (the operator has one `--admin-port`). Returns the IPs and
     the two ports."""
     admin, listen = b.free_port(), b.free_port()
+    # `config applied` lines carry the compile time (info); `PUT /config parsed` the parse time.
+    dp_log = os.environ.get("WEIR_BENCH_DATAPLANE_LOG",
+                            "warn,weir_dataplane::server=info,weir_dataplane::admin=debug")
     ips = [f"127.0.{(2 + i) // 256}.{(2 + i) % 256}" for i in range(n)]
     for i, ip in enumerate(ips):
         procs.append(b.Proc(f"dataplane-{i}", [str(b.BINS / "weir-dataplane"), "--admin-address",
                                                f"{ip}:{admin}", "--access-log", "off"],
-                            b.CPU_PROXY, env={"WEIR_ADMIN_TOKEN": env.token, "RUST_LOG": "warn"},
+                            b.CPU_PROXY, env={"WEIR_ADMIN_TOKEN": env.token, "RUST_LOG": dp_log},
                             logdir=d))
         s, body = api.call("POST", f"/api/v1/namespaces/{DP_NS}/pods", {
             "apiVersion": "v1", "kind": "Pod",
@@ -428,6 +431,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle_quiet(api: Api, timeout: float, quiet: float = 5.0) -> None:
+    """Waits until the API server has seen no status apply or event for `quiet` seconds."""
+    def writes() -> float:
+        r = apiserver_requests(api)
+        return sum(v for k, v in r.items() if k.startswith("APPLY ") or k.endswith(" events"))
+    end = time.perf_counter() + timeout
+    last, since = writes(), time.perf_counter()
+    while time.perf_counter() < end:
+        time.sleep(1.0)
+        now = writes()
+        if now != last:
+            last, since = now, time.perf_counter()
+        elif time.perf_counter() - since >= quiet:
+            return
+    raise RuntimeError(f"status writes still going after {timeout} s")
+
+
+def dataplane_timings(logs: list[Path], offsets: list[int]) -> tuple[list[float], list[float]]:
+    """`compile_ms` of every `config applied` line and `parse_ms` of every `PUT /config
+    parsed` line the dataplanes logged after `offsets` (needs their RUST_LOG at info/debug)."""
+    import re
+    compile_ms, parse_ms = [], []
+    for f, at in zip(logs, offsets):
+        with open(f, "rb") as fh:
+            fh.seek(at)
+            for line in fh.read().decode(errors="replace").splitlines():
+                if m := re.search(r"config applied.*compile_ms=([0-9.]+)", line):
+                    compile_ms.append(float(m.group(1)))
+                elif m := re.search(r"PUT /config parsed.*parse_ms=([0-9.]+)", line):
+                    parse_ms.append(float(m.group(1)))
+    return compile_ms, parse_ms
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return round(xs[min(len(xs) - 1, int(len(xs) * q))], 3)
@@ -460,10 +496,14 @@ def run_scale(b, env, results: dict) -> None:
         wait(f"every pod serving {probe}",
              lambda: all(served_value(ip, listen, probe) == "0" for ip in ips), 600, 0.5)
         t_all = time.perf_counter()
-        # Settle: every pod on one version, and the status writes of the burst done.
+        # Settle: every pod on one version, and the status writes of the burst done (the
+        # operator writes 10,000 statuses and their events after the burst; measured while
+        # those still ran, a change counted ~200 of them as its own API requests).
         wait("every pod on one version",
              lambda: len(v := versions(ips, admin, env.token)) == 1 and None not in v, 300, 0.5)
-        time.sleep(10.0)
+        t_settle = time.perf_counter()
+        settle_quiet(api, 900)
+        b.log(f"operator-scale: status writes of the burst done after {time.perf_counter() - t_settle:.0f} s")
         cfg = dp_config(ips[0], admin, env.token) or {}
         snap_bytes = len(json.dumps(cfg.get("snapshot", {}), separators=(",", ":")))
         res = {
@@ -476,6 +516,8 @@ def run_scale(b, env, results: dict) -> None:
               f"{res['all_pods_serving_after_last_create_s']} s after the last create")
 
         op_pid = next(p.pid for p in procs if p.name == "operator")
+        dp_logs = [p.logfile for p in procs if p.name.startswith("dataplane-")]
+        log_at = [f.stat().st_size for f in dp_logs]
         m0, a0, c0 = operator_metrics(mport), apiserver_requests(api), cpu_seconds(op_pid)
         rss = [m0.get("process_resident_memory_bytes", 0)]
         base = f"/apis/weir.dev/v1alpha1/namespaces/{NS}"
@@ -512,6 +554,12 @@ def run_scale(b, env, results: dict) -> None:
             rss.append(operator_metrics(mport).get("process_resident_memory_bytes", 0))
         m1, a1, c1 = operator_metrics(mport), apiserver_requests(api), cpu_seconds(op_pid)
         pushes = m1.get('weir_operator_pushes_total{result="ok"}', 0) - m0.get('weir_operator_pushes_total{result="ok"}', 0)
+        # Operators that count bytes pushed (full PUTs and PATCH deltas) say so; older ones
+        # only ever PUT the whole snapshot, so bytes = pushes x snapshot size.
+        counted = [k for k in m1 if k.startswith("weir_operator_push_bytes_total")]
+        by_kind = {k.split('kind="', 1)[1].split('"', 1)[0]: m1[k] - m0.get(k, 0) for k in counted}
+        pushed_bytes = sum(by_kind.values()) if counted else pushes * snap_bytes
+        compile_ms, parse_ms = dataplane_timings(dp_logs, log_at)
         reqs = {k: a1.get(k, 0) - a0.get(k, 0) for k in a1}
         reqs = {k: round(v / n_changes, 1) for k, v in sorted(reqs.items(), key=lambda kv: -kv[1]) if v > 0}
         res.update({
@@ -526,8 +574,13 @@ def run_scale(b, env, results: dict) -> None:
             "change_each_pod_p50_s": pct(per_pod, 0.5),
             "change_each_pod_p99_s": pct(per_pod, 0.99),
             "pushes_per_change": round(pushes / n_changes, 1),
-            # Every push is the whole snapshot (PUT /config), so bytes = pushes x snapshot size.
-            "bytes_pushed_per_change": int(pushes / n_changes * snap_bytes),
+            "bytes_pushed_per_change": int(pushed_bytes / n_changes),
+            "bytes_pushed_per_change_by_kind": {k: int(v / n_changes) for k, v in by_kind.items()},
+            # Each pod's validate + compile of one change (`config applied` log lines), and the
+            # parse of a full `PUT /config` body when one was sent.
+            "dataplane_compile_ms_p50": pct(compile_ms, 0.5) if compile_ms else None,
+            "dataplane_compile_ms_max": max(compile_ms) if compile_ms else None,
+            "dataplane_put_parse_ms_p50": pct(parse_ms, 0.5) if parse_ms else None,
             # Includes the status writes and the 3 s pause after each change (idle cost).
             "operator_cpu_s_per_change": round((c1 - c0) / n_changes, 3),
             "operator_rss_mib": round(m1.get("process_resident_memory_bytes", 0) / 2**20, 1),

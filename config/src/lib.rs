@@ -7,6 +7,7 @@
 //! Parsing rejects unknown fields and reports where ([`parse_yaml`], [`parse_json`]);
 //! [`Snapshot::validate`] reports *every* semantic problem with its field path.
 
+mod delta;
 mod duration;
 mod error;
 mod model;
@@ -17,6 +18,7 @@ mod schema;
 mod telemetry;
 mod validate;
 
+pub use delta::{parse_delta_json, Delta, RouteChange};
 pub use duration::Duration;
 pub use error::{ConfigError, Errors, FieldError};
 pub use model::*;
@@ -77,6 +79,14 @@ pub fn parse_json(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
 
 /// Parses JSON when the text starts with `{`, YAML otherwise, then validates.
 pub fn load(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
+    let snap = parse_json_or_yaml(bytes)?;
+    snap.validate()?;
+    Ok(snap)
+}
+
+/// Parses JSON when the text starts with `{`, YAML otherwise; no validation beyond types and
+/// unknown fields (for callers that validate later, such as the dataplane's compile).
+pub fn parse_json_or_yaml(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     let snap = if first == Some(&b'{') {
         parse_json(bytes)?
@@ -85,7 +95,6 @@ pub fn load(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
             .map_err(|e| ConfigError::single("", format!("config is not UTF-8: {e}")))?;
         parse_yaml(text)?
     };
-    snap.validate()?;
     Ok(snap)
 }
 

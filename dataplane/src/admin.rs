@@ -199,6 +199,7 @@ impl Admin {
                 ),
             },
             (Method::PUT, "/config") | (Method::POST, "/config") => self.put_config(req).await,
+            (Method::PATCH, "/config") => self.patch_config(req).await,
             (Method::GET, "/backends") => match self.dataplane.runtime() {
                 Some(rt) => json(StatusCode::OK, backends_json(&rt)),
                 None => json(
@@ -234,7 +235,7 @@ impl Admin {
             ),
             (_, "/config") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({"error": "method_not_allowed", "message": "use GET or PUT"}),
+                serde_json::json!({"error": "method_not_allowed", "message": "use GET, PUT or PATCH"}),
             ),
             _ => json(
                 StatusCode::NOT_FOUND,
@@ -395,42 +396,84 @@ impl Admin {
     }
 
     async fn put_config(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let body = match Limited::new(req.into_body(), MAX_CONFIG_BYTES)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                let too_big = e
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                let (status, msg) = if too_big {
-                    (
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("config larger than {MAX_CONFIG_BYTES} bytes"),
-                    )
-                } else {
-                    (StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))
-                };
-                return json(
-                    status,
-                    serde_json::json!({"error": "bad_body", "message": msg}),
-                );
-            }
+        let body = match read_config_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
         };
-        let result = match weir_config::load(&body) {
+        // Parsed only: `apply` validates (every PUT used to be validated twice).
+        let started = std::time::Instant::now();
+        let parsed = weir_config::parse_json_or_yaml(&body);
+        tracing::debug!(
+            bytes = body.len(),
+            parse_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            "PUT /config parsed"
+        );
+        let result = match parsed {
             Ok(snap) => self.dataplane.apply(snap).await,
             Err(e) => {
                 crate::telemetry::metrics::metrics().config_applied(Err(()));
                 Err(e)
             }
         };
+        self.applied(result, "PUT")
+    }
+
+    /// `PATCH /config`: a [`weir_config::Delta`] against the running version. 409 when the
+    /// pod runs another version (the sender then PUTs the whole snapshot), 400 when the delta
+    /// does not fit its base, 422 (as for `PUT`) when the result is invalid.
+    async fn patch_config(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let body = match read_config_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let delta = match weir_config::parse_delta_json(&body) {
+            Ok(d) => d,
+            Err(e) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "bad_delta", "errors": e.errors}),
+                )
+            }
+        };
+        match self.dataplane.apply_delta(&delta).await {
+            Ok(version) => self.applied(Ok(version), "PATCH"),
+            Err(crate::server::DeltaRejected::Invalid(e)) => self.applied(Err(e), "PATCH"),
+            Err(crate::server::DeltaRejected::BaseMismatch { current }) => {
+                tracing::info!(base = %delta.base_version, current = ?current, "PATCH /config for another base version");
+                json(
+                    StatusCode::CONFLICT,
+                    serde_json::json!({
+                        "error": "base_version_mismatch",
+                        "message": format!("the delta is against {}, this pod runs {}", delta.base_version, current.as_deref().unwrap_or("no config")),
+                        "currentVersion": current,
+                    }),
+                )
+            }
+            Err(crate::server::DeltaRejected::Delta(e)) => {
+                tracing::warn!(
+                    "PATCH /config does not fit version {}:\n{e}",
+                    delta.base_version
+                );
+                json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "bad_delta", "errors": e.errors}),
+                )
+            }
+        }
+    }
+
+    /// The answer to a `PUT` or `PATCH`: 200 with the version, or 422 with every error.
+    fn applied(
+        &self,
+        result: Result<String, weir_config::ConfigError>,
+        method: &str,
+    ) -> Response<ProxyBody> {
         match result {
             Ok(version) => json(StatusCode::OK, serde_json::json!({ "version": version })),
             Err(e) => {
                 tracing::warn!(
                     errors = e.errors.len(),
-                    "rejected config from PUT /config:\n{e}"
+                    "rejected config from {method} /config:\n{e}"
                 );
                 let current = self.dataplane.runtime().map(|rt| rt.version.clone());
                 json(
@@ -438,6 +481,33 @@ impl Admin {
                     serde_json::json!({ "errors": e.errors, "currentVersion": current }),
                 )
             }
+        }
+    }
+}
+
+/// The body of a `PUT` or `PATCH /config`, at most [`MAX_CONFIG_BYTES`]; or the error answer.
+async fn read_config_body(req: Request<Incoming>) -> Result<Bytes, Response<ProxyBody>> {
+    match Limited::new(req.into_body(), MAX_CONFIG_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => {
+            let too_big = e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            let (status, msg) = if too_big {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("config larger than {MAX_CONFIG_BYTES} bytes"),
+                )
+            } else {
+                (StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))
+            };
+            Err(json(
+                status,
+                serde_json::json!({"error": "bad_body", "message": msg}),
+            ))
         }
     }
 }

@@ -21,12 +21,11 @@
 //! - 6 `pipeline`: [`pipeline::proxy::handle`], the request path every front door uses
 //! - 7 `listen`: the front doors (TCP plain/TLS, QUIC/HTTP-3, HTTP/3 WebSocket) and their
 //!   [`listen::live::Live`] handle
-//! - 8 `server` `admin` `ui` `echo`: the running dataplane (binding listeners, reload,
-//!   shutdown), the admin API and status page, the demo backend
+//! - 8 `server` `admin` `ui`: the running dataplane (binding listeners, reload, shutdown), the
+//!   admin API and status page (the demo backend is the `weir-echo` binary, `src/bin/weir-echo`)
 //! <!-- layers: end -->
 
 pub mod admin;
-pub mod echo;
 pub mod http;
 pub mod listen;
 pub mod pipeline;

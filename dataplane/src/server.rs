@@ -47,6 +47,20 @@ pub enum DrainPhase {
     Drained,
 }
 
+/// Why a delta (`PATCH /config`) was not applied; the running config is unchanged in each case.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaRejected {
+    /// The pod runs another version (or none) than the delta's `baseVersion`.
+    #[error("base version mismatch: running {current:?}")]
+    BaseMismatch { current: Option<String> },
+    /// The delta does not fit its base (names a route or backend the base lacks).
+    #[error("delta does not apply: {0}")]
+    Delta(ConfigError),
+    /// The resulting snapshot is invalid, as a `PUT` of it would be.
+    #[error("resulting config is invalid: {0}")]
+    Invalid(ConfigError),
+}
+
 /// One dataplane process's serving state.
 pub struct Dataplane {
     /// The runtime serving now and the drain signal, shared with the front doors.
@@ -102,6 +116,29 @@ impl Dataplane {
     pub async fn apply(self: &Arc<Self>, snapshot: Snapshot) -> Result<String, ConfigError> {
         let mut listeners = self.listeners.lock().await;
         self.apply_locked(&mut listeners, snapshot)
+    }
+
+    /// Applies a delta (`PATCH /config`) to the running snapshot, when that is the delta's base
+    /// version, then validates, compiles and swaps in the result exactly like [`Self::apply`]
+    /// would the whole snapshot. The version check and the apply hold the same lock, so no
+    /// other config can slip in between.
+    pub async fn apply_delta(
+        self: &Arc<Self>,
+        delta: &weir_config::Delta,
+    ) -> Result<String, DeltaRejected> {
+        let mut listeners = self.listeners.lock().await;
+        let base = match self.live.runtime() {
+            Some(rt) if rt.version == delta.base_version => rt,
+            other => {
+                return Err(DeltaRejected::BaseMismatch {
+                    current: other.map(|rt| rt.version.clone()),
+                })
+            }
+        };
+        let snapshot = delta.apply(&base.snapshot).map_err(DeltaRejected::Delta)?;
+        drop(base);
+        self.apply_locked(&mut listeners, snapshot)
+            .map_err(DeltaRejected::Invalid)
     }
 
     /// Re-applies the running snapshot so certificate files are read again, unless another
@@ -166,7 +203,10 @@ impl Dataplane {
         snapshot: Snapshot,
     ) -> Result<String, ConfigError> {
         let prev = self.live.runtime();
+        let started = std::time::Instant::now();
         let rt = compile(snapshot, prev.as_deref())?;
+        // Validate + compile; measured per reload (BENCHMARKS.md, "control plane at scale").
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
 
         // Bind every new socket first: if one fails, nothing has changed.
         let mut errs = Errors::default();
@@ -266,7 +306,7 @@ impl Dataplane {
             }
             keep
         });
-        tracing::info!(version = %rt.version, routes = rt.snapshot.routes.len(), backends = rt.backends.len(), "config applied");
+        tracing::info!(version = %rt.version, routes = rt.snapshot.routes.len(), backends = rt.backends.len(), compile_ms = format_args!("{compile_ms:.1}"), "config applied");
         Ok(rt.version.clone())
     }
 

@@ -273,7 +273,7 @@ async fn streams_256_mib_both_ways_over_h3() {
             Ok(Some(c)) => {
                 assert_eq!(
                     &c[..],
-                    &weir_dataplane::echo::pattern_chunk(got, c.len())[..],
+                    &echo_backend::pattern_chunk(got, c.len())[..],
                     "at offset {got}"
                 );
                 got += c.len() as u64;
@@ -674,5 +674,5 @@ async fn gtlsclient_interop() {
     );
     let body = std::fs::read(files[0].path()).expect("downloaded file");
     assert_eq!(body.len(), 300_000);
-    assert_eq!(body, weir_dataplane::echo::pattern_chunk(0, 300_000));
+    assert_eq!(body, echo_backend::pattern_chunk(0, 300_000));
 }

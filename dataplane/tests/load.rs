@@ -100,7 +100,7 @@ async fn streams_256_mib_both_ways_with_flat_memory() {
     let c = client();
 
     // Upload: a generated, chunked body, hashed while it is being sent.
-    let chunk = Bytes::from(weir_dataplane::echo::pattern_chunk(0, CHUNK));
+    let chunk = Bytes::from(echo_backend::pattern_chunk(0, CHUNK));
     let sent = Arc::new(Mutex::new((Sha256::new(), 0u64)));
     let s = sent.clone();
     let stream = futures_util::stream::unfold(0u64, move |off| {
@@ -150,7 +150,7 @@ async fn streams_256_mib_both_ways_with_flat_memory() {
         r.headers().get("content-length").unwrap().to_str().unwrap(),
         BIG.to_string()
     );
-    let pattern = weir_dataplane::echo::pattern_chunk(0, 251 + 64 * 1024);
+    let pattern = echo_backend::pattern_chunk(0, 251 + 64 * 1024);
     let mut body = r.into_body();
     let mut got = 0u64;
     let mut hasher = Sha256::new();

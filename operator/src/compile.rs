@@ -629,6 +629,9 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         out.backends.insert(k, outcome);
     }
 
+    // Every route is validated against all backends: copied once, not once per route
+    // (O(routes x backends) at scale).
+    probe.backends = snap.backends.clone();
     let mut tls_certs: Vec<weir_config::Certificate> = Vec::new();
     let mut routes: Vec<&ProxyRoute> = inputs.routes.iter().collect();
     routes.sort_by_key(|r| route_order(r));
@@ -670,7 +673,6 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
         let route = convert_route(r, &mut errs);
         if let Some(route) = &route {
             probe.routes = vec![route.clone()];
-            probe.backends = snap.backends.clone();
         }
         if let Some(Err(e)) = route.as_ref().map(|_| probe.validate()) {
             for fe in e.errors {

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub push_ok: IntCounter,
     pub push_rejected: IntCounter,
     pub push_error: IntCounter,
+    /// `weir_operator_push_bytes_total{kind}`: `full` (`PUT /config`) or `delta` (`PATCH`).
+    pub push_bytes: IntCounterVec,
     pub status_writes: IntCounter,
     pub status_write_errors: IntCounter,
     pub configmap_writes: IntCounter,
@@ -81,7 +83,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "weir_operator_pushes_total",
-                    "PUT /config calls to dataplane pods by result.",
+                    "Config pushes (PUT or PATCH /config) to dataplane pods by result.",
                 ),
                 &["result"],
             )
@@ -89,6 +91,20 @@ impl Metrics {
         );
         let [push_ok, push_rejected, push_error] =
             PUSH_RESULTS.map(|res| pushes.with_label_values(&[res]));
+        let push_bytes = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "weir_operator_push_bytes_total",
+                    "Bytes of config sent to dataplane pods: kind full (PUT /config, the whole snapshot) or delta (PATCH /config).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric definition"),
+        );
+        for kind in ["full", "delta"] {
+            push_bytes.with_label_values(&[kind]);
+        }
         let errors = register(
             &r,
             IntCounterVec::new(
@@ -109,6 +125,7 @@ impl Metrics {
             push_ok,
             push_rejected,
             push_error,
+            push_bytes,
             status_writes: counter(
                 &r,
                 "weir_operator_status_writes_total",

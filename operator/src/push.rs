@@ -7,6 +7,12 @@
 //! without it. Pushes
 //! run with bounded concurrency; failures are retried with exponential backoff; a snapshot a
 //! pod rejects (422) is not retried until the desired version changes.
+//!
+//! A pod that runs one of the last few versions gets only what changed since
+//! (`PATCH /config` with a [`weir_config::Delta`]; at 10,000 routes a single-route change is
+//! ~1 KB instead of the 2 MB snapshot). It answers 409 when it runs another version by then
+//! (and an older dataplane 405): the pusher then sends the whole snapshot (`PUT /config`).
+//! Each body is serialized once per round, not once per pod.
 
 use crate::error::Error;
 use crate::metrics::METRICS;
@@ -16,11 +22,11 @@ use futures_util::StreamExt;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
-use weir_config::{FieldError, Snapshot};
+use weir_config::{Delta, FieldError, Snapshot};
 
 pub use crate::compile::POD_IP_PLACEHOLDER;
 
@@ -213,13 +219,112 @@ pub struct PusherConfig {
 
 /// The per-pod snapshot body: the canonical snapshot with `$(POD_IP)` substituted.
 pub fn body_for(snapshot: &Snapshot, pod_ip: &str) -> Vec<u8> {
-    let mut s = snapshot.clone();
-    for l in &mut s.listeners {
-        if l.address.contains(POD_IP_PLACEHOLDER) {
-            l.address = l.address.replace(POD_IP_PLACEHOLDER, pod_ip);
+    SnapshotBody::new(snapshot)
+        .for_pod(snapshot, pod_ip)
+        .to_vec()
+}
+
+/// A snapshot serialized once for every pod of a round. Serializing 10,000 routes (2 MB of
+/// JSON) once per pod, after cloning the snapshot to substitute `$(POD_IP)`, was the
+/// operator's main cost per change; now only the listeners are serialized per pod, and only
+/// when one of them binds `$(POD_IP)`.
+pub struct SnapshotBody {
+    bytes: Bytes,
+    /// Where the `listeners` array sits in `bytes`, when a listener address names
+    /// `$(POD_IP)` and so differs per pod.
+    listeners: Option<std::ops::Range<usize>>,
+}
+
+impl SnapshotBody {
+    pub fn new(snapshot: &Snapshot) -> SnapshotBody {
+        // Serializing plain data types cannot fail.
+        let bytes = serde_json::to_vec(snapshot).unwrap_or_default();
+        let per_pod = snapshot
+            .listeners
+            .iter()
+            .any(|l| l.address.contains(POD_IP_PLACEHOLDER));
+        // serde_json writes the `listeners` field exactly as it writes the array alone; the
+        // key is at the top level, so its first occurrence is the field (routes have a
+        // `listeners` field too, but of names: never this array of objects).
+        let listeners = per_pod
+            .then(|| {
+                let mut needle = b"\"listeners\":".to_vec();
+                needle.extend(serde_json::to_vec(&snapshot.listeners).unwrap_or_default());
+                let at = bytes.windows(needle.len()).position(|w| w == needle)?;
+                Some(at + b"\"listeners\":".len()..at + needle.len())
+            })
+            .flatten();
+        SnapshotBody {
+            bytes: Bytes::from(bytes),
+            listeners,
         }
     }
-    serde_json::to_vec(&s).unwrap_or_default()
+
+    /// The body for the pod at `pod_ip`: the shared bytes, or a copy with the listeners
+    /// re-serialized with the pod's address.
+    pub fn for_pod(&self, snapshot: &Snapshot, pod_ip: &str) -> Bytes {
+        let Some(range) = &self.listeners else {
+            return self.bytes.clone();
+        };
+        // `ip:port` needs brackets around an IPv6 address.
+        let ip = if pod_ip.contains(':') {
+            format!("[{pod_ip}]")
+        } else {
+            pod_ip.to_string()
+        };
+        let mut listeners = snapshot.listeners.clone();
+        for l in &mut listeners {
+            l.address = l.address.replace(POD_IP_PLACEHOLDER, &ip);
+        }
+        let listeners = serde_json::to_vec(&listeners).unwrap_or_default();
+        let mut out = Vec::with_capacity(self.bytes.len() + listeners.len());
+        out.extend_from_slice(&self.bytes[..range.start]);
+        out.extend_from_slice(&listeners);
+        out.extend_from_slice(&self.bytes[range.end..]);
+        Bytes::from(out)
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+/// How many earlier versions the pusher keeps to compute deltas from: a pod running one of
+/// them gets a `PATCH`, one further behind the whole snapshot. Each kept version is a full
+/// snapshot in memory (at 10,000 routes ~10 MB), so few.
+pub const DELTA_BASES: usize = 4;
+
+/// The `PATCH /config` body taking a pod from `base` to `new`, or `None` when the whole
+/// snapshot is the better (or only) way: see [`Delta::between`]; also when more than half the
+/// routes changed, since the pod recompiles the same either way and the delta saves little.
+pub fn delta_body(base: &Snapshot, new: &Snapshot) -> Option<Bytes> {
+    let d = Delta::between(base, new)?;
+    if d.routes.len() + d.remove_routes.len() > new.routes.len() / 2 + 1 {
+        return None;
+    }
+    serde_json::to_vec(&d).ok().map(Bytes::from)
+}
+
+/// What one round pushes: the snapshot, its body (serialized on first need, once), and a
+/// delta for each earlier version some pod runs.
+struct Bodies {
+    snapshot: Arc<Snapshot>,
+    full: tokio::sync::OnceCell<SnapshotBody>,
+    /// Base version -> `PATCH /config` body.
+    deltas: HashMap<String, Bytes>,
+}
+
+impl Bodies {
+    async fn full_for(&self, pod_ip: &str) -> Bytes {
+        self.full
+            .get_or_init(|| async { SnapshotBody::new(&self.snapshot) })
+            .await
+            .for_pod(&self.snapshot, pod_ip)
+    }
 }
 
 pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -284,7 +389,7 @@ pub(crate) async fn call(
     method: Method,
     url: &str,
     token: Option<&str>,
-    body: Option<Vec<u8>>,
+    body: Option<Bytes>,
     timeout: Duration,
 ) -> Result<(StatusCode, serde_json::Value), Error> {
     let mut req = Request::builder().method(method).uri(url);
@@ -295,7 +400,7 @@ pub(crate) async fn call(
         req = req.header(header::CONTENT_TYPE, "application/json");
     }
     let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .body(Full::new(body.unwrap_or_default()))
         .map_err(Error::PodRequest)?;
     let fut = async {
         let resp = client.request(req).await.map_err(Error::PodUnreachable)?;
@@ -331,51 +436,75 @@ async fn get_version(client: &HttpClient, url: &str, token: Option<&str>, t: Dur
     }
 }
 
-async fn put(
+/// `PUT /config` (the whole snapshot) or `PATCH /config` (a delta); `None` when a PATCH
+/// cannot be applied (409 another base version, 400 a delta that does not fit it, 404/405 a
+/// dataplane without `PATCH`) and the whole snapshot has to go instead.
+async fn send_config(
     client: &HttpClient,
+    method: Method,
     url: &str,
     token: Option<&str>,
-    body: Vec<u8>,
+    body: Bytes,
     t: Duration,
-) -> Outcome {
-    match call(client, Method::PUT, url, token, Some(body), t).await {
-        Ok((StatusCode::OK, v)) => match v.get("version").and_then(|v| v.as_str()) {
-            Some(ver) => Outcome::Running(ver.to_string()),
-            None => Outcome::Failed(Error::PodNoVersion("PUT /config")),
+) -> Option<Outcome> {
+    let patch = method == Method::PATCH;
+    let what = if patch {
+        "PATCH /config"
+    } else {
+        "PUT /config"
+    };
+    let kind = if patch { "delta" } else { "full" };
+    METRICS
+        .push_bytes
+        .with_label_values(&[kind])
+        .inc_by(body.len() as u64);
+    Some(
+        match call(client, method, url, token, Some(body), t).await {
+            Ok((StatusCode::OK, v)) => match v.get("version").and_then(|v| v.as_str()) {
+                Some(ver) => Outcome::Running(ver.to_string()),
+                None => Outcome::Failed(Error::PodNoVersion(what)),
+            },
+            Ok((
+                status @ (StatusCode::CONFLICT
+                | StatusCode::BAD_REQUEST
+                | StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED),
+                v,
+            )) if patch => {
+                tracing::debug!(%status, answer = %v, "PATCH /config not applied; sending the whole snapshot");
+                return None;
+            }
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, v)) => Outcome::Rejected {
+                current: v
+                    .get("currentVersion")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+                errors: v
+                    .get("errors")
+                    .cloned()
+                    .and_then(|e| serde_json::from_value(e).ok())
+                    .unwrap_or_default(),
+            },
+            Ok((StatusCode::UNAUTHORIZED, _)) => Outcome::Unauthorized,
+            Ok((status, body)) => Outcome::Failed(Error::PodStatus { what, status, body }),
+            Err(e) => Outcome::Failed(e),
         },
-        Ok((StatusCode::UNPROCESSABLE_ENTITY, v)) => Outcome::Rejected {
-            current: v
-                .get("currentVersion")
-                .and_then(|v| v.as_str())
-                .map(str::to_string),
-            errors: v
-                .get("errors")
-                .cloned()
-                .and_then(|e| serde_json::from_value(e).ok())
-                .unwrap_or_default(),
-        },
-        Ok((StatusCode::UNAUTHORIZED, _)) => Outcome::Unauthorized,
-        Ok((status, body)) => Outcome::Failed(Error::PodStatus {
-            what: "PUT /config",
-            status,
-            body,
-        }),
-        Err(e) => Outcome::Failed(e),
-    }
+    )
 }
 
 /// Syncs one pod: verify (when asked or unknown), then push when it runs something else.
 /// Returns the new state and whether the pod needs another try.
-#[tracing::instrument(level = "debug", skip_all, fields(pod = %target.key, version = %snapshot.version))]
+#[tracing::instrument(level = "debug", skip_all, fields(pod = %target.key, version = %bodies.snapshot.version))]
 async fn sync_pod(
     client: &HttpClient,
     cfg: &PusherConfig,
     token: Option<&str>,
     target: &PodTarget,
     mut state: PodState,
-    snapshot: &Snapshot,
+    bodies: &Bodies,
     verify: bool,
 ) -> (PodState, bool, bool) {
+    let snapshot = &*bodies.snapshot;
     let base = format!("http://{}/config", host_port(&target.ip, cfg.admin_port));
     let want = &snapshot.version;
     let mut unauthorized = false;
@@ -427,11 +556,26 @@ async fn sync_pod(
     if state.rejected.as_ref().is_some_and(|(v, _)| v == want) {
         return (state, false, unauthorized);
     }
-    let body = body_for(snapshot, &target.ip);
-    match put(client, &base, token, body, cfg.request_timeout).await {
+    let t = cfg.request_timeout;
+    let delta = state.acked.as_ref().and_then(|v| bodies.deltas.get(v));
+    let mut outcome = None;
+    if let Some(d) = delta {
+        outcome = send_config(client, Method::PATCH, &base, token, d.clone(), t).await;
+    }
+    let kind = if outcome.is_some() { "delta" } else { "full" };
+    let outcome = match outcome {
+        Some(o) => o,
+        None => {
+            let body = bodies.full_for(&target.ip).await;
+            send_config(client, Method::PUT, &base, token, body, t)
+                .await
+                .unwrap_or(Outcome::Empty)
+        }
+    };
+    match outcome {
         Outcome::Running(v) => {
             METRICS.push_ok.inc();
-            tracing::info!(pod = %target.key, version = %v, "pushed snapshot");
+            tracing::info!(pod = %target.key, version = %v, kind, "pushed snapshot");
             state.acked = Some(v);
             state.rejected = None;
             state.last_error = None;
@@ -485,6 +629,8 @@ pub async fn run(
     let mut backoff: Option<ExponentialBackoff> = None;
     let mut next_verify = tokio::time::Instant::now() + cfg.verify_interval;
     let mut wake = tokio::time::Instant::now();
+    // The last versions pushed, newest last: the bases of deltas.
+    let mut recent: VecDeque<Arc<Snapshot>> = VecDeque::new();
     loop {
         tokio::select! {
             r = desired.changed() => {
@@ -533,15 +679,38 @@ pub async fn run(
                 })
                 .collect()
         };
+        if recent.back().map(|s| &s.version) != Some(&snapshot.version) {
+            recent.push_back(snapshot.clone());
+            while recent.len() > DELTA_BASES {
+                recent.pop_front();
+            }
+        }
+        // One delta per version the pods run (usually one: the previous), computed once.
+        let mut deltas = HashMap::new();
+        for base in work.iter().filter_map(|(_, s)| s.acked.as_ref()) {
+            if base == &snapshot.version || deltas.contains_key(base) {
+                continue;
+            }
+            if let Some(old) = recent.iter().find(|s| &s.version == base) {
+                if let Some(d) = delta_body(old, &snapshot) {
+                    deltas.insert(base.clone(), d);
+                }
+            }
+        }
+        let bodies = Bodies {
+            snapshot: snapshot.clone(),
+            full: tokio::sync::OnceCell::new(),
+            deltas,
+        };
         let results: Vec<(String, PodState, bool, bool)> = futures_util::stream::iter(work)
             .map(|(target, state)| {
                 let client = &client;
                 let cfg = &cfg;
                 let tok = tok.as_deref();
-                let snapshot = &snapshot;
+                let bodies = &bodies;
                 async move {
                     let (s, retry, unauth) =
-                        sync_pod(client, cfg, tok, &target, state, snapshot, verify).await;
+                        sync_pod(client, cfg, tok, &target, state, bodies, verify).await;
                     (target.key, s, retry, unauth)
                 }
             })
@@ -608,6 +777,251 @@ mod tests {
                 d + Duration::from_millis(1) > before
                     && d < before + before / 4 + Duration::from_millis(1),
                 "{d:?} vs {before:?}"
+            );
+        }
+    }
+
+    fn snapshot<N: AsRef<str>, V: AsRef<str>>(listener: &str, routes: &[(N, V)]) -> Snapshot {
+        let routes: Vec<serde_json::Value> = routes
+            .iter()
+            .map(|(n, v)| {
+                let (n, v) = (n.as_ref(), v.as_ref());
+                serde_json::json!({"name": n, "hostnames": [format!("{n}.test")], "rules": [{
+                    "filters": {"responseHeaders": {"set": [{"name": "x", "value": v}]}},
+                    "backendRefs": [{"name": "b"}]}]})
+            })
+            .collect();
+        let mut s: Snapshot = serde_json::from_value(serde_json::json!({
+            "listeners": [{"name": "http", "address": listener, "protocol": "http"}],
+            "backends": {"b": {"endpoints": ["127.0.0.1:1"]}},
+            "routes": routes,
+        }))
+        .unwrap();
+        s.version = s.content_hash();
+        s
+    }
+
+    /// The body spliced from one serialization is byte for byte what cloning the snapshot,
+    /// substituting and serializing it gave (the former per-pod way), IPv6 bracketed.
+    #[test]
+    fn spliced_bodies_equal_whole_serializations() {
+        for listener in ["$(POD_IP):8080", "0.0.0.0:8080"] {
+            let s = snapshot(listener, &[("a", "1"), ("listeners", "2")]);
+            let body = SnapshotBody::new(&s);
+            for ip in ["10.0.0.7", "fd00::7"] {
+                let mut want = s.clone();
+                let bracketed = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_string()
+                };
+                want.listeners[0].address = listener.replace(POD_IP_PLACEHOLDER, &bracketed);
+                let got = body.for_pod(&s, ip);
+                assert_eq!(
+                    &got[..],
+                    &serde_json::to_vec(&want).unwrap()[..],
+                    "{listener} {ip}"
+                );
+                assert_eq!(body_for(&s, ip), got.to_vec());
+            }
+        }
+    }
+
+    #[test]
+    fn deltas_carry_only_the_change_and_give_way_to_big_ones() {
+        let names: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+        let v = |changed: usize| -> Snapshot {
+            let routes: Vec<(&String, &str)> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n, if i < changed { "new" } else { "old" }))
+                .collect();
+            snapshot("$(POD_IP):80", &routes)
+        };
+        let (old, one, most) = (v(0), v(1), v(7));
+        let d = delta_body(&old, &one).expect("a delta for one route");
+        let d = weir_config::parse_delta_json(&d).unwrap();
+        assert_eq!(d.routes.len(), 1);
+        assert_eq!(d.apply(&old).unwrap(), one);
+        assert!(delta_body(&old, &most).is_none(), "7 of 10 routes: whole");
+    }
+
+    /// A stand-in dataplane on a real socket: answers `GET /backends` with its version,
+    /// `PUT /config` with the body's version, and `PATCH /config` as told (applying the delta
+    /// to what it holds when 200); records every method and body size.
+    async fn fake_pod(
+        patch_status: StatusCode,
+    ) -> (
+        u16,
+        Arc<Mutex<Vec<(Method, usize)>>>,
+        Arc<Mutex<Option<Snapshot>>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log: Arc<Mutex<Vec<(Method, usize)>>> = Default::default();
+        let held: Arc<Mutex<Option<Snapshot>>> = Default::default();
+        let (l, h) = (log.clone(), held.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (l, h) = (l.clone(), h.clone());
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (l, h) = (l.clone(), h.clone());
+                    async move {
+                        let method = req.method().clone();
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        l.lock().unwrap().push((method.clone(), body.len()));
+                        let mut held = h.lock().unwrap();
+                        let version = held.as_ref().map(|s| s.version.clone());
+                        let (status, v) = match (method, path.as_str()) {
+                            (Method::GET, "/backends") => match version {
+                                Some(v) => (
+                                    StatusCode::OK,
+                                    serde_json::json!({"version": v, "backends": {}}),
+                                ),
+                                None => (StatusCode::NOT_FOUND, serde_json::json!({})),
+                            },
+                            (Method::GET, "/config") => {
+                                (StatusCode::NOT_FOUND, serde_json::json!({}))
+                            }
+                            (Method::PUT, "/config") => {
+                                let s = weir_config::parse_json(&body).unwrap();
+                                let v = s.version.clone();
+                                *held = Some(s);
+                                (StatusCode::OK, serde_json::json!({"version": v}))
+                            }
+                            (Method::PATCH, "/config") if patch_status == StatusCode::OK => {
+                                let d = weir_config::parse_delta_json(&body).unwrap();
+                                assert_eq!(Some(&d.base_version), version.as_ref());
+                                let s = d.apply(held.as_ref().unwrap()).unwrap();
+                                *held = Some(s);
+                                (StatusCode::OK, serde_json::json!({"version": d.version}))
+                            }
+                            _ => (patch_status, serde_json::json!({"error": "test"})),
+                        };
+                        let body = Full::new(Bytes::from(serde_json::to_vec(&v).unwrap()));
+                        let mut resp = http::Response::new(body);
+                        *resp.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        (port, log, held)
+    }
+
+    /// Pushes v1 then v2 (one route changed) to one pod through [`run`]; returns the pod's
+    /// request log and what it holds at the end.
+    async fn push_two_versions(patch_status: StatusCode) -> (Vec<(Method, usize)>, Snapshot) {
+        let (port, log, held) = fake_pod(patch_status).await;
+        let cfg = PusherConfig {
+            admin_port: port,
+            concurrency: 2,
+            verify_interval: Duration::from_secs(3600),
+            request_timeout: Duration::from_secs(10),
+            token: TokenSource::None,
+        };
+        let routes: Vec<(String, String)> =
+            (0..50).map(|i| (format!("r{i}"), "1".into())).collect();
+        let v1 = snapshot("$(POD_IP):8080", &routes);
+        let mut changed = routes.clone();
+        changed[7].1 = "2".into();
+        let v2 = snapshot("$(POD_IP):8080", &changed);
+        let pod = PodTarget {
+            key: "ns/p".into(),
+            uid: "u".into(),
+            ip: "127.0.0.1".into(),
+            restarts: 0,
+        };
+        let (tx, rx) = watch::channel(Desired {
+            leader: true,
+            snapshot: Some(Arc::new(v1.clone())),
+            pods: vec![pod.clone()],
+        });
+        let states: PodStates = Default::default();
+        let progress = Arc::new(Notify::new());
+        let task = tokio::spawn(run(cfg, rx, states.clone(), progress.clone()));
+        let acked = |want: &str| {
+            let (states, progress) = (states.clone(), progress.clone());
+            let want = want.to_string();
+            async move {
+                loop {
+                    let done = states
+                        .lock()
+                        .unwrap()
+                        .get("ns/p")
+                        .and_then(|s| s.acked.clone())
+                        == Some(want.clone());
+                    if done {
+                        return;
+                    }
+                    // Woken by the pusher; the sleep only in case a wake-up came in between.
+                    tokio::select! {
+                        _ = progress.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            }
+        };
+        let hang = Duration::from_secs(60);
+        tokio::time::timeout(hang, acked(&v1.version))
+            .await
+            .expect("v1 acked");
+        tx.send_modify(|d| d.snapshot = Some(Arc::new(v2.clone())));
+        tokio::time::timeout(hang, acked(&v2.version))
+            .await
+            .expect("v2 acked");
+        task.abort();
+        let got = held.lock().unwrap().clone().unwrap();
+        assert_eq!(got.listeners[0].address, "127.0.0.1:8080");
+        let mut want = v2;
+        want.listeners[0].address = "127.0.0.1:8080".into();
+        assert_eq!(got, want);
+        let log = log.lock().unwrap().clone();
+        (log, got)
+    }
+
+    #[tokio::test]
+    async fn a_pod_on_the_previous_version_gets_a_delta() {
+        let (log, _) = push_two_versions(StatusCode::OK).await;
+        let methods: Vec<&Method> = log.iter().map(|(m, _)| m).collect();
+        assert_eq!(
+            methods,
+            [&Method::GET, &Method::GET, &Method::PUT, &Method::PATCH],
+            "{log:?}"
+        );
+        let (put, patch) = (log[2].1, log[3].1);
+        assert!(patch * 10 < put, "delta {patch} bytes vs snapshot {put}");
+    }
+
+    /// 409 (another base), 400 (a delta that does not fit) or 405 (a dataplane without
+    /// PATCH): the whole snapshot follows at once.
+    #[tokio::test]
+    async fn a_refused_delta_falls_back_to_the_whole_snapshot() {
+        for status in [
+            StatusCode::CONFLICT,
+            StatusCode::BAD_REQUEST,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ] {
+            let (log, _) = push_two_versions(status).await;
+            let methods: Vec<&Method> = log.iter().map(|(m, _)| m).collect();
+            assert_eq!(
+                methods,
+                [
+                    &Method::GET,
+                    &Method::GET,
+                    &Method::PUT,
+                    &Method::PATCH,
+                    &Method::PUT
+                ],
+                "{status}: {log:?}"
             );
         }
     }

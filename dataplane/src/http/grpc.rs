@@ -1,18 +1,14 @@
-//! gRPC awareness: `grpc-timeout` as the request deadline, and the proxy's own errors
-//! answered as gRPC statuses (HTTP 200, trailers-only: `grpc-status` / `grpc-message` in the
-//! response headers) when the request is gRPC (`content-type: application/grpc…`).
+//! gRPC awareness: `grpc-timeout` as the request deadline, and whether a request is gRPC
+//! (`content-type: application/grpc…`), so [`crate::http::reply::render`] answers the proxy's
+//! own errors as gRPC statuses (HTTP 200, trailers-only: `grpc-status` / `grpc-message` in
+//! the response headers).
 //!
 //! Everything else — streaming in all four shapes, trailers from the upstream — is plain
 //! HTTP/2 (or HTTP/3) proxying to an `h2c` backend.
 
-use crate::http::body::{empty, ProxyBody};
-use crate::http::reply::ProxyError;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::Response;
+use http::header::{self, HeaderMap, HeaderName};
 use std::time::Duration;
 
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// gRPC status codes used here (declared with the local replies they are chosen for).
@@ -63,47 +59,10 @@ pub fn deadline(headers: &HeaderMap, timeout: Duration) -> Duration {
     }
 }
 
-/// For a gRPC request, turns a reply the proxy made itself into a trailers-only gRPC
-/// response (HTTP 200, `grpc-status` and `grpc-message` headers, no body); other responses
-/// are returned untouched.
-pub fn local_error(resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    let Some(err) = resp.extensions().get::<ProxyError>().copied() else {
-        return resp;
-    };
-    if resp.status().is_success() || resp.status().is_informational() {
-        return resp;
-    }
-    let status = resp.status();
-    let (parts, _) = resp.into_parts();
-    let mut out = Response::new(empty());
-    *out.extensions_mut() = parts.extensions;
-    let h = out.headers_mut();
-    // Headers the proxy or route added (Alt-Svc, CORS, …) stay.
-    for (k, v) in parts.headers.iter() {
-        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
-            h.append(k.clone(), v.clone());
-        }
-    }
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(
-        GRPC_STATUS.clone(),
-        HeaderValue::from(u16::from(err.0.grpc_code(status))),
-    );
-    let msg = format!("weir: {} ({})", err.0, status.as_u16());
-    if let Ok(v) = HeaderValue::from_str(&msg) {
-        h.insert(GRPC_MESSAGE.clone(), v);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::reply::ErrorKind;
-    use http::StatusCode;
+    use http::HeaderValue;
 
     #[test]
     fn timeouts_parse() {
@@ -130,29 +89,5 @@ mod tests {
         assert!(!is_grpc(&h("application/grpc-web")));
         assert!(!is_grpc(&h("application/json")));
         assert!(!is_grpc(&HeaderMap::new()));
-    }
-
-    #[test]
-    fn proxy_errors_become_grpc_statuses() {
-        let r = local_error(crate::http::reply::error_response(
-            StatusCode::NOT_FOUND,
-            ErrorKind::NoRoute,
-            "x",
-        ));
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["grpc-status"], "12");
-        assert_eq!(r.headers()["content-type"], "application/grpc");
-        let r = local_error(crate::http::reply::error_response(
-            StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::UpstreamTimeout,
-            "x",
-        ));
-        assert_eq!(r.headers()["grpc-status"], "4");
-        let r = local_error(crate::http::reply::error_response(
-            StatusCode::BAD_GATEWAY,
-            ErrorKind::UpstreamConnectError,
-            "x",
-        ));
-        assert_eq!(r.headers()["grpc-status"], "14");
     }
 }

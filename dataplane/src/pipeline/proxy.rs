@@ -6,7 +6,10 @@ use crate::http::body::{boxed, BoxError, ProxyBody};
 use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop};
 use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::http::tracecontext::TraceContext;
-use crate::policy::filters::{rewrite_path, RuleRt, Target};
+use crate::policy::filters::rewrite_path;
+use crate::policy::rule::Pick;
+use crate::policy::rule::{RuleRt, Target};
+use crate::policy::stages::{ReplyHook, StageInput};
 use crate::runtime::compile::Runtime;
 use crate::telemetry::hub::Telemetry;
 use crate::telemetry::metrics::{self, RouteMetrics};
@@ -56,9 +59,11 @@ where
     let req = req.map(|b| CountingBody::new(b, bytes_in.clone()));
     let grpc = crate::http::grpc::is_grpc(req.headers());
     let out = forward(runtime, conn, req, span.as_deref_mut()).await;
+    // The one place local replies are rendered: JSON, or a gRPC status for a gRPC client.
+    // Checked here so a proxied response is not moved through `render`.
     let mut resp = out.response;
-    if grpc {
-        resp = crate::http::grpc::local_error(resp);
+    if resp.extensions().get::<ProxyError>().is_some() {
+        resp = crate::http::reply::render(resp, grpc);
     }
     // An upstream's Alt-Svc describes the upstream, not us; ours replaces it.
     resp.headers_mut().remove(header::ALT_SVC);
@@ -117,13 +122,15 @@ impl Outcome {
 /// 1. [`admit`]: a config is loaded, the head is within the listener's limits, there is a host.
 /// 2. route: the router picks the rule ([`crate::route::bodymatch::route`] reads the body only
 ///    when a body-field condition is reached).
-/// 3. rule stages: CORS preflight ([`crate::policy::cors`]), the rule's policy stages
-///    ([`crate::policy::stages::PolicyRt::apply`]: rate limit, external auth, redirect / direct
-///    response, KairosDB), the backend pick, the body limit and the WebSocket handshake.
+/// 3. rule stages: the rule's ordered stages ([`crate::policy::stages::Stages::run`]: CORS,
+///    rate limit, external auth, redirect / direct response, KairosDB), then the backend pick,
+///    the body limit and the WebSocket handshake (rule protocol data, see
+///    [`crate::policy::rule`]).
 /// 4. [`upstream_request`]: path rewrite, hop-by-hop and forwarding headers, request filters.
 /// 5. dispatch: [`crate::upstream::backend::BackendRt::dispatch`] (balancing, health, breaker,
 ///    concurrency limit, retries).
-/// 6. [`respond`]: response filters, body-limit outcome, WebSocket switch, CORS headers.
+/// 6. [`respond`]: response filters, body-limit outcome, WebSocket switch, the stages' reply
+///    hook (CORS headers).
 async fn forward<B>(
     runtime: Option<Arc<Runtime>>,
     conn: &ConnInfo,
@@ -162,32 +169,33 @@ where
         let r = error_response(StatusCode::NOT_FOUND, ErrorKind::NoRoute, &msg);
         return Outcome::local(r, metrics::metrics().no_route());
     };
-    // 3. Rule stages. CORS preflights are answered before auth and rate limits (browsers send
-    // no credentials).
-    if let Some(r) = crate::policy::cors::preflight(rule.protocol.cors.as_ref(), &req) {
-        return Outcome::local(r, rule.no_backend_metrics.clone());
-    }
+    // 3. Rule stages, in the rule's order (CORS, rate limit, external auth, redirect, direct
+    // response, KairosDB). Boxed: its future (~6.5 KiB, for external auth and KairosDB)
+    // would otherwise be part of every request's future, copied whole when an HTTP/3
+    // request's future is boxed. Skipped (no box) when the rule has no stage.
+    let (req, hook) = if rule.stages.is_empty() {
+        (req, ReplyHook::NONE)
+    } else {
+        let input = StageInput {
+            conn,
+            host: &host,
+            path: &path,
+            timeout: rule.timeout,
+        };
+        match Box::pin(rule.stages.run(&input, req)).await {
+            Ok(x) => x,
+            Err(r) => return Outcome::local(r, rule.no_backend_metrics.clone()),
+        }
+    };
     let rp = &rule.protocol;
-    // Replies the proxy makes from here on (429, auth denials, redirects, 413, …) carry the
-    // CORS headers too, so browsers can read them (as Envoy does for local replies).
-    let cors_origin = crate::policy::cors::allowed_origin(rp.cors.as_ref(), &req);
+    // Replies the proxy makes from here on carry what the stages add (CORS headers).
     let local = |mut r: Response<ProxyBody>, m: &Arc<RouteMetrics>| {
-        crate::policy::cors::decorate(rp.cors.as_ref(), cors_origin.clone(), &mut r);
+        hook.finish(&mut r);
         Outcome::local(r, m.clone())
     };
-    // Boxed: its future (~6.5 KiB, for external auth and KairosDB) would otherwise be part of
-    // every request's future, copied whole when an HTTP/3 request's future is boxed. Free when
-    // the rule has no policy stage (`None`).
-    let req = match &rule.policy {
-        None => req,
-        Some(p) => match Box::pin(p.apply(conn, &host, &path, rule.timeout, req)).await {
-            Ok(req) => req,
-            Err(r) => return local(r, &rule.no_backend_metrics),
-        },
-    };
     let target = match rule.pick() {
-        crate::policy::gateway::Pick::Backend(t) => t,
-        crate::policy::gateway::Pick::Invalid(why) => {
+        Pick::Backend(t) => t,
+        Pick::Invalid(why) => {
             let r = error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorKind::InvalidBackend,
@@ -195,7 +203,7 @@ where
             );
             return local(r, &rule.no_backend_metrics);
         }
-        crate::policy::gateway::Pick::None => {
+        Pick::None => {
             let r = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorKind::NoBackend,
@@ -245,14 +253,7 @@ where
         )
         .await;
     // 6. Respond.
-    let resp = respond(
-        &rule,
-        target,
-        sent.response,
-        body_trip,
-        upgrade,
-        cors_origin,
-    );
+    let resp = respond(&rule, target, sent.response, body_trip, upgrade, &hook);
     Outcome {
         response: resp,
         metrics: target.metrics.clone(),
@@ -392,14 +393,15 @@ fn upstream_request(
 
 /// Stage 6: the client's response from what dispatch returned (the upstream's response with
 /// hop-by-hop headers removed and the rule's response filters applied, or the proxy's own
-/// reply), then the body limit's outcome, the WebSocket switch and the CORS headers.
+/// reply), then the body limit's outcome, the WebSocket switch and what the rule's stages add
+/// (CORS headers).
 fn respond(
     rule: &RuleRt,
     target: &Target,
     sent: Result<Response<ProxyBody>, Response<ProxyBody>>,
     body_trip: Option<crate::http::limits::BodyTrip>,
     upgrade: Option<crate::policy::websocket::Upgrade>,
-    cors_origin: Option<HeaderValue>,
+    hook: &ReplyHook<'_>,
 ) -> Response<ProxyBody> {
     let resp = match sent {
         Err(local) => local,
@@ -418,6 +420,6 @@ fn respond(
     if let Some(u) = upgrade {
         resp = u.finish(resp);
     }
-    crate::policy::cors::decorate(rule.protocol.cors.as_ref(), cors_origin, &mut resp);
+    hook.finish(&mut resp);
     resp
 }

@@ -103,8 +103,9 @@ impl CorsRt {
 
 /// The answer to a CORS preflight (`OPTIONS` with `Origin` and
 /// `Access-Control-Request-Method`) on a rule with a policy; `None` for any other request.
-pub fn preflight<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<Response<ProxyBody>> {
-    let cors = cors?;
+/// Called from the rule's CORS stage ([`crate::policy::stages::Stage::Cors`]), the one place
+/// CORS is handled.
+pub fn preflight<B>(cors: &CorsRt, req: &Request<B>) -> Option<Response<ProxyBody>> {
     let h = req.headers();
     if req.method() != Method::OPTIONS
         || !h.contains_key(header::ORIGIN)
@@ -155,20 +156,13 @@ pub fn preflight<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<Response<
 }
 
 /// What [`decorate`] needs from the request: the allowed origin's header value.
-pub fn allowed_origin<B>(cors: Option<&CorsRt>, req: &Request<B>) -> Option<HeaderValue> {
-    cors?.allow_origin(req.headers())
+pub fn allowed_origin<B>(cors: &CorsRt, req: &Request<B>) -> Option<HeaderValue> {
+    cors.allow_origin(req.headers())
 }
 
 /// Adds the CORS response headers for an allowed origin (upstream's own CORS headers are
 /// replaced, so the policy is the single source of truth).
-pub fn decorate(
-    cors: Option<&CorsRt>,
-    origin: Option<HeaderValue>,
-    resp: &mut Response<ProxyBody>,
-) {
-    let (Some(cors), Some(origin)) = (cors, origin) else {
-        return;
-    };
+pub fn decorate(cors: &CorsRt, origin: HeaderValue, resp: &mut Response<ProxyBody>) {
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.append(header::VARY, HeaderValue::from_static("Origin"));

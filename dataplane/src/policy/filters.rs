@@ -1,47 +1,9 @@
-//! Compiled rule actions: weighted backend choice, header transforms and path rewrites.
+//! Header transforms and path rewrites (`filters.requestHeaders`, `responseHeaders`, `path`):
+//! rule protocol data, applied when the upstream request and the response are made (see
+//! [`crate::policy::rule`]).
 
-use crate::telemetry::metrics::RouteMetrics;
-use crate::upstream::backend::BackendRt;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::sync::Arc;
-use std::time::Duration;
 use weir_config::{HeaderFilter, PathRewrite};
-
-/// Everything a matched rule does to a request.
-#[derive(Debug)]
-pub struct RuleRt {
-    pub route: Arc<str>,
-    pub rule_index: usize,
-    /// Entries with weight 0 are left out.
-    pub backends: Vec<Target>,
-    /// Metric handles for requests this rule could not send to a backend.
-    pub no_backend_metrics: Arc<RouteMetrics>,
-    pub total_weight: u64,
-    pub request_headers: HeaderOps,
-    pub response_headers: HeaderOps,
-    pub path: Option<PathRewrite>,
-    pub timeout: Option<Duration>,
-    /// Body limit, WebSocket switch, CORS.
-    pub protocol: crate::policy::protocol::RuleProtocol,
-    /// Rate limit, external auth, redirect / direct response, KairosDB mode (see
-    /// [`crate::policy`]); `None` when the rule has none.
-    pub policy: Option<Arc<crate::policy::stages::PolicyRt>>,
-    /// Host rewrite, per-try timeout, mirrors, invalid backendRefs (see [`crate::policy::gateway`]).
-    pub gateway: crate::policy::gateway::RuleGateway,
-}
-
-/// One weighted backend of a rule.
-#[derive(Debug)]
-pub struct Target {
-    pub backend: Arc<BackendRt>,
-    /// Cumulative weight up to and including this entry.
-    pub cum: u64,
-    /// Request metric handles of this (route, backend) pair.
-    pub metrics: Arc<RouteMetrics>,
-    /// The backendRef's own header filters, applied after the rule's.
-    pub request_headers: HeaderOps,
-    pub response_headers: HeaderOps,
-}
 
 /// Header add/set/remove, validated and pre-parsed.
 #[derive(Debug, Default)]

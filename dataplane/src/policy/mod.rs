@@ -1,5 +1,6 @@
-//! Layer 3: per-rule stages (rate limit, external auth, redirect and direct response, KairosDB,
-//! CORS, body limit, WebSocket, header/path transforms) and the per-rule settings they read.
+//! Layer 3: per-rule stages (CORS, rate limit, external auth, redirect and direct response,
+//! KairosDB: [`stages`]) and the rule protocol data (body limit, WebSocket, header/path
+//! transforms, Gateway API host rewrite and mirrors). What goes where: [`rule`].
 
 pub mod cors;
 pub mod extauth;
@@ -10,6 +11,7 @@ pub mod mirror;
 pub mod protocol;
 pub mod ratelimit;
 pub mod redirect;
+pub mod rule;
 pub mod stages;
 pub mod websocket;
 

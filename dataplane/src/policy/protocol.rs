@@ -1,14 +1,13 @@
-//! A rule's compiled protocol settings (`rules[].maxRequestBodyBytes`, `websocket`, `cors`);
-//! see [`crate::http::limits`], [`crate::policy::websocket`] and [`crate::policy::cors`].
+//! A rule's compiled protocol settings (`rules[].maxRequestBodyBytes`, `websocket`): rule
+//! protocol data, not stages — they shape the exchange with the backend once it is picked
+//! (see [`crate::policy::rule`], [`crate::http::limits`] and [`crate::policy::websocket`]).
 
-use crate::policy::cors::CorsRt;
 use weir_config::{Rule, WebSocketConfig};
 
 #[derive(Debug, Default)]
 pub struct RuleProtocol {
     pub max_body: Option<u64>,
     pub websocket: Option<WebSocketConfig>,
-    pub cors: Option<CorsRt>,
 }
 
 impl RuleProtocol {
@@ -16,7 +15,6 @@ impl RuleProtocol {
         RuleProtocol {
             max_body: rule.max_request_body_bytes,
             websocket: rule.websocket.clone(),
-            cors: rule.cors.as_ref().map(CorsRt::compile),
         }
     }
 }

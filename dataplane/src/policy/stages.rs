@@ -1,10 +1,17 @@
-//! A rule's policies, applied after routing and before a backend is picked, in this order:
-//! rate limit (429), external authorization (deny / fail closed), then the rule's action when
-//! it is not forwarding: redirect, direct response, or KairosDB query handling.
+//! A rule's stages: what may answer a request in place of a backend, run after routing and
+//! before a backend is picked, in this order: CORS (preflight answers; the CORS headers of
+//! every later reply), rate limit (429), external authorization (deny / fail closed), then
+//! the rule's action when it is not forwarding: redirect, direct response, or KairosDB query
+//! handling. What is a stage and what is rule protocol data: [`crate::policy::rule`].
+//!
+//! A new stage is a [`Stage`] variant (its settings compiled in [`RoutePolicy::for_rule`], in
+//! its place in the order) and an arm in [`Stages::run`]. A plain forwarding rule has no
+//! stages; the pipeline then skips [`Stages::run`] (and its boxed future) altogether.
 
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::conn::ConnInfo;
 use crate::http::reply::{error_response, ErrorKind};
+use crate::policy::cors::CorsRt;
 use crate::policy::extauth::{ExtAuthRt, Outcome as AuthOutcome};
 use crate::policy::kairos::KairosRt;
 use crate::policy::ratelimit::{Decision, RateLimiter};
@@ -68,16 +75,6 @@ impl<'a> PolicyCarry<'a> {
     }
 }
 
-/// The compiled policies of one rule.
-#[derive(Debug, Default)]
-pub struct PolicyRt {
-    rate_limit: Option<Arc<RateLimiter>>,
-    ext_auth: Option<Arc<ExtAuthRt>>,
-    redirect: Option<RedirectRt>,
-    direct: Option<DirectRt>,
-    kairos: Option<KairosRt>,
-}
-
 /// Route-wide policies, shared by the rules that have none of their own.
 pub struct RoutePolicy {
     name: String,
@@ -95,46 +92,54 @@ impl RoutePolicy {
         }
     }
 
-    /// The policies of `rule`, or `None` when it has none (the common case: no cost).
+    /// The stages of `rule`, in the order they run; empty when it has none (the common
+    /// case: no cost).
     pub fn for_rule(
         &self,
         index: usize,
         rule: &Rule,
         backends: &HashMap<String, Arc<BackendRt>>,
         carry: &mut PolicyCarry<'_>,
-    ) -> Option<Arc<PolicyRt>> {
+    ) -> Stages {
         let scope = || (self.name.clone(), Some(index));
-        let p = PolicyRt {
-            rate_limit: match &rule.rate_limit {
-                Some(r) => Some(carry.limiter(scope(), r)),
-                None => self.rate_limit.clone(),
-            },
-            ext_auth: match &rule.ext_auth {
-                Some(a) => Some(carry.auth(scope(), a)),
-                None => self.ext_auth.clone(),
-            },
-            redirect: rule.redirect.as_ref().map(|r| {
-                let prefixes = rule
-                    .matches
-                    .iter()
-                    .filter_map(|m| m.path.as_ref())
-                    .filter(|p| p.kind == PathMatchType::PathPrefix)
-                    .map(|p| p.value.clone())
-                    .collect();
-                RedirectRt::new(r, prefixes)
-            }),
-            direct: rule.direct_response.as_ref().map(DirectRt::new),
-            kairos: rule
-                .kairos
-                .as_ref()
-                .map(|k| KairosRt::new(k, rule, backends)),
+        let rate_limit = match &rule.rate_limit {
+            Some(r) => Some(carry.limiter(scope(), r)),
+            None => self.rate_limit.clone(),
         };
-        let none = p.rate_limit.is_none()
-            && p.ext_auth.is_none()
-            && p.redirect.is_none()
-            && p.direct.is_none()
-            && p.kairos.is_none();
-        (!none).then(|| Arc::new(p))
+        let ext_auth = match &rule.ext_auth {
+            Some(a) => Some(carry.auth(scope(), a)),
+            None => self.ext_auth.clone(),
+        };
+        let redirect = rule.redirect.as_ref().map(|r| {
+            let prefixes = rule
+                .matches
+                .iter()
+                .filter_map(|m| m.path.as_ref())
+                .filter(|p| p.kind == PathMatchType::PathPrefix)
+                .map(|p| p.value.clone())
+                .collect();
+            RedirectRt::new(r, prefixes)
+        });
+        // The order they run in. CORS first: preflights are answered before auth and rate
+        // limits (browsers send no credentials with them).
+        let list: Vec<Stage> = [
+            rule.cors.as_ref().map(|c| Stage::Cors(CorsRt::compile(c))),
+            rate_limit.map(Stage::RateLimit),
+            ext_auth.map(Stage::ExtAuth),
+            redirect.map(Stage::Redirect),
+            rule.direct_response
+                .as_ref()
+                .map(|d| Stage::Direct(DirectRt::new(d))),
+            rule.kairos
+                .as_ref()
+                .map(|k| Stage::Kairos(KairosRt::new(k, rule, backends))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Stages {
+            list: list.into_boxed_slice(),
+        }
     }
 }
 
@@ -151,71 +156,157 @@ fn request_port<B>(req: &Request<B>) -> Option<u16> {
     after.rsplit_once(':')?.1.parse().ok()
 }
 
-impl PolicyRt {
-    /// Applies the policies: `Ok` gives the request back to be forwarded (possibly with
-    /// headers added), `Err` is the reply to send instead.
-    pub async fn apply<B>(
+/// One per-rule stage. An enum, so running the list is a `match` per stage, statically
+/// dispatched (no `Box<dyn>` per request).
+#[derive(Debug)]
+pub enum Stage {
+    /// `cors`: answers preflights; the CORS headers of later replies come from [`ReplyHook`].
+    Cors(CorsRt),
+    /// `rateLimit` (the rule's, or the route's): 429 with `Retry-After`.
+    RateLimit(Arc<RateLimiter>),
+    /// `extAuth` (the rule's, or the route's): deny / fail closed, or headers added.
+    ExtAuth(Arc<ExtAuthRt>),
+    /// `redirect`: always answers.
+    Redirect(RedirectRt),
+    /// `directResponse`: always answers.
+    Direct(DirectRt),
+    /// `kairos`: answers with the KairosDB query's result.
+    Kairos(KairosRt),
+}
+
+/// A rule's stages, in the order they run.
+#[derive(Debug, Default)]
+pub struct Stages {
+    list: Box<[Stage]>,
+}
+
+/// What the request's inputs to the stages are besides the request itself.
+pub struct StageInput<'a> {
+    pub conn: &'a ConnInfo,
+    pub host: &'a str,
+    /// The normalized path the rule was routed on.
+    pub path: &'a str,
+    /// The rule's timeout (KairosDB's backend requests).
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// What the stages do to the replies that follow them (local or the upstream's): the CORS
+/// headers of an allowed origin. [`ReplyHook::NONE`] for a rule without stages.
+#[derive(Debug, Default)]
+pub struct ReplyHook<'a> {
+    cors: Option<(&'a CorsRt, HeaderValue)>,
+}
+
+impl ReplyHook<'_> {
+    pub const NONE: ReplyHook<'static> = ReplyHook { cors: None };
+
+    /// Adds what the stages add to every reply after them.
+    pub fn finish(&self, resp: &mut Response<ProxyBody>) {
+        if let Some((cors, origin)) = &self.cors {
+            crate::policy::cors::decorate(cors, origin.clone(), resp);
+        }
+    }
+}
+
+impl Stages {
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Stage> {
+        self.list.iter()
+    }
+
+    /// Runs the stages in order: `Ok` gives the request back to be forwarded (possibly with
+    /// headers added) and the hook for the replies that follow; `Err` is the reply to send
+    /// instead, already finished by the hook.
+    pub async fn run<B>(
         &self,
-        conn: &ConnInfo,
-        host: &str,
-        path: &str,
-        timeout: Option<std::time::Duration>,
+        input: &StageInput<'_>,
         mut req: Request<B>,
-    ) -> Result<Request<B>, Response<ProxyBody>>
+    ) -> Result<(Request<B>, ReplyHook<'_>), Response<ProxyBody>>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        if let Some(rl) = &self.rate_limit {
-            if let Decision::Limited { retry_after_secs } =
-                rl.check(conn.remote.ip(), req.headers())
-            {
-                let mut r = error_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorKind::RateLimited,
-                    &format!("rate limit exceeded; retry in {retry_after_secs}s"),
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-                return Err(r);
-            }
-        }
-        if let Some(auth) = &self.ext_auth {
-            let pq = match req.uri().query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
-            };
-            match auth.check(req.method(), &pq, host, req.headers()).await {
-                AuthOutcome::Respond(r) => return Err(r),
-                AuthOutcome::Allow(headers) => {
-                    for (n, v) in headers {
-                        req.headers_mut().insert(n, v);
+        let mut hook = ReplyHook::default();
+        for stage in self.list.iter() {
+            let r = match stage {
+                Stage::Cors(c) => {
+                    // A preflight's answer carries its own CORS headers (or none).
+                    if let Some(r) = crate::policy::cors::preflight(c, &req) {
+                        return Err(r);
+                    }
+                    // Replies from here on (429, auth denials, redirects, 413, …) carry the
+                    // CORS headers too, so browsers can read them (as Envoy does for local
+                    // replies).
+                    hook.cors = crate::policy::cors::allowed_origin(c, &req).map(|o| (c, o));
+                    continue;
+                }
+                Stage::RateLimit(rl) => match rl.check(input.conn.remote.ip(), req.headers()) {
+                    Decision::Limited { retry_after_secs } => rate_limited(retry_after_secs),
+                    _ => continue,
+                },
+                Stage::ExtAuth(auth) => {
+                    let pq = match req.uri().query() {
+                        Some(q) => format!("{}?{q}", input.path),
+                        None => input.path.to_string(),
+                    };
+                    match auth
+                        .check(req.method(), &pq, input.host, req.headers())
+                        .await
+                    {
+                        AuthOutcome::Respond(r) => r,
+                        AuthOutcome::Allow(headers) => {
+                            for (n, v) in headers {
+                                req.headers_mut().insert(n, v);
+                            }
+                            continue;
+                        }
                     }
                 }
-            }
+                Stage::Redirect(r) => r.respond(&RedirectInput {
+                    scheme: input.conn.scheme,
+                    host: input.host,
+                    port: request_port(&req),
+                    path: input.path,
+                    query: req.uri().query(),
+                }),
+                Stage::Direct(d) => d.respond(),
+                Stage::Kairos(k) => k.handle(input.conn, input.path, input.timeout, req).await,
+            };
+            let mut r = r;
+            hook.finish(&mut r);
+            return Err(r);
         }
-        if let Some(r) = &self.redirect {
-            return Err(r.respond(&RedirectInput {
-                scheme: conn.scheme,
-                host,
-                port: request_port(&req),
-                path,
-                query: req.uri().query(),
-            }));
-        }
-        if let Some(d) = &self.direct {
-            return Err(d.respond());
-        }
-        if let Some(k) = &self.kairos {
-            return Err(k.handle(conn, path, timeout, req).await);
-        }
-        Ok(req)
+        Ok((req, hook))
     }
+}
+
+/// The 429 of a rate limit, with `Retry-After`.
+fn rate_limited(retry_after_secs: u64) -> Response<ProxyBody> {
+    let mut r = error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::RateLimited,
+        &format!("rate limit exceeded; retry in {retry_after_secs}s"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    r
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Stages {
+        fn rate_limit(&self) -> Option<Arc<RateLimiter>> {
+            self.iter().find_map(|s| match s {
+                Stage::RateLimit(r) => Some(r.clone()),
+                _ => None,
+            })
+        }
+    }
 
     fn route(yaml: &str) -> Route {
         let snap = weir_config::load(yaml.as_bytes()).expect("valid config");
@@ -240,8 +331,8 @@ routes:
         let compile = |r: &Route, prev: Option<&PolicyState>| {
             let mut carry = PolicyCarry::new(prev);
             let rp = RoutePolicy::new(r, &mut carry);
-            let p = rp
-                .for_rule(0, &r.rules[0], &HashMap::new(), &mut carry)
+            let p = Some(rp.for_rule(0, &r.rules[0], &HashMap::new(), &mut carry))
+                .filter(|s| !s.is_empty())
                 .expect("policies");
             (rp, p, carry.finish())
         };
@@ -252,7 +343,7 @@ routes:
             Arc::ptr_eq(a.as_ref().expect("limiter"), b.as_ref().expect("limiter"))
         };
         assert!(same(&rp1.rate_limit, &rp2.rate_limit));
-        assert!(same(&p1.rate_limit, &p2.rate_limit));
+        assert!(same(&p1.rate_limit(), &p2.rate_limit()));
         assert!(Arc::ptr_eq(
             rp1.ext_auth.as_ref().expect("auth"),
             rp2.ext_auth.as_ref().expect("auth")
@@ -261,7 +352,7 @@ routes:
         let r3 = route(&yaml(6));
         let (rp3, p3, _) = compile(&r3, Some(&s2));
         assert!(!same(&rp2.rate_limit, &rp3.rate_limit));
-        assert!(same(&p2.rate_limit, &p3.rate_limit));
+        assert!(same(&p2.rate_limit(), &p3.rate_limit()));
         assert!(Arc::ptr_eq(
             rp2.ext_auth.as_ref().expect("auth"),
             rp3.ext_auth.as_ref().expect("auth")

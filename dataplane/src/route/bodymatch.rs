@@ -8,7 +8,7 @@
 
 use crate::http::body::{BoxError, ProxyBody};
 use crate::http::reply::ErrorKind;
-use crate::policy::filters::RuleRt;
+use crate::policy::rule::RuleRt;
 use crate::route::router::{RequestView, Router};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode};

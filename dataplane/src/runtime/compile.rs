@@ -1,6 +1,7 @@
 //! `Snapshot -> Runtime`: the compiled tables one config version serves with.
 
-use crate::policy::filters::{HeaderOps, RuleRt, Target};
+use crate::policy::filters::HeaderOps;
+use crate::policy::rule::{RuleRt, Target};
 use crate::route::router::Router;
 use crate::telemetry::metrics::{metrics, ListenerMetrics, RouteMetrics};
 use crate::upstream::backend::BackendRt;
@@ -212,7 +213,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 path: rule.filters.path.clone(),
                 timeout: rule.timeout.map(|t| t.get()),
                 protocol: crate::policy::protocol::RuleProtocol::compile(rule),
-                policy: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
+                stages: route_policy.for_rule(ui, rule, &backends, &mut policy_carry),
                 gateway: crate::policy::gateway::RuleGateway::compile(
                     &route.name,
                     rule,

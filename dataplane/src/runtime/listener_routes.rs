@@ -1,6 +1,6 @@
 //! Routes bound to listeners (`routes[].listeners`): one routing table per listener.
 
-use crate::policy::filters::RuleRt;
+use crate::policy::rule::RuleRt;
 use crate::route::router::Router;
 use std::collections::HashMap;
 use std::sync::Arc;

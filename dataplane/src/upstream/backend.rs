@@ -9,6 +9,7 @@ use crate::http::reply::{error_response, ErrorKind};
 use crate::telemetry::metrics::{BackendMetrics, Metrics};
 use crate::upstream::balancer::Balancer;
 use crate::upstream::breaker::{Breaker, BreakerView, Mode};
+pub use crate::upstream::endpoint::{CountedIo, EndpointRt};
 use crate::upstream::health::{clock_ms, EndpointState, InFlight, Outcome};
 use crate::upstream::pool::{Checkin, Pool, PoolError, PoolSettings};
 use crate::upstream::retry::{backoff, is_idempotent, Budget, Replay};
@@ -18,9 +19,9 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::{Body, Frame, SizeHint};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -54,76 +55,6 @@ pub struct CountingConnector {
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<CountedIo, BoxError>> + Send>>;
 
-/// An upstream connection's IO; counts itself out of its endpoint's open connections when the
-/// connection (its hyper task, after the pool let it go or the peer closed it) drops it.
-pub struct CountedIo {
-    io: TokioIo<tokio::net::TcpStream>,
-    open: Arc<AtomicU64>,
-}
-
-impl CountedIo {
-    /// Counts a new connection into `open` (and out again when dropped).
-    pub fn new(stream: tokio::net::TcpStream, open: Arc<AtomicU64>) -> CountedIo {
-        open.fetch_add(1, Ordering::Relaxed);
-        CountedIo {
-            io: TokioIo::new(stream),
-            open,
-        }
-    }
-}
-
-impl Drop for CountedIo {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl hyper::rt::Read for CountedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for CountedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
-
-impl Connection for CountedIo {
-    fn connected(&self) -> Connected {
-        self.io.connected()
-    }
-}
-
 impl tower_service::Service<Uri> for CountingConnector {
     type Response = CountedIo;
     type Error = BoxError;
@@ -148,18 +79,9 @@ impl tower_service::Service<Uri> for CountingConnector {
                 Err(_) => Arc::default(),
             };
             open.fetch_add(1, Ordering::Relaxed);
-            Ok(CountedIo { io, open })
+            Ok(CountedIo::new_counted(io, open))
         })
     }
-}
-
-/// One endpoint of a backend as this config version sees it.
-#[derive(Debug)]
-pub struct EndpointRt {
-    pub authority: Authority,
-    pub weight: u32,
-    /// Health, ejection, in-flight and latency; carried over reloads (see [`BackendRt::new`]).
-    pub state: Arc<EndpointState>,
 }
 
 /// A backend as the proxy uses it.
@@ -243,6 +165,38 @@ pub struct Dispatched {
     pub attempts: u32,
 }
 
+impl Dispatched {
+    /// A placeholder, cheap to make: every path of a dispatch replaces it (the loop runs at
+    /// least once, and each try sets its result or an error reply). Building the JSON error
+    /// reply up front cost about a tenth of a proxied request's instructions.
+    fn placeholder() -> Dispatched {
+        Dispatched {
+            response: Err(Response::new(crate::http::body::empty())),
+            upstream: None,
+            attempts: 0,
+        }
+    }
+
+    /// Ends the dispatch with the proxy's own reply.
+    fn local(mut self, r: Response<ProxyBody>) -> Dispatched {
+        self.response = Err(r);
+        self
+    }
+}
+
+/// The request head every try sends (the headers go per try, see [`Payload`]), and what
+/// decides its retries.
+struct Head {
+    method: Method,
+    /// The upstream path and query.
+    pq: PathAndQuery,
+    version: Version,
+    /// Whether the method is idempotent (retried after more kinds of failure).
+    idempotent: bool,
+    /// The end of the request timeout, retries included.
+    deadline: Instant,
+}
+
 /// How a try failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
@@ -257,6 +211,123 @@ enum Failure {
 enum Last {
     Upstream(Response<hyper::body::Incoming>, InFlight, Option<Checkin>),
     Local(Response<ProxyBody>),
+}
+
+/// What one try's send returned: the response (with the pooled connection to give back), the
+/// send's error, or the try's time limit elapsed.
+type TryResult = Result<
+    Result<(Response<hyper::body::Incoming>, Option<Checkin>), SendError>,
+    tokio::time::error::Elapsed,
+>;
+
+/// One try, as [`BackendRt::record_outcome`] needs it.
+struct Try {
+    idx: usize,
+    attempt: u32,
+    ticket: Option<crate::upstream::breaker::Ticket>,
+    in_flight: InFlight,
+    elapsed: Duration,
+    /// The try's time limit.
+    limit: Duration,
+    /// The per-try timeout, when it (not the request timeout) limited the try.
+    per_try: Option<Duration>,
+}
+
+impl Try {
+    /// `t`: the endpoint index, the attempt number, the time limit and the per-try timeout.
+    fn new(
+        t: (usize, u32, Duration, Option<Duration>),
+        ticket: Option<crate::upstream::breaker::Ticket>,
+        in_flight: InFlight,
+        elapsed: Duration,
+    ) -> Try {
+        let (idx, attempt, limit, per_try) = t;
+        Try {
+            idx,
+            attempt,
+            ticket,
+            in_flight,
+            elapsed,
+            limit,
+            per_try,
+        }
+    }
+}
+
+/// The request body and headers of every try: with retries possible the body goes through a
+/// replay buffer; without, it streams straight to the only try. The last try takes the
+/// headers, the others a copy.
+struct Payload {
+    replay: Option<Replay>,
+    only_body: Option<ProxyBody>,
+    headers: HeaderMap,
+    attempts: u32,
+}
+
+impl Payload {
+    fn new(body: ProxyBody, headers: HeaderMap, attempts: u32) -> Payload {
+        let (replay, only_body) = if attempts > 1 {
+            (Some(Replay::new(body)), None)
+        } else {
+            (None, Some(body))
+        };
+        Payload {
+            replay,
+            only_body,
+            headers,
+            attempts,
+        }
+    }
+
+    fn for_try(&mut self, attempt: u32) -> (ProxyBody, HeaderMap) {
+        let body = match &self.replay {
+            Some(r) => r.attempt(),
+            None => (self.only_body.take()).unwrap_or_else(crate::http::body::empty),
+        };
+        let headers = if attempt < self.attempts {
+            self.headers.clone()
+        } else {
+            std::mem::take(&mut self.headers)
+        };
+        (body, headers)
+    }
+}
+
+/// A try's outcome as its span records it.
+fn span_outcome(result: &TryResult) -> Result<u16, &'static str> {
+    match result {
+        Ok(Ok((r, _))) => Ok(r.status().as_u16()),
+        Ok(Err(e)) if e.is_connect() => Err("connect_error"),
+        Ok(Err(_)) => Err("upstream_error"),
+        Err(_) => Err("timeout"),
+    }
+}
+
+/// The last step: the reply from the last try's result. An upstream response's body keeps
+/// the endpoint's in-flight count and the concurrency slot until it ends, then gives the
+/// connection back to the pool (not after an upgrade: a WebSocket keeps it).
+// Both sides are replies, as in `Dispatched::response`; moved out once, not boxed.
+#[allow(clippy::result_large_err)]
+fn finish(
+    last: Last,
+    permit: Option<OwnedSemaphorePermit>,
+    method: &Method,
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    match last {
+        Last::Local(r) => Err(r),
+        Last::Upstream(resp, in_flight, checkin) => {
+            let (parts, body) = resp.into_parts();
+            let checkin = checkin.filter(|_| {
+                parts.status != StatusCode::SWITCHING_PROTOCOLS && method != Method::CONNECT
+            });
+            let body = Guarded {
+                inner: body,
+                guard: Some((in_flight, permit)),
+                checkin,
+            };
+            Ok(Response::from_parts(parts, boxed(body)))
+        }
+    }
 }
 
 impl BackendRt {
@@ -464,6 +535,12 @@ impl BackendRt {
     /// [`BackendRt::dispatch`] with the limit of each try set by the rule
     /// (`backendRequestTimeout`) instead of `retries.perTryTimeout`: `Some(0)` is no per-try
     /// limit, `None` the backend's own.
+    ///
+    /// The steps, each a method below: [`Self::admit`] (endpoints, concurrency limit), then
+    /// per try [`Self::back_off`], [`Self::admit_try`] (circuit breaker, then the endpoint),
+    /// [`Self::try_request`], the send under [`Self::try_limit`], [`Self::record_outcome`]
+    /// (health, breaker, outlier detection; the failure if any) and [`Self::may_retry`]; the
+    /// last try's result becomes the reply in [`Self::finish`].
     #[allow(clippy::too_many_arguments)]
     pub async fn dispatch_per_try(
         &self,
@@ -477,274 +554,314 @@ impl BackendRt {
         rule_per_try: Option<Duration>,
     ) -> Dispatched {
         let deadline = Instant::now() + timeout;
-        // A placeholder, cheap to make: every path below replaces it (the loop runs at least
-        // once, and each try sets `last` or an error reply). Building the JSON error reply up
-        // front cost about a tenth of a proxied request's instructions.
-        let mut out = Dispatched {
-            response: Err(Response::new(crate::http::body::empty())),
-            upstream: None,
-            attempts: 0,
+        let mut out = Dispatched::placeholder();
+        // Decided here when there is nothing to wait for (the common case): awaiting the
+        // `admit` future on every request measured ~+500 instr. per HTTP/1.1 request.
+        let permit = match (&self.limiter, self.endpoints.is_empty()) {
+            (None, false) => None,
+            _ => match self.admit(timeout).await {
+                Ok(p) => p,
+                Err(r) => return out.local(r),
+            },
         };
-        if self.endpoints.is_empty() {
-            out.response = Err(error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorKind::NoEndpoint,
-                &format!("backend {:?} has no endpoints", self.name),
-            ));
-            return out;
-        }
+        let attempts = self.config.retries.attempts.max(1);
+        self.budget.deposit();
+        let head = Head {
+            idempotent: is_idempotent(&method),
+            method,
+            pq,
+            version,
+            deadline,
+        };
         if let Some((name, value)) = &self.credential {
             headers.insert(name.clone(), value.clone());
         }
-        let permit = match &self.limiter {
-            None => None,
-            Some(sem) => {
-                let wait = self.config.queue_timeout.get().min(timeout);
-                match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => Some(p),
-                    _ => {
-                        self.metrics.overloaded.inc();
-                        out.response = Err(error_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            ErrorKind::BackendOverloaded,
-                            &format!(
-                                "backend {:?} is at maxConcurrentRequests ({}) and no slot freed within {:?}",
-                                self.name,
-                                self.config.max_concurrent_requests.unwrap_or_default(),
-                                wait
-                            ),
-                        ));
-                        return out;
-                    }
-                }
-            }
-        };
-        let policy = &self.config.retries;
-        self.budget.deposit();
-        let idempotent = is_idempotent(&method);
-        // With retries possible the body goes through a replay buffer; without, it streams
-        // straight to the only try.
-        let (replay, mut only_body) = if policy.attempts > 1 {
-            (Some(Replay::new(body)), None)
-        } else {
-            (None, Some(body))
-        };
-        let decay = self.balancer.ewma_decay();
+        let mut payload = Payload::new(body, headers, attempts);
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<Last> = None;
-        for attempt in 1..=policy.attempts.max(1) {
-            if attempt > 1 {
-                let wait = backoff(&policy.backoff, attempt - 1);
-                if Instant::now() + wait >= deadline {
-                    self.metrics.retries_exhausted.inc();
+        for attempt in 1..=attempts {
+            if attempt > 1 && !self.back_off(attempt, deadline).await {
+                break;
+            }
+            let (ticket, idx) = match self.admit_try(&tried) {
+                Ok(x) => x,
+                Err(kind) => {
+                    if last.is_none() {
+                        out.response = Err(self.unavailable(kind));
+                    }
                     break;
                 }
-                tokio::time::sleep(wait).await;
-                self.metrics.retries.inc();
-            }
-            let ticket = match &self.breaker {
-                None => None,
-                Some(b) => match b.try_acquire() {
-                    Some(t) => Some(t),
-                    None => {
-                        if last.is_none() {
-                            out.response = Err(error_response(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                ErrorKind::CircuitOpen,
-                                &format!("the circuit breaker of backend {:?} is open", self.name),
-                            ));
-                        }
-                        break;
-                    }
-                },
-            };
-            let Some(idx) = self.pick(&tried) else {
-                if last.is_none() {
-                    out.response = Err(error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ErrorKind::NoHealthyEndpoint,
-                        &format!("backend {:?} has no healthy endpoint", self.name),
-                    ));
-                }
-                break;
             };
             let ep = &self.endpoints[idx];
             tried.push(idx);
             out.attempts = attempt;
             out.upstream = Some(ep.authority.as_str().to_owned());
-            // HTTP/1.1 connections take the origin form as is; the h2c client wants the
-            // absolute form (it derives `:authority` and its pool key from it).
-            let uri = match &self.conns {
-                Conns::H1(_) => Uri::from(pq.clone()),
-                Conns::Legacy { .. } => match Uri::builder()
-                    .scheme("http")
-                    .authority(ep.authority.clone())
-                    .path_and_query(pq.clone())
-                    .build()
-                {
-                    Ok(u) => u,
-                    Err(e) => {
-                        out.response = Err(error_response(
-                            StatusCode::BAD_REQUEST,
-                            ErrorKind::BadPath,
-                            &e.to_string(),
-                        ));
-                        return out;
+            let (body, try_headers) = payload.for_try(attempt);
+            let req = match self.try_request(ep, &head, try_headers, body) {
+                Ok(mut r) => {
+                    if let Some(s) = span.as_deref_mut() {
+                        s.attempt_started(attempt, &ep.authority, r.headers_mut());
                     }
-                },
+                    r
+                }
+                Err(r) => return out.local(r),
             };
-            let body = match &replay {
-                Some(r) => r.attempt(),
-                None => only_body.take().unwrap_or_else(crate::http::body::empty),
-            };
-            let mut req = Request::new(body);
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = uri;
-            *req.version_mut() = version;
-            *req.headers_mut() = if attempt < policy.attempts {
-                headers.clone()
-            } else {
-                std::mem::take(&mut headers)
-            };
-
-            if let Some(s) = span.as_deref_mut() {
-                s.attempt_started(attempt, &ep.authority, req.headers_mut());
-            }
             let in_flight = ep.state.start();
             let started = Instant::now();
-            let remaining = deadline.saturating_duration_since(started);
-            let per_try = match rule_per_try {
-                Some(t) if t.is_zero() => None,
-                Some(t) => Some(t),
-                None => policy.per_try_timeout.map(|t| t.get()),
-            }
-            .filter(|t| *t < remaining);
-            let limit = per_try.unwrap_or(remaining);
+            let (limit, per_try) =
+                self.try_limit(rule_per_try, deadline.saturating_duration_since(started));
             let result = tokio::time::timeout(limit, self.send(idx, req)).await;
             if let Some(s) = span.as_deref_mut() {
-                s.attempt_ended(match &result {
-                    Ok(Ok((r, _))) => Ok(r.status().as_u16()),
-                    Ok(Err(e)) if e.is_connect() => Err("connect_error"),
-                    Ok(Err(_)) => Err("upstream_error"),
-                    Err(_) => Err("timeout"),
-                });
+                s.attempt_ended(span_outcome(&result));
             }
-            let elapsed = started.elapsed();
-            let failure = match result {
-                Ok(Ok((resp, checkin))) => {
-                    self.metrics.upstream_latency.observe(elapsed.as_secs_f64());
-                    let status = resp.status().as_u16();
-                    let server_error = status >= 500;
-                    ep.state.observe_latency(elapsed, false, decay);
-                    self.report(
-                        idx,
-                        if server_error {
-                            Outcome::Status(status)
-                        } else {
-                            Outcome::Success
-                        },
-                    );
-                    if let Some(t) = ticket {
-                        t.record(server_error);
-                    }
-                    let retry_status = policy.retry_on.statuses.iter().any(|r| r.contains(status));
-                    last = Some(Last::Upstream(resp, in_flight, checkin));
-                    if !retry_status {
-                        break;
-                    }
-                    Failure::Status(status)
-                }
-                Ok(Err(e)) => {
-                    drop(in_flight);
-                    ep.state.observe_latency(elapsed, true, decay);
-                    self.report(idx, Outcome::LocalFailure);
-                    if let Some(t) = ticket {
-                        t.record(true);
-                    }
-                    let source = std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_default();
-                    tracing::warn!(backend = %self.name, upstream = %ep.authority, attempt, error = %e, source = %source, "upstream error");
-                    let (failure, code, what) = if e.is_connect() {
-                        (
-                            Failure::Connect,
-                            ErrorKind::UpstreamConnectError,
-                            "cannot connect to",
-                        )
-                    } else {
-                        (
-                            Failure::Reset,
-                            ErrorKind::UpstreamError,
-                            "request failed at",
-                        )
-                    };
-                    last = Some(Last::Local(error_response(
-                        StatusCode::BAD_GATEWAY,
-                        code,
-                        &format!("{what} upstream {}", ep.authority),
-                    )));
-                    failure
-                }
-                Err(_) => {
-                    drop(in_flight);
-                    ep.state.observe_latency(elapsed, true, decay);
-                    self.report(idx, Outcome::LocalFailure);
-                    if let Some(t) = ticket {
-                        t.record(true);
-                    }
-                    last = Some(Last::Local(error_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        ErrorKind::UpstreamTimeout,
-                        &format!("upstream {} did not answer within {limit:?}", ep.authority),
-                    )));
-                    if per_try.is_none() {
-                        break; // the request timeout itself ran out
-                    }
-                    Failure::TryTimeout
-                }
-            };
-            let allowed = match failure {
-                Failure::Connect => policy.retry_on.connect_error,
-                Failure::Reset => policy.retry_on.reset && idempotent,
-                Failure::TryTimeout => policy.retry_on.timeout && idempotent,
-                Failure::Status(_) => idempotent,
-            };
-            let can = attempt < policy.attempts
-                && allowed
-                && replay.as_ref().is_some_and(Replay::replayable)
-                && Instant::now() < deadline;
-            if !can {
-                // A failure retries were configured for, but none is left.
-                if allowed && policy.attempts > 1 {
-                    self.metrics.retries_exhausted.inc();
-                }
+            let (elapsed, t) = (started.elapsed(), (idx, attempt, limit, per_try));
+            let (l, failure) = self.record_outcome(Try::new(t, ticket, in_flight, elapsed), result);
+            last = Some(l);
+            let Some(failure) = failure else {
                 break;
-            }
-            if !self.budget.withdraw() {
-                tracing::debug!(backend = %self.name, "retry budget spent; not retrying");
-                self.metrics.retries_exhausted.inc();
+            };
+            if !self.may_retry(failure, attempt, &head, &payload) {
                 break;
             }
             tracing::debug!(backend = %self.name, upstream = %ep.authority, attempt, failure = ?failure, "retrying");
         }
-        match last {
-            None => {}
-            Some(Last::Local(r)) => out.response = Err(r),
-            Some(Last::Upstream(resp, in_flight, checkin)) => {
-                let (parts, body) = resp.into_parts();
-                // A connection handed over to an upgrade (WebSocket) never goes back.
-                let checkin = checkin.filter(|_| {
-                    parts.status != StatusCode::SWITCHING_PROTOCOLS && method != Method::CONNECT
-                });
-                let body = Guarded {
-                    inner: body,
-                    guard: Some((in_flight, permit)),
-                    checkin,
-                };
-                out.response = Ok(Response::from_parts(parts, boxed(body)));
-            }
+        if let Some(last) = last {
+            out.response = finish(last, permit, &head.method);
         }
         out
+    }
+
+    /// Step 1: the backend has endpoints, and a slot of `maxConcurrentRequests` (waited for
+    /// up to `queueTimeout`, within `timeout`). Gives the slot, held until the response body
+    /// ends, or the reply.
+    async fn admit(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<OwnedSemaphorePermit>, Response<ProxyBody>> {
+        if self.endpoints.is_empty() {
+            return Err(self.unavailable(ErrorKind::NoEndpoint));
+        }
+        let Some(sem) = &self.limiter else {
+            return Ok(None);
+        };
+        let wait = self.config.queue_timeout.get().min(timeout);
+        match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => {
+                self.metrics.overloaded.inc();
+                Err(error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorKind::BackendOverloaded,
+                    &format!(
+                        "backend {:?} is at maxConcurrentRequests ({}) and no slot freed within {:?}",
+                        self.name,
+                        self.config.max_concurrent_requests.unwrap_or_default(),
+                        wait
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The 503 of a backend that cannot take the request: no endpoints, no healthy one, or
+    /// an open circuit breaker.
+    fn unavailable(&self, kind: ErrorKind) -> Response<ProxyBody> {
+        let msg = match kind {
+            ErrorKind::NoEndpoint => format!("backend {:?} has no endpoints", self.name),
+            ErrorKind::CircuitOpen => {
+                format!("the circuit breaker of backend {:?} is open", self.name)
+            }
+            _ => format!("backend {:?} has no healthy endpoint", self.name),
+        };
+        error_response(StatusCode::SERVICE_UNAVAILABLE, kind, &msg)
+    }
+
+    /// Before a retry: waits the backoff of try `attempt`, or gives up (`false`) when that
+    /// wait would reach past the deadline.
+    async fn back_off(&self, attempt: u32, deadline: Instant) -> bool {
+        let wait = backoff(&self.config.retries.backoff, attempt - 1);
+        if Instant::now() + wait >= deadline {
+            self.metrics.retries_exhausted.inc();
+            return false;
+        }
+        tokio::time::sleep(wait).await;
+        self.metrics.retries.inc();
+        true
+    }
+
+    /// Admits one try: the circuit breaker's ticket (`None` without a breaker), then the
+    /// endpoint ([`Self::pick`], not one of `tried` when another is available). The error is
+    /// the kind of the 503 when the circuit is open or no endpoint is available.
+    fn admit_try(
+        &self,
+        tried: &[usize],
+    ) -> Result<(Option<crate::upstream::breaker::Ticket>, usize), ErrorKind> {
+        let ticket = match &self.breaker {
+            None => None,
+            Some(b) => Some(b.try_acquire().ok_or(ErrorKind::CircuitOpen)?),
+        };
+        let idx = self.pick(tried).ok_or(ErrorKind::NoHealthyEndpoint)?;
+        Ok((ticket, idx))
+    }
+
+    /// One try's request to endpoint `ep`. HTTP/1.1 connections take the origin form as is;
+    /// the h2c client wants the absolute form (it derives `:authority` and its pool key from
+    /// it), which can fail: a `400 bad_path` reply.
+    // The Err is the reply itself, made on the rare path and moved out once.
+    #[allow(clippy::result_large_err)]
+    fn try_request(
+        &self,
+        ep: &EndpointRt,
+        head: &Head,
+        headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
+        let uri = match &self.conns {
+            Conns::H1(_) => Uri::from(head.pq.clone()),
+            Conns::Legacy { .. } => Uri::builder()
+                .scheme("http")
+                .authority(ep.authority.clone())
+                .path_and_query(head.pq.clone())
+                .build()
+                .map_err(|e| {
+                    error_response(StatusCode::BAD_REQUEST, ErrorKind::BadPath, &e.to_string())
+                })?,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// The time limit of one try with `remaining` left before the deadline, and the per-try
+    /// timeout when it is the shorter (`None`: the request timeout itself limits the try).
+    fn try_limit(
+        &self,
+        rule_per_try: Option<Duration>,
+        remaining: Duration,
+    ) -> (Duration, Option<Duration>) {
+        let per_try = match rule_per_try {
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+            None => self.config.retries.per_try_timeout.map(|t| t.get()),
+        }
+        .filter(|t| *t < remaining);
+        (per_try.unwrap_or(remaining), per_try)
+    }
+
+    /// Records a try's outcome (latency, outlier detection, breaker) and classifies it: the
+    /// result to keep, and the failure to consider retrying for (`None`: stop here — a
+    /// response not to retry, or the request timeout itself ran out).
+    fn record_outcome(&self, t: Try, result: TryResult) -> (Last, Option<Failure>) {
+        let ep = &self.endpoints[t.idx];
+        let decay = self.balancer.ewma_decay();
+        let resp = match result {
+            Ok(Ok((resp, checkin))) => {
+                self.metrics
+                    .upstream_latency
+                    .observe(t.elapsed.as_secs_f64());
+                let status = resp.status().as_u16();
+                let server_error = status >= 500;
+                ep.state.observe_latency(t.elapsed, false, decay);
+                self.report(
+                    t.idx,
+                    if server_error {
+                        Outcome::Status(status)
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if let Some(ticket) = t.ticket {
+                    ticket.record(server_error);
+                }
+                let statuses = &self.config.retries.retry_on.statuses;
+                let retry = statuses.iter().any(|r| r.contains(status));
+                let last = Last::Upstream(resp, t.in_flight, checkin);
+                return (last, retry.then_some(Failure::Status(status)));
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(()),
+        };
+        drop(t.in_flight);
+        ep.state.observe_latency(t.elapsed, true, decay);
+        self.report(t.idx, Outcome::LocalFailure);
+        if let Some(ticket) = t.ticket {
+            ticket.record(true);
+        }
+        match resp {
+            Err(e) => self.send_failed(ep, t.attempt, &e),
+            Ok(()) => {
+                let last = Last::Local(error_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ErrorKind::UpstreamTimeout,
+                    &format!(
+                        "upstream {} did not answer within {:?}",
+                        ep.authority, t.limit
+                    ),
+                ));
+                // Without a per-try timeout the request timeout itself ran out.
+                (last, t.per_try.map(|_| Failure::TryTimeout))
+            }
+        }
+    }
+
+    /// A try whose send failed (connect or reset): logged, and the `502` reply.
+    fn send_failed(&self, ep: &EndpointRt, attempt: u32, e: &SendError) -> (Last, Option<Failure>) {
+        let source = std::error::Error::source(e)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        tracing::warn!(backend = %self.name, upstream = %ep.authority, attempt, error = %e, source = %source, "upstream error");
+        let (failure, code, what) = if e.is_connect() {
+            (
+                Failure::Connect,
+                ErrorKind::UpstreamConnectError,
+                "cannot connect to",
+            )
+        } else {
+            (
+                Failure::Reset,
+                ErrorKind::UpstreamError,
+                "request failed at",
+            )
+        };
+        let last = Last::Local(error_response(
+            StatusCode::BAD_GATEWAY,
+            code,
+            &format!("{what} upstream {}", ep.authority),
+        ));
+        (last, Some(failure))
+    }
+
+    /// Whether try `attempt`'s failure is retried: allowed by `retries.retryOn` (non-idempotent
+    /// requests only after a connect error), a try left, the body replayable, time left, and
+    /// the retry budget not spent.
+    fn may_retry(&self, failure: Failure, attempt: u32, head: &Head, payload: &Payload) -> bool {
+        let (policy, idempotent) = (&self.config.retries, head.idempotent);
+        let allowed = match failure {
+            Failure::Connect => policy.retry_on.connect_error,
+            Failure::Reset => policy.retry_on.reset && idempotent,
+            Failure::TryTimeout => policy.retry_on.timeout && idempotent,
+            Failure::Status(_) => idempotent,
+        };
+        let can = attempt < policy.attempts
+            && allowed
+            && payload.replay.as_ref().is_some_and(Replay::replayable)
+            && Instant::now() < head.deadline;
+        if !can {
+            // A failure retries were configured for, but none is left.
+            if allowed && policy.attempts > 1 {
+                self.metrics.retries_exhausted.inc();
+            }
+            return false;
+        }
+        if !self.budget.withdraw() {
+            tracing::debug!(backend = %self.name, "retry budget spent; not retrying");
+            self.metrics.retries_exhausted.inc();
+            return false;
+        }
+        true
     }
 
     /// One try on endpoint `idx`: its HTTP/1.1 pool, or the h2c client. With the response

@@ -4,7 +4,7 @@
 //! Every pick takes an eligibility predicate (available, not tried yet) so the caller decides
 //! what is in rotation; the policies only choose among eligible endpoints.
 
-use crate::upstream::backend::EndpointRt;
+use crate::upstream::endpoint::EndpointRt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod balancer;
 pub mod breaker;
+pub mod endpoint;
 pub mod health;
 pub mod pool;
 pub mod retry;

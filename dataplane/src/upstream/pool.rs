@@ -29,7 +29,7 @@
 //! The pool's mutex is held only to push or pop; nothing awaits under it.
 
 use crate::http::body::ProxyBody;
-use crate::upstream::backend::CountedIo;
+use crate::upstream::endpoint::CountedIo;
 use http::uri::Authority;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;

@@ -7,6 +7,9 @@
 #![allow(dead_code)]
 
 pub mod browser;
+/// The demo backend: the `weir-echo` binary's module, compiled into the tests.
+#[path = "../../src/bin/weir-echo/echo.rs"]
+pub mod echo_backend;
 pub mod rawh3;
 
 use bytes::Bytes;
@@ -104,7 +107,7 @@ pub fn streamed(chunks: Vec<Bytes>) -> Body {
 
 /// Starts an in-process echo backend; returns its address.
 pub async fn echo(name: &str) -> SocketAddr {
-    weir_dataplane::echo::spawn("127.0.0.1:0", name)
+    echo_backend::spawn("127.0.0.1:0", name)
         .await
         .expect("spawn echo backend")
 }

@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// `spawn` (an in-process backend) is for the integration tests, which compile this module too
+// (tests/common); the binary itself only serves.
+#[allow(dead_code)]
+mod echo;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -30,5 +35,5 @@ async fn main() {
         }
     };
     tracing::info!(address = %args.listen, name = %args.name, "weir-echo listening");
-    weir_dataplane::echo::serve(listener, args.name).await;
+    echo::serve(listener, args.name).await;
 }
