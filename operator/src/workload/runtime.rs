@@ -152,7 +152,7 @@ async fn sync_pod(
         Method::PUT,
         &url,
         Some(token),
-        Some(body),
+        Some(body.into()),
         s.request_timeout,
     )
     .await
