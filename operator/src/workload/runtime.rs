@@ -145,8 +145,7 @@ async fn sync_pod(
     if state.acked.as_deref() == Some(want) || state.rejected.as_deref() == Some(want) {
         return (state, Ok(()));
     }
-    // `call` takes `Bytes` since the PATCH-delta change (branch `scale`).
-    let body = bytes::Bytes::from(serde_json::to_vec(snapshot).unwrap_or_default());
+    let body = serde_json::to_vec(snapshot).unwrap_or_default();
     match call(
         client,
         Method::PUT,
