@@ -592,6 +592,50 @@ def sidecar_outbound(c):
                 f"{p.name}: still the older route's backend: {code} {body[:200]}")
     c.k("-n", MESH, "delete", "proxyroute", "to-canary")
     print("ok   the older route still serves both pods; mesh/to-canary deleted")
+    sidecar_restart_from_secret(c, pods[0], from_pod)
+
+
+def sidecar_restart_from_secret(c, p, from_pod):
+    """The workload's compiled snapshot is in the namespace's Secret weir-sidecar-snapshots,
+    under the key the injector gave the pod, and mounted (optional) into the sidecar: a sidecar
+    killed while no operator runs (so nothing can push) serves the attached route as soon as
+    it is back, from that Secret."""
+    r = c.runner
+    key = p.obj["metadata"]["annotations"]["weir.dev/sidecar-snapshot-key"]
+
+    def entry():
+        sec = r.api.get_or_none(f"/api/v1/namespaces/{MESH}/secrets/weir-sidecar-snapshots")
+        raw = ((sec or {}).get("data") or {}).get(key)
+        snap = json.loads(base64.b64decode(raw)) if raw else None
+        return snap if snap and any(x["name"] == "mesh/to-api" for x in snap["routes"]) else None
+    snap = eventually(f"Secret {MESH}/weir-sidecar-snapshots[{key}] with route mesh/to-api", entry, 60)
+    print(f"ok   Secret {MESH}/weir-sidecar-snapshots key {key} (pod {p.name}'s weir.dev/sidecar-snapshot-key): "
+          f"version {snap['version']}, routes {[x['name'] for x in snap['routes']]}")
+    c.k("-n", NS, "scale", "deployment", "weir-operator", "--replicas=0")
+    try:
+        eventually("operator pods gone", lambda: not any(q.owner == f"{NS}/weir-operator" for q in list(r.pods.values())), 90)
+        side = next(x for x in p.containers if x.name == "weir-sidecar")
+        before = side.restarts
+        with r.lock:
+            side.proc.send_signal(signal.SIGKILL)
+        t0 = time.time()
+        print(f"     operator scaled to 0 (nothing can push); SIGKILLed {p.name}'s weir-sidecar (restarts {before})")
+        eventually(f"{p.name}'s weir-sidecar restarted", lambda: side.restarts > before and side.proc and side.proc.poll() is None, 60)
+        code, body = eventually(f"{p.name}: the attached route served after the restart",
+                                lambda: (lambda cb: cb if cb[0] == "200" else None)(from_pod(p)), 30, 0.1)
+        server = json.loads(body).get("server", "")
+        c.check(server.startswith("api-") and "canary" not in server, f"{p.name}: the route's backend expected, got {body[:200]}")
+        with open(side.log, errors="replace") as f:
+            boot = [ln for ln in f.read().split("--- runner: start #")[-1].splitlines() if "snapshot" in ln]
+        c.check(any("booting from the preferred snapshot" in ln and snap["version"] in ln for ln in boot),
+                f"{p.name}: the restarted sidecar must boot from the Secret's snapshot {snap['version']}: {boot}")
+        print(f"ok   restarted sidecar of {p.name} booted from the Secret ({snap['version']}) and served "
+              f"127.0.0.1:15001 Host: api.internal -> {code} from {server}, {time.time() - t0:.1f}s after the kill, "
+              "with no operator running")
+    finally:
+        c.k("-n", NS, "scale", "deployment", "weir-operator", "--replicas=2")
+        eventually("operator pods back", lambda: len(r.ready_pods(NS, "weir-operator")) == 2, 90)
+        print("     operator scaled back to 2")
 
 
 def sidecar_bad_annotation(c):

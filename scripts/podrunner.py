@@ -405,6 +405,8 @@ class Runner:
             if src.get("items"):
                 for i, it in enumerate(src["items"]):
                     if it["key"] not in data:
+                        if src.get("optional"):
+                            continue  # the kubelet: an optional source's missing keys are skipped
                         raise RunnerError(f"{pod.name}: volume `{name}`: items[{i}].key `{it['key']}` is not in {kind} `{oname}`")
                     files[it["path"]] = (data[it["key"]], it.get("mode", mode))
             else:

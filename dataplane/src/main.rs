@@ -32,6 +32,12 @@ struct RunArgs {
     /// for `PUT /config`.
     #[arg(long, env = "WEIR_CONFIG")]
     config: Option<PathBuf>,
+    /// A snapshot file served instead of `--config` when it exists and is valid: a sidecar's
+    /// per-workload snapshot, mounted from an optional Secret the operator writes, so it is
+    /// absent until the first write. Missing, empty or invalid: `--config` is served (a bad
+    /// optional file must not keep the proxy down). SIGHUP re-reads the file chosen at start.
+    #[arg(long, env = "WEIR_CONFIG_PREFERRED", requires = "config")]
+    config_preferred: Option<PathBuf>,
     /// Admin API address.
     #[arg(long, env = "WEIR_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
     admin_address: SocketAddr,
@@ -190,6 +196,37 @@ fn read_token(path: &PathBuf) -> Result<String, String> {
     Ok(t)
 }
 
+/// `--config-preferred` if it holds a snapshot the dataplane accepts, else `--config`.
+fn boot_config(preferred: Option<&PathBuf>, config: Option<&PathBuf>) -> Option<PathBuf> {
+    let Some(p) = preferred else {
+        return config.cloned();
+    };
+    match std::fs::read(p) {
+        Ok(bytes) if !bytes.is_empty() => {
+            match weir_config::load(&bytes).and_then(|s| weir_dataplane::runtime::compile(s, None))
+            {
+                Ok(rt) => {
+                    tracing::info!(path = %p.display(), version = %rt.version, "booting from the preferred snapshot");
+                    return Some(p.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), "preferred snapshot rejected, booting from --config; {} error(s):\n{e}", e.errors.len())
+                }
+            }
+        }
+        Ok(_) => {
+            tracing::info!(path = %p.display(), "preferred snapshot is empty: booting from --config")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(path = %p.display(), "no preferred snapshot (not written yet): booting from --config")
+        }
+        Err(e) => {
+            tracing::warn!(path = %p.display(), error = %e, "cannot read the preferred snapshot: booting from --config")
+        }
+    }
+    config.cloned()
+}
+
 async fn run(args: RunArgs, logging: Logging) -> ExitCode {
     let token = match &args.admin_token_file {
         Some(p) => read_token(p).map(Some),
@@ -211,8 +248,9 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
     }
 
     let telemetry = weir_dataplane::telemetry::hub::Telemetry::new(args.access_log == "on");
-    let dp = Dataplane::new(args.config.clone(), telemetry);
-    if args.config.is_some() {
+    let config = boot_config(args.config_preferred.as_ref(), args.config.as_ref());
+    let dp = Dataplane::new(config.clone(), telemetry);
+    if config.is_some() {
         if let Err(e) = dp.reload_from_file().await {
             tracing::error!("config rejected, {} error(s):\n{e}", e.errors.len());
             return ExitCode::FAILURE;
@@ -277,5 +315,37 @@ async fn wait_for_signals(dp: &Arc<Dataplane>) -> std::io::Result<()> {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return Ok(()); }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return Ok(()); }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::boot_config;
+    use std::path::PathBuf;
+
+    /// The sidecar's `--config-preferred` (its workload's Secret, optional): served when valid,
+    /// else `--config`, so a missing, empty or bad file never keeps the proxy from starting.
+    #[test]
+    fn preferred_config_falls_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let boot = dir.path().join("boot.json");
+        let pref = dir.path().join("preferred.json");
+        let example = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/standalone.yaml"
+        ))
+        .expect("example");
+        std::fs::write(&boot, &example).expect("write");
+        let b = Some(&boot);
+        assert_eq!(boot_config(None, b), Some(boot.clone()));
+        assert_eq!(boot_config(Some(&pref), b), Some(boot.clone()), "missing");
+        std::fs::write(&pref, b"").expect("write");
+        assert_eq!(boot_config(Some(&pref), b), Some(boot.clone()), "empty");
+        std::fs::write(&pref, b"listeners: [{name: x}]").expect("write");
+        assert_eq!(boot_config(Some(&pref), b), Some(boot.clone()), "invalid");
+        std::fs::write(&pref, &example).expect("write");
+        assert_eq!(boot_config(Some(&pref), b), Some(pref.clone()), "valid");
+        let none: Option<&PathBuf> = None;
+        assert_eq!(boot_config(None, none), None);
     }
 }

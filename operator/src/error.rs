@@ -124,6 +124,12 @@ pub enum Error {
         pod: String,
         errors: Vec<FieldError>,
     },
+    /// Names the namespace's snapshot Secret, never its data.
+    #[error("sidecar snapshot Secret {namespace}/weir-sidecar-snapshots: {source}")]
+    SidecarSnapshots {
+        namespace: String,
+        source: kube::Error,
+    },
 }
 
 fn join(errs: &[FieldError]) -> String {
@@ -167,6 +173,7 @@ impl Error {
         "sidecar_token_key",
         "sidecar_token_random",
         "sidecar_rejected",
+        "sidecar_snapshots",
     ];
 
     /// The `kind` label of `weir_operator_errors_total`.
@@ -203,6 +210,7 @@ impl Error {
             Error::SidecarTokenKey { .. } => "sidecar_token_key",
             Error::SidecarTokenRandom(_) => "sidecar_token_random",
             Error::SidecarRejected { .. } => "sidecar_rejected",
+            Error::SidecarSnapshots { .. } => "sidecar_snapshots",
         }
     }
 

@@ -40,8 +40,16 @@ pub const OUTBOUND_LISTENER: &str = "outbound";
 pub const ANN_SNAPSHOT: &str = "weir.dev/sidecar-snapshot";
 /// Written by the injector: which app port the sidecar took over (`name=number`).
 pub const ANN_INJECTED: &str = "weir.dev/injected";
+/// Written by the injector: the pod's key in [`SNAPSHOT_SECRET`] ([`snapshot_key`]).
+pub const ANN_SNAPSHOT_KEY: &str = "weir.dev/sidecar-snapshot-key";
+/// The Secret (one per application namespace, written by the operator) holding each
+/// workload's compiled snapshot under its [`snapshot_key`]. One fixed name per namespace, so
+/// RBAC can limit `get`/`update` to it with `resourceNames`.
+pub const SNAPSHOT_SECRET: &str = "weir-sidecar-snapshots";
 
 const CONFIG_VOLUME: &str = "weir-sidecar-config";
+const WORKLOAD_VOLUME: &str = "weir-sidecar-workload";
+const WORKLOAD_DIR: &str = "/etc/weir/workload";
 const TMP_VOLUME: &str = "weir-sidecar-tmp";
 const CONFIG_DIR: &str = "/etc/weir/sidecar";
 
@@ -404,6 +412,10 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         advertised,
         outbound_port,
     );
+    let key = snapshot_key(
+        pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
+        &snapshot,
+    );
     let mut ops = Vec::new();
 
     // Rename the app's port, and point the app's probes that used the name at its number.
@@ -439,6 +451,9 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         "imagePullPolicy": s.image_pull_policy,
         "args": [
             format!("--config={CONFIG_DIR}/snapshot.json"),
+            // The operator's last compile for this workload, if written: a restarted sidecar
+            // serves its attached routes at once instead of after the next push.
+            format!("--config-preferred={WORKLOAD_DIR}/snapshot.json"),
             format!("--admin-address=0.0.0.0:{}", s.admin_port),
             format!("--drain-timeout={}", s.drain_timeout),
             format!("--log-format={}", s.log_format),
@@ -468,6 +483,7 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         },
         "volumeMounts": [
             {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true},
+            {"name": WORKLOAD_VOLUME, "mountPath": WORKLOAD_DIR, "readOnly": true},
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
         ],
     });
@@ -503,6 +519,10 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
     let volumes = [
         json!({"name": CONFIG_VOLUME, "downwardAPI": {"defaultMode": 0o444, "items": [
             {"path": "snapshot.json", "fieldRef": {"fieldPath": format!("metadata.annotations['{ANN_SNAPSHOT}']")}}]}}),
+        // Optional (the Secret and the key): absent until the operator's first write, and the
+        // pod must start anyway; the sidecar then boots from the downward-API snapshot.
+        json!({"name": WORKLOAD_VOLUME, "secret": {"secretName": SNAPSHOT_SECRET, "optional": true,
+            "defaultMode": 0o444, "items": [{"key": key, "path": "snapshot.json"}]}}),
         json!({"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}}),
     ];
     if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
@@ -525,14 +545,39 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         .as_ref()
         .is_some_and(|a| !a.is_empty())
     {
-        for (k, v) in [(ANN_SNAPSHOT, snapshot), (ANN_INJECTED, injected)] {
+        for (k, v) in [
+            (ANN_SNAPSHOT, snapshot),
+            (ANN_INJECTED, injected),
+            (ANN_SNAPSHOT_KEY, key),
+        ] {
             ops.push(json!({"op": "add", "path": format!("/metadata/annotations/{}", escape(k)), "value": v}));
         }
     } else {
         ops.push(json!({"op": "add", "path": "/metadata/annotations",
-            "value": {ANN_SNAPSHOT: snapshot, ANN_INJECTED: injected}}));
+            "value": {ANN_SNAPSHOT: snapshot, ANN_INJECTED: injected, ANN_SNAPSHOT_KEY: key}}));
     }
     Ok(Outcome::Patch(ops))
+}
+
+/// The pod's key in [`SNAPSHOT_SECRET`]: a hash of its labels (as admitted) and its boot
+/// snapshot. The operator's compile of a pod depends only on those two (routes select by
+/// labels, the boot snapshot is the base), so pods with the same key get the same snapshot
+/// (the replicas of one ReplicaSet share one entry), and the injector can name the entry
+/// before the pod exists. A Deployment rollout changes `pod-template-hash`, so old and new
+/// pods never share an entry.
+pub fn snapshot_key(labels: &BTreeMap<String, String>, boot: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in labels {
+        // Lengths first, so no two label sets hash the same bytes.
+        h.update(format!("{}:{k}{}:{v}", k.len(), v.len()).as_bytes());
+    }
+    h.update(boot.as_bytes());
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The app container's preStop hook on old clusters: `GET /drained` on the sidecar's admin

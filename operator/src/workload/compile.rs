@@ -25,6 +25,9 @@ pub struct SidecarPod {
     pub labels: BTreeMap<String, String>,
     /// The injector's boot snapshot (`weir.dev/sidecar-snapshot`), JSON.
     pub boot: Option<String>,
+    /// Its entry in the namespace's snapshot Secret (`weir.dev/sidecar-snapshot-key`, written
+    /// by the injector); `None` for pods injected before there was one.
+    pub snapshot_key: Option<String>,
 }
 
 impl SidecarPod {
@@ -224,6 +227,43 @@ pub fn compile(inputs: Inputs<'_>) -> Plan {
         }
     }
     plan
+}
+
+/// What the snapshot Secret of each namespace should hold: namespace -> (the pods'
+/// `snapshot_key` -> their snapshot). Every namespace with a sidecar pod is present, empty or
+/// not, so entries of pods that are gone are dropped. Pods sharing a key have the same labels
+/// (as admitted) and boot snapshot, so the same compile; if they no longer agree (a pod
+/// relabelled since admission) the key is left out: such a sidecar boots from its boot
+/// snapshot, as before this Secret existed, rather than from another pod's routes.
+pub fn secret_entries(
+    pods: &[SidecarPod],
+    plan: &Plan,
+) -> BTreeMap<String, BTreeMap<String, Arc<Snapshot>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Arc<Snapshot>>> = BTreeMap::new();
+    let mut split: BTreeSet<(String, String)> = BTreeSet::new();
+    for pod in pods {
+        let entries = out.entry(pod.namespace.clone()).or_default();
+        let (Some(key), Some(PodPlan::Snapshot(snap))) =
+            (pod.snapshot_key.as_ref(), plan.pods.get(&pod.key()))
+        else {
+            continue;
+        };
+        match entries.get(key) {
+            Some(other) if other.version != snap.version => {
+                split.insert((pod.namespace.clone(), key.clone()));
+            }
+            Some(_) => {}
+            None => {
+                entries.insert(key.clone(), snap.clone());
+            }
+        }
+    }
+    for (ns, key) in split {
+        if let Some(e) = out.get_mut(&ns) {
+            e.remove(&key);
+        }
+    }
+    out
 }
 
 fn key_of(r: &ProxyRoute) -> ObjKey {

@@ -7,6 +7,8 @@
 //!   a snapshot per pod + an attachment outcome per route` (conflicts included);
 //! - [`status`]: the pure `status.workloads` of a route;
 //! - [`token`]: the namespace's admin token Secret (`weir-sidecar-token`);
+//! - [`snapshots`]: the namespace's snapshot Secret (`weir-sidecar-snapshots`), what a
+//!   restarted sidecar boots from;
 //! - [`runtime`]: the Lease holder's task that watches injected pods, pushes and writes status.
 //!
 //! Attached routes are not part of the fleet snapshot: the controller loop leaves them out of
@@ -14,12 +16,37 @@
 
 pub mod compile;
 pub mod runtime;
+pub mod snapshots;
 pub mod status;
 pub mod token;
 
 pub use compile::is_attached;
 
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// A Secret the workload controller creates in an application namespace (the token, the
+/// snapshots), labelled so it is visibly the operator's.
+fn managed_secret(name: &str, data: BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "weir-operator".to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
 
 /// `weir-operator run --sidecars ...`.
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@
 //! Services, Secrets), handed over by the controller loop after each compile.
 
 use super::compile::{self, Plan, PodPlan, SidecarPod};
+use super::snapshots;
 use super::status::attachment_status;
 use super::token;
 use super::WorkloadSettings;
@@ -16,7 +17,7 @@ use crate::compile::{ObjKey, SecretIndex, ServiceIndex};
 use crate::controller::{now_rfc3339, spawn_reflector};
 use crate::crd::{Backend, ProxyRoute, WorkloadAttachmentStatus};
 use crate::error::Error;
-use crate::inject::patch::{ANN_SNAPSHOT, LABEL_SIDECAR, LABEL_SIDECAR_VALUE};
+use crate::inject::patch::{ANN_SNAPSHOT, ANN_SNAPSHOT_KEY, LABEL_SIDECAR, LABEL_SIDECAR_VALUE};
 use crate::metrics::METRICS;
 use crate::push::{call, host_port, HttpClient};
 use futures_util::StreamExt;
@@ -85,6 +86,7 @@ fn sidecar_pods(pods: &Store<Pod>) -> (Vec<SidecarPod>, Vec<Target>) {
             name: p.name_any(),
             labels: p.labels().clone(),
             boot: p.annotations().get(ANN_SNAPSHOT).cloned(),
+            snapshot_key: p.annotations().get(ANN_SNAPSHOT_KEY).cloned(),
         };
         // Pushed as soon as it has an address: the sidecar serves its boot snapshot from the
         // start, and the app may call the outbound listener before the pod is Ready.
@@ -221,6 +223,9 @@ pub async fn run(
             .build(http);
     let mut states: BTreeMap<ObjKey, PodState> = BTreeMap::new();
     let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    // Per namespace, the snapshot Secret's data last written (or found equal), so an unchanged
+    // one is not read again every round.
+    let mut snapshot_secrets: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     // What this replica last wrote per route, so an unchanged status is not rewritten.
     let mut written: BTreeMap<ObjKey, Option<serde_json::Value>> = BTreeMap::new();
     let mut next_verify = tokio::time::Instant::now();
@@ -245,6 +250,7 @@ pub async fn run(
             // A new term: what we think we wrote may be stale.
             written.clear();
             states.clear();
+            snapshot_secrets.clear();
             was_leader = true;
         }
         let verify = tokio::time::Instant::now() >= next_verify;
@@ -274,6 +280,32 @@ pub async fn run(
                 Err(e) => {
                     let e = e.counted();
                     tracing::warn!(namespace = ns, error = %e, kind = e.kind(), "no sidecar token");
+                }
+            }
+        }
+
+        // Snapshot Secrets: before the pushes, so a sidecar restarted from here on boots from
+        // what it is about to be pushed.
+        let entries = compile::secret_entries(&sidecars, &plan);
+        snapshot_secrets.retain(|ns, _| entries.contains_key(ns));
+        for (ns, e) in &entries {
+            let versions: BTreeMap<String, String> = e
+                .iter()
+                .map(|(k, s)| (k.clone(), s.version.clone()))
+                .collect();
+            if snapshot_secrets.get(ns) == Some(&versions) {
+                continue;
+            }
+            match snapshots::write(&client, ns, snapshots::data(e)).await {
+                Ok(wrote) => {
+                    if wrote {
+                        tracing::info!(namespace = %ns, entries = e.len(), "wrote the sidecar snapshot Secret");
+                    }
+                    snapshot_secrets.insert(ns.clone(), versions);
+                }
+                Err(e) => {
+                    let e = e.counted();
+                    tracing::warn!(namespace = %ns, error = %e, kind = e.kind(), "sidecar snapshot Secret not written");
                 }
             }
         }

@@ -39,28 +39,14 @@ pub async fn ensure(client: &kube::Client, namespace: &str) -> Result<String, Er
     if let Some(s) = api.get_opt(TOKEN_SECRET).await.map_err(err)? {
         return token_of(&s, namespace);
     }
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(TOKEN_SECRET.into()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "weir-operator".to_string(),
-                )]
-                .into(),
-            ),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(
-            [(
-                TOKEN_KEY.to_string(),
-                ByteString(random_token()?.into_bytes()),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
+    let secret = super::managed_secret(
+        TOKEN_SECRET,
+        [(
+            TOKEN_KEY.to_string(),
+            ByteString(random_token()?.into_bytes()),
+        )]
+        .into(),
+    );
     match api.create(&PostParams::default(), &secret).await {
         Ok(s) => {
             tracing::info!(namespace, "created the sidecar token Secret");

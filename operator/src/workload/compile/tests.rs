@@ -19,6 +19,8 @@ struct CasePod {
     boot: Option<String>,
     #[serde(default)]
     no_boot: bool,
+    /// The injector's key; default: computed from the labels and boot snapshot as it does.
+    snapshot_key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +56,14 @@ fn load(name: &str) -> (Vec<SidecarPod>, Case) {
             } else {
                 Some(p.boot.clone().unwrap_or_else(boot))
             },
+            snapshot_key: p.snapshot_key.clone().or_else(|| {
+                (!p.no_boot).then(|| {
+                    crate::inject::patch::snapshot_key(
+                        &p.labels,
+                        &p.boot.clone().unwrap_or_else(boot),
+                    )
+                })
+            }),
         })
         .collect();
     (pods, case)
@@ -69,7 +79,7 @@ fn plan_of(pods: &[SidecarPod], case: &Case) -> Plan {
     })
 }
 
-fn render(plan: &Plan) -> Value {
+fn render(pods_in: &[SidecarPod], plan: &Plan) -> Value {
     let pods: serde_json::Map<String, Value> = plan
         .pods
         .iter()
@@ -91,7 +101,15 @@ fn render(plan: &Plan) -> Value {
             (k.clone(), json!({"status": st}))
         })
         .collect();
-    json!({"pods": pods, "routes": routes})
+    // The snapshot Secrets, as versions (the snapshots themselves are under "pods").
+    let secrets: BTreeMap<String, BTreeMap<String, String>> = secret_entries(pods_in, plan)
+        .into_iter()
+        .map(|(ns, e)| {
+            let e = e.into_iter().map(|(k, s)| (k, s.version.clone())).collect();
+            (ns, e)
+        })
+        .collect();
+    json!({"pods": pods, "routes": routes, "secrets": secrets})
 }
 
 #[test]
@@ -100,7 +118,7 @@ fn golden() {
     let mut failed = Vec::new();
     for name in CASES {
         let (pods, case) = load(name);
-        let got = render(&plan_of(&pods, &case));
+        let got = render(&pods, &plan_of(&pods, &case));
         let text = serde_json::to_string_pretty(&got).expect("json") + "\n";
         // The v1.20 API server's apply turns an empty message into null and refuses the write.
         assert!(
@@ -214,4 +232,45 @@ fn conflicting_attachment_is_reported_on_the_newer_route() {
     let plan2 = plan_of(&pods, &case2);
     assert_eq!(plan2.routes["shop/payments-v2"].pods.len(), 2);
     assert!(plan2.routes["shop/payments-v2"].conflicts.is_empty());
+}
+
+/// The snapshot Secret holds, per namespace, one entry per workload (replicas share it), the
+/// very snapshot pushed to its pods; a key whose pods no longer agree (relabelled after
+/// admission) and pods without a key are left out, and a namespace whose pods have no entry
+/// still appears (empty), so stale entries get dropped.
+#[test]
+fn secret_entries_are_the_pushed_snapshots() {
+    let (mut pods, case) = load("attach-and-conflict");
+    let plan = plan_of(&pods, &case);
+    let secrets = secret_entries(&pods, &plan);
+    let web = pods[0].snapshot_key.clone().expect("web-1 key");
+    assert_eq!(
+        pods[1].snapshot_key.as_ref(),
+        Some(&web),
+        "replicas share a key"
+    );
+    assert_eq!(
+        secrets["shop"].len(),
+        2,
+        "web and worker: {:?}",
+        secrets["shop"].keys()
+    );
+    assert_eq!(secrets["other"].len(), 1);
+    let PodPlan::Snapshot(pushed) = &plan.pods["shop/web-1"] else {
+        panic!("web-1 has no snapshot")
+    };
+    assert_eq!(secrets["shop"][&web], *pushed);
+    // Same labels and boot in another namespace: the same key, but in that namespace's own
+    // Secret, with that namespace's routes (none).
+    assert_ne!(secrets["other"][&web].version, pushed.version);
+    assert_eq!(secrets["other"][&web].routes.len(), 1);
+
+    // web-2 relabelled (no longer app=web): same key, another snapshot -> no entry for it.
+    pods[1].labels.insert("app".into(), "web-debug".into());
+    // The worker from an older injector: no key.
+    pods[2].snapshot_key = None;
+    let plan = plan_of(&pods, &case);
+    let secrets = secret_entries(&pods, &plan);
+    assert!(secrets["shop"].is_empty(), "{:?}", secrets["shop"].keys());
+    assert_eq!(secrets["other"].len(), 1);
 }
