@@ -52,17 +52,8 @@ async fn http_logs(
         ));
         let n = batch.len() as u64;
         drop(batch);
-        match post(&h, &client, &uri, body).await {
-            Ok(()) => {
-                h.stats.success(n);
-                q.succeeded();
-            }
-            Err(e) => {
-                tracing::warn!(sink = %h.name, items = n, error = %e, "log batch dropped");
-                h.stats.failure(n, e);
-                q.failed().await;
-            }
-        }
+        let sent = post(&h, &client, &uri, body).await;
+        q.settle(&h, n, "log", sent).await;
     }
 }
 

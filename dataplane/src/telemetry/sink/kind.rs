@@ -174,6 +174,28 @@ impl<T> Queue<T> {
         self.pause.reset();
     }
 
+    /// Records one batch's delivery: the sink's counters and the queue's pause (a failure
+    /// waits before the next batch). The one place every kind reports an outcome.
+    pub(crate) async fn settle(
+        &mut self,
+        h: &SinkHandle,
+        items: u64,
+        what: &'static str,
+        sent: Result<(), String>,
+    ) {
+        match sent {
+            Ok(()) => {
+                h.stats.success(items);
+                self.succeeded();
+            }
+            Err(e) => {
+                tracing::warn!(sink = %h.name, items, error = %e, "{what} batch dropped");
+                h.stats.failure(items, e);
+                self.failed().await;
+            }
+        }
+    }
+
     /// The next event; once closing, only what is already queued, then `None`.
     pub(crate) async fn next(&mut self) -> Option<T> {
         loop {

@@ -268,17 +268,8 @@ async fn trace_task(
             encode_trace_request(&batch, &shared.resource())
         };
         drop(batch);
-        match poster.post(&h, Bytes::from(body)).await {
-            Ok(()) => {
-                h.stats.success(n);
-                q.succeeded();
-            }
-            Err(e) => {
-                tracing::warn!(sink = %h.name, spans = n, error = %e, "span batch dropped");
-                h.stats.failure(n, e);
-                q.failed().await;
-            }
-        }
+        let sent = poster.post(&h, Bytes::from(body)).await;
+        q.settle(&h, n, "span", sent).await;
     }
 }
 
@@ -294,17 +285,8 @@ async fn log_task(
         let body = otlp_logs_request(&batch, &shared.resource(), &scope());
         let n = batch.len() as u64;
         drop(batch);
-        match poster.post(&h, Bytes::from(body)).await {
-            Ok(()) => {
-                h.stats.success(n);
-                q.succeeded();
-            }
-            Err(e) => {
-                tracing::warn!(sink = %h.name, items = n, error = %e, "log batch dropped");
-                h.stats.failure(n, e);
-                q.failed().await;
-            }
-        }
+        let sent = poster.post(&h, Bytes::from(body)).await;
+        q.settle(&h, n, "log", sent).await;
     }
 }
 
