@@ -2,22 +2,26 @@
 //! denial naming the annotation at fault. No I/O here, so every decision is unit-tested on
 //! golden inputs (`testdata/`).
 //!
-//! Port-rename approach (no CNI, no iptables): the Service keeps targeting the app's *named*
-//! port. The injector gives that name to the sidecar's inbound port and renames the app's port
-//! (`app-<name>`), so traffic for the Service enters the sidecar, which proxies it to the app on
-//! `127.0.0.1:<app port>`. Probes of the app that named the port are rewritten to its number,
-//! so they keep probing the app itself.
+//! Port-rename approach (no CNI, no iptables): the Services keep targeting the app's *named*
+//! ports. For each port it takes over ([`select_ports`]), the injector gives that name to a
+//! sidecar inbound port of its own (allocated from `injector.inboundPort` upward) and renames
+//! the app's port (`app-<name>`), so traffic for the Service port enters the sidecar, which
+//! proxies it to the app on `127.0.0.1:<app port>`. Probes of the app that named a taken-over
+//! port are rewritten to its number, so they keep probing the app itself.
 
 use super::settings::{InboundProtocol, Settings};
 use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, Probe, Service};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Label or annotation (pod) and label (namespace) that turn injection on (`enabled`) or, on
 /// a pod, off (`disabled`).
 pub const INJECT: &str = "weir.dev/inject";
 /// Per-pod settings (annotations).
 pub const ANN_INBOUND_PORT: &str = "weir.dev/inbound-port";
+/// The ports to take over, a comma-separated list of port names or numbers (instead of the
+/// default rule of [`select_ports`]); `weir.dev/inbound-port` is its one-element form.
+pub const ANN_INBOUND_PORTS: &str = "weir.dev/inbound-ports";
 pub const ANN_INBOUND_PROTOCOL: &str = "weir.dev/inbound-protocol";
 pub const ANN_HTTP3_PORT: &str = "weir.dev/http3-advertised-port";
 pub const ANN_LOG_LEVEL: &str = "weir.dev/log-level";
@@ -34,11 +38,13 @@ pub const LABEL_SIDECAR_VALUE: &str = "injected";
 pub const TOKEN_SECRET: &str = "weir-sidecar-token";
 pub const TOKEN_KEY: &str = "token";
 /// The sidecar's listener names in its snapshot (the operator adds routes to `outbound`).
+/// `inbound` is the first taken-over port's; each further one is `inbound-<port name>`.
 pub const INBOUND_LISTENER: &str = "inbound";
 pub const OUTBOUND_LISTENER: &str = "outbound";
 /// Written by the injector: the sidecar's snapshot, mounted through the downward API.
 pub const ANN_SNAPSHOT: &str = "weir.dev/sidecar-snapshot";
-/// Written by the injector: which app port the sidecar took over (`name=number`).
+/// Written by the injector: which app ports the sidecar took over (`name=number,...`, the
+/// first is the one of the `inbound` listener).
 pub const ANN_INJECTED: &str = "weir.dev/injected";
 /// Written by the injector: the pod's key in [`SNAPSHOT_SECRET`] ([`snapshot_key`]).
 pub const ANN_SNAPSHOT_KEY: &str = "weir.dev/sidecar-snapshot-key";
@@ -148,78 +154,193 @@ fn is_log_directive(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'=' | b',' | b':' | b'-'))
 }
 
-/// The app port the sidecar takes over.
-struct Takeover {
+/// Port names that say "this is HTTP" by convention, as Istio reads them
+/// (`<protocol>[-<suffix>]`), HTTP protocols only: what the sidecar takes over by default.
+/// `https` is left out on purpose: the sidecar speaks plain HTTP to the app on loopback, so an
+/// app port that serves TLS itself cannot sit behind it. Any other named port (`redis`,
+/// `postgres`, `metrics`, ...) is left alone unless listed in `weir.dev/inbound-ports`: taking
+/// over a port that does not speak HTTP would break it.
+pub const HTTP_PORT_NAMES: &[&str] = &["http", "http2", "h2c", "grpc", "web"];
+
+/// Service `appProtocol` values that mark a port as HTTP (lowercased): the port it targets is
+/// taken over by default whatever its name.
+const HTTP_APP_PROTOCOLS: &[&str] = &[
+    "http",
+    "http2",
+    "h2c",
+    "kubernetes.io/h2c",
+    "grpc",
+    "grpc-web",
+];
+
+/// Does a port name follow the HTTP convention ([`HTTP_PORT_NAMES`], alone or with `-suffix`)?
+pub fn is_http_port_name(name: &str) -> bool {
+    HTTP_PORT_NAMES.iter().any(|p| {
+        name.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    })
+}
+
+/// A named TCP port of one of the app's containers: what the sidecar can take over (a Service
+/// reaches the sidecar only through a port *name* the injector moved to it).
+#[derive(Debug, Clone, PartialEq)]
+struct NamedPort {
     container: usize,
     port: usize,
     name: String,
     number: i32,
 }
 
-/// `Ok(None)`: nothing to take over (a pod without named ports, e.g. a worker or a Job).
-fn find_takeover(
-    pod_containers: &[Container],
-    wanted: Option<&str>,
-) -> Result<Option<Takeover>, Denial> {
-    let named_tcp = pod_containers.iter().enumerate().flat_map(|(ci, c)| {
-        c.ports
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, p)| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-            .filter_map(move |(pi, p)| p.name.as_ref().map(|n| (ci, pi, n.clone(), p)))
-    });
-    let found = match wanted {
-        Some(w) => {
-            let by_number = w.parse::<i32>().ok();
-            let mut it = named_tcp
-                .filter(|(_, _, n, p)| n == w || Some(p.container_port) == by_number)
-                .peekable();
-            match it.next() {
-                Some(f) => Some(f),
-                None => {
-                    return Err(deny(
-                        ANN_INBOUND_PORT,
-                        format!("no container of the pod has a named TCP port {w:?} (the sidecar takes over a named port, the one the Service targets)"),
-                    ))
-                }
+fn named_tcp_ports(containers: &[Container]) -> Vec<NamedPort> {
+    let mut out = Vec::new();
+    for (ci, c) in containers.iter().enumerate() {
+        for (pi, p) in c.ports.iter().flatten().enumerate() {
+            if p.protocol.as_deref().unwrap_or("TCP") != "TCP" {
+                continue;
+            }
+            if let Some(name) = &p.name {
+                out.push(NamedPort {
+                    container: ci,
+                    port: pi,
+                    name: name.clone(),
+                    number: p.container_port,
+                });
             }
         }
-        // Without the annotation: the first named TCP port of the first container that has
-        // one (Services almost always target that one).
-        None => named_tcp.into_iter().next(),
-    };
-    Ok(found.map(|(container, port, name, p)| Takeover {
-        container,
-        port,
-        name,
-        number: p.container_port,
-    }))
+    }
+    out
 }
 
-/// The Service port that reaches `udp_name` (or the sidecar's port number) over UDP on this
-/// pod: what `Alt-Svc` must name.
-fn service_udp_port(pod: &Pod, services: &[Service], udp_name: &str, number: u16) -> Option<u16> {
+/// The Service ports of the Services that select `pod`.
+fn service_ports<'s>(
+    pod: &Pod,
+    services: &'s [Service],
+) -> impl Iterator<Item = &'s k8s_openapi::api::core::v1::ServicePort> {
     let labels = pod.metadata.labels.clone().unwrap_or_default();
-    let mut found: Vec<u16> = services
+    services
         .iter()
         .filter_map(|s| s.spec.as_ref())
-        .filter(|spec| {
+        .filter(move |spec| {
             spec.selector.as_ref().is_some_and(|sel| {
                 !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
         })
         .flat_map(|spec| spec.ports.iter().flatten())
+}
+
+/// Does a Service port reach this pod port (`targetPort` by name or number, else `port`)?
+fn targets(sp: &k8s_openapi::api::core::v1::ServicePort, name: &str, number: i32) -> bool {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match &sp.target_port {
+        Some(IntOrString::String(s)) => s == name,
+        Some(IntOrString::Int(i)) => *i == number,
+        None => sp.port == number,
+    }
+}
+
+/// The app ports the sidecar takes over, in order (the first gets the `inbound` listener):
+///
+/// 1. `weir.dev/inbound-ports` (or its one-element form `weir.dev/inbound-port`): exactly the
+///    ports listed, by name or number, each a named TCP port of an app container;
+/// 2. otherwise every named TCP port whose name follows the HTTP convention
+///    ([`is_http_port_name`]) or that a selecting Service's TCP port with an HTTP `appProtocol`
+///    targets, in the pod's order;
+/// 3. otherwise (no port matched) the first named TCP port, as before there were several, so
+///    pods that relied on it keep working.
+///
+/// Empty: nothing to take over (a pod without named ports, e.g. a worker or a Job).
+fn select_ports(
+    containers: &[Container],
+    pod: &Pod,
+    services: &[Service],
+) -> Result<Vec<NamedPort>, Denial> {
+    let named = named_tcp_ports(containers);
+    let (key, value) = match (
+        annotation(pod, ANN_INBOUND_PORTS),
+        annotation(pod, ANN_INBOUND_PORT),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(deny(
+                ANN_INBOUND_PORTS,
+                format!("set either {ANN_INBOUND_PORTS} or {ANN_INBOUND_PORT}, not both"),
+            ))
+        }
+        (Some(v), None) => (ANN_INBOUND_PORTS, v),
+        (None, Some(v)) if v.contains(',') => {
+            return Err(deny(
+                ANN_INBOUND_PORT,
+                format!("{v:?} is a list: {ANN_INBOUND_PORT} takes one port, {ANN_INBOUND_PORTS} several"),
+            ))
+        }
+        (None, Some(v)) => (ANN_INBOUND_PORT, v),
+        (None, None) => {
+            let http_service_ports: Vec<_> = service_ports(pod, services)
+                .filter(|sp| sp.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                .filter(|sp| {
+                    sp.app_protocol.as_deref().is_some_and(|a| {
+                        HTTP_APP_PROTOCOLS.contains(&a.to_ascii_lowercase().as_str())
+                    })
+                })
+                .collect();
+            let chosen: Vec<NamedPort> = named
+                .iter()
+                .filter(|p| {
+                    is_http_port_name(&p.name)
+                        || http_service_ports
+                            .iter()
+                            .any(|sp| targets(sp, &p.name, p.number))
+                })
+                .cloned()
+                .collect();
+            return Ok(if chosen.is_empty() {
+                named.into_iter().take(1).collect()
+            } else {
+                chosen
+            });
+        }
+    };
+    let mut chosen: Vec<NamedPort> = Vec::new();
+    for w in value.split(',').map(str::trim) {
+        if w.is_empty() {
+            return Err(deny(
+                key,
+                format!("{value:?} has an empty entry (a comma-separated list of port names or numbers)"),
+            ));
+        }
+        let by_number = w.parse::<i32>().ok();
+        let Some(p) = named
+            .iter()
+            .find(|p| p.name == w || Some(p.number) == by_number)
+        else {
+            return Err(deny(
+                key,
+                format!("no container of the pod has a named TCP port {w:?} (the sidecar takes over a named port, the one the Service targets)"),
+            ));
+        };
+        if !chosen.contains(p) {
+            chosen.push(p.clone());
+        }
+    }
+    Ok(chosen)
+}
+
+/// The sidecar's inbound port numbers, one per taken-over port: from `first` upward, skipping
+/// every port in `avoid` (the pod's declared ports, the sidecar's admin and outbound ports).
+/// `None` when 65535 is passed first.
+fn allocate_ports(first: u16, count: usize, avoid: &BTreeSet<i32>) -> Option<Vec<u16>> {
+    let ports: Vec<u16> = (first..=u16::MAX)
+        .filter(|p| !avoid.contains(&i32::from(*p)))
+        .take(count)
+        .collect();
+    (ports.len() == count).then_some(ports)
+}
+
+/// The Service port that reaches `udp_name` (or the sidecar's port number) over UDP on this
+/// pod: what `Alt-Svc` must name.
+fn service_udp_port(pod: &Pod, services: &[Service], udp_name: &str, number: u16) -> Option<u16> {
+    let mut found: Vec<u16> = service_ports(pod, services)
         .filter(|p| p.protocol.as_deref() == Some("UDP"))
-        .filter(|p| match &p.target_port {
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
-                s == udp_name
-            }
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i)) => {
-                *i == i32::from(number)
-            }
-            None => p.port == i32::from(number),
-        })
+        .filter(|p| targets(p, udp_name, i32::from(number)))
         .filter_map(|p| u16::try_from(p.port).ok())
         .collect();
     found.sort_unstable();
@@ -229,13 +350,8 @@ fn service_udp_port(pod: &Pod, services: &[Service], udp_name: &str, number: u16
     (found.len() == 1).then(|| found[0])
 }
 
-fn probe_port_rewrite(
-    probe: &Option<Probe>,
-    path: &str,
-    name: &str,
-    number: i32,
-    ops: &mut Vec<Value>,
-) {
+/// Points a probe that names a taken-over port (`(name, app port)`) at the app's number.
+fn probe_port_rewrite(probe: &Option<Probe>, path: &str, taken: &[(&str, i32)], ops: &mut Vec<Value>) {
     let Some(p) = probe else { return };
     let hits = [
         ("httpGet", p.http_get.as_ref().map(|h| &h.port)),
@@ -243,7 +359,7 @@ fn probe_port_rewrite(
     ];
     for (kind, port) in hits {
         if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) = port {
-            if s == name {
+            if let Some((_, number)) = taken.iter().find(|(n, _)| n == s) {
                 ops.push(json!({"op": "replace", "path": format!("{path}/{kind}/port"), "value": number}));
             }
         }
@@ -349,79 +465,119 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         ));
     }
 
-    let Some(take) = find_takeover(&spec.containers, annotation(pod, ANN_INBOUND_PORT))? else {
+    let selected = select_ports(&spec.containers, pod, input.services)?;
+    if selected.is_empty() {
         // Refusing would block every port-less pod of a labelled namespace.
         return Ok(Outcome::Skip(
             "no named TCP container port (the one a Service targets) to take over",
         ));
+    }
+    // The annotation a port problem is fixed in (the list one when neither was set).
+    let ports_key = if annotation(pod, ANN_INBOUND_PORT).is_some() {
+        ANN_INBOUND_PORT
+    } else {
+        ANN_INBOUND_PORTS
     };
-    let app_name = derived_port_name("app-", &take.name);
-    let udp_name = derived_port_name("h3-", &take.name);
-    let taken: Vec<&str> = spec
+    let pod_ports: Vec<&ContainerPort> = spec
         .containers
         .iter()
+        .chain(spec.init_containers.iter().flatten())
         .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p: &ContainerPort| p.name.as_deref())
         .collect();
-    for (n, why) in [
-        (&app_name, "the app's renamed port"),
-        (&udp_name, "the HTTP/3 port"),
-    ] {
-        if taken.contains(&n.as_str()) {
-            return Err(deny(
-                ANN_INBOUND_PORT,
-                format!("port {:?}: the pod already has a port named {n:?}, which the injector needs for {why}", take.name),
-            ));
+    // Every name the pod will have: its own (the taken-over ones move to the sidecar, so they
+    // stay), the sidecar's admin port, then the injector's new ones, each checked against all
+    // before it (two long names can be cut to the same 15 characters).
+    let mut names: Vec<(String, String)> = pod_ports
+        .iter()
+        .filter_map(|p| p.name.clone())
+        .map(|n| (n, "a port of the pod".to_string()))
+        .collect();
+    names.push(("weir-admin".into(), "the sidecar's admin port".into()));
+    for take in &selected {
+        let mut new = vec![(derived_port_name("app-", &take.name), "the app's renamed port")];
+        if protocol == InboundProtocol::Https {
+            new.push((derived_port_name("h3-", &take.name), "the HTTP/3 port"));
+        }
+        for (n, why) in new {
+            if let Some((_, owner)) = names.iter().find(|(have, _)| *have == n) {
+                return Err(deny(
+                    ports_key,
+                    format!("port {:?}: {n:?} is already {owner}, and the injector needs it for {why} (rename a port, or choose the ports with {ANN_INBOUND_PORTS})", take.name),
+                ));
+            }
+            names.push((n, format!("{why} of port {:?}", take.name)));
         }
     }
-    let used: Vec<i32> = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .map(|p| p.container_port)
-        .collect();
+    let used: BTreeSet<i32> = pod_ports.iter().map(|p| p.container_port).collect();
     if used.contains(&i32::from(outbound_port)) {
         return Err(deny(
             ANN_OUTBOUND_PORT,
             format!("the application already uses port {outbound_port}, which the sidecar's outbound listener needs (set weir.dev/outbound-port or injector.outboundPort)"),
         ));
     }
-    for port in [s.inbound_port, s.admin_port] {
-        if used.contains(&i32::from(port)) {
-            return Err(deny(
-                ANN_INBOUND_PORT,
-                format!("the application already uses port {port}, which the sidecar needs (chart value injector.inboundPort / injector.adminPort)"),
-            ));
-        }
+    if used.contains(&i32::from(s.admin_port)) {
+        return Err(deny(
+            ports_key,
+            format!("the application already uses port {}, which the sidecar's admin port needs (chart value injector.adminPort)", s.admin_port),
+        ));
     }
+    let mut avoid = used.clone();
+    avoid.extend([i32::from(s.admin_port), i32::from(outbound_port)]);
+    let sidecar_ports = allocate_ports(s.inbound_port, selected.len(), &avoid).ok_or_else(|| {
+        deny(
+            ports_key,
+            format!("no {} free ports from injector.inboundPort ({}) to 65535 for the sidecar", selected.len(), s.inbound_port),
+        )
+    })?;
 
-    let advertised = match annotation(pod, ANN_HTTP3_PORT) {
-        Some(v) => Some(v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-            deny(
-                ANN_HTTP3_PORT,
-                format!("{v:?} is not a port number (1-65535)"),
-            )
-        })?),
-        None => service_udp_port(pod, input.services, &udp_name, s.inbound_port),
-    };
+    // `weir.dev/http3-advertised-port` is the first port's; the others' come from the Services.
+    let first_advertised = annotation(pod, ANN_HTTP3_PORT)
+        .map(|v| {
+            v.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                deny(
+                    ANN_HTTP3_PORT,
+                    format!("{v:?} is not a port number (1-65535)"),
+                )
+            })
+        })
+        .transpose()?;
+    let inbound: Vec<InboundPort> = selected
+        .iter()
+        .zip(&sidecar_ports)
+        .enumerate()
+        .map(|(i, (take, &port))| InboundPort {
+            name: take.name.clone(),
+            port,
+            app_port: take.number,
+            advertised: match first_advertised {
+                Some(p) if i == 0 => Some(p),
+                _ => service_udp_port(
+                    pod,
+                    input.services,
+                    &derived_port_name("h3-", &take.name),
+                    port,
+                ),
+            },
+        })
+        .collect();
 
-    let snapshot = sidecar_snapshot(
-        protocol,
-        s.inbound_port,
-        take.number,
-        advertised,
-        outbound_port,
-    );
+    let snapshot = sidecar_snapshot(protocol, &inbound, outbound_port);
     let key = snapshot_key(
         pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()),
         &snapshot,
     );
     let mut ops = Vec::new();
 
-    // Rename the app's port, and point the app's probes that used the name at its number.
-    ops.push(json!({"op": "replace",
-        "path": format!("/spec/containers/{}/ports/{}/name", take.container, take.port),
-        "value": app_name}));
+    // Rename the app's ports, and point the app's probes that used the names at the numbers.
+    for take in &selected {
+        ops.push(json!({"op": "replace",
+            "path": format!("/spec/containers/{}/ports/{}/name", take.container, take.port),
+            "value": derived_port_name("app-", &take.name)}));
+    }
+    let renamed: Vec<(&str, i32)> = selected
+        .iter()
+        .map(|t| (t.name.as_str(), t.number))
+        .collect();
     for (ci, c) in spec.containers.iter().enumerate() {
         for (field, probe) in [
             ("livenessProbe", &c.liveness_probe),
@@ -429,14 +585,16 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
             ("startupProbe", &c.startup_probe),
         ] {
             let path = format!("/spec/containers/{ci}/{field}");
-            probe_port_rewrite(probe, &path, &take.name, take.number, &mut ops);
+            probe_port_rewrite(probe, &path, &renamed, &mut ops);
         }
     }
 
-    let mut ports =
-        vec![json!({"name": take.name, "containerPort": s.inbound_port, "protocol": "TCP"})];
-    if protocol == InboundProtocol::Https {
-        ports.push(json!({"name": udp_name, "containerPort": s.inbound_port, "protocol": "UDP"}));
+    let mut ports = Vec::new();
+    for p in &inbound {
+        ports.push(json!({"name": p.name, "containerPort": p.port, "protocol": "TCP"}));
+        if protocol == InboundProtocol::Https {
+            ports.push(json!({"name": derived_port_name("h3-", &p.name), "containerPort": p.port, "protocol": "UDP"}));
+        }
     }
     ports.push(json!({"name": "weir-admin", "containerPort": s.admin_port, "protocol": "TCP"}));
     let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
@@ -500,11 +658,14 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         // Older clusters: a regular container, and the kubelet stops all containers at once.
         // The app gets a preStop hook that holds its SIGTERM until the sidecar has drained.
         ops.push(json!({"op": "add", "path": "/spec/containers/-", "value": container}));
-        let app = &spec.containers[take.container];
+        // Every app container that owns a taken-over port: each holds its SIGTERM until the
+        // sidecar has drained, since the sidecar forwards requests to each of them.
         let grace = spec.termination_grace_period_seconds.unwrap_or(30);
-        if let Some(hook) = app_pre_stop(s.admin_port, grace) {
-            let path = format!("/spec/containers/{}/lifecycle", take.container);
-            match &app.lifecycle {
+        let hook = app_pre_stop(s.admin_port, grace);
+        let owners: BTreeSet<usize> = selected.iter().map(|t| t.container).collect();
+        for ci in owners.into_iter().filter(|_| hook.is_some()) {
+            let path = format!("/spec/containers/{ci}/lifecycle");
+            match &spec.containers[ci].lifecycle {
                 // The app's own hook is kept: it knows best how to stop, and a container has
                 // only one preStop.
                 Some(l) if l.pre_stop.is_some() => {}
@@ -538,7 +699,11 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
     } else {
         ops.push(json!({"op": "add", "path": "/metadata/labels", "value": {LABEL_SIDECAR: LABEL_SIDECAR_VALUE}}));
     }
-    let injected = format!("{}={}", take.name, take.number);
+    let injected = selected
+        .iter()
+        .map(|t| format!("{}={}", t.name, t.number))
+        .collect::<Vec<_>>()
+        .join(",");
     if pod
         .metadata
         .annotations
@@ -599,35 +764,70 @@ fn app_pre_stop(admin_port: u16, grace: i64) -> Option<Value> {
     }}))
 }
 
-/// The sidecar's own snapshot: the inbound listener, everything to the app on loopback, and
-/// the outbound listener on `127.0.0.1`, empty (404) until the operator pushes the routes
-/// attached to the workload. The inbound route is bound to the inbound listener only, so the
-/// app's outbound calls never loop back to itself.
+/// One inbound listener of the sidecar: a taken-over app port.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct InboundPort {
+    /// The app's original port name (now the sidecar's).
+    pub name: String,
+    /// The sidecar's port (TCP, and UDP for HTTP/3).
+    pub port: u16,
+    /// The app's port on loopback.
+    pub app_port: i32,
+    /// The Service port `Alt-Svc` names (https only); `None`: HTTP/3 is not advertised.
+    pub advertised: Option<u16>,
+}
+
+/// The sidecar's own snapshot: one inbound listener per taken-over port, everything to its
+/// app port on loopback, and the outbound listener on `127.0.0.1`, empty (404) until the
+/// operator pushes the routes attached to the workload. Each inbound route is bound to its own
+/// listener only, so the app's outbound calls never loop back to itself and one port's
+/// traffic never reaches another port of the app. The first port keeps the names of the
+/// single-port snapshot (`inbound` listener and route, `app` backend), so a pod with one port
+/// gets the same boot snapshot (and snapshot key) as before; the others are
+/// `inbound-<name>`/`app-<name>`, which is also how `weir_requests_total` tells them apart
+/// (`route`, `backend` labels).
 pub(crate) fn sidecar_snapshot(
     protocol: InboundProtocol,
-    port: u16,
-    app_port: i32,
-    advertised: Option<u16>,
+    inbound: &[InboundPort],
     outbound_port: u16,
 ) -> String {
-    let mut listener = json!({"name": INBOUND_LISTENER, "address": format!("0.0.0.0:{port}")});
-    match protocol {
-        InboundProtocol::Http => listener["protocol"] = json!("http"),
-        InboundProtocol::Https => {
-            listener["protocol"] = json!("https");
-            // Alt-Svc must name the port clients reach over UDP (the Service's), not ours.
-            listener["http3"] = match advertised {
-                Some(p) => json!({"advertisedPort": p}),
-                None => json!({"advertisedPort": "off"}),
-            };
+    let mut listeners = Vec::new();
+    let mut backends = serde_json::Map::new();
+    let mut routes = Vec::new();
+    let mut version = String::from("sidecar");
+    for (i, p) in inbound.iter().enumerate() {
+        let (listener_name, backend) = if i == 0 {
+            (INBOUND_LISTENER.to_string(), "app".to_string())
+        } else {
+            (format!("{INBOUND_LISTENER}-{}", p.name), format!("app-{}", p.name))
+        };
+        let mut listener =
+            json!({"name": listener_name, "address": format!("0.0.0.0:{}", p.port)});
+        match protocol {
+            InboundProtocol::Http => listener["protocol"] = json!("http"),
+            InboundProtocol::Https => {
+                listener["protocol"] = json!("https");
+                // Alt-Svc must name the port clients reach over UDP (the Service's), not ours.
+                listener["http3"] = match p.advertised {
+                    Some(a) => json!({"advertisedPort": a}),
+                    None => json!({"advertisedPort": "off"}),
+                };
+            }
         }
+        listeners.push(listener);
+        backends.insert(
+            backend.clone(),
+            json!({"endpoints": [format!("127.0.0.1:{}", p.app_port)]}),
+        );
+        routes.push(json!({"name": listener_name, "listeners": [listener_name], "rules": [{"backendRefs": [{"name": backend}]}]}));
+        version.push_str(&format!("-{}-{}", p.port, p.app_port));
     }
-    let outbound = json!({"name": OUTBOUND_LISTENER, "address": format!("127.0.0.1:{outbound_port}"), "protocol": "http"});
+    listeners.push(json!({"name": OUTBOUND_LISTENER, "address": format!("127.0.0.1:{outbound_port}"), "protocol": "http"}));
     json!({
-        "version": format!("sidecar-{port}-{app_port}-{outbound_port}"),
-        "listeners": [listener, outbound],
-        "backends": {"app": {"endpoints": [format!("127.0.0.1:{app_port}")]}},
-        "routes": [{"name": "inbound", "listeners": [INBOUND_LISTENER], "rules": [{"backendRefs": [{"name": "app"}]}]}],
+        "version": format!("{version}-{outbound_port}"),
+        "listeners": listeners,
+        "backends": backends,
+        "routes": routes,
     })
     .to_string()
 }

@@ -37,7 +37,13 @@ fn dir() -> std::path::PathBuf {
 }
 
 fn boot() -> String {
-    crate::inject::patch::sidecar_snapshot(InboundProtocol::Http, 15080, 8080, None, 15001)
+    let web = crate::inject::patch::InboundPort {
+        name: "web".into(),
+        port: 15080,
+        app_port: 8080,
+        advertised: None,
+    };
+    crate::inject::patch::sidecar_snapshot(InboundProtocol::Http, &[web], 15001)
 }
 
 fn load(name: &str) -> (Vec<SidecarPod>, Case) {
