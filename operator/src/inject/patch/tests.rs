@@ -37,6 +37,14 @@ const CASES: &[&str] = &[
     "app-own-prestop",
     "bad-outbound-port",
     "outbound-port-annotation",
+    "multi-port-https",
+    "app-protocol-service",
+    "inbound-ports-list",
+    "no-convention-fallback",
+    "bad-inbound-ports",
+    "inbound-ports-empty-entry",
+    "both-inbound-annotations",
+    "port-name-collision",
 ];
 
 fn dir() -> std::path::PathBuf {
@@ -123,82 +131,165 @@ fn patched_pods_keep_the_promises() {
             .unwrap_or_else(|| panic!("{name}: no sidecar"));
         let injected =
             pod.metadata.annotations.as_ref().expect("annotations")[ANN_INJECTED].clone();
-        let (port_name, number) = injected.split_once('=').expect("name=number");
-        // The name the Service targets is now the sidecar's, on the inbound port.
-        let owners: Vec<&str> = all
-            .iter()
-            .filter(|c| {
-                c.ports
-                    .iter()
-                    .flatten()
-                    .any(|p| p.name.as_deref() == Some(port_name))
-            })
-            .map(|c| c.name.as_str())
+        let taken: Vec<(&str, &str)> = injected
+            .split(',')
+            .map(|t| t.split_once('=').expect("name=number"))
             .collect();
-        assert_eq!(owners, vec![sidecar.name.as_str()], "{name}");
-        // The app still declares its port number, under another name.
+        let snap = &pod.metadata.annotations.as_ref().expect("annotations")[ANN_SNAPSHOT];
+        let cfg = weir_config::load(snap.as_bytes())
+            .unwrap_or_else(|e| panic!("{name}: sidecar snapshot invalid: {e}"));
+        let mut sidecar_ports = Vec::new();
+        let mut hooked = Vec::new();
+        for (i, (port_name, number)) in taken.iter().enumerate() {
+            // The name the Service targets is now the sidecar's, on its own inbound port.
+            let owners: Vec<&str> = all
+                .iter()
+                .filter(|c| {
+                    c.ports
+                        .iter()
+                        .flatten()
+                        .any(|p| p.name.as_deref() == Some(*port_name))
+                })
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(owners, vec![sidecar.name.as_str()], "{name}");
+            let port = sidecar
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(*port_name))
+                .map(|p| p.container_port)
+                .expect("sidecar port");
+            assert!(i32::from(settings.inbound_port) <= port, "{name}: {port}");
+            sidecar_ports.push(port);
+            // The app still declares its port number, under another name.
+            let app = spec
+                .containers
+                .iter()
+                .find(|c| {
+                    c.name != sidecar.name
+                        && c.ports
+                            .iter()
+                            .flatten()
+                            .any(|p| p.container_port.to_string() == *number)
+                })
+                .unwrap_or_else(|| panic!("{name}: no app container with port {number}"));
+            hooked.push(app.name.clone());
+            // Its listener on that port, its route bound to that listener only, to the app's
+            // port on loopback (the first keeps the single-port names).
+            let listener = if i == 0 {
+                INBOUND_LISTENER.to_string()
+            } else {
+                format!("{INBOUND_LISTENER}-{port_name}")
+            };
+            let l = cfg
+                .listeners
+                .iter()
+                .find(|l| l.name == listener)
+                .unwrap_or_else(|| panic!("{name}: no listener {listener}"));
+            assert_eq!(l.address, format!("0.0.0.0:{port}"), "{name}");
+            let route = cfg
+                .routes
+                .iter()
+                .find(|r| r.name == listener)
+                .unwrap_or_else(|| panic!("{name}: no route {listener}"));
+            assert_eq!(route.listeners, vec![listener.clone()], "{name}");
+            let backend = &route.rules[0].backend_refs[0].name;
+            let eps: Vec<&str> = cfg.backends[backend]
+                .endpoints
+                .iter()
+                .map(|e| e.address.as_str())
+                .collect();
+            assert_eq!(eps, vec![format!("127.0.0.1:{number}")], "{name}");
+        }
+        assert_eq!(cfg.routes.len(), taken.len(), "{name}: one route per port");
+        // No sidecar port twice, and none of them one the pod already declared.
+        let before: Vec<i32> = case
+            .pod
+            .spec
+            .as_ref()
+            .expect("spec")
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .map(|p| p.container_port)
+            .collect();
+        let mut distinct = sidecar_ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), sidecar_ports.len(), "{name}: {sidecar_ports:?}");
         assert!(
-            spec.containers.iter().any(|c| c.name != sidecar.name
-                && c.ports
-                    .iter()
-                    .flatten()
-                    .any(|p| p.container_port.to_string() == number)),
-            "{name}"
+            sidecar_ports.iter().all(|p| !before.contains(p)),
+            "{name}: {sidecar_ports:?} vs {before:?}"
         );
-        // No port name twice in the pod (the API server refuses that).
+        // No port name twice in the pod (the API server refuses that), each a valid one.
         let mut names: Vec<&str> = all
             .iter()
             .flat_map(|c| c.ports.iter().flatten())
             .filter_map(|p| p.name.as_deref())
             .collect();
+        assert!(names.iter().all(|n| is_port_name(n)), "{name}: {names:?}");
         let n = names.len();
         names.sort_unstable();
         names.dedup();
         assert_eq!(n, names.len(), "{name}: duplicate port names");
-        // Old clusters: the app holds its SIGTERM until the sidecar drained (its own preStop,
-        // if it had one, is kept instead). Native sidecars outlive the app without a hook.
-        let app = spec
-            .containers
-            .iter()
-            .find(|c| {
-                c.name != sidecar.name
-                    && c.ports
-                        .iter()
-                        .flatten()
-                        .any(|p| p.container_port.to_string() == number)
-            })
-            .expect("app container");
-        let before = case.pod.spec.as_ref().expect("spec").containers.iter();
-        let own = before
-            .filter(|c| c.name == app.name)
-            .find_map(|c| c.lifecycle.as_ref()?.pre_stop.clone());
-        let hook = app.lifecycle.as_ref().and_then(|l| l.pre_stop.clone());
-        if settings.native_sidecar || own.is_some() {
-            assert_eq!(hook, own, "{name}: app preStop changed");
-        } else {
-            let get = hook.and_then(|h| h.http_get).expect("drain hook");
-            assert_eq!(
-                get.port,
-                IntOrString::Int(i32::from(settings.admin_port)),
-                "{name}"
-            );
-            assert!(
-                get.path
-                    .as_deref()
-                    .is_some_and(|p| p.starts_with("/drained?timeout=")),
-                "{name}"
-            );
+        // Old clusters: every app container the sidecar forwards to holds its SIGTERM until
+        // the sidecar drained (its own preStop, if it had one, is kept instead). Native
+        // sidecars outlive the app without a hook.
+        hooked.sort_unstable();
+        hooked.dedup();
+        for app_name in &hooked {
+            let app = spec
+                .containers
+                .iter()
+                .find(|c| &c.name == app_name)
+                .expect("app container");
+            let before = case.pod.spec.as_ref().expect("spec").containers.iter();
+            let own = before
+                .filter(|c| c.name == app.name)
+                .find_map(|c| c.lifecycle.as_ref()?.pre_stop.clone());
+            let hook = app.lifecycle.as_ref().and_then(|l| l.pre_stop.clone());
+            if settings.native_sidecar || own.is_some() {
+                assert_eq!(hook, own, "{name}: app preStop changed");
+            } else {
+                let get = hook.and_then(|h| h.http_get).expect("drain hook");
+                assert_eq!(
+                    get.port,
+                    IntOrString::Int(i32::from(settings.admin_port)),
+                    "{name}"
+                );
+                assert!(
+                    get.path
+                        .as_deref()
+                        .is_some_and(|p| p.starts_with("/drained?timeout=")),
+                    "{name}"
+                );
+            }
         }
-        let snap = &pod.metadata.annotations.as_ref().expect("annotations")[ANN_SNAPSHOT];
-        let cfg = weir_config::load(snap.as_bytes())
-            .unwrap_or_else(|e| panic!("{name}: sidecar snapshot invalid: {e}"));
-        let eps: Vec<&str> = cfg.backends["app"]
-            .endpoints
-            .iter()
-            .map(|e| e.address.as_str())
-            .collect();
-        assert_eq!(eps, vec![format!("127.0.0.1:{number}")], "{name}");
-        // The outbound listener is loopback-only, and the inbound route is not served on it
+        // Probes of the app never name a port the sidecar now owns.
+        for c in spec.containers.iter().filter(|c| c.name != sidecar.name) {
+            for p in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+                .into_iter()
+                .flatten()
+            {
+                for port in [
+                    p.http_get.as_ref().map(|h| &h.port),
+                    p.tcp_socket.as_ref().map(|t| &t.port),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if let IntOrString::String(s) = port {
+                        assert!(
+                            taken.iter().all(|(n, _)| n != s),
+                            "{name}: {} probes the sidecar's {s}",
+                            c.name
+                        );
+                    }
+                }
+            }
+        }
+        // The outbound listener is loopback-only, and no inbound route is served on it
         // (the app's outbound calls must never loop back to the app).
         let out = cfg
             .listeners
@@ -209,11 +300,6 @@ fn patched_pods_keep_the_promises() {
             out.address.starts_with("127.0.0.1:"),
             "{name}: {}",
             out.address
-        );
-        assert_eq!(
-            cfg.routes[0].listeners,
-            vec![INBOUND_LISTENER.to_string()],
-            "{name}"
         );
         // The operator finds the pod by this label.
         let labels = pod.metadata.labels.as_ref().expect("labels");
@@ -274,4 +360,32 @@ fn quantities_and_log_levels() {
     assert!(is_log_directive("info,weir=debug"));
     assert!(!is_log_directive("info; rm -rf"));
     assert!(!is_log_directive(""));
+}
+
+#[test]
+fn http_port_names_by_convention() {
+    for n in ["http", "http-admin", "http2", "h2c", "grpc", "grpc-web", "web", "web-ui"] {
+        assert!(is_http_port_name(n), "{n}");
+    }
+    // TLS the app terminates itself, non-HTTP protocols, and mere prefixes are not HTTP.
+    for n in ["https", "redis", "postgres", "metrics", "httpx", "webhook", "grpcs", "tcp-http"] {
+        assert!(!is_http_port_name(n), "{n}");
+    }
+}
+
+#[test]
+fn sidecar_ports_skip_the_pods_and_the_sidecars_own() {
+    let avoid: BTreeSet<i32> = [15000, 15001, 15081, 15082].into();
+    assert_eq!(allocate_ports(15080, 1, &avoid), Some(vec![15080]));
+    assert_eq!(
+        allocate_ports(15080, 3, &avoid),
+        Some(vec![15080, 15083, 15084])
+    );
+    assert_eq!(allocate_ports(14999, 2, &avoid), Some(vec![14999, 15002]));
+    // Not enough ports below 65536: none rather than fewer.
+    assert_eq!(allocate_ports(65534, 3, &BTreeSet::new()), None);
+    assert_eq!(
+        allocate_ports(65534, 2, &BTreeSet::new()),
+        Some(vec![65534, 65535])
+    );
 }
