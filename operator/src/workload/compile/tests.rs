@@ -280,3 +280,89 @@ fn secret_entries_are_the_pushed_snapshots() {
     assert!(secrets["shop"].is_empty(), "{:?}", secrets["shop"].keys());
     assert_eq!(secrets["other"].len(), 1);
 }
+
+/// A pod whose sidecar took over two ports: its pushed snapshot keeps one inbound listener per
+/// port, each with its own route to its own app port, and the attached routes go on the
+/// outbound listener only (never on either inbound one).
+#[test]
+fn every_inbound_port_keeps_its_listener() {
+    use crate::inject::patch::{sidecar_snapshot, InboundPort};
+    let (mut pods, case) = load("attach-and-conflict");
+    let port = |name: &str, port, app_port| InboundPort {
+        name: name.into(),
+        port,
+        app_port,
+        advertised: Some(443),
+    };
+    let two = sidecar_snapshot(
+        InboundProtocol::Https,
+        &[port("http", 15080, 8080), port("grpc", 15082, 9090)],
+        15001,
+    );
+    let pod = pods
+        .iter_mut()
+        .find(|p| p.key() == "shop/web-1")
+        .expect("shop/web-1");
+    pod.boot = Some(two.clone());
+    pod.snapshot_key = Some(crate::inject::patch::snapshot_key(&pod.labels, &two));
+    let plan = plan_of(&pods, &case);
+    let PodPlan::Snapshot(s) = &plan.pods["shop/web-1"] else {
+        panic!("shop/web-1: {:?}", plan.pods["shop/web-1"]);
+    };
+    s.validate().expect("valid snapshot");
+    let listeners: Vec<(&str, &str)> = s
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.address.as_str()))
+        .collect();
+    assert_eq!(
+        listeners,
+        vec![
+            ("inbound", "0.0.0.0:15080"),
+            ("inbound-grpc", "0.0.0.0:15082"),
+            ("outbound", "127.0.0.1:15001")
+        ]
+    );
+    let routes: Vec<(&str, Vec<String>, String)> = s
+        .routes
+        .iter()
+        .map(|r| {
+            let b = &r.rules[0].backend_refs[0].name;
+            (r.name.as_str(), r.listeners.clone(), b.clone())
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        vec![
+            ("inbound", vec!["inbound".to_string()], "app".to_string()),
+            (
+                "inbound-grpc",
+                vec!["inbound-grpc".to_string()],
+                "app-grpc".to_string()
+            ),
+            (
+                "shop/payments",
+                vec!["outbound".to_string()],
+                "shop/payments".to_string()
+            ),
+        ]
+    );
+    let eps = |b: &str| -> Vec<String> {
+        s.backends[b]
+            .endpoints
+            .iter()
+            .map(|e| e.address.clone())
+            .collect()
+    };
+    assert_eq!(eps("app"), vec!["127.0.0.1:8080"]);
+    assert_eq!(eps("app-grpc"), vec!["127.0.0.1:9090"]);
+    // Its replica with the one-port boot snapshot is compiled apart (another group), and the
+    // Secret keeps each under its own key.
+    let PodPlan::Snapshot(other) = &plan.pods["shop/web-2"] else {
+        panic!("shop/web-2");
+    };
+    assert_ne!(other.version, s.version);
+    let entries = &secret_entries(&pods, &plan)["shop"];
+    assert!(entries.values().any(|e| e.version == s.version));
+    assert!(entries.values().any(|e| e.version == other.version));
+}
