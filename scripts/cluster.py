@@ -153,15 +153,16 @@ class Cluster:
             raise RuntimeError(f"weir-bench -p {proto} {url} via {connect}: exit {r.returncode}: {r.stdout[-500:]}{r.stderr[-500:]}")
         return r.stdout
 
-    def gtls(self, path, vip=None, host=HOST):
+    def gtls(self, path, vip=None, host=HOST, port=443):
         d = tempfile.mkdtemp(dir=self.tmp)
         vip = vip or self.vip
+        authority = host if port == 443 else f"{host}:{port}"
         r = self.runner.client("gtlsclient", "--exit-on-all-streams-close", "--quiet", f"--download={d}",
-                               vip, "443", f"https://{host}{path}", timeout=30)
+                               vip, str(port), f"https://{authority}{path}", timeout=30)
         name = os.path.basename(path) or "index.html"
         body = open(os.path.join(d, name)).read() if os.path.exists(os.path.join(d, name)) else ""
         if r.returncode or not body:
-            raise RuntimeError(f"gtlsclient {vip} 443 https://{host}{path}: exit {r.returncode}, body {body!r}: {r.stderr[-800:]}")
+            raise RuntimeError(f"gtlsclient {vip} {port} https://{authority}{path}: exit {r.returncode}, body {body!r}: {r.stderr[-800:]}")
         return body
 
     def load(self, url, proto, connect, secs, conns, streams=1):
@@ -474,8 +475,9 @@ def containers_of(c, ns, deploy):
 def sidecar(c):
     """Injection at pod creation by the real API server (MutatingAdmissionWebhook -> the
     injector's Service -> the operator pods over HTTPS): a labelled namespace's app gets the
-    sidecar and its Service answers HTTP/1.1, HTTP/2 and HTTP/3 through it; an unlabelled
-    namespace is untouched."""
+    sidecar and its Service answers HTTP/1.1, HTTP/2 and HTTP/3 through it, on both its HTTP
+    ports (each through its own sidecar port and listener), while a non-HTTP-named port is left
+    to the app; an unlabelled namespace is untouched."""
     r = c.runner
     now = injector_ca(c)
     # Earlier scenarios ran `helm upgrade`: the generated CA must have been kept (lookup).
@@ -495,29 +497,65 @@ def sidecar(c):
     ports = {x["name"]: [(p.get("name"), p["containerPort"], p.get("protocol", "TCP")) for p in x.get("ports", [])]
              for x in pod["spec"]["containers"]}
     print(f"     ports after injection: {ports}")
-    c.check(("web", 15080, "TCP") in ports["weir-sidecar"] and ("h3-web", 15080, "UDP") in ports["weir-sidecar"]
-            and ports["echo"] == [("app-web", 8080, "TCP")],
-            f"port rename: the sidecar must own `web` (+ `h3-web`/UDP) and the app `app-web`: {ports}")
+    side = ports["weir-sidecar"]
+    c.check(all(x in side for x in [("web", 15080, "TCP"), ("h3-web", 15080, "UDP"),
+                                    ("http-admin", 15081, "TCP"), ("h3-http-admin", 15081, "UDP")])
+            and not any(x[0] == "redis" for x in side)
+            and ports["echo"] == [("app-web", 8080, "TCP"), ("app-http-admin", 9090, "TCP"), ("redis", 6379, "TCP")],
+            "port rename: the sidecar must own `web` and `http-admin` (+ `h3-*`/UDP, from 15080 up), the app "
+            f"`app-web`, `app-http-admin` and, untouched, `redis`: {ports}")
+    injected = pod["metadata"]["annotations"].get("weir.dev/injected")
+    c.check(injected == "web=8080,http-admin=9090", f"weir.dev/injected must list both HTTP ports: {injected}")
     vip = r.api.get(f"/api/v1/namespaces/{MESH}/services/echo")["spec"]["clusterIP"]
     host = f"echo.{MESH}"
 
-    def via(version):
-        out = c.curl(f"--{version}", "-k", "-D", "-", "--resolve", f"{host}:443:{vip}", f"https://{host}/sidecar/{version}")
+    def via(version, port):
+        out = c.curl(f"--{version}", "-k", "-D", "-", "--resolve", f"{host}:{port}:{vip}", f"https://{host}:{port}/sidecar/{version}")
         # text mode turned the CRLFs into newlines.
         head, _, body = out.partition("\n\n")
         doc = json.loads(body or "{}")
         return (head, doc) if " 200" in head.splitlines()[0] and doc.get("server") else None
-    for version, label in (("http1.1", "HTTP/1.1"), ("http2", "HTTP/2")):
-        head, doc = eventually(f"{label} 200 through Service {MESH}/echo", lambda: via(version), 60)
-        alt = next((ln.split(":", 1)[1].strip() for ln in head.splitlines() if ln.lower().startswith("alt-svc:")), "")
-        print(f"ok   {label} https://{host}/sidecar/{version} via {vip}:443/TCP -> {head.splitlines()[0].strip()} from "
-              f"{doc['server']}, which saw peer {doc.get('peer')} (the sidecar on loopback), Alt-Svc: {alt}")
-        c.check(doc.get("peer", "").startswith("127.0.0.1:"), f"{label}: the app must be reached from the sidecar on 127.0.0.1, saw {doc.get('peer')}")
-        c.check('h3=":443"' in alt, f"{label}: Alt-Svc must name the Service's UDP port 443, got {alt!r}")
-    body = eventually("HTTP/3 reply through the sidecar from gtlsclient",
-                      lambda: (lambda b: b if b.get("server") else None)(json.loads(c.gtls("/sidecar/h3", vip, host))), 60)
-    print(f"ok   HTTP/3 (gtlsclient, ngtcp2) {vip}:443/UDP -> {body.get('server')}, which saw peer {body.get('peer')}")
-    c.check(body.get("peer", "").startswith("127.0.0.1:"), f"HTTP/3: the app must be reached on 127.0.0.1, saw {body.get('peer')}")
+    # Both Service ports, each through its own sidecar port and listener: 443 -> `web`,
+    # 9443 -> `http-admin`. The app sees the sidecar (127.0.0.1) as its peer on both.
+    for port in (443, 9443):
+        for version, label in (("http1.1", "HTTP/1.1"), ("http2", "HTTP/2")):
+            head, doc = eventually(f"{label} 200 through Service {MESH}/echo port {port}", lambda: via(version, port), 60)
+            alt = next((ln.split(":", 1)[1].strip() for ln in head.splitlines() if ln.lower().startswith("alt-svc:")), "")
+            print(f"ok   {label} https://{host}:{port}/sidecar/{version} via {vip}:{port}/TCP -> {head.splitlines()[0].strip()} "
+                  f"from {doc['server']}, which saw peer {doc.get('peer')} (the sidecar on loopback), Alt-Svc: {alt}")
+            c.check(doc.get("peer", "").startswith("127.0.0.1:"),
+                    f"{label} port {port}: the app must be reached from the sidecar on 127.0.0.1, saw {doc.get('peer')}")
+            c.check(f'h3=":{port}"' in alt, f"{label} port {port}: Alt-Svc must name the Service's UDP port {port}, got {alt!r}")
+        body = eventually(f"HTTP/3 reply through the sidecar from gtlsclient, port {port}",
+                          lambda: (lambda b: b if b.get("server") else None)(json.loads(c.gtls("/sidecar/h3", vip, host, port))), 60)
+        print(f"ok   HTTP/3 (gtlsclient, ngtcp2) {vip}:{port}/UDP -> {body.get('server')}, which saw peer {body.get('peer')}")
+        c.check(body.get("peer", "").startswith("127.0.0.1:"),
+                f"HTTP/3 port {port}: the app must be reached on 127.0.0.1, saw {body.get('peer')}")
+    # The sidecars' own count, per inbound route (listener): each port's requests went through
+    # its own listener. Only these requests reach the sidecars' inbound side (the probes go to
+    # the app's port numbers), so each route counts at least the three sent to its port.
+    per_route = {route: sidecar_requests(c, MESH, "echo", route) for route in ("inbound", "inbound-http-admin")}
+    print(f"ok   weir_requests_total of the sidecars by route: {per_route}")
+    c.check(all(n >= 3 for n in per_route.values()),
+            f"each inbound listener must have served its port's requests (>= 3 each): {per_route}")
+    # `redis` was left alone: the Service reaches the app's own port, not the sidecar.
+    doc = eventually("Service port 6379 -> the app's `redis` port directly",
+                     lambda: (lambda d: d if d.get("server") else None)(json.loads(c.curl(f"http://{vip}:6379/direct") or "{}")), 30)
+    print(f"ok   {vip}:6379 (`redis`, not an HTTP name) -> {doc['server']} directly, which saw peer {doc.get('peer')}")
+    c.check(not doc.get("peer", "127.0.0.1").startswith("127.0.0.1:"),
+            f"port 6379 must reach the app directly, not through the sidecar: peer {doc.get('peer')}")
+
+
+def sidecar_requests(c, ns, deploy, route):
+    """The sum over the deployment's sidecars of weir_requests_total{route=...} (their admin
+    port's /metrics, no token needed)."""
+    total = 0.0
+    for p in c.runner.ready_pods(ns, deploy):
+        out = subprocess.run(["curl", "-sS", "--max-time", "5", f"http://{p.ip}:15000/metrics"], capture_output=True, text=True).stdout
+        for ln in out.splitlines():
+            if ln.startswith("weir_requests_total{") and f'route="{route}"' in ln:
+                total += float(ln.rsplit(" ", 1)[1])
+    return total
 
 
 def workload_status(c, ns, name):
