@@ -266,12 +266,12 @@ fn select_ports(
             ))
         }
         (Some(v), None) => (ANN_INBOUND_PORTS, v),
-        (None, Some(v)) if v.contains(',') => {
-            return Err(deny(
-                ANN_INBOUND_PORT,
-                format!("{v:?} is a list: {ANN_INBOUND_PORT} takes one port, {ANN_INBOUND_PORTS} several"),
-            ))
-        }
+        (None, Some(v)) if v.contains(',') => return Err(deny(
+            ANN_INBOUND_PORT,
+            format!(
+                "{v:?} is a list: {ANN_INBOUND_PORT} takes one port, {ANN_INBOUND_PORTS} several"
+            ),
+        )),
         (None, Some(v)) => (ANN_INBOUND_PORT, v),
         (None, None) => {
             let http_service_ports: Vec<_> = service_ports(pod, services)
@@ -351,7 +351,12 @@ fn service_udp_port(pod: &Pod, services: &[Service], udp_name: &str, number: u16
 }
 
 /// Points a probe that names a taken-over port (`(name, app port)`) at the app's number.
-fn probe_port_rewrite(probe: &Option<Probe>, path: &str, taken: &[(&str, i32)], ops: &mut Vec<Value>) {
+fn probe_port_rewrite(
+    probe: &Option<Probe>,
+    path: &str,
+    taken: &[(&str, i32)],
+    ops: &mut Vec<Value>,
+) {
     let Some(p) = probe else { return };
     let hits = [
         ("httpGet", p.http_get.as_ref().map(|h| &h.port)),
@@ -494,7 +499,10 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
         .collect();
     names.push(("weir-admin".into(), "the sidecar's admin port".into()));
     for take in &selected {
-        let mut new = vec![(derived_port_name("app-", &take.name), "the app's renamed port")];
+        let mut new = vec![(
+            derived_port_name("app-", &take.name),
+            "the app's renamed port",
+        )];
         if protocol == InboundProtocol::Https {
             new.push((derived_port_name("h3-", &take.name), "the HTTP/3 port"));
         }
@@ -523,12 +531,17 @@ pub fn decide(input: &Input<'_>) -> Result<Outcome, Denial> {
     }
     let mut avoid = used.clone();
     avoid.extend([i32::from(s.admin_port), i32::from(outbound_port)]);
-    let sidecar_ports = allocate_ports(s.inbound_port, selected.len(), &avoid).ok_or_else(|| {
-        deny(
-            ports_key,
-            format!("no {} free ports from injector.inboundPort ({}) to 65535 for the sidecar", selected.len(), s.inbound_port),
-        )
-    })?;
+    let sidecar_ports =
+        allocate_ports(s.inbound_port, selected.len(), &avoid).ok_or_else(|| {
+            deny(
+                ports_key,
+                format!(
+                    "no {} free ports from injector.inboundPort ({}) to 65535 for the sidecar",
+                    selected.len(),
+                    s.inbound_port
+                ),
+            )
+        })?;
 
     // `weir.dev/http3-advertised-port` is the first port's; the others' come from the Services.
     let first_advertised = annotation(pod, ANN_HTTP3_PORT)
@@ -799,10 +812,12 @@ pub(crate) fn sidecar_snapshot(
         let (listener_name, backend) = if i == 0 {
             (INBOUND_LISTENER.to_string(), "app".to_string())
         } else {
-            (format!("{INBOUND_LISTENER}-{}", p.name), format!("app-{}", p.name))
+            (
+                format!("{INBOUND_LISTENER}-{}", p.name),
+                format!("app-{}", p.name),
+            )
         };
-        let mut listener =
-            json!({"name": listener_name, "address": format!("0.0.0.0:{}", p.port)});
+        let mut listener = json!({"name": listener_name, "address": format!("0.0.0.0:{}", p.port)});
         match protocol {
             InboundProtocol::Http => listener["protocol"] = json!("http"),
             InboundProtocol::Https => {

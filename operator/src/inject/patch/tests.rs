@@ -217,7 +217,11 @@ fn patched_pods_keep_the_promises() {
         let mut distinct = sidecar_ports.clone();
         distinct.sort_unstable();
         distinct.dedup();
-        assert_eq!(distinct.len(), sidecar_ports.len(), "{name}: {sidecar_ports:?}");
+        assert_eq!(
+            distinct.len(),
+            sidecar_ports.len(),
+            "{name}: {sidecar_ports:?}"
+        );
         assert!(
             sidecar_ports.iter().all(|p| !before.contains(p)),
             "{name}: {sidecar_ports:?} vs {before:?}"
@@ -364,11 +368,22 @@ fn quantities_and_log_levels() {
 
 #[test]
 fn http_port_names_by_convention() {
-    for n in ["http", "http-admin", "http2", "h2c", "grpc", "grpc-web", "web", "web-ui"] {
+    for n in [
+        "http",
+        "http-admin",
+        "http2",
+        "h2c",
+        "grpc",
+        "grpc-web",
+        "web",
+        "web-ui",
+    ] {
         assert!(is_http_port_name(n), "{n}");
     }
     // TLS the app terminates itself, non-HTTP protocols, and mere prefixes are not HTTP.
-    for n in ["https", "redis", "postgres", "metrics", "httpx", "webhook", "grpcs", "tcp-http"] {
+    for n in [
+        "https", "redis", "postgres", "metrics", "httpx", "webhook", "grpcs", "tcp-http",
+    ] {
         assert!(!is_http_port_name(n), "{n}");
     }
 }
