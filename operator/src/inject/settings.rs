@@ -34,8 +34,9 @@ pub struct Settings {
     /// The injected container's name; a pod that has a container by this name is left alone.
     #[serde(default = "default_container_name")]
     pub container_name: String,
-    /// Port the sidecar's inbound listener binds (TCP, and UDP for HTTP/3); must not be one the
-    /// application uses.
+    /// The first port of the sidecar's inbound listeners (TCP, and UDP for HTTP/3): each app
+    /// port it takes over gets the next one from here up that the pod does not declare and
+    /// that is not the admin or outbound port.
     #[serde(default = "default_inbound_port")]
     pub inbound_port: u16,
     /// The sidecar's admin port (probes; the rest needs the per-pod token).
