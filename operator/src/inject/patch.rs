@@ -266,12 +266,14 @@ fn select_ports(
             ))
         }
         (Some(v), None) => (ANN_INBOUND_PORTS, v),
-        (None, Some(v)) if v.contains(',') => return Err(deny(
-            ANN_INBOUND_PORT,
-            format!(
+        (None, Some(v)) if v.contains(',') => {
+            return Err(deny(
+                ANN_INBOUND_PORT,
+                format!(
                 "{v:?} is a list: {ANN_INBOUND_PORT} takes one port, {ANN_INBOUND_PORTS} several"
             ),
-        )),
+            ))
+        }
         (None, Some(v)) => (ANN_INBOUND_PORT, v),
         (None, None) => {
             let http_service_ports: Vec<_> = service_ports(pod, services)
