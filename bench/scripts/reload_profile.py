@@ -5,7 +5,8 @@ The pod side of `operator-scale` (issue #18 part 4) without the API server and o
 `PUT /config` of N routes (the shape the operator sends: one host, one response-header filter,
 one backend each), then K deltas that each change one route. Prints the dataplane's own
 `compile_ms` (validate + compile, its `config applied` log line) per delta, p50 and max, the
-`PATCH` round trip seen by the client, and the dataplane's RSS.
+`PATCH` round trip seen by the client, the dataplane's CPU time per `PATCH` (from /proc: the
+figure to compare on a loaded machine), and its RSS.
 
 For a profile, run it with `--wrap "perf record -e cpu-clock -g -o FILE --"` or
 `--wrap "valgrind --tool=callgrind --callgrind-out-file=FILE"` (slow: use fewer routes).
@@ -60,6 +61,12 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (with `--wrap`, of the wrapper)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", required=True, help="weir-dataplane binary")
@@ -91,6 +98,7 @@ def main() -> int:
         if s != 200:
             raise SystemExit(f"PUT /config: {s} {body[:500]}")
         at = Path(log.name).stat().st_size
+        cpu0 = cpu_s(p.pid)
         rtt = []
         for k in range(a.changes):
             i = (k * 7919) % a.routes
@@ -102,6 +110,7 @@ def main() -> int:
             rtt.append((time.perf_counter() - t) * 1e3)
             if s != 200:
                 raise SystemExit(f"PATCH /config: {s} {body[:500]}")
+        cpu = cpu_s(p.pid) - cpu0
         rss = rss_mib(p.pid)
         text = Path(log.name).read_bytes()[at:].decode(errors="replace")
         compile_ms = sorted(float(m) for m in re.findall(r"config applied.*compile_ms=([0-9.]+)", text))
@@ -113,6 +122,9 @@ def main() -> int:
             "patch_compile_ms_max": compile_ms[-1] if compile_ms else None,
             "patch_rtt_ms_p50": round(rtt[len(rtt) // 2], 1),
             "patch_rtt_ms_max": round(rtt[-1], 1),
+            # The dataplane's CPU per PATCH (parse, apply, validate, compile, swap, free the
+            # old version): what 50 pods sharing a core add up, whatever the machine's load.
+            "patch_cpu_ms_mean": round(cpu / a.changes * 1e3, 1),
             "rss_mib": round(rss, 1),
             "log": log.name,
         }, indent=1))
