@@ -125,7 +125,6 @@ pub fn changed_exact_hosts(
     Some(hosts)
 }
 
-
 #[cfg(test)]
 mod tests {
     use crate::policy::stages::Stage;
@@ -177,7 +176,11 @@ mod tests {
     #[test]
     fn unchanged_routes_keep_their_compiled_form_and_changed_ones_are_compiled_again() {
         let v1 = compile(
-            snap("v1", &[route("a", "a.test", "a1"), route("b", "b.test", "b1")], 1),
+            snap(
+                "v1",
+                &[route("a", "a.test", "a1"), route("b", "b.test", "b1")],
+                1,
+            ),
             None,
         )
         .unwrap();
@@ -317,13 +320,17 @@ mod tests {
         };
         let mut seed = 7u64;
         let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             seed >> 33
         };
         let mut routes: Vec<Value> = (0..12)
-            .map(|i| json!({"name": format!("r{i}"), "hostnames": hosts(i % 4 + 3), "rules": [{
+            .map(|i| {
+                json!({"name": format!("r{i}"), "hostnames": hosts(i % 4 + 3), "rules": [{
                 "matches": [{"path": {"type": "PathPrefix", "value": format!("/{}", i % 3)}}],
-                "backendRefs": [{"name": "b"}]}]}))
+                "backendRefs": [{"name": "b"}]}]})
+            })
             .collect();
         let mut rt = compile(snap("v0", &routes, 1), None).unwrap();
         let mut names = 12;
@@ -340,8 +347,11 @@ mod tests {
                     routes.remove(i);
                 }
                 1 => {
-                    routes.insert(i, json!({"name": format!("r{names}"), "hostnames": hosts(next()),
-                        "rules": [{"backendRefs": [{"name": "b"}]}]}));
+                    routes.insert(
+                        i,
+                        json!({"name": format!("r{names}"), "hostnames": hosts(next()),
+                        "rules": [{"backendRefs": [{"name": "b"}]}]}),
+                    );
                     names += 1;
                 }
                 2 => routes[i]["hostnames"] = hosts(next()),
@@ -350,8 +360,7 @@ mod tests {
                     routes.swap(i, j)
                 }
                 _ => {
-                    routes[i]["rules"][0]["matches"] =
-                        json!([{"path": {"type": "PathPrefix", "value": format!("/{}", next() % 3)}}])
+                    routes[i]["rules"][0]["matches"] = json!([{"path": {"type": "PathPrefix", "value": format!("/{}", next() % 3)}}])
                 }
             }
             if routes.is_empty() {
@@ -374,8 +383,14 @@ mod tests {
                         headers: &headers,
                         body: None,
                     };
-                    let got = next_rt.router.find(&view).map(|r| (r.route.clone(), r.rule_index));
-                    let want = fresh.router.find(&view).map(|r| (r.route.clone(), r.rule_index));
+                    let got = next_rt
+                        .router
+                        .find(&view)
+                        .map(|r| (r.route.clone(), r.rule_index));
+                    let want = fresh
+                        .router
+                        .find(&view)
+                        .map(|r| (r.route.clone(), r.rule_index));
                     assert_eq!(got, want, "step {step}: {host}{path}");
                 }
             }
