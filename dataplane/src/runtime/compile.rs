@@ -108,7 +108,8 @@ pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
         .collect()
 }
 
-/// Validates and compiles a snapshot. `prev` lets unchanged backends keep their warm pools.
+/// Validates and compiles a snapshot. `prev` lets unchanged backends keep their runtime (warm
+/// pools, health) and unchanged routes their compiled form (see [`crate::runtime::reuse`]).
 /// Reads certificate files; touches nothing else outside the process.
 pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, ConfigError> {
     // Which routes are equal to the previous version's route of the same name: their
