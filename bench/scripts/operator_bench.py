@@ -424,6 +424,14 @@ def versions(ips: list[str], admin: int, token: str) -> set[str | None]:
     return out
 
 
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process from /proc, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process from /proc (clock ticks; the operator's own
     `process_cpu_seconds_total` counts whole seconds only)."""
@@ -553,6 +561,7 @@ def run_scale(b, env, results: dict) -> None:
             time.sleep(3.0)
             rss.append(operator_metrics(mport).get("process_resident_memory_bytes", 0))
         m1, a1, c1 = operator_metrics(mport), apiserver_requests(api), cpu_seconds(op_pid)
+        dp_rss = sorted(rss_mib(p.pid) for p in procs if p.name.startswith("dataplane-"))
         pushes = m1.get('weir_operator_pushes_total{result="ok"}', 0) - m0.get('weir_operator_pushes_total{result="ok"}', 0)
         # Operators that count bytes pushed (full PUTs and PATCH deltas) say so; older ones
         # only ever PUT the whole snapshot, so bytes = pushes x snapshot size.
@@ -585,6 +594,9 @@ def run_scale(b, env, results: dict) -> None:
             "operator_cpu_s_per_change": round((c1 - c0) / n_changes, 3),
             "operator_rss_mib": round(m1.get("process_resident_memory_bytes", 0) / 2**20, 1),
             "operator_rss_max_mib": round(max(rss) / 2**20, 1),
+            # Each dataplane's RSS with every route loaded, after the changes.
+            "dataplane_rss_mib_p50": round(dp_rss[len(dp_rss) // 2], 1),
+            "dataplane_rss_mib_max": round(dp_rss[-1], 1),
             # The bench's own PATCH is one of them (`PATCH proxyroutes`).
             "apiserver_requests_per_change": round(sum(reqs.values()), 1),
             "apiserver_requests_per_change_by_verb_resource": reqs,

@@ -306,7 +306,7 @@ impl Dataplane {
             }
             keep
         });
-        tracing::info!(version = %rt.version, routes = rt.snapshot.routes.len(), backends = rt.backends.len(), compile_ms = format_args!("{compile_ms:.1}"), "config applied");
+        tracing::info!(version = %rt.version, routes = rt.snapshot.routes.len(), routes_reused = rt.reuse.reused, backends = rt.backends.len(), compile_ms = format_args!("{compile_ms:.1}"), "config applied");
         Ok(rt.version.clone())
     }
 

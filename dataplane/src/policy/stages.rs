@@ -56,6 +56,26 @@ impl<'a> PolicyCarry<'a> {
         self.next
     }
 
+    /// Carries the rate-limit and ext-auth state of `route` into the next version, as
+    /// compiling it would ([`RoutePolicy::new`], [`RoutePolicy::for_rule`]); for a route whose
+    /// compiled rules are kept (unchanged), so the state they hold stays carried on.
+    pub fn keep_route(&mut self, route: &Route) {
+        if let Some(r) = &route.rate_limit {
+            self.limiter((route.name.clone(), None), r);
+        }
+        if let Some(a) = &route.ext_auth {
+            self.auth((route.name.clone(), None), a);
+        }
+        for (i, rule) in route.rules.iter().enumerate() {
+            if let Some(r) = &rule.rate_limit {
+                self.limiter((route.name.clone(), Some(i)), r);
+            }
+            if let Some(a) = &rule.ext_auth {
+                self.auth((route.name.clone(), Some(i)), a);
+            }
+        }
+    }
+
     fn limiter(&mut self, scope: Scope, cfg: &RateLimit) -> Arc<RateLimiter> {
         let rt = match self.prev.and_then(|p| p.limiters.get(&scope)) {
             Some((c, rt)) if c == cfg => rt.clone(),

@@ -2,7 +2,8 @@
 
 use crate::policy::filters::HeaderOps;
 use crate::policy::rule::{RuleRt, Target};
-use crate::route::router::Router;
+use crate::route::router::{Reuse, RouteConds, Router};
+use crate::runtime::reuse;
 use crate::telemetry::metrics::{metrics, ListenerMetrics, RouteMetrics};
 use crate::upstream::backend::BackendRt;
 use std::collections::HashMap;
@@ -51,6 +52,12 @@ pub struct Runtime {
     /// empty otherwise and `router` serves every listener.
     pub listener_routers: HashMap<String, Router>,
     pub backends: HashMap<String, Arc<BackendRt>>,
+    /// The compiled form of each route, in the order of `snapshot.routes`; the next version
+    /// keeps those of its unchanged routes (see [`compile`]).
+    pub routes: Vec<CompiledRoute>,
+    /// How many routes this version took compiled from the previous one, and how many it
+    /// compiled (`config applied` log line, tests).
+    pub reuse: ReuseCounts,
     pub listeners: Vec<ListenerRt>,
     /// The certificate files as they were when this runtime read them.
     pub cert_stamps: Vec<CertStamp>,
@@ -63,6 +70,21 @@ impl Runtime {
     pub fn router_for(&self, listener: &str) -> &Router {
         self.listener_routers.get(listener).unwrap_or(&self.router)
     }
+}
+
+/// One route, compiled: its rules' runtime (backends, filters, policy stages, metric handles)
+/// and its match conditions (regexes included).
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    pub rules: Vec<Arc<RuleRt>>,
+    pub conds: Arc<RouteConds>,
+}
+
+/// Routes taken compiled from the previous version, and routes compiled anew.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReuseCounts {
+    pub reused: usize,
+    pub compiled: usize,
 }
 
 /// (path, length and modification time) of a certificate or key file.
@@ -86,10 +108,14 @@ pub fn cert_stamps(snap: &Snapshot) -> Vec<CertStamp> {
         .collect()
 }
 
-/// Validates and compiles a snapshot. `prev` lets unchanged backends keep their warm pools.
+/// Validates and compiles a snapshot. `prev` lets unchanged backends keep their runtime (warm
+/// pools, health) and unchanged routes their compiled form (see [`crate::runtime::reuse`]).
 /// Reads certificate files; touches nothing else outside the process.
 pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, ConfigError> {
-    snapshot.validate()?;
+    // Which routes are equal to the previous version's route of the same name: their
+    // validation and compiled form carry over (see `runtime::reuse`).
+    let unchanged = reuse::unchanged_routes(&snapshot, prev.map(|p| p.snapshot.as_ref()));
+    reuse::validate(&snapshot, prev.map(|p| p.snapshot.as_ref()), &unchanged)?;
     let mut errs = Errors::default();
     // Taken before the files are read, so a change during the read is seen later.
     let cert_stamps = cert_stamps(&snapshot);
@@ -152,9 +178,16 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
     }
 
     let mut backends = HashMap::new();
+    // Unchanged backends keep their runtime itself (pools, health, breaker, balancer).
+    let mut backends_changed = prev.is_none_or(|p| p.backends.len() != snapshot.backends.len());
     for (name, b) in &snapshot.backends {
-        let prev_b = prev.and_then(|p| p.backends.get(name)).map(|b| b.as_ref());
-        match BackendRt::new(name, b, prev_b) {
+        let prev_b = prev.and_then(|p| p.backends.get(name));
+        if let Some(rt) = prev_b.filter(|rt| rt.config == *b) {
+            backends.insert(name.clone(), rt.clone());
+            continue;
+        }
+        backends_changed = true;
+        match BackendRt::new(name, b, prev_b.map(|b| b.as_ref())) {
             Ok(rt) => {
                 backends.insert(name.clone(), Arc::new(rt));
             }
@@ -162,7 +195,16 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         }
     }
 
-    let mut rules = Vec::new();
+    // Routes equal to the previous version's route of the same name keep their compiled
+    // form (rules, conditions, metric handles). Only when every backend kept its runtime:
+    // a rule holds its backends' `Arc`s (targets, mirrors, KairosDB), so after a backend
+    // change every route is compiled again, as before.
+    // Measured (BENCHMARKS.md, "control plane at scale"): a one-route `PATCH` at 10,000
+    // routes spent most of its ~450 ms compiling, and freeing, the 9,999 unchanged routes.
+    let mut compiled: Vec<CompiledRoute> = Vec::with_capacity(snapshot.routes.len());
+    // For each route, the previous version's index of the compiled form it kept.
+    let mut kept_from: Vec<Option<usize>> = Vec::with_capacity(snapshot.routes.len());
+    let mut cond_errs = Errors::default();
     // One set of request metric handles per (route, backend) pair, shared by its rules.
     let mut pair_metrics: HashMap<(String, String), Arc<RouteMetrics>> = HashMap::new();
     let mut pair = |route: &str, backend: &str| {
@@ -173,7 +215,18 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
     };
     // Rate-limit buckets and ext-auth caches/breakers of unchanged policies are kept.
     let mut policy_carry = crate::policy::stages::PolicyCarry::new(prev.map(|p| &p.policies));
-    for route in &snapshot.routes {
+    for (ri, route) in snapshot.routes.iter().enumerate() {
+        let kept = unchanged[ri]
+            .filter(|_| !backends_changed)
+            .and_then(|j| Some((j, prev?.routes.get(j)?.clone())));
+        if let Some((j, c)) = kept {
+            // The kept rules hold their rate limiters and ext-auth runtimes; the next
+            // version must know them too.
+            policy_carry.keep_route(route);
+            compiled.push(c);
+            kept_from.push(Some(j));
+            continue;
+        }
         let route_name: Arc<str> = route.name.as_str().into();
         let mut per_route = Vec::new();
         let route_policy = crate::policy::stages::RoutePolicy::new(route, &mut policy_carry);
@@ -222,18 +275,35 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
                 ),
             }));
         }
-        rules.push(per_route);
+        compiled.push(CompiledRoute {
+            rules: per_route,
+            conds: Arc::new(RouteConds::compile(ri, route, &mut cond_errs)),
+        });
+        kept_from.push(None);
     }
-    let router = match Router::build(&snapshot.routes, &rules) {
-        Ok(r) => r,
-        Err(e) => {
-            errs.0.extend(e.errors);
+    let reuse = ReuseCounts {
+        reused: kept_from.iter().flatten().count(),
+        compiled: kept_from.iter().filter(|k| k.is_none()).count(),
+    };
+    let rules: Vec<Vec<Arc<RuleRt>>> = compiled.iter().map(|c| c.rules.clone()).collect();
+    let router = match cond_errs.is_empty() {
+        true => {
+            let conds: Vec<Arc<RouteConds>> = compiled.iter().map(|c| c.conds.clone()).collect();
+            let hosts = prev.and_then(|p| reuse::changed_exact_hosts(&snapshot, p, &kept_from));
+            let reuse = prev.zip(hosts.as_ref()).map(|(p, hosts)| Reuse {
+                prev: &p.router,
+                hosts,
+            });
+            Router::assemble(&snapshot.routes, &conds, &rules, reuse)
+        }
+        false => {
+            errs.0.extend(cond_errs.0);
             Router::default()
         }
     };
     // Built only from routes that compiled: their errors are reported once, above.
     let listener_routers = match errs.is_empty() {
-        true => crate::runtime::listener_routes::listener_routers(&snapshot, &rules)?,
+        true => crate::runtime::listener_routes::listener_routers(&snapshot, &compiled),
         false => HashMap::new(),
     };
     errs.into_result()?;
@@ -248,6 +318,8 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         router,
         listener_routers,
         backends,
+        routes: compiled,
+        reuse,
         listeners,
         cert_stamps,
         policies: policy_carry.finish(),

@@ -1,10 +1,9 @@
 //! Routes bound to listeners (`routes[].listeners`): one routing table per listener.
 
-use crate::policy::rule::RuleRt;
 use crate::route::router::Router;
+use crate::runtime::compile::CompiledRoute;
 use std::collections::HashMap;
-use std::sync::Arc;
-use weir_config::{ConfigError, Snapshot};
+use weir_config::Snapshot;
 
 /// One router per listener when some route is bound to listeners (`routes[].listeners`), each
 /// built from the routes served there; empty when no route is bound, and the one router of
@@ -12,24 +11,27 @@ use weir_config::{ConfigError, Snapshot};
 ///
 /// Separate tables rather than a listener check on every candidate: lookups stay what they
 /// were, and a route bound elsewhere is simply absent, never shadowing the candidates behind it.
-pub fn listener_routers(
-    snap: &Snapshot,
-    rules: &[Vec<Arc<RuleRt>>],
-) -> Result<HashMap<String, Router>, ConfigError> {
+pub fn listener_routers(snap: &Snapshot, compiled: &[CompiledRoute]) -> HashMap<String, Router> {
     let mut out = HashMap::new();
     if snap.routes.iter().all(|r| r.listeners.is_empty()) {
-        return Ok(out);
+        return out;
     }
     for l in &snap.listeners {
-        let (routes, rules): (Vec<_>, Vec<_>) = snap
-            .routes
-            .iter()
-            .zip(rules)
-            .filter(|(route, _)| route.listeners.is_empty() || route.listeners.contains(&l.name))
-            .map(|(route, rules)| (route.clone(), rules.clone()))
-            .unzip();
+        let mut routes = Vec::new();
+        let mut conds = Vec::new();
+        let mut rules = Vec::new();
+        for (route, c) in snap.routes.iter().zip(compiled) {
+            if route.listeners.is_empty() || route.listeners.contains(&l.name) {
+                routes.push(route.clone());
+                conds.push(c.conds.clone());
+                rules.push(c.rules.clone());
+            }
+        }
         // Declaration order is kept, so precedence ties break as in the full table.
-        out.insert(l.name.clone(), Router::build(&routes, &rules)?);
+        out.insert(
+            l.name.clone(),
+            Router::assemble(&routes, &conds, &rules, None),
+        );
     }
-    Ok(out)
+    out
 }

@@ -4,5 +4,6 @@
 pub mod compile;
 pub mod listener_routes;
 pub mod pod_ip;
+pub mod reuse;
 
 pub use compile::*;

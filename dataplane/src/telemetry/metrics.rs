@@ -665,6 +665,14 @@ pub const LATENCY_BOUNDS: [f64; LATENCY_BUCKETS.len()] = LATENCY_BUCKETS;
 pub struct RouteMetrics {
     pub route: Arc<str>,
     pub backend: Arc<str>,
+    /// Allocated on the pair's first request: the slots are ~2.9 KB and every route has two
+    /// pairs (its backend, and `-`), which was ~60 MB of a 10,000-route pod's RSS while most
+    /// routes of a big config see no traffic (BENCHMARKS.md, "control plane at scale").
+    slots: OnceLock<Box<Slots>>,
+}
+
+/// The handles of one (route, backend) pair, each resolved on its first use.
+struct Slots {
     requests: [OnceLock<IntCounter>; N_REQ],
     duration: [OnceLock<Histogram>; 3],
     request_size: [OnceLock<Histogram>; 3],
@@ -698,12 +706,20 @@ impl RouteMetrics {
         RouteMetrics {
             route: route.into(),
             backend: backend.into(),
-            requests: std::array::from_fn(|_| OnceLock::new()),
-            duration: std::array::from_fn(|_| OnceLock::new()),
-            request_size: std::array::from_fn(|_| OnceLock::new()),
-            response_size: std::array::from_fn(|_| OnceLock::new()),
-            errors: std::array::from_fn(|_| OnceLock::new()),
+            slots: OnceLock::new(),
         }
+    }
+
+    fn slots(&self) -> &Slots {
+        self.slots.get_or_init(|| {
+            Box::new(Slots {
+                requests: std::array::from_fn(|_| OnceLock::new()),
+                duration: std::array::from_fn(|_| OnceLock::new()),
+                request_size: std::array::from_fn(|_| OnceLock::new()),
+                response_size: std::array::from_fn(|_| OnceLock::new()),
+                errors: std::array::from_fn(|_| OnceLock::new()),
+            })
+        })
     }
 
     fn histogram<'a>(
@@ -718,7 +734,7 @@ impl RouteMetrics {
     }
 
     fn error(&self, kind: usize) {
-        if let Some(slot) = self.errors.get(kind) {
+        if let Some(slot) = self.slots().errors.get(kind) {
             slot.get_or_init(|| {
                 metrics()
                     .errors
@@ -734,7 +750,8 @@ impl RouteMetrics {
         let class = status_class_index(f.status);
         let i =
             (p * METHODS.len() + f.method.min(METHODS.len() - 1)) * STATUS_CLASSES.len() + class;
-        self.requests[i]
+        let slots = self.slots();
+        slots.requests[i]
             .get_or_init(|| {
                 m.requests.with_label_values(&[
                     &self.route,
@@ -745,11 +762,11 @@ impl RouteMetrics {
                 ])
             })
             .inc();
-        self.histogram(&self.duration[p], &m.duration, p)
+        self.histogram(&slots.duration[p], &m.duration, p)
             .observe(f.duration.as_secs_f64());
-        self.histogram(&self.request_size[p], &m.request_size, p)
+        self.histogram(&slots.request_size[p], &m.request_size, p)
             .observe(f.bytes_in as f64);
-        self.histogram(&self.response_size[p], &m.response_size, p)
+        self.histogram(&slots.response_size[p], &m.response_size, p)
             .observe(f.bytes_out as f64);
         if let Some(kind) = f.error {
             self.error(kind);
