@@ -174,7 +174,9 @@ pub async fn run(
         tasks: HashMap::new(),
         known: Default::default(),
     };
-    let mut history: VecDeque<(String, BTreeMap<String, i64>)> = VecDeque::new();
+    // One content map per snapshot version, shared (`Arc`) by every pod that runs it: at 10,000
+    // routes × 50 pods, cloning each pod's map every round was 500,000 `String` clones.
+    let mut history: VecDeque<(String, Arc<BTreeMap<String, i64>>)> = VecDeque::new();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -285,7 +287,7 @@ pub async fn run(
         if !history.iter().any(|(v, _)| *v == version) {
             let mut contents = compiled.contents();
             contents.extend(gw.iter().flat_map(|g| g.contents()));
-            history.push_back((version.clone(), contents));
+            history.push_back((version.clone(), Arc::new(contents)));
             while history.len() > 32 {
                 history.pop_front();
             }
@@ -342,7 +344,7 @@ pub async fn run(
                             history
                                 .iter()
                                 .find(|(v, _)| *v == acked)
-                                .map(|(_, c)| c.clone())
+                                .map(|(_, c)| Arc::clone(c))
                         })
                         .collect(),
                     health: targets

@@ -384,7 +384,10 @@ mod tests {
     fn pods(programmed: bool) -> PodProgress {
         let gen = if programmed { 1 } else { 0 };
         PodProgress {
-            pods: vec![Some(BTreeMap::from([("ProxyRoute:ns/r".to_string(), gen)]))],
+            pods: vec![Some(std::sync::Arc::new(BTreeMap::from([(
+                "ProxyRoute:ns/r".to_string(),
+                gen,
+            )])))],
             health: vec![None],
             rejected: vec![],
             sinks: vec![None],

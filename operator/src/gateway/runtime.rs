@@ -738,8 +738,13 @@ mod tests {
             conditions: vec![programmed(true, 2)],
             ..Default::default()
         };
-        let with = |v: i64| Some(BTreeMap::from([("Gateway:infra/gw".to_string(), v)]));
-        let pods = |p: Vec<Option<BTreeMap<String, i64>>>| PodProgress {
+        let with = |v: i64| {
+            Some(std::sync::Arc::new(BTreeMap::from([(
+                "Gateway:infra/gw".to_string(),
+                v,
+            )])))
+        };
+        let pods = |p: Vec<Option<std::sync::Arc<BTreeMap<String, i64>>>>| PodProgress {
             pods: p,
             ..Default::default()
         };
