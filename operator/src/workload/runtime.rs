@@ -18,9 +18,7 @@ use crate::compile::{ObjKey, SecretIndex, ServiceIndex};
 use crate::controller::{now_rfc3339, spawn_reflector, spawn_reflector_with};
 use crate::crd::{Backend, ProxyRoute, WorkloadAttachmentStatus};
 use crate::error::Error;
-use crate::inject::patch::{
-    ANN_SNAPSHOT, ANN_SNAPSHOT_KEY, LABEL_SIDECAR, LABEL_SIDECAR_VALUE, SNAPSHOT_SECRET,
-};
+use crate::inject::patch::{ANN_SNAPSHOT, ANN_SNAPSHOT_KEY, LABEL_SIDECAR, LABEL_SIDECAR_VALUE};
 use crate::metrics::METRICS;
 use crate::push::{call, host_port, HttpClient};
 use futures_util::StreamExt;
@@ -397,19 +395,9 @@ pub async fn run(
         for (ns, e) in &entries {
             let fitted = snapshots::fit(e, snapshots::MAX_SECRET_BYTES);
             for (key, size) in &fitted.left_out {
-                let why = format!(
-                    "workload key {key}: its snapshot takes {size} bytes, {} bytes of the 1 MiB of Secret {ns}/{SNAPSHOT_SECRET} are taken by {} smaller workload(s)",
-                    fitted.size,
-                    fitted.data.len()
-                );
                 tracing::warn!(namespace = %ns, key = %key, bytes = size, "SnapshotTooLarge: a workload's snapshot left out of the sidecar snapshot Secret (its sidecars are still pushed to)");
-                for p in sidecars
-                    .iter()
-                    .filter(|p| &p.namespace == ns && p.snapshot_key.as_ref() == Some(key))
-                {
-                    too_large.insert(p.key(), why.clone());
-                }
             }
+            too_large.extend(snapshots::left_out_pods(ns, &fitted, &sidecars));
             let versions: BTreeMap<String, String> = e
                 .iter()
                 .filter(|(k, _)| fitted.data.contains_key(*k))

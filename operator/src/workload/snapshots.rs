@@ -11,6 +11,8 @@
 //! out; their pods are still programmed by push, and their routes report
 //! `Persisted=False`, reason `SnapshotTooLarge`.
 
+use super::compile::SidecarPod;
+use crate::compile::ObjKey;
 use crate::error::Error;
 use crate::inject::patch::SNAPSHOT_SECRET;
 use k8s_openapi::api::core::v1::Secret;
@@ -88,6 +90,26 @@ pub async fn write(
             Ok(true)
         }
     }
+}
+
+/// The pods of namespace `ns` whose workload's entry [`fit`] left out: pod -> why (their
+/// routes report `Persisted=False`, reason `SnapshotTooLarge`).
+pub fn left_out_pods(ns: &str, fitted: &Fitted, pods: &[SidecarPod]) -> BTreeMap<ObjKey, String> {
+    let mut out = BTreeMap::new();
+    for (key, size) in &fitted.left_out {
+        let why = format!(
+            "workload key {key}: its snapshot takes {size} bytes; {} of the {MAX_SECRET_BYTES} bytes of Secret {ns}/{SNAPSHOT_SECRET} hold {} smaller workload(s)",
+            fitted.size,
+            fitted.data.len()
+        );
+        for p in pods
+            .iter()
+            .filter(|p| p.namespace == ns && p.snapshot_key.as_ref() == Some(key))
+        {
+            out.insert(p.key(), why.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]

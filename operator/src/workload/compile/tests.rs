@@ -441,3 +441,65 @@ impl Plan {
         &self.pods[k]
     }
 }
+
+/// A namespace whose workloads' snapshots exceed what one Secret holds: the workload that does
+/// not fit is left out of the Secret (the rest is written), and its routes say so
+/// (`Persisted=False`, `SnapshotTooLarge`), while every pod still gets its snapshot to push.
+#[test]
+fn snapshot_too_large_for_the_secret_is_reported() {
+    use crate::workload::snapshots::{fit, left_out_pods, MAX_SECRET_BYTES};
+    let (pods, mut case) = load("attach-and-conflict");
+    // shop/payments (used by the web pods' route) gets 60,000 endpoints: over 1 MiB of JSON.
+    let payments = case
+        .backends
+        .iter_mut()
+        .find(|b| b.metadata.name.as_deref() == Some("payments"))
+        .expect("payments Backend");
+    payments.spec.endpoints = (0..60_000)
+        .map(|i| crate::crd::StaticEndpoint {
+            address: format!("10.{}.{}.{}:8080", i / 65536, i / 256 % 256, i % 256),
+            weight: 1,
+        })
+        .collect();
+    let plan = plan_of(&pods, &case);
+    let PodPlan::Snapshot(web) = &plan.pods["shop/web-1"] else {
+        panic!("web-1 has no snapshot")
+    };
+    let web_bytes = serde_json::to_vec(&**web).expect("json").len();
+    assert!(web_bytes > MAX_SECRET_BYTES, "{web_bytes} bytes");
+
+    let entries = secret_entries(&pods, &plan);
+    let fitted = fit(&entries["shop"], MAX_SECRET_BYTES);
+    let web_key = pods[0].snapshot_key.clone().expect("key");
+    assert!(fitted.left_out.contains_key(&web_key));
+    assert_eq!(fitted.data.len(), 1, "the worker's entry is still written");
+    let too_large = left_out_pods("shop", &fitted, &pods);
+    assert_eq!(
+        too_large.keys().cloned().collect::<Vec<_>>(),
+        vec!["shop/web-1".to_string(), "shop/web-2".to_string()]
+    );
+    let facts = crate::workload::status::PodFacts {
+        programmed: plan.pods.keys().cloned().collect(),
+        too_large,
+    };
+    let st = attachment_status(&plan.routes["shop/payments"], &facts, None, "t");
+    let p = cond_of(&st, "Persisted");
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("False", "SnapshotTooLarge")
+    );
+    assert!(
+        p.message.contains("2 of 2 attached pod(s)"),
+        "{}",
+        p.message
+    );
+    assert!(
+        p.message.contains(&format!("workload key {web_key}")),
+        "{}",
+        p.message
+    );
+    // Live pushes are unaffected: the route is programmed on both pods.
+    assert_eq!(cond_of(&st, "Programmed").status, "True");
+    let st = attachment_status(&plan.routes["shop/audit"], &facts, None, "t");
+    assert_eq!(cond_of(&st, "Persisted").status, "True");
+}
