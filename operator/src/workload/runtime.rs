@@ -59,68 +59,76 @@ struct Workloads {
     daemonsets: Store<DaemonSet>,
 }
 
-impl Workloads {
-    fn start(client: &kube::Client, ns: Option<&str>, notify: &Arc<Notify>) -> Self {
-        fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
-        where
-            K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
-            K::DynamicType: Default,
-        {
-            match ns {
-                Some(ns) => Api::namespaced(client.clone(), ns),
-                None => Api::all(client.clone()),
-            }
-        }
-        fn strip_meta(m: &mut kube::api::ObjectMeta) {
+/// A watch of one workload kind (namespaced, `K::DynamicType = ()`), whose objects keep only
+/// their metadata (without managed fields and annotations) and what `strip` leaves.
+fn watch_workloads<K>(
+    client: &kube::Client,
+    ns: Option<&str>,
+    notify: &Arc<Notify>,
+    what: &'static str,
+    mut strip: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Status-only updates (replica counts, all through a rollout) leave the generation as it
+    // was: they go to this sink instead of waking the task, since only spec.selector is read.
+    let ignore = Some(Arc::new(Notify::new()));
+    let wc = watcher::Config::default().any_semantic();
+    spawn_reflector_with(
+        api,
+        wc,
+        (),
+        notify.clone(),
+        ignore,
+        what,
+        move |k: &mut K| {
+            let m = k.meta_mut();
             m.managed_fields = None;
             m.annotations = None;
-        }
-        let wc = watcher::Config::default().any_semantic();
-        // Status-only updates (replica counts, all through a rollout) leave the generation as
-        // it was: they go to this sink instead of waking the task, since only spec.selector
-        // is read.
-        let ignore = || Some(Arc::new(Notify::new()));
+            strip(k)
+        },
+    )
+}
+
+impl Workloads {
+    fn start(client: &kube::Client, ns: Option<&str>, notify: &Arc<Notify>) -> Self {
         Self {
-            deployments: spawn_reflector_with(
-                api(client, ns),
-                wc.clone(),
-                (),
-                notify.clone(),
-                ignore(),
+            deployments: watch_workloads(
+                client,
+                ns,
+                notify,
                 "deployments",
                 |d: &mut Deployment| {
-                    strip_meta(&mut d.metadata);
                     d.status = None;
                     d.spec.template = Default::default();
                 },
             ),
-            statefulsets: spawn_reflector_with(
-                api(client, ns),
-                wc.clone(),
-                (),
-                notify.clone(),
-                ignore(),
+            statefulsets: watch_workloads(
+                client,
+                ns,
+                notify,
                 "statefulsets",
                 |d: &mut StatefulSet| {
-                    strip_meta(&mut d.metadata);
                     d.status = None;
                     d.spec.template = Default::default();
                     d.spec.volume_claim_templates = None;
                 },
             ),
-            daemonsets: spawn_reflector_with(
-                api(client, ns),
-                wc,
-                (),
-                notify.clone(),
-                ignore(),
-                "daemonsets",
-                |d: &mut DaemonSet| {
-                    strip_meta(&mut d.metadata);
-                    d.status = None;
-                    d.spec.template = Default::default();
-                },
-            ),
+            daemonsets: watch_workloads(client, ns, notify, "daemonsets", |d: &mut DaemonSet| {
+                d.status = None;
+                d.spec.template = Default::default();
+            }),
         }
     }
 
