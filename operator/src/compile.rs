@@ -417,6 +417,7 @@ fn route_json(r: &ProxyRoute) -> serde_json::Value {
         obj.remove("tls");
         // Which pods serve the route is the operator's business, not the dataplane's.
         obj.remove("workloadSelector");
+        obj.remove("targetRefs");
         obj.insert("name".into(), obj_key(r).into());
         for rule in obj
             .get_mut("rules")

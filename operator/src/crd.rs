@@ -100,6 +100,34 @@ pub struct ProxyRouteSpec {
     /// not part of the fleet's snapshot. Unset: the route is served by the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<WorkloadSelector>,
+    /// Attaches the route to the pods of workloads in the route's namespace: a Deployment,
+    /// StatefulSet or DaemonSet (group `apps`) by its `spec.selector` (`matchLabels` and
+    /// `matchExpressions`), a Service (core group, `group` empty or unset) by its
+    /// `spec.selector`. Their pods' sidecars serve the route as with `workloadSelector`; each
+    /// ref reports `ResolvedRefs` in `status.workloads.targetRefs`. Set this or
+    /// `workloadSelector`, not both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<WorkloadRef>,
+}
+
+/// A workload in the route's namespace whose pods serve the route.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// API group: `apps` for Deployment, StatefulSet and DaemonSet; empty or unset for Service
+    /// (the core group).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 253))]
+    pub group: String,
+    /// `Deployment`, `StatefulSet`, `DaemonSet` or `Service` (others are reported as
+    /// `UnsupportedKind`).
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// The object's name, in the route's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Pods (in the route's namespace) whose sidecars serve an attached route.
@@ -135,6 +163,29 @@ pub struct WorkloadAttachmentStatus {
     /// Pods where the route lost a conflict (`name`), sorted; at most 50 listed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conflicted_pods: Vec<String>,
+    /// One entry per `spec.targetRefs[i]`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<TargetRefStatus>,
+}
+
+/// How one `spec.targetRefs[i]` resolved.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRefStatus {
+    /// The ref as written.
+    #[serde(flatten)]
+    pub target: WorkloadRef,
+    /// `ResolvedRefs`: `True` when the target exists and selects pods with the sidecar;
+    /// `False` with `TargetNotFound`, `UnsupportedKind`, `InvalidSelector` or `NoPods` (the
+    /// message names the field path, `spec.targetRefs[i]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Pods with the sidecar that the target selects.
+    #[serde(default)]
+    pub selected_pods: u32,
+    /// Of those, pods whose snapshot contains the route.
+    #[serde(default)]
+    pub attached_pods: u32,
 }
 
 /// TLS certificates of a route.

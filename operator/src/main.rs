@@ -117,7 +117,7 @@ struct RunArgs {
     #[arg(long, default_value = "/etc/weir/injector/settings.json")]
     injector_settings: PathBuf,
     /// Program the injected sidecars: their inbound listener plus the ProxyRoutes attached to
-    /// their workload (`spec.workloadSelector`), pushed to each sidecar with its namespace's
+    /// their workload (`spec.workloadSelector`, `spec.targetRefs`), pushed to each sidecar with its namespace's
     /// token (Secret `weir-sidecar-token`, created when missing). Off: attached routes are
     /// served by the fleet like the others.
     #[arg(long, env = "WEIR_SIDECARS", default_value_t = false, action = clap::ArgAction::Set)]

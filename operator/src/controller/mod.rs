@@ -18,8 +18,8 @@ mod status_writer;
 mod watch;
 
 pub use run::run;
-pub(crate) use watch::spawn_reflector;
 pub use watch::{endpoint_slice_resource, ready_pods, service_index_of};
+pub(crate) use watch::{spawn_reflector, spawn_reflector_with};
 
 use crate::lease::LeaseConfig;
 use crate::push::PusherConfig;

@@ -235,8 +235,8 @@ pub async fn run(
         }
 
         let t0 = std::time::Instant::now();
-        // Routes attached to workloads (`spec.workloadSelector`) are served by those pods'
-        // sidecars, not by the fleet: they go to the workload task instead.
+        // Routes attached to workloads (`spec.workloadSelector`, `spec.targetRefs`) are served
+        // by those pods' sidecars, not by the fleet: they go to the workload task instead.
         let (attached, route_objs): (Vec<ProxyRoute>, Vec<ProxyRoute>) = routes
             .state()
             .iter()
@@ -281,6 +281,7 @@ pub async fn run(
                 backends: backend_objs.clone(),
                 services: idx.clone(),
                 secrets: secrets_idx.clone(),
+                service_objects: services.state(),
             }));
         }
         let version = compiled.snapshot.version.clone();

@@ -37,9 +37,27 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
+    spawn_reflector_with(api, cfg, dyntype, notify, status_only, what, |_| {})
+}
+
+/// [`spawn_reflector`] whose objects pass through `strip` before they are stored: a watch of
+/// big objects of which little is read (a Deployment's pod template) keeps only that little.
+pub(crate) fn spawn_reflector_with<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    dyntype: K::DynamicType,
+    notify: Arc<Notify>,
+    status_only: Option<Arc<Notify>>,
+    what: &'static str,
+    strip: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+{
     let writer = Writer::new(dyntype);
     let store = writer.as_reader();
-    let stream = reflector::reflector(writer, watcher(api, cfg)).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, cfg).modify(strip)).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut seen = SpecVersions::default();

@@ -9,8 +9,9 @@
 //! means exactly what it means on the fleet. Pods with the same boot snapshot and the same
 //! attached routes (the replicas of one workload) share one compile.
 
+use super::targets::{self, Resolved, TargetIndex, Unresolved};
 use crate::compile::{self, ObjKey, SecretIndex, ServiceIndex};
-use crate::crd::{Backend, ProxyRoute, RouteMatch};
+use crate::crd::{Backend, ProxyRoute, RouteMatch, WorkloadRef};
 use crate::inject::patch::{INBOUND_LISTENER, OUTBOUND_LISTENER};
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,7 +38,7 @@ impl SidecarPod {
 }
 
 /// What to compile. `routes` may hold every ProxyRoute: those without `spec.workloadSelector`
-/// are ignored.
+/// or `spec.targetRefs` are ignored.
 #[derive(Clone, Copy)]
 pub struct Inputs<'a> {
     pub pods: &'a [SidecarPod],
@@ -45,6 +46,8 @@ pub struct Inputs<'a> {
     pub backends: &'a [Backend],
     pub services: &'a ServiceIndex,
     pub secrets: &'a SecretIndex,
+    /// What each Deployment, StatefulSet, DaemonSet and Service selects, for `spec.targetRefs`.
+    pub targets: &'a TargetIndex,
 }
 
 /// One pod's outcome.
@@ -67,6 +70,19 @@ pub struct Attachment {
     pub conflicts: BTreeMap<ObjKey, String>,
     /// Spec or reference problems (the route is in no snapshot), with field paths.
     pub invalid: Vec<FieldError>,
+    /// One per `spec.targetRefs[i]`, in order.
+    pub refs: Vec<RefAttachment>,
+}
+
+/// One `spec.targetRefs[i]` of an attached route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefAttachment {
+    pub target: WorkloadRef,
+    /// `Ok`: the target selects `selected`, at least one pod; `Err`: why it selects none (the
+    /// message names `spec.targetRefs[i]`).
+    pub resolved: Result<(), (Unresolved, String)>,
+    /// Sidecar pods (`ns/name`) the target selects.
+    pub selected: BTreeSet<ObjKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -78,17 +94,36 @@ pub struct Plan {
 
 /// Is this route attached to workloads (and so not part of the fleet's snapshot)?
 pub fn is_attached(r: &ProxyRoute) -> bool {
-    r.spec.workload_selector.is_some()
+    r.spec.workload_selector.is_some() || !r.spec.target_refs.is_empty()
 }
 
-fn selects(r: &ProxyRoute, pod: &SidecarPod) -> bool {
-    r.namespace().as_deref() == Some(pod.namespace.as_str())
-        && r.spec.workload_selector.as_ref().is_some_and(|s| {
+/// Does the route (its selector, or one of its resolved `refs`) select the pod? A route that
+/// sets both selects nothing (it is reported `Invalid`).
+fn selects(r: &ProxyRoute, refs: &[Resolved], pod: &SidecarPod) -> bool {
+    if r.namespace().as_deref() != Some(pod.namespace.as_str()) {
+        return false;
+    }
+    match (&r.spec.workload_selector, refs) {
+        (Some(s), []) => {
             !s.match_labels.is_empty()
                 && s.match_labels
                     .iter()
                     .all(|(k, v)| pod.labels.get(k) == Some(v))
-        })
+        }
+        (None, refs) => refs.iter().any(|x| x.selects(&pod.labels)),
+        (Some(_), _) => false,
+    }
+}
+
+/// Set both ways of attaching, the route is ambiguous: which pods did the user mean, the
+/// union or the intersection? Refused rather than guessed.
+fn both_set(r: &ProxyRoute) -> Option<FieldError> {
+    (r.spec.workload_selector.is_some() && !r.spec.target_refs.is_empty()).then(|| {
+        FieldError::new(
+            "spec.targetRefs",
+            "set either spec.workloadSelector or spec.targetRefs, not both",
+        )
+    })
 }
 
 /// `(host, canonical match)`: what two routes must not both claim on one pod.
@@ -140,15 +175,27 @@ pub fn compile(inputs: Inputs<'_>) -> Plan {
     let mut attached: Vec<&ProxyRoute> = inputs.routes.iter().filter(|r| is_attached(r)).collect();
     // Oldest first: on a conflict the older route keeps the claim (as Gateway API does).
     attached.sort_by_key(|r| compile::route_order(r));
+    let mut resolved: BTreeMap<ObjKey, Vec<Resolved>> = BTreeMap::new();
     for r in &attached {
-        let k = compile::key(&r.namespace().unwrap_or_default(), &r.name_any());
+        let k = key_of(r);
+        let refs = targets::resolve(r, inputs.targets);
         plan.routes.insert(
-            k,
+            k.clone(),
             Attachment {
                 generation: r.metadata.generation,
+                invalid: both_set(r).into_iter().collect(),
+                refs: refs
+                    .iter()
+                    .map(|x| RefAttachment {
+                        target: x.target.clone(),
+                        resolved: x.selector.as_ref().map(|_| ()).map_err(Clone::clone),
+                        selected: BTreeSet::new(),
+                    })
+                    .collect(),
                 ..Default::default()
             },
         );
+        resolved.insert(k, refs);
     }
     let claims_of: BTreeMap<ObjKey, Vec<(Claim, String)>> =
         attached.iter().map(|r| (key_of(r), claims(r))).collect();
@@ -158,6 +205,20 @@ pub fn compile(inputs: Inputs<'_>) -> Plan {
     let mut groups: BTreeMap<Group, Vec<ObjKey>> = BTreeMap::new();
     for pod in inputs.pods {
         let pk = pod.key();
+        // Which refs select the pod, for their status (before any reason to skip the pod).
+        for r in &attached {
+            let rk = key_of(r);
+            if r.namespace().as_deref() != Some(pod.namespace.as_str()) {
+                continue;
+            }
+            if let Some(a) = plan.routes.get_mut(&rk) {
+                for (x, ra) in resolved[&rk].iter().zip(a.refs.iter_mut()) {
+                    if x.selects(&pod.labels) {
+                        ra.selected.insert(pk.clone());
+                    }
+                }
+            }
+        }
         let Some(boot) = pod.boot.clone() else {
             plan.pods.insert(
                 pk,
@@ -167,8 +228,11 @@ pub fn compile(inputs: Inputs<'_>) -> Plan {
         };
         let mut taken: BTreeMap<Claim, ObjKey> = BTreeMap::new();
         let mut kept = Vec::new();
-        for r in attached.iter().filter(|r| selects(r, pod)) {
+        for r in &attached {
             let rk = key_of(r);
+            if !selects(r, &resolved[&rk], pod) {
+                continue;
+            }
             let mine = &claims_of[&rk];
             if let Some((claim, path, other)) = mine
                 .iter()
@@ -193,6 +257,19 @@ pub fn compile(inputs: Inputs<'_>) -> Plan {
             kept.push(rk);
         }
         groups.entry((boot, kept)).or_default().push(pk);
+    }
+    for a in plan.routes.values_mut() {
+        for (i, ra) in a.refs.iter_mut().enumerate() {
+            if ra.resolved.is_ok() && ra.selected.is_empty() {
+                ra.resolved = Err((
+                    Unresolved::NoPods,
+                    format!(
+                        "spec.targetRefs[{i}]: {} {} selects no pod with the Weir sidecar (is its namespace labelled weir.dev/inject=enabled, and the workload restarted since?)",
+                        ra.target.kind, ra.target.name
+                    ),
+                ));
+            }
+        }
     }
 
     for ((boot, kept), pods) in groups {

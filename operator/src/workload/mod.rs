@@ -18,6 +18,7 @@ pub mod compile;
 pub mod runtime;
 pub mod snapshots;
 pub mod status;
+pub mod targets;
 pub mod token;
 
 pub use compile::is_attached;

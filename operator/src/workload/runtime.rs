@@ -10,11 +10,12 @@
 
 use super::compile::{self, Plan, PodPlan, SidecarPod};
 use super::snapshots;
-use super::status::attachment_status;
+use super::status::{attachment_status, PodFacts};
+use super::targets;
 use super::token;
 use super::WorkloadSettings;
 use crate::compile::{ObjKey, SecretIndex, ServiceIndex};
-use crate::controller::{now_rfc3339, spawn_reflector};
+use crate::controller::{now_rfc3339, spawn_reflector, spawn_reflector_with};
 use crate::crd::{Backend, ProxyRoute, WorkloadAttachmentStatus};
 use crate::error::Error;
 use crate::inject::patch::{ANN_SNAPSHOT, ANN_SNAPSHOT_KEY, LABEL_SIDECAR, LABEL_SIDECAR_VALUE};
@@ -22,7 +23,8 @@ use crate::metrics::METRICS;
 use crate::push::{call, host_port, HttpClient};
 use futures_util::StreamExt;
 use http::{Method, StatusCode};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -44,6 +46,111 @@ pub struct Inputs {
     pub backends: Vec<Backend>,
     pub services: ServiceIndex,
     pub secrets: SecretIndex,
+    /// The Services themselves (the controller loop watches them already), for the selectors
+    /// of `spec.targetRefs` to a Service.
+    pub service_objects: Vec<Arc<Service>>,
+}
+
+/// The watches of the workloads `spec.targetRefs` may name, keeping only what resolution
+/// reads (metadata and `spec.selector`): a Deployment's pod template is most of its size.
+struct Workloads {
+    deployments: Store<Deployment>,
+    statefulsets: Store<StatefulSet>,
+    daemonsets: Store<DaemonSet>,
+}
+
+/// A watch of one workload kind (namespaced, `K::DynamicType = ()`), whose objects keep only
+/// their metadata (without managed fields and annotations) and what `strip` leaves.
+fn watch_workloads<K>(
+    client: &kube::Client,
+    ns: Option<&str>,
+    notify: &Arc<Notify>,
+    what: &'static str,
+    mut strip: impl FnMut(&mut K) + Send + 'static,
+) -> Store<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Status-only updates (replica counts, all through a rollout) leave the generation as it
+    // was: they go to this sink instead of waking the task, since only spec.selector is read.
+    let ignore = Some(Arc::new(Notify::new()));
+    let wc = watcher::Config::default().any_semantic();
+    spawn_reflector_with(
+        api,
+        wc,
+        (),
+        notify.clone(),
+        ignore,
+        what,
+        move |k: &mut K| {
+            let m = k.meta_mut();
+            m.managed_fields = None;
+            m.annotations = None;
+            strip(k)
+        },
+    )
+}
+
+impl Workloads {
+    fn start(client: &kube::Client, ns: Option<&str>, notify: &Arc<Notify>) -> Self {
+        Self {
+            deployments: watch_workloads(
+                client,
+                ns,
+                notify,
+                "deployments",
+                |d: &mut Deployment| {
+                    d.status = None;
+                    d.spec.template = Default::default();
+                },
+            ),
+            statefulsets: watch_workloads(
+                client,
+                ns,
+                notify,
+                "statefulsets",
+                |d: &mut StatefulSet| {
+                    d.status = None;
+                    d.spec.template = Default::default();
+                    d.spec.volume_claim_templates = None;
+                },
+            ),
+            daemonsets: watch_workloads(client, ns, notify, "daemonsets", |d: &mut DaemonSet| {
+                d.status = None;
+                d.spec.template = Default::default();
+            }),
+        }
+    }
+
+    async fn ready(&self) {
+        self.deployments.wait_until_ready().await.ok();
+        self.statefulsets.wait_until_ready().await.ok();
+        self.daemonsets.wait_until_ready().await.ok();
+    }
+
+    fn index(&self, services: &[Arc<Service>]) -> targets::TargetIndex {
+        let (d, s, ds) = (
+            self.deployments.state(),
+            self.statefulsets.state(),
+            self.daemonsets.state(),
+        );
+        targets::index(
+            d.iter().map(|x| &**x),
+            s.iter().map(|x| &**x),
+            ds.iter().map(|x| &**x),
+            services.iter().map(|x| &**x),
+        )
+    }
 }
 
 /// One sidecar as the pusher knows it.
@@ -212,8 +319,10 @@ pub async fn run(
         .any_semantic()
         .labels(&format!("{LABEL_SIDECAR}={LABEL_SIDECAR_VALUE}"));
     let pods = spawn_reflector(api, wc, (), notify.clone(), None, "sidecar pods");
+    let workloads = Workloads::start(&client, watch_namespace.as_deref(), &notify);
+    // Never compile from half-listed workloads: a ref to one not listed yet would detach.
     tokio::select! {
-        _ = pods.wait_until_ready() => {}
+        _ = async { pods.wait_until_ready().await.ok(); workloads.ready().await } => {}
         _ = stop.changed() => return,
     }
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -258,12 +367,14 @@ pub async fn run(
             next_verify = tokio::time::Instant::now() + s.verify_interval;
         }
         let (sidecars, targets) = sidecar_pods(&pods);
+        let target_index = workloads.index(&inp.service_objects);
         let plan = compile::compile(compile::Inputs {
             pods: &sidecars,
             routes: &inp.routes,
             backends: &inp.backends,
             services: &inp.services,
             secrets: &inp.secrets,
+            targets: &target_index,
         });
 
         // Tokens: one Secret per namespace with sidecars (created if missing).
@@ -288,15 +399,22 @@ pub async fn run(
         // what it is about to be pushed.
         let entries = compile::secret_entries(&sidecars, &plan);
         snapshot_secrets.retain(|ns, _| entries.contains_key(ns));
+        let mut too_large: BTreeMap<ObjKey, String> = BTreeMap::new();
         for (ns, e) in &entries {
+            let fitted = snapshots::fit(e, snapshots::MAX_SECRET_BYTES);
+            for (key, size) in &fitted.left_out {
+                tracing::warn!(namespace = %ns, key = %key, bytes = size, "SnapshotTooLarge: a workload's snapshot left out of the sidecar snapshot Secret (its sidecars are still pushed to)");
+            }
+            too_large.extend(snapshots::left_out_pods(ns, &fitted, &sidecars));
             let versions: BTreeMap<String, String> = e
                 .iter()
+                .filter(|(k, _)| fitted.data.contains_key(*k))
                 .map(|(k, s)| (k.clone(), s.version.clone()))
                 .collect();
             if snapshot_secrets.get(ns) == Some(&versions) {
                 continue;
             }
-            match snapshots::write(&client, ns, snapshots::data(e)).await {
+            match snapshots::write(&client, ns, fitted.data).await {
                 Ok(wrote) => {
                     if wrote {
                         tracing::info!(namespace = %ns, entries = e.len(), "wrote the sidecar snapshot Secret");
@@ -367,7 +485,7 @@ pub async fn run(
             }
         }
 
-        let programmed: BTreeSet<String> = plan
+        let programmed: BTreeSet<ObjKey> = plan
             .pods
             .iter()
             .filter(|(k, p)| match p {
@@ -378,7 +496,11 @@ pub async fn run(
             })
             .map(|(k, _)| k.clone())
             .collect();
-        write_statuses(&client, &inp.routes, &plan, &programmed, &mut written).await;
+        let facts = PodFacts {
+            programmed,
+            too_large,
+        };
+        write_statuses(&client, &inp.routes, &plan, &facts, &mut written).await;
         wake = if retry {
             tokio::time::Instant::now() + std::time::Duration::from_secs(1)
         } else {
@@ -393,7 +515,7 @@ async fn write_statuses(
     client: &kube::Client,
     routes: &[ProxyRoute],
     plan: &Plan,
-    programmed: &BTreeSet<String>,
+    facts: &PodFacts,
     written: &mut BTreeMap<ObjKey, Option<serde_json::Value>>,
 ) {
     let now = now_rfc3339();
@@ -413,7 +535,7 @@ async fn write_statuses(
         let desired = plan
             .routes
             .get(&k)
-            .map(|a| attachment_status(a, programmed, base, &now));
+            .map(|a| attachment_status(a, facts, base, &now));
         if desired.as_ref() == old {
             written.remove(&k);
             continue;

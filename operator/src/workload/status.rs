@@ -2,9 +2,10 @@
 //! `status.workloads`. Conditions keep their `lastTransitionTime` while their status holds.
 
 use super::compile::Attachment;
-use crate::crd::WorkloadAttachmentStatus;
+use crate::compile::ObjKey;
+use crate::crd::{TargetRefStatus, WorkloadAttachmentStatus};
 use crate::status::{cond, merge_conditions};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Pods listed by name at most (the counts are always exact).
 const LISTED: usize = 50;
@@ -15,14 +16,24 @@ fn names(keys: impl Iterator<Item = String>) -> Vec<String> {
         .collect()
 }
 
-/// `programmed`: pods (`ns/name`) whose sidecar acknowledged the snapshot it should run.
+/// What the runtime knows about the pods beyond the compile.
+#[derive(Debug, Clone, Default)]
+pub struct PodFacts {
+    /// Pods (`ns/name`) whose sidecar acknowledged the snapshot it should run.
+    pub programmed: BTreeSet<ObjKey>,
+    /// Pods whose workload's snapshot was left out of the snapshot Secret because it does not
+    /// fit (see [`super::snapshots::fit`]): pod -> why.
+    pub too_large: BTreeMap<ObjKey, String>,
+}
+
 pub fn attachment_status(
     a: &Attachment,
-    programmed: &BTreeSet<String>,
+    facts: &PodFacts,
     old: Option<&WorkloadAttachmentStatus>,
     now: &str,
 ) -> WorkloadAttachmentStatus {
     let g = a.generation;
+    let programmed = &facts.programmed;
     let attached = if !a.invalid.is_empty() {
         let msg: Vec<String> = a.invalid.iter().map(|e| e.to_string()).collect();
         cond("Attached", false, g, "Invalid", msg.join("; "))
@@ -42,13 +53,27 @@ pub fn attachment_status(
             "RouteConflict",
             "every selected pod serves an older conflicting route instead".into(),
         )
-    } else {
+    } else if a.refs.is_empty() {
         cond(
             "Attached",
             false,
             g,
             "NoMatchingPods",
             "spec.workloadSelector: no pod with the Weir sidecar matches".into(),
+        )
+    } else {
+        // The first ref that failed says why (each has its own entry in `targetRefs`).
+        let why = a
+            .refs
+            .iter()
+            .find_map(|r| r.resolved.as_ref().err().map(|(_, m)| format!(": {m}")))
+            .unwrap_or_default();
+        cond(
+            "Attached",
+            false,
+            g,
+            "NoMatchingPods",
+            format!("spec.targetRefs: no target selects a pod with the Weir sidecar{why}"),
         )
     };
     let conflicted = match a.conflicts.iter().next() {
@@ -103,12 +128,74 @@ pub fn attachment_status(
             format!("{done}/{} sidecars run it", a.pods.len()),
         )
     };
+    let unsaved: Vec<&String> = a
+        .pods
+        .iter()
+        .filter(|p| facts.too_large.contains_key(*p))
+        .collect();
+    let persisted = match unsaved.first() {
+        None => cond(
+            "Persisted",
+            true,
+            g,
+            "Persisted",
+            "no attached pod's snapshot is left out of the Secret weir-sidecar-snapshots: a restarted sidecar serves the route at once".into(),
+        ),
+        Some(first) => cond(
+            "Persisted",
+            false,
+            g,
+            "SnapshotTooLarge",
+            format!(
+                "{} of {} attached pod(s) have no entry in the Secret weir-sidecar-snapshots (pushes still program them; a restarted one serves the route only after the next push): {}",
+                unsaved.len(),
+                a.pods.len(),
+                facts.too_large[*first]
+            ),
+        ),
+    };
     let old_conds = old.map(|o| o.conditions.as_slice()).unwrap_or_default();
+    let old_refs = old.map(|o| o.target_refs.as_slice()).unwrap_or_default();
+    let target_refs = a
+        .refs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let c = match &r.resolved {
+                Ok(()) => cond(
+                    "ResolvedRefs",
+                    true,
+                    g,
+                    "ResolvedRefs",
+                    format!(
+                        "spec.targetRefs[{i}]: {} {} selects {} pod(s) with the Weir sidecar",
+                        r.target.kind,
+                        r.target.name,
+                        r.selected.len()
+                    ),
+                ),
+                Err((why, msg)) => cond("ResolvedRefs", false, g, why.reason(), msg.clone()),
+            };
+            // The same ref's old entry keeps its lastTransitionTime.
+            let old = old_refs
+                .iter()
+                .find(|o| o.target == r.target)
+                .map(|o| o.conditions.as_slice())
+                .unwrap_or_default();
+            TargetRefStatus {
+                target: r.target.clone(),
+                conditions: merge_conditions(vec![c], old, now),
+                selected_pods: r.selected.len() as u32,
+                attached_pods: r.selected.intersection(&a.pods).count() as u32,
+            }
+        })
+        .collect();
     WorkloadAttachmentStatus {
-        conditions: merge_conditions(vec![attached, conflicted, prog], old_conds, now),
+        conditions: merge_conditions(vec![attached, conflicted, prog, persisted], old_conds, now),
         pods: names(a.pods.iter().cloned()),
         attached_pods: a.pods.len() as u32,
         programmed_pods: done as u32,
         conflicted_pods: names(a.conflicts.keys().cloned()),
+        target_refs,
     }
 }

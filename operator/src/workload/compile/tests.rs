@@ -28,9 +28,30 @@ struct Case {
     pods: Vec<CasePod>,
     routes: Vec<ProxyRoute>,
     backends: Vec<Backend>,
+    /// The workloads and Services `spec.targetRefs` may name, as the API returns them.
+    #[serde(default)]
+    deployments: Vec<k8s_openapi::api::apps::v1::Deployment>,
+    #[serde(default)]
+    statefulsets: Vec<k8s_openapi::api::apps::v1::StatefulSet>,
+    #[serde(default)]
+    daemonsets: Vec<k8s_openapi::api::apps::v1::DaemonSet>,
+    #[serde(default)]
+    services: Vec<k8s_openapi::api::core::v1::Service>,
 }
 
-const CASES: &[&str] = &["attach-and-conflict", "invalid-and-old-boot"];
+impl Case {
+    /// Through the runtime's own reduction.
+    fn targets(&self) -> crate::workload::targets::TargetIndex {
+        crate::workload::targets::index(
+            &self.deployments,
+            &self.statefulsets,
+            &self.daemonsets,
+            &self.services,
+        )
+    }
+}
+
+const CASES: &[&str] = &["attach-and-conflict", "invalid-and-old-boot", "target-refs"];
 
 fn dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/workload/testdata")
@@ -82,6 +103,7 @@ fn plan_of(pods: &[SidecarPod], case: &Case) -> Plan {
         backends: &case.backends,
         services: &ServiceIndex::default(),
         secrets: &SecretIndex::default(),
+        targets: &case.targets(),
     })
 }
 
@@ -98,7 +120,10 @@ fn render(pods_in: &[SidecarPod], plan: &Plan) -> Value {
         })
         .collect();
     // Status as if every attached pod acknowledged, at a fixed time.
-    let every: BTreeSet<String> = plan.pods.keys().cloned().collect();
+    let every = crate::workload::status::PodFacts {
+        programmed: plan.pods.keys().cloned().collect(),
+        ..Default::default()
+    };
     let routes: serde_json::Map<String, Value> = plan
         .routes
         .iter()
@@ -203,7 +228,7 @@ fn conflicting_attachment_is_reported_on_the_newer_route() {
     let msg = &v2.conflicts["shop/web-1"];
     assert!(msg.starts_with("spec.rules[1].matches[0]:"), "{msg}");
     assert!(msg.contains("route shop/payments "), "{msg}");
-    let st = attachment_status(v2, &BTreeSet::new(), None, "t");
+    let st = attachment_status(v2, &Default::default(), None, "t");
     let c = st
         .conditions
         .iter()
@@ -279,6 +304,210 @@ fn secret_entries_are_the_pushed_snapshots() {
     let secrets = secret_entries(&pods, &plan);
     assert!(secrets["shop"].is_empty(), "{:?}", secrets["shop"].keys());
     assert_eq!(secrets["other"].len(), 1);
+}
+
+fn ref_reason(st: &crate::crd::WorkloadAttachmentStatus, i: usize) -> (String, String, String) {
+    let c = &st.target_refs[i].conditions[0];
+    assert_eq!(c.type_, "ResolvedRefs");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+fn cond_of<'a>(st: &'a crate::crd::WorkloadAttachmentStatus, t: &str) -> &'a crate::crd::Condition {
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+/// targetRefs: a Deployment's matchExpressions pick its pods only; every failing ref has its
+/// own entry with the reason and `spec.targetRefs[i]`; a route setting both ways is refused.
+#[test]
+fn target_refs_resolve_and_report_per_ref() {
+    let (pods, case) = load("target-refs");
+    let plan = plan_of(&pods, &case);
+    let facts = Default::default();
+    let pay = &plan.routes["shop/to-payments"];
+    assert_eq!(
+        pay.pods.iter().cloned().collect::<Vec<_>>(),
+        vec!["shop/web-1".to_string(), "shop/web-2".to_string()],
+        "the canary is not the Deployment's (track In [stable])"
+    );
+    let st = attachment_status(pay, &facts, None, "t");
+    assert_eq!(ref_reason(&st, 0).0, "True");
+    assert_eq!(st.target_refs[0].selected_pods, 2);
+
+    let audit = &plan.routes["shop/to-audit"];
+    assert_eq!(
+        audit.pods.len(),
+        4,
+        "every web pod and db-0: {:?}",
+        audit.pods
+    );
+    let st = attachment_status(audit, &facts, None, "t");
+    assert_eq!(st.target_refs.len(), 4);
+    assert_eq!(st.target_refs[0].target.kind, "Service");
+    assert_eq!(
+        (
+            st.target_refs[0].selected_pods,
+            st.target_refs[1].selected_pods
+        ),
+        (3, 1)
+    );
+    let (s, r, m) = ref_reason(&st, 2);
+    assert_eq!((s.as_str(), r.as_str()), ("False", "TargetNotFound"));
+    assert!(
+        m.starts_with("spec.targetRefs[2]: Deployment shop/missing not found"),
+        "{m}"
+    );
+    let (s, r, m) = ref_reason(&st, 3);
+    assert_eq!((s.as_str(), r.as_str()), ("False", "UnsupportedKind"));
+    assert!(m.starts_with("spec.targetRefs[3]:"), "{m}");
+    assert_eq!(cond_of(&st, "Attached").status, "True");
+
+    let both = &plan.routes["shop/both"];
+    assert!(both.pods.is_empty());
+    let st = attachment_status(both, &facts, None, "t");
+    let a = cond_of(&st, "Attached");
+    assert_eq!((a.status.as_str(), a.reason.as_str()), ("False", "Invalid"));
+    assert!(
+        a.message.starts_with("spec.targetRefs: set either"),
+        "{}",
+        a.message
+    );
+
+    let st = attachment_status(&plan.routes["shop/idle"], &facts, None, "t");
+    assert_eq!(ref_reason(&st, 0).1, "NoPods");
+    assert_eq!(ref_reason(&st, 1).1, "NoPods");
+    let a = cond_of(&st, "Attached");
+    assert_eq!(
+        (a.status.as_str(), a.reason.as_str()),
+        ("False", "NoMatchingPods")
+    );
+    assert!(a.message.contains("spec.targetRefs[0]"), "{}", a.message);
+
+    let cross = attachment_status(&plan.routes["shop/cross"], &facts, None, "t");
+    assert_eq!(ref_reason(&cross, 0).1, "TargetNotFound");
+    let PodPlan::Snapshot(o) = &plan.pods["other/web-1"] else {
+        panic!("other/web-1 has no snapshot")
+    };
+    assert_eq!(o.routes.len(), 1, "no route of shop reaches other");
+}
+
+/// A deleted target detaches the route (and says so), re-creating it re-attaches it; a new pod
+/// of the Deployment (scale up) gets the route in its snapshot.
+#[test]
+fn target_deleted_recreated_and_scaled() {
+    let (mut pods, mut case) = load("target-refs");
+    let before = plan_of(&pods, &case);
+    let web = case.deployments.remove(0);
+    let gone = plan_of(&pods, &case);
+    let pay = &gone.routes["shop/to-payments"];
+    assert!(pay.pods.is_empty());
+    let st = attachment_status(pay, &Default::default(), None, "t");
+    assert_eq!(ref_reason(&st, 0).1, "TargetNotFound");
+    let a = cond_of(&st, "Attached");
+    assert_eq!(
+        (a.status.as_str(), a.reason.as_str()),
+        ("False", "NoMatchingPods")
+    );
+    assert!(
+        a.message.contains("Deployment shop/web not found"),
+        "{}",
+        a.message
+    );
+    for p in ["shop/web-1", "shop/web-2"] {
+        let PodPlan::Snapshot(s) = &gone.plans_pod(p) else {
+            panic!("{p}")
+        };
+        assert!(
+            !s.routes.iter().any(|r| r.name == "shop/to-payments"),
+            "{p}"
+        );
+    }
+    case.deployments.insert(0, web);
+    assert_eq!(
+        plan_of(&pods, &case),
+        before,
+        "re-created: attached as before"
+    );
+
+    let mut web3 = pods[0].clone();
+    web3.name = "web-3".into();
+    pods.push(web3);
+    let scaled = plan_of(&pods, &case);
+    assert_eq!(scaled.routes["shop/to-payments"].pods.len(), 3);
+    let PodPlan::Snapshot(s) = scaled.plans_pod("shop/web-3") else {
+        panic!("web-3 has no snapshot")
+    };
+    assert!(s.routes.iter().any(|r| r.name == "shop/to-payments"));
+}
+
+impl Plan {
+    fn plans_pod(&self, k: &str) -> &PodPlan {
+        &self.pods[k]
+    }
+}
+
+/// A namespace whose workloads' snapshots exceed what one Secret holds: the workload that does
+/// not fit is left out of the Secret (the rest is written), and its routes say so
+/// (`Persisted=False`, `SnapshotTooLarge`), while every pod still gets its snapshot to push.
+#[test]
+fn snapshot_too_large_for_the_secret_is_reported() {
+    use crate::workload::snapshots::{fit, left_out_pods, MAX_SECRET_BYTES};
+    let (pods, mut case) = load("attach-and-conflict");
+    // shop/payments (used by the web pods' route) gets 60,000 endpoints: over 1 MiB of JSON.
+    let payments = case
+        .backends
+        .iter_mut()
+        .find(|b| b.metadata.name.as_deref() == Some("payments"))
+        .expect("payments Backend");
+    payments.spec.endpoints = (0..60_000)
+        .map(|i| crate::crd::StaticEndpoint {
+            address: format!("10.{}.{}.{}:8080", i / 65536, i / 256 % 256, i % 256),
+            weight: 1,
+        })
+        .collect();
+    let plan = plan_of(&pods, &case);
+    let PodPlan::Snapshot(web) = &plan.pods["shop/web-1"] else {
+        panic!("web-1 has no snapshot")
+    };
+    let web_bytes = serde_json::to_vec(&**web).expect("json").len();
+    assert!(web_bytes > MAX_SECRET_BYTES, "{web_bytes} bytes");
+
+    let entries = secret_entries(&pods, &plan);
+    let fitted = fit(&entries["shop"], MAX_SECRET_BYTES);
+    let web_key = pods[0].snapshot_key.clone().expect("key");
+    assert!(fitted.left_out.contains_key(&web_key));
+    assert_eq!(fitted.data.len(), 1, "the worker's entry is still written");
+    let too_large = left_out_pods("shop", &fitted, &pods);
+    assert_eq!(
+        too_large.keys().cloned().collect::<Vec<_>>(),
+        vec!["shop/web-1".to_string(), "shop/web-2".to_string()]
+    );
+    let facts = crate::workload::status::PodFacts {
+        programmed: plan.pods.keys().cloned().collect(),
+        too_large,
+    };
+    let st = attachment_status(&plan.routes["shop/payments"], &facts, None, "t");
+    let p = cond_of(&st, "Persisted");
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_str()),
+        ("False", "SnapshotTooLarge")
+    );
+    assert!(
+        p.message.contains("2 of 2 attached pod(s)"),
+        "{}",
+        p.message
+    );
+    assert!(
+        p.message.contains(&format!("workload key {web_key}")),
+        "{}",
+        p.message
+    );
+    // Live pushes are unaffected: the route is programmed on both pods.
+    assert_eq!(cond_of(&st, "Programmed").status, "True");
+    let st = attachment_status(&plan.routes["shop/audit"], &facts, None, "t");
+    assert_eq!(cond_of(&st, "Persisted").status, "True");
 }
 
 /// A pod whose sidecar took over two ports: its pushed snapshot keeps one inbound listener per
