@@ -256,8 +256,8 @@ async fn serve_connection(
                 let answered = answered.clone();
                 // The request's HEADERS must arrive within the header read timeout.
                 let header_timeout = l.limits.header_read_timeout.get();
-                // Boxed: tokio moves a spawned future (~10 KiB here, `proxy::handle`'s
-                // included) more than once before and after polling it; a box is moved once.
+                // Boxed: tokio moves a spawned future (several KiB here) more than once
+                // before and after polling it; a box is moved once.
                 tokio::spawn(Box::pin(async move {
                     let _drain = drain; // keeps shutdown waiting until this request is done
                     let head = tokio::time::timeout(header_timeout, resolver.resolve_request());
@@ -359,11 +359,9 @@ async fn serve_request(
     // If the client's connection goes away while the upstream is still working on the response
     // head, drop the upstream exchange instead of letting it run to its timeout.
     let resp = tokio::select! {
-        // Inline, not boxed of its own: the whole request task is one box (see serve_connection),
-        // so this ~5 KiB future costs no second large allocation (glibc serves those from its
-        // bins, not its thread cache, and consolidates its fast bins first), and is copied once,
-        // with the task, at spawn.
-        resp = proxy::handle(dp.runtime(), dp.telemetry(), info, Request::from_parts(parts, body)) => resp,
+        // Boxed: kept inline, this future made every spawned request task several KiB, copied
+        // on spawn and on completion.
+        resp = Box::pin(proxy::handle(dp.runtime(), dp.telemetry(), info, Request::from_parts(parts, body))) => resp,
         reason = quic.closed() => {
             tracing::debug!(client = %info.remote, reason = %reason, "client connection closed; upstream request cancelled");
             return false;
