@@ -1161,13 +1161,12 @@ where
         let fields = trailers
             .iter()
             .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-        let mem_size =
-            qpack::encode_stateless_borrowed(&mut block, fields).map_err(|_e| {
-                self.handle_connection_error_on_stream(InternalConnectionError {
-                    code: Code::H3_INTERNAL_ERROR,
-                    message: "Failed to encode trailers".to_string(),
-                })
-            })?;
+        let mem_size = qpack::encode_stateless_borrowed(&mut block, fields).map_err(|_e| {
+            self.handle_connection_error_on_stream(InternalConnectionError {
+                code: Code::H3_INTERNAL_ERROR,
+                message: "Failed to encode trailers".to_string(),
+            })
+        })?;
 
         let max_mem_size = self.settings().max_field_section_size;
 

@@ -258,7 +258,10 @@ where
             }
         }
         // Buf's default.
-        assert!(len <= self.remaining(), "copy_to_bytes beyond the end of a WriteBuf");
+        assert!(
+            len <= self.remaining(),
+            "copy_to_bytes beyond the end of a WriteBuf"
+        );
         let mut ret = bytes::BytesMut::with_capacity(len);
         ret.put(self.take(len));
         ret.freeze()
