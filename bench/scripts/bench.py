@@ -19,6 +19,9 @@ Environment:
   BENCH_OUT=DIR         where the JSON and Markdown go (default bench/results)
   BENCH_PUBLISH=1       also put the tables into BENCHMARKS.md ("Latest results"; not with QUICK)
   BENCH_CPU_LOAD, BENCH_CPU_PROXY   taskset CPU lists
+  BENCH_WEIR_BASE=DIR   a second Weir, the weir-dataplane in DIR (e.g. a copy of main's release
+                        build), run as peer `weir-base` (add it to BENCH_PEERS) with the same
+                        config and load, interleaved with the others: a before/after in one run
 """
 
 from __future__ import annotations
@@ -390,6 +393,11 @@ def start_peer(env: Env, name: str, tag: str) -> Running:
     b = env.backend_port
     if name == "weir":
         spec = P.weir(BINS, d, ports, b, env.cert, env.key, env.token)
+    elif name == "weir-base":
+        base = os.environ.get("BENCH_WEIR_BASE")
+        if not base:
+            raise ValueError("peer weir-base needs BENCH_WEIR_BASE=DIR (a weir-dataplane to compare)")
+        spec = P.weir(Path(base), d, ports, b, env.cert, env.key, env.token)
     elif name == "nginx":
         spec = P.nginx(d, ports, b, env.cert, env.key)
     elif name == "haproxy":

@@ -14,7 +14,7 @@ TITLES = {
     "h2-many": "HTTP/2 over TLS 1.3, small response, 16 connections x 10 streams (weir-bench): 160 in flight",
 }
 SMALL = ["h1-wrk", "h1", "h2", "h3", "h1-many", "h2-many"]
-ORDER = ["weir", "nginx", "haproxy", "caddy", "traefik", "direct"]
+ORDER = ["weir", "weir-base", "nginx", "haproxy", "caddy", "traefik", "direct"]
 
 
 def med(xs: list[float]) -> float:

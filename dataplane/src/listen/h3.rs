@@ -670,7 +670,12 @@ impl Body for H3Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.empty || matches!(self.state, State::Done)
+        // Not while an error met while coalescing (`failed`) waits behind the data just
+        // returned: the upstream client asks this after every frame and, told the body is
+        // complete, would end the request cleanly (a chunked upload's last chunk) instead of
+        // polling again for the error. A client that vanished mid-upload then reached the
+        // backend as a shorter but complete request.
+        self.empty || (matches!(self.state, State::Done) && self.failed.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -1155,15 +1155,18 @@ where
         //= type=TODO
         //# Characters in field names MUST be
         //# converted to lowercase prior to their encoding.
-        let mut block = BytesMut::new();
-
-        let mem_size =
-            qpack::encode_stateless(&mut block, Header::trailer(trailers)).map_err(|_e| {
-                self.handle_connection_error_on_stream(InternalConnectionError {
-                    code: Code::H3_INTERNAL_ERROR,
-                    message: "Failed to encode trailers".to_string(),
-                })
-            })?;
+        // Weir patch (speed): encoded from the HeaderMap as it is (see server::RequestStream::
+        // send_response); trailers have no pseudo-header fields (RFC 9114 §4.3).
+        let mut block = BytesMut::with_capacity(qpack::field_section_capacity(&trailers));
+        let fields = trailers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        let mem_size = qpack::encode_stateless_borrowed(&mut block, fields).map_err(|_e| {
+            self.handle_connection_error_on_stream(InternalConnectionError {
+                code: Code::H3_INTERNAL_ERROR,
+                message: "Failed to encode trailers".to_string(),
+            })
+        })?;
 
         let max_mem_size = self.settings().max_field_section_size;
 

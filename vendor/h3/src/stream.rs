@@ -247,6 +247,25 @@ where
             payload.advance(cnt);
         }
     }
+
+    /// Weir patch (speed): once the encoded header is consumed, the payload's own
+    /// `copy_to_bytes`, which for a `Bytes` payload is a reference, not a copy. h3-quinn (also
+    /// patched) hands a large frame's payload to quinn this way instead of quinn copying it.
+    fn copy_to_bytes(&mut self, len: usize) -> Bytes {
+        if self.len == self.pos {
+            if let Some(payload) = self.frame.as_mut().and_then(|f| f.payload_mut()) {
+                return payload.copy_to_bytes(len);
+            }
+        }
+        // Buf's default.
+        assert!(
+            len <= self.remaining(),
+            "copy_to_bytes beyond the end of a WriteBuf"
+        );
+        let mut ret = bytes::BytesMut::with_capacity(len);
+        ret.put(self.take(len));
+        ret.freeze()
+    }
 }
 
 pub(super) enum AcceptedRecvStream<S, B>

@@ -200,18 +200,48 @@ where
     HeaderPrefix::new(0, 0, 0, 0).encode(block);
     for field in fields {
         let field = field.as_ref();
-
-        if let Some(index) = StaticTable::find(field) {
-            Indexed::Static(index).encode(block);
-        } else if let Some(index) = StaticTable::find_name(&field.name) {
-            LiteralWithNameRef::new_static(index, field.value.clone()).encode(block)?;
-        } else {
-            Literal::new(field.name.clone(), field.value.clone()).encode(block)?;
-        }
-
-        size += field.mem_size() as u64;
+        size += encode_field_stateless(block, &field.name, &field.value)?;
     }
     Ok(size)
+}
+
+/// Weir patch (speed): [`encode_stateless`] for fields borrowed as `(name, value)` byte slices,
+/// e.g. straight from a status code and an `http::HeaderMap`. The same bytes on the wire; what
+/// it saves is the `HeaderField` per field (its name and value copied into two new `Vec`s) and
+/// the further `Vec` copy of every literal made by `LiteralWithNameRef::new_static` /
+/// `Literal::new`: 8–10 allocations for a proxied response's few fields.
+pub fn encode_stateless_borrowed<'a, W, I>(block: &mut W, fields: I) -> Result<u64, EncoderError>
+where
+    W: BufMut,
+    I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let mut size = 0;
+    HeaderPrefix::new(0, 0, 0, 0).encode(block);
+    for (name, value) in fields {
+        size += encode_field_stateless(block, name, value)?;
+    }
+    Ok(size)
+}
+
+/// One field of a stateless (static table only) field section; returns its size as
+/// `HeaderField::mem_size` counts it.
+fn encode_field_stateless<W: BufMut>(
+    block: &mut W,
+    name: &[u8],
+    value: &[u8],
+) -> Result<u64, EncoderError> {
+    if let Some(index) = StaticTable::find_pair(name, value) {
+        Indexed::Static(index).encode(block);
+    } else if let Some(index) = StaticTable::find_name(name) {
+        // As `LiteralWithNameRef::Static` encodes it.
+        super::prefix_int::encode(4, 0b0101, index as u64, block);
+        super::prefix_string::encode(8, 0, value, block)?;
+    } else {
+        // As `Literal` encodes it.
+        super::prefix_string::encode(4, 0b0010, name, block)?;
+        super::prefix_string::encode(8, 0, value, block)?;
+    }
+    Ok((name.len() + value.len() + super::field::ESTIMATED_OVERHEAD_BYTES) as u64)
 }
 
 #[cfg(test)]

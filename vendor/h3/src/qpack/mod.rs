@@ -1,8 +1,18 @@
 pub use self::{
     decoder::{decode_stateless, Decoded, DecoderError},
-    encoder::{encode_stateless, EncoderError},
+    encoder::{encode_stateless, encode_stateless_borrowed, EncoderError},
     field::HeaderField,
 };
+
+/// Weir patch (speed): a buffer size for a field section encoded from `headers` plus a status:
+/// every name and value once (the Huffman code is at most as long for the usual characters),
+/// two prefix bytes per field and the section prefix; a longer encoding just grows the buffer.
+pub fn field_section_capacity(headers: &http::HeaderMap) -> usize {
+    16 + headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 2)
+        .sum::<usize>()
+}
 
 mod block;
 mod dynamic;
