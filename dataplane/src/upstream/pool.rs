@@ -26,16 +26,27 @@
 //!   (`pool-purge-delay`: idle connections above the low mark go gradually, one purge delay
 //!   apart); Envoy keeps idle connections until their idle timeout.
 //!
+//! - Requests without a body (most of a proxy's traffic) go through Weir's own HTTP/1.1 codec
+//!   (`h1.rs`) instead of hyper's client, unless `--upstream-h1 hyper`: the exchange's task
+//!   writes the head and parses the response itself, and the response body hands the
+//!   connection back. Codec connections have their own idle list (a hyper connection cannot
+//!   be taken back from its task); `maxIdlePerEndpoint` and the idle timeout count both lists
+//!   together. An idle codec connection is checked at checkout (closed by the peer, or bytes
+//!   nobody asked for: dropped), and a request that met the keep-alive race on a reused one
+//!   (written into a connection the peer had closed, nothing came back) is sent once more on a
+//!   new connection when its method is idempotent or the write itself failed.
+//!
 //! The pool's mutex is held only to push or pop; nothing awaits under it.
 
 use crate::http::body::ProxyBody;
 use crate::upstream::endpoint::CountedIo;
+use crate::upstream::h1::{self, CodecBody, Conn, ExchangeError, UpstreamBody};
 use http::uri::Authority;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +57,15 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// whose concurrency swings within a second (request waves, client reconnects) finds its
 /// connections again; a one-off spike's surplus goes a second later.
 pub const EXCESS_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether requests without a body go through the codec (`--upstream-h1`, set once at start).
+static CODEC: AtomicBool = AtomicBool::new(true);
+
+/// Chooses the HTTP/1.1 client for requests without a body: Weir's codec (`true`, the
+/// default) or hyper's.
+pub fn use_codec(on: bool) {
+    CODEC.store(on, Ordering::Relaxed);
+}
 
 /// Why a request through the pool failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +95,18 @@ pub enum PoolError {
         #[source]
         source: hyper::Error,
     },
+    #[error("request to {authority} failed")]
+    Exchange {
+        authority: Authority,
+        #[source]
+        source: ExchangeError,
+    },
 }
 
 impl PoolError {
     /// No connection could be made (the request was not sent).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, PoolError::Request { .. })
+        !matches!(self, PoolError::Request { .. } | PoolError::Exchange { .. })
     }
 }
 
@@ -108,10 +134,17 @@ struct Idle {
     since: Instant,
 }
 
+struct RawIdle {
+    conn: Conn,
+    since: Instant,
+}
+
 #[derive(Default)]
 struct State {
     /// Oldest first; checkout takes from the back.
     idle: VecDeque<Idle>,
+    /// Idle codec connections, oldest first.
+    raw: VecDeque<RawIdle>,
     /// A reaper task is running for this pool.
     reaper: bool,
 }
@@ -162,7 +195,7 @@ impl Checkin {
 }
 
 /// Whether the upstream keeps the connection open after this response (RFC 9112 §9.3).
-fn keeps_alive(version: http::Version, headers: &http::HeaderMap) -> bool {
+pub(crate) fn keeps_alive(version: http::Version, headers: &http::HeaderMap) -> bool {
     let mut close = false;
     let mut keep_alive = false;
     for v in headers.get_all(header::CONNECTION) {
@@ -215,7 +248,8 @@ impl Pool {
 
     /// Idle connections held now.
     pub fn idle(&self) -> usize {
-        self.lock().idle.len()
+        let state = self.lock();
+        state.idle.len() + state.raw.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -227,10 +261,118 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Checkin), PoolError> {
+    ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
+        if CODEC.load(Ordering::Relaxed) && h1::uses_codec(&req) {
+            return self.send_codec(req).await.map(|r| (r, None));
+        }
+        let (resp, checkin) = self.send_hyper(req).await?;
+        Ok((resp.map(UpstreamBody::Hyper), Some(checkin)))
+    }
+
+    /// A request without a body through the codec, on an idle codec connection or a new one.
+    async fn send_codec(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        // Only the head goes out (the body is empty); the parts are what the awaits hold.
+        let (req, _) = req.into_parts();
+        let (mut conn, reused) = match self.checkout_raw() {
+            Some(c) => (c, true),
+            None => (Conn::new(self.tcp_connect().await?), false),
+        };
+        let head = match conn.exchange(&req).await {
+            Ok(head) => head,
+            // The keep-alive race: the peer closed the idle connection as the request went
+            // out. Sent again when that cannot repeat an action: nothing was written, or the
+            // method is idempotent.
+            Err(e)
+                if reused
+                    && e.nothing_received()
+                    && (matches!(e, ExchangeError::Write(_))
+                        || crate::upstream::retry::is_idempotent(&req.method)) =>
+            {
+                tracing::debug!(upstream = %self.authority, error = %e, "pooled connection was closed; retrying on a new connection");
+                self.resent.fetch_add(1, Ordering::Relaxed);
+                conn = Conn::new(self.tcp_connect().await?);
+                conn.exchange(&req).await.map_err(|e| self.exchange_error(e))?
+            }
+            Err(e) => return Err(self.exchange_error(e)),
+        };
+        let body = CodecBody::new(conn, &head, self.clone());
+        Ok(Response::from_parts(head.parts, UpstreamBody::Codec(body)))
+    }
+
+    fn exchange_error(&self, source: ExchangeError) -> PoolError {
+        PoolError::Exchange {
+            authority: self.authority.clone(),
+            source,
+        }
+    }
+
+    /// The most recently used idle codec connection that is still usable (expired, closed
+    /// ones and ones with unsolicited bytes are dropped, outside the lock).
+    fn checkout_raw(&self) -> Option<Conn> {
+        let mut dead = Vec::new();
+        let found = {
+            let mut state = self.lock();
+            loop {
+                let Some(mut e) = state.raw.pop_back() else {
+                    break None;
+                };
+                if e.since.elapsed() > self.settings.idle_timeout {
+                    // This one and every older one have expired.
+                    dead.push(e.conn);
+                    dead.extend(state.raw.drain(..).map(|e| e.conn));
+                    break None;
+                }
+                if e.conn.is_usable() {
+                    break Some(e.conn);
+                }
+                dead.push(e.conn);
+            }
+        };
+        drop(dead);
+        found
+    }
+
+    /// Puts a codec connection whose exchange ended cleanly back (the bound as in
+    /// [`Self::push`]).
+    fn checkin_raw(self: &Arc<Self>, conn: Conn) {
+        if self.settings.max_idle == 0 || self.settings.idle_timeout.is_zero() {
+            return;
+        }
+        let mut state = self.lock();
+        let grace = self.settings.excess_idle_grace;
+        let evicted = if state.idle.len() + state.raw.len() >= self.settings.max_idle
+            && state
+                .raw
+                .front()
+                .is_some_and(|e| e.since.elapsed() >= grace)
+        {
+            state.raw.pop_front()
+        } else {
+            None
+        };
+        state.raw.push_back(RawIdle {
+            conn,
+            since: Instant::now(),
+        });
+        if !state.reaper {
+            state.reaper = spawn(reap(Arc::downgrade(self), self.settings));
+        }
+        drop(state);
+        drop(evicted);
+    }
+
+    /// A request through hyper's client (request bodies, upgrades, CONNECT, HTTP/1.0, or all
+    /// with `--upstream-h1 hyper`).
+    async fn send_hyper(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Checkin), PoolError> {
         let (mut tx, reused) = match self.checkout() {
             Some(Found::Ready(tx)) => (tx, true),
             Some(Found::Busy(tx)) => self.ready_or_connect(tx).await?,
@@ -364,7 +506,7 @@ impl Pool {
         // Over the bound, only a connection that went unused for the grace period goes now;
         // the rest of the surplus is the reaper's, once it has been unused that long.
         let grace = self.settings.excess_idle_grace;
-        let evicted = if state.idle.len() >= self.settings.max_idle
+        let evicted = if state.idle.len() + state.raw.len() >= self.settings.max_idle
             && state
                 .idle
                 .front()
@@ -407,27 +549,73 @@ impl Pool {
                 i += 1;
             }
         }
-        let grace = self.settings.excess_idle_grace;
-        while state.idle.len() > self.settings.max_idle
-            && state
-                .idle
-                .front()
-                .is_some_and(|e| e.since.elapsed() >= grace)
-        {
-            dead.extend(state.idle.pop_front());
+        let keep_from = state
+            .raw
+            .iter()
+            .position(|e| e.since.elapsed() <= timeout)
+            .unwrap_or(state.raw.len());
+        let mut dead_raw: Vec<RawIdle> = state.raw.drain(..keep_from).collect();
+        let mut i = 0;
+        while i < state.raw.len() {
+            if state.raw[i].conn.is_usable() {
+                i += 1;
+            } else if let Some(e) = state.raw.remove(i) {
+                dead_raw.push(e);
+            }
         }
-        let any = !state.idle.is_empty();
+        // Over the bound, the least recently used of either list goes once unused that long.
+        let grace = self.settings.excess_idle_grace;
+        while state.idle.len() + state.raw.len() > self.settings.max_idle {
+            let hyper_first = match (state.idle.front(), state.raw.front()) {
+                (Some(h), Some(r)) => h.since <= r.since,
+                (h, _) => h.is_some(),
+            };
+            let since = if hyper_first {
+                state.idle.front().map(|e| e.since)
+            } else {
+                state.raw.front().map(|e| e.since)
+            };
+            if !since.is_some_and(|s| s.elapsed() >= grace) {
+                break;
+            }
+            if hyper_first {
+                dead.extend(state.idle.pop_front());
+            } else {
+                dead_raw.extend(state.raw.pop_front());
+            }
+        }
+        let any = !state.idle.is_empty() || !state.raw.is_empty();
         if !any {
             state.reaper = false;
         }
         drop(state);
         drop(dead);
+        drop(dead_raw);
         any
     }
 
     /// A new connection: TCP connect within the connect timeout, then the HTTP/1.1 connection
     /// task spawned on the runtime (with upgrades, for WebSockets).
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, PoolError> {
+        let io = self.tcp_connect().await?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|source| PoolError::Handshake {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        let authority = self.authority.clone();
+        spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %authority, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// A new TCP connection within the connect timeout, `TCP_NODELAY` and TCP keep-alive on,
+    /// counted.
+    async fn tcp_connect(&self) -> Result<CountedIo, PoolError> {
         let timeout = self.settings.connect_timeout;
         let stream = tokio::time::timeout(
             timeout,
@@ -450,20 +638,13 @@ impl Pool {
             tracing::debug!(upstream = %self.authority, error = %e, "cannot set TCP keep-alive");
         }
         self.created.fetch_add(1, Ordering::Relaxed);
-        let io = CountedIo::new(stream, self.open.clone());
-        let (tx, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|source| PoolError::Handshake {
-                authority: self.authority.clone(),
-                source,
-            })?;
-        let authority = self.authority.clone();
-        spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(upstream = %authority, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
+        Ok(CountedIo::new(stream, self.open.clone()))
+    }
+}
+
+impl h1::Release for Pool {
+    fn release(self: Arc<Self>, conn: Conn) {
+        self.checkin_raw(conn);
     }
 }
 
