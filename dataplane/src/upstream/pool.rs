@@ -719,7 +719,7 @@ mod tests {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
     async fn exchange(pool: &Arc<Pool>) -> Checkin {
-        let (resp, checkin) = pool.send(get()).await.unwrap();
+        let (resp, checkin) = pool.send_hyper(get()).await.unwrap();
         assert_eq!(resp.status(), 200);
         body_is_ok(resp).await;
         checkin
@@ -799,6 +799,122 @@ mod tests {
         drop(rt);
         drop(pool);
         assert_eq!(backend.join().unwrap(), 2);
+    }
+
+    /// The codec's keep-alive race: a reused connection the backend closes after reading the
+    /// next request head, without answering. A GET goes out once more on a new connection
+    /// (`resent`); a bodiless POST is not repeated (the backend may have acted on it) and fails.
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_resends_idempotent_requests_that_met_a_closing_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            while let Ok((mut s, _)) = listener.accept() {
+                std::thread::spawn(move || {
+                    // One answer, then the next request is read and the connection closed.
+                    if read_head(&mut s) && s.write_all(OK).is_ok() {
+                        read_head(&mut s);
+                    }
+                });
+            }
+        });
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let codec_get = || async {
+            let (resp, checkin) = pool.send(get()).await.unwrap();
+            assert!(checkin.is_none(), "the codec carries a bodiless GET");
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            assert_eq!(&body.to_bytes()[..], b"ok");
+        };
+        codec_get().await;
+        assert_eq!(pool.idle(), 1);
+        codec_get().await;
+        assert_eq!((pool.created(), pool.resent()), (2, 1));
+        assert_eq!(pool.idle(), 1);
+        let post = Request::post("/")
+            .body(crate::http::body::empty())
+            .unwrap();
+        let Err(err) = pool.send(post).await else {
+            panic!("a POST that may have been acted on was sent again");
+        };
+        assert!(
+            matches!(
+                err,
+                PoolError::Exchange {
+                    source: ExchangeError::ClosedBeforeResponse,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!((pool.created(), pool.resent()), (2, 1));
+    }
+
+    /// Codec connections: reused LIFO, not reused after `Connection: close`, after a body
+    /// longer than its `Content-Length` (the extra bytes are no next answer) or a body dropped
+    /// before its end.
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_connections_are_reused_only_after_a_clean_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            while let Ok((mut s, _)) = listener.accept() {
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut b = [0u8; 1];
+                    while s.read(&mut b).is_ok_and(|n| n == 1) {
+                        seen.push(b[0]);
+                        if !seen.ends_with(b"\r\n\r\n") {
+                            continue;
+                        }
+                        let head = String::from_utf8_lossy(&seen).into_owned();
+                        seen.clear();
+                        let answer: &[u8] = if head.starts_with("GET /close ") {
+                            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+                        } else if head.starts_with("GET /long ") {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil"
+                        } else if head.starts_with("GET /big ") {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nabc"
+                        } else {
+                            OK
+                        };
+                        if s.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let fetch = |path: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let req = Request::get(path).body(crate::http::body::empty()).unwrap();
+                let (resp, _) = pool.send(req).await.unwrap();
+                http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .map(|b| b.to_bytes())
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(&fetch("/").await.unwrap()[..], b"ok");
+        }
+        assert_eq!((pool.created(), pool.idle()), (1, 1));
+        assert_eq!(&fetch("/close").await.unwrap()[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (1, 0));
+        assert_eq!(&fetch("/long").await.unwrap()[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (2, 0), "the extra bytes closed it");
+        assert_eq!(&fetch("/").await.unwrap()[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (3, 1));
+        // Dropped after the head: the rest of the body is still coming, not reusable.
+        let req = Request::get("/big").body(crate::http::body::empty()).unwrap();
+        let (resp, _) = pool.send(req).await.unwrap();
+        assert_eq!(resp.headers()["content-length"], "100000");
+        drop(resp);
+        assert_eq!((pool.created(), pool.idle()), (3, 0));
+        assert_eq!(&fetch("/").await.unwrap()[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (4, 1));
     }
 
     /// A keep-alive backend answering `ok` to every request, one thread per connection.
@@ -1017,12 +1133,12 @@ mod tests {
         let req = Request::post("/")
             .body(crate::http::body::boxed(ChanBody(body_rx)))
             .unwrap();
-        let (resp, checkin) = pool.send(req).await.unwrap();
+        let (resp, checkin) = pool.send_hyper(req).await.unwrap();
         body_is_ok(resp).await;
         checkin.release();
         assert_eq!(pool.idle(), 1, "kept, though still sending");
 
-        let mut next = Box::pin(pool.send(get()));
+        let mut next = Box::pin(pool.send_hyper(get()));
         std::future::poll_fn(|cx| {
             assert!(next.as_mut().poll(cx).is_pending());
             std::task::Poll::Ready(())
