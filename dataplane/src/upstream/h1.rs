@@ -485,6 +485,9 @@ fn trailers(buf: &mut BytesMut) -> Result<Option<HeaderMap>, CodecError> {
             return Err(CodecError::TrailersTooLarge)
         }
         Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete((len, _))) if len > MAX_HEAD_BYTES => {
+            return Err(CodecError::TrailersTooLarge)
+        }
         Ok(httparse::Status::Complete((len, fields))) => {
             let mut map = HeaderMap::with_capacity(fields.len());
             for f in fields.iter() {
