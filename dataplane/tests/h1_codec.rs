@@ -115,11 +115,7 @@ async fn serve(mut s: TcpStream) {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                 buf.drain(..end + 4);
-                break head
-                    .split(' ')
-                    .nth(1)
-                    .unwrap_or_default()
-                    .to_string();
+                break head.split(' ').nth(1).unwrap_or_default().to_string();
             }
             let mut chunk = [0u8; 4096];
             match s.read(&mut chunk).await {
@@ -180,7 +176,11 @@ impl Setup {
     async fn next_is_ok(&self, new_connection: bool, case: &str) {
         let before = self.accepted();
         let r = get(&client(), &self.url("/ok")).await;
-        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]), "{case}");
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (StatusCode::OK, &b"ok"[..]),
+            "{case}"
+        );
         assert_eq!(
             self.accepted() - before,
             u64::from(new_connection),
@@ -319,7 +319,10 @@ async fn framing_cases_codec() {
 
     // No framing: read until close.
     let r = get(&c, &s.url("/until-close")).await;
-    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"until close"[..]));
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (StatusCode::OK, &b"until close"[..])
+    );
     s.next_is_ok(true, "/until-close").await;
 }
 

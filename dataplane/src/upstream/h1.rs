@@ -808,7 +808,14 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(h.framing, Framing::Length(3));
-        assert_eq!(h.parts.headers.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(
+            h.parts
+                .headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .count(),
+            1
+        );
         for bad in [
             &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\n",
@@ -823,7 +830,11 @@ mod tests {
             );
         }
         assert_eq!(
-            head(b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", &get).unwrap_err(),
+            head(
+                b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                &get
+            )
+            .unwrap_err(),
             CodecError::TransferEncodingOnHttp10
         );
         let h = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", &get)
@@ -902,7 +913,11 @@ mod tests {
             panic!("trailers")
         };
         assert_eq!(t["x-t"], "1");
-        assert_eq!(&buf[..], b"rest", "bytes after the body stay for the caller");
+        assert_eq!(
+            &buf[..],
+            b"rest",
+            "bytes after the body stay for the caller"
+        );
         for bad in [
             &b"10000000000000000\r\n"[..],
             b"\r\n",
@@ -937,7 +952,10 @@ mod tests {
         assert!(!buf.is_empty(), "the extra bytes are left: not reusable");
         let mut d = Decoder::new(Framing::Length(10));
         let mut buf = BytesMut::from(&b"abcde"[..]);
-        assert_eq!(d.decode(&mut buf).unwrap(), Step::Data(Bytes::from("abcde")));
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Step::Data(Bytes::from("abcde"))
+        );
         assert_eq!(d.decode(&mut buf).unwrap(), Step::NeedMore);
         assert_eq!(d.eof(), Err(CodecError::Truncated));
         let mut d = Decoder::new(Framing::Close);
@@ -956,9 +974,15 @@ mod tests {
         let mut out = Vec::new();
         encode_head(&req.into_parts().0, &mut out);
         assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: h\r\nx-y: z\r\n\r\n");
-        assert!(uses_codec(&Request::get("/").body(http_body_util::Empty::<Bytes>::new()).unwrap()));
+        assert!(uses_codec(
+            &Request::get("/")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap()
+        ));
         let cases = [
-            Request::post("/").body(http_body_util::Full::new(Bytes::from("x"))).unwrap(),
+            Request::post("/")
+                .body(http_body_util::Full::new(Bytes::from("x")))
+                .unwrap(),
             Request::get("/")
                 .header("upgrade", "websocket")
                 .body(http_body_util::Full::new(Bytes::new()))

@@ -297,7 +297,9 @@ impl Pool {
                 tracing::debug!(upstream = %self.authority, error = %e, "pooled connection was closed; retrying on a new connection");
                 self.resent.fetch_add(1, Ordering::Relaxed);
                 conn = Conn::new(self.tcp_connect().await?);
-                conn.exchange(&req).await.map_err(|e| self.exchange_error(e))?
+                conn.exchange(&req)
+                    .await
+                    .map_err(|e| self.exchange_error(e))?
             }
             Err(e) => return Err(self.exchange_error(e)),
         };
@@ -575,7 +577,7 @@ impl Pool {
             } else {
                 state.raw.front().map(|e| e.since)
             };
-            if !since.is_some_and(|s| s.elapsed() >= grace) {
+            if since.is_none_or(|s| s.elapsed() < grace) {
                 break;
             }
             if hyper_first {
@@ -832,9 +834,7 @@ mod tests {
         codec_get().await;
         assert_eq!((pool.created(), pool.resent()), (2, 1));
         assert_eq!(pool.idle(), 1);
-        let post = Request::post("/")
-            .body(crate::http::body::empty())
-            .unwrap();
+        let post = Request::post("/").body(crate::http::body::empty()).unwrap();
         let Err(err) = pool.send(post).await else {
             panic!("a POST that may have been acted on was sent again");
         };
@@ -904,11 +904,17 @@ mod tests {
         assert_eq!(&fetch("/close").await.unwrap()[..], b"ok");
         assert_eq!((pool.created(), pool.idle()), (1, 0));
         assert_eq!(&fetch("/long").await.unwrap()[..], b"ok");
-        assert_eq!((pool.created(), pool.idle()), (2, 0), "the extra bytes closed it");
+        assert_eq!(
+            (pool.created(), pool.idle()),
+            (2, 0),
+            "the extra bytes closed it"
+        );
         assert_eq!(&fetch("/").await.unwrap()[..], b"ok");
         assert_eq!((pool.created(), pool.idle()), (3, 1));
         // Dropped after the head: the rest of the body is still coming, not reusable.
-        let req = Request::get("/big").body(crate::http::body::empty()).unwrap();
+        let req = Request::get("/big")
+            .body(crate::http::body::empty())
+            .unwrap();
         let (resp, _) = pool.send(req).await.unwrap();
         assert_eq!(resp.headers()["content-length"], "100000");
         drop(resp);
