@@ -5,6 +5,7 @@
 # instrumentation switched on only around 10,000 HTTP/1.1 requests (`-c 64`) and 5,000 HTTP/3
 # requests (`-c 10 -m 10`) to a `weir-bench serve` backend; prints user-space instructions
 # (callgrind's Ir, the dump's `totals:` line) divided by requests. Uses BINDIR/weir-bench for the backend and the load.
+# CALLGRIND_KEEP=DIR keeps each dump as DIR/h1.out, DIR/h3.out (for callgrind_annotate).
 set -euo pipefail
 bins=$(cd "$1" && pwd)
 which=${2:-both}
@@ -43,6 +44,7 @@ measure() { # name, requests, load args...
     f=$(ls "$d"/cg.*.* 2>/dev/null | head -1) && [ -n "$f" ] && break; sleep 0.1
   done
   ir=$(awk '/^totals:/ {print $2; exit}' "$f")
+  if [ -n "${CALLGRIND_KEEP:-}" ]; then mkdir -p "$CALLGRIND_KEEP" && cp "$f" "$CALLGRIND_KEEP/$name.out"; fi
   rm -f "$d"/cg.*
   echo "$name: $ir instructions / $n requests = $((ir / n)) per request"
 }
