@@ -194,6 +194,19 @@ impl Checkin {
     }
 }
 
+/// Whether a response from hyper's client leaves its connection reusable. With both
+/// `Transfer-Encoding` and `Content-Length`, hyper decodes the chunked body but leaves the
+/// `Content-Length` in the response, which would then frame the forwarded body wrongly (a
+/// client read `hel` of a chunked `hello` announced as 3 bytes): the `Content-Length` goes and
+/// the connection is not reused (RFC 9112 §6.3), as the codec does (`h1.rs`).
+fn hyper_reusable(resp: &mut Response<Incoming>) -> bool {
+    let h = resp.headers_mut();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.remove(header::CONTENT_LENGTH).is_some() {
+        return false;
+    }
+    keeps_alive(resp.version(), resp.headers())
+}
+
 /// Whether the upstream keeps the connection open after this response (RFC 9112 §9.3).
 pub(crate) fn keeps_alive(version: http::Version, headers: &http::HeaderMap) -> bool {
     let mut close = false;
@@ -381,8 +394,8 @@ impl Pool {
             None => (self.connect().await?, false),
         };
         let req = match tx.try_send_request(req).await {
-            Ok(resp) => {
-                let checkin = self.checkin_for(tx, keeps_alive(resp.version(), resp.headers()));
+            Ok(mut resp) => {
+                let checkin = self.checkin_for(tx, hyper_reusable(&mut resp));
                 return Ok((resp, checkin));
             }
             Err(mut e) => match e.take_message() {
@@ -404,8 +417,8 @@ impl Pool {
         self.resent.fetch_add(1, Ordering::Relaxed);
         let mut tx = self.connect().await?;
         match tx.send_request(req).await {
-            Ok(resp) => {
-                let checkin = self.checkin_for(tx, keeps_alive(resp.version(), resp.headers()));
+            Ok(mut resp) => {
+                let checkin = self.checkin_for(tx, hyper_reusable(&mut resp));
                 Ok((resp, checkin))
             }
             Err(source) => Err(PoolError::Request {
