@@ -789,13 +789,17 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
+/// Header fields as [`replay`] reports them.
+#[doc(hidden)]
+pub type Fields = Vec<(String, Vec<u8>)>;
+
 /// What [`replay`] saw.
 #[doc(hidden)]
 #[derive(Debug, PartialEq)]
 pub struct Replayed {
-    head: Option<(u16, Vec<(String, Vec<u8>)>, Framing, bool)>,
+    head: Option<(u16, Fields, Framing, bool)>,
     body: Vec<u8>,
-    trailers: Vec<(String, Vec<u8>)>,
+    trailers: Fields,
     done: bool,
     left: usize,
     error: Option<String>,
