@@ -36,7 +36,9 @@
 //!   (written into a connection the peer had closed, nothing came back) is sent once more on a
 //!   new connection when its method is idempotent or the write itself failed.
 //!
-//! The pool's mutex is held only to push or pop; nothing awaits under it.
+//! The pool's mutex is held only to push or pop (and, for codec connections, the idle check: a
+//! non-blocking `try_read`, no syscall unless the socket turned readable); nothing awaits
+//! under it.
 
 use crate::http::body::ProxyBody;
 use crate::upstream::endpoint::CountedIo;
