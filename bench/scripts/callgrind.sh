@@ -5,7 +5,7 @@
 # instrumentation switched on only around 10,000 HTTP/1.1 requests (`-c 64`) and 5,000 HTTP/3
 # requests (`-c 10 -m 10`) to a `weir-bench serve` backend; prints user-space instructions
 # (callgrind's Ir, the dump's `totals:` line) divided by requests. Uses BINDIR/weir-bench for the backend and the load.
-# CG_KEEP=DIR keeps each dump as DIR/cg-<h1|h3>.out, for `callgrind_annotate --tree=caller`.
+# CALLGRIND_KEEP=DIR (or CG_KEEP=DIR) keeps each dump as DIR/h1.out, DIR/h3.out (for callgrind_annotate).
 set -euo pipefail
 bins=$(cd "$1" && pwd)
 which=${2:-both}
@@ -44,7 +44,8 @@ measure() { # name, requests, load args...
     f=$(ls "$d"/cg.*.* 2>/dev/null | head -1) && [ -n "$f" ] && break; sleep 0.1
   done
   ir=$(awk '/^totals:/ {print $2; exit}' "$f")
-  if [ -n "${CG_KEEP:-}" ]; then mkdir -p "$CG_KEEP" && cp "$f" "$CG_KEEP/cg-$name.out"; fi
+  keep=${CALLGRIND_KEEP:-${CG_KEEP:-}}
+  if [ -n "$keep" ]; then mkdir -p "$keep" && cp "$f" "$keep/$name.out"; fi
   rm -f "$d"/cg.*
   echo "$name: $ir instructions / $n requests = $((ir / n)) per request"
 }

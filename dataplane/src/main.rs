@@ -61,6 +61,11 @@ struct RunArgs {
     /// 1, a single-threaded runtime (cheaper per request than a one-worker multi-thread one).
     #[arg(long, env = "WEIR_WORKER_THREADS", default_value_t = 0)]
     worker_threads: usize,
+    /// HTTP/1.1 upstream client for requests without a body: `codec` (Weir's own, no
+    /// connection task; see `upstream/h1.rs`) or `hyper` (hyper's client, which always
+    /// carries request bodies, upgrades and CONNECT).
+    #[arg(long, env = "WEIR_UPSTREAM_H1", default_value = "codec", value_parser = ["codec", "hyper"])]
+    upstream_h1: String,
 }
 
 fn main() -> ExitCode {
@@ -247,6 +252,7 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
         return ExitCode::from(2);
     }
 
+    weir_dataplane::upstream::pool::use_codec(args.upstream_h1 == "codec");
     let telemetry = weir_dataplane::telemetry::hub::Telemetry::new(args.access_log == "on");
     let config = boot_config(args.config_preferred.as_ref(), args.config.as_ref());
     let dp = Dataplane::new(config.clone(), telemetry);

@@ -10,6 +10,7 @@ use crate::telemetry::metrics::{BackendMetrics, Metrics};
 use crate::upstream::balancer::Balancer;
 use crate::upstream::breaker::{Breaker, BreakerView, Mode};
 pub use crate::upstream::endpoint::{CountedIo, EndpointRt};
+use crate::upstream::h1::UpstreamBody;
 use crate::upstream::health::{clock_ms, EndpointState, InFlight, Outcome};
 use crate::upstream::pool::{Checkin, Pool, PoolError, PoolSettings};
 use crate::upstream::retry::{backoff, is_idempotent, Budget, Replay};
@@ -210,14 +211,14 @@ enum Failure {
 
 /// The result of the latest try, kept while deciding whether to retry.
 enum Last {
-    Upstream(Response<hyper::body::Incoming>, InFlight, Option<Checkin>),
+    Upstream(Response<UpstreamBody>, InFlight, Option<Checkin>),
     Local(Response<ProxyBody>),
 }
 
 /// What one try's send returned: the response (with the pooled connection to give back), the
 /// send's error, or the try's time limit elapsed.
 type TryResult = Result<
-    Result<(Response<hyper::body::Incoming>, Option<Checkin>), SendError>,
+    Result<(Response<UpstreamBody>, Option<Checkin>), SendError>,
     tokio::time::error::Elapsed,
 >;
 
@@ -883,18 +884,15 @@ impl BackendRt {
         &self,
         idx: usize,
         req: Request<ProxyBody>,
-    ) -> Result<(Response<hyper::body::Incoming>, Option<Checkin>), SendError> {
+    ) -> Result<(Response<UpstreamBody>, Option<Checkin>), SendError> {
         match &self.conns {
             Conns::H1(pools) => match pools.get(idx) {
-                Some(pool) => match pool.send(req).await {
-                    Ok((resp, checkin)) => Ok((resp, Some(checkin))),
-                    Err(e) => Err(SendError::Pool(e)),
-                },
+                Some(pool) => pool.send(req).await.map_err(SendError::Pool),
                 // `pools` follows `endpoints`; `idx` comes from `pick`.
                 None => Err(SendError::Pool(PoolError::NoPool)),
             },
             Conns::Legacy { client, .. } => match client.request(req).await {
-                Ok(resp) => Ok((resp, None)),
+                Ok(resp) => Ok((resp.map(UpstreamBody::Hyper), None)),
                 Err(e) => Err(SendError::Legacy(e)),
             },
         }
@@ -988,7 +986,7 @@ impl BackendRt {
 /// permit) until it ends or is dropped, and the pooled HTTP/1.1 connection it came on, which
 /// goes back to its pool when the body has ended cleanly (and is closed otherwise).
 struct Guarded {
-    inner: hyper::body::Incoming,
+    inner: UpstreamBody,
     guard: Option<(InFlight, Option<OwnedSemaphorePermit>)>,
     checkin: Option<Checkin>,
 }
@@ -1029,7 +1027,7 @@ impl Body for Guarded {
             Poll::Ready(Some(Err(e))) => {
                 this.guard = None;
                 this.checkin = None;
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(f))) => {
                 // Released with the last frame, before the client can see the end.

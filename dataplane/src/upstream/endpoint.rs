@@ -33,6 +33,12 @@ impl CountedIo {
         CountedIo { io, open }
     }
 
+    /// The socket itself, for the HTTP/1.1 codec (`h1.rs`), which reads and writes it with
+    /// tokio's own calls.
+    pub fn stream_mut(&mut self) -> &mut tokio::net::TcpStream {
+        self.io.inner_mut()
+    }
+
     /// Counts a new connection into `open` (and out again when dropped).
     pub fn new(stream: tokio::net::TcpStream, open: Arc<AtomicU64>) -> CountedIo {
         open.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod balancer;
 pub mod breaker;
 pub mod endpoint;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod retry;

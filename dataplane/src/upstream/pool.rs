@@ -26,16 +26,29 @@
 //!   (`pool-purge-delay`: idle connections above the low mark go gradually, one purge delay
 //!   apart); Envoy keeps idle connections until their idle timeout.
 //!
-//! The pool's mutex is held only to push or pop; nothing awaits under it.
+//! - Requests without a body (most of a proxy's traffic) go through Weir's own HTTP/1.1 codec
+//!   (`h1.rs`) instead of hyper's client, unless `--upstream-h1 hyper`: the exchange's task
+//!   writes the head and parses the response itself, and the response body hands the
+//!   connection back. Codec connections have their own idle list (a hyper connection cannot
+//!   be taken back from its task); `maxIdlePerEndpoint` and the idle timeout count both lists
+//!   together. An idle codec connection is checked at checkout (closed by the peer, or bytes
+//!   nobody asked for: dropped), and a request that met the keep-alive race on a reused one
+//!   (written into a connection the peer had closed, nothing came back) is sent once more on a
+//!   new connection when its method is idempotent or the write itself failed.
+//!
+//! The pool's mutex is held only to push or pop (and, for codec connections, the idle check: a
+//! non-blocking `try_read`, no syscall unless the socket turned readable); nothing awaits
+//! under it.
 
 use crate::http::body::ProxyBody;
 use crate::upstream::endpoint::CountedIo;
+use crate::upstream::h1::{self, CodecBody, Conn, ExchangeError, UpstreamBody};
 use http::uri::Authority;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +59,15 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// whose concurrency swings within a second (request waves, client reconnects) finds its
 /// connections again; a one-off spike's surplus goes a second later.
 pub const EXCESS_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether requests without a body go through the codec (`--upstream-h1`, set once at start).
+static CODEC: AtomicBool = AtomicBool::new(true);
+
+/// Chooses the HTTP/1.1 client for requests without a body: Weir's codec (`true`, the
+/// default) or hyper's.
+pub fn use_codec(on: bool) {
+    CODEC.store(on, Ordering::Relaxed);
+}
 
 /// Why a request through the pool failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +97,18 @@ pub enum PoolError {
         #[source]
         source: hyper::Error,
     },
+    #[error("request to {authority} failed")]
+    Exchange {
+        authority: Authority,
+        #[source]
+        source: ExchangeError,
+    },
 }
 
 impl PoolError {
     /// No connection could be made (the request was not sent).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, PoolError::Request { .. })
+        !matches!(self, PoolError::Request { .. } | PoolError::Exchange { .. })
     }
 }
 
@@ -108,10 +136,17 @@ struct Idle {
     since: Instant,
 }
 
+struct RawIdle {
+    conn: Conn,
+    since: Instant,
+}
+
 #[derive(Default)]
 struct State {
     /// Oldest first; checkout takes from the back.
     idle: VecDeque<Idle>,
+    /// Idle codec connections, oldest first.
+    raw: VecDeque<RawIdle>,
     /// A reaper task is running for this pool.
     reaper: bool,
 }
@@ -161,8 +196,21 @@ impl Checkin {
     }
 }
 
+/// Whether a response from hyper's client leaves its connection reusable. With both
+/// `Transfer-Encoding` and `Content-Length`, hyper decodes the chunked body but leaves the
+/// `Content-Length` in the response, which would then frame the forwarded body wrongly (a
+/// client read `hel` of a chunked `hello` announced as 3 bytes): the `Content-Length` goes and
+/// the connection is not reused (RFC 9112 §6.3), as the codec does (`h1.rs`).
+fn hyper_reusable(resp: &mut Response<Incoming>) -> bool {
+    let h = resp.headers_mut();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.remove(header::CONTENT_LENGTH).is_some() {
+        return false;
+    }
+    keeps_alive(resp.version(), resp.headers())
+}
+
 /// Whether the upstream keeps the connection open after this response (RFC 9112 §9.3).
-fn keeps_alive(version: http::Version, headers: &http::HeaderMap) -> bool {
+pub(crate) fn keeps_alive(version: http::Version, headers: &http::HeaderMap) -> bool {
     let mut close = false;
     let mut keep_alive = false;
     for v in headers.get_all(header::CONNECTION) {
@@ -215,7 +263,8 @@ impl Pool {
 
     /// Idle connections held now.
     pub fn idle(&self) -> usize {
-        self.lock().idle.len()
+        let state = self.lock();
+        state.idle.len() + state.raw.len()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -227,18 +276,128 @@ impl Pool {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Checkin), PoolError> {
+    ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
+        if CODEC.load(Ordering::Relaxed) && h1::uses_codec(&req) {
+            return self.send_codec(req).await.map(|r| (r, None));
+        }
+        let (resp, checkin) = self.send_hyper(req).await?;
+        Ok((resp.map(UpstreamBody::Hyper), Some(checkin)))
+    }
+
+    /// A request without a body through the codec, on an idle codec connection or a new one.
+    async fn send_codec(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, PoolError> {
+        // Only the head goes out (the body is empty); the parts are what the awaits hold.
+        let (req, _) = req.into_parts();
+        let (mut conn, reused) = match self.checkout_raw() {
+            Some(c) => (c, true),
+            None => (Conn::new(self.tcp_connect().await?), false),
+        };
+        let head = match conn.exchange(&req).await {
+            Ok(head) => head,
+            // The keep-alive race: the peer closed the idle connection as the request went
+            // out. Sent again when that cannot repeat an action: nothing was written, or the
+            // method is idempotent.
+            Err(e)
+                if reused
+                    && e.nothing_received()
+                    && (matches!(e, ExchangeError::Write(_))
+                        || crate::upstream::retry::is_idempotent(&req.method)) =>
+            {
+                tracing::debug!(upstream = %self.authority, error = %e, "pooled connection was closed; retrying on a new connection");
+                self.resent.fetch_add(1, Ordering::Relaxed);
+                conn = Conn::new(self.tcp_connect().await?);
+                conn.exchange(&req)
+                    .await
+                    .map_err(|e| self.exchange_error(e))?
+            }
+            Err(e) => return Err(self.exchange_error(e)),
+        };
+        let body = CodecBody::new(conn, &head, self.clone());
+        Ok(Response::from_parts(head.parts, UpstreamBody::Codec(body)))
+    }
+
+    fn exchange_error(&self, source: ExchangeError) -> PoolError {
+        PoolError::Exchange {
+            authority: self.authority.clone(),
+            source,
+        }
+    }
+
+    /// The most recently used idle codec connection that is still usable (expired, closed
+    /// ones and ones with unsolicited bytes are dropped, outside the lock).
+    fn checkout_raw(&self) -> Option<Conn> {
+        let mut dead = Vec::new();
+        let found = {
+            let mut state = self.lock();
+            loop {
+                let Some(mut e) = state.raw.pop_back() else {
+                    break None;
+                };
+                if e.since.elapsed() > self.settings.idle_timeout {
+                    // This one and every older one have expired.
+                    dead.push(e.conn);
+                    dead.extend(state.raw.drain(..).map(|e| e.conn));
+                    break None;
+                }
+                if e.conn.is_usable() {
+                    break Some(e.conn);
+                }
+                dead.push(e.conn);
+            }
+        };
+        drop(dead);
+        found
+    }
+
+    /// Puts a codec connection whose exchange ended cleanly back (the bound as in
+    /// [`Self::push`]).
+    fn checkin_raw(self: &Arc<Self>, conn: Conn) {
+        if self.settings.max_idle == 0 || self.settings.idle_timeout.is_zero() {
+            return;
+        }
+        let mut state = self.lock();
+        let grace = self.settings.excess_idle_grace;
+        let evicted = if state.idle.len() + state.raw.len() >= self.settings.max_idle
+            && state
+                .raw
+                .front()
+                .is_some_and(|e| e.since.elapsed() >= grace)
+        {
+            state.raw.pop_front()
+        } else {
+            None
+        };
+        state.raw.push_back(RawIdle {
+            conn,
+            since: Instant::now(),
+        });
+        if !state.reaper {
+            state.reaper = spawn(reap(Arc::downgrade(self), self.settings));
+        }
+        drop(state);
+        drop(evicted);
+    }
+
+    /// A request through hyper's client (request bodies, upgrades, CONNECT, HTTP/1.0, or all
+    /// with `--upstream-h1 hyper`).
+    async fn send_hyper(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Checkin), PoolError> {
         let (mut tx, reused) = match self.checkout() {
             Some(Found::Ready(tx)) => (tx, true),
             Some(Found::Busy(tx)) => self.ready_or_connect(tx).await?,
             None => (self.connect().await?, false),
         };
         let req = match tx.try_send_request(req).await {
-            Ok(resp) => {
-                let checkin = self.checkin_for(tx, keeps_alive(resp.version(), resp.headers()));
+            Ok(mut resp) => {
+                let checkin = self.checkin_for(tx, hyper_reusable(&mut resp));
                 return Ok((resp, checkin));
             }
             Err(mut e) => match e.take_message() {
@@ -260,8 +419,8 @@ impl Pool {
         self.resent.fetch_add(1, Ordering::Relaxed);
         let mut tx = self.connect().await?;
         match tx.send_request(req).await {
-            Ok(resp) => {
-                let checkin = self.checkin_for(tx, keeps_alive(resp.version(), resp.headers()));
+            Ok(mut resp) => {
+                let checkin = self.checkin_for(tx, hyper_reusable(&mut resp));
                 Ok((resp, checkin))
             }
             Err(source) => Err(PoolError::Request {
@@ -364,7 +523,7 @@ impl Pool {
         // Over the bound, only a connection that went unused for the grace period goes now;
         // the rest of the surplus is the reaper's, once it has been unused that long.
         let grace = self.settings.excess_idle_grace;
-        let evicted = if state.idle.len() >= self.settings.max_idle
+        let evicted = if state.idle.len() + state.raw.len() >= self.settings.max_idle
             && state
                 .idle
                 .front()
@@ -407,27 +566,73 @@ impl Pool {
                 i += 1;
             }
         }
-        let grace = self.settings.excess_idle_grace;
-        while state.idle.len() > self.settings.max_idle
-            && state
-                .idle
-                .front()
-                .is_some_and(|e| e.since.elapsed() >= grace)
-        {
-            dead.extend(state.idle.pop_front());
+        let keep_from = state
+            .raw
+            .iter()
+            .position(|e| e.since.elapsed() <= timeout)
+            .unwrap_or(state.raw.len());
+        let mut dead_raw: Vec<RawIdle> = state.raw.drain(..keep_from).collect();
+        let mut i = 0;
+        while i < state.raw.len() {
+            if state.raw[i].conn.is_usable() {
+                i += 1;
+            } else if let Some(e) = state.raw.remove(i) {
+                dead_raw.push(e);
+            }
         }
-        let any = !state.idle.is_empty();
+        // Over the bound, the least recently used of either list goes once unused that long.
+        let grace = self.settings.excess_idle_grace;
+        while state.idle.len() + state.raw.len() > self.settings.max_idle {
+            let hyper_first = match (state.idle.front(), state.raw.front()) {
+                (Some(h), Some(r)) => h.since <= r.since,
+                (h, _) => h.is_some(),
+            };
+            let since = if hyper_first {
+                state.idle.front().map(|e| e.since)
+            } else {
+                state.raw.front().map(|e| e.since)
+            };
+            if since.is_none_or(|s| s.elapsed() < grace) {
+                break;
+            }
+            if hyper_first {
+                dead.extend(state.idle.pop_front());
+            } else {
+                dead_raw.extend(state.raw.pop_front());
+            }
+        }
+        let any = !state.idle.is_empty() || !state.raw.is_empty();
         if !any {
             state.reaper = false;
         }
         drop(state);
         drop(dead);
+        drop(dead_raw);
         any
     }
 
     /// A new connection: TCP connect within the connect timeout, then the HTTP/1.1 connection
     /// task spawned on the runtime (with upgrades, for WebSockets).
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, PoolError> {
+        let io = self.tcp_connect().await?;
+        let (tx, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|source| PoolError::Handshake {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        let authority = self.authority.clone();
+        spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = %authority, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// A new TCP connection within the connect timeout, `TCP_NODELAY` and TCP keep-alive on,
+    /// counted.
+    async fn tcp_connect(&self) -> Result<CountedIo, PoolError> {
         let timeout = self.settings.connect_timeout;
         let stream = tokio::time::timeout(
             timeout,
@@ -450,20 +655,13 @@ impl Pool {
             tracing::debug!(upstream = %self.authority, error = %e, "cannot set TCP keep-alive");
         }
         self.created.fetch_add(1, Ordering::Relaxed);
-        let io = CountedIo::new(stream, self.open.clone());
-        let (tx, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|source| PoolError::Handshake {
-                authority: self.authority.clone(),
-                source,
-            })?;
-        let authority = self.authority.clone();
-        spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(upstream = %authority, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
+        Ok(CountedIo::new(stream, self.open.clone()))
+    }
+}
+
+impl h1::Release for Pool {
+    fn release(self: Arc<Self>, conn: Conn) {
+        self.checkin_raw(conn);
     }
 }
 
@@ -538,7 +736,7 @@ mod tests {
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
     async fn exchange(pool: &Arc<Pool>) -> Checkin {
-        let (resp, checkin) = pool.send(get()).await.unwrap();
+        let (resp, checkin) = pool.send_hyper(get()).await.unwrap();
         assert_eq!(resp.status(), 200);
         body_is_ok(resp).await;
         checkin
@@ -618,6 +816,126 @@ mod tests {
         drop(rt);
         drop(pool);
         assert_eq!(backend.join().unwrap(), 2);
+    }
+
+    /// The codec's keep-alive race: a reused connection the backend closes after reading the
+    /// next request head, without answering. A GET goes out once more on a new connection
+    /// (`resent`); a bodiless POST is not repeated (the backend may have acted on it) and fails.
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_resends_idempotent_requests_that_met_a_closing_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            while let Ok((mut s, _)) = listener.accept() {
+                std::thread::spawn(move || {
+                    // One answer, then the next request is read and the connection closed.
+                    if read_head(&mut s) && s.write_all(OK).is_ok() {
+                        read_head(&mut s);
+                    }
+                });
+            }
+        });
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let codec_get = || async {
+            let (resp, checkin) = pool.send(get()).await.unwrap();
+            assert!(checkin.is_none(), "the codec carries a bodiless GET");
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            assert_eq!(&body.to_bytes()[..], b"ok");
+        };
+        codec_get().await;
+        assert_eq!(pool.idle(), 1);
+        codec_get().await;
+        assert_eq!((pool.created(), pool.resent()), (2, 1));
+        assert_eq!(pool.idle(), 1);
+        let post = Request::post("/").body(crate::http::body::empty()).unwrap();
+        let Err(err) = pool.send(post).await else {
+            panic!("a POST that may have been acted on was sent again");
+        };
+        assert!(
+            matches!(
+                err,
+                PoolError::Exchange {
+                    source: ExchangeError::ClosedBeforeResponse,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!((pool.created(), pool.resent()), (2, 1));
+    }
+
+    /// Codec connections: reused LIFO, not reused after `Connection: close`, after a body
+    /// longer than its `Content-Length` (the extra bytes are no next answer) or a body dropped
+    /// before its end.
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_connections_are_reused_only_after_a_clean_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            while let Ok((mut s, _)) = listener.accept() {
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    let mut b = [0u8; 1];
+                    while s.read(&mut b).is_ok_and(|n| n == 1) {
+                        seen.push(b[0]);
+                        if !seen.ends_with(b"\r\n\r\n") {
+                            continue;
+                        }
+                        let head = String::from_utf8_lossy(&seen).into_owned();
+                        seen.clear();
+                        let answer: &[u8] = if head.starts_with("GET /close ") {
+                            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+                        } else if head.starts_with("GET /long ") {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil"
+                        } else if head.starts_with("GET /big ") {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nabc"
+                        } else {
+                            OK
+                        };
+                        if s.write_all(answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let fetch = |path: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let req = Request::get(path).body(crate::http::body::empty()).unwrap();
+                let (resp, _) = pool.send(req).await.unwrap();
+                http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .map(|b| b.to_bytes())
+            }
+        };
+        for _ in 0..3 {
+            assert_eq!(&fetch("/").await.unwrap()[..], b"ok");
+        }
+        assert_eq!((pool.created(), pool.idle()), (1, 1));
+        assert_eq!(&fetch("/close").await.unwrap()[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (1, 0));
+        assert_eq!(&fetch("/long").await.unwrap()[..], b"ok");
+        assert_eq!(
+            (pool.created(), pool.idle()),
+            (2, 0),
+            "the extra bytes closed it"
+        );
+        assert_eq!(&fetch("/").await.unwrap()[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (3, 1));
+        // Dropped after the head: the rest of the body is still coming, not reusable.
+        let req = Request::get("/big")
+            .body(crate::http::body::empty())
+            .unwrap();
+        let (resp, _) = pool.send(req).await.unwrap();
+        assert_eq!(resp.headers()["content-length"], "100000");
+        drop(resp);
+        assert_eq!((pool.created(), pool.idle()), (3, 0));
+        assert_eq!(&fetch("/").await.unwrap()[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (4, 1));
     }
 
     /// A keep-alive backend answering `ok` to every request, one thread per connection.
@@ -836,12 +1154,12 @@ mod tests {
         let req = Request::post("/")
             .body(crate::http::body::boxed(ChanBody(body_rx)))
             .unwrap();
-        let (resp, checkin) = pool.send(req).await.unwrap();
+        let (resp, checkin) = pool.send_hyper(req).await.unwrap();
         body_is_ok(resp).await;
         checkin.release();
         assert_eq!(pool.idle(), 1, "kept, though still sending");
 
-        let mut next = Box::pin(pool.send(get()));
+        let mut next = Box::pin(pool.send_hyper(get()));
         std::future::poll_fn(|cx| {
             assert!(next.as_mut().poll(cx).is_pending());
             std::task::Poll::Ready(())

@@ -1,0 +1,356 @@
+//! The HTTP/1.1 upstream codec (`dataplane/src/upstream/h1.rs`) against a hostile backend on
+//! a real socket, through the real binary: every framing and smuggling defence, and whether
+//! the connection is used again afterwards (connections the backend accepted).
+//!
+//! Each case runs with `--upstream-h1 codec` (the default); the cases whose outcome hyper's
+//! client shares run with `--upstream-h1 hyper` too, so both clients are held to them.
+
+mod common;
+use common::*;
+
+use http::{Method, Request, StatusCode};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The backend's answer per request path: raw bytes, and whether it closes afterwards.
+fn answer(path: &str) -> (&'static [u8], bool) {
+    match path {
+        // Transfer-Encoding and Content-Length: chunked wins, the connection is not reused.
+        "/cl-te" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            false,
+        ),
+        "/cl-same" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        "/cl-conflict" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!",
+            false,
+        ),
+        "/cl-list" => (b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok!", false),
+        "/cl-sign" => (b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok", false),
+        "/obs-fold" => (
+            b"HTTP/1.1 200 OK\r\nx-a: 1\r\n folded\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        "/bare-cr" => (
+            b"HTTP/1.1 200 OK\r\nx-a: 1\rx-b: 2\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        "/nul" => (
+            b"HTTP/1.1 200 OK\r\nx-a: 1\x002\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        "/ctl-name" => (
+            b"HTTP/1.1 200 OK\r\nx\x01a: 1\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        "/chunk-overflow" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000002\r\nok\r\n0\r\n\r\n",
+            false,
+        ),
+        "/chunk-ext-lf" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\nb\r\nok\r\n0\r\n\r\n",
+            false,
+        ),
+        "/chunk-no-crlf" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+            false,
+        ),
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;ext=\"v\"\r\nok\r\n1\r\n!\r\n0\r\nx-t: 1\r\n\r\n",
+            false,
+        ),
+        "/chunked-cut" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+            true,
+        ),
+        // A second response nobody asked for after the body: never the next request's answer.
+        "/split" => (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nevil",
+            false,
+        ),
+        "/interim" => (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        ),
+        "/unasked-101" => (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+        "/304" => (
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+            false,
+        ),
+        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil close", true),
+        "/te-http10" => (
+            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            false,
+        ),
+        _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+    }
+}
+
+/// A raw backend answering by [`answer`]; counts the connections it accepted.
+async fn hostile_backend() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let a = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(s));
+        }
+    });
+    (addr, accepted)
+}
+
+async fn serve(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let path = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                buf.drain(..end + 4);
+                break head.split(' ').nth(1).unwrap_or_default().to_string();
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let (bytes, close) = answer(&path);
+        if close {
+            // The answer and the FIN in one segment.
+            let _ = socket2::SockRef::from(&s).set_tcp_cork(true);
+        }
+        if s.write_all(bytes).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+struct Setup {
+    port: u16,
+    accepted: Arc<AtomicU64>,
+    _dp: Dataplane,
+}
+
+impl Setup {
+    async fn start(client: &str) -> Setup {
+        let (be, accepted) = hostile_backend().await;
+        let port = free_port();
+        let config = json!({
+            "version": "h1",
+            "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
+            // No retries: a response refused shows as the failure it is.
+            "backends": {"b": {"endpoints": [be.to_string()], "retries": {"attempts": 1}}},
+            "routes": [{"name": "r", "rules": [{"backendRefs": [{"name": "b"}]}]}],
+        })
+        .to_string();
+        let opts = Opts {
+            args: vec!["--upstream-h1".into(), client.into()],
+            ..Opts::default()
+        };
+        let dp = Dataplane::start_with(&config, opts).await;
+        Setup {
+            port,
+            accepted,
+            _dp: dp,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// A plain request after the case: answered `ok`, and on a new connection or not.
+    async fn next_is_ok(&self, new_connection: bool, case: &str) {
+        let before = self.accepted();
+        let r = get(&client(), &self.url("/ok")).await;
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (StatusCode::OK, &b"ok"[..]),
+            "{case}"
+        );
+        assert_eq!(
+            self.accepted() - before,
+            u64::from(new_connection),
+            "{case}: new connection after it"
+        );
+    }
+}
+
+/// Heads no client may forward: a 502, and the connection is not used again.
+async fn refused_heads(client_kind: &str) {
+    let s = Setup::start(client_kind).await;
+    s.next_is_ok(true, "first").await;
+    for case in [
+        "/cl-conflict",
+        "/cl-list",
+        "/cl-sign",
+        "/obs-fold",
+        "/bare-cr",
+        "/nul",
+        "/ctl-name",
+        "/te-http10",
+    ] {
+        let r = get(&client(), &s.url(case)).await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{client_kind} {case}");
+        s.next_is_ok(true, case).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_response_heads_are_refused_codec() {
+    refused_heads("codec").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_response_heads_are_refused_hyper() {
+    refused_heads("hyper").await;
+}
+
+/// Bodies that break their framing: the client never gets a complete-looking body, and the
+/// connection is not used again.
+async fn broken_bodies(client_kind: &str) {
+    let s = Setup::start(client_kind).await;
+    s.next_is_ok(true, "first").await;
+    for (case, whole) in [
+        ("/chunk-overflow", &b"ok"[..]),
+        ("/chunk-ext-lf", b"ok"),
+        ("/chunk-no-crlf", b"ok"),
+        ("/chunked-cut", b"hello"),
+    ] {
+        let r = try_send(&client(), req(&s.url(case))).await;
+        assert!(
+            r.as_ref().map_or(true, |r| r.body != whole),
+            "{client_kind} {case}: {r:?}"
+        );
+        s.next_is_ok(true, case).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_bodies_are_errors_codec() {
+    broken_bodies("codec").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_bodies_are_errors_hyper() {
+    broken_bodies("hyper").await;
+}
+
+/// Response splitting: bytes after a `Content-Length` body are never read as the answer to
+/// the next request.
+async fn splitting(client_kind: &str) {
+    let s = Setup::start(client_kind).await;
+    s.next_is_ok(true, "first").await;
+    for _ in 0..3 {
+        let r = get(&client(), &s.url("/split")).await;
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
+        s.next_is_ok(true, "/split").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_splitting_is_not_read_as_the_next_answer_codec() {
+    splitting("codec").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_splitting_is_not_read_as_the_next_answer_hyper() {
+    splitting("hyper").await;
+}
+
+/// Both `Transfer-Encoding` and `Content-Length`: the chunked body whole, without the
+/// `Content-Length`, and the connection closed after (hyper's client left the length in, and
+/// the client read 3 bytes of `hello`).
+async fn both_framings(client_kind: &str) {
+    let s = Setup::start(client_kind).await;
+    s.next_is_ok(true, "first").await;
+    for _ in 0..2 {
+        let r = get(&client(), &s.url("/cl-te")).await;
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (StatusCode::OK, &b"hello"[..]),
+            "{client_kind}"
+        );
+        assert_ne!(
+            r.headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"3"[..])
+        );
+        s.next_is_ok(true, "/cl-te").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_with_content_length_codec() {
+    both_framings("codec").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_with_content_length_hyper() {
+    both_framings("hyper").await;
+}
+
+/// What the codec forwards, and when it keeps the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_cases_codec() {
+    let s = Setup::start("codec").await;
+    s.next_is_ok(true, "first").await;
+    let c = client();
+
+    // Agreeing duplicates are one length; the connection stays.
+    let r = get(&c, &s.url("/cl-same")).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
+    s.next_is_ok(false, "/cl-same").await;
+
+    // Chunks with extensions and trailers; the connection stays.
+    let r = get(&c, &s.url("/chunked")).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok!"[..]));
+    s.next_is_ok(false, "/chunked").await;
+
+    // 100 and 103 are skipped; the final answer comes, and the connection stays.
+    let r = get(&c, &s.url("/interim")).await;
+    assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert!(r.headers.get("link").is_none());
+    s.next_is_ok(false, "/interim").await;
+
+    // A 304 has no body whatever its Content-Length says: the next answer is read right.
+    for _ in 0..2 {
+        let r = get(&c, &s.url("/304")).await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+        assert!(r.body.is_empty());
+        s.next_is_ok(false, "/304").await;
+    }
+
+    // A 101 nobody asked for is refused.
+    let r = get(&c, &s.url("/unasked-101")).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    s.next_is_ok(true, "/unasked-101").await;
+
+    // No framing: read until close.
+    let r = get(&c, &s.url("/until-close")).await;
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (StatusCode::OK, &b"until close"[..])
+    );
+    s.next_is_ok(true, "/until-close").await;
+}
+
+fn req(url: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(url)
+        .body(empty())
+        .unwrap()
+}
