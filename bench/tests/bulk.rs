@@ -103,6 +103,11 @@ async fn stats_count_accepted_connections() {
         .expect("load thread")
         .expect("load run");
     assert_eq!(r.responses, 30);
+    // How many of the 3 workers connected depends on scheduling: under load one connection can
+    // take all 30 requests before another worker starts (seen on a loaded CI-like machine:
+    // `tcp_accepted` 2). The load's own count is the truth to compare with.
+    let opened = r.connections;
+    assert!((1..=3).contains(&opened), "{opened} load connections");
     let stats = tokio::task::spawn_blocking({
         let addr = srv.addr();
         move || {
@@ -117,8 +122,9 @@ async fn stats_count_accepted_connections() {
     })
     .await
     .expect("stats thread");
-    // Three load connections, then this one.
-    assert!(stats.ends_with("{\"tcp_accepted\":4}"), "{stats}");
+    // The load's connections, then this one.
+    let want = format!("{{\"tcp_accepted\":{}}}", opened + 1);
+    assert!(stats.ends_with(&want), "{stats} (want {want})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
