@@ -355,33 +355,10 @@ impl Pool {
         found
     }
 
-    /// Puts a codec connection whose exchange ended cleanly back (the bound as in
-    /// [`Self::push`]).
+    /// Puts a codec connection whose exchange ended cleanly back.
     fn checkin_raw(self: &Arc<Self>, conn: Conn) {
-        if self.settings.max_idle == 0 || self.settings.idle_timeout.is_zero() {
-            return;
-        }
-        let mut state = self.lock();
-        let grace = self.settings.excess_idle_grace;
-        let evicted = if state.idle.len() + state.raw.len() >= self.settings.max_idle
-            && state
-                .raw
-                .front()
-                .is_some_and(|e| e.since.elapsed() >= grace)
-        {
-            state.raw.pop_front()
-        } else {
-            None
-        };
-        state.raw.push_back(RawIdle {
-            conn,
-            since: Instant::now(),
-        });
-        if !state.reaper {
-            state.reaper = spawn(reap(Arc::downgrade(self), self.settings));
-        }
-        drop(state);
-        drop(evicted);
+        let since = Instant::now();
+        self.park(|s| &mut s.raw, |e| e.since, RawIdle { conn, since });
     }
 
     /// A request through hyper's client (request bodies, upgrades, CONNECT, HTTP/1.0, or all
@@ -512,31 +489,36 @@ impl Pool {
     /// once (hyper has read the whole response by then); if not, checkout waits for it or
     /// connects, whichever is first.
     fn checkin(self: &Arc<Self>, tx: SendRequest<ProxyBody>) {
-        if tx.is_closed() || self.settings.max_idle == 0 || self.settings.idle_timeout.is_zero() {
+        if tx.is_closed() {
             return;
         }
-        self.push(tx);
+        let since = Instant::now();
+        self.park(|s| &mut s.idle, |e| e.since, Idle { tx, since });
     }
 
-    fn push(self: &Arc<Self>, tx: SendRequest<ProxyBody>) {
+    /// Puts an idle connection on its list (hyper's or the codec's). `maxIdlePerEndpoint`
+    /// counts both lists: over it, only the list's oldest connection that went unused for the
+    /// grace period goes now; the rest of the surplus is the reaper's, once it has been unused
+    /// that long.
+    fn park<T>(
+        self: &Arc<Self>,
+        list: fn(&mut State) -> &mut VecDeque<T>,
+        since: fn(&T) -> Instant,
+        entry: T,
+    ) {
+        if self.settings.max_idle == 0 || self.settings.idle_timeout.is_zero() {
+            return;
+        }
         let mut state = self.lock();
-        // Over the bound, only a connection that went unused for the grace period goes now;
-        // the rest of the surplus is the reaper's, once it has been unused that long.
+        let full = state.idle.len() + state.raw.len() >= self.settings.max_idle;
         let grace = self.settings.excess_idle_grace;
-        let evicted = if state.idle.len() + state.raw.len() >= self.settings.max_idle
-            && state
-                .idle
-                .front()
-                .is_some_and(|e| e.since.elapsed() >= grace)
-        {
-            state.idle.pop_front()
+        let l = list(&mut state);
+        let evicted = if full && l.front().is_some_and(|e| since(e).elapsed() >= grace) {
+            l.pop_front()
         } else {
             None
         };
-        state.idle.push_back(Idle {
-            tx,
-            since: Instant::now(),
-        });
+        l.push_back(entry);
         if !state.reaper {
             state.reaper = spawn(reap(Arc::downgrade(self), self.settings));
         }
