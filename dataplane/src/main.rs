@@ -66,6 +66,10 @@ struct RunArgs {
     /// carries request bodies, upgrades and CONNECT).
     #[arg(long, env = "WEIR_UPSTREAM_H1", default_value = "codec", value_parser = ["codec", "hyper"])]
     upstream_h1: String,
+    /// HTTP/1.1 server for client connections: Weir's codec (`codec`, plain and over TLS;
+    /// h2c, upgrades and CONNECT are handed to hyper) or hyper's server for everything.
+    #[arg(long, env = "WEIR_DOWNSTREAM_H1", default_value = "codec", value_parser = ["codec", "hyper"])]
+    downstream_h1: String,
 }
 
 fn main() -> ExitCode {
@@ -253,6 +257,7 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
     }
 
     weir_dataplane::upstream::pool::use_codec(args.upstream_h1 == "codec");
+    weir_dataplane::listen::h1::use_codec(args.downstream_h1 == "codec");
     let telemetry = weir_dataplane::telemetry::hub::Telemetry::new(args.access_log == "on");
     let config = boot_config(args.config_preferred.as_ref(), args.config.as_ref());
     let dp = Dataplane::new(config.clone(), telemetry);

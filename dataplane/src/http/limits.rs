@@ -50,6 +50,17 @@ impl Default for RequestLimits {
 /// larger, so body throughput is unchanged.
 const H1_DEFAULT_BUF: usize = 8192 + 4096 * 100;
 
+/// The coarse HTTP/1.1 request-head limits past which the server answers 431 itself, for
+/// hyper's server and Weir's codec alike: `(head bytes, header fields)`. hyper's defaults
+/// (~400 KiB buffer, 100 fields), raised when the listener allows more.
+pub fn h1_backstops(l: &ListenerLimits) -> (usize, usize) {
+    let header_bytes = l.max_request_header_bytes as usize;
+    (
+        H1_DEFAULT_BUF.max(header_bytes + 8192),
+        (l.max_request_headers as usize).max(100),
+    )
+}
+
 /// The HTTP/1.1 + HTTP/2 connection builder for a listener with these limits.
 pub fn http_builder(l: &ListenerLimits) -> auto::Builder<TokioExecutor> {
     let mut http = auto::Builder::new(TokioExecutor::new());
@@ -60,11 +71,12 @@ pub fn http_builder(l: &ListenerLimits) -> auto::Builder<TokioExecutor> {
             .header_read_timeout(l.header_read_timeout.get())
             .keep_alive(true);
         // hyper answers 431 itself past these; the exact limits are checked in check_head.
-        if header_bytes + 8192 > H1_DEFAULT_BUF {
-            h1.max_buf_size(header_bytes + 8192);
+        let (buf, fields) = h1_backstops(l);
+        if buf > H1_DEFAULT_BUF {
+            h1.max_buf_size(buf);
         }
-        if l.max_request_headers > 100 {
-            h1.max_headers(l.max_request_headers as usize);
+        if fields > 100 {
+            h1.max_headers(fields);
         }
     }
     // HPACK counts 32 bytes of overhead per field on top of name and value.

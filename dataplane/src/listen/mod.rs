@@ -2,6 +2,7 @@
 //! through a [`live::Live`] handle (the runtime serving now and the drain signal), never
 //! through the `Dataplane` that owns them.
 
+pub mod h1;
 pub mod h3;
 pub mod h3_websocket;
 pub mod live;

@@ -2,18 +2,22 @@
 //! (ALPN), with the listener's idle, header-read and handshake timeouts. It serves through a
 //! [`Live`] handle (runtime + drain signal), like the QUIC door, not through the `Dataplane`.
 
+use crate::http::body::BoxError;
 use crate::http::conn::ConnInfo;
+use crate::listen::h1;
 use crate::listen::live::Live;
 use crate::pipeline::proxy;
 use crate::runtime::compile::ListenerRt;
 use crate::telemetry::metrics::Handshake;
 use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weir_config::ListenerProtocol;
@@ -74,27 +78,12 @@ async fn serve_connection(
         alt_svc: l.alt_svc.clone(),
         limits: (&l.limits).into(),
     });
-    let dp = live;
-    // Set once a request head is complete (see limits::first_request_deadline).
-    let seen = Arc::new(AtomicBool::new(false));
-    let seen_svc = seen.clone();
-    let header_timeout = l.limits.header_read_timeout.get();
-    let svc = hyper::service::service_fn(move |req| {
-        let dp = dp.clone();
-        let info = info.clone();
-        if !seen_svc.load(Ordering::Relaxed) {
-            seen_svc.store(true, Ordering::Relaxed);
-        }
-        async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), dp.telemetry(), &info, req).await) }
-    });
+    // HTTP/1.1 goes to the codec (listen/h1.rs) unless `--downstream-h1 hyper`; HTTP/2 over
+    // TLS (ALPN h2) and what the codec hands over (h2c, upgrades, CONNECT) to hyper's server.
+    let codec = crate::listen::h1::codec_enabled();
     let result = match &l.tls {
-        None => {
-            let conn = l
-                .http
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
-                .await
-        }
+        None if codec => serve_codec(live, stream, info, &l, watcher).await,
+        None => serve_hyper(live, stream, info, &l, watcher).await,
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
             let started = std::time::Instant::now();
@@ -115,14 +104,70 @@ async fn serve_connection(
                         return;
                     }
                 };
-            let conn = l
-                .http
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
-                .await
+            if codec && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                serve_codec(live, tls, info, &l, watcher).await
+            } else {
+                serve_hyper(live, tls, info, &l, watcher).await
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(client = %remote, error = %e, "connection ended with error");
     }
+}
+
+/// Serves a connection with Weir's HTTP/1.1 codec; what it hands over goes to hyper with the
+/// bytes already read replayed.
+async fn serve_codec<I>(
+    live: Arc<Live>,
+    io: I,
+    info: Arc<ConnInfo>,
+    l: &ListenerRt,
+    watcher: Watcher,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (max_head_bytes, max_headers) = crate::http::limits::h1_backstops(&l.limits);
+    let setup = h1::Setup {
+        live,
+        info,
+        limits: h1::HeadLimits {
+            max_head_bytes,
+            max_headers,
+        },
+        header_timeout: l.limits.header_read_timeout.get(),
+    };
+    match h1::serve(&setup, io).await {
+        Some(rewound) => serve_hyper(setup.live, rewound, setup.info, l, watcher).await,
+        None => Ok(()),
+    }
+}
+
+/// Serves a connection with hyper's HTTP/1.1 + HTTP/2 server.
+async fn serve_hyper<I>(
+    live: Arc<Live>,
+    io: I,
+    info: Arc<ConnInfo>,
+    l: &ListenerRt,
+    watcher: Watcher,
+) -> Result<(), BoxError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let dp = live;
+    // Set once a request head is complete (see limits::first_request_deadline).
+    let seen = Arc::new(AtomicBool::new(false));
+    let seen_svc = seen.clone();
+    let header_timeout = l.limits.header_read_timeout.get();
+    let svc = hyper::service::service_fn(move |req| {
+        let dp = dp.clone();
+        let info = info.clone();
+        if !seen_svc.load(Ordering::Relaxed) {
+            seen_svc.store(true, Ordering::Relaxed);
+        }
+        async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), dp.telemetry(), &info, req).await) }
+    });
+    let conn = l.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout).await
 }
