@@ -197,7 +197,7 @@ pub fn parse_request(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::Token) if req.method.is_none() => return Err(RequestError::Method),
         Err(httparse::Error::Token) => return Err(RequestError::Target),
-        Err(httparse::Error::Version) => return Err(RequestError::Version),
+        Err(httparse::Error::Version) => return Err(version_error(buf)),
         Err(httparse::Error::TooManyHeaders) => {
             return Err(RequestError::TooManyFields(limits.max_headers))
         }
@@ -305,6 +305,22 @@ pub fn parse_request(
         keep_alive: keep_alive && !close,
         expect_continue,
     })))
+}
+
+/// A request line whose version is `HTTP/x.y` with a major other than 1 gets 505 (RFC 9110
+/// §15.6.6); any other bad version is a malformed line, 400 (hyper answers 400 to both).
+fn version_error(buf: &[u8]) -> RequestError {
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let version = line.rsplit(|b| *b == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() && *major != b'1' =>
+        {
+            RequestError::Version
+        }
+        _ => RequestError::Head(httparse::Error::Version),
+    }
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -719,7 +735,8 @@ where
                 }
             }
         }
-        let idle = conn.rbuf.is_empty() && !first;
+        // Between requests (or before the first byte) a drain closes the connection at once.
+        let idle = conn.rbuf.is_empty();
         let read = poll_fn(|cx| {
             if idle && drained.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
@@ -879,7 +896,7 @@ where
     }
     conn.wbuf.clear();
     conn.wpos = 0;
-    encode_head(&rparts, &mut conn.wbuf);
+    encode_head(&rparts, version, &mut conn.wbuf);
 
     let mut written: u64 = 0;
     if out != Out::None {
@@ -969,10 +986,8 @@ where
     // A request body the pipeline did not read to its end: finish it from what is buffered,
     // else close (reading an unbounded upload just to discard it is not worth the connection).
     if let Some(p) = pump.as_mut() {
-        if !p.finished || p.broken {
-            if p.broken || !drain_buffered(&mut p.decoder, &mut conn.rbuf) {
-                return Ok(false);
-            }
+        if p.broken || !(p.decoder.is_done() || drain_buffered(&mut p.decoder, &mut conn.rbuf)) {
+            return Ok(false);
         }
     }
     Ok(keep_alive)
@@ -1052,9 +1067,9 @@ fn has_token(v: &[u8], token: &[u8]) -> bool {
         .any(|t| trim(t).eq_ignore_ascii_case(token))
 }
 
-/// Status line and fields (a `date` added when the response has none, as hyper does), blank
-/// line.
-fn encode_head(parts: &http::response::Parts, out: &mut Vec<u8>) {
+/// Status line (HTTP/1.0 to an HTTP/1.0 client, as hyper answers), fields (a `date` added when
+/// the response has none, as hyper does), blank line.
+fn encode_head(parts: &http::response::Parts, version: Version, out: &mut Vec<u8>) {
     let status = parts.status;
     let reason = parts
         .extensions
@@ -1068,7 +1083,11 @@ fn encode_head(parts: &http::response::Parts, out: &mut Vec<u8>) {
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
     out.reserve(15 + reason.len() + fields + 37 + 2);
-    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason);
