@@ -419,3 +419,55 @@ async fn odd_request_forms_as_hyper() {
         assert_eq!(c, h, "{:?}", String::from_utf8_lossy(raw));
     }
 }
+
+/// HTTP/1.1 over TLS (ALPN `http/1.1`) is the codec's too: a body, and a second request on
+/// the same connection; ALPN `h2` still goes to hyper's HTTP/2 server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http11_over_tls() {
+    let echo = echo("tls").await;
+    let port = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - {{ name: https, address: "127.0.0.1:{port}", protocol: https }}
+backends:
+  echo: {{ endpoints: ["{echo}"] }}
+routes:
+  - name: all
+    rules: [{{ backendRefs: [{{ name: echo }}] }}]
+"#
+    );
+    let _dp = Dataplane::start(&config).await;
+    let curl = |args: Vec<String>| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-sk", "--max-time", "60"])
+                .args(args)
+                .output()
+                .expect("run curl")
+        })
+        .await
+        .expect("join");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let url = |p: &str| format!("https://127.0.0.1:{port}{p}");
+    // Two transfers in one curl run share the connection (curl reuses it; `--next` resets
+    // the options, so they are given again).
+    let text = curl(vec![
+        "--http1.1".into(),
+        "-i".into(),
+        "--data-binary".into(),
+        "hello".into(),
+        url("/one"),
+        "--next".into(),
+        "-sk".into(),
+        "--http1.1".into(),
+        "-i".into(),
+        url("/two"),
+    ])
+    .await;
+    assert_eq!(statuses(&text), vec![200, 200], "{text}");
+    assert!(text.contains("\"bodyBytes\": 5"), "{text}");
+    let text = curl(vec!["--http2".into(), "-i".into(), url("/h2")]).await;
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+}

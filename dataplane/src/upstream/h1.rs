@@ -305,7 +305,8 @@ fn framing(
     ))
 }
 
-fn trim(b: &[u8]) -> &[u8] {
+/// `b` without leading and trailing spaces and tabs (also used by the server codec).
+pub(crate) fn trim(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|c| *c != b' ' && *c != b'\t');
     let end = b.iter().rposition(|c| *c != b' ' && *c != b'\t');
     match (start, end) {
@@ -314,8 +315,9 @@ fn trim(b: &[u8]) -> &[u8] {
     }
 }
 
-/// A decimal `Content-Length`: 1–19 digits (always fits `u64`), nothing else.
-fn digits(b: &[u8]) -> Option<u64> {
+/// A decimal `Content-Length`: 1–19 digits (always fits `u64`), nothing else (no sign, no
+/// list; also used by the server codec).
+pub(crate) fn digits(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
         return None;
     }
