@@ -471,3 +471,76 @@ routes:
     let text = curl(vec!["--http2".into(), "-i".into(), url("/h2")]).await;
     assert!(text.starts_with("HTTP/2 200"), "{text}");
 }
+
+/// Drain on SIGTERM: an idle keep-alive connection is closed at once (the drain deadline is
+/// longer than the test's hang guard, so only the codec closing it lets the read end); a
+/// request in flight gets its response with `connection: close`; the process exits 0.
+async fn drain(server: &str) {
+    let echo = echo("drain").await;
+    let port = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - {{ name: http, address: "127.0.0.1:{port}", protocol: http }}
+backends:
+  echo: {{ endpoints: ["{echo}"] }}
+routes:
+  - name: all
+    rules: [{{ backendRefs: [{{ name: echo }}] }}]
+"#
+    );
+    let mut dp = Dataplane::start_with(
+        &config,
+        Opts {
+            drain_timeout: Some("600s".into()),
+            args: vec!["--downstream-h1".into(), server.into()],
+            ..Opts::default()
+        },
+    )
+    .await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Idle after one exchange.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(HANG_GUARD, idle.read(&mut buf))
+        .await
+        .expect("first response")
+        .expect("read");
+    assert_eq!(statuses(&String::from_utf8_lossy(&buf[..n])), vec![200]);
+    // In flight: the backend answers after a while.
+    let mut busy = TcpStream::connect(addr).await.expect("connect");
+    busy.write_all(b"GET /slow?delay_ms=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let stats = || async { get(&client(), &format!("http://{echo}/?stats=1")).await.json() };
+    tokio::time::timeout(HANG_GUARD, async {
+        while stats().await["requests"].as_u64().unwrap_or(0) < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the slow request never reached the backend");
+    dp.signal(libc::SIGTERM);
+    let rest = read_all(&mut idle).await;
+    assert!(rest.is_empty(), "{server}: idle connection got {rest}");
+    let text = read_all(&mut busy).await;
+    assert_eq!(statuses(&text), vec![200], "{server}: {text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{server}: {text}"
+    );
+    assert!(dp.wait_exit().await.success(), "{server}: exit status");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_idle_and_finishes_in_flight_codec() {
+    drain("codec").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_closes_idle_and_finishes_in_flight_hyper() {
+    drain("hyper").await;
+}
