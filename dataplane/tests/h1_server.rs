@@ -84,7 +84,10 @@ fn statuses(text: &str) -> Vec<u16> {
             .lines()
             .find_map(|l| {
                 let l = l.to_ascii_lowercase();
-                l.strip_prefix("content-length:")?.trim().parse::<usize>().ok()
+                l.strip_prefix("content-length:")?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
             })
             .unwrap_or(0);
         rest = body.get(len..).unwrap_or_default();
@@ -208,7 +211,11 @@ async fn refusals(server: &str) {
     let text = exchange(addr, big.as_bytes()).await;
     assert_eq!(statuses(&text), vec![431], "{server} oversized head");
     // And the listener still serves.
-    let text = exchange(addr, b"GET /fine HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let text = exchange(
+        addr,
+        b"GET /fine HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(statuses(&text), vec![200], "{server} after: {text}");
 }
 
@@ -333,7 +340,11 @@ async fn continue_and_http10(server: &str) {
         b"GET /a HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\nHost: a\r\n\r\n",
     )
     .await;
-    assert_eq!(statuses(&text), vec![200, 200], "{server} 1.0 keep-alive: {text}");
+    assert_eq!(
+        statuses(&text),
+        vec![200, 200],
+        "{server} 1.0 keep-alive: {text}"
+    );
     assert!(
         text.to_ascii_lowercase().contains("connection: keep-alive"),
         "{server}: {text}"
@@ -364,7 +375,11 @@ async fn unread_and_vanished_bodies(server: &str) {
     assert_eq!(statuses(&text), vec![413], "{server}: {text}");
     assert!(!text.contains("smuggled"), "{server}: {text}");
 
-    let stats = || async { get(&client(), &format!("http://{echo}/?stats=1")).await.json() };
+    let stats = || async {
+        get(&client(), &format!("http://{echo}/?stats=1"))
+            .await
+            .json()
+    };
     let before = stats().await;
     let (requests, errors) = (
         before["requests"].as_u64().unwrap_or(0),
@@ -388,7 +403,11 @@ async fn unread_and_vanished_bodies(server: &str) {
     wait_for("requests", requests).await;
     drop(s);
     wait_for("bodyErrors", errors).await;
-    let text = exchange(addr, b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    let text = exchange(
+        addr,
+        b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(statuses(&text), vec![200], "{server}: {text}");
 }
 
@@ -515,7 +534,11 @@ routes:
     busy.write_all(b"GET /slow?delay_ms=1500 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .expect("write");
-    let stats = || async { get(&client(), &format!("http://{echo}/?stats=1")).await.json() };
+    let stats = || async {
+        get(&client(), &format!("http://{echo}/?stats=1"))
+            .await
+            .json()
+    };
     tokio::time::timeout(HANG_GUARD, async {
         while stats().await["requests"].as_u64().unwrap_or(0) < 2 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

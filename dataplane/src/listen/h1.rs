@@ -148,8 +148,10 @@ pub struct ReqHead {
     pub expect_continue: bool,
 }
 
-/// What the front of the buffer holds.
+/// What the front of the buffer holds. Not boxed: a box would be a `malloc` per request for the
+/// rare hand-off's sake.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed {
     /// A request this codec serves (its head has been split off the buffer).
     Request(ReqHead),
@@ -195,11 +197,9 @@ pub fn parse_request(
         &mut heap[..]
     };
     let mut req = httparse::Request::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-        &mut req,
-        buf,
-        fields,
-    ) {
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, fields)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > limits.max_head_bytes => {
             return Err(RequestError::TooLarge(limits.max_head_bytes))
@@ -471,7 +471,7 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -879,7 +879,10 @@ where
         Out::Length(n)
     } else if version == Version::HTTP_11 {
         headers.remove(header::CONTENT_LENGTH);
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         Out::Chunked
     } else {
         headers.remove(header::CONTENT_LENGTH);
@@ -943,7 +946,9 @@ where
                         } else {
                             let mut at = 0;
                             poll_fn(|cx| {
-                                drive(conn, &mut pump, cx, |c, cx| c.poll_write_big(cx, &d, &mut at))
+                                drive(conn, &mut pump, cx, |c, cx| {
+                                    c.poll_write_big(cx, &d, &mut at)
+                                })
                             })
                             .await
                             .map_err(ExchangeError::Write)?;
@@ -1273,10 +1278,7 @@ mod tests {
     #[test]
     fn hand_offs_and_partial_heads() {
         assert!(matches!(parse(b"PRI * HTTP/2.0\r\n"), Ok(None)));
-        assert!(matches!(
-            parse(H2_PREFACE),
-            Ok(Some(Parsed::HandOff))
-        ));
+        assert!(matches!(parse(H2_PREFACE), Ok(Some(Parsed::HandOff))));
         assert!(matches!(
             parse(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
             Ok(Some(Parsed::HandOff))
