@@ -567,3 +567,41 @@ async fn drain_closes_idle_and_finishes_in_flight_codec() {
 async fn drain_closes_idle_and_finishes_in_flight_hyper() {
     drain("hyper").await;
 }
+
+/// A client that closes its connection while the upstream is still answering: the upstream
+/// request is dropped too (the backend counts it as cancelled), as hyper's server does.
+async fn client_gone(server: &str) {
+    let (_dp, addr, echo) = proxy(server).await;
+    let stats = || async {
+        get(&client(), &format!("http://{echo}/?stats=1"))
+            .await
+            .json()
+    };
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // The backend would answer after 10 minutes, longer than the hang guard.
+    s.write_all(b"GET /slow?delay_ms=600000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let wait_for = |field: &'static str| async move {
+        tokio::time::timeout(HANG_GUARD, async {
+            while stats().await[field].as_u64().unwrap_or(0) < 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{server}: the backend's {field} never rose"))
+    };
+    wait_for("requests").await;
+    drop(s);
+    wait_for("requestsCancelled").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_cancels_the_upstream_codec() {
+    client_gone("codec").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_cancels_the_upstream_hyper() {
+    client_gone("hyper").await;
+}

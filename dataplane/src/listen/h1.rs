@@ -788,6 +788,8 @@ enum ExchangeError {
     Body(#[source] BoxError),
     #[error("response body of {written} bytes against a Content-Length of {declared}")]
     Length { written: u64, declared: u64 },
+    #[error("client closed the connection before its response")]
+    ClientGone,
 }
 
 /// How the response body is sent.
@@ -848,7 +850,27 @@ where
         &setup.info,
         Request::from_parts(parts, body)
     ));
-    let resp = poll_fn(|cx| drive(conn, &mut pump, cx, |_, cx| fut.as_mut().poll(cx))).await;
+    // A client that closes while its response is being made: the pipeline's future is dropped
+    // (so is the upstream request), as hyper's server does on a busy connection. Only looked
+    // for with nothing buffered and no request body (the body's reads see the close).
+    let watch_eof = pump.is_none();
+    let resp = poll_fn(|cx| {
+        drive(conn, &mut pump, cx, |c, cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if watch_eof && c.rbuf.is_empty() {
+                if let Poll::Ready(Ok(0) | Err(_)) = poll_read_buf(&mut c.io, cx, &mut c.rbuf) {
+                    return Poll::Ready(None);
+                }
+            }
+            Poll::Pending
+        })
+    })
+    .await;
+    let Some(resp) = resp else {
+        return Err(ExchangeError::ClientGone);
+    };
     let (mut rparts, mut rbody) = resp.into_parts();
 
     // The response's framing (RFC 9112 §6.1-6.3), as hyper's server encodes it.
