@@ -79,16 +79,17 @@ async fn serve_connection(
     let seen = Arc::new(AtomicBool::new(false));
     let seen_svc = seen.clone();
     let header_timeout = l.limits.header_read_timeout.get();
-    let svc = hyper::service::service_fn(move |req| {
+    let handle = move |req: hyper::Request<hyper::body::Incoming>| {
         let dp = dp.clone();
         let info = info.clone();
         if !seen_svc.load(Ordering::Relaxed) {
             seen_svc.store(true, Ordering::Relaxed);
         }
         async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), dp.telemetry(), &info, req).await) }
-    });
+    };
     let result = match &l.tls {
         None => {
+            let svc = hyper::service::service_fn(handle);
             let conn = l
                 .http
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc);
@@ -115,11 +116,34 @@ async fn serve_connection(
                         return;
                     }
                 };
-            let conn = l
-                .http
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                // Boxed on HTTP/2: hyper spawns a task per stream holding this future, and
+                // tokio moves a task's future by value (spawn, cell, stage changes), so the
+                // ~8 KiB `proxy::handle` state was copied several times per request (~4,800
+                // instr. of 65,000; BENCHMARKS.md "HTTP/2 over TLS: where the time goes").
+                // HTTP/1.1 polls it in place, where the box only adds an allocation (+780).
+                let svc = hyper::service::service_fn(move |req| Box::pin(handle(req)));
+                let conn = l
+                    .http
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                crate::http::limits::first_request_deadline(
+                    watcher.watch(conn),
+                    seen,
+                    header_timeout,
+                )
                 .await
+            } else {
+                let svc = hyper::service::service_fn(handle);
+                let conn = l
+                    .http
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                crate::http::limits::first_request_deadline(
+                    watcher.watch(conn),
+                    seen,
+                    header_timeout,
+                )
+                .await
+            }
         }
     };
     if let Err(e) = result {
