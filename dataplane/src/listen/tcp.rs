@@ -123,8 +123,8 @@ async fn serve_connection(
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                 // Boxed on HTTP/2: hyper spawns a task per stream holding this future, and
                 // tokio moves a task's future by value (spawn, cell, stage changes), so the
-                // ~8 KiB `proxy::handle` state was copied several times per request (~5,300
-                // instr. of ~66,500; BENCHMARKS.md "HTTP/2 over TLS: where the time goes").
+                // ~8 KiB `proxy::handle` state was copied several times per request (~5,200
+                // instr. of ~66,000; BENCHMARKS.md "HTTP/2 over TLS: where the time goes").
                 // HTTP/1.1 polls it in place, where the box only adds an allocation (+780);
                 // plain listeners (HTTP/1.1 or h2c, told apart by hyper) keep it unboxed.
                 serve!(
