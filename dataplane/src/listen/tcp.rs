@@ -79,22 +79,27 @@ async fn serve_connection(
     let seen = Arc::new(AtomicBool::new(false));
     let seen_svc = seen.clone();
     let header_timeout = l.limits.header_read_timeout.get();
-    let svc = hyper::service::service_fn(move |req| {
+    let handle = move |req: hyper::Request<hyper::body::Incoming>| {
         let dp = dp.clone();
         let info = info.clone();
         if !seen_svc.load(Ordering::Relaxed) {
             seen_svc.store(true, Ordering::Relaxed);
         }
         async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), dp.telemetry(), &info, req).await) }
-    });
-    let result = match &l.tls {
-        None => {
+    };
+    // The connection served by the listener's builder, under the drain watcher and the
+    // first-request deadline (a macro: the service types differ, see the h2 case below).
+    macro_rules! serve {
+        ($io:expr, $svc:expr) => {{
             let conn = l
                 .http
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                .serve_connection_with_upgrades(TokioIo::new($io), $svc);
             crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
                 .await
-        }
+        }};
+    }
+    let result = match &l.tls {
+        None => serve!(stream, hyper::service::service_fn(handle)),
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
             let started = std::time::Instant::now();
@@ -115,11 +120,20 @@ async fn serve_connection(
                         return;
                     }
                 };
-            let conn = l
-                .http
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
-                .await
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                // Boxed on HTTP/2: hyper spawns a task per stream holding this future, and
+                // tokio moves a task's future by value (spawn, cell, stage changes), so the
+                // ~8 KiB `proxy::handle` state was copied several times per request (~5,200
+                // instr. of ~66,000; BENCHMARKS.md "HTTP/2 over TLS: where the time goes").
+                // HTTP/1.1 polls it in place, where the box only adds an allocation (+780);
+                // plain listeners (HTTP/1.1 or h2c, told apart by hyper) keep it unboxed.
+                serve!(
+                    tls,
+                    hyper::service::service_fn(move |req| Box::pin(handle(req)))
+                )
+            } else {
+                serve!(tls, hyper::service::service_fn(handle))
+            }
         }
     };
     if let Err(e) = result {
