@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# callgrind.sh BINDIR [h1|h3|both] — instructions per request of the dataplane, measured as
+# callgrind.sh BINDIR [h1|h2|h3|both|all] — instructions per request of the dataplane, measured as
 # BENCHMARKS.md ("Profile findings") describes: the dataplane in BINDIR under
 # `valgrind --tool=callgrind --instr-atstart=no`, one worker thread, access log off,
-# instrumentation switched on only around 10,000 HTTP/1.1 requests (`-c 64`) and 5,000 HTTP/3
-# requests (`-c 10 -m 10`) to a `weir-bench serve` backend; prints user-space instructions
+# instrumentation switched on only around 10,000 HTTP/1.1 requests (`-c 64`), 20,000 HTTP/2
+# over TLS requests (`-c 16 -m 10`, the streams in flight of the `h2-many` scenario) and 5,000
+# HTTP/3 requests (`-c 10 -m 10`) to a `weir-bench serve` backend (`both` = h1 and h3, as
+# before; `all` adds h2); prints user-space instructions
 # (callgrind's Ir, the dump's `totals:` line) divided by requests. Uses BINDIR/weir-bench for the backend and the load.
-# CALLGRIND_KEEP=DIR (or CG_KEEP=DIR) keeps each dump as DIR/h1.out, DIR/h3.out (for callgrind_annotate).
+# CALLGRIND_KEEP=DIR (or CG_KEEP=DIR) keeps each dump as DIR/h1.out, DIR/h2.out, DIR/h3.out (for callgrind_annotate).
 set -euo pipefail
 bins=$(cd "$1" && pwd)
 which=${2:-both}
@@ -49,7 +51,12 @@ measure() { # name, requests, load args...
   rm -f "$d"/cg.*
   echo "$name: $ir instructions / $n requests = $((ir / n)) per request"
 }
-if [ "$which" = h1 ] || [ "$which" = both ]; then measure h1 10000 -c 64 "http://127.0.0.1:$H/"; fi
-if [ "$which" = h3 ] || [ "$which" = both ]; then
+if [ "$which" = h1 ] || [ "$which" = both ] || [ "$which" = all ]; then
+  measure h1 10000 -c 64 "http://127.0.0.1:$H/"
+fi
+if [ "$which" = h2 ] || [ "$which" = all ]; then
+  measure h2 20000 -p h2 --insecure -c 16 -m 10 "https://127.0.0.1:$S/"
+fi
+if [ "$which" = h3 ] || [ "$which" = both ] || [ "$which" = all ]; then
   measure h3 5000 -p h3 --insecure -c 10 -m 10 "https://127.0.0.1:$S/"
 fi

@@ -921,3 +921,137 @@ routes:
     assert_eq!(r.json()["method"], "OPTIONS");
     assert!(r.header("access-control-allow-origin").is_none());
 }
+
+/// HTTP/2 over TLS (ALPN `h2`, where each stream's request future is boxed, `listen/tcp.rs`):
+/// many streams in flight on one connection are all answered, each with its own response;
+/// then a rapid-reset flood (streams opened and cancelled at once) on a second connection is
+/// cut off with GOAWAY `ENHANCE_YOUR_CALM` (hyper/h2's limit of 20 streams reset before they
+/// were accepted), and a new connection is served afterwards.
+#[tokio::test]
+async fn h2_over_tls_many_streams_and_reset_flood() {
+    let echo = echo("h2tls").await;
+    let port = free_port();
+    let config = format!(
+        r#"
+listeners:
+  - {{ name: https, address: "127.0.0.1:{port}", protocol: https }}
+backends:
+  echo: {{ endpoints: ["{echo}"] }}
+routes:
+  - name: all
+    rules: [{{ backendRefs: [{{ name: echo }}] }}]
+"#
+    );
+    let _dp = Dataplane::start(&config).await;
+
+    async fn tls_h2(port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let cfg = weir_bench::tls::client_config(&weir_bench::tls::Trust::Insecure, &[b"h2"])
+            .expect("client config");
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = guard(
+            "TLS handshake",
+            tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+        )
+        .await
+        .expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tls
+    }
+    async fn h2_tls(port: u16) -> h2::client::SendRequest<Bytes> {
+        let (send, conn) = guard("h2 handshake", h2::client::handshake(tls_h2(port).await))
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(conn);
+        send
+    }
+    let get = |path: String| {
+        Request::get(format!("https://localhost:{port}{path}"))
+            .body(())
+            .unwrap()
+    };
+
+    // 100 streams in flight at once, each answered with its own path.
+    let send = h2_tls(port).await;
+    let mut send = guard("h2 ready", send.ready()).await.expect("ready");
+    let mut pending = Vec::new();
+    for i in 0..100 {
+        let (resp, _) = send
+            .send_request(get(format!("/stream/{i}")), true)
+            .expect("send_request");
+        pending.push((i, resp));
+        send = guard("h2 ready", send.ready()).await.expect("ready");
+    }
+    for (i, resp) in pending {
+        let resp = guard("response", resp).await.expect("response");
+        assert_eq!(resp.status(), StatusCode::OK, "stream {i}");
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while let Some(chunk) = guard("body", body.data()).await {
+            let chunk = chunk.expect("body chunk");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&got).expect("echo JSON");
+        assert_eq!(doc["uri"], format!("/stream/{i}"), "stream {i}");
+    }
+
+    // Rapid reset, written by hand so the frames arrive together: 40 streams, each HEADERS
+    // (GET /, END_STREAM) and at once RST_STREAM(CANCEL). The server answers GOAWAY
+    // ENHANCE_YOUR_CALM (0xb) once more than 20 were reset before being accepted, and closes.
+    let mut tls = tls_h2(port).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+                                                         // :method GET, :scheme https, :path / (static table), :authority "localhost" (literal).
+    let mut block = vec![0x82, 0x87, 0x84, 0x01, 9];
+    block.extend_from_slice(b"localhost");
+    for i in 0..40u32 {
+        let id = (2 * i + 1).to_be_bytes();
+        out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x5]); // HEADERS, END_STREAM|END_HEADERS
+        out.extend_from_slice(&id);
+        out.extend_from_slice(&block);
+        out.extend_from_slice(&[0, 0, 4, 3, 0]); // RST_STREAM
+        out.extend_from_slice(&id);
+        out.extend_from_slice(&8u32.to_be_bytes()); // CANCEL
+    }
+    tls.write_all(&out).await.expect("write flood");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the server closes (an error after its GOAWAY counts as closed too).
+    while let Ok(n) = guard("flooded connection closed", tls.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let mut goaway = None;
+    let mut rest = &got[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        let Some(payload) = rest.get(9..9 + len) else {
+            break;
+        };
+        if rest[3] == 7 && len >= 8 {
+            goaway = Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+        }
+        rest = &rest[9 + len..];
+    }
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "no GOAWAY ENHANCE_YOUR_CALM after the reset flood"
+    );
+
+    // The server is still serving new connections.
+    let send = h2_tls(port).await;
+    let mut send = guard("h2 ready", send.ready()).await.expect("ready");
+    let (resp, _) = send
+        .send_request(get("/after".into()), true)
+        .expect("send_request");
+    let resp = guard("response", resp).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+}

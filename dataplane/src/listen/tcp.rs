@@ -83,7 +83,7 @@ async fn serve_connection(
     let codec = crate::listen::h1::codec_enabled();
     let result = match &l.tls {
         None if codec => serve_codec(live, stream, info, &l, watcher).await,
-        None => serve_hyper(live, stream, info, &l, watcher).await,
+        None => serve_hyper(live, stream, info, &l, watcher, false).await,
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
             let started = std::time::Instant::now();
@@ -104,10 +104,11 @@ async fn serve_connection(
                         return;
                     }
                 };
-            if codec && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            if codec && !h2 {
                 serve_codec(live, tls, info, &l, watcher).await
             } else {
-                serve_hyper(live, tls, info, &l, watcher).await
+                serve_hyper(live, tls, info, &l, watcher, h2).await
             }
         }
     };
@@ -139,18 +140,19 @@ where
         header_timeout: l.limits.header_read_timeout.get(),
     };
     match h1::serve(&setup, io).await {
-        Some(rewound) => serve_hyper(setup.live, rewound, setup.info, l, watcher).await,
+        Some(rewound) => serve_hyper(setup.live, rewound, setup.info, l, watcher, false).await,
         None => Ok(()),
     }
 }
 
-/// Serves a connection with hyper's HTTP/1.1 + HTTP/2 server.
+/// Serves a connection with hyper's HTTP/1.1 + HTTP/2 server; `h2`: ALPN chose HTTP/2.
 async fn serve_hyper<I>(
     live: Arc<Live>,
     io: I,
     info: Arc<ConnInfo>,
     l: &ListenerRt,
     watcher: Watcher,
+    h2: bool,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -160,14 +162,34 @@ where
     let seen = Arc::new(AtomicBool::new(false));
     let seen_svc = seen.clone();
     let header_timeout = l.limits.header_read_timeout.get();
-    let svc = hyper::service::service_fn(move |req| {
+    let handle = move |req: hyper::Request<hyper::body::Incoming>| {
         let dp = dp.clone();
         let info = info.clone();
         if !seen_svc.load(Ordering::Relaxed) {
             seen_svc.store(true, Ordering::Relaxed);
         }
         async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), dp.telemetry(), &info, req).await) }
-    });
-    let conn = l.http.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout).await
+    };
+    // The connection served by the listener's builder, under the drain watcher and the
+    // first-request deadline (a macro: the service types differ, see the h2 case below).
+    macro_rules! serve {
+        ($svc:expr) => {{
+            let conn = l
+                .http
+                .serve_connection_with_upgrades(TokioIo::new(io), $svc);
+            crate::http::limits::first_request_deadline(watcher.watch(conn), seen, header_timeout)
+                .await
+        }};
+    }
+    if h2 {
+        // Boxed on HTTP/2: hyper spawns a task per stream holding this future, and
+        // tokio moves a task's future by value (spawn, cell, stage changes), so the
+        // ~8 KiB `proxy::handle` state was copied several times per request (~5,200
+        // instr. of ~66,000; BENCHMARKS.md "HTTP/2 over TLS: where the time goes").
+        // HTTP/1.1 polls it in place, where the box only adds an allocation (+780);
+        // plain listeners (HTTP/1.1 or h2c, told apart by hyper) keep it unboxed.
+        serve!(hyper::service::service_fn(move |req| Box::pin(handle(req))))
+    } else {
+        serve!(hyper::service::service_fn(handle))
+    }
 }
