@@ -80,6 +80,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// from their own buffer.
 const COPY_LIMIT: usize = 16 * 1024;
 
+/// Buffered response bytes past which they are written before the next frame is polled.
+const FLUSH_AT: usize = 64 * 1024;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The coarse limits on a request head (the exact ones are `limits::check_head`'s).
@@ -976,6 +979,15 @@ where
                         }
                         if out == Out::Chunked {
                             conn.wbuf.extend_from_slice(b"\r\n");
+                        }
+                        // A body whose frames keep coming (the upstream is faster than the
+                        // client) is written as it goes, never gathered whole: without this
+                        // bound a 256 MiB download grew the buffer past 100 MiB
+                        // (tests/load.rs).
+                        if conn.wbuf.len() >= FLUSH_AT {
+                            poll_fn(|cx| drive(conn, &mut pump, cx, |c, cx| c.poll_flush_buf(cx)))
+                                .await
+                                .map_err(ExchangeError::Write)?;
                         }
                     }
                     Err(f) => {
