@@ -594,18 +594,18 @@ impl Conn {
     }
 
     /// Reads more into the buffer; `Ok(0)` at EOF.
+    ///
+    /// Through `AsyncRead::poll_read`, not `try_read_buf`: tokio's `poll_read` clears the
+    /// socket's read readiness after a short read (the kernel buffer is drained), so
+    /// [`Conn::is_usable`] at the next checkout finds no readiness and makes no syscall.
+    /// With `try_read_buf` the readiness stayed set and every checkout paid one `recvfrom`
+    /// that failed with `EAGAIN`: a third of the dataplane's syscalls per request on every
+    /// protocol (BENCHMARKS.md "HTTP/2 over TLS: where the time goes").
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(READ_CHUNK);
         }
-        let s = self.io.stream_mut();
-        loop {
-            ready!(s.poll_read_ready(cx))?;
-            match s.try_read_buf(&mut self.rbuf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => return Poll::Ready(r),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(self.io.stream_mut()), cx, &mut self.rbuf)
     }
 
     /// Writes the head of `req` and reads the response head (interim answers skipped). The
