@@ -460,7 +460,10 @@ fn route_json(r: &ProxyRoute) -> serde_json::Value {
 }
 
 /// Parses the route with the contract (types and unknown fields; validation comes later).
-fn convert_route(r: &ProxyRoute, errs: &mut Vec<FieldError>) -> Option<weir_config::Route> {
+fn convert_route(
+    r: &ProxyRoute,
+    errs: &mut Vec<FieldError>,
+) -> Option<std::sync::Arc<weir_config::Route>> {
     let doc = serde_json::json!({ "routes": [route_json(r)] });
     let parsed = serde_json::to_vec(&doc)
         .map_err(|e| weir_config::ConfigError::single("", e.to_string()))

@@ -10,6 +10,7 @@
 
 use crate::runtime::compile::Runtime;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use weir_config::{ConfigError, Route, Snapshot};
 
 /// For each route of `snap`, the index of the route of `prev` with the same name when the two
@@ -18,17 +19,30 @@ pub fn unchanged_routes(snap: &Snapshot, prev: Option<&Snapshot>) -> Vec<Option<
     let Some(prev) = prev else {
         return vec![None; snap.routes.len()];
     };
-    let index: HashMap<&str, usize> = prev
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.name.as_str(), i))
-        .collect();
+    // Routes keep their order across versions, so the route of the same name is usually at
+    // the next position of `prev`; a name index is built only when it is not (a route added
+    // or removed). A route a delta did not touch is the same `Arc` in both versions, so it
+    // is known unchanged without comparing it. Both were O(routes) hash and equality work
+    // per reload (~12% of a one-route `PATCH` at 10,000 routes).
+    let mut index: Option<HashMap<&str, usize>> = None;
+    let mut next = 0;
     snap.routes
         .iter()
         .map(|r| {
-            let j = *index.get(r.name.as_str())?;
-            (prev.routes.get(j)? == r).then_some(j)
+            let j = match prev.routes.get(next) {
+                Some(p) if p.name == r.name => next,
+                _ => *index
+                    .get_or_insert_with(|| {
+                        prev.routes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| (r.name.as_str(), i))
+                            .collect()
+                    })
+                    .get(r.name.as_str())?,
+            };
+            next = j + 1;
+            weir_config::same_route(prev.routes.get(j)?, r).then_some(j)
         })
         .collect()
 }
@@ -55,7 +69,7 @@ pub fn validate(
     if !snap.routes.iter().all(|r| names.insert(r.name.as_str())) {
         return snap.validate();
     }
-    let changed: Vec<Route> = snap
+    let changed: Vec<Arc<Route>> = snap
         .routes
         .iter()
         .zip(unchanged)
