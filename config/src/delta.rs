@@ -139,7 +139,11 @@ impl Delta {
     /// validated whole ([`Snapshot::validate`]).
     pub fn apply(&self, base: &Snapshot) -> Result<Snapshot, ConfigError> {
         let mut errs = Errors::default();
-        let base_names: HashSet<&str> = base.routes.iter().map(|r| r.name.as_str()).collect();
+        // Only needed to check removals: a one-route change hashes no base name here.
+        let base_names: foldhash::HashSet<&str> = match self.remove_routes.is_empty() {
+            true => Default::default(),
+            false => base.routes.iter().map(|r| r.name.as_str()).collect(),
+        };
         for (i, n) in self.remove_routes.iter().enumerate() {
             if !base_names.contains(n.as_str()) {
                 errs.push(
@@ -162,7 +166,9 @@ impl Delta {
             }
         }
         // Routes leaving their place: removed, or replaced (they come back at their `after`).
-        let mut out_of_place: HashSet<&str> =
+        // Looked up once per base route: foldhash, not SipHash (names come from the
+        // authenticated operator; SipHash of 10,000 names was ~8% of a one-route PATCH).
+        let mut out_of_place: foldhash::HashSet<&str> =
             self.remove_routes.iter().map(String::as_str).collect();
         // `after` -> the change placed there; each place holds one route.
         let mut chain: HashMap<Option<&str>, usize> = HashMap::new();

@@ -9,7 +9,7 @@
 //! invalid snapshot is rejected whole, and the compiled tables are those a full build makes.
 
 use crate::runtime::compile::Runtime;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use weir_config::{ConfigError, Route, Snapshot};
 
@@ -24,7 +24,7 @@ pub fn unchanged_routes(snap: &Snapshot, prev: Option<&Snapshot>) -> Vec<Option<
     // or removed). A route a delta did not touch is the same `Arc` in both versions, so it
     // is known unchanged without comparing it. Both were O(routes) hash and equality work
     // per reload (~12% of a one-route `PATCH` at 10,000 routes).
-    let mut index: Option<HashMap<&str, usize>> = None;
+    let mut index: Option<foldhash::HashMap<&str, usize>> = None;
     let mut next = 0;
     snap.routes
         .iter()
@@ -65,7 +65,9 @@ pub fn validate(
     if !same_context {
         return snap.validate();
     }
-    let mut names = HashSet::with_capacity(snap.routes.len());
+    // foldhash: SipHash of 10,000 names was ~10% of a one-route `PATCH` at 10,000 routes.
+    let mut names: foldhash::HashSet<&str> = foldhash::HashSet::default();
+    names.reserve(snap.routes.len());
     if !snap.routes.iter().all(|r| names.insert(r.name.as_str())) {
         return snap.validate();
     }
