@@ -930,7 +930,13 @@ mod tests {
     #[test]
     fn compile_reusing_equals_compile() {
         let svc = ServiceIndex::default();
-        let be = |addr: &str| backend("ns", "be", &format!("{{endpoints: [{{address: '{addr}'}}]}}"));
+        let be = |addr: &str| {
+            backend(
+                "ns",
+                "be",
+                &format!("{{endpoints: [{{address: '{addr}'}}]}}"),
+            )
+        };
         let other = backend("ns", "other", "{endpoints: [{address: '10.0.0.9:80'}]}");
         let r = |name: &str, host: &str, to: &str| {
             route(
@@ -942,14 +948,78 @@ mod tests {
         let mut bumped = r("a", "a.test", "be");
         bumped.metadata.generation = Some(2);
         let rounds: Vec<(&str, Vec<ProxyRoute>, Vec<Backend>)> = vec![
-            ("start", vec![r("a", "a.test", "be"), r("b", "b.test", "other"), r("c", "c.test", "nope")], vec![be("10.0.0.1:80"), other.clone()]),
-            ("nothing changed", vec![r("a", "a.test", "be"), r("b", "b.test", "other"), r("c", "c.test", "nope")], vec![be("10.0.0.1:80"), other.clone()]),
-            ("spec of b", vec![r("a", "a.test", "be"), r("b", "b2.test", "other"), r("c", "c.test", "nope")], vec![be("10.0.0.1:80"), other.clone()]),
-            ("generation of a", vec![bumped, r("b", "b2.test", "other"), r("c", "c.test", "nope")], vec![be("10.0.0.1:80"), other.clone()]),
-            ("backend of a", vec![r("a", "a.test", "be"), r("b", "b2.test", "other"), r("c", "c.test", "nope")], vec![be("10.0.0.2:80"), other.clone()]),
-            ("missing backend appears", vec![r("a", "a.test", "be"), r("b", "b2.test", "other"), r("c", "c.test", "nope")], vec![be("10.0.0.2:80"), other.clone(), backend("ns", "nope", "{endpoints: [{address: '10.0.0.3:80'}]}")]),
-            ("route added, backend removed", vec![r("a", "a.test", "be"), r("b", "b2.test", "other"), r("c", "c.test", "nope"), r("d", "d.test", "be")], vec![be("10.0.0.2:80"), backend("ns", "nope", "{endpoints: [{address: '10.0.0.3:80'}]}")]),
-            ("route removed", vec![r("a", "a.test", "be"), r("d", "d.test", "be")], vec![be("10.0.0.2:80")]),
+            (
+                "start",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![be("10.0.0.1:80"), other.clone()],
+            ),
+            (
+                "nothing changed",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![be("10.0.0.1:80"), other.clone()],
+            ),
+            (
+                "spec of b",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b2.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![be("10.0.0.1:80"), other.clone()],
+            ),
+            (
+                "generation of a",
+                vec![bumped, r("b", "b2.test", "other"), r("c", "c.test", "nope")],
+                vec![be("10.0.0.1:80"), other.clone()],
+            ),
+            (
+                "backend of a",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b2.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![be("10.0.0.2:80"), other.clone()],
+            ),
+            (
+                "missing backend appears",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b2.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![
+                    be("10.0.0.2:80"),
+                    other.clone(),
+                    backend("ns", "nope", "{endpoints: [{address: '10.0.0.3:80'}]}"),
+                ],
+            ),
+            (
+                "route added, backend removed",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b2.test", "other"),
+                    r("c", "c.test", "nope"),
+                    r("d", "d.test", "be"),
+                ],
+                vec![
+                    be("10.0.0.2:80"),
+                    backend("ns", "nope", "{endpoints: [{address: '10.0.0.3:80'}]}"),
+                ],
+            ),
+            (
+                "route removed",
+                vec![r("a", "a.test", "be"), r("d", "d.test", "be")],
+                vec![be("10.0.0.2:80")],
+            ),
         ];
         let (secrets, listeners) = (SecretIndex::default(), listeners());
         let mut prev: Option<Compiled> = None;
