@@ -26,7 +26,10 @@ pub(crate) mod shared {
     pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
         d: D,
     ) -> Result<Vec<Arc<T>>, D::Error> {
-        Ok(Vec::<T>::deserialize(d)?.into_iter().map(Arc::new).collect())
+        Ok(Vec::<T>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
     }
 
     /// The same for one `Arc<T>`.
