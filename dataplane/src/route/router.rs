@@ -229,6 +229,7 @@ impl RouteConds {
 /// route kept its compiled rules and conditions (the same `Arc`s) and its order relative to
 /// the others. Then wildcard and catch-all tables, and the exact tables of other hosts, hold
 /// exactly what a full build would put there.
+#[derive(Clone, Copy)]
 pub struct Reuse<'a> {
     pub prev: &'a Router,
     pub hosts: &'a std::collections::HashSet<String>,
@@ -301,7 +302,10 @@ impl Router {
             .map(|f| f.body_cap())
             .max()
             .unwrap_or(0);
-        if let Some(reuse) = reuse {
+        // A scan of every hostname per changed host is O(routes x changed hosts): only for a
+        // few hosts; more (a burst of added routes) index every hostname first, below.
+        const SCAN_MAX_HOSTS: usize = 8;
+        if let Some(reuse) = reuse.filter(|r| r.hosts.len() <= SCAN_MAX_HOSTS) {
             // Only the exact hosts of changed routes: a one-route change at 10,000 routes
             // builds one group instead of 10,000 (and frees one, not 10,000, of the old).
             // The patterns covering such a host are found by one scan of the hostnames
@@ -423,6 +427,29 @@ impl Router {
             build_group(&members, &conds, rules)
         };
 
+        if let Some(reuse) = reuse {
+            // Many changed hosts: the previous tables but theirs, from the index.
+            let mut router = Router {
+                body_cap,
+                exact: reuse.prev.exact.clone(),
+                wildcard: reuse.prev.wildcard.clone(),
+                any: reuse.prev.any.clone(),
+            };
+            for h in reuse.hosts {
+                match exact_pats.get(h.as_str()) {
+                    Some(members) => {
+                        let mut members = members.clone();
+                        members.extend(covering(h, true));
+                        router.exact.insert(h.as_str().into(), group_of(members));
+                    }
+                    // No route names it any more: its requests fall to the wildcards.
+                    None => {
+                        router.exact.remove(h.as_str());
+                    }
+                }
+            }
+            return router;
+        }
         let mut router = Router {
             body_cap,
             ..Router::default()

@@ -357,6 +357,19 @@ mod tests {
             .collect();
         let mut reused_tables = 0;
         for step in 1..120 {
+            if step % 10 == 0 {
+                // A burst: ten exact-host routes at once, more changed hosts than the router
+                // scans for (it indexes every hostname then).
+                for k in 0..10 {
+                    let at = next() as usize % (routes.len() + 1);
+                    routes.insert(
+                        at,
+                        json!({"name": format!("r{names}"), "hostnames": [format!("h{k}.test")],
+                        "rules": [{"backendRefs": [{"name": "b"}]}]}),
+                    );
+                    names += 1;
+                }
+            }
             let i = next() as usize % routes.len();
             match next() % 5 {
                 0 => {
