@@ -19,6 +19,7 @@
 use crate::{Backend, ConfigError, Errors, Route, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// The changes from the snapshot `base_version` to the snapshot `version`.
 ///
@@ -55,7 +56,8 @@ pub struct RouteChange {
     /// (Declaration order breaks precedence ties, so the order must be kept exactly.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
-    pub route: Route,
+    #[serde(with = "crate::model::shared::one")]
+    pub route: Arc<Route>,
 }
 
 impl Delta {
@@ -69,7 +71,7 @@ impl Delta {
         if old.listeners != new.listeners || old.sinks != new.sinks || old.tracing != new.tracing {
             return None;
         }
-        let old_routes: HashMap<&str, &Route> =
+        let old_routes: HashMap<&str, &Arc<Route>> =
             old.routes.iter().map(|r| (r.name.as_str(), r)).collect();
         let new_names: HashSet<&str> = new.routes.iter().map(|r| r.name.as_str()).collect();
         if old_routes.len() != old.routes.len() || new_names.len() != new.routes.len() {
@@ -79,7 +81,7 @@ impl Delta {
         let mut kept_new_order = Vec::new();
         for (i, r) in new.routes.iter().enumerate() {
             match old_routes.get(r.name.as_str()) {
-                Some(o) if *o == r => kept_new_order.push(r.name.as_str()),
+                Some(o) if crate::same_route(o, r) => kept_new_order.push(r.name.as_str()),
                 _ => routes.push(RouteChange {
                     after: i.checked_sub(1).map(|p| new.routes[p].name.clone()),
                     route: r.clone(),
@@ -137,7 +139,11 @@ impl Delta {
     /// validated whole ([`Snapshot::validate`]).
     pub fn apply(&self, base: &Snapshot) -> Result<Snapshot, ConfigError> {
         let mut errs = Errors::default();
-        let base_names: HashSet<&str> = base.routes.iter().map(|r| r.name.as_str()).collect();
+        // Only needed to check removals: a one-route change hashes no base name here.
+        let base_names: foldhash::HashSet<&str> = match self.remove_routes.is_empty() {
+            true => Default::default(),
+            false => base.routes.iter().map(|r| r.name.as_str()).collect(),
+        };
         for (i, n) in self.remove_routes.iter().enumerate() {
             if !base_names.contains(n.as_str()) {
                 errs.push(
@@ -160,7 +166,9 @@ impl Delta {
             }
         }
         // Routes leaving their place: removed, or replaced (they come back at their `after`).
-        let mut out_of_place: HashSet<&str> =
+        // Looked up once per base route: foldhash, not SipHash (names come from the
+        // authenticated operator; SipHash of 10,000 names was ~8% of a one-route PATCH).
+        let mut out_of_place: foldhash::HashSet<&str> =
             self.remove_routes.iter().map(String::as_str).collect();
         // `after` -> the change placed there; each place holds one route.
         let mut chain: HashMap<Option<&str>, usize> = HashMap::new();
@@ -208,6 +216,7 @@ impl Delta {
             }
         }
         errs.into_result()?;
+        // Pointer copies: the new version shares every route it did not change with the base.
         let routes = routes.into_iter().cloned().collect();
 
         let mut backends = base.backends.clone();
@@ -232,7 +241,7 @@ fn follow<'a>(
     chain: &mut HashMap<Option<&'a str>, usize>,
     changes: &'a [RouteChange],
     placed: &mut [bool],
-    out: &mut Vec<&'a Route>,
+    out: &mut Vec<&'a Arc<Route>>,
 ) {
     while let Some(i) = chain.remove(&at) {
         placed[i] = true;
@@ -266,13 +275,13 @@ mod tests {
             );
         }
         for (name, backend) in routes {
-            s.routes.push(
+            s.routes.push(Arc::new(
                 serde_json::from_value(serde_json::json!({
                     "name": name, "hostnames": [format!("{name}.test")],
                     "rules": [{"backendRefs": [{"name": backend}]}],
                 }))
                 .unwrap(),
-            );
+            ));
         }
         s.version = s.content_hash();
         s

@@ -185,7 +185,7 @@ fn content_hash_ignores_version_and_tracks_content() {
     b.version = "other".into();
     assert_eq!(a.content_hash(), b.content_hash());
     assert!(a.content_hash().starts_with("sha256:"));
-    b.routes[0].rules[0].backend_refs[0].weight = 91;
+    std::sync::Arc::make_mut(&mut b.routes[0]).rules[0].backend_refs[0].weight = 91;
     assert_ne!(a.content_hash(), b.content_hash());
     let mut c = a.clone();
     c.version.clear();

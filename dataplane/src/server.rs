@@ -307,6 +307,12 @@ impl Dataplane {
             keep
         });
         tracing::info!(version = %rt.version, routes = rt.snapshot.routes.len(), routes_reused = rt.reuse.reused, backends = rt.backends.len(), compile_ms = format_args!("{compile_ms:.1}"), "config applied");
+        // The previous version is released on a blocking thread, not on this worker: even
+        // with its unchanged routes shared, that is 10,000s of reference counts (~10% of a
+        // one-route `PATCH` at 10,000 routes, perf), and the reply need not wait for it.
+        if let (Some(prev), Ok(handle)) = (prev, tokio::runtime::Handle::try_current()) {
+            handle.spawn_blocking(move || drop(prev));
+        }
         Ok(rt.version.clone())
     }
 

@@ -72,7 +72,8 @@ pub fn state(view: Option<RuntimeView<'_>>, sinks: serde_json::Value) -> serde_j
         })
         .collect();
     // Routes as configured, with credentials (ext-auth headers and the like) blanked.
-    let routes = rt.snapshot.redacted().routes;
+    let redacted = rt.snapshot.redacted();
+    let routes: Vec<&weir_config::Route> = redacted.routes.iter().map(|r| &**r).collect();
     serde_json::json!({
         "now": now,
         "version": rt.version,

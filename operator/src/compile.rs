@@ -10,6 +10,7 @@
 use crate::crd::{self, Backend, ProxyRoute, TelemetrySink};
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use weir_config::{FieldError, Snapshot};
 
 /// Placeholder in listener addresses replaced by each pod's IP when pushing (for setups where
@@ -197,6 +198,69 @@ pub struct Compiled {
     /// Every Secret (`ns/name`) the objects reference, found or not: the controller watches
     /// exactly these.
     pub secret_refs: BTreeSet<ObjKey>,
+    /// What the next [`compile_reusing`] may take over of each ProxyRoute compiled here.
+    pub route_memo: BTreeMap<ObjKey, Arc<RouteMemo>>,
+}
+
+/// One ProxyRoute as this round compiled it: the input it depends on besides its Backends
+/// (spec and generation; its name is the key), and its route in the snapshot when included.
+/// Routes with `spec.tls` have none (they also depend on Secrets): they are always compiled.
+#[derive(Debug, PartialEq)]
+pub struct RouteMemo {
+    spec: crd::ProxyRouteSpec,
+    generation: Option<i64>,
+    route: Option<Arc<weir_config::Route>>,
+}
+
+/// What a round may take over from the previous one: the routes whose spec, generation and
+/// referenced Backends (their snapshot entry and their outcome) are unchanged. Measured
+/// (BENCHMARKS.md, "the operator's compile at 10,000 routes"): converting and validating each
+/// route (a JSON round trip through the contract) was most of the operator's CPU per change.
+struct ReuseFrom<'a> {
+    prev: &'a Compiled,
+    /// Backends whose snapshot entry or outcome differs from `prev`'s (added and removed ones
+    /// included).
+    changed_backends: BTreeSet<&'a str>,
+}
+
+impl<'a> ReuseFrom<'a> {
+    fn new(
+        prev: &'a Compiled,
+        backends: &'a BTreeMap<String, weir_config::Backend>,
+        outcomes: &'a BTreeMap<ObjKey, BackendOutcome>,
+    ) -> ReuseFrom<'a> {
+        let names = prev
+            .snapshot
+            .backends
+            .keys()
+            .chain(backends.keys())
+            .chain(prev.backends.keys())
+            .chain(outcomes.keys());
+        let changed_backends = names
+            .filter(|k| {
+                prev.snapshot.backends.get(*k) != backends.get(*k)
+                    || prev.backends.get(*k) != outcomes.get(*k)
+            })
+            .map(String::as_str)
+            .collect();
+        ReuseFrom {
+            prev,
+            changed_backends,
+        }
+    }
+
+    /// The previous outcome and memo of `r` when they still hold.
+    fn route(&self, k: &str, r: &ProxyRoute) -> Option<(&'a RouteOutcome, &'a Arc<RouteMemo>)> {
+        let memo = self.prev.route_memo.get(k)?;
+        let outcome = self.prev.routes.get(k)?;
+        let same = memo.generation == r.meta().generation
+            && memo.spec == r.spec
+            && !outcome
+                .backends
+                .iter()
+                .any(|b| self.changed_backends.contains(b.as_str()));
+        same.then_some((outcome, memo))
+    }
 }
 
 impl Compiled {
@@ -460,7 +524,10 @@ fn route_json(r: &ProxyRoute) -> serde_json::Value {
 }
 
 /// Parses the route with the contract (types and unknown fields; validation comes later).
-fn convert_route(r: &ProxyRoute, errs: &mut Vec<FieldError>) -> Option<weir_config::Route> {
+fn convert_route(
+    r: &ProxyRoute,
+    errs: &mut Vec<FieldError>,
+) -> Option<std::sync::Arc<weir_config::Route>> {
     let doc = serde_json::json!({ "routes": [route_json(r)] });
     let parsed = serde_json::to_vec(&doc)
         .map_err(|e| weir_config::ConfigError::single("", e.to_string()))
@@ -597,6 +664,15 @@ fn compile_sink(
 
 /// Compiles everything into one snapshot. See the module docs.
 pub fn compile(inputs: Inputs<'_>) -> Compiled {
+    compile_reusing(inputs, None)
+}
+
+/// [`compile`], taking over from `prev` (the previous round's result) each ProxyRoute whose
+/// spec, generation and referenced Backends did not change, instead of converting and
+/// validating it again: a one-route change compiles one route. The result is the one
+/// [`compile`] gives (unit test `compile_reusing_equals_compile`); routes keep their `Arc`, so
+/// the delta to the pods finds them unchanged without comparing them.
+pub fn compile_reusing(inputs: Inputs<'_>, prev: Option<&Compiled>) -> Compiled {
     let mut out = Compiled::default();
     let mut snap = Snapshot {
         listeners: inputs.listeners.to_vec(),
@@ -633,11 +709,19 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
     // Every route is validated against all backends: copied once, not once per route
     // (O(routes x backends) at scale).
     probe.backends = snap.backends.clone();
+    let reuse = prev.map(|p| ReuseFrom::new(p, &snap.backends, &out.backends));
     let mut tls_certs: Vec<weir_config::Certificate> = Vec::new();
     let mut routes: Vec<&ProxyRoute> = inputs.routes.iter().collect();
-    routes.sort_by_key(|r| route_order(r));
+    // Cached: the key formats a timestamp and a name; `sort_by_key` made it O(n log n) times.
+    routes.sort_by_cached_key(|r| route_order(r));
     for r in routes {
         let k = obj_key(r);
+        if let Some((outcome, memo)) = reuse.as_ref().and_then(|u| u.route(&k, r)) {
+            snap.routes.extend(memo.route.iter().cloned());
+            out.route_memo.insert(k.clone(), memo.clone());
+            out.routes.insert(k, outcome.clone());
+            continue;
+        }
         let mut outcome = RouteOutcome {
             generation: r.meta().generation,
             ..Default::default()
@@ -703,11 +787,20 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
             }
         }
         outcome.invalid = errs;
-        if let Some(route) =
-            route.filter(|_| outcome.invalid.is_empty() && outcome.unresolved.is_empty())
-        {
+        let route = route.filter(|_| outcome.invalid.is_empty() && outcome.unresolved.is_empty());
+        if let Some(route) = &route {
             outcome.included = true;
-            snap.routes.push(route);
+            snap.routes.push(route.clone());
+        }
+        if r.spec.tls.is_none() {
+            out.route_memo.insert(
+                k.clone(),
+                Arc::new(RouteMemo {
+                    spec: r.spec.clone(),
+                    generation: r.meta().generation,
+                    route,
+                }),
+            );
         }
         for (i, cr) in r
             .spec
@@ -829,6 +922,138 @@ mod tests {
     }
 
     const GOOD: &str = "{hostnames: [a.example.com], rules: [{matches: [{path: {type: PathPrefix, value: /api}}], backendRefs: [{name: be}]}]}";
+
+    /// Each round compiled with the previous round's result gives exactly what a compile from
+    /// nothing gives, whatever changed between rounds (a route's spec, its generation, a
+    /// Backend it refers to or one it does not, a route added or removed, a Backend removed);
+    /// and unchanged routes are taken over (the same `Arc`), changed ones compiled anew.
+    #[test]
+    fn compile_reusing_equals_compile() {
+        let svc = ServiceIndex::default();
+        let be = |addr: &str| {
+            backend(
+                "ns",
+                "be",
+                &format!("{{endpoints: [{{address: '{addr}'}}]}}"),
+            )
+        };
+        let other = backend("ns", "other", "{endpoints: [{address: '10.0.0.9:80'}]}");
+        let r = |name: &str, host: &str, to: &str| {
+            route(
+                "ns",
+                name,
+                &format!("{{hostnames: [{host}], rules: [{{backendRefs: [{{name: {to}}}]}}]}}"),
+            )
+        };
+        let mut bumped = r("a", "a.test", "be");
+        bumped.metadata.generation = Some(2);
+        let rounds: Vec<(&str, Vec<ProxyRoute>, Vec<Backend>)> = vec![
+            (
+                "start",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![be("10.0.0.1:80"), other.clone()],
+            ),
+            (
+                "nothing changed",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![be("10.0.0.1:80"), other.clone()],
+            ),
+            (
+                "spec of b",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b2.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![be("10.0.0.1:80"), other.clone()],
+            ),
+            (
+                "generation of a",
+                vec![bumped, r("b", "b2.test", "other"), r("c", "c.test", "nope")],
+                vec![be("10.0.0.1:80"), other.clone()],
+            ),
+            (
+                "backend of a",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b2.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![be("10.0.0.2:80"), other.clone()],
+            ),
+            (
+                "missing backend appears",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b2.test", "other"),
+                    r("c", "c.test", "nope"),
+                ],
+                vec![
+                    be("10.0.0.2:80"),
+                    other.clone(),
+                    backend("ns", "nope", "{endpoints: [{address: '10.0.0.3:80'}]}"),
+                ],
+            ),
+            (
+                "route added, backend removed",
+                vec![
+                    r("a", "a.test", "be"),
+                    r("b", "b2.test", "other"),
+                    r("c", "c.test", "nope"),
+                    r("d", "d.test", "be"),
+                ],
+                vec![
+                    be("10.0.0.2:80"),
+                    backend("ns", "nope", "{endpoints: [{address: '10.0.0.3:80'}]}"),
+                ],
+            ),
+            (
+                "route removed",
+                vec![r("a", "a.test", "be"), r("d", "d.test", "be")],
+                vec![be("10.0.0.2:80")],
+            ),
+        ];
+        let (secrets, listeners) = (SecretIndex::default(), listeners());
+        let mut prev: Option<Compiled> = None;
+        for (what, routes, backends) in rounds {
+            let inputs = || Inputs {
+                routes: &routes,
+                backends: &backends,
+                sinks: &[],
+                services: &svc,
+                secrets: &secrets,
+                listeners: &listeners,
+            };
+            let fresh = compile(inputs());
+            let reused = compile_reusing(inputs(), prev.as_ref());
+            assert_eq!(reused, fresh, "{what}");
+            if let Some(p) = &prev {
+                // Unchanged routes: the previous round's very `Arc`.
+                for route in &reused.snapshot.routes {
+                    let before = p.snapshot.routes.iter().find(|o| o.name == route.name);
+                    let shared = before.is_some_and(|o| Arc::ptr_eq(o, route));
+                    let compiled_anew: &[&str] = match what {
+                        "spec of b" => &["ns/b"],
+                        "generation of a" | "backend of a" => &["ns/a"],
+                        "missing backend appears" => &["ns/c"],
+                        "route added, backend removed" => &["ns/d"],
+                        _ => &[],
+                    };
+                    let expect = !compiled_anew.contains(&route.name.as_str());
+                    assert_eq!(shared, expect, "{what}: {}", route.name);
+                }
+            }
+            prev = Some(reused);
+        }
+    }
 
     #[test]
     fn table() {

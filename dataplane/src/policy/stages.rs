@@ -330,7 +330,7 @@ mod tests {
 
     fn route(yaml: &str) -> Route {
         let snap = weir_config::load(yaml.as_bytes()).expect("valid config");
-        snap.routes[0].clone()
+        (*snap.routes[0]).clone()
     }
 
     #[test]

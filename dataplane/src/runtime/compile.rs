@@ -76,7 +76,9 @@ impl Runtime {
 /// and its match conditions (regexes included).
 #[derive(Debug, Clone)]
 pub struct CompiledRoute {
-    pub rules: Vec<Arc<RuleRt>>,
+    /// Shared (`Arc<[_]>`): a kept route is taken into the next version, and into the
+    /// router's input, as two reference counts rather than a copied list.
+    pub rules: Arc<[Arc<RuleRt>]>,
     pub conds: Arc<RouteConds>,
 }
 
@@ -276,7 +278,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
             }));
         }
         compiled.push(CompiledRoute {
-            rules: per_route,
+            rules: per_route.into(),
             conds: Arc::new(RouteConds::compile(ri, route, &mut cond_errs)),
         });
         kept_from.push(None);
@@ -285,7 +287,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         reused: kept_from.iter().flatten().count(),
         compiled: kept_from.iter().filter(|k| k.is_none()).count(),
     };
-    let rules: Vec<Vec<Arc<RuleRt>>> = compiled.iter().map(|c| c.rules.clone()).collect();
+    let rules: Vec<Arc<[Arc<RuleRt>]>> = compiled.iter().map(|c| c.rules.clone()).collect();
     let router = match cond_errs.is_empty() {
         true => {
             let conds: Vec<Arc<RouteConds>> = compiled.iter().map(|c| c.conds.clone()).collect();

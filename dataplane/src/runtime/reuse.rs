@@ -9,7 +9,8 @@
 //! invalid snapshot is rejected whole, and the compiled tables are those a full build makes.
 
 use crate::runtime::compile::Runtime;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 use weir_config::{ConfigError, Route, Snapshot};
 
 /// For each route of `snap`, the index of the route of `prev` with the same name when the two
@@ -18,17 +19,30 @@ pub fn unchanged_routes(snap: &Snapshot, prev: Option<&Snapshot>) -> Vec<Option<
     let Some(prev) = prev else {
         return vec![None; snap.routes.len()];
     };
-    let index: HashMap<&str, usize> = prev
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.name.as_str(), i))
-        .collect();
+    // Routes keep their order across versions, so the route of the same name is usually at
+    // the next position of `prev`; a name index is built only when it is not (a route added
+    // or removed). A route a delta did not touch is the same `Arc` in both versions, so it
+    // is known unchanged without comparing it. Both were O(routes) hash and equality work
+    // per reload (~12% of a one-route `PATCH` at 10,000 routes).
+    let mut index: Option<foldhash::HashMap<&str, usize>> = None;
+    let mut next = 0;
     snap.routes
         .iter()
         .map(|r| {
-            let j = *index.get(r.name.as_str())?;
-            (prev.routes.get(j)? == r).then_some(j)
+            let j = match prev.routes.get(next) {
+                Some(p) if p.name == r.name => next,
+                _ => *index
+                    .get_or_insert_with(|| {
+                        prev.routes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| (r.name.as_str(), i))
+                            .collect()
+                    })
+                    .get(r.name.as_str())?,
+            };
+            next = j + 1;
+            weir_config::same_route(prev.routes.get(j)?, r).then_some(j)
         })
         .collect()
 }
@@ -51,11 +65,13 @@ pub fn validate(
     if !same_context {
         return snap.validate();
     }
-    let mut names = HashSet::with_capacity(snap.routes.len());
+    // foldhash: SipHash of 10,000 names was ~10% of a one-route `PATCH` at 10,000 routes.
+    let mut names: foldhash::HashSet<&str> = foldhash::HashSet::default();
+    names.reserve(snap.routes.len());
     if !snap.routes.iter().all(|r| names.insert(r.name.as_str())) {
         return snap.validate();
     }
-    let changed: Vec<Route> = snap
+    let changed: Vec<Arc<Route>> = snap
         .routes
         .iter()
         .zip(unchanged)
@@ -341,6 +357,19 @@ mod tests {
             .collect();
         let mut reused_tables = 0;
         for step in 1..120 {
+            if step % 10 == 0 {
+                // A burst: ten exact-host routes at once, more changed hosts than the router
+                // scans for (it indexes every hostname then).
+                for k in 0..10 {
+                    let at = next() as usize % (routes.len() + 1);
+                    routes.insert(
+                        at,
+                        json!({"name": format!("r{names}"), "hostnames": [format!("h{k}.test")],
+                        "rules": [{"backendRefs": [{"name": "b"}]}]}),
+                    );
+                    names += 1;
+                }
+            }
             let i = next() as usize % routes.len();
             match next() % 5 {
                 0 => {

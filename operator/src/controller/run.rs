@@ -168,6 +168,8 @@ pub async fn run(
 
     let lkg_api: Api<Secret> = Api::namespaced(client.clone(), &s.dataplane_namespace);
     let mut lkg_written: Option<String> = None;
+    // The version the snapshot Secret is known to hold (content hash: same version, same text).
+    let mut lkg_version: Option<String> = None;
     let mut secret_watches = SecretWatches {
         client: client.clone(),
         notify: notify.clone(),
@@ -202,6 +204,8 @@ pub async fn run(
     let mut last_key: Option<JobKey> = None;
     let mut announced_rejections: std::collections::HashSet<(String, String)> = Default::default();
     let mut was_leader = false;
+    // The previous round's result: what `compile_reusing` may take over.
+    let mut last_compiled: Option<Arc<Compiled>> = None;
     // Sidecars get the routes attached to their workloads from their own task.
     let (workload_tx, workload_rx) =
         watch::channel(Arc::new(crate::workload::runtime::Inputs::default()));
@@ -231,6 +235,7 @@ pub async fn run(
             // New term: forget what we think we wrote; re-read the world.
             term += 1;
             lkg_written = None;
+            lkg_version = None;
             was_leader = leader;
         }
 
@@ -246,14 +251,19 @@ pub async fn run(
         let sink_objs: Vec<TelemetrySink> = sinks.state().iter().map(|r| (**r).clone()).collect();
         let idx = service_index(&services, &slices);
         let secrets_idx = secret_watches.index();
-        let mut compiled: Compiled = compile::compile(compile::Inputs {
-            routes: &route_objs,
-            backends: &backend_objs,
-            sinks: &sink_objs,
-            services: &idx,
-            secrets: &secrets_idx,
-            listeners: &s.listeners,
-        });
+        // Routes unchanged since the last round (spec, generation, referenced Backends) are
+        // taken over compiled, not converted and validated again.
+        let mut compiled: Compiled = compile::compile_reusing(
+            compile::Inputs {
+                routes: &route_objs,
+                backends: &backend_objs,
+                sinks: &sink_objs,
+                services: &idx,
+                secrets: &secrets_idx,
+                listeners: &s.listeners,
+            },
+            last_compiled.as_deref(),
+        );
         // The Gateway API routes go into the same snapshot, after the ProxyRoutes.
         let gw = gateway.compile(&services.state(), &idx, &secrets_idx, &s.listeners);
         if let Some(g) = &gw {
@@ -317,14 +327,18 @@ pub async fn run(
             !same
         });
 
-        if leader && snapshot_ok {
-            write_snapshot_secret(
+        // Once the Secret holds a version, rounds on that version (one per pod acknowledgement
+        // while a change rolls out) skip it: it serialized the whole snapshot (~2 MB at 10,000
+        // routes) to compare it with what was written.
+        if leader && snapshot_ok && lkg_version.as_deref() != Some(version.as_str()) {
+            let holds = write_snapshot_secret(
                 &lkg_api,
                 &s.snapshot_secret,
                 &compiled.snapshot,
                 &mut lkg_written,
             )
             .await;
+            lkg_version = holds.then(|| version.clone());
         }
         // Until the pusher has asked every ready pod what it runs, status would be a guess.
         let pods_known = {
@@ -400,6 +414,7 @@ pub async fn run(
         };
         let material = last_key.as_ref() != Some(&key);
         let compiled = Arc::new(compiled);
+        last_compiled = Some(compiled.clone());
         status_tx.send_modify(|j| {
             j.term = term;
             if material {

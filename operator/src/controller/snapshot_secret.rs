@@ -10,18 +10,19 @@ use kube::api::{Api, Patch, PatchParams};
 /// changed). The snapshot holds resolved credentials, API keys and TLS keys, so it lives in a
 /// Secret; logs name only its version.
 #[tracing::instrument(level = "debug", skip_all, fields(version = %snapshot.version))]
+/// Returns whether the Secret now holds `snapshot`.
 pub(super) async fn write_snapshot_secret(
     api: &Api<Secret>,
     name: &str,
     snapshot: &weir_config::Snapshot,
     written: &mut Option<String>,
-) {
+) -> bool {
     let mut text = match serde_json::to_string_pretty(snapshot) {
         Ok(text) => text,
         Err(e) => {
             let e = Error::SnapshotEncode(e).counted();
             tracing::warn!(error = %e, "cannot write the snapshot Secret");
-            return;
+            return false;
         }
     };
     text.push('\n');
@@ -38,12 +39,12 @@ pub(super) async fn write_snapshot_secret(
             Err(e) => {
                 let e = Error::SnapshotSecretRead(e).counted();
                 tracing::warn!(error = %e, "cannot read the snapshot Secret");
-                return;
+                return false;
             }
         }
     }
     if written.as_deref() == Some(text.as_str()) {
-        return;
+        return true;
     }
     // No `app.kubernetes.io/managed-by` label: the chart installs this Secret with
     // `managed-by: Helm`, and a forced apply of another value takes that field from Helm, so
@@ -71,11 +72,13 @@ pub(super) async fn write_snapshot_secret(
             METRICS.configmap_writes.inc();
             tracing::info!(secret = name, version = %snapshot.version, "wrote last-known-good snapshot");
             *written = Some(text);
+            true
         }
         // The API error describes the request, not the Secret's data.
         Err(e) => {
             let e = Error::SnapshotSecretWrite(e).counted();
             tracing::warn!(error = %e, "cannot write the snapshot Secret");
+            false
         }
     }
 }

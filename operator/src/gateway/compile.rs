@@ -118,7 +118,8 @@ impl GatewayCompiled {
     /// its own, so on a tie of match precedence a ProxyRoute comes first), and sets the
     /// version to the new content hash.
     pub fn merge_into(&self, snap: &mut weir_config::Snapshot) {
-        snap.routes.extend(self.routes.iter().cloned());
+        snap.routes
+            .extend(self.routes.iter().cloned().map(std::sync::Arc::new));
         for (k, b) in &self.backends {
             snap.backends.insert(k.clone(), b.clone());
         }
@@ -1661,7 +1662,13 @@ fn contract_check(
             Ok(mut snap) => {
                 snap.backends = backends.clone();
                 match snap.validate() {
-                    Ok(()) => return snap.routes.pop().map(|r| r.rules).unwrap_or_default(),
+                    Ok(()) => {
+                        return snap
+                            .routes
+                            .pop()
+                            .map(|r| std::sync::Arc::unwrap_or_clone(r).rules)
+                            .unwrap_or_default()
+                    }
                     Err(e) => e.errors,
                 }
             }

@@ -383,13 +383,13 @@ fn workload_snapshot(
         }
     }
     for mut r in compiled.snapshot.routes {
-        r.listeners = vec![OUTBOUND_LISTENER.to_string()];
+        std::sync::Arc::make_mut(&mut r).listeners = vec![OUTBOUND_LISTENER.to_string()];
         snap.routes.push(r);
     }
     // The inbound route stays bound to the inbound listener whatever the annotation said.
     for r in &mut snap.routes {
         if r.listeners.is_empty() {
-            r.listeners = vec![INBOUND_LISTENER.to_string()];
+            std::sync::Arc::make_mut(r).listeners = vec![INBOUND_LISTENER.to_string()];
         }
     }
     snap.version = String::new();
