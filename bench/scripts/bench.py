@@ -535,12 +535,17 @@ def publish(md: str) -> None:
     """Replaces the "Latest results" section of BENCHMARKS.md with this run's tables."""
     f = ROOT / "BENCHMARKS.md"
     text = f.read_text()
-    head = text.split("## Latest results", 1)[0]
+    head, _, rest = text.partition("## Latest results")
+    # Sections after "Latest results" (e.g. "Soak") stay: only up to the next "## " heading
+    # is replaced.
+    nxt = rest.find("\n## ")
+    tail = rest[nxt + 1:] if nxt >= 0 else ""
     note = ("Measured on a shared 2-CPU machine while other work (Rust builds of other sessions) ran "
             "on it too, outside the pinning (see the load average below); absolute figures move "
             "between runs, read the ratios within this run. Full per-round figures: "
             "`bench/results/<run>.json`.\n\n")
-    f.write_text(head + "## Latest results\n\n" + note + md.replace("## Results", "Run", 1))
+    body = md.replace("## Results", "Run", 1).rstrip("\n") + "\n"
+    f.write_text(head + "## Latest results\n\n" + note + body + ("\n" + tail if tail else ""))
     log(f"published the tables into {f}")
 
 

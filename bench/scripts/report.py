@@ -258,8 +258,18 @@ def operator_scale_table(op) -> list[str]:
     return out
 
 
+def in_flight(settings: dict) -> dict:
+    """Requests in flight per small scenario, from the run's load settings: the bound for the
+    upstream connections opened during a steady run (issue #18)."""
+    def n(key: str) -> int:
+        c = settings.get(key) or {}
+        return c.get("connections", 0) * c.get("streams", 1)
+    return {"h1-wrk": n("h1"), "h1": n("h1"), "h2": n("h2"), "h3": n("h3"),
+            "h1-many": n("h1-many"), "h2-many": n("h2-many")}
+
+
 def targets_table(res: dict) -> list[str]:
-    """Issue #9's targets, as ratios within this run (medians over rounds)."""
+    """Issue #9's and #18's targets, as ratios within this run (medians over rounds)."""
     small = res.get("small", {})
 
     def m(scen: str, peer: str, key: str = "rps") -> float:
@@ -302,7 +312,31 @@ def targets_table(res: dict) -> list[str]:
     if scale.get("change_all_pods_p99_s") is not None:
         add(f"{scale.get('routes')} routes × {scale.get('pods')} pods: single change → every pod, p99 s",
             scale["change_all_pods_p99_s"], 1.0, "{:.2f}", less=True)
-    if not rows:
-        return []
-    return ["### Issue #9 targets in this run", "", "| target | this run | goal | |",
-            "|---|---:|---:|---|", *rows, ""]
+    out = []
+    if rows:
+        out += ["### Issue #9 targets in this run", "", "| target | this run | goal | |",
+                "|---|---:|---:|---|", *rows, ""]
+    rows.clear()
+    # Issue #18's targets: HTTP/1.1 at nginx's level (req/s, CPU per request, p99), HTTP/2 at
+    # HAProxy's with 160 streams in flight, no upstream connection churn, HTTP/3 at 4× Caddy.
+    add("h1-wrk: Weir ÷ nginx req/s", m("h1-wrk", "weir") / m("h1-wrk", "nginx"), 1.0)
+    add("h1-wrk: Weir CPU µs/req ÷ nginx's", m("h1-wrk", "weir", "cpu_us_per_req")
+        / m("h1-wrk", "nginx", "cpu_us_per_req"), 1.0, less=True)
+    add("h1-wrk: Weir p99 ÷ nginx p99", m("h1-wrk", "weir", "p99_us")
+        / m("h1-wrk", "nginx", "p99_us"), 1.0, less=True)
+    add("h2-many (TLS, 160 in flight): Weir ÷ HAProxy req/s",
+        m("h2-many", "weir") / m("h2-many", "haproxy"), 1.0)
+    for scen, bound in in_flight(res.get("settings", {})).items():
+        if bound and small.get(scen, {}).get("weir"):
+            add(f"{scen}: upstream connections opened ({bound} requests in flight)",
+                m(scen, "weir", "upstream_conns"), bound, "{:.0f}", less=True)
+    add("h3: Weir ÷ Caddy req/s", m("h3", "weir") / m("h3", "caddy"), 4.0)
+    if idle:
+        add("Weir idle RSS, MiB", med(idle) / 1048576, 15.0, "{:.1f}", less=True)
+    if scale.get("change_all_pods_p99_s") is not None:
+        add(f"{scale.get('routes')} routes × {scale.get('pods')} pods: single change → every pod, p99 s",
+            scale["change_all_pods_p99_s"], 1.0, "{:.2f}", less=True)
+    if rows:
+        out += ["### Issue #18 targets in this run", "", "| target | this run | goal | |",
+                "|---|---:|---:|---|", *rows, ""]
+    return out
