@@ -35,7 +35,7 @@ use crate::http::body::BoxError;
 use crate::http::conn::ConnInfo;
 use crate::listen::live::Live;
 use crate::pipeline::proxy;
-use crate::upstream::h1::{digits, trim, CodecError, Decoder, Framing, Step};
+use crate::upstream::h1::{digits, field_spans, trim, CodecError, Decoder, Framing, Span, Step};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
@@ -162,9 +162,6 @@ pub enum Parsed {
     HandOff,
 }
 
-/// Where a field's name and value lie in the head: `(name start, end, value start, end)`.
-type Span = (usize, usize, usize, usize);
-
 /// What a connection keeps between request heads.
 #[derive(Default)]
 pub struct Scratch {
@@ -243,12 +240,7 @@ pub fn parse_request(
     let target_start = target.as_ptr() as usize - base;
     let target_end = target_start + target.len();
     let spans = &mut scratch.spans;
-    spans.clear();
-    spans.extend(req.headers.iter().map(|f| {
-        let name = f.name.as_ptr() as usize - base;
-        let value = f.value.as_ptr() as usize - base;
-        (name, name + f.name.len(), value, value + f.value.len())
-    }));
+    field_spans(base, req.headers, spans);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target_start..target_end))
         .map_err(|_| RequestError::Target)?;

@@ -158,7 +158,7 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, C
 
 /// Where a header field's name and value lie in the head: `(name start, end, value start,
 /// end)`.
-type Span = (usize, usize, usize, usize);
+pub(crate) type Span = (usize, usize, usize, usize);
 
 /// Room for the fields the proxy adds to a response on its way (`date`, `server`, `via`, …):
 /// a map sized to the upstream's fields alone grew (rehash and realloc) on every request,
@@ -209,12 +209,7 @@ fn parse_head_with(
             .map(|r| Bytes::copy_from_slice(r.as_bytes()));
         // Offsets into the head, so the values can share its bytes once it is split off.
         let base = buf.as_ptr() as usize;
-        spans.clear();
-        spans.extend(res.headers.iter().map(|f| {
-            let name = f.name.as_ptr() as usize - base;
-            let value = f.value.as_ptr() as usize - base;
-            (name, name + f.name.len(), value, value + f.value.len())
-        }));
+        field_spans(base, res.headers, spans);
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
         for &(ns, ne, vs, ve) in spans.iter() {
@@ -303,6 +298,18 @@ fn framing(
         },
         true,
     ))
+}
+
+/// Offsets of each parsed field's name and value from `base` (the start of the head buffer),
+/// so the values can share the head's bytes once it is split off and frozen (also used by the
+/// server codec).
+pub(crate) fn field_spans(base: usize, fields: &[httparse::Header<'_>], spans: &mut Vec<Span>) {
+    spans.clear();
+    spans.extend(fields.iter().map(|f| {
+        let name = f.name.as_ptr() as usize - base;
+        let value = f.value.as_ptr() as usize - base;
+        (name, name + f.name.len(), value, value + f.value.len())
+    }));
 }
 
 /// `b` without leading and trailing spaces and tabs (also used by the server codec).
