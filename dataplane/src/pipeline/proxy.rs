@@ -3,7 +3,7 @@
 //! response body ends (see [`crate::telemetry::observe`]).
 
 use crate::http::body::{boxed, BoxError, ProxyBody};
-use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop};
+use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop, Host};
 use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::http::tracecontext::TraceContext;
 use crate::policy::filters::rewrite_path;
@@ -19,7 +19,6 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 use weir_config::UpstreamProtocol;
@@ -55,8 +54,12 @@ where
         } else {
             (None, None)
         };
-    let bytes_in = Arc::new(AtomicU64::new(0));
-    let req = req.map(|b| CountingBody::new(b, bytes_in.clone()));
+    let mut bytes_in = None;
+    let req = req.map(|b| {
+        let (body, count) = CountingBody::new(b);
+        bytes_in = count;
+        body
+    });
     let grpc = crate::http::grpc::is_grpc(req.headers());
     let out = forward(runtime, conn, req, span.as_deref_mut()).await;
     // The one place local replies are rendered: JSON, or a gRPC status for a gRPC client.
@@ -147,13 +150,18 @@ where
         Err(r) => return Outcome::local(r, metrics::metrics().no_route()),
     };
     // 2. Route, on the path with dot segments resolved, so `/api/../admin` can neither slip
-    // past a `/api` prefix rule nor reach a backend that resolves it itself.
-    let path = normalize_path(req.uri().path()).into_owned();
+    // past a `/api` prefix rule nor reach a backend that resolves it itself. The path is
+    // borrowed from a clone of the URI (reference counts, no copy) as the request moves on;
+    // a `String` of it was an allocation per request.
+    let uri = req.uri().clone();
+    let path = normalize_path(uri.path());
+    let path: &str = &path;
+    let host: &str = host.as_str();
     let route_start = span.as_ref().map(|s| s.now());
     let (rule, req) = match crate::route::bodymatch::route(
         rt.router_for(&conn.listener),
-        &host,
-        &path,
+        host,
+        path,
         req,
     )
     .await
@@ -178,8 +186,8 @@ where
     } else {
         let input = StageInput {
             conn,
-            host: &host,
-            path: &path,
+            host,
+            path,
             timeout: rule.timeout,
         };
         match Box::pin(rule.stages.run(&input, req)).await {
@@ -271,7 +279,7 @@ fn admit<B>(
     runtime: Option<Arc<Runtime>>,
     conn: &ConnInfo,
     req: &Request<B>,
-) -> Result<(Arc<Runtime>, String), Response<ProxyBody>> {
+) -> Result<(Arc<Runtime>, Host), Response<ProxyBody>> {
     let Some(rt) = runtime else {
         return Err(error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -282,7 +290,7 @@ fn admit<B>(
     if let Some(r) = crate::http::limits::check_head(&conn.limits, req) {
         return Err(r);
     }
-    let Some(host) = request_host(req) else {
+    let Some(host) = Host::of(req) else {
         return Err(error_response(
             StatusCode::BAD_REQUEST,
             ErrorKind::NoHost,
@@ -303,7 +311,7 @@ fn upstream_request(
     rule: &RuleRt,
     target: &Target,
     conn: &ConnInfo,
-    path: String,
+    path: &str,
     parts: &mut http::request::Parts,
     upgrade: Option<&crate::policy::websocket::Upgrade>,
 ) -> Result<
@@ -316,8 +324,8 @@ fn upstream_request(
 > {
     let backend = &target.backend;
     let path = match &rule.path {
-        Some(rw) => rewrite_path(rw, &path),
-        None => path,
+        Some(rw) => std::borrow::Cow::Owned(rewrite_path(rw, path)),
+        None => std::borrow::Cow::Borrowed(path),
     };
     let pq = match parts.uri.path_and_query() {
         // No rewrite and no dot segments (nearly every request): the request's own, already
@@ -325,7 +333,7 @@ fn upstream_request(
         Some(pq) if rule.path.is_none() && pq.path() == path => Ok(pq.clone()),
         _ => PathAndQuery::try_from(match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
-            None => path,
+            None => path.into_owned(),
         }),
     };
     let pq = match pq {
