@@ -128,8 +128,9 @@ pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(s)
 }
 
-/// Removes hop-by-hop headers, including the ones a `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers, including the ones a `Connection` header names; `false` when
+/// there was none (nothing was removed).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages carry none of them: one pass over the names beats nine hashed removals.
     let is_hop = |n: &HeaderName| {
         *n == header::CONNECTION
@@ -143,7 +144,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             || *n == header::UPGRADE
     };
     if !headers.keys().any(is_hop) {
-        return;
+        return false;
     }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -168,6 +169,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(n);
     }
+    true
 }
 
 /// Sets `X-Forwarded-For/Proto/Host` and `Forwarded` (also used by [`crate::policy::kairos`]).
@@ -203,8 +205,9 @@ pub(crate) fn add_forwarding(
         fwd.push_str(";proto=");
         fwd.push_str(conn.scheme);
         if let Some(h) = host_header.and_then(|h| h.to_str().ok()) {
-            if h.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            if h.bytes().all(|b| {
+                matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b':' | b'[' | b']')
+            })
             {
                 fwd.push_str(";host=\"");
                 fwd.push_str(h);
