@@ -79,7 +79,8 @@ async fn serve_connection(
         limits: (&l.limits).into(),
     });
     // HTTP/1.1 goes to the codec (listen/h1.rs) unless `--downstream-h1 hyper`; HTTP/2 over
-    // TLS (ALPN h2) and what the codec hands over (h2c, upgrades, CONNECT) to hyper's server.
+    // TLS (ALPN h2) to the h2-crate server (listen/h2.rs) unless `--downstream-h2 hyper`; what
+    // the codec hands over (h2c, upgrades, CONNECT) to hyper's server.
     let codec = crate::listen::h1::codec_enabled();
     let result = match &l.tls {
         None if codec => serve_codec(live, stream, info, &l, watcher).await,
@@ -105,7 +106,11 @@ async fn serve_connection(
                     }
                 };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            if codec && !h2 {
+            if h2 && crate::listen::h2::direct_enabled() {
+                // Holding the watcher makes shutdown wait for this connection too.
+                let _watcher = watcher;
+                crate::listen::h2::serve(live, tls, info, &l.limits).await
+            } else if codec && !h2 {
                 serve_codec(live, tls, info, &l, watcher).await
             } else {
                 serve_hyper(live, tls, info, &l, watcher, h2).await
