@@ -8,7 +8,8 @@
 //! stream, the `H2Stream` state machine, flow-control reservation per DATA frame. Here every
 //! stream runs inside the connection's task (a [`FuturesUnordered`]: no spawn, no per-stream
 //! task, no cross-task wake-ups; the connection's reads and writes are batched across the
-//! streams polled in one turn), and a small response that is complete when the pipeline
+//! streams polled in one turn; measured: 51,250 instr. per request, against 53,886 with a
+//! spawned task per stream and 52,535 with hyper's server), and a small response that is complete when the pipeline
 //! returns goes out as HEADERS + one DATA with END_STREAM (or HEADERS with END_STREAM when it
 //! is empty) without a capacity round trip.
 //!
@@ -165,8 +166,9 @@ async fn stream(
     send(respond, resp, false).await;
 }
 
-/// The pipeline's future, boxed: it is ~8 KiB, and the stream's future is moved into the
-/// `FuturesUnordered` node; the box keeps that move small.
+/// The pipeline's future, boxed: it is ~8 KiB, and the stream's future is moved by value
+/// (into `until_reset`, into the `FuturesUnordered` node). Unboxed, callgrind counted 104,645
+/// instr. per request instead of 51,250 (the copies); the box costs ~1,030 (malloc, one copy).
 fn proxy<'a>(
     live: &'a Live,
     info: &'a ConnInfo,
