@@ -267,7 +267,11 @@ async fn send(mut respond: SendResponse<Bytes>, resp: Response<ProxyBody>, conne
     // Fast path: a small body that is already complete (the common proxied response, a
     // `Full` reply) goes out with its HEADERS in one write, without a capacity round trip.
     let mut first = None;
-    if body.size_hint().exact().is_some_and(|n| n as usize <= SMALL_BODY) {
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n as usize <= SMALL_BODY)
+    {
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         if let Poll::Ready(f) = Pin::new(&mut body).poll_frame(&mut cx) {
@@ -321,9 +325,9 @@ async fn pipe_body(
                         return Poll::Ready(Ok(f));
                     }
                     match tx.poll_reset(cx) {
-                        Poll::Ready(Ok(reason)) => Poll::Ready(Err(BoxError::from(
-                            h2::Error::from(reason),
-                        ))),
+                        Poll::Ready(Ok(reason)) => {
+                            Poll::Ready(Err(BoxError::from(h2::Error::from(reason))))
+                        }
                         Poll::Ready(Err(e)) => Poll::Ready(Err(BoxError::from(e))),
                         Poll::Pending => Poll::Pending,
                     }
