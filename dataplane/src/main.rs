@@ -80,6 +80,10 @@ struct RunArgs {
     /// h2c, upgrades and CONNECT are handed to hyper) or hyper's server for everything.
     #[arg(long, env = "WEIR_DOWNSTREAM_H1", default_value = "codec", value_parser = ["codec", "hyper"])]
     downstream_h1: String,
+    /// Who serves HTTP/2 over TLS: the server on the `h2` crate (`h2`, listen/h2.rs) or
+    /// hyper's server (`hyper`). h2c on plain listeners is always hyper's.
+    #[arg(long, env = "WEIR_DOWNSTREAM_H2", default_value = "h2", value_parser = ["h2", "hyper"])]
+    downstream_h2: String,
 }
 
 fn main() -> ExitCode {
@@ -268,6 +272,7 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
 
     weir_dataplane::upstream::pool::use_codec(args.upstream_h1 == "codec");
     weir_dataplane::listen::h1::use_codec(args.downstream_h1 == "codec");
+    weir_dataplane::listen::h2::use_direct(args.downstream_h2 == "h2");
     let telemetry = weir_dataplane::telemetry::hub::Telemetry::new(args.access_log == "on");
     let config = boot_config(args.config_preferred.as_ref(), args.config.as_ref());
     let dp = Dataplane::new(config.clone(), telemetry);

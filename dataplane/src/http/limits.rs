@@ -64,7 +64,6 @@ pub fn h1_backstops(l: &ListenerLimits) -> (usize, usize) {
 /// The HTTP/1.1 + HTTP/2 connection builder for a listener with these limits.
 pub fn http_builder(l: &ListenerLimits) -> auto::Builder<TokioExecutor> {
     let mut http = auto::Builder::new(TokioExecutor::new());
-    let header_bytes = l.max_request_header_bytes as usize;
     {
         let mut h1 = http.http1();
         h1.timer(TokioTimer::new())
@@ -79,16 +78,49 @@ pub fn http_builder(l: &ListenerLimits) -> auto::Builder<TokioExecutor> {
             h1.max_headers(fields);
         }
     }
-    // HPACK counts 32 bytes of overhead per field on top of name and value.
-    let list = header_bytes.saturating_add(32 * l.max_request_headers as usize);
     // No keep_alive_interval: PINGs would count as traffic for limits::IdleIo, so idle HTTP/2
     // connections would never hit the listener's idleTimeout (which also closes dead peers).
     // hyper has no per-stream header timeout to set here.
     http.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(list).unwrap_or(u32::MAX))
+        .max_header_list_size(h2_header_list_size(l))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
         .enable_connect_protocol();
     http
+}
+
+/// `SETTINGS_MAX_HEADER_LIST_SIZE` for a listener: its header limits, with the 32 bytes of
+/// overhead per field HPACK counts on top of name and value. h2 also bounds CONTINUATION
+/// with it. The exact limits are checked in [`check_head`].
+fn h2_header_list_size(l: &ListenerLimits) -> u32 {
+    let header_bytes = l.max_request_header_bytes as usize;
+    let list = header_bytes.saturating_add(32 * l.max_request_headers as usize);
+    u32::try_from(list).unwrap_or(u32::MAX)
+}
+
+/// Rapid reset (CVE-2023-44487): streams the client resets before they are accepted; past
+/// this the connection gets GOAWAY `ENHANCE_YOUR_CALM`. h2's and hyper's default.
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams reset for the peer's protocol errors before the connection is closed (hyper's).
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// The `h2` server settings for a listener with these limits (`listen/h2.rs`): the values
+/// hyper's server uses (see [`http_builder`]), so `--downstream-h2 hyper|h2` differ only in
+/// the glue. hyper's defaults: 1 MiB stream and connection windows, 16 KiB frames, a 400 KiB
+/// send buffer, 200 concurrent streams.
+pub fn h2_settings(l: &ListenerLimits) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(1024 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_send_buffer_size(400 * 1024)
+        .max_concurrent_streams(200)
+        .max_header_list_size(h2_header_list_size(l))
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESET_STREAMS))
+        .enable_connect_protocol();
+    b
 }
 
 /// Checks the request line and headers against the listener's limits: `414 uri_too_long`,

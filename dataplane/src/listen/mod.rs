@@ -3,6 +3,7 @@
 //! through the `Dataplane` that owns them.
 
 pub mod h1;
+pub mod h2;
 pub mod h3;
 pub mod h3_websocket;
 pub mod live;

@@ -79,7 +79,8 @@ async fn serve_connection(
         limits: (&l.limits).into(),
     });
     // HTTP/1.1 goes to the codec (listen/h1.rs) unless `--downstream-h1 hyper`; HTTP/2 over
-    // TLS (ALPN h2) and what the codec hands over (h2c, upgrades, CONNECT) to hyper's server.
+    // TLS (ALPN h2) to the h2-crate server (listen/h2.rs) unless `--downstream-h2 hyper`; what
+    // the codec hands over (h2c, upgrades, CONNECT) to hyper's server.
     let codec = crate::listen::h1::codec_enabled();
     let result = match &l.tls {
         None if codec => serve_codec(live, stream, info, &l, watcher).await,
@@ -105,7 +106,11 @@ async fn serve_connection(
                     }
                 };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            if codec && !h2 {
+            if h2 && crate::listen::h2::direct_enabled() {
+                // Holding the watcher makes shutdown wait for this connection too.
+                let _watcher = watcher;
+                crate::listen::h2::serve(live, tls, info, &l.limits).await
+            } else if codec && !h2 {
                 serve_codec(live, tls, info, &l, watcher).await
             } else {
                 serve_hyper(live, tls, info, &l, watcher, h2).await
@@ -140,19 +145,21 @@ where
         header_timeout: l.limits.header_read_timeout.get(),
     };
     match h1::serve(&setup, io).await {
-        Some(rewound) => serve_hyper(setup.live, rewound, setup.info, l, watcher, false).await,
+        // Mostly h2c (upgrades and CONNECT are rare): boxed, as HTTP/2 over TLS on hyper is.
+        Some(rewound) => serve_hyper(setup.live, rewound, setup.info, l, watcher, true).await,
         None => Ok(()),
     }
 }
 
-/// Serves a connection with hyper's HTTP/1.1 + HTTP/2 server; `h2`: ALPN chose HTTP/2.
+/// Serves a connection with hyper's HTTP/1.1 + HTTP/2 server; `boxed`: the connection is
+/// (most likely) HTTP/2: ALPN chose it, or Weir's HTTP/1.1 codec handed it over (h2c).
 async fn serve_hyper<I>(
     live: Arc<Live>,
     io: I,
     info: Arc<ConnInfo>,
     l: &ListenerRt,
     watcher: Watcher,
-    h2: bool,
+    boxed: bool,
 ) -> Result<(), BoxError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -181,13 +188,13 @@ where
                 .await
         }};
     }
-    if h2 {
+    if boxed {
         // Boxed on HTTP/2: hyper spawns a task per stream holding this future, and
         // tokio moves a task's future by value (spawn, cell, stage changes), so the
         // ~8 KiB `proxy::handle` state was copied several times per request (~5,200
         // instr. of ~66,000; BENCHMARKS.md "HTTP/2 over TLS: where the time goes").
-        // HTTP/1.1 polls it in place, where the box only adds an allocation (+780);
-        // plain listeners (HTTP/1.1 or h2c, told apart by hyper) keep it unboxed.
+        // HTTP/1.1 polls it in place, where the box only adds an allocation (+780):
+        // plain listeners under `--downstream-h1 hyper` keep it unboxed.
         serve!(hyper::service::service_fn(move |req| Box::pin(handle(req))))
     } else {
         serve!(hyper::service::service_fn(handle))
