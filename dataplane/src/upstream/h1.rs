@@ -44,7 +44,7 @@ use crate::http::body::BoxError;
 use crate::upstream::endpoint::CountedIo;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -110,23 +110,28 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Whether the codec carries `req` (else hyper's client does; see the module comment).
-pub fn uses_codec<B: http_body::Body>(req: &Request<B>) -> bool {
+/// Whether the codec carries the request of head `req` and `body` (else hyper's client does;
+/// see the module comment), and whether the head has a `Host` field.
+pub fn uses_codec<B: http_body::Body>(req: &http::request::Parts, body: &B) -> (bool, bool) {
     // One pass over the names: three hashed lookups cost ~290 instructions per request
-    // (callgrind), this ~60.
-    req.version() != Version::HTTP_10
-        && req.method() != Method::CONNECT
-        && req.body().is_end_stream()
-        && req.headers().iter().all(|(n, v)| {
-            *n != header::TRANSFER_ENCODING
-                && *n != header::UPGRADE
-                && (*n != header::CONTENT_LENGTH || v == "0")
-        })
+    // (callgrind), this ~60; the `Host` check rides along (a `contains_key` cost ~105).
+    let mut codec = req.version != Version::HTTP_10
+        && req.method != Method::CONNECT
+        && body.is_end_stream();
+    let mut host = false;
+    for (n, v) in &req.headers {
+        host |= *n == header::HOST;
+        codec &= *n != header::TRANSFER_ENCODING
+            && *n != header::UPGRADE
+            && (*n != header::CONTENT_LENGTH || v == "0");
+    }
+    (codec, host)
 }
 
-/// Appends the request head to `out`: request line (origin form, HTTP/1.1), the header fields
-/// as they are (the request carries no body, so none is added for framing), blank line.
-pub fn encode_head(req: &http::request::Parts, out: &mut Vec<u8>) {
+/// Appends the request head to `out`: request line (origin form, HTTP/1.1), `host` when given
+/// (the request has none), the header fields as they are (the request carries no body, so none
+/// is added for framing), blank line.
+pub fn encode_head(req: &http::request::Parts, host: Option<&HeaderValue>, out: &mut Vec<u8>) {
     let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let method = req.method.as_str();
     let headers = &req.headers;
@@ -135,11 +140,17 @@ pub fn encode_head(req: &http::request::Parts, out: &mut Vec<u8>) {
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
-    out.reserve(method.len() + pq.len() + 13 + fields + 2);
+    let host_len = host.map_or(0, |h| h.len() + 8);
+    out.reserve(method.len() + pq.len() + 13 + host_len + fields + 2);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(pq.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(h) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -615,11 +626,15 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(self.io.stream_mut()), cx, &mut self.rbuf)
     }
 
-    /// Writes the head of `req` and reads the response head (interim answers skipped). The
-    /// rest of the buffer is the start of the body.
-    pub async fn exchange(&mut self, req: &http::request::Parts) -> Result<Head, ExchangeError> {
+    /// Writes the head of `req` (with `host` when given) and reads the response head
+    /// (interim answers skipped). The rest of the buffer is the start of the body.
+    pub async fn exchange(
+        &mut self,
+        req: &http::request::Parts,
+        host: Option<&HeaderValue>,
+    ) -> Result<Head, ExchangeError> {
         self.wbuf.clear();
-        encode_head(req, &mut self.wbuf);
+        encode_head(req, host, &mut self.wbuf);
         self.io
             .stream_mut()
             .write_all(&self.wbuf)
@@ -910,6 +925,7 @@ pub fn replay(data: &[u8], method: &Method, step: usize) -> Replayed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn head(bytes: &[u8], method: &Method) -> Result<Option<Head>, CodecError> {
         parse_head(&mut BytesMut::from(bytes), method)
@@ -1146,13 +1162,19 @@ mod tests {
             .body(())
             .unwrap();
         let mut out = Vec::new();
-        encode_head(&req.into_parts().0, &mut out);
+        let head = req.into_parts().0;
+        encode_head(&head, None, &mut out);
         assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: h\r\nx-y: z\r\n\r\n");
-        assert!(uses_codec(
-            &Request::get("/")
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap()
-        ));
+        // A head without `Host` gets the endpoint's, which the head itself does not keep.
+        let mut head = Request::get("/").header("x-y", "z").body(()).unwrap().into_parts().0;
+        out.clear();
+        encode_head(&head, Some(&HeaderValue::from_static("e:1")), &mut out);
+        assert_eq!(out, b"GET / HTTP/1.1\r\nhost: e:1\r\nx-y: z\r\n\r\n");
+        assert!(!head.headers.contains_key(header::HOST));
+        let empty = http_body_util::Empty::<Bytes>::new();
+        assert_eq!(uses_codec(&head, &empty), (true, false));
+        head.headers.insert(header::HOST, HeaderValue::from_static("h"));
+        assert_eq!(uses_codec(&head, &empty), (true, true));
         let cases = [
             Request::post("/")
                 .body(http_body_util::Full::new(Bytes::from("x")))
@@ -1170,8 +1192,9 @@ mod tests {
                 .body(http_body_util::Full::new(Bytes::new()))
                 .unwrap(),
         ];
-        for r in &cases {
-            assert!(!uses_codec(r), "{r:?}");
+        for r in cases {
+            let (head, body) = r.into_parts();
+            assert!(!uses_codec(&head, &body).0, "{head:?}");
         }
     }
 }

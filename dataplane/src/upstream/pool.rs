@@ -196,6 +196,26 @@ impl Checkin {
     }
 }
 
+/// An owned request from the head `parts` that later tries may need again: a copy of the
+/// head, or (`last`: no try follows) the head itself.
+pub(crate) fn owned_request(
+    parts: &mut http::request::Parts,
+    uri: http::Uri,
+    body: ProxyBody,
+    last: bool,
+) -> Request<ProxyBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = if last {
+        std::mem::take(&mut parts.headers)
+    } else {
+        parts.headers.clone()
+    };
+    req
+}
+
 /// Whether a response from hyper's client leaves its connection reusable. With both
 /// `Transfer-Encoding` and `Content-Length`, hyper decodes the chunked body but leaves the
 /// `Content-Length` in the response, which would then frame the forwarded body wrongly (a
@@ -275,30 +295,48 @@ impl Pool {
     /// the [`Checkin`] to release when its body has ended.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
-        if !req.headers().contains_key(header::HOST) {
-            req.headers_mut().insert(header::HOST, self.host.clone());
+        let (mut parts, body) = req.into_parts();
+        self.send_parts(&mut parts, body, true).await
+    }
+
+    /// Sends the request of head `parts` (origin-form URI) and `body`. The codec borrows the
+    /// head, so a retry can send it again without a copy; hyper's client takes a copy of it,
+    /// or (`last`: no try follows) the head itself. A request without `Host` gets this
+    /// endpoint's (the head itself is left as it is: a retry may go to another endpoint).
+    pub async fn send_parts(
+        self: &Arc<Self>,
+        parts: &mut http::request::Parts,
+        body: ProxyBody,
+        last: bool,
+    ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
+        let (codec, has_host) = h1::uses_codec(parts, &body);
+        if codec && CODEC.load(Ordering::Relaxed) {
+            let host = (!has_host).then_some(&self.host);
+            return self.send_codec(parts, host).await.map(|r| (r, None));
         }
-        if CODEC.load(Ordering::Relaxed) && h1::uses_codec(&req) {
-            return self.send_codec(req).await.map(|r| (r, None));
+        let uri = parts.uri.clone();
+        let mut req = owned_request(parts, uri, body, last);
+        if !has_host {
+            req.headers_mut().insert(header::HOST, self.host.clone());
         }
         let (resp, checkin) = self.send_hyper(req).await?;
         Ok((resp.map(UpstreamBody::Hyper), Some(checkin)))
     }
 
     /// A request without a body through the codec, on an idle codec connection or a new one.
+    /// `host`: the `Host` field to add.
     async fn send_codec(
         self: &Arc<Self>,
-        req: Request<ProxyBody>,
+        req: &http::request::Parts,
+        host: Option<&HeaderValue>,
     ) -> Result<Response<UpstreamBody>, PoolError> {
-        // Only the head goes out (the body is empty); the parts are what the awaits hold.
-        let (req, _) = req.into_parts();
         let (mut conn, reused) = match self.checkout_raw() {
             Some(c) => (c, true),
             None => (Conn::new(self.tcp_connect().await?), false),
         };
-        let head = match conn.exchange(&req).await {
+        let head = match conn.exchange(req, host).await {
             Ok(head) => head,
             // The keep-alive race: the peer closed the idle connection as the request went
             // out. Sent again when that cannot repeat an action: nothing was written, or the
@@ -312,7 +350,7 @@ impl Pool {
                 tracing::debug!(upstream = %self.authority, error = %e, "pooled connection was closed; retrying on a new connection");
                 self.resent.fetch_add(1, Ordering::Relaxed);
                 conn = Conn::new(self.tcp_connect().await?);
-                conn.exchange(&req)
+                conn.exchange(req, host)
                     .await
                     .map_err(|e| self.exchange_error(e))?
             }
