@@ -658,6 +658,7 @@ impl BackendRt {
         if let Some(last) = last {
             out.response = finish(last, permit, &payload.parts.method);
         }
+        crate::upstream::h1::recycle_map(std::mem::take(&mut payload.parts.headers));
         out
     }
 

@@ -176,6 +176,39 @@ pub(crate) type Span = (usize, usize, usize, usize);
 /// ~750 instructions (callgrind).
 const ADDED_FIELDS: usize = 8;
 
+/// Largest map kept for reuse by [`recycle_map`]: a head with many more fields is rare, and
+/// its map is not worth holding on to.
+const RECYCLED_MAP_CAPACITY: usize = 128;
+
+thread_local! {
+    /// One cleared header map, from the last request that went upstream, for the next
+    /// response head ([`recycle_map`]).
+    static SPARE_MAP: std::cell::Cell<Option<HeaderMap>> = const { std::cell::Cell::new(None) };
+}
+
+/// Keeps `map` (a request's header map, done with once its exchange is over) for the next
+/// response head this thread parses. A proxied request drops one map (the request's) and
+/// builds one (the response's); reusing the first as the second saves two `malloc` and two
+/// `free` per request (~300 instructions, callgrind). A cache only: a map used on another
+/// thread, or none kept, changes nothing but the cost.
+pub fn recycle_map(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > RECYCLED_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    SPARE_MAP.set(Some(map));
+}
+
+/// An empty header map with room for `n` fields: the spare one when there is one.
+fn map_with_capacity(n: usize) -> HeaderMap {
+    if let Some(mut map) = SPARE_MAP.take() {
+        if map.try_reserve(n).is_ok() {
+            return map;
+        }
+    }
+    HeaderMap::with_capacity(n)
+}
+
 /// [`parse_head`] with the connection's scratch list of field positions (a 100-entry array on
 /// the stack was zeroed on every response: ~3,200 instructions, as `rep stosb`).
 fn parse_head_with(
@@ -222,7 +255,7 @@ fn parse_head_with(
         let base = buf.as_ptr() as usize;
         field_spans(base, res.headers, spans);
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_FIELDS);
+        let mut headers = map_with_capacity(spans.len() + ADDED_FIELDS);
         for &(ns, ne, vs, ve) in spans.iter() {
             let name = HeaderName::from_bytes(&head[ns..ne])
                 .map_err(|_| CodecError::Field(String::from_utf8_lossy(&head[ns..ne]).into()))?;
