@@ -214,10 +214,11 @@ enum Last {
 
 /// What one try's send returned: the response (with the pooled connection to give back), the
 /// send's error, or the try's time limit elapsed.
-type TryResult = Result<
-    Result<(Response<UpstreamBody>, Option<Checkin>), SendError>,
-    tokio::time::error::Elapsed,
->;
+type TryResult = Result<Result<(Response<UpstreamBody>, Option<Checkin>), SendError>, TimedOut>;
+
+/// A try's time limit elapsed before its response head.
+#[derive(Debug)]
+struct TimedOut;
 
 /// One try, as [`BackendRt::record_outcome`] needs it.
 struct Try {
@@ -638,8 +639,8 @@ impl BackendRt {
             let started = Instant::now();
             let (limit, per_try) =
                 self.try_limit(rule_per_try, deadline.saturating_duration_since(started));
-            let send = self.send(idx, attempt, uri, &mut payload, body);
-            let result = tokio::time::timeout(limit, send).await;
+            let until = tokio::time::Instant::from_std(started + limit);
+            let result = self.send(idx, attempt, uri, &mut payload, body, until).await;
             if let Some(s) = span.as_deref_mut() {
                 s.attempt_ended(span_outcome(&result));
             }
@@ -888,9 +889,11 @@ impl BackendRt {
         true
     }
 
-    /// One try on endpoint `idx`: its HTTP/1.1 pool (which borrows the head when its codec
-    /// carries the request), or the h2c client (an owned request with `uri`). With the
-    /// response comes the pooled connection to give back when the response body has ended.
+    /// One try on endpoint `idx`, its response head due by `until`: its HTTP/1.1 pool (which
+    /// borrows the head when its codec carries the request, and keeps the time limit itself: a
+    /// timer per connection, not one per try), or the h2c client (an owned request with `uri`,
+    /// under a timeout). With the response comes the pooled connection to give back when the
+    /// response body has ended.
     async fn send(
         &self,
         idx: usize,
@@ -898,27 +901,34 @@ impl BackendRt {
         uri: Option<Uri>,
         payload: &mut Payload,
         body: ProxyBody,
-    ) -> Result<(Response<UpstreamBody>, Option<Checkin>), SendError> {
+        until: tokio::time::Instant,
+    ) -> TryResult {
         match (&self.conns, uri) {
             (Conns::H1(pools), _) => match pools.get(idx) {
                 Some(pool) => {
                     let last = attempt >= payload.attempts;
-                    pool.send_parts(&mut payload.parts, body, last)
+                    match pool
+                        .send_parts(&mut payload.parts, body, last, Some(until))
                         .await
-                        .map_err(SendError::Pool)
+                    {
+                        Ok(r) => Ok(Ok(r)),
+                        Err(e) if e.is_timeout() => Err(TimedOut),
+                        Err(e) => Ok(Err(SendError::Pool(e))),
+                    }
                 }
                 // `pools` follows `endpoints`; `idx` comes from `pick`.
-                None => Err(SendError::Pool(PoolError::NoPool)),
+                None => Ok(Err(SendError::Pool(PoolError::NoPool))),
             },
             (Conns::Legacy { client, .. }, Some(uri)) => {
                 let req = payload.owned_request(attempt, uri, body);
-                match client.request(req).await {
-                    Ok(resp) => Ok((resp.map(UpstreamBody::Hyper), None)),
-                    Err(e) => Err(SendError::Legacy(e)),
+                match tokio::time::timeout_at(until, client.request(req)).await {
+                    Ok(Ok(resp)) => Ok(Ok((resp.map(UpstreamBody::Hyper), None))),
+                    Ok(Err(e)) => Ok(Err(SendError::Legacy(e))),
+                    Err(_) => Err(TimedOut),
                 }
             }
             // `try_uri` gives h2c tries their URI.
-            (Conns::Legacy { .. }, None) => Err(SendError::Pool(PoolError::NoPool)),
+            (Conns::Legacy { .. }, None) => Ok(Err(SendError::Pool(PoolError::NoPool))),
         }
     }
 

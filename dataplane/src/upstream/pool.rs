@@ -103,12 +103,22 @@ pub enum PoolError {
         #[source]
         source: ExchangeError,
     },
+    #[error("no response from {authority} before the try's deadline")]
+    TimedOut { authority: Authority },
 }
 
 impl PoolError {
     /// No connection could be made (the request was not sent).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, PoolError::Request { .. } | PoolError::Exchange { .. })
+        !matches!(
+            self,
+            PoolError::Request { .. } | PoolError::Exchange { .. } | PoolError::TimedOut { .. }
+        )
+    }
+
+    /// The try's deadline passed first.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PoolError::TimedOut { .. })
     }
 }
 
@@ -298,10 +308,11 @@ impl Pool {
         req: Request<ProxyBody>,
     ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
         let (mut parts, body) = req.into_parts();
-        self.send_parts(&mut parts, body, true).await
+        self.send_parts(&mut parts, body, true, None).await
     }
 
-    /// Sends the request of head `parts` (origin-form URI) and `body`. The codec borrows the
+    /// Sends the request of head `parts` (origin-form URI) and `body`, getting its response
+    /// head by `deadline` when there is one ([`PoolError::TimedOut`]). The codec borrows the
     /// head, so a retry can send it again without a copy; hyper's client takes a copy of it,
     /// or (`last`: no try follows) the head itself. A request without `Host` gets this
     /// endpoint's (the head itself is left as it is: a retry may go to another endpoint).
@@ -310,19 +321,48 @@ impl Pool {
         parts: &mut http::request::Parts,
         body: ProxyBody,
         last: bool,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
         let (codec, has_host) = h1::uses_codec(parts, &body);
         if codec && CODEC.load(Ordering::Relaxed) {
             let host = (!has_host).then_some(&self.host);
-            return self.send_codec(parts, host).await.map(|r| (r, None));
+            return self
+                .send_codec(parts, host, deadline)
+                .await
+                .map(|r| (r, None));
         }
         let uri = parts.uri.clone();
         let mut req = owned_request(parts, uri, body, last);
         if !has_host {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        let (resp, checkin) = self.send_hyper(req).await?;
+        let (resp, checkin) = match deadline {
+            None => self.send_hyper(req).await?,
+            Some(d) => tokio::time::timeout_at(d, self.send_hyper(req))
+                .await
+                .map_err(|_| self.timed_out())??,
+        };
         Ok((resp.map(UpstreamBody::Hyper), Some(checkin)))
+    }
+
+    fn timed_out(&self) -> PoolError {
+        PoolError::TimedOut {
+            authority: self.authority.clone(),
+        }
+    }
+
+    /// A new connection for the codec, within `deadline` too.
+    async fn connect_raw(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Conn, PoolError> {
+        let io = match deadline {
+            None => self.tcp_connect().await?,
+            Some(d) => tokio::time::timeout_at(d, self.tcp_connect())
+                .await
+                .map_err(|_| self.timed_out())??,
+        };
+        Ok(Conn::new(io))
     }
 
     /// A request without a body through the codec, on an idle codec connection or a new one.
@@ -331,12 +371,13 @@ impl Pool {
         self: &Arc<Self>,
         req: &http::request::Parts,
         host: Option<&HeaderValue>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<UpstreamBody>, PoolError> {
         let (mut conn, reused) = match self.checkout_raw() {
             Some(c) => (c, true),
-            None => (Conn::new(self.tcp_connect().await?), false),
+            None => (self.connect_raw(deadline).await?, false),
         };
-        let head = match conn.exchange(req, host).await {
+        let head = match conn.exchange(req, host, deadline).await {
             Ok(head) => head,
             // The keep-alive race: the peer closed the idle connection as the request went
             // out. Sent again when that cannot repeat an action: nothing was written, or the
@@ -349,8 +390,8 @@ impl Pool {
             {
                 tracing::debug!(upstream = %self.authority, error = %e, "pooled connection was closed; retrying on a new connection");
                 self.resent.fetch_add(1, Ordering::Relaxed);
-                conn = Conn::new(self.tcp_connect().await?);
-                conn.exchange(req, host)
+                conn = self.connect_raw(deadline).await?;
+                conn.exchange(req, host, deadline)
                     .await
                     .map_err(|e| self.exchange_error(e))?
             }
@@ -361,6 +402,9 @@ impl Pool {
     }
 
     fn exchange_error(&self, source: ExchangeError) -> PoolError {
+        if let ExchangeError::TimedOut = source {
+            return self.timed_out();
+        }
         PoolError::Exchange {
             authority: self.authority.clone(),
             source,
