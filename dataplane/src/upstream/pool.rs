@@ -930,6 +930,54 @@ mod tests {
         assert_eq!((pool.created(), pool.resent()), (2, 1));
     }
 
+    /// A codec try's deadline, kept on the connection's own timer: the first exchange, due
+    /// in 5 s, is answered; the second on the same connection, due in 100 ms (an earlier
+    /// deadline than the timer holds) and never answered, ends with `TimedOut` (no hang, not
+    /// a connect error); a third, on a new connection with a later deadline again, is
+    /// answered.
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_tries_end_at_their_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = listener.accept() {
+                // Each connection answers its first request only; later ones are read and
+                // left unanswered (the connection stays open).
+                if read_head(&mut s) {
+                    let _ = s.write_all(OK);
+                }
+                held.push(s);
+            }
+        });
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let send = |due: Duration| {
+            let pool = pool.clone();
+            async move {
+                let (mut head, body) = get().into_parts();
+                let until = tokio::time::Instant::now() + due;
+                pool.send_parts(&mut head, body, true, Some(until)).await
+            }
+        };
+        let body_ok = |resp: Response<UpstreamBody>| async {
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            assert_eq!(&body.to_bytes()[..], b"ok");
+        };
+        let (resp, _) = send(Duration::from_secs(5)).await.unwrap();
+        body_ok(resp).await;
+        assert_eq!(pool.idle(), 1);
+        let Err(err) = send(Duration::from_millis(100)).await else {
+            panic!("an unanswered request got a response");
+        };
+        assert!(err.is_timeout() && !err.is_connect(), "{err:?}");
+        assert_eq!((pool.created(), pool.idle()), (1, 0));
+        let (resp, _) = send(Duration::from_secs(10)).await.unwrap();
+        body_ok(resp).await;
+        assert_eq!(pool.created(), 2);
+    }
+
     /// Codec connections: reused LIFO, not reused after `Connection: close`, after a body
     /// longer than its `Content-Length` (the extra bytes are no next answer) or a body dropped
     /// before its end.
