@@ -450,7 +450,10 @@ async fn retry_resends_the_head(client_kind: &str) {
         "\r\nauthorization: bearer cred",
         "\r\nhost: 127.0.0.1:",
     ] {
-        assert!(lower.contains(field), "{client_kind}: {field:?} in {tried:?}");
+        assert!(
+            lower.contains(field),
+            "{client_kind}: {field:?} in {tried:?}"
+        );
     }
     assert!(!lower.contains("from-client"), "{client_kind}: {tried:?}");
 }

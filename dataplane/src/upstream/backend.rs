@@ -207,6 +207,9 @@ enum Failure {
 }
 
 /// The result of the latest try, kept while deciding whether to retry.
+// One per request, on the dispatch's stack and moved once into the reply; boxing the upstream
+// response (the codec's connection is inline in its body) would cost a `malloc` per request.
+#[allow(clippy::large_enum_variant)]
 enum Last {
     Upstream(Response<UpstreamBody>, InFlight, Option<Checkin>),
     Local(Response<ProxyBody>),
@@ -640,7 +643,9 @@ impl BackendRt {
             let (limit, per_try) =
                 self.try_limit(rule_per_try, deadline.saturating_duration_since(started));
             let until = tokio::time::Instant::from_std(started + limit);
-            let result = self.send(idx, attempt, uri, &mut payload, body, until).await;
+            let result = self
+                .send(idx, attempt, uri, &mut payload, body, until)
+                .await;
             if let Some(s) = span.as_deref_mut() {
                 s.attempt_ended(span_outcome(&result));
             }

@@ -46,8 +46,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use std::mem::MaybeUninit;
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::AsyncWriteExt;
@@ -116,9 +116,8 @@ pub struct Head {
 pub fn uses_codec<B: http_body::Body>(req: &http::request::Parts, body: &B) -> (bool, bool) {
     // One pass over the names: three hashed lookups cost ~290 instructions per request
     // (callgrind), this ~60; the `Host` check rides along (a `contains_key` cost ~105).
-    let mut codec = req.version != Version::HTTP_10
-        && req.method != Method::CONNECT
-        && body.is_end_stream();
+    let mut codec =
+        req.version != Version::HTTP_10 && req.method != Method::CONNECT && body.is_end_stream();
     let mut host = false;
     for (n, v) in &req.headers {
         host |= *n == header::HOST;
@@ -1244,14 +1243,20 @@ mod tests {
         encode_head(&head, None, &mut out);
         assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: h\r\nx-y: z\r\n\r\n");
         // A head without `Host` gets the endpoint's, which the head itself does not keep.
-        let mut head = Request::get("/").header("x-y", "z").body(()).unwrap().into_parts().0;
+        let mut head = Request::get("/")
+            .header("x-y", "z")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
         out.clear();
         encode_head(&head, Some(&HeaderValue::from_static("e:1")), &mut out);
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: e:1\r\nx-y: z\r\n\r\n");
         assert!(!head.headers.contains_key(header::HOST));
         let empty = http_body_util::Empty::<Bytes>::new();
         assert_eq!(uses_codec(&head, &empty), (true, false));
-        head.headers.insert(header::HOST, HeaderValue::from_static("h"));
+        head.headers
+            .insert(header::HOST, HeaderValue::from_static("h"));
         assert_eq!(uses_codec(&head, &empty), (true, true));
         let cases = [
             Request::post("/")

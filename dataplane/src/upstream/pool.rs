@@ -352,10 +352,7 @@ impl Pool {
     }
 
     /// A new connection for the codec, within `deadline` too.
-    async fn connect_raw(
-        &self,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Result<Conn, PoolError> {
+    async fn connect_raw(&self, deadline: Option<tokio::time::Instant>) -> Result<Conn, PoolError> {
         let io = match deadline {
             None => self.tcp_connect().await?,
             Some(d) => tokio::time::timeout_at(d, self.tcp_connect())
