@@ -103,12 +103,22 @@ pub enum PoolError {
         #[source]
         source: ExchangeError,
     },
+    #[error("no response from {authority} before the try's deadline")]
+    TimedOut { authority: Authority },
 }
 
 impl PoolError {
     /// No connection could be made (the request was not sent).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, PoolError::Request { .. } | PoolError::Exchange { .. })
+        !matches!(
+            self,
+            PoolError::Request { .. } | PoolError::Exchange { .. } | PoolError::TimedOut { .. }
+        )
+    }
+
+    /// The try's deadline passed first.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PoolError::TimedOut { .. })
     }
 }
 
@@ -196,6 +206,26 @@ impl Checkin {
     }
 }
 
+/// An owned request from the head `parts` that later tries may need again: a copy of the
+/// head, or (`last`: no try follows) the head itself.
+pub(crate) fn owned_request(
+    parts: &mut http::request::Parts,
+    uri: http::Uri,
+    body: ProxyBody,
+    last: bool,
+) -> Request<ProxyBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = if last {
+        std::mem::take(&mut parts.headers)
+    } else {
+        parts.headers.clone()
+    };
+    req
+}
+
 /// Whether a response from hyper's client leaves its connection reusable. With both
 /// `Transfer-Encoding` and `Content-Length`, hyper decodes the chunked body but leaves the
 /// `Content-Length` in the response, which would then frame the forwarded body wrongly (a
@@ -275,30 +305,76 @@ impl Pool {
     /// the [`Checkin`] to release when its body has ended.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
-        if !req.headers().contains_key(header::HOST) {
+        let (mut parts, body) = req.into_parts();
+        self.send_parts(&mut parts, body, true, None).await
+    }
+
+    /// Sends the request of head `parts` (origin-form URI) and `body`, getting its response
+    /// head by `deadline` when there is one ([`PoolError::TimedOut`]). The codec borrows the
+    /// head, so a retry can send it again without a copy; hyper's client takes a copy of it,
+    /// or (`last`: no try follows) the head itself. A request without `Host` gets this
+    /// endpoint's (the head itself is left as it is: a retry may go to another endpoint).
+    pub async fn send_parts(
+        self: &Arc<Self>,
+        parts: &mut http::request::Parts,
+        body: ProxyBody,
+        last: bool,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
+        let (codec, has_host) = h1::uses_codec(parts, &body);
+        if codec && CODEC.load(Ordering::Relaxed) {
+            let host = (!has_host).then_some(&self.host);
+            return self
+                .send_codec(parts, host, deadline)
+                .await
+                .map(|r| (r, None));
+        }
+        let uri = parts.uri.clone();
+        let mut req = owned_request(parts, uri, body, last);
+        if !has_host {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        if CODEC.load(Ordering::Relaxed) && h1::uses_codec(&req) {
-            return self.send_codec(req).await.map(|r| (r, None));
-        }
-        let (resp, checkin) = self.send_hyper(req).await?;
+        let (resp, checkin) = match deadline {
+            None => self.send_hyper(req).await?,
+            Some(d) => tokio::time::timeout_at(d, self.send_hyper(req))
+                .await
+                .map_err(|_| self.timed_out())??,
+        };
         Ok((resp.map(UpstreamBody::Hyper), Some(checkin)))
     }
 
+    fn timed_out(&self) -> PoolError {
+        PoolError::TimedOut {
+            authority: self.authority.clone(),
+        }
+    }
+
+    /// A new connection for the codec, within `deadline` too.
+    async fn connect_raw(&self, deadline: Option<tokio::time::Instant>) -> Result<Conn, PoolError> {
+        let io = match deadline {
+            None => self.tcp_connect().await?,
+            Some(d) => tokio::time::timeout_at(d, self.tcp_connect())
+                .await
+                .map_err(|_| self.timed_out())??,
+        };
+        Ok(Conn::new(io))
+    }
+
     /// A request without a body through the codec, on an idle codec connection or a new one.
+    /// `host`: the `Host` field to add.
     async fn send_codec(
         self: &Arc<Self>,
-        req: Request<ProxyBody>,
+        req: &http::request::Parts,
+        host: Option<&HeaderValue>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<UpstreamBody>, PoolError> {
-        // Only the head goes out (the body is empty); the parts are what the awaits hold.
-        let (req, _) = req.into_parts();
         let (mut conn, reused) = match self.checkout_raw() {
             Some(c) => (c, true),
-            None => (Conn::new(self.tcp_connect().await?), false),
+            None => (self.connect_raw(deadline).await?, false),
         };
-        let head = match conn.exchange(&req).await {
+        let head = match conn.exchange(req, host, deadline).await {
             Ok(head) => head,
             // The keep-alive race: the peer closed the idle connection as the request went
             // out. Sent again when that cannot repeat an action: nothing was written, or the
@@ -311,8 +387,8 @@ impl Pool {
             {
                 tracing::debug!(upstream = %self.authority, error = %e, "pooled connection was closed; retrying on a new connection");
                 self.resent.fetch_add(1, Ordering::Relaxed);
-                conn = Conn::new(self.tcp_connect().await?);
-                conn.exchange(&req)
+                conn = self.connect_raw(deadline).await?;
+                conn.exchange(req, host, deadline)
                     .await
                     .map_err(|e| self.exchange_error(e))?
             }
@@ -323,6 +399,9 @@ impl Pool {
     }
 
     fn exchange_error(&self, source: ExchangeError) -> PoolError {
+        if let ExchangeError::TimedOut = source {
+            return self.timed_out();
+        }
         PoolError::Exchange {
             authority: self.authority.clone(),
             source,
@@ -846,6 +925,54 @@ mod tests {
             "{err:?}"
         );
         assert_eq!((pool.created(), pool.resent()), (2, 1));
+    }
+
+    /// A codec try's deadline, kept on the connection's own timer: the first exchange, due
+    /// in 5 s, is answered; the second on the same connection, due in 100 ms (an earlier
+    /// deadline than the timer holds) and never answered, ends with `TimedOut` (no hang, not
+    /// a connect error); a third, on a new connection with a later deadline again, is
+    /// answered.
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_tries_end_at_their_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = listener.accept() {
+                // Each connection answers its first request only; later ones are read and
+                // left unanswered (the connection stays open).
+                if read_head(&mut s) {
+                    let _ = s.write_all(OK);
+                }
+                held.push(s);
+            }
+        });
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let send = |due: Duration| {
+            let pool = pool.clone();
+            async move {
+                let (mut head, body) = get().into_parts();
+                let until = tokio::time::Instant::now() + due;
+                pool.send_parts(&mut head, body, true, Some(until)).await
+            }
+        };
+        let body_ok = |resp: Response<UpstreamBody>| async {
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            assert_eq!(&body.to_bytes()[..], b"ok");
+        };
+        let (resp, _) = send(Duration::from_secs(5)).await.unwrap();
+        body_ok(resp).await;
+        assert_eq!(pool.idle(), 1);
+        let Err(err) = send(Duration::from_millis(100)).await else {
+            panic!("an unanswered request got a response");
+        };
+        assert!(err.is_timeout() && !err.is_connect(), "{err:?}");
+        assert_eq!((pool.created(), pool.idle()), (1, 0));
+        let (resp, _) = send(Duration::from_secs(10)).await.unwrap();
+        body_ok(resp).await;
+        assert_eq!(pool.created(), 2);
     }
 
     /// Codec connections: reused LIFO, not reused after `Connection: close`, after a body
