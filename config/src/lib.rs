@@ -11,6 +11,7 @@ mod delta;
 mod duration;
 mod error;
 mod model;
+mod packed;
 mod policy;
 mod protocol;
 #[cfg(feature = "schema")]
@@ -22,6 +23,7 @@ pub use delta::{parse_delta_json, Delta, RouteChange};
 pub use duration::Duration;
 pub use error::{ConfigError, Errors, FieldError};
 pub use model::*;
+pub use packed::{is_gzip, pack_gzip, unpack, GZIP_MAGIC, MAX_UNPACKED_BYTES};
 pub use policy::*;
 pub use protocol::{CorsPolicy, ListenerLimits, OriginMatch, WebSocketConfig};
 #[cfg(feature = "schema")]
@@ -77,7 +79,8 @@ pub fn parse_json(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
     Ok(snap)
 }
 
-/// Parses JSON when the text starts with `{`, YAML otherwise, then validates.
+/// Parses JSON when the text starts with `{`, YAML otherwise (gzip-compressed JSON is
+/// decompressed first), then validates.
 pub fn load(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
     let snap = parse_json_or_yaml(bytes)?;
     snap.validate()?;
@@ -86,7 +89,10 @@ pub fn load(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
 
 /// Parses JSON when the text starts with `{`, YAML otherwise; no validation beyond types and
 /// unknown fields (for callers that validate later, such as the dataplane's compile).
+/// gzip-compressed JSON ([`pack_gzip`]) is decompressed first.
 pub fn parse_json_or_yaml(bytes: &[u8]) -> Result<Snapshot, ConfigError> {
+    let bytes = unpack(bytes)?;
+    let bytes = bytes.as_ref();
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     let snap = if first == Some(&b'{') {
         parse_json(bytes)?
