@@ -1,7 +1,7 @@
 //! The run loop: starts the watches, the lease, the pusher and the status task, then compiles
 //! on every (debounced) change and hands the outcome to each of them.
 
-use super::snapshot_secret::write_snapshot_secret;
+use super::snapshot_secret::{write_snapshot_secret, SecretWrite};
 use super::status_writer::{publish, status_loop, JobKey, StatusJob, StatusWriter};
 use super::watch::{
     endpoint_slice_resource, ready_pods, service_index, spawn_reflector, SecretWatches,
@@ -176,7 +176,8 @@ pub async fn run(
 
     let lkg_api: Api<Secret> = Api::namespaced(client.clone(), &s.dataplane_namespace);
     let mut lkg_written: Option<String> = None;
-    // The version the snapshot Secret is known to hold (content hash: same version, same text).
+    // The version the snapshot Secret is known to hold (content hash: same version, same text),
+    // or that is too large for it (not retried).
     let mut lkg_version: Option<String> = None;
     let mut secret_watches = SecretWatches {
         client: client.clone(),
@@ -330,14 +331,14 @@ pub async fn run(
         // while a change rolls out) skip it: it serialized the whole snapshot (~2 MB at 10,000
         // routes) to compare it with what was written.
         if leader && snapshot_ok && lkg_version.as_deref() != Some(version.as_str()) {
-            let holds = write_snapshot_secret(
+            let r = write_snapshot_secret(
                 &lkg_api,
                 &s.snapshot_secret,
                 &compiled.snapshot,
                 &mut lkg_written,
             )
             .await;
-            lkg_version = holds.then(|| version.clone());
+            lkg_version = (r != SecretWrite::Failed).then(|| version.clone());
         }
         // Until the pusher has asked every ready pod what it runs, status would be a guess.
         let pods_known = {
