@@ -263,10 +263,7 @@ mod tests {
                 source: io(),
             },
             Error::SnapshotEncode(serde_json::from_str::<u8>("x").unwrap_err()),
-            Error::SnapshotTooLarge {
-                bytes: 2,
-                limit: 1,
-            },
+            Error::SnapshotTooLarge { bytes: 2, limit: 1 },
             Error::InvalidSettings(vec![FieldError::new("listeners", "bad")]),
             Error::AdminTokenFile {
                 path: "t".into(),

@@ -21,6 +21,12 @@ use crate::status::PodProgress;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+/// A pod's running contents (`kind:ns/name` → generation), shared by the pods of a version.
+type Contents = Arc<BTreeMap<String, i64>>;
+
+/// Backend → the routes that reference it.
+type ByBackend = HashMap<ObjKey, Vec<ObjKey>>;
+
 /// Objects whose status inputs changed (`ns/name` keys), or all of them.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(super) struct Changed {
@@ -86,8 +92,7 @@ impl Changed {
         }
         if !Arc::ptr_eq(pp, np) {
             // Pods share one contents map per snapshot version: diff each distinct pair once.
-            let mut pairs: Vec<(&Arc<BTreeMap<String, i64>>, &Arc<BTreeMap<String, i64>>)> =
-                Vec::new();
+            let mut pairs: Vec<(&Contents, &Contents)> = Vec::new();
             for (a, b) in pp.pods.iter().zip(&np.pods) {
                 match (a, b) {
                     (None, None) => {}
@@ -121,7 +126,8 @@ impl Changed {
         if !out.backends.is_empty() {
             let by_backend = index.of(nc);
             for b in &out.backends {
-                out.routes.extend(by_backend.get(b).into_iter().flatten().cloned());
+                out.routes
+                    .extend(by_backend.get(b).into_iter().flatten().cloned());
             }
         }
         out
@@ -133,7 +139,10 @@ fn differing_keys<'a>(
     a: &'a BTreeMap<String, i64>,
     b: &'a BTreeMap<String, i64>,
 ) -> impl Iterator<Item = &'a String> {
-    let gone_or_changed = a.iter().filter(|(k, v)| b.get(*k) != Some(v)).map(|(k, _)| k);
+    let gone_or_changed = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(v))
+        .map(|(k, _)| k);
     let added = b.keys().filter(|k| !a.contains_key(*k));
     gone_or_changed.chain(added)
 }
@@ -155,16 +164,16 @@ fn health_changes(a: Option<&HealthReport>, b: Option<&HealthReport>) -> Vec<Str
 /// once per change, O(routes)).
 #[derive(Default)]
 pub(super) struct BackendIndex {
-    of: Option<(Arc<Compiled>, HashMap<ObjKey, Vec<ObjKey>>)>,
+    of: Option<(Arc<Compiled>, ByBackend)>,
 }
 
 impl BackendIndex {
-    fn of(&mut self, c: &Arc<Compiled>) -> &HashMap<ObjKey, Vec<ObjKey>> {
+    fn of(&mut self, c: &Arc<Compiled>) -> &ByBackend {
         if !self.of.as_ref().is_some_and(|(k, _)| Arc::ptr_eq(k, c)) {
             self.of = None;
         }
         let (_, m) = self.of.get_or_insert_with(|| {
-            let mut m: HashMap<ObjKey, Vec<ObjKey>> = HashMap::new();
+            let mut m = ByBackend::new();
             for (r, o) in &c.routes {
                 for b in &o.backends {
                     m.entry(b.clone()).or_default().push(r.clone());
@@ -236,11 +245,19 @@ mod tests {
     fn changes_map_to_the_objects_they_feed() {
         let bs: &[(&str, &[&str])] = &[("ns/b1", &["10.0.0.1:80"]), ("ns/b2", &["10.0.0.2:80"])];
         let v1 = compiled(
-            &[("ns/a", 1, &["ns/b1"]), ("ns/b", 1, &["ns/b2"]), ("ns/c", 1, &["ns/b2"])],
+            &[
+                ("ns/a", 1, &["ns/b1"]),
+                ("ns/b", 1, &["ns/b2"]),
+                ("ns/c", 1, &["ns/b2"]),
+            ],
             bs,
         );
         let v2 = compiled(
-            &[("ns/a", 2, &["ns/b1"]), ("ns/b", 1, &["ns/b2"]), ("ns/c", 1, &["ns/b2"])],
+            &[
+                ("ns/a", 2, &["ns/b1"]),
+                ("ns/b", 1, &["ns/b2"]),
+                ("ns/c", 1, &["ns/b2"]),
+            ],
             bs,
         );
         let (m1, m2) = (contents(&v1), contents(&v2));
@@ -261,12 +278,18 @@ mod tests {
 
         // A new generation of `a`: `a` (its outcome), before any pod runs it.
         let c = Changed::between((&v1, &p_old), (&v2, &p_old), &mut idx);
-        assert_eq!((c.all, c.routes, c.backends), (false, set(&["ns/a"]), set(&[])));
+        assert_eq!(
+            (c.all, c.routes, c.backends),
+            (false, set(&["ns/a"]), set(&[]))
+        );
 
         // One pod acknowledges v2: `a` again (its programmed count), nothing else.
         let p_half = pods(vec![&m2, &m1], vec![None, None]);
         let c = Changed::between((&v2, &p_old), (&v2, &p_half), &mut idx);
-        assert_eq!((c.all, c.routes, c.backends), (false, set(&["ns/a"]), set(&[])));
+        assert_eq!(
+            (c.all, c.routes, c.backends),
+            (false, set(&["ns/a"]), set(&[]))
+        );
 
         // A pod reports `b2` unhealthy: `b2` and both routes that use it.
         let p_sick = pods(
@@ -281,8 +304,15 @@ mod tests {
 
         // `b1` gets another endpoint: `b1` and `a`.
         let v3 = compiled(
-            &[("ns/a", 2, &["ns/b1"]), ("ns/b", 1, &["ns/b2"]), ("ns/c", 1, &["ns/b2"])],
-            &[("ns/b1", &["10.0.0.1:80", "10.0.0.3:80"]), ("ns/b2", &["10.0.0.2:80"])],
+            &[
+                ("ns/a", 2, &["ns/b1"]),
+                ("ns/b", 1, &["ns/b2"]),
+                ("ns/c", 1, &["ns/b2"]),
+            ],
+            &[
+                ("ns/b1", &["10.0.0.1:80", "10.0.0.3:80"]),
+                ("ns/b2", &["10.0.0.2:80"]),
+            ],
         );
         let c = Changed::between((&v2, &p_sick), (&v3, &p_sick), &mut idx);
         assert_eq!(

@@ -27,8 +27,8 @@ pub(super) async fn write_snapshot_secret(
     };
     text.push('\n');
     // The API server refuses it (422) whatever we do: not sent, and not retried for this
-    // version. Found at 10,000 routes (~2.9 MB pretty): every compile round (one per batch of
-    // pod acknowledgements too) serialized it and sent it to be refused, two 2.9 MB applies
+    // version. Found at 10,000 routes (~5 MB pretty): every compile round (one per batch of
+    // pod acknowledgements too) serialized it and sent it to be refused, two ~5 MB applies
     // per change on the cores the pods and the API server share.
     if text.len() > SECRET_DATA_LIMIT {
         let e = Error::SnapshotTooLarge {
@@ -236,8 +236,10 @@ mod tests {
         let big = "x".repeat(SECRET_DATA_LIMIT);
         snap.backends.insert(
             "b".into(),
-            yaml_serde::from_str(&format!("{{endpoints: ['a:1'], credential: {{header: h, value: '{big}'}}}}"))
-                .unwrap(),
+            yaml_serde::from_str(&format!(
+                "{{endpoints: ['a:1'], credential: {{header: h, value: '{big}'}}}}"
+            ))
+            .unwrap(),
         );
         snap.version = snap.content_hash();
         let too_large = || {

@@ -1,8 +1,8 @@
 //! The status writer: a task of its own that writes the statuses (and events) that really
 //! changed, from the latest compile outcome and pod progress.
 
-use super::{now_rfc3339, FIELD_MANAGER};
 use super::changed::{BackendIndex, Changed};
+use super::{now_rfc3339, FIELD_MANAGER};
 use crate::compile::{self, Compiled, ObjKey};
 use crate::crd::{Backend, ProxyRoute, TelemetrySink};
 use crate::error::Error;
@@ -206,7 +206,12 @@ impl StatusWriter {
             .is_some_and(|p| std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(obj)))
     }
 
-    fn planned_from<K: Send + Sync + 'static>(&mut self, kind: &'static str, k: ObjKey, obj: Arc<K>) {
+    fn planned_from<K: Send + Sync + 'static>(
+        &mut self,
+        kind: &'static str,
+        k: ObjKey,
+        obj: Arc<K>,
+    ) {
         self.planned.entry(kind).or_default().insert(k, obj);
     }
 
@@ -293,10 +298,9 @@ pub(super) async fn status_loop(
             &client,
             &mut w,
             compiled,
-            progress,
+            (progress, &changed),
             (&routes, &backends, &sinks),
             (&mut sink_counters_at, sink_status_interval),
-            &changed,
             superseded,
         )
         .await;
@@ -304,7 +308,10 @@ pub(super) async fn status_loop(
         if !done {
             // Objects it did not reach (or planned from older inputs) are still to do.
             carry = changed;
-        } else if !cleaned_for.as_ref().is_some_and(|c| Arc::ptr_eq(c, compiled)) {
+        } else if !cleaned_for
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, compiled))
+        {
             w.forget_gone(compiled);
             cleaned_for = Some(compiled.clone());
         }
@@ -317,17 +324,17 @@ pub(super) async fn status_loop(
     }
 }
 
-/// One pass over every object: writes the statuses that differ. Stops early (returns `false`)
+/// One pass over the objects whose status may differ (`changed`, or a new object in the
+/// store): writes the statuses that differ. Stops early (returns `false`)
 /// as soon as `superseded` says a newer job makes the rest of this pass stale.
 #[tracing::instrument(level = "debug", skip_all, fields(version = %compiled.snapshot.version))]
 async fn write_statuses(
     client: &Client,
     w: &mut StatusWriter,
     compiled: &Compiled,
-    pods: &PodProgress,
+    (pods, changed): (&PodProgress, &Changed),
     (routes, backends, sinks): (&Store<ProxyRoute>, &Store<Backend>, &Store<TelemetrySink>),
     (sink_counters_at, sink_status_interval): (&mut Option<tokio::time::Instant>, Duration),
-    changed: &Changed,
     superseded: impl Fn() -> bool,
 ) -> bool {
     let now = now_rfc3339();
@@ -652,10 +659,9 @@ mod tests {
             &client,
             &mut w,
             &compiled,
-            &progress,
+            (&progress, &all),
             (&routes, &backends, &sinks),
             (&mut at, Duration::from_secs(30)),
-            &all,
             || {
                 checks.set(checks.get() + 1);
                 checks.get() > 10
@@ -674,10 +680,9 @@ mod tests {
             &client,
             &mut w,
             &compiled,
-            &progress,
+            (&progress, &all),
             (&routes, &backends, &sinks),
             (&mut at, Duration::from_secs(30)),
-            &all,
             || false,
         )
         .await;
@@ -747,10 +752,9 @@ mod tests {
                     &client,
                     &mut w,
                     &$compiled,
-                    &progress,
+                    (&progress, &$changed),
                     (&routes, &backends, &sinks),
                     (&mut at, Duration::from_secs(30)),
-                    &$changed,
                     || false,
                 )
                 .await;
@@ -765,9 +769,9 @@ mod tests {
         let status_of = |i: usize| -> ProxyRouteStatus {
             serde_json::from_value(written[&format!("ProxyRoute:ns/r{i}")].clone()).unwrap()
         };
-        for i in 0..2 {
-            objs[i].status = Some(status_of(i));
-            writer.apply_watcher_event(&watcher::Event::Apply(objs[i].clone()));
+        for (i, obj) in objs.iter_mut().enumerate().take(2) {
+            obj.status = Some(status_of(i));
+            writer.apply_watcher_event(&watcher::Event::Apply(obj.clone()));
         }
         let (n, written) = pass!(compiled, Changed::default());
         assert_eq!(n, 3, "nothing to write");
@@ -787,7 +791,10 @@ mod tests {
         compiled.routes.get_mut("ns/r0").unwrap().invalid =
             vec![weir_config::FieldError::new("spec.rules", "bad")];
         let unchanged = pass!(compiled, Changed::default()).0;
-        assert_eq!(unchanged, 4, "not planned when the caller says nothing changed");
+        assert_eq!(
+            unchanged, 4,
+            "not planned when the caller says nothing changed"
+        );
         let changed = Changed {
             routes: ["ns/r0".to_string()].into(),
             ..Default::default()
