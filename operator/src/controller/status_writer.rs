@@ -343,23 +343,6 @@ async fn write_statuses(
         inflight: Default::default(),
     };
     let done = 'pass: {
-        for r in routes.state() {
-            if superseded() {
-                break 'pass false;
-            }
-            let k = compile::key(&r.namespace().unwrap_or_default(), &r.name_any());
-            let Some(o) = compiled.routes.get(&k) else {
-                continue;
-            };
-            if !changed.route(&k) && inflight.w.unchanged(ROUTE, &k, &r) {
-                continue;
-            }
-            let write = inflight.w.plan(client, &*r, r.status.as_ref(), |old| {
-                status::route_status(&k, o, compiled, pods, old, &now)
-            });
-            inflight.w.planned_from(ROUTE, k, r);
-            inflight.add(write).await;
-        }
         for b in backends.state() {
             if superseded() {
                 break 'pass false;
@@ -375,6 +358,26 @@ async fn write_statuses(
                 status::backend_status(&k, o, pods, old, &now)
             });
             inflight.w.planned_from(BACKEND, k, b);
+            inflight.add(write).await;
+        }
+        // Backends first, finished before any route: a route's status reports its Backends'
+        // health, and whoever sees the route written finds its Backends written too.
+        inflight.drain().await;
+        for r in routes.state() {
+            if superseded() {
+                break 'pass false;
+            }
+            let k = compile::key(&r.namespace().unwrap_or_default(), &r.name_any());
+            let Some(o) = compiled.routes.get(&k) else {
+                continue;
+            };
+            if !changed.route(&k) && inflight.w.unchanged(ROUTE, &k, &r) {
+                continue;
+            }
+            let write = inflight.w.plan(client, &*r, r.status.as_ref(), |old| {
+                status::route_status(&k, o, compiled, pods, old, &now)
+            });
+            inflight.w.planned_from(ROUTE, k, r);
             inflight.add(write).await;
         }
         // Sink counters move with traffic: refresh them at most once per interval.
@@ -495,10 +498,9 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
-    async fn status_is_written_once_per_real_change() {
-        let (client, log) = mock();
-        let mut w = StatusWriter {
+    /// A writer with nothing written yet, publishing events through `client`.
+    fn writer(client: &Client) -> StatusWriter {
+        StatusWriter {
             written: HashMap::new(),
             writes: 0,
             planned: HashMap::new(),
@@ -509,7 +511,13 @@ mod tests {
                     instance: None,
                 },
             ),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn status_is_written_once_per_real_change() {
+        let (client, log) = mock();
+        let mut w = writer(&client);
         let mut route = ProxyRoute::new("r", ProxyRouteSpec::default());
         route.metadata.namespace = Some("ns".into());
         route.metadata.generation = Some(1);
@@ -635,18 +643,7 @@ mod tests {
     #[tokio::test]
     async fn a_pass_writes_in_parallel_and_stops_when_superseded() {
         let (client, log, max_open) = counting_mock();
-        let mut w = StatusWriter {
-            written: HashMap::new(),
-            writes: 0,
-            planned: HashMap::new(),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: FIELD_MANAGER.into(),
-                    instance: None,
-                },
-            ),
-        };
+        let mut w = writer(&client);
         let (routes, compiled) = routes_world(20);
         let (backends, _) = reflector::store::<Backend>();
         let (sinks, _) = reflector::store::<TelemetrySink>();
@@ -711,18 +708,7 @@ mod tests {
     #[tokio::test]
     async fn a_pass_plans_only_changed_objects() {
         let (client, log) = mock();
-        let mut w = StatusWriter {
-            written: HashMap::new(),
-            writes: 0,
-            planned: HashMap::new(),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: FIELD_MANAGER.into(),
-                    instance: None,
-                },
-            ),
-        };
+        let mut w = writer(&client);
         let (routes, mut writer) = reflector::store::<ProxyRoute>();
         let mut compiled = Compiled::default();
         let mut objs = Vec::new();
