@@ -619,15 +619,25 @@ mod tests {
         (Client::new(svc, "default"), log, max)
     }
 
-    /// `n` routes in a store, with their compile outcomes.
-    fn routes_world(n: usize) -> (Store<ProxyRoute>, Compiled) {
+    /// `n` routes in a store (with its writer and the routes, to change them later), with
+    /// their compile outcomes.
+    fn routes_world(
+        n: usize,
+    ) -> (
+        Store<ProxyRoute>,
+        reflector::store::Writer<ProxyRoute>,
+        Vec<ProxyRoute>,
+        Compiled,
+    ) {
         let (store, mut writer) = reflector::store::<ProxyRoute>();
         let mut compiled = Compiled::default();
+        let mut objs = Vec::new();
         for i in 0..n {
             let mut r = ProxyRoute::new(&format!("r{i}"), ProxyRouteSpec::default());
             r.metadata.namespace = Some("ns".into());
             r.metadata.generation = Some(1);
-            writer.apply_watcher_event(&watcher::Event::Apply(r));
+            writer.apply_watcher_event(&watcher::Event::Apply(r.clone()));
+            objs.push(r);
             compiled.routes.insert(
                 format!("ns/r{i}"),
                 RouteOutcome {
@@ -637,14 +647,14 @@ mod tests {
                 },
             );
         }
-        (store, compiled)
+        (store, writer, objs, compiled)
     }
 
     #[tokio::test]
     async fn a_pass_writes_in_parallel_and_stops_when_superseded() {
         let (client, log, max_open) = counting_mock();
         let mut w = writer(&client);
-        let (routes, compiled) = routes_world(20);
+        let (routes, _, _, compiled) = routes_world(20);
         let (backends, _) = reflector::store::<Backend>();
         let (sinks, _) = reflector::store::<TelemetrySink>();
         let progress = PodProgress::default();
@@ -709,24 +719,7 @@ mod tests {
     async fn a_pass_plans_only_changed_objects() {
         let (client, log) = mock();
         let mut w = writer(&client);
-        let (routes, mut writer) = reflector::store::<ProxyRoute>();
-        let mut compiled = Compiled::default();
-        let mut objs = Vec::new();
-        for i in 0..3 {
-            let mut r = ProxyRoute::new(&format!("r{i}"), ProxyRouteSpec::default());
-            r.metadata.namespace = Some("ns".into());
-            r.metadata.generation = Some(1);
-            writer.apply_watcher_event(&watcher::Event::Apply(r.clone()));
-            objs.push(r);
-            compiled.routes.insert(
-                format!("ns/r{i}"),
-                RouteOutcome {
-                    generation: Some(1),
-                    included: true,
-                    ..Default::default()
-                },
-            );
-        }
+        let (routes, mut writer, mut objs, mut compiled) = routes_world(3);
         let (backends, _) = reflector::store::<Backend>();
         let (sinks, _) = reflector::store::<TelemetrySink>();
         let progress = PodProgress::default();
