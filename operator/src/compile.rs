@@ -9,6 +9,7 @@
 
 use crate::crd::{self, Backend, ProxyRoute, TelemetrySink};
 use kube::{Resource, ResourceExt};
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use weir_config::{FieldError, Snapshot};
@@ -65,16 +66,25 @@ pub type SecretIndex = BTreeMap<ObjKey, Option<BTreeMap<String, Vec<u8>>>>;
 pub const TLS_CERT_KEY: &str = "tls.crt";
 pub const TLS_KEY_KEY: &str = "tls.key";
 
-/// What to compile.
-#[derive(Debug, Clone, Copy)]
-pub struct Inputs<'a> {
-    pub routes: &'a [ProxyRoute],
+/// What to compile. `routes` are `ProxyRoute`s or, from the controller, the reflector store's
+/// `Arc<ProxyRoute>`s (so no route is copied for a compile).
+#[derive(Debug)]
+pub struct Inputs<'a, R = ProxyRoute> {
+    pub routes: &'a [R],
     pub backends: &'a [Backend],
     pub sinks: &'a [TelemetrySink],
     pub services: &'a ServiceIndex,
     pub secrets: &'a SecretIndex,
     pub listeners: &'a [weir_config::Listener],
 }
+
+// By hand: derived `Clone`/`Copy` would ask `R: Copy`, and `Inputs` only holds references.
+impl<R> Clone for Inputs<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<R> Copy for Inputs<'_, R> {}
 
 /// Reads `key` of Secret `ns/name` as UTF-8; the error names the Secret and key, never a value.
 pub(crate) fn secret_value(
@@ -663,7 +673,7 @@ fn compile_sink(
 }
 
 /// Compiles everything into one snapshot. See the module docs.
-pub fn compile(inputs: Inputs<'_>) -> Compiled {
+pub fn compile<R: Borrow<ProxyRoute>>(inputs: Inputs<'_, R>) -> Compiled {
     compile_reusing(inputs, None)
 }
 
@@ -672,7 +682,10 @@ pub fn compile(inputs: Inputs<'_>) -> Compiled {
 /// validating it again: a one-route change compiles one route. The result is the one
 /// [`compile`] gives (unit test `compile_reusing_equals_compile`); routes keep their `Arc`, so
 /// the delta to the pods finds them unchanged without comparing them.
-pub fn compile_reusing(inputs: Inputs<'_>, prev: Option<&Compiled>) -> Compiled {
+pub fn compile_reusing<R: Borrow<ProxyRoute>>(
+    inputs: Inputs<'_, R>,
+    prev: Option<&Compiled>,
+) -> Compiled {
     let mut out = Compiled::default();
     let mut snap = Snapshot {
         listeners: inputs.listeners.to_vec(),
@@ -711,7 +724,7 @@ pub fn compile_reusing(inputs: Inputs<'_>, prev: Option<&Compiled>) -> Compiled 
     probe.backends = snap.backends.clone();
     let reuse = prev.map(|p| ReuseFrom::new(p, &snap.backends, &out.backends));
     let mut tls_certs: Vec<weir_config::Certificate> = Vec::new();
-    let mut routes: Vec<&ProxyRoute> = inputs.routes.iter().collect();
+    let mut routes: Vec<&ProxyRoute> = inputs.routes.iter().map(Borrow::borrow).collect();
     // Cached: the key formats a timestamp and a name; `sort_by_key` made it O(n log n) times.
     routes.sort_by_cached_key(|r| route_order(r));
     for r in routes {

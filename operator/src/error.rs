@@ -66,6 +66,8 @@ pub enum Error {
     SnapshotSecretWrite(#[source] kube::Error),
     #[error("cannot encode the snapshot: {0}")]
     SnapshotEncode(#[source] serde_json::Error),
+    #[error("the snapshot ({bytes} bytes of JSON) exceeds a Secret's {limit} bytes of data; the last-known-good Secret keeps its previous content")]
+    SnapshotTooLarge { bytes: usize, limit: usize },
     #[error("lease: {0}")]
     Lease(#[source] kube::Error),
 
@@ -156,6 +158,7 @@ impl Error {
         "snapshot_secret_read",
         "snapshot_secret_write",
         "snapshot_encode",
+        "snapshot_too_large",
         "lease",
         "invalid_settings",
         "admin_token_file",
@@ -193,6 +196,7 @@ impl Error {
             Error::SnapshotSecretRead(_) => "snapshot_secret_read",
             Error::SnapshotSecretWrite(_) => "snapshot_secret_write",
             Error::SnapshotEncode(_) => "snapshot_encode",
+            Error::SnapshotTooLarge { .. } => "snapshot_too_large",
             Error::Lease(_) => "lease",
             Error::InvalidSettings(_) => "invalid_settings",
             Error::AdminTokenFile { .. } => "admin_token_file",
@@ -259,6 +263,7 @@ mod tests {
                 source: io(),
             },
             Error::SnapshotEncode(serde_json::from_str::<u8>("x").unwrap_err()),
+            Error::SnapshotTooLarge { bytes: 2, limit: 1 },
             Error::InvalidSettings(vec![FieldError::new("listeners", "bad")]),
             Error::AdminTokenFile {
                 path: "t".into(),

@@ -12,6 +12,7 @@
 //! compile reads), `status_writer` (the status task and its writes), `snapshot_secret` (the
 //! last-known-good Secret) and `run` (the loop that ties them together).
 
+mod changed;
 mod run;
 mod snapshot_secret;
 mod status_writer;

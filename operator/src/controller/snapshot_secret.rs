@@ -9,23 +9,36 @@ use kube::api::{Api, Patch, PatchParams};
 /// Writes the last-known-good snapshot to the Secret `name` (server-side apply, only when it
 /// changed). The snapshot holds resolved credentials, API keys and TLS keys, so it lives in a
 /// Secret; logs name only its version.
+/// Returns whether the Secret now holds `snapshot`, or cannot ever hold it.
 #[tracing::instrument(level = "debug", skip_all, fields(version = %snapshot.version))]
-/// Returns whether the Secret now holds `snapshot`.
 pub(super) async fn write_snapshot_secret(
     api: &Api<Secret>,
     name: &str,
     snapshot: &weir_config::Snapshot,
     written: &mut Option<String>,
-) -> bool {
+) -> SecretWrite {
     let mut text = match serde_json::to_string_pretty(snapshot) {
         Ok(text) => text,
         Err(e) => {
             let e = Error::SnapshotEncode(e).counted();
             tracing::warn!(error = %e, "cannot write the snapshot Secret");
-            return false;
+            return SecretWrite::Failed;
         }
     };
     text.push('\n');
+    // The API server refuses it (422) whatever we do: not sent, and not retried for this
+    // version. Found at 10,000 routes (~5 MB pretty): every compile round (one per batch of
+    // pod acknowledgements too) serialized it and sent it to be refused, two ~5 MB applies
+    // per change on the cores the pods and the API server share.
+    if text.len() > SECRET_DATA_LIMIT {
+        let e = Error::SnapshotTooLarge {
+            bytes: text.len(),
+            limit: SECRET_DATA_LIMIT,
+        }
+        .counted();
+        tracing::error!(error = %e, "cannot write the snapshot Secret");
+        return SecretWrite::TooLarge;
+    }
     if written.is_none() {
         match api.get_opt(name).await {
             Ok(sec) => {
@@ -39,12 +52,12 @@ pub(super) async fn write_snapshot_secret(
             Err(e) => {
                 let e = Error::SnapshotSecretRead(e).counted();
                 tracing::warn!(error = %e, "cannot read the snapshot Secret");
-                return false;
+                return SecretWrite::Failed;
             }
         }
     }
     if written.as_deref() == Some(text.as_str()) {
-        return true;
+        return SecretWrite::Holds;
     }
     // No `app.kubernetes.io/managed-by` label: the chart installs this Secret with
     // `managed-by: Helm`, and a forced apply of another value takes that field from Helm, so
@@ -72,16 +85,30 @@ pub(super) async fn write_snapshot_secret(
             METRICS.configmap_writes.inc();
             tracing::info!(secret = name, version = %snapshot.version, "wrote last-known-good snapshot");
             *written = Some(text);
-            true
+            SecretWrite::Holds
         }
         // The API error describes the request, not the Secret's data.
         Err(e) => {
             let e = Error::SnapshotSecretWrite(e).counted();
             tracing::warn!(error = %e, "cannot write the snapshot Secret");
-            false
+            SecretWrite::Failed
         }
     }
 }
+
+/// What [`write_snapshot_secret`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SecretWrite {
+    /// The Secret holds the snapshot.
+    Holds,
+    /// Not written; the next round tries again.
+    Failed,
+    /// Larger than a Secret may be: not sent, and pointless to retry for this version.
+    TooLarge,
+}
+
+/// The most data a Secret may hold (the API server's `MaxSecretSize`, 1 MiB).
+pub(super) const SECRET_DATA_LIMIT: usize = 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -197,5 +224,36 @@ mod tests {
         assert_eq!(failures(), before + 2);
         let methods: Vec<String> = log.lock().unwrap().iter().map(|r| r.0.clone()).collect();
         assert_eq!(methods, vec!["GET", "PATCH", "PATCH"]);
+    }
+
+    /// A snapshot over a Secret's 1 MiB is not sent (the API server would refuse it), counted
+    /// as its own error kind, and reported so the caller does not retry the version.
+    #[tokio::test]
+    async fn a_snapshot_too_large_for_a_secret_is_not_sent() {
+        let (client, log) = secret_mock();
+        let api: Api<Secret> = Api::namespaced(client, "ns");
+        let mut snap = weir_config::Snapshot::default();
+        let big = "x".repeat(SECRET_DATA_LIMIT);
+        snap.backends.insert(
+            "b".into(),
+            yaml_serde::from_str(&format!(
+                "{{endpoints: ['a:1'], credential: {{header: h, value: '{big}'}}}}"
+            ))
+            .unwrap(),
+        );
+        snap.version = snap.content_hash();
+        let too_large = || {
+            METRICS
+                .errors
+                .with_label_values(&["snapshot_too_large"])
+                .get()
+        };
+        let before = too_large();
+        let mut written = None;
+        let r = write_snapshot_secret(&api, "weir-snapshot", &snap, &mut written).await;
+        assert_eq!(r, SecretWrite::TooLarge);
+        assert_eq!(too_large(), before + 1);
+        assert!(log.lock().unwrap().is_empty(), "nothing sent");
+        assert_eq!(written, None);
     }
 }

@@ -1,8 +1,9 @@
 //! The status writer: a task of its own that writes the statuses (and events) that really
 //! changed, from the latest compile outcome and pod progress.
 
+use super::changed::{BackendIndex, Changed};
 use super::{now_rfc3339, FIELD_MANAGER};
-use crate::compile::{self, Compiled};
+use crate::compile::{self, Compiled, ObjKey};
 use crate::crd::{Backend, ProxyRoute, TelemetrySink};
 use crate::error::Error;
 use crate::metrics::METRICS;
@@ -26,7 +27,18 @@ pub(super) struct StatusWriter {
     pub(super) written: HashMap<String, serde_json::Value>,
     pub(super) writes: u64,
     pub(super) recorder: Recorder,
+    /// The objects (the store's `Arc`s) each status was last planned from, by `Kind:ns/name`.
+    /// A pass skips an object that is still this `Arc` (neither its spec nor its status
+    /// changed) unless its status inputs changed ([`Changed`]). Holding the `Arc` keeps the
+    /// pointer comparison sound.
+    pub(super) planned: HashMap<&'static str, HashMap<ObjKey, Planned>>,
 }
+
+/// An object a status was planned from (only its address is compared).
+pub(super) type Planned = Arc<dyn std::any::Any + Send + Sync>;
+
+const ROUTE: &str = "ProxyRoute";
+const BACKEND: &str = "Backend";
 
 /// Publishes an event, best effort (events are informational; failures are only logged).
 pub(super) async fn publish(
@@ -170,11 +182,47 @@ impl StatusWriter {
 
     /// Takes the result of a write from `plan`.
     fn record(&mut self, kkey: String, value: serde_json::Value, ok: bool) {
+        if !ok {
+            // Not written: the next pass plans it again, whatever changed.
+            if let Some((kind, k)) = kkey.split_once(':') {
+                self.planned.get_mut(kind).map(|m| m.remove(k));
+            }
+        }
         if ok {
             self.writes += 1;
             METRICS.status_writes.inc();
             tracing::info!(object = %kkey, "status updated");
             self.written.insert(kkey, value);
+        }
+    }
+}
+
+impl StatusWriter {
+    /// `obj` is the very object `kind` `k`'s status was last planned from.
+    fn unchanged<K: Send + Sync + 'static>(&self, kind: &str, k: &str, obj: &Arc<K>) -> bool {
+        self.planned
+            .get(kind)
+            .and_then(|m| m.get(k))
+            .is_some_and(|p| std::ptr::addr_eq(Arc::as_ptr(p), Arc::as_ptr(obj)))
+    }
+
+    fn planned_from<K: Send + Sync + 'static>(
+        &mut self,
+        kind: &'static str,
+        k: ObjKey,
+        obj: Arc<K>,
+    ) {
+        self.planned.entry(kind).or_default().insert(k, obj);
+    }
+
+    /// Forgets the objects `compiled` no longer has.
+    fn forget_gone(&mut self, compiled: &Compiled) {
+        for (kind, m) in &mut self.planned {
+            m.retain(|k, _| match *kind {
+                ROUTE => compiled.routes.contains_key(k),
+                BACKEND => compiled.backends.contains_key(k),
+                _ => false,
+            });
         }
     }
 }
@@ -213,6 +261,11 @@ pub(super) async fn status_loop(
     let (routes, backends, sinks) = stores;
     let mut term = 0;
     let mut sink_counters_at: Option<tokio::time::Instant> = None;
+    // The inputs of the last pass, and what a pass that did not finish left to recompute.
+    let mut last: Option<(Arc<Compiled>, Arc<PodProgress>)> = None;
+    let mut carry = Changed::default();
+    let mut index = BackendIndex::default();
+    let mut cleaned_for: Option<Arc<Compiled>> = None;
     loop {
         if !jobs.has_changed().unwrap_or(false) {
             // A new job, or a status update seen on a watch (ours echoing back: the pass
@@ -226,11 +279,18 @@ pub(super) async fn status_loop(
         if job.term != term {
             // New term: forget what we think we wrote; re-read the world.
             w.written.clear();
+            w.planned.clear();
+            last = None;
             term = job.term;
         }
         let Some((compiled, progress)) = &job.work else {
             continue;
         };
+        let mut changed = match &last {
+            Some((c, p)) => Changed::between((c, p), (compiled, progress), &mut index),
+            None => Changed::everything(),
+        };
+        changed.extend(std::mem::take(&mut carry));
         let superseded = || jobs.has_changed().unwrap_or(true) && jobs.borrow().epoch != job.epoch;
         let t0 = std::time::Instant::now();
         let writes = w.writes;
@@ -238,12 +298,23 @@ pub(super) async fn status_loop(
             &client,
             &mut w,
             compiled,
-            progress,
+            (progress, &changed),
             (&routes, &backends, &sinks),
             (&mut sink_counters_at, sink_status_interval),
             superseded,
         )
         .await;
+        last = Some((compiled.clone(), progress.clone()));
+        if !done {
+            // Objects it did not reach (or planned from older inputs) are still to do.
+            carry = changed;
+        } else if !cleaned_for
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, compiled))
+        {
+            w.forget_gone(compiled);
+            cleaned_for = Some(compiled.clone());
+        }
         tracing::debug!(
             elapsed = ?t0.elapsed(),
             writes = w.writes - writes,
@@ -253,14 +324,15 @@ pub(super) async fn status_loop(
     }
 }
 
-/// One pass over every object: writes the statuses that differ. Stops early (returns `false`)
+/// One pass over the objects whose status may differ (`changed`, or a new object in the
+/// store): writes the statuses that differ. Stops early (returns `false`)
 /// as soon as `superseded` says a newer job makes the rest of this pass stale.
 #[tracing::instrument(level = "debug", skip_all, fields(version = %compiled.snapshot.version))]
 async fn write_statuses(
     client: &Client,
     w: &mut StatusWriter,
     compiled: &Compiled,
-    pods: &PodProgress,
+    (pods, changed): (&PodProgress, &Changed),
     (routes, backends, sinks): (&Store<ProxyRoute>, &Store<Backend>, &Store<TelemetrySink>),
     (sink_counters_at, sink_status_interval): (&mut Option<tokio::time::Instant>, Duration),
     superseded: impl Fn() -> bool,
@@ -271,19 +343,6 @@ async fn write_statuses(
         inflight: Default::default(),
     };
     let done = 'pass: {
-        for r in routes.state() {
-            if superseded() {
-                break 'pass false;
-            }
-            let k = compile::key(&r.namespace().unwrap_or_default(), &r.name_any());
-            let Some(o) = compiled.routes.get(&k) else {
-                continue;
-            };
-            let write = inflight.w.plan(client, &*r, r.status.as_ref(), |old| {
-                status::route_status(&k, o, compiled, pods, old, &now)
-            });
-            inflight.add(write).await;
-        }
         for b in backends.state() {
             if superseded() {
                 break 'pass false;
@@ -292,9 +351,33 @@ async fn write_statuses(
             let Some(o) = compiled.backends.get(&k) else {
                 continue;
             };
+            if !changed.backend(&k) && inflight.w.unchanged(BACKEND, &k, &b) {
+                continue;
+            }
             let write = inflight.w.plan(client, &*b, b.status.as_ref(), |old| {
                 status::backend_status(&k, o, pods, old, &now)
             });
+            inflight.w.planned_from(BACKEND, k, b);
+            inflight.add(write).await;
+        }
+        // Backends first, finished before any route: a route's status reports its Backends'
+        // health, and whoever sees the route written finds its Backends written too.
+        inflight.drain().await;
+        for r in routes.state() {
+            if superseded() {
+                break 'pass false;
+            }
+            let k = compile::key(&r.namespace().unwrap_or_default(), &r.name_any());
+            let Some(o) = compiled.routes.get(&k) else {
+                continue;
+            };
+            if !changed.route(&k) && inflight.w.unchanged(ROUTE, &k, &r) {
+                continue;
+            }
+            let write = inflight.w.plan(client, &*r, r.status.as_ref(), |old| {
+                status::route_status(&k, o, compiled, pods, old, &now)
+            });
+            inflight.w.planned_from(ROUTE, k, r);
             inflight.add(write).await;
         }
         // Sink counters move with traffic: refresh them at most once per interval.
@@ -320,15 +403,16 @@ async fn write_statuses(
     // Writes already sent finish either way, so what we wrote is known before the next pass.
     inflight.drain().await;
     if done {
-        // Forget objects that are gone.
-        let live: std::collections::HashSet<String> = compiled
-            .routes
-            .keys()
-            .map(|k| format!("ProxyRoute:{k}"))
-            .chain(compiled.backends.keys().map(|k| format!("Backend:{k}")))
-            .chain(compiled.sinks.keys().map(|k| format!("TelemetrySink:{k}")))
-            .collect();
-        inflight.w.written.retain(|k, _| live.contains(k));
+        // Forget objects that are gone (a walk of the few pending writes, not of every object).
+        inflight.w.written.retain(|kkey, _| {
+            let (kind, k) = kkey.split_once(':').unwrap_or_default();
+            match kind {
+                ROUTE => compiled.routes.contains_key(k),
+                BACKEND => compiled.backends.contains_key(k),
+                "TelemetrySink" => compiled.sinks.contains_key(k),
+                _ => false,
+            }
+        });
     }
     done
 }
@@ -414,12 +498,12 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
-    async fn status_is_written_once_per_real_change() {
-        let (client, log) = mock();
-        let mut w = StatusWriter {
+    /// A writer with nothing written yet, publishing events through `client`.
+    fn writer(client: &Client) -> StatusWriter {
+        StatusWriter {
             written: HashMap::new(),
             writes: 0,
+            planned: HashMap::new(),
             recorder: Recorder::new(
                 client.clone(),
                 Reporter {
@@ -427,7 +511,13 @@ mod tests {
                     instance: None,
                 },
             ),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn status_is_written_once_per_real_change() {
+        let (client, log) = mock();
+        let mut w = writer(&client);
         let mut route = ProxyRoute::new("r", ProxyRouteSpec::default());
         route.metadata.namespace = Some("ns".into());
         route.metadata.generation = Some(1);
@@ -529,15 +619,25 @@ mod tests {
         (Client::new(svc, "default"), log, max)
     }
 
-    /// `n` routes in a store, with their compile outcomes.
-    fn routes_world(n: usize) -> (Store<ProxyRoute>, Compiled) {
+    /// `n` routes in a store (with its writer and the routes, to change them later), with
+    /// their compile outcomes.
+    fn routes_world(
+        n: usize,
+    ) -> (
+        Store<ProxyRoute>,
+        reflector::store::Writer<ProxyRoute>,
+        Vec<ProxyRoute>,
+        Compiled,
+    ) {
         let (store, mut writer) = reflector::store::<ProxyRoute>();
         let mut compiled = Compiled::default();
+        let mut objs = Vec::new();
         for i in 0..n {
             let mut r = ProxyRoute::new(&format!("r{i}"), ProxyRouteSpec::default());
             r.metadata.namespace = Some("ns".into());
             r.metadata.generation = Some(1);
-            writer.apply_watcher_event(&watcher::Event::Apply(r));
+            writer.apply_watcher_event(&watcher::Event::Apply(r.clone()));
+            objs.push(r);
             compiled.routes.insert(
                 format!("ns/r{i}"),
                 RouteOutcome {
@@ -547,35 +647,26 @@ mod tests {
                 },
             );
         }
-        (store, compiled)
+        (store, writer, objs, compiled)
     }
 
     #[tokio::test]
     async fn a_pass_writes_in_parallel_and_stops_when_superseded() {
         let (client, log, max_open) = counting_mock();
-        let mut w = StatusWriter {
-            written: HashMap::new(),
-            writes: 0,
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: FIELD_MANAGER.into(),
-                    instance: None,
-                },
-            ),
-        };
-        let (routes, compiled) = routes_world(20);
+        let mut w = writer(&client);
+        let (routes, _, _, compiled) = routes_world(20);
         let (backends, _) = reflector::store::<Backend>();
         let (sinks, _) = reflector::store::<TelemetrySink>();
         let progress = PodProgress::default();
         let mut at = None;
+        let all = Changed::everything();
         // Superseded after 10 objects: 10 writes, all finished (and remembered) on return.
         let checks = std::cell::Cell::new(0);
         let first_pass = write_statuses(
             &client,
             &mut w,
             &compiled,
-            &progress,
+            (&progress, &all),
             (&routes, &backends, &sinks),
             (&mut at, Duration::from_secs(30)),
             || {
@@ -596,7 +687,7 @@ mod tests {
             &client,
             &mut w,
             &compiled,
-            &progress,
+            (&progress, &all),
             (&routes, &backends, &sinks),
             (&mut at, Duration::from_secs(30)),
             || false,
@@ -619,5 +710,77 @@ mod tests {
         assert_eq!(names.len(), 20, "each route written once: {names:?}");
         assert_eq!(w.writes, 20);
         assert!(max_open.load(Relaxed) <= STATUS_WRITES_IN_FLIGHT);
+    }
+
+    /// A pass plans only objects whose inputs changed (`Changed`) or that changed themselves
+    /// (a new object in the store: our write echoing back, or someone else's): an overwritten
+    /// status is still put right, and an unchanged world costs no status computation.
+    #[tokio::test]
+    async fn a_pass_plans_only_changed_objects() {
+        let (client, log) = mock();
+        let mut w = writer(&client);
+        let (routes, mut writer, mut objs, mut compiled) = routes_world(3);
+        let (backends, _) = reflector::store::<Backend>();
+        let (sinks, _) = reflector::store::<TelemetrySink>();
+        let progress = PodProgress::default();
+        let mut at = None;
+        // One pass; the number of status patches so far and the pending copies.
+        macro_rules! pass {
+            ($compiled:expr, $changed:expr) => {{
+                let done = write_statuses(
+                    &client,
+                    &mut w,
+                    &$compiled,
+                    (&progress, &$changed),
+                    (&routes, &backends, &sinks),
+                    (&mut at, Duration::from_secs(30)),
+                    || false,
+                )
+                .await;
+                assert!(done);
+                (status_patches(&log).len(), w.written.clone())
+            }};
+        }
+        // First pass: every status.
+        let (n, written) = pass!(compiled, Changed::everything());
+        assert_eq!(n, 3);
+        // Our writes echo back for r0 and r1 (new objects in the store); r2's not yet.
+        let status_of = |i: usize| -> ProxyRouteStatus {
+            serde_json::from_value(written[&format!("ProxyRoute:ns/r{i}")].clone()).unwrap()
+        };
+        for (i, obj) in objs.iter_mut().enumerate().take(2) {
+            obj.status = Some(status_of(i));
+            writer.apply_watcher_event(&watcher::Event::Apply(obj.clone()));
+        }
+        let (n, written) = pass!(compiled, Changed::default());
+        assert_eq!(n, 3, "nothing to write");
+        assert_eq!(
+            written.keys().collect::<Vec<_>>(),
+            ["ProxyRoute:ns/r2"],
+            "the echoes were seen; r2's pending copy stays"
+        );
+        // Someone else overwrites r1's status: put right, though no input changed.
+        objs[1].status = Some(ProxyRouteStatus::default());
+        writer.apply_watcher_event(&watcher::Event::Apply(objs[1].clone()));
+        let (n, _) = pass!(compiled, Changed::default());
+        assert_eq!(n, 4);
+        let last = status_patches(&log).pop().unwrap().0;
+        assert!(last.contains("/proxyroutes/r1/status"), "{last}");
+        // r0's outcome changes (now invalid), and the caller says so: r0 only.
+        compiled.routes.get_mut("ns/r0").unwrap().invalid =
+            vec![weir_config::FieldError::new("spec.rules", "bad")];
+        let unchanged = pass!(compiled, Changed::default()).0;
+        assert_eq!(
+            unchanged, 4,
+            "not planned when the caller says nothing changed"
+        );
+        let changed = Changed {
+            routes: ["ns/r0".to_string()].into(),
+            ..Default::default()
+        };
+        let (n, _) = pass!(compiled, changed);
+        assert_eq!(n, 5);
+        let last = status_patches(&log).pop().unwrap().0;
+        assert!(last.contains("/proxyroutes/r0/status"), "{last}");
     }
 }
