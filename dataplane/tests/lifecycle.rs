@@ -322,6 +322,70 @@ routes:
     assert_eq!(send(&c, get_req(&url, &[])).await.status, StatusCode::OK);
 }
 
+/// The operator's last-known-good Secret holds gzip-compressed JSON once a snapshot is past a
+/// Secret's 1 MiB (`operator/src/controller/snapshot_secret.rs`): the dataplane boots from such
+/// a `--config` file, reloads one on SIGHUP, `check`s one, and rejects a broken one whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_compressed_config_files_boot_reload_and_check() {
+    let echo = echo("gz").await;
+    let port = free_port();
+    let config = |version: &str| {
+        json!({
+            "version": version,
+            "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
+            "backends": {"echo": {"endpoints": [echo.to_string()]}},
+            "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "echo"}]}]}],
+        })
+        .to_string()
+    };
+    let packed = |version: &str| weir_config::pack_gzip(config(version).as_bytes());
+    let dp = Dataplane::start_from_bytes(&packed("gz-1"), Opts::default()).await;
+    assert_eq!(dp.version().await, "gz-1");
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/x");
+    let r = send(&c, get_req(&url, &[])).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-echo-server"), Some("gz"));
+
+    // Truncated: rejected whole on SIGHUP, the running version keeps serving.
+    let mut broken = packed("gz-2");
+    broken.truncate(broken.len() / 2);
+    dp.write_config(&broken);
+    dp.signal(libc::SIGHUP);
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while !dp.log().contains("SIGHUP reload rejected") {
+        assert!(tokio::time::Instant::now() < deadline, "SIGHUP not handled");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(dp.log().contains("cannot be decompressed"), "{}", dp.log());
+    assert_eq!(dp.version().await, "gz-1");
+    assert_eq!(send(&c, get_req(&url, &[])).await.status, StatusCode::OK);
+
+    dp.write_config(packed("gz-3"));
+    dp.signal(libc::SIGHUP);
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    while dp.version().await != "gz-3" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP never applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // `weir-dataplane check` on the compressed file.
+    let path = dp.dir.path().join("packed.json.gz");
+    std::fs::write(&path, packed("gz-4")).unwrap();
+    let out = command(dp.dir.path(), &dp.dir.path().join("check.log"))
+        .arg("check")
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .expect("run weir-dataplane check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("OK (version gz-4"), "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_guards_everything_but_probes() {
     let echo = echo("tok").await;

@@ -66,7 +66,7 @@ pub enum Error {
     SnapshotSecretWrite(#[source] kube::Error),
     #[error("cannot encode the snapshot: {0}")]
     SnapshotEncode(#[source] serde_json::Error),
-    #[error("the snapshot ({bytes} bytes of JSON) exceeds a Secret's {limit} bytes of data; the last-known-good Secret keeps its previous content")]
+    #[error("the snapshot ({bytes} bytes of gzip-compressed JSON) exceeds a Secret's {limit} bytes of data; the last-known-good Secret keeps its previous content")]
     SnapshotTooLarge { bytes: usize, limit: usize },
     #[error("lease: {0}")]
     Lease(#[source] kube::Error),

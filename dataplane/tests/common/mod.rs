@@ -162,6 +162,11 @@ impl Dataplane {
 
     /// Writes `config` (YAML or JSON) to a file, starts the binary on it and waits for `/readyz`.
     pub async fn start_with(config: &str, opts: Opts) -> Dataplane {
+        Self::start_from_bytes(config.as_bytes(), opts).await
+    }
+
+    /// As [`Dataplane::start_with`], for a config file that is not text (gzip-compressed).
+    pub async fn start_from_bytes(config: &[u8], opts: Opts) -> Dataplane {
         let mut dp = Self::spawn(Some(config), opts);
         dp.wait_for("/readyz").await;
         dp
@@ -174,7 +179,7 @@ impl Dataplane {
         dp
     }
 
-    fn spawn(config: Option<&str>, opts: Opts) -> Dataplane {
+    fn spawn(config: Option<&[u8]>, opts: Opts) -> Dataplane {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("weir.yaml");
         let log_path = dir.path().join("dataplane.log");
@@ -248,8 +253,8 @@ impl Dataplane {
         format!("http://{}{path}", self.admin)
     }
 
-    /// Replaces the config file (for SIGHUP).
-    pub fn write_config(&self, config: &str) {
+    /// Replaces the config file (for SIGHUP): YAML or JSON text, or gzip-compressed JSON.
+    pub fn write_config(&self, config: impl AsRef<[u8]>) {
         std::fs::write(&self.config_path, config).expect("write config");
     }
 

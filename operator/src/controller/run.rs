@@ -175,7 +175,7 @@ pub async fn run(
     });
 
     let lkg_api: Api<Secret> = Api::namespaced(client.clone(), &s.dataplane_namespace);
-    let mut lkg_written: Option<String> = None;
+    let mut lkg_written: Option<Vec<u8>> = None;
     // The version the snapshot Secret is known to hold (content hash: same version, same text),
     // or that is too large for it (not retried).
     let mut lkg_version: Option<String> = None;
