@@ -300,7 +300,7 @@ routes:
     }
 
     // A bad file on SIGHUP is rejected the same way; a good one afterwards still applies.
-    dp.write_config(&BAD.replace("PORT", &port.to_string()));
+    dp.write_config(BAD.replace("PORT", &port.to_string()));
     dp.signal(libc::SIGHUP);
     let deadline = tokio::time::Instant::now() + HANG_GUARD;
     while !dp.log().contains("SIGHUP reload rejected") {
@@ -309,7 +309,7 @@ routes:
     }
     assert_eq!(dp.version().await, "good-1");
     assert_eq!(send(&c, get_req(&url, &[])).await.status, StatusCode::OK);
-    dp.write_config(&good.replace("good-1", "good-2"));
+    dp.write_config(good.replace("good-1", "good-2"));
     dp.signal(libc::SIGHUP);
     let deadline = tokio::time::Instant::now() + HANG_GUARD;
     while dp.version().await != "good-2" {
