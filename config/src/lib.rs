@@ -23,7 +23,7 @@ pub use delta::{parse_delta_json, Delta, RouteChange};
 pub use duration::Duration;
 pub use error::{ConfigError, Errors, FieldError};
 pub use model::*;
-pub use packed::{is_gzip, pack_gzip, unpack, GZIP_MAGIC, MAX_UNPACKED_BYTES};
+pub use packed::{is_gzip, pack_gzip, unpack};
 pub use policy::*;
 pub use protocol::{CorsPolicy, ListenerLimits, OriginMatch, WebSocketConfig};
 #[cfg(feature = "schema")]

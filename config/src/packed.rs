@@ -15,11 +15,11 @@ use std::borrow::Cow;
 use std::io::{Read, Write};
 
 /// The first two bytes of every gzip member (RFC 1952 §2.3.1).
-pub const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// The most bytes a compressed snapshot may expand to. A bound against a gzip bomb in a file
 /// or request body: 50× the 10,000-route snapshot.
-pub const MAX_UNPACKED_BYTES: u64 = 256 * 1024 * 1024;
+const MAX_UNPACKED_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Whether `bytes` is gzip-compressed.
 pub fn is_gzip(bytes: &[u8]) -> bool {

@@ -465,7 +465,16 @@ async fn bridge(mut tx: SendStream<Bytes>, mut recv: RecvStream, io: tokio::io::
         // The client finished (or reset) its side: propagate the close upstream.
         let _ = wr.shutdown().await;
     };
-    tokio::join!(up, down);
+    let (mut up, mut down) = (pin!(up), pin!(down));
+    tokio::select! {
+        // The client's side ended first: the upstream may still answer.
+        () = &mut up => down.await,
+        // The tunnel ended (the upstream closed, or the idle timeout dropped it): nothing the
+        // client still sends can go anywhere, so stop waiting for it. Dropping the stream's
+        // halves resets it, as the HTTP/3 bridge ends on `gone`; before, this task lived on
+        // until the client sent again or the connection closed.
+        () = &mut down => {}
+    }
 }
 
 /// A request body read from an h2 stream. Flow control is released as the pipeline takes the
