@@ -386,6 +386,42 @@ async fn gzip_compressed_config_files_boot_reload_and_check() {
     assert!(stdout.contains("OK (version gz-4"), "{stdout}");
 }
 
+/// A sidecar boots from its workload's entry of `weir-sidecar-snapshots` (`--config-preferred`),
+/// which the operator writes gzip'd when the namespace's entries do not fit 1 MiB as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_compressed_preferred_snapshot_is_booted_from() {
+    let echo = echo("pref").await;
+    let port = free_port();
+    let config = |version: &str| {
+        json!({
+            "version": version,
+            "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
+            "backends": {"echo": {"endpoints": [echo.to_string()]}},
+            "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "echo"}]}]}],
+        })
+        .to_string()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let preferred = dir.path().join("snapshot.json");
+    std::fs::write(
+        &preferred,
+        weir_config::pack_gzip(config("workload-7").as_bytes()),
+    )
+    .expect("write the preferred snapshot");
+    let opts = Opts {
+        args: vec![format!("--config-preferred={}", preferred.display())],
+        ..Opts::default()
+    };
+    let dp = Dataplane::start_from_bytes(config("boot").as_bytes(), opts).await;
+    assert_eq!(dp.version().await, "workload-7", "{}", dp.log());
+    let r = send(
+        &client(),
+        get_req(&format!("http://127.0.0.1:{port}/x"), &[]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_token_guards_everything_but_probes() {
     let echo = echo("tok").await;
