@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# callgrind.sh BINDIR [h1|h2|h3|both|all] — instructions per request of the dataplane, measured as
+# callgrind.sh BINDIR [h1|h2|h3|both|all|h1close] — instructions per request of the dataplane, measured as
 # BENCHMARKS.md ("Profile findings") describes: the dataplane in BINDIR under
 # `valgrind --tool=callgrind --instr-atstart=no`, one worker thread, access log off,
 # instrumentation switched on only around 10,000 HTTP/1.1 requests (`-c 64`), 20,000 HTTP/2
@@ -7,6 +7,8 @@
 # HTTP/3 requests (`-c 10 -m 10`) to a `weir-bench serve` backend (`both` = h1 and h3, as
 # before; `all` adds h2); prints user-space instructions
 # (callgrind's Ir, the dump's `totals:` line) divided by requests. Uses BINDIR/weir-bench for the backend and the load.
+# `h1close`: HTTP/1.1 with a new connection per request (`wrk -c 8 -H 'Connection: close'`, 5 s;
+# requests as wrk counts them): the accept and per-connection costs (needs wrk).
 # CALLGRIND_KEEP=DIR (or CG_KEEP=DIR) keeps each dump as DIR/h1.out, DIR/h2.out, DIR/h3.out (for callgrind_annotate).
 set -euo pipefail
 bins=$(cd "$1" && pwd)
@@ -33,12 +35,21 @@ vg=$!
 for _ in $(seq 1 300); do
   "$bins/weir-bench" -n 1 "http://127.0.0.1:$H/" >/dev/null 2>&1 && break; sleep 0.2
 done
-measure() { # name, requests, load args...
+measure() { # name, requests (0: wrk counts them), load args...
   local name=$1 n=$2; shift 2
-  "$bins/weir-bench" "$@" -n 200 >/dev/null 2>&1 # warm-up (connections, pool)
+  if [ "$n" = 0 ]; then
+    wrk "$@" -d 1s >/dev/null 2>&1 # warm-up (the upstream pool)
+  else
+    "$bins/weir-bench" "$@" -n 200 >/dev/null 2>&1 # warm-up (connections, pool)
+  fi
   callgrind_control -z "$vg" >/dev/null 2>&1
   callgrind_control -i on "$vg" >/dev/null 2>&1
-  "$bins/weir-bench" "$@" -n "$n" >"$d/load-$name.txt" 2>&1
+  if [ "$n" = 0 ]; then
+    wrk "$@" -d 5s >"$d/load-$name.txt" 2>&1
+    n=$(awk '/requests in/ {print $1}' "$d/load-$name.txt")
+  else
+    "$bins/weir-bench" "$@" -n "$n" >"$d/load-$name.txt" 2>&1
+  fi
   callgrind_control -i off "$vg" >/dev/null 2>&1
   callgrind_control -d "$name" "$vg" >/dev/null 2>&1
   local f="" ir
@@ -56,6 +67,9 @@ if [ "$which" = h1 ] || [ "$which" = both ] || [ "$which" = all ]; then
 fi
 if [ "$which" = h2 ] || [ "$which" = all ]; then
   measure h2 20000 -p h2 --insecure -c 16 -m 10 "https://127.0.0.1:$S/"
+fi
+if [ "$which" = h1close ]; then
+  measure h1close 0 -t1 -c8 -H 'Connection: close' "http://127.0.0.1:$H/"
 fi
 if [ "$which" = h3 ] || [ "$which" = both ] || [ "$which" = all ]; then
   measure h3 5000 -p h3 --insecure -c 10 -m 10 "https://127.0.0.1:$S/"
