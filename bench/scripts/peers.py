@@ -2,7 +2,10 @@
 
 Each peer gets: one plain listener (HTTP/1.1), one TLS listener (TLS 1.3, ALPN h2 + http/1.1,
 HTTP/3 on the same UDP port where the peer can), one route `/` -> the one backend, keep-alive
-to the backend, no access log, one worker (thread / process / GOMAXPROCS). Every file is
+to the backend, no access log, one worker (thread / process / GOMAXPROCS), and the
+forwarding headers X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host on each forwarded
+request (Weir, Caddy and Traefik add them by default; nginx and HAProxy are told to, as their
+production configs do: the backend, on the proxy's CPU, pays for parsing them). Every file is
 written into the peer's own temp dir. JSON is valid YAML, so YAML-configured peers get JSON.
 """
 
@@ -118,6 +121,9 @@ http {{
       proxy_pass http://b;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
       proxy_request_buffering off;
     }}
   }}
@@ -149,6 +155,10 @@ frontend f
   bind 127.0.0.1:{ports.https} ssl crt {pem} alpn h2,http/1.1
   default_backend b
 backend b
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
   server s1 127.0.0.1:{backend}
 """)
     return Spec("haproxy", ["haproxy", "-db", "-f", str(conf)], protocols=("h1", "h2"))
