@@ -161,8 +161,10 @@ impl std::error::Error for SendError {
 pub struct Dispatched {
     /// `Ok`: the upstream's response; `Err`: an error reply made by the proxy.
     pub response: Result<Response<ProxyBody>, Response<ProxyBody>>,
-    /// The endpoint of the last try.
-    pub upstream: Option<String>,
+    /// The endpoint of the last try: the endpoint's own `Authority`, shared (a reference
+    /// count), where a `String` of it was a `malloc` and a copy per try; the access log makes
+    /// its text only when it writes an event.
+    pub upstream: Option<Authority>,
     pub attempts: u32,
 }
 
@@ -634,7 +636,7 @@ impl BackendRt {
             };
             let ep = &self.endpoints[idx];
             out.attempts = attempt;
-            out.upstream = Some(ep.authority.as_str().to_owned());
+            out.upstream = Some(ep.authority.clone());
             let uri = match self.try_uri(ep, &head) {
                 Ok(u) => u,
                 Err(r) => return out.local(r),
