@@ -975,6 +975,56 @@ mod tests {
         assert_eq!(pool.created(), 2);
     }
 
+    /// A codec connection the backend closed while it was idle is not used: the check at
+    /// checkout (`Conn::is_usable`) costs no syscall while the socket has not turned readable
+    /// since its last read, and the backend's FIN turns it readable (tokio keeps the closed
+    /// readiness), so the request goes out on a new connection at once, not written into the
+    /// closed one and then resent (`resent` stays 0).
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_connection_the_backend_closed_while_idle_is_not_used() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+        let backend = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            assert!(read_head(&mut s));
+            s.write_all(OK).unwrap();
+            close_rx.recv().unwrap();
+            drop(s);
+            closed_tx.send(()).unwrap();
+            let (mut s, _) = listener.accept().unwrap();
+            let mut served = 0;
+            while read_head(&mut s) {
+                s.write_all(OK).unwrap();
+                served += 1;
+            }
+            served
+        });
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let fetch = || {
+            let pool = pool.clone();
+            async move {
+                let req = Request::get("/").body(crate::http::body::empty()).unwrap();
+                let (resp, _) = pool.send(req).await.unwrap();
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+                body.unwrap().to_bytes()
+            }
+        };
+        assert_eq!(&fetch().await[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (1, 1));
+        close_tx.send(()).unwrap();
+        closed_rx.recv().unwrap();
+        // One turn of the runtime's I/O driver, which takes in the FIN's readiness.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(&fetch().await[..], b"ok");
+        assert_eq!((pool.created(), pool.resent()), (2, 0));
+        assert_eq!(&fetch().await[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (2, 1));
+        drop(pool);
+        assert_eq!(backend.join().unwrap(), 2);
+    }
+
     /// Codec connections: reused LIFO, not reused after `Connection: close`, after a body
     /// longer than its `Content-Length` (the extra bytes are no next answer) or a body dropped
     /// before its end.
