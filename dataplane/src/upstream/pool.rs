@@ -822,14 +822,15 @@ mod tests {
         assert_eq!(pool.idle(), n);
     }
 
-    /// The keep-alive race, made deterministic: the backend closes an idle keep-alive
-    /// connection while the pooled sender still looks ready (on a one-thread runtime blocked
-    /// meanwhile, its connection task has not seen the close). With `event_interval(1)` the
-    /// runtime polls for IO events between the request task and the connection task, so the
-    /// connection task finds the close before writing: hyper hands the request back and the
-    /// pool sends it on a new connection instead of failing.
-    #[test]
-    fn request_on_a_connection_closed_while_idle_goes_out_on_a_new_one() {
+    /// A backend that answers one request on its first connection, closes it when told
+    /// (`close`) and says so (`closed`), then answers every request on its next connection;
+    /// it ends with how many that were.
+    fn backend_closing_its_first_connection() -> (
+        std::net::SocketAddr,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+        std::thread::JoinHandle<usize>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
@@ -849,6 +850,18 @@ mod tests {
             }
             served
         });
+        (addr, close_tx, closed_rx, backend)
+    }
+
+    /// The keep-alive race, made deterministic: the backend closes an idle keep-alive
+    /// connection while the pooled sender still looks ready (on a one-thread runtime blocked
+    /// meanwhile, its connection task has not seen the close). With `event_interval(1)` the
+    /// runtime polls for IO events between the request task and the connection task, so the
+    /// connection task finds the close before writing: hyper hands the request back and the
+    /// pool sends it on a new connection instead of failing.
+    #[test]
+    fn request_on_a_connection_closed_while_idle_goes_out_on_a_new_one() {
+        let (addr, close_tx, closed_rx, backend) = backend_closing_its_first_connection();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .event_interval(1)
@@ -982,25 +995,7 @@ mod tests {
     /// closed one and then resent (`resent` stays 0).
     #[tokio::test(flavor = "current_thread")]
     async fn codec_connection_the_backend_closed_while_idle_is_not_used() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
-        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
-        let backend = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            assert!(read_head(&mut s));
-            s.write_all(OK).unwrap();
-            close_rx.recv().unwrap();
-            drop(s);
-            closed_tx.send(()).unwrap();
-            let (mut s, _) = listener.accept().unwrap();
-            let mut served = 0;
-            while read_head(&mut s) {
-                s.write_all(OK).unwrap();
-                served += 1;
-            }
-            served
-        });
+        let (addr, close_tx, closed_rx, backend) = backend_closing_its_first_connection();
         let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
         let fetch = || {
             let pool = pool.clone();
