@@ -102,7 +102,7 @@ struct Outcome {
     /// Handles of the (route, backend) pair; `-` for what is unknown.
     metrics: Arc<RouteMetrics>,
     /// The endpoint of the last upstream try.
-    upstream: Option<String>,
+    upstream: Option<http::uri::Authority>,
     /// Upstream tries, retries included.
     attempts: u32,
 }

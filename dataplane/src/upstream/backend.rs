@@ -161,8 +161,10 @@ impl std::error::Error for SendError {
 pub struct Dispatched {
     /// `Ok`: the upstream's response; `Err`: an error reply made by the proxy.
     pub response: Result<Response<ProxyBody>, Response<ProxyBody>>,
-    /// The endpoint of the last try.
-    pub upstream: Option<String>,
+    /// The endpoint of the last try: the endpoint's own `Authority`, shared (a reference
+    /// count), where a `String` of it was a `malloc` and a copy per try; the access log makes
+    /// its text only when it writes an event.
+    pub upstream: Option<Authority>,
     pub attempts: u32,
 }
 
@@ -230,6 +232,8 @@ struct Try {
     ticket: Option<crate::upstream::breaker::Ticket>,
     in_flight: InFlight,
     elapsed: Duration,
+    /// When the try ended (its latency sample's time).
+    ended: Instant,
     /// The try's time limit.
     limit: Duration,
     /// The per-try timeout, when it (not the request timeout) limited the try.
@@ -243,7 +247,7 @@ impl Try {
         t: (usize, u32, Duration, Option<Duration>),
         ticket: Option<crate::upstream::breaker::Ticket>,
         in_flight: InFlight,
-        elapsed: Duration,
+        (elapsed, ended): (Duration, Instant),
     ) -> Try {
         let (idx, attempt, limit, per_try) = t;
         Try {
@@ -252,6 +256,7 @@ impl Try {
             ticket,
             in_flight,
             elapsed,
+            ended,
             limit,
             per_try,
         }
@@ -486,9 +491,10 @@ impl BackendRt {
     /// Chooses an endpoint: an available one not tried yet, else any available one, else
     /// (panic mode only) any at all.
     fn pick(&self, tried: &[usize]) -> Option<usize> {
-        let now = clock_ms();
+        // The clock is read once, and only when an endpoint that was ever ejected is looked at.
+        let now = std::cell::OnceCell::new();
         let eps = &self.endpoints;
-        let available = |i: usize| eps[i].state.is_available(now);
+        let available = |i: usize| eps[i].state.is_available_by(|| *now.get_or_init(clock_ms));
         self.balancer
             .pick(eps, |i| available(i) && !tried.contains(&i))
             .or_else(|| {
@@ -581,7 +587,8 @@ impl BackendRt {
         mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
         rule_per_try: Option<Duration>,
     ) -> Dispatched {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut out = Dispatched::placeholder();
         // Decided here when there is nothing to wait for (the common case): awaiting the
         // `admit` future on every request measured ~+500 instr. per HTTP/1.1 request.
@@ -593,7 +600,7 @@ impl BackendRt {
             },
         };
         let attempts = self.config.retries.attempts.max(1);
-        self.budget.deposit();
+        self.budget.deposit_at(start);
         let head = Head {
             idempotent: is_idempotent(&method),
             pq,
@@ -629,7 +636,7 @@ impl BackendRt {
             };
             let ep = &self.endpoints[idx];
             out.attempts = attempt;
-            out.upstream = Some(ep.authority.as_str().to_owned());
+            out.upstream = Some(ep.authority.clone());
             let uri = match self.try_uri(ep, &head) {
                 Ok(u) => u,
                 Err(r) => return out.local(r),
@@ -649,8 +656,10 @@ impl BackendRt {
             if let Some(s) = span.as_deref_mut() {
                 s.attempt_ended(span_outcome(&result));
             }
-            let (elapsed, t) = (started.elapsed(), (idx, attempt, limit, per_try));
-            let (l, failure) = self.record_outcome(Try::new(t, ticket, in_flight, elapsed), result);
+            let ended = Instant::now();
+            let timing = (ended.saturating_duration_since(started), ended);
+            let t = (idx, attempt, limit, per_try);
+            let (l, failure) = self.record_outcome(Try::new(t, ticket, in_flight, timing), result);
             last = Some(l);
             let Some(failure) = failure else {
                 break;
@@ -794,7 +803,8 @@ impl BackendRt {
                     .observe(t.elapsed.as_secs_f64());
                 let status = resp.status().as_u16();
                 let server_error = status >= 500;
-                ep.state.observe_latency(t.elapsed, false, decay);
+                ep.state
+                    .observe_latency_at(t.elapsed, false, decay, t.ended);
                 self.report(
                     t.idx,
                     if server_error {
@@ -815,7 +825,7 @@ impl BackendRt {
             Err(_) => Ok(()),
         };
         drop(t.in_flight);
-        ep.state.observe_latency(t.elapsed, true, decay);
+        ep.state.observe_latency_at(t.elapsed, true, decay, t.ended);
         self.report(t.idx, Outcome::LocalFailure);
         if let Some(ticket) = t.ticket {
             ticket.record(true);

@@ -43,8 +43,15 @@ impl Balancer {
     #[inline]
     pub fn pick(&self, eps: &[EndpointRt], eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let n = eps.len();
-        if n == 0 {
-            return None;
+        match n {
+            0 => return None,
+            // Every policy picks the one endpoint when it is eligible, and nothing a later
+            // pick reads depends on this one (the rotation counter only ever counts modulo
+            // the eligible endpoints, one here; smooth WRR's weight returns to 0): two passes
+            // of the predicate and the policy's bookkeeping cost ~110 instructions per
+            // request (callgrind).
+            1 => return eligible(0).then_some(0),
+            _ => {}
         }
         match self.kind {
             LoadBalancerType::RoundRobin => {

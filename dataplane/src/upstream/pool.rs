@@ -822,14 +822,15 @@ mod tests {
         assert_eq!(pool.idle(), n);
     }
 
-    /// The keep-alive race, made deterministic: the backend closes an idle keep-alive
-    /// connection while the pooled sender still looks ready (on a one-thread runtime blocked
-    /// meanwhile, its connection task has not seen the close). With `event_interval(1)` the
-    /// runtime polls for IO events between the request task and the connection task, so the
-    /// connection task finds the close before writing: hyper hands the request back and the
-    /// pool sends it on a new connection instead of failing.
-    #[test]
-    fn request_on_a_connection_closed_while_idle_goes_out_on_a_new_one() {
+    /// A backend that answers one request on its first connection, closes it when told
+    /// (`close`) and says so (`closed`), then answers every request on its next connection;
+    /// it ends with how many that were.
+    fn backend_closing_its_first_connection() -> (
+        std::net::SocketAddr,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+        std::thread::JoinHandle<usize>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
@@ -849,6 +850,18 @@ mod tests {
             }
             served
         });
+        (addr, close_tx, closed_rx, backend)
+    }
+
+    /// The keep-alive race, made deterministic: the backend closes an idle keep-alive
+    /// connection while the pooled sender still looks ready (on a one-thread runtime blocked
+    /// meanwhile, its connection task has not seen the close). With `event_interval(1)` the
+    /// runtime polls for IO events between the request task and the connection task, so the
+    /// connection task finds the close before writing: hyper hands the request back and the
+    /// pool sends it on a new connection instead of failing.
+    #[test]
+    fn request_on_a_connection_closed_while_idle_goes_out_on_a_new_one() {
+        let (addr, close_tx, closed_rx, backend) = backend_closing_its_first_connection();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .event_interval(1)
@@ -973,6 +986,38 @@ mod tests {
         let (resp, _) = send(Duration::from_secs(10)).await.unwrap();
         body_ok(resp).await;
         assert_eq!(pool.created(), 2);
+    }
+
+    /// A codec connection the backend closed while it was idle is not used: the check at
+    /// checkout (`Conn::is_usable`) costs no syscall while the socket has not turned readable
+    /// since its last read, and the backend's FIN turns it readable (tokio keeps the closed
+    /// readiness), so the request goes out on a new connection at once, not written into the
+    /// closed one and then resent (`resent` stays 0).
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_connection_the_backend_closed_while_idle_is_not_used() {
+        let (addr, close_tx, closed_rx, backend) = backend_closing_its_first_connection();
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let fetch = || {
+            let pool = pool.clone();
+            async move {
+                let req = Request::get("/").body(crate::http::body::empty()).unwrap();
+                let (resp, _) = pool.send(req).await.unwrap();
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+                body.unwrap().to_bytes()
+            }
+        };
+        assert_eq!(&fetch().await[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (1, 1));
+        close_tx.send(()).unwrap();
+        closed_rx.recv().unwrap();
+        // One turn of the runtime's I/O driver, which takes in the FIN's readiness.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(&fetch().await[..], b"ok");
+        assert_eq!((pool.created(), pool.resent()), (2, 0));
+        assert_eq!(&fetch().await[..], b"ok");
+        assert_eq!((pool.created(), pool.idle()), (2, 1));
+        drop(pool);
+        assert_eq!(backend.join().unwrap(), 2);
     }
 
     /// Codec connections: reused LIFO, not reused after `Connection: close`, after a body

@@ -1,12 +1,12 @@
 //! Retry helpers: the replayable request body, the retry budget, backoff, idempotency.
 
 use crate::http::body::{BoxError, ProxyBody};
-use crate::upstream::breaker::Window;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,41 +39,107 @@ pub fn backoff(cfg: &Backoff, retry: u32) -> Duration {
 }
 
 /// Finagle-style budget over a 10 s window: retries ≤ minPerSecond × 10 + ratio × requests.
+///
+/// Every request deposits, so that side takes no lock: each of the window's 10 one-second
+/// buckets is one atomic word (bucket number, count), bumped by compare-and-swap. The mutex
+/// it replaced, with the `u128` division of the bucket number, cost ~175 instructions per
+/// request (callgrind); the counts are the same. A withdrawal (a retry, rare) still checks and
+/// takes under a lock, so two retries cannot both take the last one.
 #[derive(Debug)]
 pub struct Budget {
     cfg: RetryBudget,
-    /// (requests, retries)
-    window: Mutex<Window>,
+    requests: Buckets,
+    retries: Buckets,
+    withdrawing: Mutex<()>,
 }
 
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+const BUCKETS: usize = 10;
 
-impl Budget {
-    pub fn new(cfg: RetryBudget) -> Budget {
-        Budget {
-            cfg,
-            window: Mutex::new(Window::new(BUDGET_WINDOW)),
+/// A count over a sliding window of [`BUCKETS`] buckets, each an atomic word: the bucket
+/// number in the high 32 bits, its count in the low 32 (saturating).
+#[derive(Debug)]
+struct Buckets {
+    origin: Instant,
+    bucket_ns: u64,
+    slots: [AtomicU64; BUCKETS],
+}
+
+impl Buckets {
+    fn new(origin: Instant, span: Duration) -> Buckets {
+        let bucket = (span / BUCKETS as u32).max(Duration::from_millis(1));
+        Buckets {
+            origin,
+            bucket_ns: u64::try_from(bucket.as_nanos()).unwrap_or(u64::MAX),
+            slots: Default::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Window> {
-        self.window.lock().unwrap_or_else(|e| e.into_inner())
+    /// The bucket number of `now` (32 bits: 136 years of one-second buckets).
+    fn index(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.origin);
+        let ns = u64::try_from(since.as_nanos()).unwrap_or(u64::MAX);
+        (ns / self.bucket_ns) & u64::from(u32::MAX)
+    }
+
+    fn add(&self, now: Instant) {
+        let n = self.index(now);
+        let slot = &self.slots[(n % BUCKETS as u64) as usize];
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(if v >> 32 == n {
+                // Saturates rather than carrying into the bucket number.
+                v + u64::from(v & u64::from(u32::MAX) != u64::from(u32::MAX))
+            } else {
+                (n << 32) | 1
+            })
+        });
+    }
+
+    /// The counts of the last [`BUCKETS`] buckets.
+    fn sum(&self, now: Instant) -> u64 {
+        let n = self.index(now);
+        self.slots
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|v| {
+                v & u64::from(u32::MAX) != 0 && v >> 32 <= n && (v >> 32) + (BUCKETS as u64) > n
+            })
+            .map(|v| v & u64::from(u32::MAX))
+            .sum()
+    }
+}
+
+impl Budget {
+    pub fn new(cfg: RetryBudget) -> Budget {
+        let origin = Instant::now();
+        Budget {
+            cfg,
+            requests: Buckets::new(origin, BUDGET_WINDOW),
+            retries: Buckets::new(origin, BUDGET_WINDOW),
+            withdrawing: Mutex::new(()),
+        }
     }
 
     /// Counts an original request.
     pub fn deposit(&self) {
-        self.lock().add(Instant::now(), 1, 0);
+        self.deposit_at(Instant::now());
+    }
+
+    /// Counts an original request that started at `now` (the caller's clock reading).
+    #[inline]
+    pub fn deposit_at(&self, now: Instant) {
+        self.requests.add(now);
     }
 
     /// Takes one retry from the budget; false when it is spent.
     pub fn withdraw(&self) -> bool {
-        let mut w = self.lock();
+        let _one_at_a_time = self.withdrawing.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let (requests, retries) = w.sum(now);
+        let (requests, retries) = (self.requests.sum(now), self.retries.sum(now));
         let allowed = f64::from(self.cfg.min_per_second) * BUDGET_WINDOW.as_secs_f64()
             + self.cfg.ratio * requests as f64;
         if (retries as f64) < allowed.floor() {
-            w.add(now, 0, 1);
+            self.retries.add(now);
             true
         } else {
             false
@@ -82,7 +148,8 @@ impl Budget {
 
     /// (requests, retries) in the window.
     pub fn usage(&self) -> (u64, u64) {
-        self.lock().sum(Instant::now())
+        let now = Instant::now();
+        (self.requests.sum(now), self.retries.sum(now))
     }
 }
 
@@ -306,6 +373,27 @@ mod tests {
             min_per_second: 1,
         });
         assert_eq!((0..50).filter(|_| floor.withdraw()).count(), 10);
+    }
+
+    #[test]
+    fn budget_counts_every_concurrent_deposit() {
+        // The lock-free deposits lose none, whichever thread wins each compare-and-swap.
+        let b = Arc::new(Budget::new(RetryBudget {
+            ratio: 0.001,
+            min_per_second: 0,
+        }));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || (0..10_000).for_each(|_| b.deposit()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.usage(), (40_000, 0));
+        assert_eq!((0..100).filter(|_| b.withdraw()).count(), 40);
+        assert_eq!(b.usage(), (40_000, 40));
     }
 
     #[test]
