@@ -78,7 +78,10 @@ fn huffman_digits_decode() {
 
 /// A 32 MiB declared HEADERS frame, a 32 MiB unknown frame on a request stream and one on the
 /// control stream: each is refused or skipped as it arrives, and the dataplane's peak RSS grows
-/// by less than 2 MiB for each (the issue measured +35.6, +29.9 and +22.2 MiB before).
+/// by less than 4 MiB for each (the issue measured +35.6, +29.9 and +22.2 MiB before). Idle,
+/// the growth is ~1.5 MiB; on a loaded machine, where the dataplane falls behind the sender and
+/// the stream's 1 MiB receive window fills, 2.4–2.6 MiB was measured (the bound was 2 MiB
+/// until that failed one run in three under four parallel builds).
 #[tokio::test]
 async fn huge_declared_frames_cost_no_memory() {
     let (dp, addr, _backend) = start().await;
@@ -151,7 +154,7 @@ async fn huge_declared_frames_cost_no_memory() {
         ("unknown request-stream frame", grease_kib),
         ("unknown control-stream frame", control_kib),
     ] {
-        assert!(kib < 2048, "{what}: peak RSS grew {kib} KiB");
+        assert!(kib < 4096, "{what}: peak RSS grew {kib} KiB");
     }
 }
 
