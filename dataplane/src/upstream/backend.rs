@@ -5,6 +5,7 @@
 //! outlier detection } with a retry budget and backoff.
 
 use crate::http::body::{boxed, BoxError, ProxyBody};
+use crate::http::headers::Added;
 use crate::http::reply::{error_response, ErrorKind};
 use crate::telemetry::metrics::{BackendMetrics, Metrics};
 use crate::upstream::balancer::Balancer;
@@ -271,12 +272,14 @@ struct Payload {
     /// The body has no frames at all: every try can send it again.
     empty: bool,
     parts: http::request::Parts,
+    /// The fields the proxy adds, kept out of `parts.headers` (see [`Added`]).
+    added: Added,
     attempts: u32,
 }
 
 impl Payload {
     #[inline(always)]
-    fn new(body: ProxyBody, parts: http::request::Parts, attempts: u32) -> Payload {
+    fn new(body: ProxyBody, parts: http::request::Parts, added: Added, attempts: u32) -> Payload {
         let empty = body.is_end_stream();
         let (replay, only_body) = if attempts > 1 && !empty {
             (Some(Replay::new(body)), None)
@@ -288,6 +291,7 @@ impl Payload {
             only_body,
             empty,
             parts,
+            added,
             attempts,
         }
     }
@@ -304,7 +308,9 @@ impl Payload {
     /// or the head itself on the last try.
     fn owned_request(&mut self, attempt: u32, uri: Uri, body: ProxyBody) -> Request<ProxyBody> {
         let last = attempt >= self.attempts;
-        crate::upstream::pool::owned_request(&mut self.parts, uri, body, last)
+        let mut req = crate::upstream::pool::owned_request(&mut self.parts, uri, body, last);
+        self.added.merge_into(req.headers_mut());
+        req
     }
 
     /// Whether another try can send the whole body again.
@@ -552,7 +558,8 @@ impl BackendRt {
         timeout: Duration,
         span: Option<&mut crate::telemetry::otel::RequestSpan>,
     ) -> Dispatched {
-        self.dispatch_per_try(method, pq, version, headers, body, timeout, span, None)
+        let added = Added::new();
+        self.dispatch_per_try(method, pq, version, headers, added, body, timeout, span, None)
             .await
     }
 
@@ -569,6 +576,9 @@ impl BackendRt {
     /// The steps called once per try are `#[inline(always)]`: out of line, the request and
     /// response they take and return were copied through memory, and the calls with them
     /// cost ~+450 instructions per HTTP/1.1 request (callgrind, BENCHMARKS.md #17).
+    ///
+    /// `added`: the fields the proxy adds, apart from `headers` ([`Added`]); every try sends
+    /// them, as the codec writes them or merged into hyper's or h2c's copy of the map.
     #[allow(clippy::too_many_arguments)]
     pub async fn dispatch_per_try(
         &self,
@@ -576,6 +586,7 @@ impl BackendRt {
         pq: PathAndQuery,
         version: Version,
         mut headers: HeaderMap,
+        mut added: Added,
         body: ProxyBody,
         timeout: Duration,
         mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
@@ -600,6 +611,12 @@ impl BackendRt {
             deadline,
         };
         if let Some((name, value)) = &self.credential {
+            // A credential named as an added field (never in practice) overrides it as it
+            // did when both were in the map.
+            if added.position(name).is_some() {
+                added.merge_into(&mut headers);
+                added = Added::new();
+            }
             headers.insert(name.clone(), value.clone());
         }
         let (mut parts, ()) = Request::new(()).into_parts();
@@ -610,7 +627,7 @@ impl BackendRt {
             // Origin form, as every HTTP/1.1 try sends it.
             parts.uri = Uri::from(head.pq.clone());
         }
-        let mut payload = Payload::new(body, parts, attempts);
+        let mut payload = Payload::new(body, parts, added, attempts);
         // Endpoints tried so far; filled only when a retry follows (no allocation otherwise).
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<Last> = None;
@@ -913,7 +930,7 @@ impl BackendRt {
                 Some(pool) => {
                     let last = attempt >= payload.attempts;
                     match pool
-                        .send_parts(&mut payload.parts, body, last, Some(until))
+                        .send_parts(&mut payload.parts, &payload.added, body, last, Some(until))
                         .await
                     {
                         Ok(r) => Ok(Ok(r)),
