@@ -482,7 +482,7 @@ fn fields_named<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
 /// gets each once.
 async fn added_fields_on_the_wire(client_kind: &str) {
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let backend = recording_backend("b", 200, log.clone()).await;
+    let backend = recording_backend("ok", 200, log.clone()).await;
     let port = free_port();
     let config = json!({
         "version": "added",
