@@ -1264,6 +1264,12 @@ mod tests {
         added.push(&XFF, HeaderValue::from_static("10.0.0.1"), AddMode::AppendToList);
         added.push(&XFP, HeaderValue::from_static("http"), AddMode::Replace);
         added.push(&TS, HeaderValue::from_static(""), AddMode::Remove);
+        static FWD: HeaderName = HeaderName::from_static("forwarded");
+        let proxy_fwd = HeaderValue::from_static("for=10.0.0.1;proto=http");
+        added.push(&FWD, proxy_fwd, AddMode::AppendToList);
+        if let Some(f) = added.last_mut() {
+            f.quoted_host = Some(HeaderValue::from_static("h:1"));
+        }
         let lines = |b: &[u8]| {
             let mut v: Vec<String> = String::from_utf8_lossy(b)
                 .split("\r\n")
@@ -1283,7 +1289,7 @@ mod tests {
                 ("x-forwarded-proto", "ws"),
                 ("host", "h"),
             ],
-            &[("x-forwarded-for", "caf\u{e9}"), ("host", "h")],
+            &[("x-forwarded-for", "caf\u{e9}"), ("host", "h"), ("forwarded", "for=x")],
         ];
         for fields in clients {
             let mut b = Request::get("/p");
@@ -1317,7 +1323,7 @@ mod tests {
         encode_head(&head, &added, None, &mut out);
         assert_eq!(
             out,
-            &b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n"[..]
+            &b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-proto: http\r\nforwarded: for=10.0.0.1;proto=http;host=\"h:1\"\r\n\r\n"[..]
         );
     }
 
