@@ -211,8 +211,8 @@ pub(crate) fn forwarding(conn: &ConnInfo, host_header: Option<&HeaderValue>) -> 
         })
     });
     added.push(&FORWARDED, conn.forwarded.clone(), AddMode::AppendToList);
-    if let (Some(h), Some(f)) = (host, added.last_mut()) {
-        f.quoted_host = Some(h.clone());
+    if let Some(h) = host {
+        added.quote_host_after_last(h.clone());
     }
     added
 }
@@ -263,49 +263,30 @@ pub enum AddMode {
 pub struct AddedField {
     pub name: &'static HeaderName,
     pub value: HeaderValue,
-    /// Written after `value` as `;host="…"` (a `Forwarded` element's host; only token
-    /// characters, so no escaping): the value is then two shared pieces, not a new one.
-    pub quoted_host: Option<HeaderValue>,
     pub mode: AddMode,
 }
 
-impl AddedField {
-    /// The value as one (a new one only with a quoted host).
-    fn joined(&self) -> HeaderValue {
-        if self.quoted_host.is_none() {
-            return self.value.clone();
-        }
-        let mut b = crate::http::fastfmt::ValueBuf::default();
-        for p in self.pieces() {
-            b.push_bytes(p);
-        }
-        b.into_value().unwrap_or_else(|| self.value.clone())
-    }
-
-    /// The value's bytes, in pieces.
-    fn pieces(&self) -> [&[u8]; 4] {
-        match &self.quoted_host {
-            None => [self.value.as_bytes(), b"", b"", b""],
-            Some(h) => [self.value.as_bytes(), b";host=\"", h.as_bytes(), b"\""],
-        }
-    }
-}
-
-/// Most fields the proxy adds to one request: `traceparent`, `tracestate` (removed),
-/// X-Forwarded-For/Proto/Host, `Forwarded`.
-const MAX_ADDED: usize = 6;
+/// Most fields the proxy adds to one request: X-Forwarded-For/Proto/Host, `Forwarded`. The
+/// list moves with the request into the upstream leg's future, so each slot is 56 bytes more
+/// to copy there (6 slots with a host per field cost ~+400 instructions per request in
+/// `dispatch`, callgrind).
+const MAX_ADDED: usize = 4;
 
 /// The fields the proxy adds to a forwarded request, kept out of the request's `HeaderMap`
 /// until the upstream head is written: the HTTP/1.1 codec writes them after the request's
 /// own fields ([`Added::write_h1`], skipping the client's fields they replace), hyper's
 /// client and h2c get them merged into their copy of the map ([`Added::merge_into`]).
 /// Inserting each into the map cost a hashed `insert`/`entry` (~185–230 instructions each,
-/// ~1,400 per request with `traceparent`, callgrind) only for the encoder to walk them again.
-/// A fixed array (no allocation); the names are the proxy's statics.
+/// callgrind) only for the encoder to walk them again. A fixed array (no allocation); the
+/// names are the proxy's statics.
 #[derive(Debug, Clone, Default)]
 pub struct Added {
     fields: [Option<AddedField>; MAX_ADDED],
     len: usize,
+    /// A host written after the value of field `.0` as `;host="…"` (a `Forwarded`
+    /// element's; token characters only, so no escaping): that value is then two shared
+    /// pieces, not a new value per request.
+    quoted_host: Option<(usize, HeaderValue)>,
 }
 
 impl Added {
@@ -313,6 +294,7 @@ impl Added {
         Added {
             fields: [const { None }; MAX_ADDED],
             len: 0,
+            quoted_host: None,
         }
     }
 
@@ -321,23 +303,20 @@ impl Added {
     pub fn push(&mut self, name: &'static HeaderName, value: HeaderValue, mode: AddMode) {
         debug_assert!(self.len < MAX_ADDED, "more added fields than MAX_ADDED");
         if let Some(slot) = self.fields.get_mut(self.len) {
-            *slot = Some(AddedField {
-                name,
-                value,
-                quoted_host: None,
-                mode,
-            });
+            *slot = Some(AddedField { name, value, mode });
             self.len += 1;
+        }
+    }
+
+    /// Sets the host quoted after the value of the field added last (`;host="…"`).
+    pub fn quote_host_after_last(&mut self, host: HeaderValue) {
+        if let Some(last) = self.len.checked_sub(1) {
+            self.quoted_host = Some((last, host));
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// The field added last.
-    pub fn last_mut(&mut self) -> Option<&mut AddedField> {
-        self.fields[..self.len].iter_mut().flatten().next_back()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &AddedField> {
@@ -351,19 +330,41 @@ impl Added {
         self.iter().position(|f| f.name == name)
     }
 
+    /// The quoted host's pieces after field `i`'s value, if it has one.
+    fn host_after(&self, i: usize) -> Option<[&[u8]; 3]> {
+        match &self.quoted_host {
+            Some((at, h)) if *at == i => Some([b";host=\"", h.as_bytes(), b"\""]),
+            _ => None,
+        }
+    }
+
+    /// Field `i`'s whole value: its own, or a new one with the quoted host.
+    fn joined(&self, i: usize, f: &AddedField) -> HeaderValue {
+        let Some(host) = self.host_after(i) else {
+            return f.value.clone();
+        };
+        let mut b = crate::http::fastfmt::ValueBuf::default();
+        b.push_bytes(f.value.as_bytes());
+        for p in host {
+            b.push_bytes(p);
+        }
+        b.into_value().unwrap_or_else(|| f.value.clone())
+    }
+
     /// Applies the fields to `headers` as one hashed operation each: `insert`, the joined
     /// list, or `remove`. This is what the proxy did before the fields were kept apart, in
     /// the same order, so a map that gets them here holds what it held then.
     pub fn merge_into(&self, headers: &mut HeaderMap) {
         headers.reserve(self.len);
-        for f in self.iter() {
+        for (i, f) in self.iter().enumerate() {
             match f.mode {
                 AddMode::Replace => {
-                    headers.insert(f.name.clone(), f.joined());
+                    headers.insert(f.name.clone(), self.joined(i, f));
                 }
                 AddMode::AppendToList => {
                     crate::http::fastfmt::append_to_list(headers, f.name, |b| {
-                        for p in f.pieces() {
+                        b.push_bytes(f.value.as_bytes());
+                        for p in self.host_after(i).into_iter().flatten() {
                             b.push_bytes(p);
                         }
                     });
@@ -377,9 +378,12 @@ impl Added {
 
     /// Bytes [`Added::write_h1`] writes at most, besides the client values it joins.
     pub fn h1_len(&self) -> usize {
-        self.iter()
-            .map(|f| f.name.as_str().len() + f.pieces().iter().map(|p| p.len()).sum::<usize>() + 4)
-            .sum()
+        let host = self.quoted_host.as_ref().map_or(0, |(_, h)| h.len() + 8);
+        let fields: usize = self
+            .iter()
+            .map(|f| f.name.as_str().len() + f.value.len() + 4)
+            .sum();
+        host + fields
     }
 
     /// Writes the fields as HTTP/1.1 header lines after the request's own `headers` (written
@@ -401,8 +405,11 @@ impl Added {
                     }
                 }
             }
-            for p in f.pieces() {
-                out.extend_from_slice(p);
+            out.extend_from_slice(f.value.as_bytes());
+            if let Some(host) = self.host_after(i) {
+                for p in host {
+                    out.extend_from_slice(p);
+                }
             }
             out.extend_from_slice(b"\r\n");
         }

@@ -1267,9 +1267,7 @@ mod tests {
         static FWD: HeaderName = HeaderName::from_static("forwarded");
         let proxy_fwd = HeaderValue::from_static("for=10.0.0.1;proto=http");
         added.push(&FWD, proxy_fwd, AddMode::AppendToList);
-        if let Some(f) = added.last_mut() {
-            f.quoted_host = Some(HeaderValue::from_static("h:1"));
-        }
+        added.quote_host_after_last(HeaderValue::from_static("h:1"));
         let lines = |b: &[u8]| {
             let mut v: Vec<String> = String::from_utf8_lossy(b)
                 .split("\r\n")
