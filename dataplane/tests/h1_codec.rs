@@ -515,7 +515,11 @@ async fn added_fields_on_the_wire(client_kind: &str) {
         assert_eq!(r.status, StatusCode::OK, "{client_kind}");
     }
     // A restarted trace (an invalid `traceparent`) loses the client's `tracestate`.
-    let restarted = [("host", "shop.test:8080"), ("traceparent", "00-zz"), ("tracestate", "k=v")];
+    let restarted = [
+        ("host", "shop.test:8080"),
+        ("traceparent", "00-zz"),
+        ("tracestate", "k=v"),
+    ];
     let r = send(&c, get_req(&url, &restarted)).await;
     assert_eq!(r.status, StatusCode::OK, "{client_kind}");
     let log = log.lock().unwrap().clone();
@@ -526,7 +530,10 @@ async fn added_fields_on_the_wire(client_kind: &str) {
         assert_eq!(v.len(), 1, "{client_kind}: one {name} in {head:?}");
         v[0].to_owned()
     };
-    assert_eq!(one(with, "x-forwarded-for"), "203.0.113.9, 198.51.100.1, 127.0.0.1");
+    assert_eq!(
+        one(with, "x-forwarded-for"),
+        "203.0.113.9, 198.51.100.1, 127.0.0.1"
+    );
     assert_eq!(one(with, "x-forwarded-proto"), "http");
     assert_eq!(one(with, "x-forwarded-host"), "shop.test:8080");
     assert_eq!(
@@ -538,7 +545,11 @@ async fn added_fields_on_the_wire(client_kind: &str) {
         tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && !tp.contains("b7ad6b7169203331"),
         "{client_kind}: the trace continues with the proxy as parent: {tp}"
     );
-    assert_eq!(one(with, "tracestate"), "k=v", "a continued trace keeps tracestate");
+    assert_eq!(
+        one(with, "tracestate"),
+        "k=v",
+        "a continued trace keeps tracestate"
+    );
     assert_eq!(one(with, "x-client"), "1");
     assert_eq!(one(with, "host"), "shop.test:8080");
     assert_eq!(one(without, "x-forwarded-for"), "127.0.0.1");
@@ -549,7 +560,10 @@ async fn added_fields_on_the_wire(client_kind: &str) {
         "for=127.0.0.1;proto=http;host=\"shop.test:8080\""
     );
     assert_eq!(one(without, "traceparent").len(), 55);
-    assert!(fields_named(restart, "tracestate").is_empty(), "{restart:?}");
+    assert!(
+        fields_named(restart, "tracestate").is_empty(),
+        "{restart:?}"
+    );
     assert_eq!(one(restart, "traceparent").len(), 55);
 }
 

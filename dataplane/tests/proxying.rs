@@ -477,7 +477,10 @@ async fn added_fields_reach_h2c_and_filters_change_them() {
             assert_eq!(h["x-forwarded-proto"], "http", "{path}: {h}");
             // The host the client asked for (an HTTP/2 client's :authority wins over `Host`).
             let host = h["host"].as_str().unwrap_or_default();
-            assert!(host == "shop.test" || host == format!("127.0.0.1:{port}"), "{h}");
+            assert!(
+                host == "shop.test" || host == format!("127.0.0.1:{port}"),
+                "{h}"
+            );
             assert_eq!(h["x-forwarded-host"], host, "{path}: {h}");
             let fwd = format!("for=127.0.0.1;proto=http;host=\"{host}\"");
             assert_eq!(h["forwarded"], fwd.as_str(), "{path}");

@@ -559,8 +559,10 @@ impl BackendRt {
         span: Option<&mut crate::telemetry::otel::RequestSpan>,
     ) -> Dispatched {
         let added = Added::new();
-        self.dispatch_per_try(method, pq, version, headers, added, body, timeout, span, None)
-            .await
+        self.dispatch_per_try(
+            method, pq, version, headers, added, body, timeout, span, None,
+        )
+        .await
     }
 
     /// [`BackendRt::dispatch`] with the limit of each try set by the rule

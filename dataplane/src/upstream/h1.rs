@@ -1261,7 +1261,11 @@ mod tests {
         static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
         static TS: HeaderName = HeaderName::from_static("tracestate");
         let mut added = Added::new();
-        added.push(&XFF, HeaderValue::from_static("10.0.0.1"), AddMode::AppendToList);
+        added.push(
+            &XFF,
+            HeaderValue::from_static("10.0.0.1"),
+            AddMode::AppendToList,
+        );
         added.push(&XFP, HeaderValue::from_static("http"), AddMode::Replace);
         added.push(&TS, HeaderValue::from_static(""), AddMode::Remove);
         static FWD: HeaderName = HeaderName::from_static("forwarded");
@@ -1278,7 +1282,11 @@ mod tests {
         };
         let clients: [&[(&str, &str)]; 4] = [
             &[("host", "h"), ("accept", "*/*")],
-            &[("host", "h"), ("x-forwarded-for", "1.1.1.1"), ("x-forwarded-proto", "https")],
+            &[
+                ("host", "h"),
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-proto", "https"),
+            ],
             &[
                 ("x-forwarded-for", "1.1.1.1"),
                 ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
@@ -1287,7 +1295,11 @@ mod tests {
                 ("x-forwarded-proto", "ws"),
                 ("host", "h"),
             ],
-            &[("x-forwarded-for", "caf\u{e9}"), ("host", "h"), ("forwarded", "for=x")],
+            &[
+                ("x-forwarded-for", "caf\u{e9}"),
+                ("host", "h"),
+                ("forwarded", "for=x"),
+            ],
         ];
         for fields in clients {
             let mut b = Request::get("/p");
@@ -1304,7 +1316,11 @@ mod tests {
             assert_eq!(lines(&direct), lines(&merged), "{fields:?}");
             let text = String::from_utf8_lossy(&direct).into_owned();
             assert_eq!(text.matches("x-forwarded-for:").count(), 1, "{text}");
-            assert_eq!(text.matches("x-forwarded-proto: http\r\n").count(), 1, "{text}");
+            assert_eq!(
+                text.matches("x-forwarded-proto: http\r\n").count(),
+                1,
+                "{text}"
+            );
             assert!(!text.contains("tracestate"), "{text}");
             if fields.len() == 2 && fields[1].0 == "accept" {
                 assert_eq!(direct, merged, "no client field replaced: the same bytes");
