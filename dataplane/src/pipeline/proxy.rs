@@ -254,7 +254,7 @@ where
             pq,
             version,
             parts.headers,
-            added,
+            &added,
             body,
             timeout,
             span,

@@ -266,20 +266,26 @@ impl Try {
 /// possible a body goes through a replay buffer; without, or when it is already at its end
 /// (no body: most requests, for which the replay buffer's `Arc` and per-try box cost 2
 /// `malloc`), it goes straight to the try and a retry sends an empty one again.
-struct Payload {
+struct Payload<'a> {
     replay: Option<Replay>,
     only_body: Option<ProxyBody>,
     /// The body has no frames at all: every try can send it again.
     empty: bool,
     parts: http::request::Parts,
-    /// The fields the proxy adds, kept out of `parts.headers` (see [`Added`]).
-    added: Added,
+    /// The fields the proxy adds, kept out of `parts.headers` (see [`Added`]); borrowed from
+    /// the caller, whose future holds them once.
+    added: &'a Added,
     attempts: u32,
 }
 
-impl Payload {
+impl<'a> Payload<'a> {
     #[inline(always)]
-    fn new(body: ProxyBody, parts: http::request::Parts, added: Added, attempts: u32) -> Payload {
+    fn new(
+        body: ProxyBody,
+        parts: http::request::Parts,
+        added: &'a Added,
+        attempts: u32,
+    ) -> Payload<'a> {
         let empty = body.is_end_stream();
         let (replay, only_body) = if attempts > 1 && !empty {
             (Some(Replay::new(body)), None)
@@ -560,7 +566,7 @@ impl BackendRt {
     ) -> Dispatched {
         let added = Added::new();
         self.dispatch_per_try(
-            method, pq, version, headers, added, body, timeout, span, None,
+            method, pq, version, headers, &added, body, timeout, span, None,
         )
         .await
     }
@@ -588,7 +594,7 @@ impl BackendRt {
         pq: PathAndQuery,
         version: Version,
         mut headers: HeaderMap,
-        mut added: Added,
+        mut added: &Added,
         body: ProxyBody,
         timeout: Duration,
         mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
@@ -616,8 +622,9 @@ impl BackendRt {
             // A credential named as an added field (never in practice) overrides it as it
             // did when both were in the map.
             if added.position(name).is_some() {
+                static NONE: Added = Added::new();
                 added.merge_into(&mut headers);
-                added = Added::new();
+                added = &NONE;
             }
             headers.insert(name.clone(), value.clone());
         }
@@ -923,7 +930,7 @@ impl BackendRt {
         idx: usize,
         attempt: u32,
         uri: Option<Uri>,
-        payload: &mut Payload,
+        payload: &mut Payload<'_>,
         body: ProxyBody,
         until: tokio::time::Instant,
     ) -> TryResult {
@@ -932,7 +939,7 @@ impl BackendRt {
                 Some(pool) => {
                     let last = attempt >= payload.attempts;
                     match pool
-                        .send_parts(&mut payload.parts, &payload.added, body, last, Some(until))
+                        .send_parts(&mut payload.parts, payload.added, body, last, Some(until))
                         .await
                     {
                         Ok(r) => Ok(Ok(r)),
