@@ -449,6 +449,12 @@ async fn retry_resends_the_head(client_kind: &str) {
         "\r\nx-client: v",
         "\r\nauthorization: bearer cred",
         "\r\nhost: 127.0.0.1:",
+        // The fields the proxy adds (kept apart from the head's map) go with every try.
+        "\r\nx-forwarded-for: 127.0.0.1\r\n",
+        "\r\nx-forwarded-proto: http\r\n",
+        "\r\nx-forwarded-host: 127.0.0.1:",
+        "\r\nforwarded: for=127.0.0.1;proto=http;host=\"127.0.0.1:",
+        "\r\ntraceparent: 00-",
     ] {
         assert!(
             lower.contains(field),
@@ -456,6 +462,119 @@ async fn retry_resends_the_head(client_kind: &str) {
         );
     }
     assert!(!lower.contains("from-client"), "{client_kind}: {tried:?}");
+}
+
+/// The lines of a recorded head with field name `name` (lowercase).
+fn fields_named<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+        .collect()
+}
+
+/// What the proxy adds to a forwarded request, as the upstream receives it over a real
+/// socket, through the codec (which writes the added fields after the head's own) and
+/// hyper's client (which gets them merged into its map): a client's X-Forwarded-For and
+/// `Forwarded` are appended to, its X-Forwarded-Proto/Host and `traceparent` replaced (one
+/// field each, never two), a restarted trace's `tracestate` dropped; a client that sends none
+/// gets each once.
+async fn added_fields_on_the_wire(client_kind: &str) {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let backend = recording_backend("ok", 200, log.clone()).await;
+    let port = free_port();
+    let config = json!({
+        "version": "added",
+        "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
+        "backends": {"b": {"endpoints": [backend.to_string()]}},
+        "routes": [{"name": "r", "rules": [{"backendRefs": [{"name": "b"}]}]}],
+    })
+    .to_string();
+    let opts = Opts {
+        args: vec!["--upstream-h1".into(), client_kind.into()],
+        ..Opts::default()
+    };
+    let _dp = Dataplane::start_with(&config, opts).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/a");
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let spoofed = [
+        ("host", "shop.test:8080"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-for", "198.51.100.1"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "spoof.test"),
+        ("forwarded", "for=203.0.113.9"),
+        ("traceparent", parent),
+        ("tracestate", "k=v"),
+        ("x-client", "1"),
+    ];
+    for headers in [&spoofed[..], &[("host", "shop.test:8080")][..]] {
+        let r = send(&c, get_req(&url, headers)).await;
+        assert_eq!(r.status, StatusCode::OK, "{client_kind}");
+    }
+    // A restarted trace (an invalid `traceparent`) loses the client's `tracestate`.
+    let restarted = [
+        ("host", "shop.test:8080"),
+        ("traceparent", "00-zz"),
+        ("tracestate", "k=v"),
+    ];
+    let r = send(&c, get_req(&url, &restarted)).await;
+    assert_eq!(r.status, StatusCode::OK, "{client_kind}");
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 3, "{client_kind}: {log:?}");
+    let (with, without, restart) = (&log[0].1, &log[1].1, &log[2].1);
+    let one = |head: &str, name: &str| -> String {
+        let v = fields_named(head, name);
+        assert_eq!(v.len(), 1, "{client_kind}: one {name} in {head:?}");
+        v[0].to_owned()
+    };
+    assert_eq!(
+        one(with, "x-forwarded-for"),
+        "203.0.113.9, 198.51.100.1, 127.0.0.1"
+    );
+    assert_eq!(one(with, "x-forwarded-proto"), "http");
+    assert_eq!(one(with, "x-forwarded-host"), "shop.test:8080");
+    assert_eq!(
+        one(with, "forwarded"),
+        "for=203.0.113.9, for=127.0.0.1;proto=http;host=\"shop.test:8080\""
+    );
+    let tp = one(with, "traceparent");
+    assert!(
+        tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && !tp.contains("b7ad6b7169203331"),
+        "{client_kind}: the trace continues with the proxy as parent: {tp}"
+    );
+    assert_eq!(
+        one(with, "tracestate"),
+        "k=v",
+        "a continued trace keeps tracestate"
+    );
+    assert_eq!(one(with, "x-client"), "1");
+    assert_eq!(one(with, "host"), "shop.test:8080");
+    assert_eq!(one(without, "x-forwarded-for"), "127.0.0.1");
+    assert_eq!(one(without, "x-forwarded-proto"), "http");
+    assert_eq!(one(without, "x-forwarded-host"), "shop.test:8080");
+    assert_eq!(
+        one(without, "forwarded"),
+        "for=127.0.0.1;proto=http;host=\"shop.test:8080\""
+    );
+    assert_eq!(one(without, "traceparent").len(), 55);
+    assert!(
+        fields_named(restart, "tracestate").is_empty(),
+        "{restart:?}"
+    );
+    assert_eq!(one(restart, "traceparent").len(), 55);
+}
+
+#[tokio::test]
+async fn added_fields_on_the_wire_codec() {
+    added_fields_on_the_wire("codec").await;
+}
+
+#[tokio::test]
+async fn added_fields_on_the_wire_hyper() {
+    added_fields_on_the_wire("hyper").await;
 }
 
 #[tokio::test]

@@ -429,3 +429,67 @@ async fn tls_http1_and_http2_via_curl() {
     let r = try_send(&client(), get_req(&plain, &[])).await;
     assert!(r.is_err(), "plain HTTP on the TLS port answered: {r:?}");
 }
+
+/// The fields the proxy adds reach an h2c upstream (hyper's HTTP/2 client gets them merged
+/// into its map) with the same values as an HTTP/1.1 one: a client's X-Forwarded-For appended
+/// to, X-Forwarded-Proto/Host replaced (the echo joins repeated fields, so a duplicate would
+/// show). A rule's request filters still see and change them (they are put in the map for
+/// such a rule, before the filters run): a `set` replaces the proxy's X-Forwarded-Proto, a
+/// `remove` drops its `Forwarded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_fields_reach_h2c_and_filters_change_them() {
+    let echo = echo("e").await;
+    let port = free_port();
+    let config = json!({
+        "version": "added-h2c",
+        "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
+        "backends": {
+            "h1": {"endpoints": [echo.to_string()]},
+            "h2": {"endpoints": [echo.to_string()], "protocol": "h2c"},
+        },
+        "routes": [{"name": "all", "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/h2"}}],
+             "backendRefs": [{"name": "h2"}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/filtered"}}],
+             "filters": {"requestHeaders": {
+                 "set": [{"name": "x-forwarded-proto", "value": "from-filter"}],
+                 "remove": ["forwarded"]}},
+             "backendRefs": [{"name": "h1"}]},
+            {"backendRefs": [{"name": "h1"}]},
+        ]}],
+    });
+    let _dp = Dataplane::start(&config.to_string()).await;
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let spoofed = [
+        ("host", "shop.test"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "spoof.test"),
+    ];
+    for c in [client(), h2c_client()] {
+        for (path, version) in [("/h2", "HTTP/2.0"), ("/h1", "HTTP/1.1")] {
+            let r = send(&c, get_req(&url(path), &spoofed)).await;
+            assert_eq!(r.status, StatusCode::OK);
+            let j = r.json();
+            assert_eq!(j["version"], version, "{path}");
+            let h = &j["headers"];
+            assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "{path}");
+            assert_eq!(h["x-forwarded-proto"], "http", "{path}: {h}");
+            // The host the client asked for (an HTTP/2 client's :authority wins over `Host`).
+            let host = h["host"].as_str().unwrap_or_default();
+            assert!(
+                host == "shop.test" || host == format!("127.0.0.1:{port}"),
+                "{h}"
+            );
+            assert_eq!(h["x-forwarded-host"], host, "{path}: {h}");
+            let fwd = format!("for=127.0.0.1;proto=http;host=\"{host}\"");
+            assert_eq!(h["forwarded"], fwd.as_str(), "{path}");
+            assert_eq!(h["traceparent"].as_str().map(str::len), Some(55), "{path}");
+        }
+        let r = send(&c, get_req(&url("/filtered"), &spoofed)).await;
+        let h = &r.json()["headers"];
+        assert_eq!(h["x-forwarded-proto"], "from-filter", "{h}");
+        assert!(h.get("forwarded").is_none(), "{h}");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "{h}");
+    }
+}

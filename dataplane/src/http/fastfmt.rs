@@ -82,13 +82,19 @@ impl ValueBuf {
 
     #[inline]
     pub fn push_str(&mut self, s: &str) {
+        self.push_bytes(s.as_bytes());
+    }
+
+    /// Appends bytes (a value's own: [`ValueBuf::into_value`] checks them).
+    #[inline]
+    pub fn push_bytes(&mut self, s: &[u8]) {
         let end = self.len + s.len();
         match self.stack.get_mut(self.len..end) {
             Some(dst) if self.heap.is_empty() => {
-                dst.copy_from_slice(s.as_bytes());
+                dst.copy_from_slice(s);
                 self.len = end;
             }
-            _ => self.spill(s.as_bytes()),
+            _ => self.spill(s),
         }
     }
 

@@ -172,49 +172,248 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     true
 }
 
-/// Sets `X-Forwarded-For/Proto/Host` and `Forwarded` (also used by [`crate::policy::kairos`]).
+/// Sets `X-Forwarded-For/Proto/Host` and `Forwarded` in `headers` (used by
+/// [`crate::policy::kairos`], and by the pipeline when the rule's filters must see them).
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     conn: &ConnInfo,
     host_header: Option<&HeaderValue>,
 ) {
-    use crate::http::fastfmt::append_to_list;
-    let ip = conn.remote.ip();
-    // Built in one stack buffer each, without `format!` (this ran at ~13% of a request's
-    // instructions when it collected and joined `Vec<String>`s) and with one allocation per
-    // value (a `String` made into a value took two: ~250 instructions per request); one
-    // hashed lookup per header, and room for the four made at most once.
-    headers.reserve(4);
-    append_to_list(headers, &X_FORWARDED_FOR, |s| s.push_ip(ip));
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
+    forwarding(conn, host_header).merge_into(headers);
+}
+
+/// The forwarding fields for a request: `X-Forwarded-For` (appended to the client's list),
+/// `X-Forwarded-Proto`, `X-Forwarded-Host` (replacing the client's) and `Forwarded`
+/// (appended). The address parts are the connection's, made once per connection
+/// ([`ConnInfo::forwarded_for`]): writing the address into a new value per request cost ~250
+/// instructions and an allocation (callgrind).
+pub(crate) fn forwarding(conn: &ConnInfo, host_header: Option<&HeaderValue>) -> Added {
+    let mut added = Added::new();
+    added.push(
+        &X_FORWARDED_FOR,
+        conn.forwarded_for.clone(),
+        AddMode::AppendToList,
+    );
+    added.push(
+        &X_FORWARDED_PROTO,
         HeaderValue::from_static(conn.scheme),
+        AddMode::Replace,
     );
     if let Some(h) = host_header {
-        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        added.push(&X_FORWARDED_HOST, h.clone(), AddMode::Replace);
     }
-    append_to_list(headers, &FORWARDED, |fwd| {
-        fwd.push_str("for=");
-        if ip.is_ipv6() {
-            fwd.push_str("\"[");
-            fwd.push_ip(ip);
-            fwd.push_str("]\"");
-        } else {
-            fwd.push_ip(ip);
+    // `for=…;proto=…` is the connection's; a host that is a plain token is quoted after it,
+    // when the head is written (no value made per request: that cost ~600 instructions and
+    // an allocation, callgrind).
+    let host = host_header.filter(|h| {
+        h.as_bytes().iter().all(|b| {
+            matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b':' | b'[' | b']')
+        })
+    });
+    added.push(&FORWARDED, conn.forwarded.clone(), AddMode::AppendToList);
+    if let Some(h) = host {
+        added.quote_host_after_last(h.clone());
+    }
+    added
+}
+
+/// The `X-Forwarded-For` and `Forwarded` (`for=…;proto=…`) values of a client connection.
+pub(crate) fn connection_forwarding(
+    remote: std::net::SocketAddr,
+    scheme: &'static str,
+) -> (HeaderValue, HeaderValue) {
+    use crate::http::fastfmt::ValueBuf;
+    let ip = remote.ip();
+    let mut xff = ValueBuf::default();
+    xff.push_ip(ip);
+    let mut fwd = ValueBuf::default();
+    fwd.push_str("for=");
+    if ip.is_ipv6() {
+        fwd.push_str("\"[");
+        fwd.push_ip(ip);
+        fwd.push_str("]\"");
+    } else {
+        fwd.push_ip(ip);
+    }
+    fwd.push_str(";proto=");
+    fwd.push_str(scheme);
+    // Digits, dots, colons, brackets and quotes: always valid values.
+    let empty = || HeaderValue::from_static("");
+    (
+        xff.into_value().unwrap_or_else(empty),
+        fwd.into_value().unwrap_or_else(empty),
+    )
+}
+
+/// How a field the proxy adds meets the client's fields of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddMode {
+    /// The client's fields of the name are dropped; the proxy's value goes instead.
+    Replace,
+    /// One field: the client's values (the UTF-8 ones), each followed by `", "`, then the
+    /// proxy's (`X-Forwarded-For`, `Forwarded`).
+    AppendToList,
+    /// The client's fields of the name are dropped, nothing is added (`tracestate` of a
+    /// restarted trace).
+    Remove,
+}
+
+/// One field the proxy adds to the upstream request.
+#[derive(Debug, Clone)]
+pub struct AddedField {
+    pub name: &'static HeaderName,
+    pub value: HeaderValue,
+    pub mode: AddMode,
+}
+
+/// Most fields the proxy adds to one request: X-Forwarded-For/Proto/Host, `Forwarded`. The
+/// list moves with the request into the upstream leg's future, so each slot is 56 bytes more
+/// to copy there (6 slots with a host per field cost ~+400 instructions per request in
+/// `dispatch`, callgrind).
+const MAX_ADDED: usize = 4;
+
+/// The fields the proxy adds to a forwarded request, kept out of the request's `HeaderMap`
+/// until the upstream head is written: the HTTP/1.1 codec writes them after the request's
+/// own fields ([`Added::write_h1`], skipping the client's fields they replace), hyper's
+/// client and h2c get them merged into their copy of the map ([`Added::merge_into`]).
+/// Inserting each into the map cost a hashed `insert`/`entry` (~185–230 instructions each,
+/// callgrind) only for the encoder to walk them again. A fixed array (no allocation); the
+/// names are the proxy's statics.
+#[derive(Debug, Clone, Default)]
+pub struct Added {
+    fields: [Option<AddedField>; MAX_ADDED],
+    len: usize,
+    /// A host written after the value of field `.0` as `;host="…"` (a `Forwarded`
+    /// element's; token characters only, so no escaping): that value is then two shared
+    /// pieces, not a new value per request.
+    quoted_host: Option<(usize, HeaderValue)>,
+}
+
+impl Added {
+    pub const fn new() -> Added {
+        Added {
+            fields: [const { None }; MAX_ADDED],
+            len: 0,
+            quoted_host: None,
         }
-        fwd.push_str(";proto=");
-        fwd.push_str(conn.scheme);
-        if let Some(h) = host_header.and_then(|h| h.to_str().ok()) {
-            if h.bytes().all(|b| {
-                matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b':' | b'[' | b']')
-            })
-            {
-                fwd.push_str(";host=\"");
-                fwd.push_str(h);
-                fwd.push('"');
+    }
+
+    /// Adds a field (after the ones there). Beyond [`MAX_ADDED`] (no caller adds more) the
+    /// field is dropped, with a debug assertion.
+    pub fn push(&mut self, name: &'static HeaderName, value: HeaderValue, mode: AddMode) {
+        debug_assert!(self.len < MAX_ADDED, "more added fields than MAX_ADDED");
+        if let Some(slot) = self.fields.get_mut(self.len) {
+            *slot = Some(AddedField { name, value, mode });
+            self.len += 1;
+        }
+    }
+
+    /// Sets the host quoted after the value of the field added last (`;host="…"`).
+    pub fn quote_host_after_last(&mut self, host: HeaderValue) {
+        if let Some(last) = self.len.checked_sub(1) {
+            self.quoted_host = Some((last, host));
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &AddedField> {
+        self.fields[..self.len].iter().flatten()
+    }
+
+    /// The index of the added field named `name`: the client's field of that name is not
+    /// written as it is (it is replaced, merged or removed).
+    #[inline]
+    pub fn position(&self, name: &HeaderName) -> Option<usize> {
+        self.iter().position(|f| f.name == name)
+    }
+
+    /// The quoted host's pieces after field `i`'s value, if it has one.
+    fn host_after(&self, i: usize) -> Option<[&[u8]; 3]> {
+        match &self.quoted_host {
+            Some((at, h)) if *at == i => Some([b";host=\"", h.as_bytes(), b"\""]),
+            _ => None,
+        }
+    }
+
+    /// Field `i`'s whole value: its own, or a new one with the quoted host.
+    fn joined(&self, i: usize, f: &AddedField) -> HeaderValue {
+        let Some(host) = self.host_after(i) else {
+            return f.value.clone();
+        };
+        let mut b = crate::http::fastfmt::ValueBuf::default();
+        b.push_bytes(f.value.as_bytes());
+        for p in host {
+            b.push_bytes(p);
+        }
+        b.into_value().unwrap_or_else(|| f.value.clone())
+    }
+
+    /// Applies the fields to `headers` as one hashed operation each: `insert`, the joined
+    /// list, or `remove`. This is what the proxy did before the fields were kept apart, in
+    /// the same order, so a map that gets them here holds what it held then.
+    pub fn merge_into(&self, headers: &mut HeaderMap) {
+        headers.reserve(self.len);
+        for (i, f) in self.iter().enumerate() {
+            match f.mode {
+                AddMode::Replace => {
+                    headers.insert(f.name.clone(), self.joined(i, f));
+                }
+                AddMode::AppendToList => {
+                    crate::http::fastfmt::append_to_list(headers, f.name, |b| {
+                        b.push_bytes(f.value.as_bytes());
+                        for p in self.host_after(i).into_iter().flatten() {
+                            b.push_bytes(p);
+                        }
+                    });
+                }
+                AddMode::Remove => {
+                    headers.remove(f.name);
+                }
             }
         }
-    });
+    }
+
+    /// Bytes [`Added::write_h1`] writes at most, besides the client values it joins.
+    pub fn h1_len(&self) -> usize {
+        let host = self.quoted_host.as_ref().map_or(0, |(_, h)| h.len() + 8);
+        let fields: usize = self
+            .iter()
+            .map(|f| f.name.as_str().len() + f.value.len() + 4)
+            .sum();
+        host + fields
+    }
+
+    /// Writes the fields as HTTP/1.1 header lines after the request's own `headers` (written
+    /// without the fields named here). `seen`: bit `i` set when `headers` has a field named
+    /// as field `i` (found while writing them, so the common case, none, costs no lookup):
+    /// an appended list then starts with the client's values.
+    pub fn write_h1(&self, headers: &HeaderMap, seen: u32, out: &mut Vec<u8>) {
+        for (i, f) in self.iter().enumerate() {
+            if f.mode == AddMode::Remove {
+                continue;
+            }
+            out.extend_from_slice(f.name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            if f.mode == AddMode::AppendToList && seen & (1 << i) != 0 {
+                for v in headers.get_all(f.name) {
+                    if v.to_str().is_ok() {
+                        out.extend_from_slice(v.as_bytes());
+                        out.extend_from_slice(b", ");
+                    }
+                }
+            }
+            out.extend_from_slice(f.value.as_bytes());
+            if let Some(host) = self.host_after(i) {
+                for p in host {
+                    out.extend_from_slice(p);
+                }
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// Segment-aware prefix match: `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`.

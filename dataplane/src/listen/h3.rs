@@ -206,13 +206,13 @@ async fn serve_connection(
             return;
         }
     };
-    let info = Arc::new(ConnInfo {
+    let info = Arc::new(ConnInfo::new(
         remote,
-        listener: l.name.as_str().into(),
-        scheme: "https",
-        alt_svc: None,
-        limits: (&l.limits).into(),
-    });
+        l.name.as_str().into(),
+        "https",
+        None,
+        (&l.limits).into(),
+    ));
     let mut draining = *drain.borrow();
     if draining {
         let _ = h3c.shutdown(0).await;

@@ -75,16 +75,16 @@ async fn serve_connection(
         return;
     };
     let _open = l.tcp_metrics.accepted();
-    let info = Arc::new(ConnInfo {
+    let info = Arc::new(ConnInfo::new(
         remote,
-        listener: l.name.as_str().into(),
-        scheme: match l.protocol {
+        l.name.as_str().into(),
+        match l.protocol {
             ListenerProtocol::Http => "http",
             ListenerProtocol::Https => "https",
         },
-        alt_svc: l.alt_svc.clone(),
-        limits: (&l.limits).into(),
-    });
+        l.alt_svc.clone(),
+        (&l.limits).into(),
+    ));
     // HTTP/1.1 goes to the codec (listen/h1.rs) unless `--downstream-h1 hyper`; HTTP/2 over
     // TLS (ALPN h2) to the h2-crate server (listen/h2.rs) unless `--downstream-h2 hyper`; what
     // the codec hands over (h2c, upgrades, CONNECT) to hyper's server.

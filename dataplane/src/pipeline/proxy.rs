@@ -3,7 +3,7 @@
 //! response body ends (see [`crate::telemetry::observe`]).
 
 use crate::http::body::{boxed, BoxError, ProxyBody};
-use crate::http::headers::{add_forwarding, request_host, strip_hop_by_hop, Host};
+use crate::http::headers::{forwarding, request_host, strip_hop_by_hop, Added, Host};
 use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::http::tracecontext::TraceContext;
 use crate::policy::filters::rewrite_path;
@@ -234,7 +234,7 @@ where
 
     // 4. The upstream request.
     let (mut parts, body) = req.into_parts();
-    let (pq, version, mirror) =
+    let (pq, version, added, mirror) =
         match upstream_request(&rule, target, conn, path, &mut parts, upgrade.as_ref()) {
             Ok(x) => x,
             Err(r) => return local(r, &target.metrics),
@@ -254,6 +254,7 @@ where
             pq,
             version,
             parts.headers,
+            &added,
             body,
             timeout,
             span,
@@ -303,7 +304,9 @@ fn admit<B>(
 /// Stage 4: turns the client's request head into the upstream's: rewritten path (with the
 /// query), hop-by-hop headers removed, forwarding headers and `Host`, `TE: trailers` for h2c
 /// gRPC, the rule's request filters, the WebSocket handshake headers. Returns the path and
-/// query, the HTTP version to send and the request's mirror copies, or a `400 bad_path` reply.
+/// query, the HTTP version to send, the fields the proxy adds apart from the map ([`Added`]:
+/// the forwarding headers, unless a filter or a mirror must see them in it) and the
+/// request's mirror copies, or a `400 bad_path` reply.
 // The Err is the reply itself, made on the rare path and moved out once; as the other
 // stages that answer locally (limits::limit_body, websocket::take) do, it is not boxed.
 #[allow(clippy::result_large_err)]
@@ -318,6 +321,7 @@ fn upstream_request(
     (
         PathAndQuery,
         Version,
+        Added,
         Option<crate::policy::mirror::Pending>,
     ),
     Response<ProxyBody>,
@@ -373,7 +377,19 @@ fn upstream_request(
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
             });
     let stripped = strip_hop_by_hop(&mut parts.headers);
-    add_forwarding(&mut parts.headers, conn, host_value.as_ref());
+    // The forwarding fields stay out of the map (the upstream codec writes them after the
+    // request's own: ~830 instructions of hashed `insert`/`entry` per request saved,
+    // BENCHMARKS.md "the headers the proxy adds"), unless the rule's or the backendRef's
+    // request filters, or a mirror's copy, must see them there: then they go in here, as
+    // they always did, so the filters see and change them as before.
+    let mut added = forwarding(conn, host_value.as_ref());
+    if !rule.request_headers.is_empty()
+        || !target.request_headers.is_empty()
+        || !rule.gateway.mirrors.is_empty()
+    {
+        added.merge_into(&mut parts.headers);
+        added = Added::new();
+    }
     // `hostRewrite` replaces the host sent upstream; X-Forwarded-Host keeps the client's.
     // A client's one `Host` header that is still there (no `Connection` header named it)
     // already is what goes upstream: not inserted again (~180 instructions per request).
@@ -407,7 +423,7 @@ fn upstream_request(
     } else {
         Version::HTTP_11
     };
-    Ok((pq, version, mirror))
+    Ok((pq, version, added, mirror))
 }
 
 /// Stage 6: the client's response from what dispatch returned (the upstream's response with

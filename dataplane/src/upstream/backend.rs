@@ -5,6 +5,7 @@
 //! outlier detection } with a retry budget and backoff.
 
 use crate::http::body::{boxed, BoxError, ProxyBody};
+use crate::http::headers::Added;
 use crate::http::reply::{error_response, ErrorKind};
 use crate::telemetry::metrics::{BackendMetrics, Metrics};
 use crate::upstream::balancer::Balancer;
@@ -270,18 +271,26 @@ impl Try {
 /// possible a body goes through a replay buffer; without, or when it is already at its end
 /// (no body: most requests, for which the replay buffer's `Arc` and per-try box cost 2
 /// `malloc`), it goes straight to the try and a retry sends an empty one again.
-struct Payload {
+struct Payload<'a> {
     replay: Option<Replay>,
     only_body: Option<ProxyBody>,
     /// The body has no frames at all: every try can send it again.
     empty: bool,
     parts: http::request::Parts,
+    /// The fields the proxy adds, kept out of `parts.headers` (see [`Added`]); borrowed from
+    /// the caller, whose future holds them once.
+    added: &'a Added,
     attempts: u32,
 }
 
-impl Payload {
+impl<'a> Payload<'a> {
     #[inline(always)]
-    fn new(body: ProxyBody, parts: http::request::Parts, attempts: u32) -> Payload {
+    fn new(
+        body: ProxyBody,
+        parts: http::request::Parts,
+        added: &'a Added,
+        attempts: u32,
+    ) -> Payload<'a> {
         let empty = body.is_end_stream();
         let (replay, only_body) = if attempts > 1 && !empty {
             (Some(Replay::new(body)), None)
@@ -293,6 +302,7 @@ impl Payload {
             only_body,
             empty,
             parts,
+            added,
             attempts,
         }
     }
@@ -309,7 +319,9 @@ impl Payload {
     /// or the head itself on the last try.
     fn owned_request(&mut self, attempt: u32, uri: Uri, body: ProxyBody) -> Request<ProxyBody> {
         let last = attempt >= self.attempts;
-        crate::upstream::pool::owned_request(&mut self.parts, uri, body, last)
+        let mut req = crate::upstream::pool::owned_request(&mut self.parts, uri, body, last);
+        self.added.merge_into(req.headers_mut());
+        req
     }
 
     /// Whether another try can send the whole body again.
@@ -558,8 +570,11 @@ impl BackendRt {
         timeout: Duration,
         span: Option<&mut crate::telemetry::otel::RequestSpan>,
     ) -> Dispatched {
-        self.dispatch_per_try(method, pq, version, headers, body, timeout, span, None)
-            .await
+        let added = Added::new();
+        self.dispatch_per_try(
+            method, pq, version, headers, &added, body, timeout, span, None,
+        )
+        .await
     }
 
     /// [`BackendRt::dispatch`] with the limit of each try set by the rule
@@ -575,6 +590,9 @@ impl BackendRt {
     /// The steps called once per try are `#[inline(always)]`: out of line, the request and
     /// response they take and return were copied through memory, and the calls with them
     /// cost ~+450 instructions per HTTP/1.1 request (callgrind, BENCHMARKS.md #17).
+    ///
+    /// `added`: the fields the proxy adds, apart from `headers` ([`Added`]); every try sends
+    /// them, as the codec writes them or merged into hyper's or h2c's copy of the map.
     #[allow(clippy::too_many_arguments)]
     pub async fn dispatch_per_try(
         &self,
@@ -582,6 +600,7 @@ impl BackendRt {
         pq: PathAndQuery,
         version: Version,
         mut headers: HeaderMap,
+        mut added: &Added,
         body: ProxyBody,
         timeout: Duration,
         mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
@@ -607,6 +626,13 @@ impl BackendRt {
             deadline,
         };
         if let Some((name, value)) = &self.credential {
+            // A credential named as an added field (never in practice) overrides it as it
+            // did when both were in the map.
+            if added.position(name).is_some() {
+                static NONE: Added = Added::new();
+                added.merge_into(&mut headers);
+                added = &NONE;
+            }
             headers.insert(name.clone(), value.clone());
         }
         let (mut parts, ()) = Request::new(()).into_parts();
@@ -617,7 +643,7 @@ impl BackendRt {
             // Origin form, as every HTTP/1.1 try sends it.
             parts.uri = Uri::from(head.pq.clone());
         }
-        let mut payload = Payload::new(body, parts, attempts);
+        let mut payload = Payload::new(body, parts, added, attempts);
         // Endpoints tried so far; filled only when a retry follows (no allocation otherwise).
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<Last> = None;
@@ -914,7 +940,7 @@ impl BackendRt {
         idx: usize,
         attempt: u32,
         uri: Option<Uri>,
-        payload: &mut Payload,
+        payload: &mut Payload<'_>,
         body: ProxyBody,
         until: tokio::time::Instant,
     ) -> TryResult {
@@ -923,7 +949,7 @@ impl BackendRt {
                 Some(pool) => {
                     let last = attempt >= payload.attempts;
                     match pool
-                        .send_parts(&mut payload.parts, body, last, Some(until))
+                        .send_parts(&mut payload.parts, payload.added, body, last, Some(until))
                         .await
                     {
                         Ok(r) => Ok(Ok(r)),

@@ -41,6 +41,7 @@
 //!   trailers), hyper's client defaults.
 
 use crate::http::body::BoxError;
+use crate::http::headers::Added;
 use crate::upstream::endpoint::CountedIo;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -130,8 +131,14 @@ pub fn uses_codec<B: http_body::Body>(req: &http::request::Parts, body: &B) -> (
 
 /// Appends the request head to `out`: request line (origin form, HTTP/1.1), `host` when given
 /// (the request has none), the header fields as they are (the request carries no body, so none
-/// is added for framing), blank line.
-pub fn encode_head(req: &http::request::Parts, host: Option<&HeaderValue>, out: &mut Vec<u8>) {
+/// is added for framing) except the ones `added` replaces, then the fields the proxy adds
+/// (`added`, [`Added::write_h1`]), blank line.
+pub fn encode_head(
+    req: &http::request::Parts,
+    added: &Added,
+    host: Option<&HeaderValue>,
+    out: &mut Vec<u8>,
+) {
     let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let method = req.method.as_str();
     let headers = &req.headers;
@@ -141,7 +148,7 @@ pub fn encode_head(req: &http::request::Parts, host: Option<&HeaderValue>, out: 
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
     let host_len = host.map_or(0, |h| h.len() + 8);
-    out.reserve(method.len() + pq.len() + 13 + host_len + fields + 2);
+    out.reserve(method.len() + pq.len() + 13 + host_len + fields + added.h1_len() + 2);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(pq.as_bytes());
@@ -151,12 +158,22 @@ pub fn encode_head(req: &http::request::Parts, host: Option<&HeaderValue>, out: 
         out.extend_from_slice(h.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // The client's fields that an added one replaces (or joins into its list) are left out
+    // here; which ones were there is noted for the list's join.
+    let mut seen = 0u32;
     for (name, value) in headers {
+        if !added.is_empty() {
+            if let Some(i) = added.position(name) {
+                seen |= 1 << i;
+                continue;
+            }
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    added.write_h1(headers, seen, out);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -756,11 +773,12 @@ impl ConnState {
     pub async fn exchange(
         &mut self,
         req: &http::request::Parts,
+        added: &Added,
         host: Option<&HeaderValue>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Head, ExchangeError> {
         let Some(deadline) = deadline else {
-            return self.exchange_head(req, host).await;
+            return self.exchange_head(req, added, host).await;
         };
         let mut timer = match self.timer.take() {
             Some(mut t) => {
@@ -770,7 +788,7 @@ impl ConnState {
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
         let result = {
-            let exchange = self.exchange_head(req, host);
+            let exchange = self.exchange_head(req, added, host);
             tokio::pin!(exchange);
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
@@ -790,10 +808,11 @@ impl ConnState {
     async fn exchange_head(
         &mut self,
         req: &http::request::Parts,
+        added: &Added,
         host: Option<&HeaderValue>,
     ) -> Result<Head, ExchangeError> {
         self.wbuf.clear();
-        encode_head(req, host, &mut self.wbuf);
+        encode_head(req, added, host, &mut self.wbuf);
         self.io
             .stream_mut()
             .write_all(&self.wbuf)
@@ -1345,6 +1364,97 @@ mod tests {
         assert!(replay(inputs[2], &Method::GET, 4).error.is_some());
     }
 
+    /// The fields the proxy adds, written by the encoder, are what merging them into the map
+    /// (as the proxy did before, and as hyper's client and h2c still get them) and encoding
+    /// that gives: the same fields and values, none duplicated. Without client fields of
+    /// those names, the same bytes.
+    #[test]
+    fn added_fields_match_the_merged_map() {
+        use crate::http::headers::AddMode;
+        static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+        static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+        static TS: HeaderName = HeaderName::from_static("tracestate");
+        let mut added = Added::new();
+        added.push(
+            &XFF,
+            HeaderValue::from_static("10.0.0.1"),
+            AddMode::AppendToList,
+        );
+        added.push(&XFP, HeaderValue::from_static("http"), AddMode::Replace);
+        added.push(&TS, HeaderValue::from_static(""), AddMode::Remove);
+        static FWD: HeaderName = HeaderName::from_static("forwarded");
+        let proxy_fwd = HeaderValue::from_static("for=10.0.0.1;proto=http");
+        added.push(&FWD, proxy_fwd, AddMode::AppendToList);
+        added.quote_host_after_last(HeaderValue::from_static("h:1"));
+        let lines = |b: &[u8]| {
+            let mut v: Vec<String> = String::from_utf8_lossy(b)
+                .split("\r\n")
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        let clients: [&[(&str, &str)]; 4] = [
+            &[("host", "h"), ("accept", "*/*")],
+            &[
+                ("host", "h"),
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-proto", "https"),
+            ],
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+                ("tracestate", "a=b"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-proto", "ws"),
+                ("host", "h"),
+            ],
+            &[
+                ("x-forwarded-for", "caf\u{e9}"),
+                ("host", "h"),
+                ("forwarded", "for=x"),
+            ],
+        ];
+        for fields in clients {
+            let mut b = Request::get("/p");
+            for (n, v) in fields {
+                b = b.header(*n, HeaderValue::from_bytes(v.as_bytes()).unwrap());
+            }
+            let head = b.body(()).unwrap().into_parts().0;
+            let mut direct = Vec::new();
+            encode_head(&head, &added, None, &mut direct);
+            let mut merged_head = head.clone();
+            added.merge_into(&mut merged_head.headers);
+            let mut merged = Vec::new();
+            encode_head(&merged_head, &Added::new(), None, &mut merged);
+            assert_eq!(lines(&direct), lines(&merged), "{fields:?}");
+            let text = String::from_utf8_lossy(&direct).into_owned();
+            assert_eq!(text.matches("x-forwarded-for:").count(), 1, "{text}");
+            assert_eq!(
+                text.matches("x-forwarded-proto: http\r\n").count(),
+                1,
+                "{text}"
+            );
+            assert!(!text.contains("tracestate"), "{text}");
+            if fields.len() == 2 && fields[1].0 == "accept" {
+                assert_eq!(direct, merged, "no client field replaced: the same bytes");
+            }
+        }
+        let head = Request::get("/")
+            .header("x-forwarded-for", "1.1.1.1")
+            .header("x-forwarded-for", "2.2.2.2")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut out = Vec::new();
+        encode_head(&head, &added, None, &mut out);
+        assert_eq!(
+            out,
+            &b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-proto: http\r\nforwarded: for=10.0.0.1;proto=http;host=\"h:1\"\r\n\r\n"[..]
+        );
+    }
+
     #[test]
     fn request_heads() {
         let req = Request::get("/a?b")
@@ -1354,7 +1464,7 @@ mod tests {
             .unwrap();
         let mut out = Vec::new();
         let head = req.into_parts().0;
-        encode_head(&head, None, &mut out);
+        encode_head(&head, &Added::new(), None, &mut out);
         assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: h\r\nx-y: z\r\n\r\n");
         // A head without `Host` gets the endpoint's, which the head itself does not keep.
         let mut head = Request::get("/")
@@ -1364,7 +1474,12 @@ mod tests {
             .into_parts()
             .0;
         out.clear();
-        encode_head(&head, Some(&HeaderValue::from_static("e:1")), &mut out);
+        encode_head(
+            &head,
+            &Added::new(),
+            Some(&HeaderValue::from_static("e:1")),
+            &mut out,
+        );
         assert_eq!(out, b"GET / HTTP/1.1\r\nhost: e:1\r\nx-y: z\r\n\r\n");
         assert!(!head.headers.contains_key(header::HOST));
         let empty = http_body_util::Empty::<Bytes>::new();

@@ -41,6 +41,7 @@
 //! under it.
 
 use crate::http::body::ProxyBody;
+use crate::http::headers::Added;
 use crate::upstream::endpoint::CountedIo;
 use crate::upstream::h1::{self, CodecBody, Conn, ExchangeError, UpstreamBody};
 use http::uri::Authority;
@@ -308,7 +309,8 @@ impl Pool {
         req: Request<ProxyBody>,
     ) -> Result<(Response<UpstreamBody>, Option<Checkin>), PoolError> {
         let (mut parts, body) = req.into_parts();
-        self.send_parts(&mut parts, body, true, None).await
+        self.send_parts(&mut parts, &Added::new(), body, true, None)
+            .await
     }
 
     /// Sends the request of head `parts` (origin-form URI) and `body`, getting its response
@@ -316,9 +318,12 @@ impl Pool {
     /// head, so a retry can send it again without a copy; hyper's client takes a copy of it,
     /// or (`last`: no try follows) the head itself. A request without `Host` gets this
     /// endpoint's (the head itself is left as it is: a retry may go to another endpoint).
+    /// `added`: the fields the proxy adds; the codec writes them after the head's own,
+    /// hyper's client gets them merged into its copy of the map.
     pub async fn send_parts(
         self: &Arc<Self>,
         parts: &mut http::request::Parts,
+        added: &Added,
         body: ProxyBody,
         last: bool,
         deadline: Option<tokio::time::Instant>,
@@ -327,12 +332,14 @@ impl Pool {
         if codec && CODEC.load(Ordering::Relaxed) {
             let host = (!has_host).then_some(&self.host);
             return self
-                .send_codec(parts, host, deadline)
+                .send_codec(parts, added, host, deadline)
                 .await
                 .map(|r| (r, None));
         }
         let uri = parts.uri.clone();
         let mut req = owned_request(parts, uri, body, last);
+        // hyper's client writes a map: the added fields go into it as they used to.
+        added.merge_into(req.headers_mut());
         if !has_host {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
@@ -363,10 +370,11 @@ impl Pool {
     }
 
     /// A request without a body through the codec, on an idle codec connection or a new one.
-    /// `host`: the `Host` field to add.
+    /// `added`: the fields the proxy adds; `host`: the `Host` field to add.
     async fn send_codec(
         self: &Arc<Self>,
         req: &http::request::Parts,
+        added: &Added,
         host: Option<&HeaderValue>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<UpstreamBody>, PoolError> {
@@ -374,7 +382,7 @@ impl Pool {
             Some(c) => (c, true),
             None => (self.connect_raw(deadline).await?, false),
         };
-        let head = match conn.exchange(req, host, deadline).await {
+        let head = match conn.exchange(req, added, host, deadline).await {
             Ok(head) => head,
             // The keep-alive race: the peer closed the idle connection as the request went
             // out. Sent again when that cannot repeat an action: nothing was written, or the
@@ -388,7 +396,7 @@ impl Pool {
                 tracing::debug!(upstream = %self.authority, error = %e, "pooled connection was closed; retrying on a new connection");
                 self.resent.fetch_add(1, Ordering::Relaxed);
                 conn = self.connect_raw(deadline).await?;
-                conn.exchange(req, host, deadline)
+                conn.exchange(req, added, host, deadline)
                     .await
                     .map_err(|e| self.exchange_error(e))?
             }
@@ -966,7 +974,8 @@ mod tests {
             async move {
                 let (mut head, body) = get().into_parts();
                 let until = tokio::time::Instant::now() + due;
-                pool.send_parts(&mut head, body, true, Some(until)).await
+                pool.send_parts(&mut head, &Added::new(), body, true, Some(until))
+                    .await
             }
         };
         let body_ok = |resp: Response<UpstreamBody>| async {
