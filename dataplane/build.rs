@@ -23,19 +23,54 @@
 //!   `.text`, which only costs back part of the saving.
 //!
 //! All three are link-time only: no crate is compiled differently, so instructions per request
-//! and build time do not change. Only for the GNU target, where rustc links with its bundled lld by
-//! default (rustc ≥ 1.90); the musl image build links with the system linker.
+//! and build time do not change. Only for `x86_64-unknown-linux-gnu`, where rustc links with its
+//! bundled lld by default (rustc ≥ 1.90), and only when no other linker is chosen
+//! ([`links_with_rust_lld`]); the musl image build links with the system linker.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=link/idle.ld");
-    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
-    if os == "linux" && env == "gnu" {
-        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-        let layout = format!("-Wl,-T,{dir}/link/idle.ld");
-        for arg in ["-Wl,-z,pack-relative-relocs", "-Wl,--icf=all", &layout] {
-            println!("cargo:rustc-link-arg-bin=weir-dataplane={arg}");
-        }
+    println!("cargo:rerun-if-env-changed=WEIR_PLAIN_LINK");
+    if !links_with_rust_lld() {
+        return;
     }
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let layout = format!("-Wl,-T,{dir}/link/idle.ld");
+    for arg in ["-Wl,-z,pack-relative-relocs", "-Wl,--icf=all", &layout] {
+        println!("cargo:rustc-link-arg-bin=weir-dataplane={arg}");
+    }
+}
+
+/// Whether the binary is linked by rustc's bundled lld, which takes all three options: only
+/// `x86_64-unknown-linux-gnu` with rustc ≥ 1.90 (its default there), no linker chosen by the
+/// user (`CARGO_TARGET_<triple>_LINKER`, `-C linker`/`-fuse-ld` in the flags), and not turned
+/// off with `WEIR_PLAIN_LINK=1`. GNU ld has no `--icf`, so anything else links plainly
+/// (aarch64, older toolchains, custom linkers): correct, only without the idle-RSS saving.
+fn links_with_rust_lld() -> bool {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    if var("TARGET") != "x86_64-unknown-linux-gnu" || !var("WEIR_PLAIN_LINK").is_empty() {
+        return false;
+    }
+    if !var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty() {
+        return false;
+    }
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
+    if ["linker", "fuse-ld", "link-self-contained"]
+        .iter()
+        .any(|f| flags.contains(f))
+    {
+        return false;
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let Ok(out) = std::process::Command::new(rustc).arg("--version").output() else {
+        return false;
+    };
+    // "rustc 1.95.0 (59807616e 2026-04-14)"
+    let text = String::from_utf8_lossy(&out.stdout);
+    let minor = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.split('.').nth(1))
+        .and_then(|m| m.parse::<u32>().ok());
+    text.starts_with("rustc 1.") && minor.is_some_and(|m| m >= 90)
 }
