@@ -329,15 +329,7 @@ routes:
 async fn gzip_compressed_config_files_boot_reload_and_check() {
     let echo = echo("gz").await;
     let port = free_port();
-    let config = |version: &str| {
-        json!({
-            "version": version,
-            "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
-            "backends": {"echo": {"endpoints": [echo.to_string()]}},
-            "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "echo"}]}]}],
-        })
-        .to_string()
-    };
+    let config = |version: &str| one_route(version, port, echo);
     let packed = |version: &str| weir_config::pack_gzip(config(version).as_bytes());
     let dp = Dataplane::start_from_bytes(&packed("gz-1"), Opts::default()).await;
     assert_eq!(dp.version().await, "gz-1");
@@ -386,21 +378,24 @@ async fn gzip_compressed_config_files_boot_reload_and_check() {
     assert!(stdout.contains("OK (version gz-4"), "{stdout}");
 }
 
+/// A snapshot with one plain listener on `port` and one route to `echo`.
+fn one_route(version: &str, port: u16, echo: SocketAddr) -> String {
+    json!({
+        "version": version,
+        "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
+        "backends": {"echo": {"endpoints": [echo.to_string()]}},
+        "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "echo"}]}]}],
+    })
+    .to_string()
+}
+
 /// A sidecar boots from its workload's entry of `weir-sidecar-snapshots` (`--config-preferred`),
 /// which the operator writes gzip'd when the namespace's entries do not fit 1 MiB as JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gzip_compressed_preferred_snapshot_is_booted_from() {
     let echo = echo("pref").await;
     let port = free_port();
-    let config = |version: &str| {
-        json!({
-            "version": version,
-            "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
-            "backends": {"echo": {"endpoints": [echo.to_string()]}},
-            "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "echo"}]}]}],
-        })
-        .to_string()
-    };
+    let config = |version: &str| one_route(version, port, echo);
     let dir = tempfile::tempdir().expect("tempdir");
     let preferred = dir.path().join("snapshot.json");
     std::fs::write(
