@@ -184,7 +184,7 @@ impl EndpointState {
 
     /// In rotation: healthy and not ejected.
     pub fn is_available(&self, now_ms: u64) -> bool {
-        self.is_healthy() && !self.is_ejected(now_ms)
+        self.is_available_by(|| now_ms)
     }
 
     /// [`Self::is_available`], reading the clock (`now_ms`) only for an endpoint that has
@@ -195,6 +195,7 @@ impl EndpointState {
         if !self.is_healthy() {
             return false;
         }
+        // 0: never ejected (`now_ms` is never 0), so no clock read.
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         until == 0 || until <= now_ms()
     }
