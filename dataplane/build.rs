@@ -34,8 +34,22 @@ fn main() {
     if !links_with_rust_lld() {
         return;
     }
-    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-    let layout = format!("-Wl,-T,{dir}/link/idle.ld");
+    // The script is copied into OUT_DIR and linked from there, not from this checkout: a
+    // target dir shared by several checkouts (worktrees, a CI clone) reuses this script's
+    // output without running it again, and a path into a checkout that was since removed
+    // failed the link ("cannot find linker script").
+    let (Ok(dir), Ok(out)) = (
+        std::env::var("CARGO_MANIFEST_DIR"),
+        std::env::var("OUT_DIR"),
+    ) else {
+        return;
+    };
+    let script = std::path::Path::new(&out).join("idle.ld");
+    if std::fs::copy(std::path::Path::new(&dir).join("link/idle.ld"), &script).is_err() {
+        println!("cargo:warning=link/idle.ld not copied: weir-dataplane is linked without it");
+        return;
+    }
+    let layout = format!("-Wl,-T,{}", script.display());
     for arg in ["-Wl,-z,pack-relative-relocs", "-Wl,--icf=all", &layout] {
         println!("cargo:rustc-link-arg-bin=weir-dataplane={arg}");
     }
