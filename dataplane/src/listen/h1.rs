@@ -254,8 +254,7 @@ pub fn parse_request(
     for &(ns, ne, vs, ve) in spans.iter() {
         let name = HeaderName::from_bytes(&head[ns..ne])
             .map_err(|_| RequestError::Field(String::from_utf8_lossy(&head[ns..ne]).into()))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| RequestError::Field(name.to_string()))?;
+        let value = crate::http::headers::parsed_value(head.slice(vs..ve));
         if name == header::CONTENT_LENGTH {
             let n = digits(value.as_bytes()).ok_or(RequestError::ContentLength)?;
             if length.is_some_and(|l| l != n) {

@@ -278,8 +278,7 @@ fn parse_head_with(
             let name = HeaderName::from_bytes(&head[ns..ne])
                 .map_err(|_| CodecError::Field(String::from_utf8_lossy(&head[ns..ne]).into()))?;
             seen.note(&name, (vs, ve));
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| CodecError::Field(name.to_string()))?;
+            let value = crate::http::headers::parsed_value(head.slice(vs..ve));
             headers.append(name, value);
         }
         let (framing, framing_keeps) =
