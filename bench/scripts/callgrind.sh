@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# callgrind.sh BINDIR [h1|h2|h3|both|all|h1close] — instructions per request of the dataplane, measured as
+# callgrind.sh BINDIR [h1|h2|h3|both|all|h1close|nginx] — instructions per request of the dataplane, measured as
 # BENCHMARKS.md ("Profile findings") describes: the dataplane in BINDIR under
 # `valgrind --tool=callgrind --instr-atstart=no`, one worker thread, access log off,
 # instrumentation switched on only around 10,000 HTTP/1.1 requests (`-c 64`), 20,000 HTTP/2
@@ -7,6 +7,8 @@
 # HTTP/3 requests (`-c 10 -m 10`) to a `weir-bench serve` backend (`both` = h1 and h3, as
 # before; `all` adds h2); prints user-space instructions
 # (callgrind's Ir, the dump's `totals:` line) divided by requests. Uses BINDIR/weir-bench for the backend and the load.
+# `nginx`: h1 and h2 of the nginx peer instead (make bench's configuration from peers.py, one
+# worker, the worker in the master process), with BINDIR's weir-bench as backend and load.
 # `h1close`: HTTP/1.1 with a new connection per request (`wrk -c 8 -H 'Connection: close'`, 5 s;
 # requests as wrk counts them): the accept and per-connection costs (needs wrk).
 # CALLGRIND_KEEP=DIR (or CG_KEEP=DIR) keeps each dump as DIR/h1.out, DIR/h2.out, DIR/h3.out (for callgrind_annotate).
@@ -28,9 +30,24 @@ cat > "$d/weir.json" <<JSON
  "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "b"}]}]}]}
 JSON
 "$bins/weir-bench" serve --listen "127.0.0.1:$B" --threads 1 >"$d/backend.log" 2>&1 &
-RUST_LOG=warn WEIR_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no \
-  --callgrind-out-file="$d/cg.%p" "$bins/weir-dataplane" --config "$d/weir.json" \
-  --admin-address "127.0.0.1:$A" --access-log off >"$d/weir.log" 2>&1 &
+if [ "$which" = nginx ]; then
+  # The peer, measured the same way: `make bench`'s nginx configuration (bench/scripts/peers.py),
+  # with the worker in the master's process so that callgrind_control reaches it.
+  (cd "$(dirname "$0")" && python3 -c '
+import sys; from pathlib import Path; import peers
+d = Path(sys.argv[1]); spec = peers.nginx(d, peers.Ports(int(sys.argv[2]), int(sys.argv[3])),
+    int(sys.argv[4]), d / "cert.pem", d / "key.pem")
+conf = d / "nginx.conf"
+conf.write_text(conf.read_text().replace("master_process on;", "master_process off;"))
+print(" ".join(spec.cmd))' "$d" "$H" "$S" "$B") >"$d/cmd"
+  # shellcheck disable=SC2046
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$d/cg.%p" \
+    $(cat "$d/cmd") >"$d/nginx.log" 2>&1 &
+else
+  RUST_LOG=warn WEIR_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$d/cg.%p" "$bins/weir-dataplane" --config "$d/weir.json" \
+    --admin-address "127.0.0.1:$A" --access-log off >"$d/weir.log" 2>&1 &
+fi
 vg=$!
 for _ in $(seq 1 300); do
   "$bins/weir-bench" -n 1 "http://127.0.0.1:$H/" >/dev/null 2>&1 && break; sleep 0.2
@@ -62,10 +79,10 @@ measure() { # name, requests (0: wrk counts them), load args...
   rm -f "$d"/cg.*
   echo "$name: $ir instructions / $n requests = $((ir / n)) per request"
 }
-if [ "$which" = h1 ] || [ "$which" = both ] || [ "$which" = all ]; then
+if [ "$which" = h1 ] || [ "$which" = both ] || [ "$which" = all ] || [ "$which" = nginx ]; then
   measure h1 10000 -c 64 "http://127.0.0.1:$H/"
 fi
-if [ "$which" = h2 ] || [ "$which" = all ]; then
+if [ "$which" = h2 ] || [ "$which" = all ] || [ "$which" = nginx ]; then
   measure h2 20000 -p h2 --insecure -c 16 -m 10 "https://127.0.0.1:$S/"
 fi
 if [ "$which" = h1close ]; then
