@@ -4,7 +4,7 @@
 //! concurrency limit → retry loop { circuit breaker → balancer → try (per-try timeout) →
 //! outlier detection } with a retry budget and backoff.
 
-use crate::http::body::{boxed, BoxError, ProxyBody};
+use crate::http::body::{BoxError, ProxyBody};
 use crate::http::headers::Added;
 use crate::http::reply::{error_response, ErrorKind};
 use crate::telemetry::metrics::{BackendMetrics, Metrics};
@@ -21,6 +21,7 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -366,7 +367,9 @@ fn finish(
                 guard: Some((in_flight, permit)),
                 checkin,
             };
-            Ok(Response::from_parts(parts, boxed(body)))
+            // Boxed as it is: its errors are already `BoxError`s (`boxed` would wrap it in a
+            // `MapErr` that only forwards, one more call per poll).
+            Ok(Response::from_parts(parts, body.boxed_unsync()))
         }
     }
 }
