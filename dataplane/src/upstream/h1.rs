@@ -806,7 +806,12 @@ impl ConnState {
         let Some(deadline) = deadline else {
             return self.exchange_head(req, added, host).await;
         };
+        // A timer armed no later than this deadline (the last exchange's, with the same time
+        // limit) is kept as it is and moved on only if it fires first: resetting it for every
+        // exchange cost ~145 instructions per request (callgrind). An earlier deadline than
+        // the armed one resets it at once.
         let mut timer = match self.timer.take() {
+            Some(t) if t.deadline() <= deadline => t,
             Some(mut t) => {
                 t.as_mut().reset(deadline);
                 t
@@ -820,10 +825,14 @@ impl ConnState {
                 if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                     return Poll::Ready(r);
                 }
-                timer
-                    .as_mut()
-                    .poll(cx)
-                    .map(|()| Err(ExchangeError::TimedOut))
+                loop {
+                    ready!(timer.as_mut().poll(cx));
+                    if timer.deadline() >= deadline {
+                        return Poll::Ready(Err(ExchangeError::TimedOut));
+                    }
+                    // An earlier exchange's deadline: this one's is still to come.
+                    timer.as_mut().reset(deadline);
+                }
             })
             .await
         };
@@ -970,6 +979,7 @@ impl http_body::Body for CodecBody {
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         self.decoder.is_done()
     }
@@ -988,10 +998,13 @@ pub enum UpstreamBody {
     Hyper(hyper::body::Incoming),
 }
 
+// `#[inline]`: the guarded body ([`crate::upstream::backend`]) polls through this in another
+// codegen unit; out of line each layer was a call of its own per frame.
 impl http_body::Body for UpstreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1002,6 +1015,7 @@ impl http_body::Body for UpstreamBody {
         }
     }
 
+    #[inline]
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Codec(b) => b.is_end_stream(),

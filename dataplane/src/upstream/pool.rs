@@ -997,6 +997,42 @@ mod tests {
         assert_eq!(pool.created(), 2);
     }
 
+    /// The connection's timer is armed for the first exchange's deadline and not moved for a
+    /// later one: a second exchange on the same connection, due in 20 s, whose answer comes
+    /// only after the first exchange's deadline (200 ms) has passed, still gets its answer
+    /// (the timer fires at the old deadline and is moved on, not taken as this one's).
+    #[tokio::test(flavor = "current_thread")]
+    async fn codec_timer_armed_for_an_earlier_deadline_does_not_end_a_later_try() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            if read_head(&mut s) && s.write_all(OK).is_ok() && read_head(&mut s) {
+                // Sent after the first answer, so answered after its deadline.
+                std::thread::sleep(Duration::from_millis(400));
+                let _ = s.write_all(OK);
+            }
+            let _ = read_head(&mut s);
+        });
+        let pool = Pool::new(addr.to_string().parse().unwrap(), settings());
+        let first = tokio::time::Instant::now() + Duration::from_millis(200);
+        for until in [first, tokio::time::Instant::now() + Duration::from_secs(20)] {
+            let (mut head, body) = get().into_parts();
+            let (resp, _) = pool
+                .send_parts(&mut head, &Added::new(), body, true, Some(until))
+                .await
+                .expect("answered before its deadline");
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            assert_eq!(&body.to_bytes()[..], b"ok");
+        }
+        assert!(tokio::time::Instant::now() > first);
+        assert_eq!(pool.created(), 1, "both on one connection");
+    }
+
     /// A codec connection the backend closed while it was idle is not used: the check at
     /// checkout (`Conn::is_usable`) costs no syscall while the socket has not turned readable
     /// since its last read, and the backend's FIN turns it readable (tokio keeps the closed
