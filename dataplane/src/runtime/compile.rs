@@ -401,4 +401,22 @@ mod tests {
             assert_eq!(runtime(rules.clone()).trace_in_map, want, "{rules}");
         }
     }
+
+    /// The router reads the body (and the pipeline awaits the body-reading route) only when a
+    /// `fields` condition has a JSON path; a header-only field condition does not.
+    #[test]
+    fn body_read_only_for_a_json_path() {
+        let field = |f: Value| {
+            json!([{"matches": [{"fields": [f]}], "backendRefs": [{"name": "b"}]}])
+        };
+        assert!(!runtime(json!([{"backendRefs": [{"name": "b"}]}]))
+            .router
+            .reads_body());
+        assert!(!runtime(field(json!({"header": "x-m", "value": "x"})))
+            .router
+            .reads_body());
+        let body = json!({"header": "x-m", "jsonPath": "metrics[].name", "value": "x",
+                          "maxBodyBytes": 16});
+        assert!(runtime(field(body)).router.reads_body());
+    }
 }
