@@ -406,9 +406,8 @@ mod tests {
     /// `fields` condition has a JSON path; a header-only field condition does not.
     #[test]
     fn body_read_only_for_a_json_path() {
-        let field = |f: Value| {
-            json!([{"matches": [{"fields": [f]}], "backendRefs": [{"name": "b"}]}])
-        };
+        let field =
+            |f: Value| json!([{"matches": [{"fields": [f]}], "backendRefs": [{"name": "b"}]}]);
         assert!(!runtime(json!([{"backendRefs": [{"name": "b"}]}]))
             .router
             .reads_body());
