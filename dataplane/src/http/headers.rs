@@ -352,11 +352,13 @@ const TRACE_SLOT: usize = MAX_ADDED;
 #[derive(Debug, Clone, Default)]
 pub struct Added {
     fields: [Option<AddedField>; MAX_ADDED],
-    len: usize,
+    /// `u8`s, here and in `quoted_host`: the list lies in the request's future, and every
+    /// byte less keeps the boxed HTTP/3 one under the size where copying it costs most.
+    len: u8,
     /// A host written after the value of field `.0` as `;host="…"` (a `Forwarded`
     /// element's; token characters only, so no escaping): that value is then two shared
     /// pieces, not a new value per request.
-    quoted_host: Option<(usize, HeaderValue)>,
+    quoted_host: Option<(u8, HeaderValue)>,
     trace: Option<AddedTrace>,
 }
 
@@ -383,8 +385,11 @@ impl Added {
     /// Adds a field (after the ones there). Beyond [`MAX_ADDED`] (no caller adds more) the
     /// field is dropped, with a debug assertion.
     pub fn push(&mut self, name: &'static AddedName, value: HeaderValue, mode: AddMode) {
-        debug_assert!(self.len < MAX_ADDED, "more added fields than MAX_ADDED");
-        if let Some(slot) = self.fields.get_mut(self.len) {
+        debug_assert!(
+            usize::from(self.len) < MAX_ADDED,
+            "more added fields than MAX_ADDED"
+        );
+        if let Some(slot) = self.fields.get_mut(usize::from(self.len)) {
             *slot = Some(AddedField { name, value, mode });
             self.len += 1;
         }
@@ -402,7 +407,7 @@ impl Added {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &AddedField> {
-        self.fields[..self.len].iter().flatten()
+        self.fields[..usize::from(self.len)].iter().flatten()
     }
 
     /// The index of the added field named `name`: the client's field of that name is not
@@ -425,7 +430,7 @@ impl Added {
     /// The quoted host's pieces after field `i`'s value, if it has one.
     fn host_after(&self, i: usize) -> Option<[&[u8]; 3]> {
         match &self.quoted_host {
-            Some((at, h)) if *at == i => Some([b";host=\"", h.as_bytes(), b"\""]),
+            Some((at, h)) if usize::from(*at) == i => Some([b";host=\"", h.as_bytes(), b"\""]),
             _ => None,
         }
     }
@@ -448,7 +453,7 @@ impl Added {
     /// the same order, so a map that gets them here holds what it held then.
     /// The trace goes first, where [`crate::http::tracecontext::TraceContext::inject`] put it.
     pub fn merge_into(&self, headers: &mut HeaderMap) {
-        headers.reserve(self.len + 1);
+        headers.reserve(usize::from(self.len) + 1);
         if let Some(t) = &self.trace {
             if t.drop_state {
                 headers.remove(&TRACESTATE.name);
