@@ -1369,22 +1369,17 @@ mod tests {
     /// those names, the same bytes.
     #[test]
     fn added_fields_match_the_merged_map() {
-        use crate::http::headers::AddMode;
         use crate::http::headers::AddedName;
-        static XFF: AddedName = crate::added_name!("x-forwarded-for");
-        static XFP: AddedName = crate::added_name!("x-forwarded-proto");
-        static TS: AddedName = crate::added_name!("tracestate");
+        static XFF: AddedName = crate::added_name!("x-forwarded-for", AppendToList);
+        static XFP: AddedName = crate::added_name!("x-forwarded-proto", Replace);
+        static TS: AddedName = crate::added_name!("tracestate", Remove);
         let mut added = Added::new();
-        added.push(
-            &XFF,
-            HeaderValue::from_static("10.0.0.1"),
-            AddMode::AppendToList,
-        );
-        added.push(&XFP, HeaderValue::from_static("http"), AddMode::Replace);
-        added.push(&TS, HeaderValue::from_static(""), AddMode::Remove);
-        static FWD: AddedName = crate::added_name!("forwarded");
+        added.push(&XFF, HeaderValue::from_static("10.0.0.1"));
+        added.push(&XFP, HeaderValue::from_static("http"));
+        added.push(&TS, HeaderValue::from_static(""));
+        static FWD: AddedName = crate::added_name!("forwarded", AppendToList);
         let proxy_fwd = HeaderValue::from_static("for=10.0.0.1;proto=http");
-        added.push(&FWD, proxy_fwd, AddMode::AppendToList);
+        added.push(&FWD, proxy_fwd);
         added.quote_host_after_last(HeaderValue::from_static("h:1"));
         let lines = |b: &[u8]| {
             let mut v: Vec<String> = String::from_utf8_lossy(b)
