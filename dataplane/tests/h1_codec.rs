@@ -480,15 +480,33 @@ fn fields_named<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
 /// `Forwarded` are appended to, its X-Forwarded-Proto/Host and `traceparent` replaced (one
 /// field each, never two), a restarted trace's `tracestate` dropped; a client that sends none
 /// gets each once.
-async fn added_fields_on_the_wire(client_kind: &str) {
+///
+/// `trace_routed`: the route's first rule matches on the `traceparent` the proxy sends (any
+/// valid value; a second rule sends the rest to another backend), so the proxy's trace context
+/// goes into the request's map before routing; otherwise the upstream encoder writes it. Every
+/// request must reach the first rule's backend: each carries the proxy's `traceparent` by the
+/// time it is routed, the one without any and the one with an invalid one included.
+async fn added_fields_on_the_wire(client_kind: &str, trace_routed: bool) {
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let backend = recording_backend("ok", 200, log.clone()).await;
+    let other = recording_backend("other", 200, log.clone()).await;
     let port = free_port();
+    let rules = if trace_routed {
+        json!([
+            {"matches": [{"headers": [{"name": "traceparent", "type": "RegularExpression",
+                "value": "00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]"}]}],
+             "backendRefs": [{"name": "b"}]},
+            {"backendRefs": [{"name": "other"}]},
+        ])
+    } else {
+        json!([{"backendRefs": [{"name": "b"}]}])
+    };
     let config = json!({
         "version": "added",
         "listeners": [{"name": "http", "address": format!("127.0.0.1:{port}"), "protocol": "http"}],
-        "backends": {"b": {"endpoints": [backend.to_string()]}},
-        "routes": [{"name": "r", "rules": [{"backendRefs": [{"name": "b"}]}]}],
+        "backends": {"b": {"endpoints": [backend.to_string()]},
+                     "other": {"endpoints": [other.to_string()]}},
+        "routes": [{"name": "r", "rules": rules}],
     })
     .to_string();
     let opts = Opts {
@@ -524,6 +542,10 @@ async fn added_fields_on_the_wire(client_kind: &str) {
     assert_eq!(r.status, StatusCode::OK, "{client_kind}");
     let log = log.lock().unwrap().clone();
     assert_eq!(log.len(), 3, "{client_kind}: {log:?}");
+    assert!(
+        log.iter().all(|(name, _)| *name == "ok"),
+        "{client_kind}, trace_routed {trace_routed}: {log:?}"
+    );
     let (with, without, restart) = (&log[0].1, &log[1].1, &log[2].1);
     let one = |head: &str, name: &str| -> String {
         let v = fields_named(head, name);
@@ -569,12 +591,22 @@ async fn added_fields_on_the_wire(client_kind: &str) {
 
 #[tokio::test]
 async fn added_fields_on_the_wire_codec() {
-    added_fields_on_the_wire("codec").await;
+    added_fields_on_the_wire("codec", false).await;
 }
 
 #[tokio::test]
 async fn added_fields_on_the_wire_hyper() {
-    added_fields_on_the_wire("hyper").await;
+    added_fields_on_the_wire("hyper", false).await;
+}
+
+#[tokio::test]
+async fn added_fields_on_the_wire_trace_routed_codec() {
+    added_fields_on_the_wire("codec", true).await;
+}
+
+#[tokio::test]
+async fn added_fields_on_the_wire_trace_routed_hyper() {
+    added_fields_on_the_wire("hyper", true).await;
 }
 
 #[tokio::test]

@@ -197,24 +197,42 @@ pub fn append_to_list(
     }
 }
 
+/// The two lowercase hex digits of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
 /// `bytes` as lowercase hex, two digits per byte, into `out` (twice as long). A byte at a
 /// time from the big-endian bytes, rather than a nibble at a time from a shifted `u128`
-/// (two-register shifts per digit).
+/// (two-register shifts per digit); one two-digit lookup per byte, not two one-digit ones
+/// (~114 instructions per `traceparent` before, callgrind).
 fn put_hex(out: &mut [u8], bytes: &[u8]) {
     for (o, b) in out.chunks_exact_mut(2).zip(bytes) {
-        o[0] = HEX[usize::from(b >> 4)];
-        o[1] = HEX[usize::from(b & 0xf)];
+        o.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
 
-/// A W3C `traceparent` value: `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
-pub fn traceparent(trace_id: u128, span_id: u64, flags: u8) -> HeaderValue {
+/// The bytes of a W3C `traceparent` value: `00-<32 hex trace id>-<16 hex span id>-<2 hex
+/// flags>`, on the stack (the HTTP/1.1 upstream codec copies them straight into the head).
+pub fn traceparent_bytes(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> [u8; 55] {
     let mut buf = [b'-'; 55];
     buf[0] = b'0';
     buf[1] = b'0';
-    put_hex(&mut buf[3..35], &trace_id.to_be_bytes());
-    put_hex(&mut buf[36..52], &span_id.to_be_bytes());
+    put_hex(&mut buf[3..35], &trace_id);
+    put_hex(&mut buf[36..52], &span_id);
     put_hex(&mut buf[53..55], &[flags]);
+    buf
+}
+
+/// A W3C `traceparent` value ([`traceparent_bytes`]) as a shared header value.
+pub fn traceparent(trace_id: u128, span_id: u64, flags: u8) -> HeaderValue {
+    let buf = traceparent_bytes(trace_id.to_be_bytes(), span_id.to_be_bytes(), flags);
     // Hex digits and dashes only: always a valid value.
     shared_value(buf).unwrap_or_else(|| HeaderValue::from_static(""))
 }

@@ -7,10 +7,23 @@ use http::uri::Authority;
 use http::Request;
 use std::ops::Range;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// An [`AddedName`] for the literal header name `$n` (lowercase) added as `$mode` (an
+/// [`AddMode`] variant), with its `name: ` line start.
+#[macro_export]
+macro_rules! added_name {
+    ($n:literal, $mode:ident) => {
+        $crate::http::headers::AddedName {
+            name: ::http::header::HeaderName::from_static($n),
+            line_start: concat!($n, ": "),
+            mode: $crate::http::headers::AddMode::$mode,
+        }
+    };
+}
+
+static X_FORWARDED_FOR: AddedName = added_name!("x-forwarded-for", AppendToList);
+static X_FORWARDED_PROTO: AddedName = added_name!("x-forwarded-proto", Replace);
+static X_FORWARDED_HOST: AddedName = added_name!("x-forwarded-host", Replace);
+static FORWARDED: AddedName = added_name!("forwarded", AppendToList);
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -91,10 +104,16 @@ impl Host {
     }
 
     pub fn as_str(&self) -> &str {
-        // The ranges were cut from checked ASCII (`HeaderValue::to_str`, `Authority`), so
-        // `from_utf8` cannot fail here.
+        // The ranges were cut from checked ASCII (`HeaderValue::to_str`, `Authority`).
         match &self.0 {
-            HostRepr::Header(v, r) => std::str::from_utf8(&v.as_bytes()[r.clone()]).unwrap_or(""),
+            HostRepr::Header(v, r) => {
+                let b = v.as_bytes().get(r.clone()).unwrap_or_default();
+                // SAFETY: a `Header` host is made only by `Host::of`, from a range of a value
+                // `HeaderValue::to_str` found to be visible ASCII, so the bytes are UTF-8.
+                // Checking them again (`str::from_utf8`) cost ~120 instructions per request
+                // (callgrind).
+                unsafe { std::str::from_utf8_unchecked(b) }
+            }
             HostRepr::Authority(a, r) => &a.as_str()[r.clone()],
             HostRepr::Owned(s) => s,
         }
@@ -194,28 +213,22 @@ pub(crate) fn add_forwarding(
     conn: &ConnInfo,
     host_header: Option<&HeaderValue>,
 ) {
-    forwarding(conn, host_header).merge_into(headers);
+    let mut added = Added::new();
+    forwarding(conn, host_header, &mut added);
+    added.merge_into(headers);
 }
 
 /// The forwarding fields for a request: `X-Forwarded-For` (appended to the client's list),
 /// `X-Forwarded-Proto`, `X-Forwarded-Host` (replacing the client's) and `Forwarded`
 /// (appended). The address parts are the connection's, made once per connection
 /// ([`ConnInfo::forwarded_for`]): writing the address into a new value per request cost ~250
-/// instructions and an allocation (callgrind).
-pub(crate) fn forwarding(conn: &ConnInfo, host_header: Option<&HeaderValue>) -> Added {
-    let mut added = Added::new();
-    added.push(
-        &X_FORWARDED_FOR,
-        conn.forwarded_for.clone(),
-        AddMode::AppendToList,
-    );
-    added.push(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(conn.scheme),
-        AddMode::Replace,
-    );
+/// instructions and an allocation (callgrind). Pushed onto `added` where it lies (the
+/// request's future): returned by value, the list was copied twice more on its way.
+pub(crate) fn forwarding(conn: &ConnInfo, host_header: Option<&HeaderValue>, added: &mut Added) {
+    added.push(&X_FORWARDED_FOR, conn.forwarded_for.clone());
+    added.push(&X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
     if let Some(h) = host_header {
-        added.push(&X_FORWARDED_HOST, h.clone(), AddMode::Replace);
+        added.push(&X_FORWARDED_HOST, h.clone());
     }
     // `for=…;proto=…` is the connection's; a host that is a plain token is quoted after it,
     // when the head is written (no value made per request: that cost ~600 instructions and
@@ -225,11 +238,10 @@ pub(crate) fn forwarding(conn: &ConnInfo, host_header: Option<&HeaderValue>) -> 
             matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b':' | b'[' | b']')
         })
     });
-    added.push(&FORWARDED, conn.forwarded.clone(), AddMode::AppendToList);
+    added.push(&FORWARDED, conn.forwarded.clone());
     if let Some(h) = host {
         added.quote_host_after_last(h.clone());
     }
-    added
 }
 
 /// The `X-Forwarded-For` and `Forwarded` (`for=…;proto=…`) values of a client connection.
@@ -273,19 +285,58 @@ pub enum AddMode {
     Remove,
 }
 
-/// One field the proxy adds to the upstream request.
-#[derive(Debug, Clone)]
-pub struct AddedField {
-    pub name: &'static HeaderName,
-    pub value: HeaderValue,
+/// The name of a field the proxy adds, with its HTTP/1.1 line start (`name: `, one copy into
+/// the head instead of two) and how it meets the client's fields of the name (a property of
+/// the name, so not stored per field: 8 bytes less per slot of [`Added`]); made by
+/// [`added_name!`].
+#[derive(Debug)]
+pub struct AddedName {
+    pub name: HeaderName,
+    pub line_start: &'static str,
     pub mode: AddMode,
 }
 
+/// One field the proxy adds to the upstream request.
+#[derive(Debug, Clone)]
+pub struct AddedField {
+    pub name: &'static AddedName,
+    pub value: HeaderValue,
+}
+
 /// Most fields the proxy adds to one request: X-Forwarded-For/Proto/Host, `Forwarded`. The
-/// list moves with the request into the upstream leg's future, so each slot is 56 bytes more
+/// list moves with the request into the upstream leg's future, so each slot is 48 bytes more
 /// to copy there (6 slots with a host per field cost ~+400 instructions per request in
-/// `dispatch`, callgrind).
+/// `dispatch`, callgrind). `traceparent` has a slot of its own ([`AddedTrace`]).
 const MAX_ADDED: usize = 4;
+
+pub static TRACEPARENT: AddedName = added_name!("traceparent", Replace);
+pub static TRACESTATE: AddedName = added_name!("tracestate", Remove);
+
+/// The `traceparent` the proxy sends upstream, kept as the ids it is written from (26 bytes,
+/// no alignment padding) and formatted straight into the HTTP/1.1 head: making it a
+/// `HeaderValue` and inserting it into the request's map (with the `tracestate` removal)
+/// cost ~1,065 instructions per request (callgrind, BENCHMARKS.md "the request side, fifth
+/// pass"). Used only when nothing before the upstream encoder reads the request's
+/// `traceparent`/`tracestate` (see [`crate::runtime::compile::Runtime::trace_in_map`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddedTrace {
+    /// Big-endian bytes of the trace id and the span id.
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub flags: u8,
+    /// A restarted trace: the client's `tracestate` is dropped too.
+    pub drop_state: bool,
+}
+
+impl AddedTrace {
+    fn value_bytes(&self) -> [u8; 55] {
+        crate::http::fastfmt::traceparent_bytes(self.trace_id, self.span_id, self.flags)
+    }
+}
+
+/// What [`Added::position`] returns for the client's `traceparent` and a dropped
+/// `tracestate`: past every field slot, so no list join looks at it.
+const TRACE_SLOT: usize = MAX_ADDED;
 
 /// The fields the proxy adds to a forwarded request, kept out of the request's `HeaderMap`
 /// until the upstream head is written: the HTTP/1.1 codec writes them after the request's
@@ -297,11 +348,14 @@ const MAX_ADDED: usize = 4;
 #[derive(Debug, Clone, Default)]
 pub struct Added {
     fields: [Option<AddedField>; MAX_ADDED],
-    len: usize,
+    /// `u8`s, here and in `quoted_host`: the list lies in the request's future, and every
+    /// byte less keeps the boxed HTTP/3 one under the size where copying it costs most.
+    len: u8,
     /// A host written after the value of field `.0` as `;host="…"` (a `Forwarded`
     /// element's; token characters only, so no escaping): that value is then two shared
     /// pieces, not a new value per request.
-    quoted_host: Option<(usize, HeaderValue)>,
+    quoted_host: Option<(u8, HeaderValue)>,
+    trace: Option<AddedTrace>,
 }
 
 impl Added {
@@ -310,15 +364,29 @@ impl Added {
             fields: [const { None }; MAX_ADDED],
             len: 0,
             quoted_host: None,
+            trace: None,
         }
+    }
+
+    /// Sends `trace` as the request's `traceparent` (the client's are dropped), and drops the
+    /// client's `tracestate` when `trace.drop_state`.
+    pub fn set_trace(&mut self, trace: AddedTrace) {
+        self.trace = Some(trace);
+    }
+
+    pub fn trace(&self) -> Option<&AddedTrace> {
+        self.trace.as_ref()
     }
 
     /// Adds a field (after the ones there). Beyond [`MAX_ADDED`] (no caller adds more) the
     /// field is dropped, with a debug assertion.
-    pub fn push(&mut self, name: &'static HeaderName, value: HeaderValue, mode: AddMode) {
-        debug_assert!(self.len < MAX_ADDED, "more added fields than MAX_ADDED");
-        if let Some(slot) = self.fields.get_mut(self.len) {
-            *slot = Some(AddedField { name, value, mode });
+    pub fn push(&mut self, name: &'static AddedName, value: HeaderValue) {
+        debug_assert!(
+            usize::from(self.len) < MAX_ADDED,
+            "more added fields than MAX_ADDED"
+        );
+        if let Some(slot) = self.fields.get_mut(usize::from(self.len)) {
+            *slot = Some(AddedField { name, value });
             self.len += 1;
         }
     }
@@ -331,24 +399,34 @@ impl Added {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len == 0 && self.trace.is_none()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &AddedField> {
-        self.fields[..self.len].iter().flatten()
+        self.fields[..usize::from(self.len)].iter().flatten()
     }
 
     /// The index of the added field named `name`: the client's field of that name is not
     /// written as it is (it is replaced, merged or removed).
+    /// The client's `traceparent` (and `tracestate` of a restarted trace) give an index past
+    /// the fields when a trace is added.
     #[inline]
     pub fn position(&self, name: &HeaderName) -> Option<usize> {
-        self.iter().position(|f| f.name == name)
+        if let Some(i) = self.iter().position(|f| f.name.name == name) {
+            return Some(i);
+        }
+        match &self.trace {
+            Some(t) if *name == TRACEPARENT.name || (t.drop_state && *name == TRACESTATE.name) => {
+                Some(TRACE_SLOT)
+            }
+            _ => None,
+        }
     }
 
     /// The quoted host's pieces after field `i`'s value, if it has one.
     fn host_after(&self, i: usize) -> Option<[&[u8]; 3]> {
         match &self.quoted_host {
-            Some((at, h)) if *at == i => Some([b";host=\"", h.as_bytes(), b"\""]),
+            Some((at, h)) if usize::from(*at) == i => Some([b";host=\"", h.as_bytes(), b"\""]),
             _ => None,
         }
     }
@@ -369,15 +447,25 @@ impl Added {
     /// Applies the fields to `headers` as one hashed operation each: `insert`, the joined
     /// list, or `remove`. This is what the proxy did before the fields were kept apart, in
     /// the same order, so a map that gets them here holds what it held then.
+    /// The trace goes first, where [`crate::http::tracecontext::TraceContext::inject`] put it.
     pub fn merge_into(&self, headers: &mut HeaderMap) {
-        headers.reserve(self.len);
+        headers.reserve(usize::from(self.len) + 1);
+        if let Some(t) = &self.trace {
+            if t.drop_state {
+                headers.remove(&TRACESTATE.name);
+            }
+            // Hex digits and dashes only: always a valid value.
+            let v = crate::http::fastfmt::shared_value(t.value_bytes())
+                .unwrap_or_else(|| HeaderValue::from_static(""));
+            headers.insert(TRACEPARENT.name.clone(), v);
+        }
         for (i, f) in self.iter().enumerate() {
-            match f.mode {
+            match f.name.mode {
                 AddMode::Replace => {
-                    headers.insert(f.name.clone(), self.joined(i, f));
+                    headers.insert(f.name.name.clone(), self.joined(i, f));
                 }
                 AddMode::AppendToList => {
-                    crate::http::fastfmt::append_to_list(headers, f.name, |b| {
+                    crate::http::fastfmt::append_to_list(headers, &f.name.name, |b| {
                         b.push_bytes(f.value.as_bytes());
                         for p in self.host_after(i).into_iter().flatten() {
                             b.push_bytes(p);
@@ -385,7 +473,7 @@ impl Added {
                     });
                 }
                 AddMode::Remove => {
-                    headers.remove(f.name);
+                    headers.remove(&f.name.name);
                 }
             }
         }
@@ -396,24 +484,29 @@ impl Added {
         let host = self.quoted_host.as_ref().map_or(0, |(_, h)| h.len() + 8);
         let fields: usize = self
             .iter()
-            .map(|f| f.name.as_str().len() + f.value.len() + 4)
+            .map(|f| f.name.line_start.len() + f.value.len() + 2)
             .sum();
-        host + fields
+        let trace = match self.trace {
+            Some(_) => TRACEPARENT.line_start.len() + 55 + 2,
+            None => 0,
+        };
+        host + fields + trace
     }
 
     /// Writes the fields as HTTP/1.1 header lines after the request's own `headers` (written
     /// without the fields named here). `seen`: bit `i` set when `headers` has a field named
     /// as field `i` (found while writing them, so the common case, none, costs no lookup):
     /// an appended list then starts with the client's values.
+    ///
+    /// Each line starts with its name's static `name: ` ([`AddedName`]): one copy, not two.
     pub fn write_h1(&self, headers: &HeaderMap, seen: u32, out: &mut Vec<u8>) {
         for (i, f) in self.iter().enumerate() {
-            if f.mode == AddMode::Remove {
+            if f.name.mode == AddMode::Remove {
                 continue;
             }
-            out.extend_from_slice(f.name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            if f.mode == AddMode::AppendToList && seen & (1 << i) != 0 {
-                for v in headers.get_all(f.name) {
+            out.extend_from_slice(f.name.line_start.as_bytes());
+            if f.name.mode == AddMode::AppendToList && seen & (1 << i) != 0 {
+                for v in headers.get_all(&f.name.name) {
                     if v.to_str().is_ok() {
                         out.extend_from_slice(v.as_bytes());
                         out.extend_from_slice(b", ");
@@ -426,6 +519,11 @@ impl Added {
                     out.extend_from_slice(p);
                 }
             }
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(t) = &self.trace {
+            out.extend_from_slice(TRACEPARENT.line_start.as_bytes());
+            out.extend_from_slice(&t.value_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -515,6 +613,15 @@ mod tests {
             "api.example.com",
             "u@x.example:1",
             "a:b@c",
+            "a:B@c:D",
+            "A@[::1]:X",
+            "[::1",
+            "[a@b]:1",
+            "x:",
+            "@",
+            "",
+            "h\tX",
+            "UP.example",
         ] {
             let r = Request::builder().header("host", h).body(()).unwrap();
             assert_eq!(
@@ -538,6 +645,13 @@ mod tests {
                 request_host(&r),
                 "{uri}"
             );
+        }
+        for bad in [&b"caf\xc3\xa9"[..], b"a\xffb"] {
+            let r = Request::builder()
+                .header("host", HeaderValue::from_bytes(bad).unwrap())
+                .body(())
+                .unwrap();
+            assert!(Host::of(&r).is_none() && request_host(&r).is_none());
         }
         let none = Request::builder().body(()).unwrap();
         assert!(Host::of(&none).is_none() && request_host(&none).is_none());

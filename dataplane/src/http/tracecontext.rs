@@ -110,6 +110,18 @@ impl TraceContext {
         );
     }
 
+    /// The `traceparent` (and `tracestate` removal) [`TraceContext::inject`] would make, for
+    /// the upstream encoder to write ([`crate::http::headers::Added::set_trace`]) when nothing
+    /// before it reads them from the request's map.
+    pub fn added(&self) -> crate::http::headers::AddedTrace {
+        crate::http::headers::AddedTrace {
+            trace_id: self.trace_id.to_be_bytes(),
+            span_id: self.span_id.to_be_bytes(),
+            flags: self.flags,
+            drop_state: self.parent_id.is_none(),
+        }
+    }
+
     pub fn trace_id(&self) -> TraceId {
         TraceId(self.trace_id)
     }
@@ -198,5 +210,27 @@ mod tests {
         let (trace, parent, flags) =
             parse_traceparent(bad["traceparent"].as_bytes()).expect("valid traceparent out");
         assert_eq!((trace, parent, flags), (n.trace_id, n.span_id, 1));
+    }
+
+    /// The trace the upstream encoder writes, merged into a map (as hyper's client and h2c
+    /// get it), is what `inject` puts there: the same `traceparent`, `tracestate` kept for a
+    /// continued trace and dropped for a restarted one.
+    #[test]
+    fn added_trace_merges_as_inject() {
+        for incoming in [EXAMPLE, "garbage"] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", HeaderValue::from_static(incoming));
+            h.insert("tracestate", HeaderValue::from_static("congo=t61rcWkgMzE"));
+            h.insert("x-other", HeaderValue::from_static("1"));
+            let t = TraceContext::from_headers(&h);
+            let mut injected = h.clone();
+            t.inject(&mut injected);
+            let mut added = crate::http::headers::Added::new();
+            added.set_trace(t.added());
+            let mut merged = h.clone();
+            added.merge_into(&mut merged);
+            assert_eq!(merged, injected, "{incoming}");
+            assert_eq!(merged.contains_key("tracestate"), incoming == EXAMPLE);
+        }
     }
 }

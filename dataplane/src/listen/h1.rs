@@ -252,43 +252,59 @@ pub fn parse_request(
     let mut length: Option<u64> = None;
     let mut encoding: Option<(bool, bool)> = None; // (last is chunked, only chunked)
     for &(ns, ne, vs, ve) in spans.iter() {
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| RequestError::Field(String::from_utf8_lossy(&head[ns..ne]).into()))?;
+        let name = match HeaderName::from_bytes(&head[ns..ne]) {
+            Ok(n) => n,
+            Err(_) => {
+                return Err(RequestError::Field(
+                    String::from_utf8_lossy(&head[ns..ne]).into(),
+                ))
+            }
+        };
         let value = crate::http::headers::parsed_value(head.slice(vs..ve));
-        if name == header::CONTENT_LENGTH {
-            let n = digits(value.as_bytes()).ok_or(RequestError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(RequestError::ContentLength);
-            }
-            length = Some(n);
-        } else if name == header::TRANSFER_ENCODING {
-            if version == Version::HTTP_10 {
-                return Err(RequestError::EncodingOnHttp10);
-            }
-            // Several fields form one list; only the last coding decides the framing.
-            let only = encoding.is_none_or(|(_, only)| only);
-            let mut last_chunked = false;
-            let mut all_chunked = true;
-            for c in value.as_bytes().split(|b| *b == b',') {
-                let c = trim(c);
-                if c.is_empty() {
-                    continue;
+        // The four names that frame the message or the connection differ in length (14, 17,
+        // 10, 6): the name's length picks the one comparison that can match, instead of four
+        // out-of-line `HeaderName` comparisons per field (~75 instructions a field,
+        // callgrind).
+        match ne - ns {
+            14 if name == header::CONTENT_LENGTH => {
+                let n = digits(value.as_bytes()).ok_or(RequestError::ContentLength)?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(RequestError::ContentLength);
                 }
-                last_chunked = c.eq_ignore_ascii_case(b"chunked");
-                all_chunked &= last_chunked;
+                length = Some(n);
             }
-            encoding = Some((last_chunked, only && all_chunked));
-        } else if name == header::CONNECTION {
-            for t in value.as_bytes().split(|b| *b == b',') {
-                let t = trim(t);
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
+            17 if name == header::TRANSFER_ENCODING => {
+                if version == Version::HTTP_10 {
+                    return Err(RequestError::EncodingOnHttp10);
+                }
+                // Several fields form one list; only the last coding decides the framing.
+                let only = encoding.is_none_or(|(_, only)| only);
+                let mut last_chunked = false;
+                let mut all_chunked = true;
+                for c in value.as_bytes().split(|b| *b == b',') {
+                    let c = trim(c);
+                    if c.is_empty() {
+                        continue;
+                    }
+                    last_chunked = c.eq_ignore_ascii_case(b"chunked");
+                    all_chunked &= last_chunked;
+                }
+                encoding = Some((last_chunked, only && all_chunked));
+            }
+            10 if name == header::CONNECTION => {
+                for t in value.as_bytes().split(|b| *b == b',') {
+                    let t = trim(t);
+                    if t.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    }
                 }
             }
-        } else if name == header::EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            6 if name == header::EXPECT => {
+                expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
         }
         headers.append(name, value);
     }

@@ -233,6 +233,19 @@ impl Stages {
         self.list.is_empty()
     }
 
+    /// Whether a stage may read any request header: rate-limit keys, external
+    /// authorization (forwarded headers, cache key), KairosDB (the request it forwards).
+    /// CORS (`Origin`, `Access-Control-Request-*`), redirects (`Host`) and direct responses
+    /// read none of the fields the proxy itself adds (`traceparent`, `tracestate`).
+    pub fn reads_request_headers(&self) -> bool {
+        self.list.iter().any(|s| {
+            matches!(
+                s,
+                Stage::RateLimit(_) | Stage::ExtAuth(_) | Stage::Kairos(_)
+            )
+        })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Stage> {
         self.list.iter()
     }

@@ -191,6 +191,9 @@ pub struct Router {
     any: Option<Group>,
     /// Largest `maxBodyBytes` of the `fields` conditions that read the body.
     body_cap: usize,
+    /// Some `fields` condition reads the body: without one a lookup never needs it, and the
+    /// pipeline routes without the body-reading future ([`crate::route::bodymatch::route`]).
+    reads_body: bool,
 }
 
 /// The compiled `matches` of one route, per rule (`[(match index, condition)]`): the part of
@@ -218,6 +221,15 @@ impl RouteConds {
             per_rule.push(per_match);
         }
         RouteConds(per_rule)
+    }
+
+    /// Whether a condition reads the request header `name` (a `headers` match, or a `fields`
+    /// match's header).
+    pub fn reads_header(&self, name: &http::HeaderName) -> bool {
+        self.0.iter().flatten().any(|(_, c)| {
+            c.headers.iter().any(|(n, _)| n == name)
+                || c.fields.iter().any(|f| f.header() == Some(name))
+        })
     }
 }
 
@@ -302,6 +314,12 @@ impl Router {
             .map(|f| f.body_cap())
             .max()
             .unwrap_or(0);
+        let reads_body = conds
+            .iter()
+            .flat_map(|c| c.iter())
+            .flatten()
+            .flat_map(|(_, c)| c.fields.iter())
+            .any(|f| f.reads_body());
         // A scan of every hostname per changed host is O(routes x changed hosts): only for a
         // few hosts; more (a burst of added routes) index every hostname first, below.
         const SCAN_MAX_HOSTS: usize = 8;
@@ -313,6 +331,7 @@ impl Router {
             // does, was most of what a reused reload spent here).
             let mut router = Router {
                 body_cap,
+                reads_body,
                 exact: reuse.prev.exact.clone(),
                 wildcard: reuse.prev.wildcard.clone(),
                 any: reuse.prev.any.clone(),
@@ -431,6 +450,7 @@ impl Router {
             // Many changed hosts: the previous tables but theirs, from the index.
             let mut router = Router {
                 body_cap,
+                reads_body,
                 exact: reuse.prev.exact.clone(),
                 wildcard: reuse.prev.wildcard.clone(),
                 any: reuse.prev.any.clone(),
@@ -452,6 +472,7 @@ impl Router {
         }
         let mut router = Router {
             body_cap,
+            reads_body,
             ..Router::default()
         };
         let mut wildcards_seen = std::collections::HashSet::new();
@@ -493,6 +514,11 @@ impl Router {
     /// Body bytes a lookup may need (the largest `maxBodyBytes` of body-field conditions).
     pub fn body_cap(&self) -> usize {
         self.body_cap
+    }
+
+    /// Whether a lookup may need the body ([`Lookup::NeedBody`]).
+    pub fn reads_body(&self) -> bool {
+        self.reads_body
     }
 
     /// Like [`Router::find`], and says when a body field is needed to go on.

@@ -63,6 +63,13 @@ pub struct Runtime {
     pub cert_stamps: Vec<CertStamp>,
     /// Rate-limit and ext-auth state, carried into the next version where unchanged.
     pub policies: crate::policy::stages::PolicyState,
+    /// Something before the upstream encoder may read the request's `traceparent` or
+    /// `tracestate` (a route's header condition names one, or a rule has a stage that reads
+    /// request headers: rate limit, external auth, KairosDB): then the proxy's trace context
+    /// goes into the request's map as it arrives, so they see it. Otherwise the upstream
+    /// encoder writes it ([`crate::http::headers::Added::set_trace`]). Request filters and
+    /// mirrors see it either way (the added fields are merged into the map before them).
+    pub trace_in_map: bool,
 }
 
 impl Runtime {
@@ -309,6 +316,7 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         false => HashMap::new(),
     };
     errs.into_result()?;
+    let trace_in_map = trace_read_before_upstream(&compiled);
     let version = snapshot.effective_version();
     let applied_at = prev
         .filter(|p| p.version == version)
@@ -325,11 +333,89 @@ pub fn compile(snapshot: Snapshot, prev: Option<&Runtime>) -> Result<Runtime, Co
         listeners,
         cert_stamps,
         policies: policy_carry.finish(),
+        trace_in_map,
+    })
+}
+
+/// [`Runtime::trace_in_map`] of the compiled routes (every listener's router is built from
+/// them). One pass over the conditions and stages per version: O(routes), as the router's
+/// own build.
+fn trace_read_before_upstream(routes: &[CompiledRoute]) -> bool {
+    use crate::http::tracecontext::{TRACEPARENT, TRACESTATE};
+    routes.iter().any(|r| {
+        r.conds.reads_header(&TRACEPARENT)
+            || r.conds.reads_header(&TRACESTATE)
+            || r.rules.iter().any(|u| u.stages.reads_request_headers())
     })
 }
 
 impl crate::telemetry::metrics::StateSource for Runtime {
     fn export_state(&self, m: &crate::telemetry::metrics::Metrics) {
         crate::upstream::backend::export_gauges(&self.backends, m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn runtime(rules: Value) -> Runtime {
+        let s = json!({"version": "t",
+            "backends": {"b": {"endpoints": ["127.0.0.1:1"]}},
+            "routes": [{"name": "r", "rules": rules}]});
+        compile(serde_json::from_value(s).expect("snapshot"), None).expect("compiles")
+    }
+
+    /// The trace context goes into the request's map exactly when a route condition names
+    /// `traceparent`/`tracestate` (any case) or a rule has a stage that reads request
+    /// headers; other header conditions and stages leave it to the upstream encoder.
+    #[test]
+    fn trace_in_map_when_read_before_upstream() {
+        let header = |name: &str| {
+            json!([{"matches": [{"headers": [{"name": name, "value": "x"}]}],
+                    "backendRefs": [{"name": "b"}]}])
+        };
+        let cases = [
+            (json!([{"backendRefs": [{"name": "b"}]}]), false),
+            (header("x-canary"), false),
+            (header("Traceparent"), true),
+            (header("tracestate"), true),
+            (
+                json!([{"matches": [{"fields": [{"header": "traceparent", "value": "x"}]}],
+                        "backendRefs": [{"name": "b"}]}]),
+                true,
+            ),
+            (
+                json!([{"rateLimit": {"requestsPerUnit": 1, "unit": "hour", "burst": 1},
+                        "backendRefs": [{"name": "b"}]}]),
+                true,
+            ),
+            (
+                json!([{"cors": {"allowOrigins": [{"value": "https://a.test"}]},
+                        "backendRefs": [{"name": "b"}]}]),
+                false,
+            ),
+        ];
+        for (rules, want) in cases {
+            assert_eq!(runtime(rules.clone()).trace_in_map, want, "{rules}");
+        }
+    }
+
+    /// The router reads the body (and the pipeline awaits the body-reading route) only when a
+    /// `fields` condition has a JSON path; a header-only field condition does not.
+    #[test]
+    fn body_read_only_for_a_json_path() {
+        let field =
+            |f: Value| json!([{"matches": [{"fields": [f]}], "backendRefs": [{"name": "b"}]}]);
+        assert!(!runtime(json!([{"backendRefs": [{"name": "b"}]}]))
+            .router
+            .reads_body());
+        assert!(!runtime(field(json!({"header": "x-m", "value": "x"})))
+            .router
+            .reads_body());
+        let body = json!({"header": "x-m", "jsonPath": "metrics[].name", "value": "x",
+                          "maxBodyBytes": 16});
+        assert!(runtime(field(body)).router.reads_body());
     }
 }

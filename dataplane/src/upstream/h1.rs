@@ -1468,21 +1468,17 @@ mod tests {
     /// those names, the same bytes.
     #[test]
     fn added_fields_match_the_merged_map() {
-        use crate::http::headers::AddMode;
-        static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-        static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-        static TS: HeaderName = HeaderName::from_static("tracestate");
+        use crate::http::headers::AddedName;
+        static XFF: AddedName = crate::added_name!("x-forwarded-for", AppendToList);
+        static XFP: AddedName = crate::added_name!("x-forwarded-proto", Replace);
+        static TS: AddedName = crate::added_name!("tracestate", Remove);
         let mut added = Added::new();
-        added.push(
-            &XFF,
-            HeaderValue::from_static("10.0.0.1"),
-            AddMode::AppendToList,
-        );
-        added.push(&XFP, HeaderValue::from_static("http"), AddMode::Replace);
-        added.push(&TS, HeaderValue::from_static(""), AddMode::Remove);
-        static FWD: HeaderName = HeaderName::from_static("forwarded");
+        added.push(&XFF, HeaderValue::from_static("10.0.0.1"));
+        added.push(&XFP, HeaderValue::from_static("http"));
+        added.push(&TS, HeaderValue::from_static(""));
+        static FWD: AddedName = crate::added_name!("forwarded", AppendToList);
         let proxy_fwd = HeaderValue::from_static("for=10.0.0.1;proto=http");
-        added.push(&FWD, proxy_fwd, AddMode::AppendToList);
+        added.push(&FWD, proxy_fwd);
         added.quote_host_after_last(HeaderValue::from_static("h:1"));
         let lines = |b: &[u8]| {
             let mut v: Vec<String> = String::from_utf8_lossy(b)
@@ -1551,6 +1547,63 @@ mod tests {
             out,
             &b"GET / HTTP/1.1\r\nx-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-proto: http\r\nforwarded: for=10.0.0.1;proto=http;host=\"h:1\"\r\n\r\n"[..]
         );
+    }
+
+    /// A trace the encoder writes (`Added::set_trace`) replaces the client's `traceparent`
+    /// and, for a restarted trace, drops its `tracestate`: the exact bytes, and the same
+    /// lines as the map `TraceContext::inject` makes.
+    #[test]
+    fn added_trace_on_the_wire() {
+        use crate::http::tracecontext::TraceContext;
+        let client = Request::get("/t")
+            .header("host", "h")
+            .header(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            )
+            .header("tracestate", "k=v")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let continued = TraceContext {
+            trace_id: 0x0af7651916cd43dd8448eb211c80319c,
+            parent_id: Some(0xb7ad6b7169203331),
+            span_id: 0x00f067aa0ba902b7,
+            flags: 1,
+        };
+        let restarted = TraceContext {
+            parent_id: None,
+            ..continued
+        };
+        for (t, want) in [
+            (
+                continued,
+                &b"GET /t HTTP/1.1\r\nhost: h\r\ntracestate: k=v\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01\r\n\r\n"[..],
+            ),
+            (
+                restarted,
+                &b"GET /t HTTP/1.1\r\nhost: h\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01\r\n\r\n"[..],
+            ),
+        ] {
+            let mut added = Added::new();
+            added.set_trace(t.added());
+            let mut out = Vec::new();
+            encode_head(&client, &added, None, &mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want)
+            );
+            let mut injected = client.clone();
+            t.inject(&mut injected.headers);
+            let mut from_map = Vec::new();
+            encode_head(&injected, &Added::new(), None, &mut from_map);
+            let mut a: Vec<&[u8]> = out.split(|b| *b == b'\n').collect();
+            let mut b: Vec<&[u8]> = from_map.split(|b| *b == b'\n').collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b);
+        }
     }
 
     #[test]
