@@ -48,7 +48,9 @@ pub async fn accept_loop(
                     // instructions per accepted connection (callgrind), against ~28,000 for
                     // a whole proxied request. A box is moved once; the task holds a pointer.
                     // BENCHMARKS.md "HTTP/1.1: the runtime and kernel side".
-                    tokio::spawn(Box::pin(serve_connection(live, stream, remote, l)));
+                    tokio::spawn(super::boxed_in_place(|| {
+                        serve_connection(live, stream, remote, l)
+                    }));
                 }
                 Err(e) => {
                     // Usually EMFILE; back off instead of spinning.
