@@ -316,15 +316,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let first = router.lookup(&RequestView {
-        host,
-        method: req.method(),
-        path,
-        query: req.uri().query(),
-        headers: req.headers(),
-        body: None,
-    });
-    let verdict = match first {
+    let verdict = match lookup_without_body(router, host, path, &req) {
         crate::route::router::Lookup::NeedBody => {
             let (parts, body) = req.into_parts();
             let (bytes, rest) = match read_prefix(Box::pin(body), router.body_cap()).await {
@@ -375,15 +367,25 @@ pub fn route_without_body<B>(
     path: &str,
     req: Request<B>,
 ) -> Routed<B> {
-    let verdict = router.lookup(&RequestView {
+    let verdict = lookup_without_body(router, host, path, &req);
+    finish(verdict, req.map(Replay::passthrough))
+}
+
+/// The lookup on what arrived before the body: the request line and the fields.
+fn lookup_without_body<B>(
+    router: &Router,
+    host: &str,
+    path: &str,
+    req: &Request<B>,
+) -> crate::route::router::Lookup {
+    router.lookup(&RequestView {
         host,
         method: req.method(),
         path,
         query: req.uri().query(),
         headers: req.headers(),
         body: None,
-    });
-    finish(verdict, req.map(Replay::passthrough))
+    })
 }
 
 // The error is the reply itself, moved once per request that gets one.
