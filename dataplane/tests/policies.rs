@@ -217,6 +217,69 @@ routes:
     );
 }
 
+/// A `grpc-timeout` a stage (external auth's allowed headers) or a request filter puts into the
+/// map is the upstream deadline, although the client sent none. The HTTP/1.1 parser notes which
+/// of the fields the pipeline asks about the request carries; the pipeline notes them again
+/// after each stage or filter that may change the map. Kept stale ("no `grpc-timeout`"), the
+/// slow upstream's 200 would come back instead of the 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_added_by_a_stage_or_a_filter_is_the_deadline() {
+    let echo = echo("e").await;
+    let hook = serve(Arc::new(|_req: Request<Bytes>| {
+        Response::builder()
+            .header("grpc-timeout", "200m")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }))
+    .await;
+    let port = free_port();
+    let config = r#"
+listeners: [{ name: http, address: "127.0.0.1:PORT", protocol: http }]
+backends:
+  echo: { endpoints: ["ECHO"] }
+routes:
+  - name: authed
+    hostnames: [authed.test]
+    rules:
+      - extAuth: { url: "http://HOOK", timeout: 5s, allowedUpstreamHeaders: [grpc-timeout] }
+        backendRefs: [{ name: echo }]
+        timeout: 60s
+  - name: filtered
+    hostnames: [filtered.test]
+    rules:
+      - filters: { requestHeaders: { set: [{ name: grpc-timeout, value: 200m }] } }
+        backendRefs: [{ name: echo }]
+        timeout: 60s
+  - name: plain
+    hostnames: [plain.test]
+    rules:
+      - backendRefs: [{ name: echo }]
+        timeout: 60s
+"#
+    .replace("PORT", &port.to_string())
+    .replace("ECHO", &echo.to_string())
+    .replace("HOOK", &hook.to_string());
+    let _dp = Dataplane::start(&config).await;
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/?delay_ms=3000");
+    let mut got = Vec::new();
+    for host in ["authed.test", "filtered.test", "plain.test"] {
+        got.push((
+            host,
+            send(&c, get_req(&url, &[("host", host)])).await.status,
+        ));
+    }
+    // The same slow upstream without the field: answered.
+    assert_eq!(
+        got,
+        [
+            ("authed.test", StatusCode::GATEWAY_TIMEOUT),
+            ("filtered.test", StatusCode::GATEWAY_TIMEOUT),
+            ("plain.test", StatusCode::OK),
+        ]
+    );
+}
+
 /// The webhook: `Bearer good` → 200 (with x-user, x-other), `Bearer bad` → 401 with a body,
 /// `Bearer boom` → 500; records every call's method and path.
 fn auth_webhook(calls: Arc<Mutex<Vec<String>>>) -> Handler {

@@ -9,7 +9,7 @@
 use http::header::{self, HeaderMap, HeaderName};
 use std::time::Duration;
 
-static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// gRPC status codes used here (declared with the local replies they are chosen for).
 pub use crate::http::reply::grpc_code as code;

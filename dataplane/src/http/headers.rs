@@ -162,6 +162,64 @@ pub fn normalize_path(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(s)
 }
 
+/// Which of the fields the pipeline looks up a request's map for it may hold: a clear bit means
+/// the map has no field of that name, so the lookup is skipped. The HTTP/1.1 parser notes them
+/// as it walks the fields ([`crate::listen::h1`]); every other request gets them from one pass
+/// over its map's names ([`FieldsSeen::of`]). Each lookup of a name the map does not hold
+/// cost 140–200 instructions per request (hashing the name; callgrind, BENCHMARKS.md "h1req"),
+/// a pass over a few names a few instructions a name.
+///
+/// The facts describe the map as it was when noted: a stage that may change the map (the
+/// rule's stages, request filters) must note them again from the map after it
+/// (`pipeline::proxy::forward` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FieldsSeen(u8);
+
+impl FieldsSeen {
+    pub const TRACEPARENT: FieldsSeen = FieldsSeen(1);
+    pub const CONTENT_TYPE: FieldsSeen = FieldsSeen(2);
+    pub const GRPC_TIMEOUT: FieldsSeen = FieldsSeen(4);
+    pub const CONNECTION: FieldsSeen = FieldsSeen(8);
+    pub const UPGRADE: FieldsSeen = FieldsSeen(16);
+
+    /// The fields `headers` holds, by one pass over its names.
+    pub fn of(headers: &HeaderMap) -> FieldsSeen {
+        let mut seen = FieldsSeen::default();
+        for name in headers.keys() {
+            seen.note(name.as_str().len(), name);
+        }
+        seen
+    }
+
+    /// Notes `name` (`len` bytes long): the names asked about differ in length but for two, so
+    /// the length picks the one or two comparisons that can match.
+    #[inline]
+    pub fn note(&mut self, len: usize, name: &HeaderName) {
+        let bit = match len {
+            7 if *name == header::UPGRADE => FieldsSeen::UPGRADE,
+            10 if *name == header::CONNECTION => FieldsSeen::CONNECTION,
+            11 if *name == crate::http::tracecontext::TRACEPARENT => FieldsSeen::TRACEPARENT,
+            12 if *name == header::CONTENT_TYPE => FieldsSeen::CONTENT_TYPE,
+            12 if *name == crate::http::grpc::GRPC_TIMEOUT => FieldsSeen::GRPC_TIMEOUT,
+            _ => return,
+        };
+        self.0 |= bit.0;
+    }
+
+    /// The map may hold a field of each name in `names` (a union of the constants).
+    #[inline]
+    pub fn has(self, names: FieldsSeen) -> bool {
+        self.0 & names.0 == names.0
+    }
+}
+
+impl std::ops::BitOr for FieldsSeen {
+    type Output = FieldsSeen;
+    fn bitor(self, o: FieldsSeen) -> FieldsSeen {
+        FieldsSeen(self.0 | o.0)
+    }
+}
+
 /// Removes hop-by-hop headers, including the ones a `Connection` header names; `false` when
 /// there was none (nothing was removed).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {

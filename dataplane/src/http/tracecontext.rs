@@ -89,12 +89,18 @@ impl TraceContext {
                 span_id: nonzero_u64(),
                 flags: flags & 0x01,
             },
-            None => TraceContext {
-                trace_id: (u128::from(nonzero_u64()) << 64) | u128::from(fastrand::u64(..)),
-                parent_id: None,
-                span_id: nonzero_u64(),
-                flags: 0x01,
-            },
+            None => TraceContext::start(),
+        }
+    }
+
+    /// A new trace (sampled), as [`TraceContext::from_headers`] starts for a request without a
+    /// valid `traceparent`.
+    pub fn start() -> TraceContext {
+        TraceContext {
+            trace_id: (u128::from(nonzero_u64()) << 64) | u128::from(fastrand::u64(..)),
+            parent_id: None,
+            span_id: nonzero_u64(),
+            flags: 0x01,
         }
     }
 

@@ -33,6 +33,7 @@
 
 use crate::http::body::BoxError;
 use crate::http::conn::ConnInfo;
+use crate::http::headers::FieldsSeen;
 use crate::listen::live::Live;
 use crate::pipeline::proxy;
 use crate::upstream::h1::{digits, field_spans, trim, CodecError, Decoder, Framing, Span, Step};
@@ -149,6 +150,9 @@ pub struct ReqHead {
     pub keep_alive: bool,
     /// `Expect: 100-continue`: answer `100 Continue` before reading the body.
     pub expect_continue: bool,
+    /// The fields the pipeline asks about, noted during the walk over the fields (its lookups
+    /// of names the request does not carry are skipped).
+    pub seen: FieldsSeen,
 }
 
 /// What the front of the buffer holds. Not boxed: a box would be a `malloc` per request for the
@@ -251,6 +255,7 @@ pub fn parse_request(
     let mut expect_continue = false;
     let mut length: Option<u64> = None;
     let mut encoding: Option<(bool, bool)> = None; // (last is chunked, only chunked)
+    let mut seen = FieldsSeen::default();
     for &(ns, ne, vs, ve) in spans.iter() {
         let name = match HeaderName::from_bytes(&head[ns..ne]) {
             Ok(n) => n,
@@ -292,6 +297,7 @@ pub fn parse_request(
                 encoding = Some((last_chunked, only && all_chunked));
             }
             10 if name == header::CONNECTION => {
+                seen = seen | FieldsSeen::CONNECTION;
                 for t in value.as_bytes().split(|b| *b == b',') {
                     let t = trim(t);
                     if t.eq_ignore_ascii_case(b"close") {
@@ -304,7 +310,7 @@ pub fn parse_request(
             6 if name == header::EXPECT => {
                 expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
             }
-            _ => {}
+            len => seen.note(len, &name),
         }
         headers.append(name, value);
     }
@@ -326,6 +332,7 @@ pub fn parse_request(
         framing,
         keep_alive: keep_alive && !close,
         expect_continue,
+        seen,
     })))
 }
 
@@ -826,6 +833,7 @@ where
         framing,
         mut keep_alive,
         expect_continue,
+        seen,
     } = head;
     let version = parts.version;
     let is_head = parts.method == Method::HEAD;
@@ -858,7 +866,8 @@ where
         live.runtime(),
         live.telemetry(),
         &setup.info,
-        Request::from_parts(parts, body)
+        Request::from_parts(parts, body),
+        Some(seen),
     ));
     // A client that closes while its response is being made: the pipeline's future is dropped
     // (so is the upstream request), as hyper's server does on a busy connection. Only looked
@@ -1414,6 +1423,58 @@ mod tests {
                 assert_eq!(whole, replay(&d, step), "{:?}", String::from_utf8_lossy(&d));
             }
         }
+    }
+
+    /// The facts the parser notes during its walk are those a pass over the map it built
+    /// finds, and each name the pipeline asks about is noted in any case and when repeated.
+    #[test]
+    fn fields_seen_while_parsing_are_those_of_the_map() {
+        let seen = |raw: &[u8]| match parse(raw) {
+            Ok(Some(Parsed::Request(h))) => {
+                assert_eq!(h.seen, FieldsSeen::of(&h.parts.headers), "{raw:?}");
+                h.seen
+            }
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(raw)),
+        };
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert_eq!(
+            seen(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            FieldsSeen::default()
+        );
+        let cases: [(&str, FieldsSeen); 6] = [
+            (&format!("traceparent: {tp}"), FieldsSeen::TRACEPARENT),
+            (
+                &format!("TraceParent: {tp}\r\ntraceparent: x"),
+                FieldsSeen::TRACEPARENT,
+            ),
+            ("Content-Type: application/grpc", FieldsSeen::CONTENT_TYPE),
+            ("GRPC-Timeout: 1S", FieldsSeen::GRPC_TIMEOUT),
+            ("Connection: close", FieldsSeen::CONNECTION),
+            // Same lengths, other names: nothing noted.
+            (
+                "traceparenx: 1\r\ncontent-typo: 1\r\nconnectiom: 1",
+                FieldsSeen::default(),
+            ),
+        ];
+        for (fields, want) in cases {
+            let raw = format!("GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n{fields}\r\n\r\n");
+            assert_eq!(seen(raw.as_bytes()), want, "{fields}");
+        }
+        let all = "traceparent: 1\r\ncontent-type: a\r\ngrpc-timeout: 1S\r\nconnection: te";
+        let raw = format!("POST / HTTP/1.1\r\nHost: a\r\n{all}\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(
+            seen(raw.as_bytes()),
+            FieldsSeen::TRACEPARENT
+                | FieldsSeen::CONTENT_TYPE
+                | FieldsSeen::GRPC_TIMEOUT
+                | FieldsSeen::CONNECTION
+        );
+        // `Upgrade` is never noted here: such a request is handed to hyper's server, whose
+        // requests get their facts from the map.
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            Ok(Some(Parsed::HandOff))
+        ));
     }
 
     #[test]

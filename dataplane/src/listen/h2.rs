@@ -174,7 +174,7 @@ fn proxy<'a>(
     info: &'a ConnInfo,
     req: Request<H2Body>,
 ) -> Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send + 'a>> {
-    super::boxed_in_place(|| proxy::handle(live.runtime(), live.telemetry(), info, req))
+    super::boxed_in_place(|| proxy::handle(live.runtime(), live.telemetry(), info, req, None))
 }
 
 /// Runs `fut` until it is done or the client resets the stream (`None`: the future dropped).

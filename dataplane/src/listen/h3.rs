@@ -361,7 +361,7 @@ async fn serve_request(
     let resp = tokio::select! {
         // Boxed: kept inline, this future made every spawned request task several KiB, copied
         // on spawn and on completion.
-        resp = super::boxed_in_place(|| proxy::handle(dp.runtime(), dp.telemetry(), info, Request::from_parts(parts, body))) => resp,
+        resp = super::boxed_in_place(|| proxy::handle(dp.runtime(), dp.telemetry(), info, Request::from_parts(parts, body), None)) => resp,
         reason = quic.closed() => {
             tracing::debug!(client = %info.remote, reason = %reason, "client connection closed; upstream request cancelled");
             return false;

@@ -54,7 +54,7 @@ pub async fn serve(
     // The stream's DATA is the WebSocket connection, not a request body.
     let req = Request::from_parts(parts, http_body_util::Empty::<Bytes>::new());
     let resp = tokio::select! {
-        resp = super::boxed_in_place(|| proxy::handle(dp.runtime(), dp.telemetry(), info, req)) => resp,
+        resp = super::boxed_in_place(|| proxy::handle(dp.runtime(), dp.telemetry(), info, req, None)) => resp,
         reason = quic.closed() => {
             tracing::debug!(client = %info.remote, reason = %reason, "client connection closed during the WebSocket handshake");
             return;

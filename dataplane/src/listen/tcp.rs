@@ -184,7 +184,9 @@ where
         if !seen_svc.load(Ordering::Relaxed) {
             seen_svc.store(true, Ordering::Relaxed);
         }
-        async move { Ok::<_, Infallible>(proxy::handle(dp.runtime(), dp.telemetry(), &info, req).await) }
+        async move {
+            Ok::<_, Infallible>(proxy::handle(dp.runtime(), dp.telemetry(), &info, req, None).await)
+        }
     };
     // The connection served by the listener's builder, under the drain watcher and the
     // first-request deadline (a macro: the service types differ, see the h2 case below).

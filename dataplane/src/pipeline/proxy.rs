@@ -3,7 +3,7 @@
 //! response body ends (see [`crate::telemetry::observe`]).
 
 use crate::http::body::{boxed, BoxError, ProxyBody};
-use crate::http::headers::{forwarding, request_host, strip_hop_by_hop, Added, Host};
+use crate::http::headers::{forwarding, request_host, strip_hop_by_hop, Added, FieldsSeen, Host};
 use crate::http::reply::{error_response, ErrorKind, ProxyError};
 use crate::http::tracecontext::TraceContext;
 use crate::policy::filters::rewrite_path;
@@ -30,11 +30,14 @@ pub use crate::http::headers::normalize_path;
 
 /// Serves one request against the current runtime: trace context, routing and forwarding,
 /// then the response body is wrapped so the exchange is measured and logged when it ends.
+/// `seen`: the fields of `req`'s map the pipeline asks about, when the front door noted them
+/// as it parsed the head (HTTP/1.1); otherwise they are noted here, by one pass over the map.
 pub async fn handle<B>(
     runtime: Option<Arc<Runtime>>,
     telemetry: &Arc<Telemetry>,
     conn: &ConnInfo,
     mut req: Request<B>,
+    seen: Option<FieldsSeen>,
 ) -> Response<ProxyBody>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -43,7 +46,13 @@ where
     let start = Instant::now();
     let protocol = metrics::protocol_index(req.version());
     let in_flight = InFlightGuard::new(protocol);
-    let mut trace = TraceContext::from_headers(req.headers());
+    let seen = seen.unwrap_or_else(|| FieldsSeen::of(req.headers()));
+    // Read before any stage may change the map (the trace, the gRPC check).
+    let mut trace = if seen.has(FieldsSeen::TRACEPARENT) {
+        TraceContext::from_headers(req.headers())
+    } else {
+        TraceContext::start()
+    };
     // Sampling (when spans are exported) sets the flags sent upstream.
     let mut span = telemetry.start_span(&mut trace);
     // The proxy's `traceparent` goes into the request's map only when something before the
@@ -68,11 +77,11 @@ where
         bytes_in = count;
         body
     });
-    let grpc = crate::http::grpc::is_grpc(req.headers());
+    let grpc = seen.has(FieldsSeen::CONTENT_TYPE) && crate::http::grpc::is_grpc(req.headers());
     // Borrowed, not copied into `forward`'s future: it keeps the request future (~8.5 KiB,
     // written into its box by `listen::boxed_in_place`) from growing further.
     let added_trace = (!trace_in_map).then_some(&trace);
-    let out = forward(runtime, conn, req, span.as_deref_mut(), added_trace).await;
+    let out = forward(runtime, conn, req, seen, span.as_deref_mut(), added_trace).await;
     // The one place local replies are rendered: JSON, or a gRPC status for a gRPC client.
     // Checked here so a proxied response is not moved through `render`.
     let mut resp = out.response;
@@ -153,6 +162,7 @@ async fn forward<B>(
     runtime: Option<Arc<Runtime>>,
     conn: &ConnInfo,
     req: Request<B>,
+    mut seen: FieldsSeen,
     mut span: Option<&mut crate::telemetry::otel::RequestSpan>,
     trace: Option<&TraceContext>,
 ) -> Outcome
@@ -207,7 +217,11 @@ where
             timeout: rule.timeout,
         };
         match Box::pin(rule.stages.run(&input, req)).await {
-            Ok(x) => x,
+            Ok((req, hook)) => {
+                // A stage may have changed the map (external auth's allowed headers).
+                seen = FieldsSeen::of(req.headers());
+                (req, hook)
+            }
             Err(r) => return Outcome::local(r, rule.no_backend_metrics.clone()),
         }
     };
@@ -242,11 +256,11 @@ where
         Err(r) => return local(r, &target.metrics),
     };
     let upstream_h2 = backend.config.protocol == UpstreamProtocol::H2c;
-    let upgrade = match crate::policy::websocket::take(rp.websocket.as_ref(), upstream_h2, &mut req)
-    {
-        Ok(u) => u,
-        Err(r) => return local(r, &target.metrics),
-    };
+    let upgrade =
+        match crate::policy::websocket::take(rp.websocket.as_ref(), upstream_h2, &mut req, seen) {
+            Ok(u) => u,
+            Err(r) => return local(r, &target.metrics),
+        };
 
     // 4. The upstream request.
     let (mut parts, body) = req.into_parts();
@@ -260,6 +274,7 @@ where
         upgrade.as_ref(),
         trace,
         &mut added,
+        &mut seen,
     ) {
         Ok(x) => x,
         Err(r) => return local(r, &target.metrics),
@@ -267,7 +282,11 @@ where
     let timeout = rule
         .timeout
         .unwrap_or(backend.config.timeouts.request.get());
-    let timeout = crate::http::grpc::deadline(&parts.headers, timeout);
+    let timeout = if seen.has(FieldsSeen::GRPC_TIMEOUT) {
+        crate::http::grpc::deadline(&parts.headers, timeout)
+    } else {
+        timeout
+    };
     // 5. Dispatch: balancing, health, breaker, concurrency limit, retries, credential.
     let body = match mirror {
         None => boxed(body),
@@ -332,7 +351,7 @@ fn admit<B>(
 /// query, the HTTP version to send and the request's mirror copies, or a `400 bad_path`
 /// reply; the fields the proxy adds apart from the map go onto `added` ([`Added`]:
 /// the forwarding headers and, when `trace` is given, `traceparent`, unless a filter or a
-/// mirror must see them in it).
+/// mirror must see them in it). `seen` is noted again from the map when filters changed it.
 // The Err is the reply itself, made on the rare path and moved out once; as the other
 // stages that answer locally (limits::limit_body, websocket::take) do, it is not boxed.
 #[allow(clippy::result_large_err)]
@@ -348,6 +367,7 @@ fn upstream_request(
     upgrade: Option<&crate::policy::websocket::Upgrade>,
     trace: Option<&TraceContext>,
     added: &mut Added,
+    seen: &mut FieldsSeen,
 ) -> Result<
     (
         PathAndQuery,
@@ -416,10 +436,10 @@ fn upstream_request(
     if let Some(t) = trace {
         added.set_trace(t.added());
     }
-    if !rule.request_headers.is_empty()
+    let filtered = !rule.request_headers.is_empty()
         || !target.request_headers.is_empty()
-        || !rule.gateway.mirrors.is_empty()
-    {
+        || !rule.gateway.mirrors.is_empty();
+    if filtered {
         added.merge_into(&mut parts.headers);
         *added = Added::new();
     }
@@ -450,6 +470,10 @@ fn upstream_request(
     target.request_headers.apply(&mut parts.headers);
     if let Some(u) = upgrade {
         u.prepare(&mut parts.method, &mut parts.headers);
+    }
+    // What the stages after this one ask the map (`grpc-timeout`) may have been set here.
+    if filtered || upgrade.is_some() {
+        *seen = FieldsSeen::of(&parts.headers);
     }
     let version = if h2 {
         Version::HTTP_2

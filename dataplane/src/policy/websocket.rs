@@ -11,6 +11,7 @@
 //! `weir_websocket_tunnels_open{protocol}`.
 
 use crate::http::body::{empty, ProxyBody};
+use crate::http::headers::FieldsSeen;
 use crate::http::reply::{error_response, ErrorKind};
 use crate::telemetry::metrics::{metrics, PROTOCOLS};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -137,7 +138,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-fn kind<B>(req: &Request<B>) -> Option<Kind> {
+fn kind<B>(req: &Request<B>, seen: FieldsSeen) -> Option<Kind> {
     if req.method() == Method::CONNECT {
         let ext = req.extensions();
         let websocket = match ext.get::<hyper::ext::Protocol>() {
@@ -148,6 +149,7 @@ fn kind<B>(req: &Request<B>) -> Option<Kind> {
     }
     (req.version() == Version::HTTP_11
         && req.method() == Method::GET
+        && seen.has(FieldsSeen::CONNECTION | FieldsSeen::UPGRADE)
         && has_token(req.headers(), header::CONNECTION, "upgrade")
         && has_token(req.headers(), header::UPGRADE, "websocket"))
     .then_some(Kind::H1)
@@ -155,14 +157,16 @@ fn kind<B>(req: &Request<B>) -> Option<Kind> {
 
 /// Takes the client's upgrade out of a WebSocket handshake request. `Ok(None)`: not a
 /// WebSocket handshake. `Err`: the rule does not allow it (`403 websocket_disabled`) or the
-/// backend cannot take it (`502 websocket_unsupported`: HTTP/2 backends).
+/// backend cannot take it (`502 websocket_unsupported`: HTTP/2 backends). `seen`: the fields
+/// `req`'s map holds now (no `Connection` lookup on a request without one).
 #[allow(clippy::result_large_err)]
 pub fn take<B>(
     config: Option<&WebSocketConfig>,
     upstream_h2: bool,
     req: &mut Request<B>,
+    seen: FieldsSeen,
 ) -> Result<Option<Upgrade>, Response<ProxyBody>> {
-    let Some(kind) = kind(req) else {
+    let Some(kind) = kind(req, seen) else {
         return Ok(None);
     };
     let protocol = crate::telemetry::metrics::protocol_index(req.version());
@@ -508,22 +512,31 @@ mod tests {
             .header("upgrade", "websocket")
             .body(())
             .unwrap();
-        assert_eq!(kind(&h1), Some(Kind::H1));
+        assert_eq!(kind(&h1, FieldsSeen::of(h1.headers())), Some(Kind::H1));
+        // Facts that say the map has no `Upgrade` (or no `Connection`) skip the lookups.
+        assert_eq!(kind(&h1, FieldsSeen::CONNECTION), None);
+        assert_eq!(kind(&h1, FieldsSeen::UPGRADE), None);
         let h2c = Request::get("/")
             .header("connection", "upgrade")
             .header("upgrade", "h2c")
             .body(())
             .unwrap();
-        assert_eq!(kind(&h2c), None);
+        assert_eq!(kind(&h2c, FieldsSeen::of(h2c.headers())), None);
         let mut ext = Request::connect("/ws").body(()).unwrap();
         ext.extensions_mut()
             .insert(hyper::ext::Protocol::from_static("websocket"));
-        assert_eq!(kind(&ext), Some(Kind::ExtendedConnect));
+        assert_eq!(
+            kind(&ext, FieldsSeen::of(ext.headers())),
+            Some(Kind::ExtendedConnect)
+        );
         let mut h3 = Request::connect("/ws").body(()).unwrap();
         h3.extensions_mut().insert(h3::ext::Protocol::WEBSOCKET);
-        assert_eq!(kind(&h3), Some(Kind::ExtendedConnect));
+        assert_eq!(
+            kind(&h3, FieldsSeen::of(h3.headers())),
+            Some(Kind::ExtendedConnect)
+        );
         let mut wt = Request::connect("/wt").body(()).unwrap();
         wt.extensions_mut().insert(h3::ext::Protocol::WEB_TRANSPORT);
-        assert_eq!(kind(&wt), None);
+        assert_eq!(kind(&wt, FieldsSeen::of(wt.headers())), None);
     }
 }
