@@ -393,18 +393,25 @@ def apiserver_requests(api: Api) -> dict[str, float]:
     return out
 
 
-def served_value(ip: str, port: int, host: str) -> str | None:
-    """The `x-bench` header a dataplane answers `host` with (None when it does not route it)."""
-    c = http.client.HTTPConnection(ip, port, timeout=5)
+def served_value(ip: str, port: int, host: str, keep: list | None = None) -> str | None:
+    """The `x-bench` header a dataplane answers `host` with (None when it does not route it).
+    With `keep` (a one-element list), the connection is kept there and reused."""
+    c = (keep[0] if keep else None) or http.client.HTTPConnection(ip, port, timeout=5)
     try:
         c.request("GET", "/", headers={"Host": host})
         r = c.getresponse()
         r.read()
+        if keep is not None and not r.will_close:
+            keep[0] = c
+            c = None
         return r.getheader("x-bench")
     except (OSError, http.client.HTTPException):
+        if keep is not None:
+            keep[0] = None
         return None
     finally:
-        c.close()
+        if c is not None:
+            c.close()
 
 
 def versions(ips: list[str], admin: int, token: str) -> set[str | None]:
@@ -489,12 +496,18 @@ def run_scale(b, env, results: dict) -> None:
     # How long one change may take to reach every pod; a pod still behind then is counted in
     # `pods_late` (and the change's time is at least this), so a slow run still reports.
     limit = float(os.environ.get("WEIR_BENCH_SCALE_TIMEOUT") or 120)
+    # How often each watcher asks its pod. Measured (BENCHMARKS.md, "the observer's own
+    # load"): 50 watchers every 10 ms on a fresh connection each took 1.4 CPU-s of this
+    # process and ~1.3 CPU-s of the pods per change, more than the two cores had in the
+    # ~2.5 s a change took, so the watchers were most of what they timed. A change's time is
+    # over-reported by at most this interval, never under-reported.
+    poll = float(os.environ.get("WEIR_BENCH_SCALE_POLL_MS") or 50) / 1e3
     d = env.dir / "operator-scale"
     d.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
         api, aport = start_apiserver(b, d, procs)
-        b.log(f"operator-scale: {n_pods} dataplanes")
+        b.log(f"operator-scale: {n_pods} dataplanes; logs in {d}")
         ips, admin, listen = start_dataplanes(b, env, d, api, n_pods, procs)
         mport = start_operator(b, env, d, aport, admin, procs)
         create_backend(api, env)
@@ -527,9 +540,16 @@ def run_scale(b, env, results: dict) -> None:
         dp_logs = [p.logfile for p in procs if p.name.startswith("dataplane-")]
         log_at = [f.stat().st_size for f in dp_logs]
         m0, a0, c0 = operator_metrics(mport), apiserver_requests(api), cpu_seconds(op_pid)
+        # The other CPU of the run: the pods (their PATCH applies, and serving the watchers'
+        # polls below) and this process's own watcher threads, all on the same two cores.
+        dp_pids = [p.pid for p in procs if p.name.startswith("dataplane-")]
+        dp0, own0 = sum(cpu_seconds(p) for p in dp_pids), time.process_time()
         rss = [m0.get("process_resident_memory_bytes", 0)]
         base = f"/apis/weir.dev/v1alpha1/namespaces/{NS}"
         all_pods, per_pod, late = [], [], []
+        # Wall-clock times of each change, to line up with the operator's and the pods' logs
+        # (bench/scripts/scale_stages.py splits a change's latency into its stages).
+        timeline = []
         for k in range(n_changes):
             i = (k * 7919) % n_routes
             value = f"v{k + 1}"
@@ -538,16 +558,21 @@ def run_scale(b, env, results: dict) -> None:
 
             def watch(ip: str, t1: float) -> None:
                 end = t1 + limit
+                # One kept-alive connection per watcher, not a connect per poll.
+                conn = [None]
                 while time.perf_counter() < end:
-                    if served_value(ip, listen, host) == value:
+                    if served_value(ip, listen, host, conn) == value:
                         done[ip] = time.perf_counter() - t1
-                        return
-                    time.sleep(0.01)
-            t1 = time.perf_counter()
+                        break
+                    time.sleep(poll)
+                if conn[0] is not None:
+                    conn[0].close()
+            t1, sent_unix = time.perf_counter(), time.time()
             s, body = api.call("PATCH", f"{base}/proxyroutes/r{i}",
                                {"spec": route(i, value)["spec"]}, "application/merge-patch+json")
             if s >= 300:
                 raise RuntimeError(f"patch r{i}: {s} {body}")
+            answered = time.perf_counter() - t1
             ts = [threading.Thread(target=watch, args=(ip, t1)) for ip in ips]
             for t in ts:
                 t.start()
@@ -556,11 +581,15 @@ def run_scale(b, env, results: dict) -> None:
             late.append(len(ips) - len(done))
             all_pods.append(limit if late[-1] else max(done.values()))
             per_pod.extend(done.values())
+            timeline.append({"route": f"{NS}/r{i}", "sent_unix": round(sent_unix, 6),
+                             "patch_answered_s": round(answered, 4),
+                             "pods_s": sorted(round(v, 4) for v in done.values())})
             b.log(f"operator-scale: change {k + 1}/{n_changes}: every pod after {all_pods[-1]:.3f} s")
             # Let the status writes of this change finish, so changes do not overlap.
             time.sleep(3.0)
             rss.append(operator_metrics(mport).get("process_resident_memory_bytes", 0))
         m1, a1, c1 = operator_metrics(mport), apiserver_requests(api), cpu_seconds(op_pid)
+        dp1, own1 = sum(cpu_seconds(p) for p in dp_pids), time.process_time()
         dp_rss = sorted(rss_mib(p.pid) for p in procs if p.name.startswith("dataplane-"))
         pushes = m1.get('weir_operator_pushes_total{result="ok"}', 0) - m0.get('weir_operator_pushes_total{result="ok"}', 0)
         # Operators that count bytes pushed (full PUTs and PATCH deltas) say so; older ones
@@ -592,6 +621,8 @@ def run_scale(b, env, results: dict) -> None:
             "dataplane_put_parse_ms_p50": pct(parse_ms, 0.5) if parse_ms else None,
             # Includes the status writes and the 3 s pause after each change (idle cost).
             "operator_cpu_s_per_change": round((c1 - c0) / n_changes, 3),
+            "dataplanes_cpu_s_per_change": round((dp1 - dp0) / n_changes, 3),
+            "bench_watchers_cpu_s_per_change": round((own1 - own0) / n_changes, 3),
             "operator_rss_mib": round(m1.get("process_resident_memory_bytes", 0) / 2**20, 1),
             "operator_rss_max_mib": round(max(rss) / 2**20, 1),
             # Each dataplane's RSS with every route loaded, after the changes.
@@ -600,6 +631,7 @@ def run_scale(b, env, results: dict) -> None:
             # The bench's own PATCH is one of them (`PATCH proxyroutes`).
             "apiserver_requests_per_change": round(sum(reqs.values()), 1),
             "apiserver_requests_per_change_by_verb_resource": reqs,
+            "change_timeline": timeline,
         })
         if any(late):
             b.log(f"operator-scale: pods still behind {limit} s after a change: {late}")

@@ -686,6 +686,7 @@ pub async fn run(
             }
         }
         // One delta per version the pods run (usually one: the previous), computed once.
+        let started = std::time::Instant::now();
         let mut deltas = HashMap::new();
         for base in work.iter().filter_map(|(_, s)| s.acked.as_ref()) {
             if base == &snapshot.version || deltas.contains_key(base) {
@@ -697,6 +698,14 @@ pub async fn run(
                 }
             }
         }
+        tracing::debug!(
+            version = %snapshot.version,
+            pods = work.len(),
+            verify,
+            deltas = deltas.len(),
+            delta_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            "push round"
+        );
         let bodies = Bodies {
             snapshot: snapshot.clone(),
             full: tokio::sync::OnceCell::new(),

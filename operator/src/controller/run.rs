@@ -299,6 +299,7 @@ pub async fn run(
                         %version,
                         routes = compiled.snapshot.routes.len(),
                         backends = compiled.snapshot.backends.len(),
+                        compile_ms = format_args!("{:.1}", t0.elapsed().as_secs_f64() * 1e3),
                         "compiled snapshot"
                     );
                 }

@@ -65,7 +65,12 @@ where
             match ev {
                 Ok(ev) => match &status_only {
                     Some(poke) if !seen.observe(&ev) => poke.notify_one(),
-                    _ => notify.notify_one(),
+                    _ => {
+                        // When a change reached the operator: the first stage of a change's
+                        // latency (`bench/scripts/scale_stages.py` reads it).
+                        tracing::debug!(watch = what, "input event");
+                        notify.notify_one()
+                    }
                 },
                 Err(source) => {
                     let e = Error::Watch {
