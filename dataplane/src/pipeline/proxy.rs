@@ -471,8 +471,9 @@ fn upstream_request(
     if let Some(u) = upgrade {
         u.prepare(&mut parts.method, &mut parts.headers);
     }
-    // What the stages after this one ask the map (`grpc-timeout`) may have been set here.
-    if filtered || upgrade.is_some() {
+    // What the stages after this one ask the map (`grpc-timeout`) may have been set by a
+    // filter. An upgrade's `prepare` sets only the handshake's fields, asked about before.
+    if filtered {
         *seen = FieldsSeen::of(&parts.headers);
     }
     let version = if h2 {
