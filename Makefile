@@ -69,7 +69,8 @@ chart-dryrun:
 	scripts/chart-dryrun.sh
 
 ## bench: Weir vs nginx, HAProxy, Caddy, Traefik and direct-to-backend, side by side (installs the
-## peers; release build, then ~16 min of runs; BENCH_QUICK=1 for a short run). See BENCHMARKS.md
+## peers; `dist` build (fat LTO; BENCH_PROFILE=release for the quicker one), then ~25 min of runs;
+## BENCH_QUICK=1 for a short run). See BENCHMARKS.md
 bench:
 	bench/scripts/bench.sh
 
