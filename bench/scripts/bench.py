@@ -281,7 +281,8 @@ def run_wrk(url: str, duration: float, conns: int = H1_CONNS) -> dict:
     res: dict = {"tool": "wrk"}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     res["rps"] = float(m.group(1)) if m else 0.0
-    for pct, key in (("50", "p50_us"), ("99", "p99_us")):
+    # p75 and p90 too (JSON only): where a wider tail starts (BENCHMARKS.md, seventh pass of #18).
+    for pct, key in (("50", "p50_us"), ("75", "p75_us"), ("90", "p90_us"), ("99", "p99_us")):
         m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
         res[key] = wrk_us(m.group(1)) if m else float("nan")
     m = re.search(r"(\d+) requests in", out)
