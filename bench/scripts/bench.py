@@ -547,10 +547,11 @@ def publish(md: str) -> None:
     # is replaced.
     nxt = rest.find("\n## ")
     tail = rest[nxt + 1:] if nxt >= 0 else ""
-    note = ("Measured on a shared 2-CPU machine while other work (Rust builds of other sessions) ran "
-            "on it too, outside the pinning (see the load average below); absolute figures move "
-            "between runs, read the ratios within this run. Full per-round figures: "
-            "`bench/results/<run>.json`.\n\n")
+    # Whether the machine was quiet is the load average's to say (in the run's header), not a
+    # fixed sentence: runs have been made both beside other builds and alone.
+    note = ("Measured on a 2-CPU machine that may have run other work outside the pinning (the load "
+            "average below says how busy it was); absolute figures move between runs, read the "
+            "ratios within this run. Full per-round figures: `bench/results/<run>.json`.\n\n")
     body = md.replace("## Results", "Run", 1).rstrip("\n") + "\n"
     f.write_text(head + "## Latest results\n\n" + note + body + ("\n" + tail if tail else ""))
     log(f"published the tables into {f}")
