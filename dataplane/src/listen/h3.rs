@@ -359,9 +359,9 @@ async fn serve_request(
     // If the client's connection goes away while the upstream is still working on the response
     // head, drop the upstream exchange instead of letting it run to its timeout.
     let resp = tokio::select! {
-        // Boxed: kept inline, this future made every spawned request task several KiB, copied
-        // on spawn and on completion.
-        resp = super::boxed_in_place(|| proxy::handle(dp.runtime(), dp.telemetry(), info, Request::from_parts(parts, body), None)) => resp,
+        // On the heap (a recycled block): kept inline, this future made every spawned request
+        // task several KiB, copied on spawn and on completion.
+        resp = super::recycled_in_place(|| proxy::handle(dp.runtime(), dp.telemetry(), info, Request::from_parts(parts, body), None)) => resp,
         reason = quic.closed() => {
             tracing::debug!(client = %info.remote, reason = %reason, "client connection closed; upstream request cancelled");
             return false;

@@ -79,7 +79,7 @@ where
     });
     let grpc = seen.has(FieldsSeen::CONTENT_TYPE) && crate::http::grpc::is_grpc(req.headers());
     // Borrowed, not copied into `forward`'s future: it keeps the request future (~8.5 KiB,
-    // written into its box by `listen::boxed_in_place`) from growing further.
+    // written into its heap block by `listen::recycled_in_place`) from growing further.
     let added_trace = (!trace_in_map).then_some(&trace);
     let out = forward(runtime, conn, req, seen, span.as_deref_mut(), added_trace).await;
     // The one place local replies are rendered: JSON, or a gRPC status for a gRPC client.
