@@ -381,6 +381,7 @@ async fn run(args: RunArgs, logging: Logging) -> ExitCode {
     // The app container's preStop hook is waiting on `/drained`: let its answer out.
     let _ = admin_stop.send(());
     let _ = admin_task.await;
+    weir_dataplane::http::tls::remove_self_signed_file();
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -430,6 +430,66 @@ async fn tls_http1_and_http2_via_curl() {
     assert!(r.is_err(), "plain HTTP on the TLS port answered: {r:?}");
 }
 
+/// The generated certificate is written where the log says, and a client that trusts that file
+/// verifies the listener (no `-k`). The private key is never written; the file and its folder
+/// are gone after a clean shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_certificate_file_verifies_and_is_removed() {
+    let echo = echo("ss").await;
+    let port = free_port();
+    let config = json!({
+        "version": "ss-1",
+        "listeners": [{"name": "https", "address": format!("127.0.0.1:{port}"), "protocol": "https"}],
+        "backends": {"echo": {"endpoints": [echo.to_string()]}},
+        "routes": [{"name": "all", "rules": [{"backendRefs": [{"name": "echo"}]}]}],
+    });
+    let mut dp = Dataplane::start(&config.to_string()).await;
+    let folder = dp.dir.path().join(format!("weir-selfsigned-{}", dp.pid()));
+    let cert = folder.join("cert.pem");
+    assert!(
+        dp.log().contains(&cert.display().to_string()),
+        "{}",
+        dp.log()
+    );
+    let names: Vec<_> = std::fs::read_dir(&folder)
+        .expect("the certificate's folder")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["cert.pem"], "only the certificate is on disk");
+
+    let url = format!("https://localhost:{port}/verified");
+    let cert_arg = cert.display().to_string();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "60",
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &cert_arg,
+            ])
+            .args(["-o", "/dev/null"])
+            .args(["-w", "%{http_code}", &url])
+            .output()
+            .expect("run curl")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "curl --cacert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    dp.signal(libc::SIGTERM);
+    assert!(dp.wait_exit().await.success());
+    assert!(!folder.exists(), "{} left behind", folder.display());
+}
+
 /// The fields the proxy adds reach an h2c upstream (hyper's HTTP/2 client gets them merged
 /// into its map) with the same values as an HTTP/1.1 one: a client's X-Forwarded-For appended
 /// to, X-Forwarded-Proto/Host replaced (the echo joins repeated fields, so a duplicate would

@@ -43,34 +43,53 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A generated certificate for `localhost`, `127.0.0.1` and `::1`, written once per process.
+/// A generated certificate for `localhost`, `127.0.0.1` and `::1`, made once per process.
+/// The private key stays in memory; the certificate is also written to a file (its path is
+/// logged) so that a client can trust it (`curl --cacert`). [`remove_self_signed_file`]
+/// deletes that file on a clean shutdown.
 pub struct SelfSigned {
     pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    cert_pem: String,
+    key_pem: String,
 }
 
 static SELF_SIGNED: OnceLock<Result<SelfSigned, String>> = OnceLock::new();
+
+fn self_signed_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("weir-selfsigned-{}", std::process::id()))
+}
 
 pub fn self_signed() -> Result<&'static SelfSigned, String> {
     SELF_SIGNED
         .get_or_init(|| {
             let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
             let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
-            let dir = std::env::temp_dir().join(format!("weir-selfsigned-{}", std::process::id()));
+            let dir = self_signed_dir();
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let cert_file = dir.join("cert.pem");
-            let key_file = dir.join("key.pem");
-            std::fs::write(&cert_file, ck.cert.pem()).map_err(|e| e.to_string())?;
-            std::fs::write(&key_file, ck.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+            let cert_pem = ck.cert.pem();
+            std::fs::write(&cert_file, &cert_pem)
+                .map_err(|e| format!("{}: {e}", cert_file.display()))?;
             tracing::warn!(
                 cert = %cert_file.display(),
-                key = %key_file.display(),
                 "no certificate configured for a TLS listener: serving a generated self-signed certificate"
             );
-            Ok(SelfSigned { cert_file, key_file })
+            Ok(SelfSigned { cert_file, cert_pem, key_pem: ck.signing_key.serialize_pem() })
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// Deletes the generated certificate's file and folder, if this process made one.
+pub fn remove_self_signed_file() {
+    if let Some(Ok(ss)) = SELF_SIGNED.get() {
+        if let Err(e) = std::fs::remove_file(&ss.cert_file) {
+            tracing::debug!(file = %ss.cert_file.display(), error = %e, "cannot remove the self-signed certificate");
+        }
+        if let Some(dir) = ss.cert_file.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 fn load_key(
@@ -146,11 +165,7 @@ pub fn listener_tls(
     let certs = tls.map(|t| t.certificates.as_slice()).unwrap_or_default();
     if certs.is_empty() {
         match self_signed() {
-            Ok(ss) => match load_key(
-                &provider,
-                &ss.cert_file.to_string_lossy(),
-                &ss.key_file.to_string_lossy(),
-            ) {
+            Ok(ss) => match load_key_pem(&provider, &ss.cert_pem, &ss.key_pem) {
                 Ok(k) => keys.push((Vec::new(), Arc::new(k))),
                 Err(e) => errs.push(format!("{path}.tls"), e),
             },
