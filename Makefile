@@ -69,8 +69,9 @@ chart-dryrun:
 	scripts/chart-dryrun.sh
 
 ## bench: Weir vs nginx, HAProxy, Caddy, Traefik and direct-to-backend, side by side (installs the
-## peers; `dist` build (fat LTO; BENCH_PROFILE=release for the quicker one), then ~25 min of runs;
-## BENCH_QUICK=1 for a short run). See BENCHMARKS.md
+## peers; `dist` build (fat LTO; BENCH_PROFILE=release for the quicker one) and the profile-guided
+## dataplane the images ship (scripts/pgo.sh, ~40 min on 2 cores; BENCH_PGO=0 skips it), then
+## ~25 min of runs; BENCH_QUICK=1 for a short run). See BENCHMARKS.md
 bench:
 	bench/scripts/bench.sh
 

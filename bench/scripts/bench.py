@@ -21,6 +21,9 @@ Environment:
   BENCH_CPU_LOAD, BENCH_CPU_PROXY   taskset CPU lists
   BENCH_PROFILE=NAME    the cargo profile whose binaries are measured (default dist: what the
                         images ship; bench.sh builds it)
+  BENCH_WEIR=DIR        the weir-dataplane measured as peer `weir` (default: the profile's own);
+                        bench.sh sets it to scripts/pgo.sh's profile-guided build (what the
+                        images ship) unless BENCH_PGO=0
   BENCH_WEIR_BASE=DIR   a second Weir, the weir-dataplane in DIR (e.g. a copy of main's release
                         build), run as peer `weir-base` (add it to BENCH_PEERS) with the same
                         config and load, interleaved with the others: a before/after in one run
@@ -71,6 +74,7 @@ SCENARIOS = [s for s in os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCEN)).sp
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/weir/target"))
 BINS = TARGET / os.environ.get("BENCH_PROFILE", "dist")
 WB = str(BINS / "weir-bench")
+WEIR = Path(os.environ["BENCH_WEIR"]) if os.environ.get("BENCH_WEIR") else BINS
 OUT = Path(os.environ.get("BENCH_OUT", ROOT / "bench" / "results"))
 CLK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -395,7 +399,7 @@ def start_peer(env: Env, name: str, tag: str) -> Running:
     ports = P.Ports(free_port(), free_port(), free_port())
     b = env.backend_port
     if name == "weir":
-        spec = P.weir(BINS, d, ports, b, env.cert, env.key, env.token)
+        spec = P.weir(WEIR, d, ports, b, env.cert, env.key, env.token)
     elif name == "weir-base":
         base = os.environ.get("BENCH_WEIR_BASE")
         if not base:
@@ -522,8 +526,9 @@ def machine(env: Env) -> dict:
         "os": Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "",
         "load_at_start": os.getloadavg(),
         "versions": {
-            "weir": f"{ver([str(BINS / 'weir-dataplane'), '--version'])} @ {rev}, "
-                    f"profile {os.environ.get('BENCH_PROFILE', 'dist')}",
+            "weir": f"{ver([str(WEIR / 'weir-dataplane'), '--version'])} @ {rev}, "
+                    f"profile {os.environ.get('BENCH_PROFILE', 'dist')}"
+                    + (" + PGO (scripts/pgo.sh)" if (WEIR / "weir.profdata").exists() else ""),
             "nginx": ver(["nginx", "-v"]),
             "haproxy": ver(["haproxy", "-v"]),
             "caddy": ver(["caddy", "version"]),
@@ -533,8 +538,8 @@ def machine(env: Env) -> dict:
         },
         "pinning": {"load": CPU_LOAD, "proxy+backend": CPU_PROXY},
         "weir_binary_built": dt.datetime.fromtimestamp(
-            (BINS / "weir-dataplane").stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        if (BINS / "weir-dataplane").exists() else "?",
+            (WEIR / "weir-dataplane").stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        if (WEIR / "weir-dataplane").exists() else "?",
     }
 
 
@@ -560,12 +565,21 @@ def publish(md: str) -> None:
 def snapshot_bins(env: Env) -> None:
     """Copies the release binaries into the run's temp dir, so a rebuild during the run (the
     target dir is shared) cannot mix two versions of Weir into one table."""
-    global BINS, WB
+    global BINS, WB, WEIR
     d = env.dir / "bin"
     d.mkdir(exist_ok=True)
     for name in ("weir-dataplane", "weir-bench", "weir-operator"):
         if (BINS / name).exists():
             shutil.copy2(BINS / name, d / name)
+    if WEIR != BINS:
+        w = d / "weir"
+        w.mkdir(exist_ok=True)
+        for name in ("weir-dataplane", "weir.profdata"):
+            if (WEIR / name).exists():
+                shutil.copy2(WEIR / name, w / name)
+        WEIR = w
+    else:
+        WEIR = d
     BINS, WB = d, str(d / "weir-bench")
 
 
